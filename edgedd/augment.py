@@ -1,0 +1,101 @@
+"""Differentiable augmentation: flip, random-resized-crop, additive noise.
+
+All randomness comes from an explicit ``torch.Generator`` passed in by the caller, so a run's
+augmentations are a function of its seed and step (that is what makes ``--resume`` bit-identical)
+and view parameters can be saved and re-rendered elsewhere.
+
+A view is described by :class:`Views`: a crop box ``(x0, y0, x1, y1)`` in [0, 1] image
+coordinates and a horizontal flip flag. Rendering resamples the box to ``out`` x ``out`` pixels
+with bilinear ``grid_sample`` (``align_corners=False``), so gradients reach every source pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import AugmentConfig
+
+
+@dataclass
+class Views:
+    boxes: torch.Tensor  # (n, 4) float32: x0, y0, x1, y1 in [0, 1]
+    flips: torch.Tensor  # (n,) bool
+
+    def to(self, device) -> "Views":
+        return Views(self.boxes.to(device), self.flips.to(device))
+
+
+def sample_views(n: int, cfg: AugmentConfig, gen: torch.Generator, device=None, tries: int = 10) -> Views:
+    """Random-resized-crop boxes (torchvision's rule, vectorised) and flips for ``n`` square images.
+
+    For each image, ``tries`` candidates: area fraction ~ U(scale), log aspect ~ U(log ratio);
+    the first candidate that fits inside the image wins, else the whole image. Position uniform.
+    """
+    device = device or gen.device
+    lo, hi = cfg.crop_scale
+    log_r = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
+    u = torch.rand(n, tries, 4, generator=gen, device=device)
+    area = lo + (hi - lo) * u[..., 0]
+    ratio = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * u[..., 1])
+    w = torch.sqrt(area * ratio)
+    h = torch.sqrt(area / ratio)
+    fits = (w <= 1) & (h <= 1)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1, device=device))
+    pick = first.clamp(min=0)
+    rows = torch.arange(n, device=device)
+    w_sel = torch.where(first >= 0, w[rows, pick], torch.ones(n, device=device))
+    h_sel = torch.where(first >= 0, h[rows, pick], torch.ones(n, device=device))
+    x0 = (1 - w_sel) * u[rows, pick, 2]
+    y0 = (1 - h_sel) * u[rows, pick, 3]
+    boxes = torch.stack([x0, y0, x0 + w_sel, y0 + h_sel], dim=1).float()
+    flips = torch.rand(n, generator=gen, device=device) < cfg.flip_p
+    return Views(boxes, flips)
+
+
+def render_views(images: torch.Tensor, views: Views, out: int) -> torch.Tensor:
+    """Resample each image's box to ``out`` x ``out``, flipped where asked. Differentiable."""
+    n = images.shape[0]
+    b = views.boxes.to(images.device, images.dtype)
+    # affine_grid maps output coords in [-1, 1] to input coords: x_in = sx * x_out + tx.
+    sx = b[:, 2] - b[:, 0]
+    sy = b[:, 3] - b[:, 1]
+    tx = b[:, 0] + b[:, 2] - 1
+    ty = b[:, 1] + b[:, 3] - 1
+    sx = torch.where(views.flips.to(images.device), -sx, sx)
+    theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0], theta[:, 0, 2] = sx, tx
+    theta[:, 1, 1], theta[:, 1, 2] = sy, ty
+    grid = F.affine_grid(theta, [n, images.shape[1], out, out], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def add_noise(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """x + m * (mean + std * eps), m ~ Bernoulli(noise_p) per image (reference: mean 0.5, no clamp)."""
+    n = images.shape[0]
+    apply = (torch.rand(n, generator=gen, device=gen.device) < cfg.noise_p).to(images.dtype).to(images.device)
+    eps = torch.randn(images.shape, generator=gen, device=gen.device, dtype=images.dtype).to(images.device)
+    return images + apply.view(n, 1, 1, 1) * (cfg.noise_mean + cfg.noise_std * eps)
+
+
+def augment(images: torch.Tensor, cfg: AugmentConfig, out: int, gen: torch.Generator, noise: bool = True) -> torch.Tensor:
+    """One random view per image: flip + RRC (+ noise). Used by distillation and probe training."""
+    views = sample_views(images.shape[0], cfg, gen)
+    x = render_views(images, views, out)
+    return add_noise(x, cfg, gen) if noise and cfg.noise_p > 0 else x
+
+
+def center_crop(images: torch.Tensor, out: int) -> torch.Tensor:
+    """Exact pixel centre crop (timm's CenterCrop rounding), no resampling."""
+    h, w = images.shape[-2:]
+    top, left = int(round((h - out) / 2.0)), int(round((w - out) / 2.0))
+    return images[..., top : top + out, left : left + out]
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - m) / s

@@ -1,0 +1,182 @@
+"""Frozen timm backbones, resolved by name, with the preprocessing they expect.
+
+``load_backbone("vit_small_patch14_dinov2.lvd142m")`` gives a model in eval mode, gradients off
+for its parameters (they still flow to the *input*, which is what distillation optimises), with
+pooled features (``num_classes=0``), plus a :class:`BackboneInfo` recording the exact name, where
+the weights came from, a sha256 over the loaded tensors and the resolved :class:`Preprocess`.
+
+Weights: ``"hub"`` (timm's pretrained weights; needs the network), a local ``.safetensors``
+file (offline; loaded through timm's own pretrained path so its key filters, e.g. position-embedding
+resampling, apply), or ``"random"`` (random init, for tests and smoke runs). Pickled checkpoints
+(``.pth``/``.bin``) are refused: loading them can execute code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .config import Preprocess
+from .errors import EdgeddError
+
+WEIGHT_SOURCES = ("hub", "random")
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    weights: str  # "hub" | "random" | path of the .safetensors file
+    weights_sha256: str  # over the loaded state dict, whatever its source
+    num_features: int
+    preprocess: Preprocess
+
+    def to_dict(self) -> dict:
+        from .config import to_dict
+
+        return to_dict(self)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise EdgeddError(f"unknown device {spec!r}", "use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EdgeddError("CUDA was requested but torch sees no CUDA device", "use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise EdgeddError(f"{spec} does not exist ({torch.cuda.device_count()} CUDA devices)", "pick an existing index")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise EdgeddError("MPS was requested but is not available", "use --device cpu (or auto)")
+    return dev
+
+
+def check_model_name(name: str) -> None:
+    import timm
+
+    arch = name.split(".", 1)[0]
+    if timm.is_model(arch):
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for the names"
+    raise EdgeddError(f"unknown backbone {name!r}", hint)
+
+
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
+    h = hashlib.sha256()
+    for key, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _create(name: str, input_size: int | None, **kwargs) -> torch.nn.Module:
+    import timm
+
+    kwargs.setdefault("num_classes", 0)
+    kwargs.setdefault("exportable", True)
+    if input_size is not None:
+        try:  # ViT-style models take the size; conv nets run at any size and refuse the kwarg
+            return timm.create_model(name, img_size=input_size, **kwargs)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+    return timm.create_model(name, **kwargs)
+
+
+def _one_line_load_error(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = " ".join(lines[:3])
+    return text[:300] + ("…" if len(text) > 300 else "")
+
+
+def load_backbone(
+    name: str,
+    weights: str = "hub",
+    input_size: int | None = None,
+    resize_size: int | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    **create_kwargs,
+) -> tuple[torch.nn.Module, BackboneInfo]:
+    check_model_name(name)
+    weights = str(weights)
+    if weights == "hub":
+        try:
+            model = _create(name, input_size, pretrained=True, **create_kwargs)
+        except EdgeddError:
+            raise
+        except Exception as e:  # offline, no such tag, hub error: all mean "no weights here"
+            raise EdgeddError(
+                f"could not get pretrained weights for {name} from the hub ({type(e).__name__})",
+                "pass --weights FILE.safetensors to load them offline, or --weights random for a smoke test",
+            ) from e
+    elif weights == "random":
+        torch.manual_seed(seed)  # random init is reproducible from the run's seed
+        model = _create(name, input_size, pretrained=False, **create_kwargs)
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise EdgeddError(f"weights file {path} does not exist", "pass a .safetensors file, 'hub' or 'random'")
+        if path.suffix != ".safetensors":
+            raise EdgeddError(
+                f"weights file {path} is not .safetensors",
+                "edgedd never unpickles checkpoints; convert it with safetensors.torch.save_file",
+            )
+        try:
+            model = _create(name, input_size, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **create_kwargs)
+        except Exception as e:
+            raise EdgeddError(
+                f"weights file {path} does not fit {name}: {_one_line_load_error(e)}",
+                "pass the weights saved from this exact architecture",
+            ) from e
+    model.eval().requires_grad_(False)
+    model.to(device)
+    preprocess = resolve_preprocess(model, input_size, resize_size)
+    info = BackboneInfo(
+        name=name,
+        weights=weights,
+        weights_sha256=state_dict_sha256(model),
+        num_features=int(model.num_features),
+        preprocess=preprocess,
+    )
+    return model, info
+
+
+def resolve_preprocess(model: torch.nn.Module, input_size: int | None = None, resize_size: int | None = None) -> Preprocess:
+    """timm's pretrained data config, with the input (crop) and canvas sizes overridable."""
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=model)
+    size = int(input_size or cfg["input_size"][-1])
+    crop_pct = float(cfg.get("crop_pct") or 0.875)
+    canvas = int(resize_size or round(size / crop_pct))
+    if canvas < size:
+        raise EdgeddError(
+            f"the synthetic/canvas resolution {canvas} is smaller than the crop {size}",
+            "pass --syn-res at least --crop-res",
+        )
+    return Preprocess(
+        input_size=size,
+        resize_size=canvas,
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        interpolation=str(cfg.get("interpolation") or "bicubic"),
+        crop_pct=size / canvas,
+    )
+
+
+def with_preprocess(info: BackboneInfo, preprocess: Preprocess) -> BackboneInfo:
+    return replace(info, preprocess=preprocess)

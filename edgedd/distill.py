@@ -1,0 +1,328 @@
+"""``edgedd distill``: Stage I (statistics + golden classifier), then Stage II (SFM).
+
+A plain library function, :func:`distill`, that the CLI wraps. Everything it writes lands in one
+run directory:
+
+    run.json                       what this run is (config, backbone, dataset): its identity
+    stats.safetensors              class sums/counts/centres and the real flow (Stage I)
+    golden_classifier.safetensors  the full-data linear probe (Stage I)
+    stage1.json                    how Stage I was made
+    checkpoint.safetensors         while running: pyramid, Adam state, RNG state, step
+    previews/step_XXXXXX.png       the synthetic images every ``preview_every`` steps
+    synthetic.safetensors          the result: images in [0, 1] (N, 3, R, R) and labels
+    synthetic.json                 class names, preprocessing and config of the result
+    preview.png                    the final grid
+    summary.json                   figures of the run; written last, marks it finished
+
+Each file is written atomically. Resuming needs only ``checkpoint.safetensors``: it holds every
+piece of state the loop has (including the one generator all randomness comes from), so a resumed
+CPU run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from . import __version__, atomic
+from .augment import augment, center_crop, normalize
+from .backbones import BackboneInfo, check_model_name, load_backbone, resolve_device
+from .config import METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
+from .data import LabelledImages, default_num_workers, open_dataset
+from .errors import EdgeddError
+from .losses import decouple_loss, flow, sfm_loss, synthetic_flow
+from .preview import write_grid
+from .progress import Progress
+from .statistics import GOLDEN_FILE, STATS_FILE, STAGE1_JSON, Stage1, load_stage1, save_stage1, stage1_cached, stage1_key
+from .synthetic import Pyramid, extension_steps
+
+RUN_FORMAT = 1
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run, not what to compute: never part of a run's identity."""
+
+    device: str = "auto"
+    num_workers: int | None = None
+    checkpoint_every: int = 50
+    preview_every: int = 500
+    progress: bool = True
+    strict_images: bool = False
+    use_cache: bool = True
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def prepare_run_dir(out: Path, identity: dict, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory; say which fields differ."""
+    run_json = out / "run.json"
+    if out.exists() and not out.is_dir():
+        raise EdgeddError(f"--out {out} is a file", "pass a directory path")
+    if out.exists() and any(out.iterdir()):
+        if not run_json.exists():
+            raise EdgeddError(f"--out {out} is not empty and is not an edgedd run directory", "choose a new or empty directory")
+        try:
+            old = json.loads(run_json.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        if overwrite:
+            shutil.rmtree(out)
+        elif old.get("fingerprint") != identity["fingerprint"]:
+            a, b = _flatten(old.get("identity", {})), _flatten(identity["identity"])
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise EdgeddError(
+                f"--out {out} already holds a different run (differs in {', '.join(diff[:6]) or 'format'})",
+                "choose another --out, or pass --overwrite to replace it",
+            )
+        elif (out / "summary.json").exists():
+            raise EdgeddError(f"--out {out} already holds this finished run", "use it as it is, or pass --overwrite to redo it")
+        elif not resume:
+            raise EdgeddError(f"--out {out} holds an unfinished run of the same config", "pass --resume to continue it, or --overwrite to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temporaries(out)
+    atomic.write_json(run_json, identity)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _adam(levels, lr):
+    # foreach=False: the plain per-tensor path, the same arithmetic on every device and resume.
+    return torch.optim.Adam(levels, lr=lr, foreach=False)
+
+
+def save_checkpoint(path: Path, step: int, pyr: Pyramid, opt: torch.optim.Optimizer, gen: torch.Generator, run_fp: str, loss: float) -> None:
+    tensors = {f"level.{i}": lv.detach().cpu().contiguous() for i, lv in enumerate(pyr.levels)}
+    for i, lv in enumerate(pyr.levels):
+        st = opt.state.get(lv, {})
+        if st:
+            tensors[f"adam.{i}.exp_avg"] = st["exp_avg"].cpu().contiguous()
+            tensors[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"].cpu().contiguous()
+            tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1).cpu()
+    tensors["rng"] = gen.get_state().cpu()
+    meta = {"format": str(RUN_FORMAT), "step": str(step), "run_fingerprint": run_fp, "levels": str(len(pyr.levels)), "loss": repr(loss)}
+    atomic.write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_checkpoint(path: Path, run_fp: str, syn_res: int, lr: float, gen: torch.Generator, device):
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise EdgeddError(f"checkpoint {path} is unreadable ({type(e).__name__})", "delete it to restart the run, or pass --overwrite") from None
+    if meta.get("run_fingerprint") != run_fp:
+        raise EdgeddError(f"checkpoint {path} belongs to another run", "pass --overwrite to start over")
+    n_levels = int(meta["levels"])
+    pyr = Pyramid([tensors[f"level.{i}"].to(device) for i in range(n_levels)], syn_res)
+    opt = _adam(pyr.levels, lr)
+    if f"adam.0.step" in tensors:
+        opt.load_state_dict(
+            {
+                "state": {
+                    i: {
+                        "step": tensors[f"adam.{i}.step"].reshape(()).clone(),
+                        "exp_avg": tensors[f"adam.{i}.exp_avg"].to(device),
+                        "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"].to(device),
+                    }
+                    for i in range(n_levels)
+                },
+                "param_groups": opt.state_dict()["param_groups"],
+            }
+        )
+    gen.set_state(tensors["rng"])
+    return int(meta["step"]), pyr, opt, float(meta["loss"])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def matching_loss(z: torch.Tensor, cfg: DistillConfig, flow_real: torch.Tensor, centres_real: torch.Tensor) -> torch.Tensor:
+    if cfg.method == "sfm":
+        return sfm_loss(z, flow_real, cfg.flow_denominator)
+    return decouple_loss(z, centres_real, cfg.alpha)
+
+
+def synthetic_features(model, images: torch.Tensor, cfg: DistillConfig, info: BackboneInfo, gen: torch.Generator) -> torch.Tensor:
+    """A = augs_per_batch independent views of every image; their features averaged per image."""
+    n, a = images.shape[0], cfg.augs_per_batch
+    x = images.repeat(a, 1, 1, 1) if a > 1 else images
+    views = augment(x, cfg.augment, cfg.crop_res, gen)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp) if images.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    with autocast:
+        z = model(normalize(views, info.preprocess.mean, info.preprocess.std))
+    z = z.float()
+    return z.view(a, n, -1).mean(0)
+
+
+@torch.no_grad()
+def flow_cosine(model, images: torch.Tensor, info: BackboneInfo, flow_real: torch.Tensor, num_classes: int, batch: int = 256) -> float:
+    """The paper's fidelity metric: cos(F_syn, F_real) on centre-cropped synthetic images."""
+    z = torch.cat([
+        model(normalize(center_crop(images[s : s + batch], info.preprocess.input_size), info.preprocess.mean, info.preprocess.std)).float()
+        for s in range(0, images.shape[0], batch)
+    ])
+    f_syn = synthetic_flow(z.double(), num_classes)
+    return float(torch.nn.functional.cosine_similarity(f_syn.flatten(), flow_real.double().flatten().to(f_syn.device), dim=0))
+
+
+def validate(cfg: DistillConfig) -> None:
+    if cfg.method not in METHODS:
+        raise EdgeddError(f"unknown method {cfg.method!r}", f"choose one of {', '.join(METHODS)}")
+    if cfg.flow_denominator not in FLOW_DENOMINATORS:
+        raise EdgeddError(f"unknown flow denominator {cfg.flow_denominator!r}", f"choose one of {', '.join(FLOW_DENOMINATORS)}")
+    for name in ("ipc", "iterations", "augs_per_batch", "extend_every", "syn_res", "crop_res"):
+        if getattr(cfg, name) < 1:
+            raise EdgeddError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})", "pass a positive value")
+    if not 0 <= cfg.alpha <= 1:
+        raise EdgeddError(f"--alpha must lie in [0, 1] (got {cfg.alpha})", "pass a value between 0 and 1")
+    if cfg.lr <= 0:
+        raise EdgeddError(f"--lr must be positive (got {cfg.lr})", "pass a positive learning rate")
+
+
+def distill(
+    data: str,
+    backbone: str,
+    out: str | Path,
+    weights: str = "hub",
+    config: DistillConfig = DistillConfig(),
+    stage1_config: StageIConfig = StageIConfig(),
+    options: RunOptions = RunOptions(),
+    crop_res: int | None = None,
+    syn_res: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict:
+    """Run both stages and return the summary (also written to ``summary.json``)."""
+    t_start = time.perf_counter()
+    out = Path(out)
+    validate(replace(config, syn_res=syn_res or 1, crop_res=crop_res or 1))
+    source: LabelledImages = open_dataset(data)  # cheap input checks before any model work
+    check_model_name(backbone)
+    device = resolve_device(options.device)
+    model, info = load_backbone(backbone, weights, input_size=crop_res, resize_size=syn_res, device=device, seed=config.seed)
+    pp = info.preprocess
+    cfg = replace(config, syn_res=pp.resize_size, crop_res=pp.input_size)
+    identity = {
+        "backbone": {"name": info.name, "weights_sha256": info.weights_sha256},
+        "dataset": source.fingerprint,
+        "preprocess": to_dict(pp),
+        "distill": to_dict(cfg),
+        "stage1": to_dict(stage1_config),
+    }
+    run_fp = fingerprint(identity)
+    prepare_run_dir(out, {"format": RUN_FORMAT, "fingerprint": run_fp, "identity": identity, "edgedd": __version__}, resume, overwrite)
+
+    # ---- Stage I: from this run dir (resume), else the cache, else one pass over the data
+    t1 = time.perf_counter()
+    key = stage1_key(info, source, stage1_config)
+    s1 = load_stage1(out, key)
+    from_cache = s1 is not None
+    if s1 is None:
+        workers = default_num_workers() if options.num_workers is None else options.num_workers
+        s1, from_cache = stage1_cached(model, info, source, stage1_config, device, workers, options.strict_images, options.progress, options.use_cache)
+        save_stage1(s1, out)
+    stage1_seconds = time.perf_counter() - t1
+
+    # ---- Stage II: SFM
+    c, n = source.num_classes, source.num_classes * cfg.ipc
+    centres_real = s1.centres.to(device=device, dtype=torch.float32)
+    flow_real = flow(s1.centres).to(device=device, dtype=torch.float32)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    ckpt = out / CHECKPOINT
+    start, loss_value = 0, float("nan")
+    if resume and ckpt.exists():
+        start, pyr, opt, loss_value = load_checkpoint(ckpt, run_fp, cfg.syn_res, cfg.lr, gen, device)
+    else:
+        pyr = Pyramid.init(n, cfg.syn_res, gen, device)
+        opt = _adam(pyr.levels, cfg.lr)
+    ext = extension_steps(cfg.iterations, cfg.syn_res, cfg.extend_every)
+    (out / "previews").mkdir(exist_ok=True)
+    t2 = time.perf_counter()
+    with Progress(cfg.iterations, f"stage II: {cfg.method}", initial=start, enabled=options.progress) as bar:
+        for step in range(start, cfg.iterations):
+            while len(pyr.levels) - 1 < len(ext) and ext[len(pyr.levels) - 1] <= step:
+                pyr.extend(gen)
+                opt = _adam(pyr.levels, cfg.lr)  # reset at each extension (reference)
+            z = synthetic_features(model, pyr.decode(), cfg, info, gen)
+            loss = matching_loss(z, cfg, flow_real, centres_real)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_value = loss.item()
+            done = step + 1
+            bar.update(1, loss=loss_value, res=pyr.levels[-1].shape[-1])
+            if options.preview_every and done % options.preview_every == 0 and done < cfg.iterations:
+                with torch.no_grad():
+                    write_grid(out / "previews" / f"step_{done:06d}.png", pyr.decode().cpu().numpy(), c)
+            if options.checkpoint_every and done % options.checkpoint_every == 0 and done < cfg.iterations:
+                save_checkpoint(ckpt, done, pyr, opt, gen, run_fp, loss_value)
+    stage2_seconds = time.perf_counter() - t2
+    iters_run = cfg.iterations - start
+
+    # ---- outputs
+    with torch.no_grad():
+        images = pyr.decode().detach().float()
+    labels = torch.arange(c).repeat_interleave(cfg.ipc)
+    fcos = flow_cosine(model, images, info, flow_real, c)
+    images = images.cpu().contiguous()
+    synthetic_meta = {
+        "format": RUN_FORMAT,
+        "class_names": source.class_names,
+        "preprocess": to_dict(pp),
+        "backbone": info.to_dict(),
+        "config": to_dict(cfg),
+        "pixels": "float32 in [0, 1], not normalised; (N, 3, syn_res, syn_res), class-major",
+    }
+    atomic.write_bytes(out / "synthetic.safetensors", save(
+        {"images": images, "labels": labels},
+        metadata={"format": str(RUN_FORMAT), "json": json.dumps(synthetic_meta, sort_keys=True)},
+    ))
+    atomic.write_json(out / "synthetic.json", synthetic_meta)
+    write_grid(out / "preview.png", images.numpy(), c)
+    summary = {
+        "edgedd": __version__,
+        "method": cfg.method,
+        "backbone": info.to_dict(),
+        "dataset": {"name": source.name, "classes": c, "class_names": source.class_names,
+                    "images_used": s1.meta.get("images_used"), "skipped_images": len(s1.meta.get("skipped_images", []))},
+        "ipc": cfg.ipc,
+        "synthetic_images": n,
+        "iterations": cfg.iterations,
+        "resumed_from_step": start,
+        "final_loss": loss_value,
+        "flow_cosine": fcos,
+        "golden_train_top1": s1.meta.get("golden_train_top1_centre_crop"),
+        "stage1_cached": from_cache,
+        "stage1_seconds": stage1_seconds,
+        "stage2_seconds": stage2_seconds,
+        "sec_per_iter": stage2_seconds / iters_run if iters_run else None,
+        "total_seconds": time.perf_counter() - t_start,
+        "device": str(device),
+        "config": to_dict(cfg),
+        "stage1_config": to_dict(stage1_config),
+        "out": str(out),
+    }
+    ckpt.unlink(missing_ok=True)  # the result supersedes it; summary.json marks the run finished
+    atomic.write_json(out / "summary.json", summary)
+    return summary

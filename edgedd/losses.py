@@ -1,0 +1,73 @@
+"""Matching losses of Statistical Flow Matching (METHOD.md, Stage II).
+
+Notation: C classes, IPC synthetic images per class stored class-major (image i has class
+i // IPC), features z_i in R^D, real class centres mu_c, synthetic class centres m_c.
+
+Statistical flow of class c: the step from its centre to the mean of the other centres,
+
+    F[c] = (sum_k mu_k - mu_c) / (C - 1) - mu_c                                   (1)
+
+Summed over c: (C*S - S) / (C - 1) - S = 0, so the rows of a flow matrix sum to zero.
+
+SFM loss: one cosine between the flattened C x D matrices,
+
+    L = 1 - cos(vec F_real, vec F_syn)                                            (2)
+
+It is zero whenever m_c = mu_c for every c (and, being a cosine, also when m is any positive
+scaling of mu about the mean centre: SFM matches the *geometry* of the class centres).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import EdgeddError
+
+
+def class_centres(z: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C*IPC, D) class-major features -> (C, D) per-class means."""
+    n, d = z.shape
+    if n % num_classes:
+        raise EdgeddError(f"{n} synthetic features do not split into {num_classes} classes", "keep the class-major layout")
+    return z.view(num_classes, n // num_classes, d).mean(dim=1)
+
+
+def non_target_centres(centres: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
+    """(sum_k c_k - c_c) / (C - 1) per class; ``denominator`` overrides C - 1."""
+    c = centres.shape[0]
+    den = (c - 1) if denominator is None else denominator
+    return (centres.sum(dim=0, keepdim=True) - centres) / den
+
+
+def flow(centres: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
+    """Equation (1): the statistical flow matrix of a set of class centres."""
+    return non_target_centres(centres, denominator) - centres
+
+
+def synthetic_flow(z: torch.Tensor, num_classes: int, mode: str = "classes") -> torch.Tensor:
+    """F_syn from synthetic features. ``mode="reference"`` divides by N - 1 (N images), as the
+    reference code does; that equals (1) only at IPC = 1."""
+    m = class_centres(z, num_classes)
+    if mode == "classes":
+        return flow(m)
+    if mode == "reference":
+        return flow(m, denominator=z.shape[0] - 1)
+    raise EdgeddError(f"unknown flow denominator {mode!r}", "use classes or reference")
+
+
+def sfm_loss(z: torch.Tensor, flow_real: torch.Tensor, mode: str = "classes") -> torch.Tensor:
+    """Equation (2), computed in float32 or wider whatever the feature dtype."""
+    f_syn = synthetic_flow(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, flow_real.shape[0], mode)
+    return 1 - F.cosine_similarity(flow_real.to(f_syn.dtype).flatten(), f_syn.flatten(), dim=0)
+
+
+def decouple_loss(z: torch.Tensor, centres_real: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``sfm_decouple``: alpha * MSE(m, mu) + (1 - alpha) * MSE(non-target(m), non-target(mu)).
+
+    alpha = 1 is target-class centre matching (TCDD), alpha = 0 non-target matching (NCDD).
+    """
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    mu = centres_real.to(z.dtype)
+    m = class_centres(z, mu.shape[0])
+    return alpha * F.mse_loss(m, mu) + (1 - alpha) * F.mse_loss(non_target_centres(m), non_target_centres(mu))

@@ -1,0 +1,247 @@
+"""Stage I: class centres and the golden full-data classifier, in one streaming pass.
+
+For each batch of canvases the backbone sees the centre crop (for the statistics) and
+``golden_views`` flip + random-resized-crop views (for the classifier) in one forward:
+
+    sums[c]   += sum of phi(centre crop) over images of class c      (float64)
+    counts[c] += number of images of class c
+    mu_c       = sums[c] / counts[c]                                  (exact, any dataset size;
+                                                                       shards add up: all-reduce)
+
+The augmented views' features go to a disk-backed array, and the golden probe
+(Linear(D, C), W ~ N(0, 0.01^2), b = 0; cross-entropy; Adam lr 1e-3 * batch / 256; cosine schedule;
+10 epochs) trains on them, one randomly chosen view per image per epoch.
+
+Results are cached under ``$EDGEDD_CACHE_DIR`` (default ``~/.cache/edgedd``) keyed by backbone,
+weights hash, dataset fingerprint, preprocessing and this config, so a second distill on the same
+data skips the pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+
+from . import atomic
+from .augment import center_crop, normalize, render_views, sample_views
+from .backbones import BackboneInfo
+from .config import AugmentConfig, StageIConfig, fingerprint, to_dict
+from .data import LabelledImages, canvas_loader
+from .errors import EdgeddError
+from .progress import Progress
+
+STAGE1_FORMAT = 1
+STATS_FILE = "stats.safetensors"
+GOLDEN_FILE = "golden_classifier.safetensors"
+STAGE1_JSON = "stage1.json"
+
+
+@dataclass
+class Stage1:
+    sums: torch.Tensor  # (C, D) float64
+    counts: torch.Tensor  # (C,) int64
+    weight: torch.Tensor  # (C, D) float32, golden classifier
+    bias: torch.Tensor  # (C,) float32
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def centres(self) -> torch.Tensor:
+        return self.sums / self.counts.unsqueeze(1).to(self.sums.dtype)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EDGEDD_CACHE_DIR") or Path.home() / ".cache" / "edgedd")
+
+
+def stage1_key(info: BackboneInfo, source: LabelledImages, cfg: StageIConfig) -> str:
+    return fingerprint(
+        {
+            "format": STAGE1_FORMAT,
+            "backbone": info.name,
+            "weights_sha256": info.weights_sha256,
+            "dataset": source.fingerprint,
+            "preprocess": to_dict(info.preprocess),
+            "stage1": to_dict(cfg),
+        }
+    )
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    info: BackboneInfo,
+    source: LabelledImages,
+    cfg: StageIConfig,
+    device: torch.device,
+    feature_file: Path,
+    num_workers: int = 0,
+    strict_images: bool = False,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, list[str]]:
+    """The streaming pass. Returns sums, counts, view features (n_ok, 1 + K, D; slot 0 is the
+    centre crop), their labels, and the unreadable files' messages."""
+    pp = info.preprocess
+    c, d, k = source.num_classes, info.num_features, cfg.golden_views
+    sums = torch.zeros(c, d, dtype=torch.float64, device=device)
+    counts = torch.zeros(c, dtype=torch.int64, device=device)
+    feats = np.lib.format.open_memmap(feature_file, mode="w+", dtype=np.float32, shape=(len(source), 1 + k, d))
+    labels_kept = np.empty(len(source), dtype=np.int64)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    aug = AugmentConfig()  # flip + RRC at the reference values; no noise for real images
+    skipped: list[str] = []
+    pos = 0
+    loader = canvas_loader(source, pp.resize_size, pp.interpolation, cfg.batch_size, num_workers, pin_memory=device.type == "cuda")
+    with Progress(len(source), "stage I: statistics", enabled=progress) as bar:
+        for images, labels, errors in loader:
+            if errors:
+                if strict_images:
+                    raise EdgeddError(f"cannot read image {errors[0]}", "fix or remove the file, or drop --strict-images to skip unreadable images")
+                skipped.extend(errors)
+            b = images.shape[0]
+            if b:
+                x = images.to(device, non_blocking=True).float().div_(255)
+                labels = labels.to(device)
+                crops = [center_crop(x, pp.input_size)]
+                for _ in range(k):
+                    crops.append(render_views(x, sample_views(b, aug, gen), pp.input_size))
+                with _autocast(device):
+                    z = model(normalize(torch.cat(crops), pp.mean, pp.std)).float()
+                z = z.view(1 + k, b, d)
+                sums.index_add_(0, labels, z[0].double())
+                counts += torch.bincount(labels, minlength=c)
+                feats[pos : pos + b] = z.transpose(0, 1).cpu().numpy()
+                labels_kept[pos : pos + b] = labels.cpu().numpy()
+                pos += b
+            bar.update(b + len(errors))
+    feats.flush()
+    empty = [source.class_names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+    if empty:
+        raise EdgeddError(f"no readable images in class(es) {', '.join(empty)}", "add readable images to those classes")
+    return sums.cpu(), counts.cpu(), feats[:pos], labels_kept[:pos], skipped
+
+
+def train_golden(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: StageIConfig, device: torch.device, progress: bool = True):
+    """Linear probe on cached view features (slots 1..K), one random view per image per epoch."""
+    n, views, d = feats.shape
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    head = torch.nn.Linear(d, num_classes).to(device)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.01, generator=torch.Generator(device=device).manual_seed(cfg.seed + 2))
+        head.bias.zero_()
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.resolved_golden_lr())
+    steps_per_epoch = -(-n // cfg.golden_batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.golden_epochs * steps_per_epoch)
+    y_all = torch.from_numpy(labels)
+    with Progress(cfg.golden_epochs, "stage I: golden classifier", enabled=progress) as bar:
+        for _ in range(cfg.golden_epochs):
+            perm = torch.randperm(n, generator=gen)
+            pick = torch.randint(1, views, (n,), generator=gen) if views > 1 else torch.zeros(n, dtype=torch.long)
+            total = 0.0
+            for s in range(0, n, cfg.golden_batch):
+                idx = perm[s : s + cfg.golden_batch]
+                order = torch.argsort(idx)  # sorted reads from the memmap, then undo
+                rows = feats[idx[order].numpy(), pick[idx[order]].numpy()]
+                x = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+                y = y_all[idx[order]].to(device)
+                loss = torch.nn.functional.cross_entropy(head(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+            bar.update(1, loss=total / n)
+    with torch.no_grad():
+        correct = 0
+        for s in range(0, n, 4096):
+            x = torch.from_numpy(np.ascontiguousarray(feats[s : s + 4096, 0])).to(device)
+            correct += (head(x).argmax(1).cpu() == y_all[s : s + 4096]).sum().item()
+    return head.weight.detach().cpu().float(), head.bias.detach().cpu().float(), correct / n
+
+
+def run_stage1(model, info, source, cfg, device, work_dir: Path, num_workers=0, strict_images=False, progress=True) -> Stage1:
+    t0 = time.perf_counter()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix=".features-") as tmp:
+        sums, counts, feats, labels, skipped = extract_features(
+            model, info, source, cfg, device, Path(tmp) / "views.npy", num_workers, strict_images, progress
+        )
+        t1 = time.perf_counter()
+        weight, bias, train_top1 = train_golden(feats, labels, source.num_classes, cfg, device, progress)
+        del feats
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}", stacklevel=2)
+    meta = {
+        "format": STAGE1_FORMAT,
+        "key": stage1_key(info, source, cfg),
+        "backbone": info.to_dict(),
+        "dataset": {"name": source.name, "fingerprint": source.fingerprint, "class_names": source.class_names, "images": len(source)},
+        "stage1": to_dict(cfg),
+        "images_used": int(counts.sum()),
+        "skipped_images": skipped,
+        "golden_train_top1_centre_crop": train_top1,
+        "pass_seconds": t1 - t0,
+        "golden_seconds": time.perf_counter() - t1,
+    }
+    return Stage1(sums, counts, weight, bias, meta)
+
+
+def save_stage1(s: Stage1, directory: Path) -> None:
+    """Tensors to safetensors, metadata to JSON; the JSON is written last and marks completion."""
+    directory.mkdir(parents=True, exist_ok=True)
+    centres = s.centres
+    from .losses import flow
+
+    atomic.write_bytes(directory / STATS_FILE, save(
+        {"sums": s.sums.contiguous(), "counts": s.counts.contiguous(), "centres": centres.contiguous(), "flow": flow(centres).contiguous()},
+        metadata={"format": str(STAGE1_FORMAT), "key": s.meta["key"]},
+    ))
+    atomic.write_bytes(directory / GOLDEN_FILE, save(
+        {"weight": s.weight.contiguous(), "bias": s.bias.contiguous()},
+        metadata={"format": str(STAGE1_FORMAT), "key": s.meta["key"]},
+    ))
+    atomic.write_json(directory / STAGE1_JSON, s.meta)
+
+
+def load_stage1(directory: Path, key: str | None = None) -> Stage1 | None:
+    """The stage-I result in ``directory``, or None if absent, incomplete or for another key."""
+    try:
+        meta = json.loads((directory / STAGE1_JSON).read_text())
+        if meta.get("format") != STAGE1_FORMAT or (key is not None and meta.get("key") != key):
+            return None
+        stats = load_file(directory / STATS_FILE)
+        golden = load_file(directory / GOLDEN_FILE)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+    return Stage1(stats["sums"], stats["counts"], golden["weight"], golden["bias"], meta)
+
+
+def stage1_cached(model, info, source, cfg, device, num_workers=0, strict_images=False, progress=True, use_cache=True) -> tuple[Stage1, bool]:
+    """Load Stage I from the cache when its key matches, else run it and fill the cache."""
+    key = stage1_key(info, source, cfg)
+    directory = cache_root() / "stage1" / key[:32]
+    if use_cache:
+        hit = load_stage1(directory, key)
+        if hit is not None:
+            return hit, True
+    result = run_stage1(model, info, source, cfg, device, directory, num_workers, strict_images, progress)
+    if use_cache:
+        save_stage1(result, directory)
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+    return result, False

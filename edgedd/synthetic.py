@@ -1,0 +1,95 @@
+"""The synthetic set: each image a multi-scale pyramid of learnable levels (METHOD.md, Stage II).
+
+    image = sigmoid(2 * K_dec( sum_l upsample_bilinear(level_l, syn_res) ))
+
+with levels at resolutions 1, 2, 4, ... up to ``syn_res`` and ``K_dec`` the fixed
+colour-decorrelation matrix applied per pixel. Low levels carry global colour and layout, high
+levels detail, so optimising all of them jointly is a well-conditioned way to make images.
+
+Growth: start at the 1x1 level (Gaussian noise); each extension scales the old levels by
+``old_count / new_count``, adds a new noise level divided by ``new_count`` and (in the caller)
+resets the optimiser. The reference extends every 200 iterations; :func:`extension_steps` keeps
+that but never spends more than the first half of a run growing, so a short run still reaches full
+resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Lucid/Olah colour-correlation square root, normalised by its largest column norm.
+_COLOR_CORRELATION = torch.tensor(
+    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float64
+)
+COLOR_DECORRELATION = _COLOR_CORRELATION / _COLOR_CORRELATION.norm(dim=0).max()
+
+
+def level_resolutions(syn_res: int) -> list[int]:
+    """1, 2, 4, ... and finally ``syn_res`` itself (which need not be a power of two)."""
+    res, out = 1, []
+    while res < syn_res:
+        out.append(res)
+        res *= 2
+    out.append(syn_res)
+    return out
+
+
+def extension_steps(iterations: int, syn_res: int, extend_every: int = 200) -> list[int]:
+    """Step at which extension e (0-based) happens, before that step's update.
+
+    step_e = min(extend_every * (e + 1), floor((e + 1) * iterations / (2 * n_ext)))
+    Reference (5000 its, 256 px, every 200): 200, 400, ..., 1600.
+    """
+    n_ext = len(level_resolutions(syn_res)) - 1
+    return [min(extend_every * (e + 1), ((e + 1) * iterations) // (2 * n_ext)) for e in range(n_ext)]
+
+
+def decode(levels: list[torch.Tensor], syn_res: int) -> torch.Tensor:
+    """Pyramid levels -> (N, 3, syn_res, syn_res) pixels in (0, 1)."""
+    x = sum(
+        F.interpolate(lv, size=(syn_res, syn_res), mode="bilinear", align_corners=False, antialias=False)
+        if lv.shape[-1] != syn_res
+        else lv
+        for lv in levels
+    )
+    k = COLOR_DECORRELATION.to(x.device, x.dtype)
+    x = torch.einsum("ij,njhw->nihw", k, x)
+    return torch.sigmoid(2 * x)
+
+
+class Pyramid:
+    """The learnable levels of N synthetic images, coarsest first."""
+
+    def __init__(self, levels: list[torch.Tensor], syn_res: int):
+        self.levels = [lv.detach().requires_grad_(True) for lv in levels]
+        self.syn_res = syn_res
+
+    @classmethod
+    def init(cls, n: int, syn_res: int, gen: torch.Generator, device=None) -> "Pyramid":
+        device = device or gen.device
+        first = torch.randn(n, 3, 1, 1, generator=gen, device=device)
+        return cls([first], syn_res)
+
+    @property
+    def resolutions(self) -> list[int]:
+        return [lv.shape[-1] for lv in self.levels]
+
+    @property
+    def full(self) -> bool:
+        return self.levels[-1].shape[-1] == self.syn_res
+
+    def extend(self, gen: torch.Generator) -> None:
+        """Add the next level. Decoded pixels change only by the new level's noise."""
+        if self.full:
+            return
+        old, new = len(self.levels), len(self.levels) + 1
+        res = level_resolutions(self.syn_res)[old]
+        n = self.levels[0].shape[0]
+        dev, dt = self.levels[0].device, self.levels[0].dtype
+        noise = torch.randn(n, 3, res, res, generator=gen, device=dev, dtype=dt)
+        levels = [lv.detach() * (old / new) for lv in self.levels] + [noise / new]
+        self.levels = [lv.requires_grad_(True) for lv in levels]
+
+    def decode(self) -> torch.Tensor:
+        return decode(self.levels, self.syn_res)
