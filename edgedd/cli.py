@@ -132,6 +132,10 @@ def distill(
         resume=resume,
         overwrite=overwrite,
     )
+    skipped = summary["dataset"]["skipped_files"]
+    if skipped:
+        _say(f"warning: skipped {summary['dataset']['skipped_images']} unreadable image(s) "
+             f"(pass --strict-images to stop instead), first: {skipped[0]}")
     if json_out:
         print(json.dumps(summary, indent=2, sort_keys=True))
     _say(human_summary(summary))

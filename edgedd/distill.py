@@ -216,7 +216,7 @@ def distill(
     """Run both stages and return the summary (also written to ``summary.json``)."""
     t_start = time.perf_counter()
     out = Path(out)
-    validate(replace(config, syn_res=syn_res or 1, crop_res=crop_res or 1))
+    validate(replace(config, syn_res=1 if syn_res is None else syn_res, crop_res=1 if crop_res is None else crop_res))
     source: LabelledImages = open_dataset(data)  # cheap input checks before any model work
     check_model_name(backbone)
     device = resolve_device(options.device)
@@ -261,8 +261,7 @@ def distill(
     t2 = time.perf_counter()
     with Progress(cfg.iterations, f"stage II: {cfg.method}", initial=start, enabled=options.progress) as bar:
         for step in range(start, cfg.iterations):
-            while len(pyr.levels) - 1 < len(ext) and ext[len(pyr.levels) - 1] <= step:
-                pyr.extend(gen)
+            if pyr.grow(step, ext, gen):
                 opt = _adam(pyr.levels, cfg.lr)  # reset at each extension (reference)
             z = synthetic_features(model, pyr.decode(), cfg, info, gen)
             loss = matching_loss(z, cfg, flow_real, centres_real)
@@ -305,7 +304,8 @@ def distill(
         "method": cfg.method,
         "backbone": info.to_dict(),
         "dataset": {"name": source.name, "classes": c, "class_names": source.class_names,
-                    "images_used": s1.meta.get("images_used"), "skipped_images": len(s1.meta.get("skipped_images", []))},
+                    "images_used": s1.meta.get("images_used"), "skipped_images": len(s1.meta.get("skipped_images", [])),
+                    "skipped_files": s1.meta.get("skipped_images", [])[:20]},
         "ipc": cfg.ipc,
         "synthetic_images": n,
         "iterations": cfg.iterations,

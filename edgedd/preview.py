@@ -1,4 +1,5 @@
-"""PNG grids of synthetic images: one row per class, one column per image of that class."""
+"""PNG grids of synthetic images: one row per class, one column per image of that class
+(at one image per class, a near-square grid in class order)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ def grid(images: np.ndarray, num_classes: int, min_tile: int = 64, pad: int = 2)
     (nearest neighbour) to at least ``min_tile`` pixels so they can be seen."""
     n, _, h, w = images.shape
     per_class = n // num_classes
+    rows, cols = num_classes, per_class
+    if per_class == 1:  # one image per class: a near-square grid rather than a tall column
+        cols = int(np.ceil(np.sqrt(n)))
+        rows = -(-n // cols)
     scale = max(1, -(-min_tile // max(h, w)))
     th, tw = h * scale, w * scale
-    canvas = np.full((num_classes * (th + pad) + pad, per_class * (tw + pad) + pad, 3), 255, dtype=np.uint8)
+    canvas = np.full((rows * (th + pad) + pad, cols * (tw + pad) + pad, 3), 255, dtype=np.uint8)
     tiles = (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
     for i in range(n):
-        r, c = divmod(i, per_class)
+        r, c = divmod(i, cols)
         tile = tiles[i].repeat(scale, axis=0).repeat(scale, axis=1)
         y, x = pad + r * (th + pad), pad + c * (tw + pad)
         canvas[y : y + th, x : x + tw] = tile

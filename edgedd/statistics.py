@@ -24,7 +24,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,8 +183,6 @@ def run_stage1(model, info, source, cfg, device, work_dir: Path, num_workers=0, 
         t1 = time.perf_counter()
         weight, bias, train_top1 = train_golden(feats, labels, source.num_classes, cfg, device, progress)
         del feats
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}", stacklevel=2)
     meta = {
         "format": STAGE1_FORMAT,
         "key": stage1_key(info, source, cfg),

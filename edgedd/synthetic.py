@@ -80,7 +80,7 @@ class Pyramid:
         return self.levels[-1].shape[-1] == self.syn_res
 
     def extend(self, gen: torch.Generator) -> None:
-        """Add the next level. Decoded pixels change only by the new level's noise."""
+        """Add the next level: the pre-sigmoid sum is scaled by old/new and noise/new is added."""
         if self.full:
             return
         old, new = len(self.levels), len(self.levels) + 1
@@ -90,6 +90,15 @@ class Pyramid:
         noise = torch.randn(n, 3, res, res, generator=gen, device=dev, dtype=dt)
         levels = [lv.detach() * (old / new) for lv in self.levels] + [noise / new]
         self.levels = [lv.requires_grad_(True) for lv in levels]
+
+    def grow(self, step: int, ext_steps: list[int], gen: torch.Generator) -> bool:
+        """Add every level due by ``step``; True if any was added (the caller resets Adam)."""
+        due = 1 + sum(1 for s in ext_steps if s <= step)
+        grew = False
+        while len(self.levels) < due and not self.full:
+            self.extend(gen)
+            grew = True
+        return grew
 
     def decode(self) -> torch.Tensor:
         return decode(self.levels, self.syn_res)

@@ -1,0 +1,65 @@
+"""Shared fixtures: a small ImageFolder made here, a random-init tiny timm ViT, an isolated cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY = dict(name="test_vit", weights="random", input_size=32, resize_size=32)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EDGEDD_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("EDGEDD_PROGRESS", "0")
+    monkeypatch.delenv("EDGEDD_TRACEBACK", raising=False)
+
+
+def make_image_folder(root: Path, classes=("circle", "square", "stripes"), per_class: int = 6, size=(40, 30), seed: int = 0) -> Path:
+    """Per class a distinct colour and pattern, in several formats and colour modes."""
+    rng = np.random.default_rng(seed)
+    formats = [("png", "RGB"), ("jpg", "RGB"), ("png", "L"), ("bmp", "RGB"), ("webp", "RGB"), ("png", "RGBA"), ("png", "P")]
+    for ci, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            w, h = size
+            base = np.zeros((h, w, 3), dtype=np.float32)
+            base[..., ci % 3] = 0.8
+            yy, xx = np.mgrid[0:h, 0:w]
+            if ci % 3 == 0:
+                base *= (((xx - w / 2) ** 2 + (yy - h / 2) ** 2) < (min(w, h) / 3) ** 2)[..., None]
+            elif ci % 3 == 1:
+                base *= ((abs(xx - w / 2) < w / 4) & (abs(yy - h / 2) < h / 4))[..., None]
+            else:
+                base *= ((xx // 4) % 2 == 0)[..., None]
+            arr = np.clip(base + rng.normal(0, 0.05, base.shape), 0, 1)
+            img = Image.fromarray((arr * 255).astype(np.uint8))
+            ext, mode = formats[(ci * per_class + i) % len(formats)]
+            img = img.convert(mode) if mode != "P" else img.convert("P", palette=Image.Palette.ADAPTIVE)
+            img.save(d / f"{i:03d}.{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from edgedd.backbones import load_backbone
+
+    return load_backbone(TINY["name"], TINY["weights"], input_size=TINY["input_size"], resize_size=TINY["resize_size"])
+
+
+def tiny_distill_args(data, out, *extra) -> list[str]:
+    return [
+        "distill", str(data), "--backbone", "test_vit", "--weights", "random", "--out", str(out),
+        "--crop-res", "32", "--syn-res", "32", "--num-workers", "0", "--golden-epochs", "2",
+        "--golden-views", "2", "--preview-every", "0", "-q", *extra,
+    ]
