@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgedd-installed
 
-.PHONY: install test distill-demo bench clean
+.PHONY: install test demo bench clean
 
 install: $(STAMP)
 
@@ -20,8 +20,9 @@ test: $(STAMP)
 	@$(PY) -m pytest tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# Distill the embedded default dataset (random-init tiny ViT until shipped backbones exist).
-distill-demo: $(STAMP)
+# The main job on the embedded default: distill MNIST (random-init tiny ViT until the shipped
+# self-supervised backbones of issue 6 exist; see README).
+demo: $(STAMP)
 	$(VENV)/bin/edgedd distill embedded:mnist --backbone test_vit --weights random \
 		--crop-res 32 --syn-res 32 --ipc 1 --iterations 300 --out runs/demo --overwrite
 

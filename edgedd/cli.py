@@ -141,6 +141,108 @@ def distill(
     _say(human_summary(summary))
 
 
+@app.command()
+@handle_errors
+def pack(
+    run_dir: Path = typer.Argument(..., help="A finished edgedd distill run directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
+    edge_backbone: Optional[str] = typer.Option(None, help="timm name of the edge backbone [default: the distillation backbone]."),
+    edge_weights: Optional[str] = typer.Option(None, help="Edge weights: 'hub', a .safetensors file or 'random'."),
+    edge_crop_res: Optional[int] = typer.Option(None, min=1, help="Edge backbone input resolution [default: the backbone's]."),
+    views: int = typer.Option(8, min=1, help="Augmented views per synthetic image stored as projector targets."),
+    projector_epochs: int = typer.Option(1000, min=1, help="Epochs of the host's reference projector training."),
+    int8: bool = typer.Option(False, "--int8", help="Also ship a dynamically quantised int8 backbone."),
+    int8_max_drop: float = typer.Option(0.05, min=0.0, max=1.0, help="Refuse the int8 backbone above this synthetic top-1 drop."),
+    seed: int = typer.Option(0, help="Seed of the views and the projector training."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Package a run for the edge: artifact + ONNX backbone, projector and classifier."""
+    from edgedd.export.pack import PackConfig, pack as run
+
+    r = run(run_dir, out, edge_backbone, edge_weights, edge_crop_res,
+            PackConfig(views=views, projector_epochs=projector_epochs, int8=int8, int8_max_drop=int8_max_drop, seed=seed),
+            device=device, overwrite=overwrite)
+    if json_out:
+        print(json.dumps(r, indent=2, sort_keys=True))
+    ref = r["reference"]
+    _say(f"packed {r['synthetic_images']} images ({r['classes']} classes) for {r['edge_backbone']} "
+         f"(distilled on {r['distill_backbone']}) into {r['bundle']}\n"
+         f"  graphs checked and within {max(v['max_rel_error'] for v in r['validation'].values()):.1e} of torch at batch 1 and 3\n"
+         f"  synthetic-set top-1: torch projector {ref['synthetic_top1']:.1%}, closed-form projector {ref['synthetic_top1_ridge']:.1%}"
+         + (f", int8 backbone {ref['int8_synthetic_top1_packed_projector']:.1%}" if "int8_synthetic_top1_packed_projector" in ref else ""))
+
+
+@app.command("deploy-check")
+@handle_errors
+def deploy_check(
+    bundle: Path = typer.Argument(..., help="Bundle directory made by edgedd pack."),
+    data: Optional[Path] = typer.Option(None, help="A local labelled ImageFolder to measure accuracy on."),
+    fine_tune: bool = typer.Option(True, "--fine-tune/--no-fine-tune", help="Fit the projector on this device (closed-form ridge)."),
+    int8: bool = typer.Option(False, "--int8", help="Use the bundle's int8 backbone."),
+    max_latency_ms: Optional[float] = typer.Option(None, min=0.0, help="Fail if batch-1 p95 latency exceeds this."),
+    min_data_top1: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Fail if --data top-1 is below this fraction."),
+    ridge: float = typer.Option(1e-3, min=0.0, help="Relative ridge strength of the projector fit."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Verify a bundle on this device, fine-tune its projector, measure accuracy and latency."""
+    from .device.runtime import deploy_check as run
+
+    r = run(bundle, data=data, fine_tune=fine_tune, max_latency_ms=max_latency_ms, int8=int8, ridge=ridge, min_data_top1=min_data_top1)
+    if json_out:
+        print(json.dumps(r, indent=2, sort_keys=True))
+    width = max(len(c["name"]) for c in r["checks"])
+    lines = [f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']:<{width}}  {c['detail']}" for c in r["checks"]]
+    lines.append(f"deploy-check {'PASSED' if r['ok'] else 'FAILED'}: synthetic top-1 {r['synthetic_top1']:.1%}"
+                 + (f", data top-1 {r['data_top1']:.1%}" if "data_top1" in r else "")
+                 + f", p50 {r['latency_ms_p50']:.2f} ms, peak RSS {r['peak_rss_mb']:.0f} MB")
+    _say("\n".join(lines))
+    if not r["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def predict(
+    bundle: Path = typer.Argument(..., help="Bundle directory made by edgedd pack."),
+    images: list[Path] = typer.Argument(..., help="Image files to classify."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Labels to show per image."),
+    json_out: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
+) -> None:
+    """Classify images with a bundle (uses the device-fitted projector when there is one)."""
+    from .device.runtime import predict as run
+
+    r = run(bundle, [str(p) for p in images], top_k)
+    if json_out:
+        print(json.dumps(r, indent=2))
+        return
+    for item in r:
+        print(item["image"] + "\t" + "  ".join(f"{t['label']} {t['prob']:.3f}" for t in item["top"]))
+
+
+@app.command()
+@handle_errors
+def inspect(
+    path: Path = typer.Argument(..., help="An artifact file or a bundle directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
+) -> None:
+    """Show what an edgedd artifact holds (verifies it first)."""
+    from .device.runtime import inspect as run
+
+    r = run(path)
+    if json_out:
+        print(json.dumps(r, indent=2, sort_keys=True))
+        return
+    print(f"{r['file']}  format {r['format']}  sha256 {r['sha256'][:16]}…")
+    print(f"classes ({r['classes']}): {', '.join(r['class_names'][:20])}{' …' if r['classes'] > 20 else ''}")
+    print(f"distilled with {r['distill']['backbone']['name']}, edge backbone {r['edge']['backbone']['name']}")
+    for k, v in r["tensors"].items():
+        print(f"  {k:<20} {v['dtype']:<8} {tuple(v['shape'])}")
+    for role, g in (r["onnx"] or {}).items():
+        print(f"  {role:<20} {g['file']}  sha256 {g['sha256'][:16]}…")
+
+
 def human_summary(s: dict) -> str:
     d = s["dataset"]
     lines = [

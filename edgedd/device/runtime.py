@@ -1,0 +1,328 @@
+"""Device runtime: verify a bundle, fine-tune its projector, classify. numpy + onnxruntime only.
+
+Inference (Classifier Inheritance, METHOD.md Stage III):
+
+    logits = classifier( P( phi_B(x) ) ),   P(f) = W f + b  (D_B -> D_A)
+
+phi_B is the edge backbone's ONNX graph; the classifier is the golden full-data classifier
+inherited from the host. Fine-tuning P needs no host backbone: the artifact stores phi_A features
+of K augmented views of every synthetic image (the *targets*) and the view boxes, so the device
+renders the same views, runs phi_B on them and solves the ridge regression in closed form:
+
+    [W; b] = argmin ||X W^T + 1 b^T - Y||^2 + lam ||W||^2
+    W^T = (Xc^T Xc + lam I)^-1 Xc^T Yc,  b = mean(Y) - W mean(X),   Xc, Yc centred      (3)
+
+with lam = ridge * trace(Xc^T Xc) / D_B (scale-free).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..atomic import sha256_file, write_bytes
+from ..errors import EdgeddError
+from . import artifact as art
+from .render import center_crop, normalize, render_views, resize_square
+
+FINETUNED_FILE = "projector.finetuned.safetensors"
+ROLES = ("backbone", "projector", "classifier")
+SYNTHETIC_SLACK = 0.05  # device top-1 on the synthetic set may trail the host's by this much
+
+
+@dataclass
+class Bundle:
+    directory: Path
+    artifact: art.Artifact
+    sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
+    providers: list[str] = field(default_factory=list)
+
+    @property
+    def meta(self) -> dict:
+        return self.artifact.meta
+
+    @property
+    def edge_preprocess(self) -> dict:
+        return self.meta["edge"]["preprocess"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"]
+
+
+def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None) -> Bundle:
+    """Read and verify the artifact, check every ONNX file's sha256, open the sessions."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise EdgeddError(f"bundle {directory} is not a directory", "pass the --out directory of edgedd pack")
+    a = art.read(directory / art.ARTIFACT_FILE)
+    graphs = dict(a.meta.get("onnx", {}))
+    if int8:
+        if "backbone_int8" not in graphs:
+            raise EdgeddError(f"bundle {directory} has no int8 backbone", "re-pack with --int8")
+        graphs["backbone"] = graphs["backbone_int8"]
+    available = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]  # remote-only EP
+    chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
+    b = Bundle(directory, a, providers=chosen)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    for role in ROLES:
+        g = graphs.get(role)
+        if not g:
+            raise EdgeddError(f"artifact in {directory} lists no {role} graph", "re-run edgedd pack")
+        path = directory / g["file"]
+        if not path.is_file():
+            raise EdgeddError(f"bundle {directory} is missing {g['file']}", "copy the whole bundle directory")
+        if sha256_file(path) != g["sha256"]:
+            raise EdgeddError(f"{path} does not match the artifact (sha256 mismatch)", "the bundle was altered or mixed up; re-copy it")
+        try:
+            b.sessions[role] = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+        except Exception as e:  # onnxruntime's own exception types
+            raise EdgeddError(f"onnxruntime cannot load {path} ({type(e).__name__})", "check the onnxruntime version (see the bundle's meta)") from None
+    return b
+
+
+def _run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    return sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def backbone_features(b: Bundle, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """images: normalised (n, 3, S, S) float32 at the edge input size."""
+    return np.concatenate([_run(b.sessions["backbone"], images[s : s + batch]) for s in range(0, len(images), batch)])
+
+
+def prepare_canvases(b: Bundle, canvases: np.ndarray) -> np.ndarray:
+    """(n, 3, R, R) pixels in [0, 1] -> edge input: resize to resize_size, centre crop, normalise."""
+    pp = b.edge_preprocess
+    x = canvases if canvases.shape[-1] == pp["resize_size"] else resize_square(canvases, pp["resize_size"])
+    return normalize(center_crop(x, pp["input_size"]), pp["mean"], pp["std"])
+
+
+def synthetic_pixels(b: Bundle) -> np.ndarray:
+    return b.artifact["synthetic.images"].astype(np.float32) / 255.0
+
+
+def fit_projector_ridge(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Equation (3). x (n, D_B), y (n, D_A) -> W (D_A, D_B), b (D_A,), in float64 then float32."""
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    gram = xc.T @ xc
+    lam = ridge * max(np.trace(gram), 1e-12) / gram.shape[0]
+    wt = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), xc.T @ yc)
+    return wt.T.astype(np.float32), (my - mx @ wt).astype(np.float32)
+
+
+def view_inputs(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
+    """Render the stored views at the edge input size: (N*K, 3, S, S) inputs, (N*K, D_A) targets."""
+    pix = synthetic_pixels(b)
+    boxes, flips, targets = b.artifact["targets.boxes"], b.artifact["targets.flips"], b.artifact["targets.features"]
+    n, k = boxes.shape[:2]
+    pp = b.edge_preprocess
+    views = render_views(np.repeat(pix, k, axis=0), boxes.reshape(n * k, 4), flips.reshape(n * k).astype(bool), pp["input_size"])
+    return normalize(views, pp["mean"], pp["std"]), targets.reshape(n * k, -1)
+
+
+def fine_tune_projector(b: Bundle, ridge: float = 1e-3) -> dict:
+    x_in, y = view_inputs(b)
+    feats = backbone_features(b, x_in)
+    w, bias = fit_projector_ridge(feats, y, ridge)
+    w0, b0 = b.artifact["projector.weight"], b.artifact["projector.bias"]
+    mse = lambda W, B: float(np.mean((feats @ W.T + B - y) ** 2))  # noqa: E731
+    return {"weight": w, "bias": bias, "views": len(y), "mse_before": mse(w0, b0), "mse_after": mse(w, bias), "ridge": ridge}
+
+
+def save_finetuned(b: Bundle, ft: dict) -> Path:
+    from safetensors.numpy import save
+
+    meta = {"artifact_sha256": sha256_file(b.directory / art.ARTIFACT_FILE),
+            "method": "ridge (closed form)", "ridge": repr(ft["ridge"]), "views": str(ft["views"]),
+            "mse_before": repr(ft["mse_before"]), "mse_after": repr(ft["mse_after"])}
+    path = b.directory / FINETUNED_FILE
+    write_bytes(path, save({"weight": ft["weight"], "bias": ft["bias"]}, metadata=meta))
+    return path
+
+
+def load_finetuned(b: Bundle) -> tuple[np.ndarray, np.ndarray] | None:
+    """The device-fitted projector, if one was written for *this* artifact."""
+    from safetensors import safe_open
+
+    path = b.directory / FINETUNED_FILE
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            md = f.metadata() or {}
+            w, bias = f.get_tensor("weight"), f.get_tensor("bias")
+    except Exception:
+        raise EdgeddError(f"{path} is damaged", "delete it and run edgedd deploy-check again") from None
+    if md.get("artifact_sha256") != sha256_file(b.directory / art.ARTIFACT_FILE):
+        raise EdgeddError(f"{path} was fitted for another artifact", "delete it and run edgedd deploy-check again")
+    return w, bias
+
+
+def classify(b: Bundle, images: np.ndarray, projector: tuple[np.ndarray, np.ndarray] | None = None, batch: int = 64) -> np.ndarray:
+    """Normalised edge inputs -> logits. ``projector`` None: the packed projector graph."""
+    out = []
+    for s in range(0, len(images), batch):
+        f = _run(b.sessions["backbone"], images[s : s + batch])
+        p = _run(b.sessions["projector"], f) if projector is None else f @ projector[0].T + projector[1]
+        out.append(_run(b.sessions["classifier"], p))
+    return np.concatenate(out)
+
+
+def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean()) if len(labels) else float("nan")
+
+
+def load_labelled_folder(b: Bundle, directory: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """A local ImageFolder, preprocessed for the edge backbone; labels mapped by class name."""
+    from ..data import load_canvas, scan_image_folder
+
+    src = scan_image_folder(directory)
+    unknown = [c for c in src.class_names if c not in b.class_names]
+    if unknown:
+        raise EdgeddError(f"--data class folder(s) {', '.join(unknown[:5])} are not classes of this bundle",
+                          f"use folders named after the bundle's classes ({', '.join(b.class_names[:10])}…)")
+    index = {c: i for i, c in enumerate(b.class_names)}
+    pp = b.edge_preprocess
+    xs, ys, skipped = [], [], 0
+    for path, label in zip(src.paths, src.labels):
+        try:
+            xs.append(load_canvas(path, pp["resize_size"], pp["interpolation"]).transpose(2, 0, 1))
+            ys.append(index[src.class_names[label]])
+        except (OSError, ValueError):
+            skipped += 1
+    if not xs:
+        raise EdgeddError(f"no readable images in {directory}", "pass a folder of images")
+    x = np.stack(xs).astype(np.float32) / 255.0
+    return normalize(center_crop(x, pp["input_size"]), pp["mean"], pp["std"]), np.asarray(ys), skipped
+
+
+def peak_rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 if sys.platform != "darwin" else r / (1024.0 * 1024.0)
+
+
+def latency_ms(b: Bundle, x1: np.ndarray, projector=None, runs: int = 50, warmup: int = 5) -> tuple[float, float]:
+    for _ in range(warmup):
+        classify(b, x1, projector)
+    t = []
+    for _ in range(runs):
+        s = time.perf_counter()
+        classify(b, x1, projector)
+        t.append((time.perf_counter() - s) * 1000)
+    return float(np.percentile(t, 50)), float(np.percentile(t, 95))
+
+
+def _check(checks: list, name: str, ok: bool, detail: str) -> bool:
+    checks.append({"name": name, "ok": bool(ok), "detail": detail})
+    return ok
+
+
+def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tune: bool = True, max_latency_ms: float | None = None,
+                 int8: bool = False, ridge: float = 1e-3, tolerance: float = 1e-3, min_data_top1: float | None = None) -> dict:
+    """Every check the issue lists; integrity and file problems raise (nothing else can run)."""
+    b = open_bundle(directory, int8=int8)
+    checks: list[dict] = []
+    m = b.meta
+    _check(checks, "integrity", True, f"format {m['format']}, sha256 verified, {len(b.artifact.tensors)} tensors")
+    _check(checks, "graphs", True, f"{', '.join(ROLES)} loaded on {', '.join(b.providers)}" + (" (int8 backbone)" if int8 else ""))
+
+    # self-test: the packed torch outputs, reproduced by onnxruntime
+    xs, want_f, want_l = b.artifact["selftest.inputs"], b.artifact["selftest.features"], b.artifact["selftest.logits"]
+    got_f = backbone_features(b, xs)
+    got_l = classify(b, xs)
+    rel_f = float(np.abs(got_f - want_f).max() / (np.abs(want_f).max() + 1e-12))
+    agree = float((got_l.argmax(1) == want_l.argmax(1)).mean())
+    if int8:
+        _check(checks, "self-test", agree >= 0.5, f"int8 backbone: top-1 agreement with fp32 torch {agree:.0%}, feature rel. error {rel_f:.3g}")
+    else:
+        _check(checks, "self-test", rel_f <= tolerance and agree == 1.0, f"feature rel. error {rel_f:.2e} (tol {tolerance:g}), top-1 agreement {agree:.0%}")
+
+    labels = b.artifact["synthetic.labels"]
+    syn_x = prepare_canvases(b, synthetic_pixels(b))
+    before = top1(classify(b, syn_x), labels)
+    projector = None
+    if fine_tune:
+        ft = fine_tune_projector(b, ridge)
+        projector = (ft["weight"], ft["bias"])
+        path = save_finetuned(b, ft)
+        _check(checks, "fine-tune", ft["mse_after"] <= ft["mse_before"] * 1.0001 + 1e-12,
+               f"ridge on {ft['views']} views: target MSE {ft['mse_before']:.4g} -> {ft['mse_after']:.4g}; wrote {path.name}")
+    else:
+        projector = load_finetuned(b)
+    syn = top1(classify(b, syn_x, projector), labels)
+    ref = m.get("reference", {}).get("synthetic_top1")
+    detail = f"top-1 {syn:.1%} (packed projector {before:.1%}" + (f", host reference {ref:.1%})" if ref is not None else ")")
+    _check(checks, "synthetic accuracy", ref is None or syn >= ref - SYNTHETIC_SLACK, detail + f"; need ≥ host − {SYNTHETIC_SLACK:.0%}")
+
+    report = {"ok": True, "checks": checks, "synthetic_top1": syn, "synthetic_top1_packed_projector": before,
+              "int8": int8, "providers": b.providers, "bundle": str(b.directory)}
+    if data is not None:
+        x, y, skipped = load_labelled_folder(b, data)
+        report["data_top1"] = top1(classify(b, x, projector), y)
+        report["data_top1_packed_projector"] = top1(classify(b, x), y)
+        need = min_data_top1 if min_data_top1 is not None else 0.0
+        _check(checks, "data accuracy", report["data_top1"] >= need,
+               f"top-1 {report['data_top1']:.1%} on {len(y)} images" + (f" ({skipped} unreadable skipped)" if skipped else "")
+               + f"; packed projector {report['data_top1_packed_projector']:.1%}" + (f"; need {need:.1%}" if min_data_top1 is not None else ""))
+    p50, p95 = latency_ms(b, syn_x[:1], projector)
+    report["latency_ms_p50"], report["latency_ms_p95"] = p50, p95
+    _check(checks, "latency", max_latency_ms is None or p95 <= max_latency_ms,
+           f"batch 1: p50 {p50:.2f} ms, p95 {p95:.2f} ms" + (f" (limit {max_latency_ms:g} ms)" if max_latency_ms is not None else ""))
+    report["peak_rss_mb"] = peak_rss_mb()
+    report["ok"] = all(c["ok"] for c in checks)
+    return report
+
+
+def predict(directory: str | Path, images: list[str], topk: int = 5) -> list[dict]:
+    from ..data import load_canvas
+
+    b = open_bundle(directory)
+    projector = load_finetuned(b)
+    pp = b.edge_preprocess
+    xs = []
+    for p in images:
+        try:
+            xs.append(load_canvas(str(p), pp["resize_size"], pp["interpolation"]).transpose(2, 0, 1))
+        except FileNotFoundError:
+            raise EdgeddError(f"image {p} does not exist", "pass existing image files") from None
+        except (OSError, ValueError) as e:
+            raise EdgeddError(f"cannot read image {p} ({type(e).__name__})", "pass a JPEG, PNG, BMP or WebP file") from None
+    x = normalize(center_crop(np.stack(xs).astype(np.float32) / 255.0, pp["input_size"]), pp["mean"], pp["std"])
+    logits = classify(b, x, projector)
+    z = logits - logits.max(1, keepdims=True)
+    prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    k = min(topk, prob.shape[1])
+    out = []
+    for p, row in zip(images, prob):
+        idx = np.argsort(-row)[:k]
+        out.append({"image": str(p), "top": [{"label": b.class_names[i], "index": int(i), "prob": float(row[i])} for i in idx]})
+    return out
+
+
+def inspect(path: str | Path) -> dict:
+    """What an artifact (or a bundle directory) holds."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / art.ARTIFACT_FILE
+    a = art.read(path)
+    return {
+        "file": str(path),
+        "format": a.meta.get("format"),
+        "sha256": sha256_file(path),
+        "classes": len(a.meta.get("class_names", [])),
+        "class_names": a.meta.get("class_names"),
+        "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in sorted(a.tensors.items())},
+        "distill": a.meta.get("distill"),
+        "edge": a.meta.get("edge"),
+        "onnx": a.meta.get("onnx"),
+        "reference": a.meta.get("reference"),
+    }

@@ -1,0 +1,243 @@
+"""``edgedd pack``: a run directory -> a bundle directory an edge device can verify and use.
+
+Bundle layout (docs/ARTIFACT.md):
+
+    edgedd.artifact.safetensors   synthetic set (uint8), labels, classifier, projector, targets,
+                                  view boxes, self-test, metadata; sha256 over all of it
+    backbone.onnx                 edge backbone phi_B (dynamic batch)
+    projector.onnx                P: D_B -> D_A
+    classifier.onnx               golden classifier: D_A -> C
+    backbone.int8.onnx            with --int8: dynamically quantised phi_B
+
+Steps: load the run and re-create its distillation backbone A (the weights hash must match the
+run's); quantise the synthetic pixels to uint8 *first*, so every target is computed on the pixels
+the device will see; render K flip + RRC views per image; phi_A(views) are the targets,
+phi_B(views) the projector's inputs; train the reference projector in torch; export and validate
+the three graphs; write the self-test; with --int8, refuse a quantised backbone whose top-1 on the
+synthetic set drops by more than ``int8_max_drop``. The bundle appears atomically (built in a
+temporary sibling directory, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from edgedd import __version__
+from edgedd.atomic import make_temp_dir, sha256_file, write_bytes
+from edgedd.augment import center_crop, normalize, render_views, sample_views
+from edgedd.backbones import BackboneInfo, load_backbone, resolve_device
+from edgedd.config import AugmentConfig, to_dict
+from edgedd.device import artifact as art
+from edgedd.device.runtime import fit_projector_ridge
+from edgedd.errors import EdgeddError
+
+from .onnx_graphs import OPSET, check, export_backbone, linear_graph, parity, quantize_int8
+from .projector import train_projector
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    views: int = 8  # K augmented views per synthetic image for the projector targets
+    projector_epochs: int = 1000
+    selftest_images: int = 8
+    pixels: str = "uint8"
+    int8: bool = False
+    int8_max_drop: float = 0.05
+    seed: int = 0
+
+
+def _load_run(run_dir: Path) -> tuple[dict, dict, torch.Tensor, torch.Tensor, dict]:
+    need = ["synthetic.safetensors", "synthetic.json", "golden_classifier.safetensors", "run.json"]
+    if not run_dir.is_dir():
+        raise EdgeddError(f"run directory {run_dir} does not exist", "pass the --out directory of edgedd distill")
+    missing = [f for f in need if not (run_dir / f).is_file()]
+    if missing:
+        raise EdgeddError(f"{run_dir} is not a finished edgedd run (missing {', '.join(missing)})", "finish it with edgedd distill --resume")
+    syn = load_file(run_dir / "synthetic.safetensors")
+    golden = load_file(run_dir / "golden_classifier.safetensors")
+    return json.loads((run_dir / "synthetic.json").read_text()), json.loads((run_dir / "run.json").read_text()), syn["images"], syn["labels"], golden
+
+
+@torch.no_grad()
+def _features(model, x: torch.Tensor, info: BackboneInfo, batch: int = 128) -> torch.Tensor:
+    pp = info.preprocess
+    return torch.cat([model(normalize(x[s : s + batch], pp.mean, pp.std)).float() for s in range(0, len(x), batch)])
+
+
+def _edge_inputs(canvases: torch.Tensor, info: BackboneInfo) -> torch.Tensor:
+    """Synthetic canvases -> the edge backbone's eval input (resize whole canvas, centre crop),
+    the same path the device takes (edgedd.device.render.resize_square + center_crop)."""
+    pp = info.preprocess
+    x = canvases
+    if x.shape[-1] != pp.resize_size:
+        n = x.shape[0]
+        from edgedd.augment import Views
+
+        full = Views(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n, 1), torch.zeros(n, dtype=torch.bool))
+        x = render_views(x, full, pp.resize_size)
+    return center_crop(x, pp.input_size)
+
+
+def pack(
+    run_dir: str | Path,
+    out: str | Path,
+    edge_backbone: str | None = None,
+    edge_weights: str | None = None,
+    edge_crop_res: int | None = None,
+    config: PackConfig = PackConfig(),
+    device: str = "auto",
+    overwrite: bool = False,
+) -> dict:
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise EdgeddError(f"--out {out} already exists and is not empty", "choose another --out, or pass --overwrite")
+    meta_run, run_json, images, labels, golden = _load_run(run_dir)
+    dev = resolve_device(device)
+
+    # distillation backbone A, exactly as distilled
+    a_info = meta_run["backbone"]
+    a_pp = a_info["preprocess"]
+    model_a, info_a = load_backbone(a_info["name"], a_info["weights"], input_size=a_pp["input_size"], resize_size=a_pp["resize_size"],
+                                    device=dev, seed=meta_run["config"]["seed"])
+    if info_a.weights_sha256 != a_info["weights_sha256"]:
+        raise EdgeddError(f"the weights of {a_info['name']} ({a_info['weights']}) are not the ones this run was distilled with",
+                          "pass the run's original weights file")
+    same = edge_backbone is None or (edge_backbone == info_a.name and edge_weights in (None, a_info["weights"]) and edge_crop_res in (None, a_pp["input_size"]))
+    if same:
+        model_b, info_b = model_a, info_a
+    else:
+        model_b, info_b = load_backbone(edge_backbone, edge_weights or "hub", input_size=edge_crop_res, device=dev, seed=config.seed)
+
+    # pixels as the device will see them
+    pix_u8 = torch.round(images.clamp(0, 1) * 255).to(torch.uint8)
+    pix = pix_u8.float().div(255).to(dev)
+    n, c = len(labels), golden["weight"].shape[0]
+
+    # K views per image: boxes + flips, targets phi_A, inputs phi_B
+    gen = torch.Generator(device=dev).manual_seed(config.seed)
+    views = sample_views(n * config.views, AugmentConfig(), gen)
+    rep = pix.repeat_interleave(config.views, dim=0)
+    targets = _features(model_a, render_views(rep, views, info_a.preprocess.input_size), info_a)
+    feats_b = _features(model_b, render_views(rep, views, info_b.preprocess.input_size), info_b)
+    d_a, d_b = targets.shape[1], feats_b.shape[1]
+    w_p, b_p = train_projector(feats_b.cpu().view(n, config.views, d_b), targets.cpu().view(n, config.views, d_a), config.projector_epochs, config.seed)
+    w_c, b_c = golden["weight"].float(), golden["bias"].float()
+
+    # reference figures on the synthetic set: torch projector vs the device's closed-form fit
+    eval_b = _features(model_b, _edge_inputs(pix, info_b), info_b).cpu()
+    w_r, b_r = fit_projector_ridge(feats_b.cpu().numpy(), targets.cpu().numpy())
+    logits_t = (eval_b @ w_p.T + b_p) @ w_c.T + b_c
+    logits_r = (eval_b.numpy() @ w_r.T + b_r) @ w_c.numpy().T + b_c.numpy()
+    ref = {
+        "synthetic_top1": float((logits_t.argmax(1) == labels).float().mean()),
+        "synthetic_top1_ridge": float((logits_r.argmax(1) == labels.numpy()).mean()),
+        "projector_mse_torch": float(((feats_b.cpu() @ w_p.T + b_p - targets.cpu()) ** 2).mean()),
+        "projector_mse_ridge": float(((feats_b.cpu().numpy() @ w_r.T + b_r - targets.cpu().numpy()) ** 2).mean()),
+    }
+
+    # graphs
+    pp_b = to_dict(info_b.preprocess)
+    common = {"version": __version__, "opset": str(OPSET)}
+    bb = export_backbone(model_b, info_b.preprocess.input_size, dict(common, role="backbone", model=info_b.name, weights_sha256=info_b.weights_sha256, preprocess=pp_b))
+    pj = linear_graph(w_p.numpy(), b_p.numpy(), "features", "projected", dict(common, role="projector", model=f"{info_b.name}->{info_a.name}"))
+    cl = linear_graph(w_c.numpy(), b_c.numpy(), "projected", "logits", dict(common, role="classifier", model=f"golden:{info_a.name}", classes=str(c)))
+    s = info_b.preprocess.input_size
+    model_b_cpu = model_b.float().cpu()
+    validation = {}
+    for name, data, fn, shape in [
+        ("backbone", bb, model_b_cpu, (3, s, s)),
+        ("projector", pj, lambda x: x @ w_p.T + b_p, (d_b,)),
+        ("classifier", cl, lambda x: x @ w_c.T + b_c, (d_a,)),
+    ]:
+        check(data, name)
+        validation[name] = parity(data, fn, shape, name)
+    model_b.to(dev)
+
+    # self-test: torch outputs for a few synthetic images through the whole edge pipeline
+    k = min(config.selftest_images, n)
+    pick = torch.linspace(0, n - 1, k).round().long()
+    st_in = normalize(_edge_inputs(pix[pick.to(dev)], info_b), info_b.preprocess.mean, info_b.preprocess.std).cpu()
+    with torch.no_grad():
+        st_f = model_b_cpu(st_in).float()
+    st_l = (st_f @ w_p.T + b_p) @ w_c.T + b_c
+    model_b.to(dev)
+
+    graphs = {"backbone": ("backbone.onnx", bb), "projector": ("projector.onnx", pj), "classifier": ("classifier.onnx", cl)}
+    if config.int8:
+        import onnxruntime as ort
+
+        q = quantize_int8(bb)
+        check(q, "int8 backbone")
+        sess = ort.InferenceSession(q, providers=["CPUExecutionProvider"])
+        xe = normalize(_edge_inputs(pix, info_b), info_b.preprocess.mean, info_b.preprocess.std).cpu().numpy()
+        fq = np.concatenate([sess.run(None, {"images": xe[i : i + 64]})[0] for i in range(0, n, 64)])
+        top_q = float((((fq @ w_p.numpy().T + b_p.numpy()) @ w_c.numpy().T + b_c.numpy()).argmax(1) == labels.numpy()).mean())
+        ref["int8_synthetic_top1_packed_projector"] = top_q
+        if ref["synthetic_top1"] - top_q > config.int8_max_drop:
+            raise EdgeddError(
+                f"the int8 backbone loses {100 * (ref['synthetic_top1'] - top_q):.1f} points of synthetic-set top-1 "
+                f"({100 * ref['synthetic_top1']:.1f}% -> {100 * top_q:.1f}%), more than {100 * config.int8_max_drop:.1f}",
+                "ship fp32 (drop --int8) or raise --int8-max-drop",
+            )
+        graphs["backbone_int8"] = ("backbone.int8.onnx", q)
+
+    tensors = {
+        "synthetic.images": pix_u8.cpu().numpy(),
+        "synthetic.labels": labels.numpy().astype(np.int64),
+        "classifier.weight": w_c.numpy(), "classifier.bias": b_c.numpy(),
+        "projector.weight": w_p.numpy(), "projector.bias": b_p.numpy(),
+        "targets.features": targets.cpu().view(n, config.views, d_a).numpy(),
+        "targets.boxes": views.boxes.cpu().view(n, config.views, 4).numpy(),
+        "targets.flips": views.flips.cpu().view(n, config.views).numpy().astype(np.uint8),
+        "selftest.inputs": st_in.numpy(), "selftest.features": st_f.numpy(), "selftest.logits": st_l.numpy(),
+    }
+    meta = {
+        "edgedd": __version__,
+        "class_names": meta_run["class_names"],
+        "distill": {"backbone": a_info, "config": meta_run["config"], "run_fingerprint": run_json.get("fingerprint")},
+        "edge": {"backbone": info_b.to_dict(), "preprocess": pp_b, "features": d_b},
+        "onnx": {role: {"file": f, "sha256": hashlib.sha256(d).hexdigest(), "opset": OPSET,
+                        **({"parity": validation[role]} if role in validation else {})} for role, (f, d) in graphs.items()},
+        "pack": to_dict(config),
+        "reference": ref,
+        "views": {"augment": to_dict(AugmentConfig()), "noise": False},
+    }
+
+    # write the bundle atomically: a temporary sibling, then rename
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(out.parent, out.name)
+    try:
+        for f, d in graphs.values():
+            write_bytes(tmp / f, d)
+        art.write(tmp / art.ARTIFACT_FILE, tensors, meta)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {
+        "bundle": str(out),
+        "artifact_sha256": sha256_file(out / art.ARTIFACT_FILE),
+        "files": {f: (out / f).stat().st_size for f, _ in graphs.values()} | {art.ARTIFACT_FILE: (out / art.ARTIFACT_FILE).stat().st_size},
+        "distill_backbone": info_a.name,
+        "edge_backbone": info_b.name,
+        "synthetic_images": n,
+        "classes": c,
+        "views": config.views,
+        "validation": validation,
+        "reference": ref,
+    }
