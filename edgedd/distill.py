@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
+
+from .stio import torch_serialize as save
 
 from . import __version__, atomic
 from .augment import augment, center_crop, normalize

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
+
+from .stio import torch_serialize as save
 
 from . import atomic
 from .augment import center_crop, normalize, render_views, sample_views

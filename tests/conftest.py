@@ -63,3 +63,28 @@ def tiny_distill_args(data, out, *extra) -> list[str]:
         "--crop-res", "32", "--syn-res", "32", "--num-workers", "0", "--golden-epochs", "2",
         "--golden-views", "2", "--preview-every", "0", "-q", *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def packed(tmp_path_factory):
+    """A distilled run on the made-up folder and its bundle (same backbone), built once."""
+    from edgedd.config import DistillConfig, StageIConfig
+    from edgedd.distill import RunOptions, distill
+    from edgedd.export.pack import PackConfig, pack
+
+    root = tmp_path_factory.mktemp("packed")
+    old = {k: os.environ.get(k) for k in ("EDGEDD_CACHE_DIR", "EDGEDD_PROGRESS")}
+    os.environ.update(EDGEDD_CACHE_DIR=str(root / "cache"), EDGEDD_PROGRESS="0")
+    try:
+        data = make_image_folder(root / "data")
+        heldout = make_image_folder(root / "heldout", seed=1)
+        run = root / "run"
+        distill(str(data), "test_vit", run, weights="random", config=DistillConfig(ipc=2, iterations=30),
+                stage1_config=StageIConfig(golden_views=4, golden_epochs=10, golden_lr=1e-2),
+                options=RunOptions(device="cpu", num_workers=0, progress=False), crop_res=32, syn_res=32)
+        bundle = root / "bundle"
+        result = pack(run, bundle, config=PackConfig(views=8, projector_epochs=100), device="cpu")
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return {"data": data, "heldout": heldout, "run": run, "bundle": bundle, "result": result, "root": root}

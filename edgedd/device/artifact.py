@@ -45,7 +45,7 @@ def content_sha256(tensors: dict[str, np.ndarray], meta: dict) -> str:
 
 
 def to_bytes(tensors: dict[str, np.ndarray], meta: dict) -> bytes:
-    from safetensors.numpy import save
+    from ..stio import serialize
 
     meta = dict(meta, format=FORMAT)
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
@@ -54,7 +54,7 @@ def to_bytes(tensors: dict[str, np.ndarray], meta: dict) -> bytes:
         "edgedd.meta": json.dumps(meta, sort_keys=True, separators=(",", ":")),
         "edgedd.sha256": content_sha256(tensors, meta),
     }
-    return save(tensors, metadata=header)
+    return serialize(tensors, header)
 
 
 def _bad(path, what: str) -> EdgeddError:
@@ -91,8 +91,8 @@ def from_bytes(data: bytes, path: str = "<bytes>") -> Artifact:
         tensors = load(data)
     except Exception:  # safetensors raises its own error types for malformed files
         raise _bad(path, "cannot parse tensors") from None
-    if not isinstance(meta, dict) or md.get("edgedd.sha256") != content_sha256(tensors, meta):
-        raise _bad(path, "sha256 mismatch")
+    if not isinstance(meta, dict) or meta.get("format") != version or md.get("edgedd.sha256") != content_sha256(tensors, meta):
+        raise _bad(path, "sha256 mismatch")  # the tag is not hashed itself, so it must agree with the hashed meta
     return Artifact(tensors, meta)
 
 

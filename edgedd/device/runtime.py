@@ -139,7 +139,7 @@ def fine_tune_projector(b: Bundle, ridge: float = 1e-3) -> dict:
 
 
 def save_finetuned(b: Bundle, ft: dict) -> Path:
-    from safetensors.numpy import save
+    from ..stio import serialize as save
 
     meta = {"artifact_sha256": sha256_file(b.directory / art.ARTIFACT_FILE),
             "method": "ridge (closed form)", "ridge": repr(ft["ridge"]), "views": str(ft["views"]),

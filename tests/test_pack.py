@@ -1,0 +1,139 @@
+"""edgedd pack: ONNX graphs (checker + parity with torch), the artifact, determinism, B != A, int8."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from edgedd.backbones import load_backbone
+from edgedd.cli import app
+from edgedd.device import artifact as art
+from edgedd.errors import EdgeddError
+from edgedd.export.pack import PackConfig, pack
+
+
+def _sess(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_graphs_pass_checker_and_carry_metadata(packed):
+    for name in ("backbone", "projector", "classifier"):
+        model = onnx.load(str(packed["bundle"] / f"{name}.onnx"))
+        onnx.checker.check_model(model, full_check=True)
+        props = {p.key: p.value for p in model.metadata_props}
+        assert props["edgedd.role"] == name and "edgedd.version" in props
+        assert model.opset_import[0].version == 18
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    props = {p.key: p.value for p in onnx.load(str(packed["bundle"] / "backbone.onnx")).metadata_props}
+    assert json.loads(props["edgedd.preprocess"])["input_size"] == 32
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_onnx_parity_with_torch(packed, batch):
+    a = art.read(packed["bundle"] / art.ARTIFACT_FILE)
+    model, _ = load_backbone("test_vit", "random", input_size=32, resize_size=32, seed=0)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        f = model(x)
+    got_f = _sess(packed["bundle"] / "backbone.onnx").run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(got_f, f.numpy(), rtol=1e-4, atol=1e-4)
+    w, b = torch.from_numpy(a["projector.weight"]), torch.from_numpy(a["projector.bias"])
+    p = torch.nn.functional.linear(f, w, b)
+    got_p = _sess(packed["bundle"] / "projector.onnx").run(None, {"features": f.numpy()})[0]
+    np.testing.assert_allclose(got_p, p.numpy(), rtol=1e-5, atol=1e-5)
+    gw, gb = load_file(packed["run"] / "golden_classifier.safetensors").values() if False else (None, None)
+    golden = load_file(packed["run"] / "golden_classifier.safetensors")
+    logits = torch.nn.functional.linear(p, golden["weight"], golden["bias"])
+    got_l = _sess(packed["bundle"] / "classifier.onnx").run(None, {"projected": p.numpy()})[0]
+    np.testing.assert_allclose(got_l, logits.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_artifact_contents(packed):
+    a = art.read(packed["bundle"] / art.ARTIFACT_FILE)
+    syn = load_file(packed["run"] / "synthetic.safetensors")
+    assert a["synthetic.images"].dtype == np.uint8
+    np.testing.assert_array_equal(a["synthetic.images"], np.round(syn["images"].numpy() * 255).astype(np.uint8))
+    assert a["targets.features"].shape == (6, 8, 64) and a["targets.boxes"].shape == (6, 8, 4)
+    assert a.meta["class_names"] == ["circle", "square", "stripes"]
+    assert a.meta["edge"]["preprocess"]["mean"] and a.meta["distill"]["backbone"]["weights_sha256"]
+    for g in a.meta["onnx"].values():
+        from edgedd.atomic import sha256_file
+
+        assert sha256_file(packed["bundle"] / g["file"]) == g["sha256"]
+
+
+def test_pack_is_byte_deterministic(packed, tmp_path):
+    pack(packed["run"], tmp_path / "again", config=PackConfig(views=8, projector_epochs=100), device="cpu")
+    for f in sorted(p.name for p in packed["bundle"].iterdir() if p.suffix in (".onnx", ".safetensors") and "finetuned" not in p.name):
+        assert (tmp_path / "again" / f).read_bytes() == (packed["bundle"] / f).read_bytes(), f
+
+
+def test_artifact_versions_and_hash(tmp_path):
+    t = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    assert art.to_bytes(t, {"a": 1}) == art.to_bytes(dict(t), {"a": 1})
+    art.write(tmp_path / "a.safetensors", t, {"a": 1})
+    got = art.read(tmp_path / "a.safetensors")
+    np.testing.assert_array_equal(got["x"], t["x"])
+    data = (tmp_path / "a.safetensors").read_bytes()
+    future = data.replace(b'"edgedd.format":"1.0"', b'"edgedd.format":"2.0"')
+    assert future != data
+    with pytest.raises(EdgeddError, match="format 2.0, this edgedd reads 1.x"):
+        art.from_bytes(future)
+    minor = data.replace(b'"edgedd.format":"1.0"', b'"edgedd.format":"1.1"')
+    with pytest.raises(EdgeddError, match="damaged"):  # the tag must agree with the hashed metadata
+        art.from_bytes(minor)
+
+
+def test_pack_refuses_bad_input(packed, tmp_path):
+    with pytest.raises(EdgeddError, match="does not exist"):
+        pack(tmp_path / "nope", tmp_path / "b")
+    half = tmp_path / "half"
+    shutil.copytree(packed["run"], half)
+    (half / "synthetic.safetensors").unlink()
+    with pytest.raises(EdgeddError, match="not a finished edgedd run"):
+        pack(half, tmp_path / "b")
+    with pytest.raises(EdgeddError, match="not empty"):
+        pack(packed["run"], packed["bundle"])
+
+
+def test_edge_backbone_differs_from_distillation_backbone(packed, tmp_path):
+    """B != A: a smaller CNN edge backbone inherits the ViT's golden classifier."""
+    out = tmp_path / "edge"
+    r = CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(out), "--edge-backbone", "test_efficientnet",
+                                 "--edge-weights", "random", "--edge-crop-res", "32", "--projector-epochs", "100", "--json"])
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["edge_backbone"] == "test_efficientnet" and res["distill_backbone"] == "test_vit"
+    a = art.read(out / art.ARTIFACT_FILE)
+    assert a["projector.weight"].shape == (64, 256)  # D_A x D_B
+    d = CliRunner().invoke(app, ["deploy-check", str(out), "--data", str(packed["heldout"]), "--json"])
+    assert d.exit_code == 0, d.stderr
+    rep = json.loads(d.stdout)
+    assert rep["ok"] and 0 <= rep["data_top1"] <= 1
+
+
+def test_int8_backbone_and_fine_tune(packed, tmp_path):
+    out = tmp_path / "q"
+    r = CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(out), "--int8", "--int8-max-drop", "1.0",
+                                 "--projector-epochs", "100", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert (out / "backbone.int8.onnx").stat().st_size < (out / "backbone.onnx").stat().st_size
+    d = CliRunner().invoke(app, ["deploy-check", str(out), "--int8", "--data", str(packed["heldout"]), "--json"])
+    rep = json.loads(d.stdout)
+    ft = next(c for c in rep["checks"] if c["name"] == "fine-tune")
+    assert ft["ok"], ft  # the closed-form fit lowers the target error on int8 features
+    assert {"synthetic_top1", "synthetic_top1_packed_projector", "data_top1", "data_top1_packed_projector"} <= set(rep)
+    # a zero tolerance refuses the int8 graph unless it loses nothing at all
+    strict = CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(tmp_path / "q0"), "--int8", "--int8-max-drop", "0",
+                                      "--projector-epochs", "100"])
+    assert strict.exit_code in (0, 1)
+    if strict.exit_code == 1:
+        assert "int8 backbone loses" in strict.stderr and not (tmp_path / "q0").exists()
