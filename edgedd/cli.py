@@ -71,6 +71,7 @@ def root(
 class Method(str, enum.Enum):
     sfm = "sfm"
     sfm_decouple = "sfm_decouple"
+    lgm = "lgm"
 
 
 class FlowDenominator(str, enum.Enum):
@@ -85,13 +86,13 @@ def distill(
     backbone: str = typer.Option(..., "--backbone", "-b", help="timm model name, e.g. vit_small_patch14_dinov2.lvd142m."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
     weights: str = typer.Option("hub", help="'hub' (pretrained, online), a local .safetensors file, or 'random'."),
-    method: Method = typer.Option(Method.sfm, help="Matching loss."),
+    method: Method = typer.Option(Method.sfm, help="Matching loss: SFM, its decoupled ablation, or the LGM baseline."),
     ipc: int = typer.Option(1, min=1, help="Synthetic images per class."),
     iterations: int = typer.Option(5000, min=1, help="Distillation steps."),
     lr: float = typer.Option(2e-3, help="Adam learning rate on the pyramid levels."),
     syn_res: Optional[int] = typer.Option(None, min=1, help="Synthetic image resolution [default: backbone crop / crop_pct]."),
     crop_res: Optional[int] = typer.Option(None, min=1, help="Backbone input (crop) resolution [default: the backbone's]."),
-    augs_per_batch: int = typer.Option(1, min=1, help="Augmented views per image per step (features averaged)."),
+    augs_per_batch: Optional[int] = typer.Option(None, min=1, help="Augmented views per image per step [default: 1; lgm: 10]."),
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="sfm_decouple: weight of target-centre matching."),
     flow_denominator: FlowDenominator = typer.Option(FlowDenominator.classes, help="'reference' reproduces the reference code's N-1."),
     extend_every: int = typer.Option(200, min=1, help="Pyramid extension interval (shortened for short runs)."),
@@ -119,7 +120,8 @@ def distill(
         out=out,
         weights=weights,
         config=DistillConfig(
-            method=method.value, ipc=ipc, iterations=iterations, lr=lr, augs_per_batch=augs_per_batch,
+            method=method.value, ipc=ipc, iterations=iterations, lr=lr,
+            augs_per_batch=augs_per_batch or (10 if method is Method.lgm else 1),
             alpha=alpha, flow_denominator=flow_denominator.value, extend_every=extend_every, seed=seed,
         ),
         stage1_config=StageIConfig(golden_views=golden_views, golden_epochs=golden_epochs, seed=seed),

@@ -38,7 +38,9 @@ from .backbones import BackboneInfo, check_model_name, load_backbone, resolve_de
 from .config import METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, default_num_workers, open_dataset
 from .errors import EdgeddError
+from .lgm import StepBatches, lgm_loss, random_head
 from .losses import decouple_loss, flow, sfm_loss, synthetic_flow
+from .memory import PhaseMemory
 from .preview import write_grid
 from .progress import Progress
 from .statistics import GOLDEN_FILE, STATS_FILE, STAGE1_JSON, Stage1, load_stage1, save_stage1, stage1_cached, stage1_key
@@ -158,22 +160,56 @@ def load_checkpoint(path: Path, run_fp: str, syn_res: int, lr: float, gen: torch
 # ----------------------------------------------------------------------------- the loop
 
 
-def matching_loss(z: torch.Tensor, cfg: DistillConfig, flow_real: torch.Tensor, centres_real: torch.Tensor) -> torch.Tensor:
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast("cpu", enabled=False)
+
+
+def view_features(model, images: torch.Tensor, cfg: DistillConfig, info: BackboneInfo, gen: torch.Generator) -> torch.Tensor:
+    """A = augs_per_batch independent augmented views of every image: (A, N, D) features."""
+    n, a = images.shape[0], cfg.augs_per_batch
+    x = images.repeat(a, 1, 1, 1) if a > 1 else images
+    views = augment(x, cfg.augment, cfg.crop_res, gen)
+    with _autocast(images.device, cfg.amp):
+        z = model(normalize(views, info.preprocess.mean, info.preprocess.std))
+    return z.float().view(a, n, -1)
+
+
+def sfm_step_loss(model, images, cfg, info, gen, flow_real, centres_real) -> torch.Tensor:
+    """SFM / sfm_decouple: features of the A views averaged per image, then the flow loss."""
+    z = view_features(model, images, cfg, info, gen).mean(0)
     if cfg.method == "sfm":
         return sfm_loss(z, flow_real, cfg.flow_denominator)
     return decouple_loss(z, centres_real, cfg.alpha)
 
 
-def synthetic_features(model, images: torch.Tensor, cfg: DistillConfig, info: BackboneInfo, gen: torch.Generator) -> torch.Tensor:
-    """A = augs_per_batch independent views of every image; their features averaged per image."""
-    n, a = images.shape[0], cfg.augs_per_batch
-    x = images.repeat(a, 1, 1, 1) if a > 1 else images
-    views = augment(x, cfg.augment, cfg.crop_res, gen)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp) if images.device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    with autocast:
-        z = model(normalize(views, info.preprocess.mean, info.preprocess.std))
-    z = z.float()
-    return z.view(a, n, -1).mean(0)
+def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:
+    """LGM: a fresh random head; the real batch (one augmentation pass each, no graph) against
+    the synthetic set tiled A times with independent augmentations (with a graph)."""
+    x_real, y_real = real_batch
+    pp = info.preprocess
+    with torch.no_grad(), _autocast(images.device, cfg.amp):
+        z_real = model(normalize(augment(x_real, cfg.augment, cfg.crop_res, gen), pp.mean, pp.std)).float()
+    z_syn = view_features(model, images, cfg, info, gen).flatten(0, 1)
+    w, b = random_head(num_classes, z_syn.shape[1], gen)
+    return lgm_loss(z_syn, labels.repeat(cfg.augs_per_batch), z_real, y_real, w, b)
+
+
+def real_batches(source: LabelledImages, cfg: DistillConfig, start: int, device, num_workers: int):
+    """LGM's real images: IPC * A * C canvases per step, resumable (see StepBatches)."""
+    from torch.utils.data import DataLoader
+
+    from .data import CanvasDataset, collate_canvases
+
+    batch = cfg.ipc * cfg.augs_per_batch * source.num_classes
+    loader = DataLoader(
+        CanvasDataset(source, cfg.syn_res, "bicubic" if source.pixels is None else "bilinear"),
+        batch_sampler=StepBatches(len(source), batch, cfg.seed, start, cfg.iterations),
+        num_workers=num_workers, collate_fn=collate_canvases, pin_memory=device.type == "cuda",
+    )
+    for images, labels, _errors in loader:  # unreadable images were counted in Stage I; skip them
+        yield images.to(device, non_blocking=True).float().div_(255), labels.to(device)
 
 
 @torch.no_grad()
@@ -258,14 +294,21 @@ def distill(
         pyr = Pyramid.init(n, cfg.syn_res, gen, device)
         opt = _adam(pyr.levels, cfg.lr)
     ext = extension_steps(cfg.iterations, cfg.syn_res, cfg.extend_every)
+    labels_dev = torch.arange(c, device=device).repeat_interleave(cfg.ipc)
+    workers = default_num_workers() if options.num_workers is None else options.num_workers
+    reals = real_batches(source, cfg, start, device, workers) if cfg.method == "lgm" else None
     (out / "previews").mkdir(exist_ok=True)
+    memory = PhaseMemory(device)
+    memory.start()
     t2 = time.perf_counter()
     with Progress(cfg.iterations, f"stage II: {cfg.method}", initial=start, enabled=options.progress) as bar:
         for step in range(start, cfg.iterations):
             if pyr.grow(step, ext, gen):
                 opt = _adam(pyr.levels, cfg.lr)  # reset at each extension (reference)
-            z = synthetic_features(model, pyr.decode(), cfg, info, gen)
-            loss = matching_loss(z, cfg, flow_real, centres_real)
+            if reals is None:
+                loss = sfm_step_loss(model, pyr.decode(), cfg, info, gen, flow_real, centres_real)
+            else:
+                loss = lgm_step_loss(model, pyr.decode(), labels_dev, c, next(reals), cfg, info, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -277,7 +320,10 @@ def distill(
                     write_grid(out / "previews" / f"step_{done:06d}.png", pyr.decode().cpu().numpy(), c)
             if options.checkpoint_every and done % options.checkpoint_every == 0 and done < cfg.iterations:
                 save_checkpoint(ckpt, done, pyr, opt, gen, run_fp, loss_value)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     stage2_seconds = time.perf_counter() - t2
+    stage2_memory = memory.peak_mb()
     iters_run = cfg.iterations - start
 
     # ---- outputs
@@ -318,6 +364,7 @@ def distill(
         "stage1_seconds": stage1_seconds,
         "stage2_seconds": stage2_seconds,
         "sec_per_iter": stage2_seconds / iters_run if iters_run else None,
+        "stage2_memory": stage2_memory,
         "total_seconds": time.perf_counter() - t_start,
         "device": str(device),
         "config": to_dict(cfg),

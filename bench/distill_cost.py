@@ -1,0 +1,82 @@
+"""SFM vs LGM distillation cost, side by side in one invocation (METHOD.md reference settings:
+SFM with 1 augmentation pass, LGM with 10; same backbone, data, IPC and iterations).
+
+Each method runs as its own `edgedd distill` process (so neither inherits the other's allocator
+state); the figures come from the run's summary.json:
+  sec_per_iter, wall_s  : Stage II only (Stage I is shared and cached)
+  peak_mem_mb           : Stage II working memory: CUDA max_memory_allocated over the phase, or on
+                          CPU the resident high-water mark during the phase minus the RSS just
+                          before its first step (edgedd/memory.py)
+and the ratios LGM / SFM.
+
+    python bench/distill_cost.py [--backbone vit_tiny_patch16_224 --crop-res 112 --iterations 10] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def run_method(method: str, augs: int, a, out: Path, env) -> dict:
+    cmd = [sys.executable, "-m", "edgedd", "distill", a.data, "--backbone", a.backbone, "--weights", a.weights,
+           "--method", method, "--augs-per-batch", str(augs), "--ipc", str(a.ipc), "--iterations", str(a.iterations),
+           "--crop-res", str(a.crop_res), "--syn-res", str(a.syn_res), "--device", a.device, "--seed", "0",
+           "--checkpoint-every", "0", "--preview-every", "0", "--out", str(out), "--json", "-q"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode:
+        sys.exit(f"{method} failed:\n{r.stderr[-2000:]}")
+    s = json.loads(r.stdout)
+    mem = s["stage2_memory"]
+    return {"method": method, "augs_per_batch": augs, "sec_per_iter": s["sec_per_iter"], "wall_s": s["stage2_seconds"],
+            "peak_mem_mb": mem["working_mb"], "memory_kind": mem["kind"], "device": s["device"], "final_loss": s["final_loss"],
+            "flow_cosine": s["flow_cosine"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="embedded:mnist")
+    ap.add_argument("--backbone", default="vit_tiny_patch16_224")
+    ap.add_argument("--weights", default="random")
+    ap.add_argument("--crop-res", type=int, default=112)
+    ap.add_argument("--syn-res", type=int, default=128)
+    ap.add_argument("--ipc", type=int, default=1)
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--sfm-augs", type=int, default=1)
+    ap.add_argument("--lgm-augs", type=int, default=10)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    env = dict(os.environ, EDGEDD_PROGRESS="0")
+    with tempfile.TemporaryDirectory() as tmp:
+        env.setdefault("EDGEDD_CACHE_DIR", str(Path(tmp) / "cache"))
+        # warm the Stage I cache first so neither timed run pays for it
+        run_method("sfm", 1, argparse.Namespace(**{**vars(a), "iterations": 1}), Path(tmp) / "warm", env)
+        sfm = run_method("sfm", a.sfm_augs, a, Path(tmp) / "sfm", env)
+        lgm = run_method("lgm", a.lgm_augs, a, Path(tmp) / "lgm", env)
+    res = {
+        "backbone": a.backbone, "data": a.data, "ipc": a.ipc, "iterations": a.iterations, "crop_res": a.crop_res, "syn_res": a.syn_res,
+        "sfm": sfm, "lgm": lgm,
+        "time_ratio": lgm["sec_per_iter"] / sfm["sec_per_iter"],
+        "memory_ratio": (lgm["peak_mem_mb"] / sfm["peak_mem_mb"]) if sfm["peak_mem_mb"] and lgm["peak_mem_mb"] is not None else None,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+    }
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"{a.backbone} @ {a.crop_res}px (syn {a.syn_res}px), {a.data}, IPC {a.ipc}, {a.iterations} iterations, device {sfm['device']}")
+    print(f"{'method':<6} {'augs':>4} {'s/iter':>9} {'wall s':>8} {'peak MB':>9}  ({sfm['memory_kind']})")
+    for m in (sfm, lgm):
+        print(f"{m['method']:<6} {m['augs_per_batch']:>4} {m['sec_per_iter']:>9.3f} {m['wall_s']:>8.2f} {m['peak_mem_mb'] or float('nan'):>9.1f}")
+    mr = res["memory_ratio"]
+    print(f"LGM / SFM: time {res['time_ratio']:.1f}x, memory " + (f"{mr:.1f}x" if mr else "n/a"))
+
+
+if __name__ == "__main__":
+    main()

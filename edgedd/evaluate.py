@@ -1,0 +1,711 @@
+"""Evaluation of a distilled set (METHOD.md, "Stage III" and "Evaluation protocol").
+
+A plain library: :func:`evaluate_run` takes a finished ``edgedd distill`` run directory and a
+labelled test set and returns a JSON-ready dict. Notation: phi_A the distillation backbone (reloaded
+exactly as distilled; its weights hash must match), phi_B the evaluation backbone (default: A),
+N synthetic images, C classes, g(z) = W_g z + b_g the frozen golden classifier of Stage I.
+
+Modes, each trained ``seeds`` times and scored on the test set after the final epoch:
+
+``normal``  fresh probe h(z) = W z + b on phi_B, W ~ N(0, 0.01^2), b = 0, hard labels:
+            L = CE(h(phi_B(v)), y)
+``kd``      the same probe with soft labels from the golden classifier on the *same* view v:
+            L = alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y),
+            s = h(phi_B(v)), t = g(phi_A(v))                          (Hinton's KD direction)
+``ci``      Classifier Inheritance: projector P(z) = W_p z + b_p, D_B -> D_A, labels unused:
+            L = MSE(P(phi_B(v)), phi_A(v));  test logits = g(P(phi_B(x)))
+
+Every batch: one flip + random-resized-crop view v per image (no noise), rendered from the same
+crop box at each backbone's input size; Adam with a cosine schedule over all steps; batch min(100, N);
+lr 1e-3 * batch / 256 (probes) and 1e-2 * batch / 256 (projector). ``view_cache = V > 0`` instead
+renders V views per image once per seed and draws one of them per image per epoch (fast on CPU;
+not the exact protocol). All randomness comes from explicit generators derived from the seed
+index, so a fixed seed gives identical numbers.
+
+Test images: shorter side resized to B's ``resize_size``, centre crop to its ``input_size``; phi_B
+features are computed once and shared by every mode, seed and baseline.
+
+Baselines (``baselines=True``), each trained with the ``normal`` protocol on phi_B:
+
+``random``     IPC random real training images per class, a new draw per seed
+``centroids``  per class the IPC real images whose phi_A centre-crop features lie nearest the
+               class centre mu_c of stats.safetensors (Euclidean)
+``neighbors``  for each synthetic image the nearest real image of its class in phi_A centre-crop
+               feature space (duplicates kept: one real image per synthetic image)
+``full``       a probe on phi_B of the whole training set, Stage I's golden protocol: batch 128,
+               lr 1e-3 * 128 / 256, cosine, min(epochs, 10) epochs, on V cached views per image
+               (view_cache = V > 0) or on the one centre view (view_cache = 0)
+
+Real images enter as canvases at the run's ``resize_size`` in [0, 1], exactly like the synthetic
+images. Limitation: the baselines hold phi_A (and phi_B) features of the whole training set in
+memory, n x (D_A + V D_B) floats; fine for the small data sets edgedd evaluates on, not for
+ImageNet-scale folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from .augment import Views, center_crop, normalize, render_views, sample_views
+from .backbones import BackboneInfo, load_backbone, resolve_device
+from .config import AugmentConfig, Preprocess, to_dict
+from .data import CanvasDataset, LabelledImages, canvas_loader, collate_canvases, open_dataset
+from .errors import EdgeddError
+from .progress import Progress
+
+MODES = ("normal", "ci", "kd")
+BASELINES = ("random", "centroids", "neighbors", "full")
+FULL_BATCH = 128  # Stage I golden protocol
+FULL_MAX_EPOCHS = 10
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    epochs: int = 1000  # METHOD.md protocol
+    seeds: int = 3
+    batch: int | None = None  # None: min(100, N)
+    # None: 1e-3 * batch / 256 for probes (normal, kd) and 10x that, 1e-2 * batch / 256, for the
+    # CI projector. An explicit lr sets the probes' lr; the projector keeps the 10x ratio.
+    lr: float | None = None
+    # 0 = exact protocol: fresh flip+RRC views every batch through the backbone(s).
+    # V > 0 = V augmented views per training image rendered once per seed, one drawn per image per
+    # epoch (much faster on CPU).
+    view_cache: int = 0
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.5
+    eval_batch: int = 256
+    num_workers: int = 0
+    device: str = "auto"
+
+    def resolved_batch(self, n: int) -> int:
+        return min(self.batch or 100, n)
+
+    def probe_lr(self, batch: int) -> float:
+        return self.lr if self.lr is not None else 1e-3 * batch / 256
+
+    def projector_lr(self, batch: int) -> float:
+        return 10 * self.probe_lr(batch)
+
+
+def validate_config(cfg: EvalConfig) -> None:
+    for name in ("epochs", "seeds", "eval_batch"):
+        if getattr(cfg, name) < 1:
+            raise EdgeddError(f"{name} must be at least 1 (got {getattr(cfg, name)})", "pass a positive value")
+    if cfg.batch is not None and cfg.batch < 1:
+        raise EdgeddError(f"batch must be at least 1 (got {cfg.batch})", "pass a positive batch size, or leave it unset for min(100, N)")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise EdgeddError(f"lr must be positive (got {cfg.lr})", "pass a positive learning rate, or leave it unset")
+    if cfg.view_cache < 0:
+        raise EdgeddError(f"view_cache must be 0 or more (got {cfg.view_cache})", "0 is the exact protocol, V > 0 caches V views per image")
+    if not cfg.kd_temperature > 0:
+        raise EdgeddError(f"kd_temperature must be positive (got {cfg.kd_temperature})", "the reference uses 4")
+    if not 0 <= cfg.kd_alpha <= 1:
+        raise EdgeddError(f"kd_alpha must lie in [0, 1] (got {cfg.kd_alpha})", "the reference uses 0.5")
+    if cfg.num_workers < 0:
+        raise EdgeddError(f"num_workers must be 0 or more (got {cfg.num_workers})", "pass 0 to decode in the main process")
+
+
+def _generator(*parts) -> torch.Generator:
+    """A CPU generator seeded from a purpose and a seed index: independent streams, same on any device."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+# ----------------------------------------------------------------------------- the run directory
+
+
+@dataclass
+class Run:
+    directory: Path
+    images: torch.Tensor  # (N, 3, R, R) float32 in [0, 1], class-major
+    labels: torch.Tensor  # (N,) int64
+    class_names: list[str]
+    backbone: dict  # synthetic.json "backbone": name, weights, weights_sha256, num_features, preprocess
+    config: dict  # the distill config (seed, ipc, method, ...)
+    golden_weight: torch.Tensor  # (C, D_A)
+    golden_bias: torch.Tensor  # (C,)
+    summary: dict
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.backbone["preprocess"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def ipc(self) -> int:
+        return int(self.config["ipc"])
+
+
+def load_run(run_dir: str | Path) -> Run:
+    run_dir = Path(run_dir)
+    need = ["synthetic.safetensors", "synthetic.json", "golden_classifier.safetensors", "summary.json"]
+    if not run_dir.is_dir():
+        raise EdgeddError(f"run directory {run_dir} does not exist", "pass the --out directory of edgedd distill")
+    missing = [f for f in need if not (run_dir / f).is_file()]
+    if missing:
+        raise EdgeddError(f"{run_dir} is not a finished edgedd run (missing {', '.join(missing)})", "finish it with edgedd distill --resume")
+    syn = load_file(run_dir / "synthetic.safetensors")
+    golden = load_file(run_dir / "golden_classifier.safetensors")
+    meta = json.loads((run_dir / "synthetic.json").read_text())
+    return Run(
+        directory=run_dir,
+        images=syn["images"].float(),
+        labels=syn["labels"].long(),
+        class_names=list(meta["class_names"]),
+        backbone=meta["backbone"],
+        config=meta["config"],
+        golden_weight=golden["weight"].float(),
+        golden_bias=golden["bias"].float(),
+        summary=json.loads((run_dir / "summary.json").read_text()),
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def default_train_data(run: Run) -> str:
+    """The data the run was distilled on: run.json records only its fingerprint, summary.json
+    (or stage1.json) its name. The name is used only if it still has that fingerprint."""
+    identity = _read_json(run.directory / "run.json").get("identity", {})
+    want = identity.get("dataset")
+    name = run.summary.get("dataset", {}).get("name") or _read_json(run.directory / "stage1.json").get("dataset", {}).get("name")
+    fix = "pass train_data (the --train-data of the baselines) explicitly"
+    if not name or not want:
+        raise EdgeddError(f"{run.directory} does not record which data it was distilled on", fix)
+    try:
+        source = open_dataset(name)
+    except EdgeddError:
+        raise EdgeddError(f"the training data of this run, {name}, is not readable here", fix) from None
+    if source.fingerprint != want:
+        raise EdgeddError(f"the training data at {name} changed since the run was distilled (fingerprint differs)", fix)
+    return name
+
+
+def _label_map(source: LabelledImages, class_names: list[str], what: str) -> np.ndarray:
+    """source label -> run label, by class name (test folders may hold a subset of the classes)."""
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown = [c for c in source.class_names if c not in index]
+    if unknown:
+        raise EdgeddError(
+            f"{what} {source.name} has class(es) {', '.join(unknown[:5])} that the run does not know",
+            f"use folders named after the run's classes ({', '.join(class_names[:10])})",
+        )
+    return np.asarray([index[c] for c in source.class_names], dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- backbones
+
+
+def _autocast(device: torch.device):
+    # bf16 on CUDA like Stage I (the golden classifier was trained on such features); fp32 elsewhere
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@dataclass(eq=False)
+class Encoder:
+    """A frozen backbone with its preprocessing: pixels in [0, 1] at ``input_size`` -> features."""
+
+    model: torch.nn.Module
+    info: BackboneInfo
+    batch: int = 256
+
+    @property
+    def pp(self) -> Preprocess:
+        return self.info.preprocess
+
+    @property
+    def input_size(self) -> int:
+        return self.pp.input_size
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s in range(0, x.shape[0], self.batch):
+            with _autocast(x.device):
+                out.append(self.model(normalize(x[s : s + self.batch], self.pp.mean, self.pp.std)).float())
+        return torch.cat(out) if out else x.new_zeros(0, self.info.num_features)
+
+    def centre_view(self, canvases: torch.Tensor) -> torch.Tensor:
+        """The eval view of square canvases: resize to ``resize_size`` then centre crop ``input_size``,
+        i.e. the central input/resize fraction of the canvas, resampled to ``input_size``."""
+        side = canvases.shape[-1]
+        if side == self.pp.resize_size:
+            return center_crop(canvases, self.input_size)  # exact, no resampling
+        f = min(1.0, self.input_size / self.pp.resize_size)
+        n = canvases.shape[0]
+        box = torch.tensor([[(1 - f) / 2, (1 - f) / 2, (1 + f) / 2, (1 + f) / 2]]).repeat(n, 1)
+        return render_views(canvases, Views(box, torch.zeros(n, dtype=torch.bool)), self.input_size)
+
+
+def load_encoders(run: Run, eval_backbone, eval_weights, eval_crop_res, device, batch: int, need_a: bool) -> tuple[Encoder | None, Encoder]:
+    """A exactly as distilled (weights hash checked) and B; B *is* A (one object) when unchanged."""
+    a_meta, a_pp = run.backbone, run.preprocess
+    name_b = eval_backbone or a_meta["name"]
+    same = name_b == a_meta["name"] and eval_weights in (None, a_meta["weights"]) and eval_crop_res in (None, a_pp.input_size)
+    seed = int(run.config.get("seed", 0))  # random weights are reproducible from the run's seed
+    enc_a = None
+    if same or need_a:
+        model, info = load_backbone(a_meta["name"], a_meta["weights"], input_size=a_pp.input_size, resize_size=a_pp.resize_size,
+                                    device=device, seed=seed)
+        if info.weights_sha256 != a_meta["weights_sha256"]:
+            raise EdgeddError(f"the weights of {a_meta['name']} ({a_meta['weights']}) are not the ones this run was distilled with",
+                              "pass the run's original weights file")
+        enc_a = Encoder(model, info, batch)
+    if same:
+        return enc_a, enc_a
+    weights_b = eval_weights or (a_meta["weights"] if name_b == a_meta["name"] else "hub")
+    model, info = load_backbone(name_b, weights_b, input_size=eval_crop_res, device=device, seed=seed)
+    return enc_a, Encoder(model, info, batch)
+
+
+# ----------------------------------------------------------------------------- feature samplers
+
+
+class Sampler(Protocol):
+    """Per batch of image indices: features of one view per image, one tensor per encoder."""
+
+    n: int
+
+    def start_epoch(self, gen: torch.Generator) -> None: ...
+
+    def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]: ...
+
+
+class FreshViews:
+    """The exact protocol: every batch a new flip + RRC box per image, rendered at each encoder's
+    input size from the same box, through the backbone. Encoders that are one object run once."""
+
+    def __init__(self, canvases: torch.Tensor, encoders: list[Encoder], aug: AugmentConfig = AugmentConfig()):
+        self.canvases, self.encoders, self.aug = canvases, encoders, aug
+        self.n = canvases.shape[0]
+
+    def start_epoch(self, gen: torch.Generator) -> None:
+        pass
+
+    def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        views = sample_views(len(idx), self.aug, gen)
+        x = self.canvases[idx.to(self.canvases.device)]
+        done: dict[int, torch.Tensor] = {}
+        for enc in self.encoders:
+            if id(enc) not in done:
+                done[id(enc)] = enc(render_views(x, views, enc.input_size))
+        return tuple(done[id(enc)] for enc in self.encoders)
+
+
+class CachedViews:
+    """Features of V fixed views per image, (n, V, D) per encoder; each epoch one view per image."""
+
+    def __init__(self, feats: tuple[torch.Tensor, ...]):
+        self.feats = feats
+        self.n, self.v = feats[0].shape[:2]
+        self.pick = torch.zeros(self.n, dtype=torch.long)
+
+    @classmethod
+    def render(cls, canvases: torch.Tensor, encoders: list[Encoder], v: int, gen: torch.Generator,
+               aug: AugmentConfig = AugmentConfig(), chunk: int = 64) -> "CachedViews":
+        n = canvases.shape[0]
+        views = sample_views(n * v, aug, gen)  # image i owns views i*V .. i*V + V - 1
+        uniq = list({id(e): e for e in encoders}.values())
+        parts: dict[int, list[torch.Tensor]] = {id(e): [] for e in uniq}
+        for s in range(0, n, chunk):
+            x = canvases[s : s + chunk].repeat_interleave(v, dim=0)
+            vs = Views(views.boxes[s * v : (s + chunk) * v], views.flips[s * v : (s + chunk) * v])
+            for e in uniq:
+                parts[id(e)].append(e(render_views(x, vs, e.input_size)))
+        full = {k: torch.cat(p).view(n, v, -1) for k, p in parts.items()}
+        return cls(tuple(full[id(e)] for e in encoders))
+
+    def start_epoch(self, gen: torch.Generator) -> None:
+        self.pick = torch.randint(self.v, (self.n,), generator=gen)
+
+    def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        return tuple(f[idx.to(f.device), self.pick[idx].to(f.device)] for f in self.feats)
+
+
+def make_sampler(canvases: torch.Tensor, encoders: list[Encoder], cfg: EvalConfig, seed: int) -> Sampler:
+    if cfg.view_cache > 0:
+        return CachedViews.render(canvases, encoders, cfg.view_cache, _generator("view-cache", seed))
+    return FreshViews(canvases, encoders)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+LossFn = Callable[[torch.nn.Linear, tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]
+
+
+def train_linear(head: torch.nn.Linear, sampler: Sampler, loss_fn: LossFn, epochs: int, batch: int, lr: float,
+                 gen: torch.Generator, desc: str = "evaluate", progress: bool = False) -> torch.nn.Linear:
+    """Adam(lr) with a cosine schedule over all epochs * ceil(n / batch) steps; a fresh random
+    order every epoch. ``loss_fn(head, features, idx)`` gets the batch's image indices (labels)."""
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    steps = epochs * math.ceil(sampler.n / batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    device = head.weight.device
+    with Progress(epochs, desc, enabled=None if progress else False) as bar:
+        for _ in range(epochs):
+            sampler.start_epoch(gen)
+            perm = torch.randperm(sampler.n, generator=gen)
+            total = 0.0
+            for s in range(0, sampler.n, batch):
+                idx = perm[s : s + batch]
+                feats = tuple(f.to(device) for f in sampler.batch(idx, gen))
+                loss = loss_fn(head, feats, idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+            bar.update(1, loss=total / sampler.n)
+    return head
+
+
+def new_probe(d_in: int, num_classes: int, gen: torch.Generator, device) -> torch.nn.Linear:
+    """Linear(D_B, C), W ~ N(0, 0.01^2), b = 0 (METHOD.md)."""
+    head = torch.nn.Linear(d_in, num_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 0.01)
+        head.bias.zero_()
+    return head.to(device)
+
+
+def new_projector(d_b: int, d_a: int, gen: torch.Generator, device) -> torch.nn.Linear:
+    """Linear(D_B, D_A) with torch's default init, U(-1/sqrt(D_B), 1/sqrt(D_B)), from ``gen``."""
+    proj = torch.nn.Linear(d_b, d_a)
+    bound = 1 / math.sqrt(d_b)
+    with torch.no_grad():
+        proj.weight.copy_((torch.rand(proj.weight.shape, generator=gen) * 2 - 1) * bound)
+        proj.bias.copy_((torch.rand(proj.bias.shape, generator=gen) * 2 - 1) * bound)
+    return proj.to(device)
+
+
+def train_probe(sampler: Sampler, labels: torch.Tensor, num_classes: int, epochs: int, batch: int, lr: float, gen: torch.Generator,
+                device, teacher: torch.nn.Linear | None = None, temperature: float = 4.0, alpha: float = 0.5,
+                desc: str = "evaluate", progress: bool = False) -> torch.nn.Linear:
+    """Hard labels: CE(h(z_B), y). With a teacher (KD; features (z_B, z_A) of the same view):
+    alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y),  s = h(z_B), t = teacher(z_A)."""
+    labels = labels.to(device)
+    head = new_probe(sampler_dim(sampler, 0), num_classes, gen, device)
+
+    def loss_fn(h, feats, idx):
+        s = h(feats[0])
+        ce = F.cross_entropy(s, labels[idx.to(device)])
+        if teacher is None:
+            return ce
+        with torch.no_grad():
+            t = teacher(feats[1])
+        kl = F.kl_div(F.log_softmax(s / temperature, dim=1), F.softmax(t / temperature, dim=1), reduction="batchmean")
+        return alpha * temperature**2 * kl + (1 - alpha) * ce
+
+    return train_linear(head, sampler, loss_fn, epochs, batch, lr, gen, desc, progress)
+
+
+def train_projector(sampler: Sampler, epochs: int, batch: int, lr: float, gen: torch.Generator, device,
+                    desc: str = "evaluate", progress: bool = False) -> torch.nn.Linear:
+    """CI projector: MSE(P(z_B), z_A) on features (z_B, z_A) of the same views; labels unused."""
+    proj = new_projector(sampler_dim(sampler, 0), sampler_dim(sampler, 1), gen, device)
+    return train_linear(proj, sampler, lambda p, feats, idx: F.mse_loss(p(feats[0]), feats[1]), epochs, batch, lr, gen, desc, progress)
+
+
+def sampler_dim(sampler: Sampler, k: int) -> int:
+    if isinstance(sampler, CachedViews):
+        return int(sampler.feats[k].shape[-1])
+    return int(sampler.encoders[k].info.num_features)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Top-1 and top-k, k = min(5, C), as fractions."""
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices.cpu()
+    labels = labels.cpu()
+    return float((top[:, 0] == labels).float().mean()), float((top == labels[:, None]).any(1).float().mean())
+
+
+def summarise(scores: list[tuple[float, float]]) -> dict:
+    top1 = [s[0] for s in scores]
+    return {
+        "top1_mean": float(np.mean(top1)),
+        "top1_std": float(np.std(top1)),  # population std over seeds (0 for one seed)
+        "top5_mean": float(np.mean([s[1] for s in scores])),
+        "seeds": top1,
+    }
+
+
+# ----------------------------------------------------------------------------- real images
+
+
+class _IndexedCanvases(CanvasDataset):
+    """Canvases with their dataset index, so a skipped (unreadable) image shifts nothing."""
+
+    def __getitem__(self, i: int):
+        return (*super().__getitem__(i), i)
+
+
+def _collate_indexed(batch):
+    images, labels, errors = collate_canvases([b[:3] for b in batch])
+    return images, labels, errors, torch.tensor([b[3] for b in batch if b[0] is not None], dtype=torch.long)
+
+
+def _subset(source: LabelledImages, idx: np.ndarray) -> LabelledImages:
+    return LabelledImages(
+        name=source.name, class_names=source.class_names, labels=source.labels[idx],
+        paths=[source.paths[i] for i in idx] if source.paths is not None else None,
+        pixels=source.pixels[idx] if source.pixels is not None else None,
+    )
+
+
+def load_canvases(source: LabelledImages, idx: np.ndarray, size: int, interpolation: str, cfg: EvalConfig, device) -> torch.Tensor:
+    """The chosen real images as (n, 3, size, size) canvases in [0, 1], in ``idx`` order."""
+    loader = canvas_loader(_subset(source, np.asarray(idx, dtype=np.int64)), size, interpolation, cfg.eval_batch, cfg.num_workers)
+    parts = []
+    for images, _, errors in loader:
+        if errors:  # they were readable in the feature pass
+            raise EdgeddError(f"cannot read image {errors[0]}", "keep the training data unchanged while evaluating")
+        parts.append(images.to(device).float().div_(255))
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def test_features(enc: Encoder, source: LabelledImages, label_map: np.ndarray, cfg: EvalConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """phi_B of every readable test image: shorter side to resize_size, centre crop input_size."""
+    feats, labels, skipped = [], [], []
+    loader = canvas_loader(source, enc.pp.resize_size, enc.pp.interpolation, cfg.eval_batch, cfg.num_workers)
+    for images, y, errors in loader:
+        skipped.extend(errors)
+        if images.shape[0]:
+            feats.append(enc(center_crop(images.to(device).float().div_(255), enc.input_size)))
+            labels.append(torch.from_numpy(label_map[y.numpy()]))
+    if skipped:
+        warnings.warn(f"{len(skipped)} unreadable test image(s) skipped, e.g. {skipped[0]}")
+    if not feats:
+        raise EdgeddError(f"no readable images in the test data {source.name}", "pass a folder of images")
+    return torch.cat(feats), torch.cat(labels)
+
+
+@dataclass
+class TrainPass:
+    """One streaming pass over the real training set (readable images only)."""
+
+    index: np.ndarray  # (n,) dataset indices of the readable images
+    labels: torch.Tensor  # (n,) run labels
+    feats_a: torch.Tensor  # (n, D_A) phi_A of the centre crop (centroids, neighbors)
+    feats_b: torch.Tensor  # (n, V, D_B) phi_B of V cached views, or (n, 1, D_B) of the centre view (full)
+
+
+@torch.no_grad()
+def train_pass(enc_a: Encoder, enc_b: Encoder, source: LabelledImages, label_map: np.ndarray, canvas: int, interpolation: str,
+               cfg: EvalConfig, device, progress: bool) -> TrainPass:
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_IndexedCanvases(source, canvas, interpolation), batch_size=cfg.eval_batch, shuffle=False,
+                        num_workers=cfg.num_workers, collate_fn=_collate_indexed)
+    gen = _generator("full-views")
+    aug = AugmentConfig()
+    idx_all, fa, fb, skipped = [], [], [], []
+    with Progress(len(source), "evaluate: training-set features", enabled=None if progress else False) as bar:
+        for images, _, errors, idx in loader:
+            skipped.extend(errors)
+            if images.shape[0]:
+                x = images.to(device).float().div_(255)
+                za = enc_a(center_crop(x, enc_a.input_size))
+                if cfg.view_cache > 0:
+                    v = cfg.view_cache
+                    views = sample_views(x.shape[0] * v, aug, gen)
+                    zb = enc_b(render_views(x.repeat_interleave(v, dim=0), views, enc_b.input_size)).view(x.shape[0], v, -1)
+                else:
+                    zb = (za if enc_b is enc_a else enc_b(enc_b.centre_view(x)))[:, None]
+                idx_all.append(idx.numpy())
+                fa.append(za.cpu())
+                fb.append(zb.cpu())
+            bar.update(images.shape[0] + len(errors))
+    if skipped:
+        warnings.warn(f"{len(skipped)} unreadable training image(s) skipped, e.g. {skipped[0]}")
+    if not idx_all:
+        raise EdgeddError(f"no readable images in the training data {source.name}", "pass the data the run was distilled on")
+    index = np.concatenate(idx_all)
+    return TrainPass(index, torch.from_numpy(label_map[source.labels[index]]), torch.cat(fa), torch.cat(fb))
+
+
+def select_random(labels: torch.Tensor, num_classes: int, ipc: int, gen: torch.Generator) -> torch.Tensor:
+    """Per class min(IPC, n_c) images drawn without replacement; positions into ``labels``."""
+    out = []
+    for c in range(num_classes):
+        pool = torch.nonzero(labels == c).flatten()
+        out.append(pool[torch.randperm(len(pool), generator=gen)[:ipc]])
+    return torch.cat(out)
+
+
+def select_centroids(feats: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, ipc: int) -> torch.Tensor:
+    """Per class the min(IPC, n_c) images with the smallest ||phi_A(x) - mu_c||."""
+    out = []
+    for c in range(centres.shape[0]):
+        pool = torch.nonzero(labels == c).flatten()
+        d = (feats[pool].double() - centres[c].double()).norm(dim=1)
+        out.append(pool[torch.argsort(d, stable=True)[:ipc]])
+    return torch.cat(out)
+
+
+def select_neighbors(feats: torch.Tensor, labels: torch.Tensor, syn_feats: torch.Tensor, syn_labels: torch.Tensor) -> torch.Tensor:
+    """For each synthetic image the real image of its class with the smallest ||phi_A(x) - phi_A(s)||."""
+    out = []
+    for s, c in zip(syn_feats, syn_labels.tolist()):
+        pool = torch.nonzero(labels == c).flatten()
+        if len(pool) == 0:
+            raise EdgeddError(f"the training data has no readable image of class {c}", "pass the data the run was distilled on")
+        d = (feats[pool].double() - s.double()).norm(dim=1)
+        out.append(pool[torch.argmin(d)])
+    return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+
+def _check_modes(modes) -> tuple[str, ...]:
+    modes = tuple(dict.fromkeys(modes))
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise EdgeddError(f"unknown evaluation mode(s) {', '.join(bad) or '(none given)'}", f"choose from {', '.join(MODES)}")
+    return modes
+
+
+def evaluate_run(
+    run_dir,
+    test_data: str,
+    modes=("normal",),
+    eval_backbone: str | None = None,
+    eval_weights: str | None = None,
+    eval_crop_res: int | None = None,
+    config: EvalConfig = EvalConfig(),
+    baselines: bool = False,
+    train_data: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a run's synthetic set in each mode (and the baselines); see the module docstring."""
+    modes = _check_modes(modes)
+    validate_config(config)
+    run = load_run(run_dir)
+    test = open_dataset(test_data)
+    test_map = _label_map(test, run.class_names, "test data")
+    if baselines:
+        train_data = train_data or default_train_data(run)
+        train = open_dataset(train_data)
+        train_map = _label_map(train, run.class_names, "training data")
+        if not (run.directory / "stats.safetensors").is_file():
+            raise EdgeddError(f"{run.directory} has no stats.safetensors (needed for the centroids baseline)", "re-run edgedd distill")
+    device = resolve_device(config.device)
+    need_a = baselines or "ci" in modes or "kd" in modes
+    enc_a, enc_b = load_encoders(run, eval_backbone, eval_weights, eval_crop_res, device, config.eval_batch, need_a)
+    if enc_a is not None and run.golden_weight.shape[1] != enc_a.info.num_features:
+        raise EdgeddError(f"the golden classifier has {run.golden_weight.shape[1]} inputs, {enc_a.info.name} gives "
+                          f"{enc_a.info.num_features} features", "the run directory is inconsistent; re-run edgedd distill")
+
+    x_test, y_test = test_features(enc_b, test, test_map, config, device)
+    golden = torch.nn.Linear(run.golden_weight.shape[1], run.num_classes).to(device)
+    with torch.no_grad():
+        golden.weight.copy_(run.golden_weight)
+        golden.bias.copy_(run.golden_bias)
+    golden.requires_grad_(False)
+    c = run.num_classes
+
+    def score(head: torch.nn.Module) -> tuple[float, float]:
+        with torch.no_grad():
+            return topk_accuracy(head(x_test), y_test)
+
+    def normal_probe(canvases: torch.Tensor, labels: torch.Tensor, seed: int, desc: str) -> tuple[float, float]:
+        """The ``normal`` protocol on any set of [0, 1] canvases (synthetic or real)."""
+        batch = config.resolved_batch(len(labels))
+        sampler = make_sampler(canvases, [enc_b], config, seed)
+        head = train_probe(sampler, labels, c, config.epochs, batch, config.probe_lr(batch), _generator("train", seed), device,
+                           desc=desc, progress=progress)
+        return score(head)
+
+    # ---- the synthetic set, every mode; one sampler (view cache) per seed shared by the modes
+    images, labels = run.images.to(device), run.labels
+    n = len(labels)
+    batch = config.resolved_batch(n)
+    encoders = [enc_b] + ([enc_a] if ("ci" in modes or "kd" in modes) else [])
+    results: dict[str, list] = {m: [] for m in modes}
+    for seed in range(config.seeds):
+        cache = make_sampler(images, encoders, config, seed) if config.view_cache > 0 else None
+        for mode in modes:
+            # normal needs phi_B only; ci and kd phi_B and phi_A of the same view
+            k = 1 if mode == "normal" else 2
+            sampler = CachedViews(cache.feats[:k]) if cache is not None else FreshViews(images, encoders[:k])
+            gen = _generator("train", seed)  # the same views and order in every mode: paired comparison
+            desc = f"evaluate: {mode} seed {seed}"
+            if mode == "ci":
+                proj = train_projector(sampler, config.epochs, batch, config.projector_lr(batch), gen, device, desc, progress)
+                results[mode].append(score(torch.nn.Sequential(proj, golden)))
+            else:
+                teacher = golden if mode == "kd" else None
+                head = train_probe(sampler, labels, c, config.epochs, batch, config.probe_lr(batch), gen, device, teacher,
+                                   config.kd_temperature, config.kd_alpha, desc, progress)
+                results[mode].append(score(head))
+
+    out = {
+        "method": run.summary.get("method", run.config.get("method")),
+        "backbone": run.backbone["name"],
+        "eval_backbone": enc_b.info.name,
+        "ipc": run.ipc,
+        "flow_cosine": run.summary.get("flow_cosine"),
+        "modes": {m: summarise(s) for m, s in results.items()},
+        "config": to_dict(config),
+        "test_images": int(len(y_test)),
+    }
+    if baselines:
+        out["baselines"] = _baselines(run, train, train_map, enc_a, enc_b, config, device, normal_probe, score, progress)
+    return out
+
+
+def _baselines(run: Run, train: LabelledImages, train_map: np.ndarray, enc_a: Encoder, enc_b: Encoder, cfg: EvalConfig, device,
+               normal_probe, score, progress: bool) -> dict:
+    pp = run.preprocess
+    tp = train_pass(enc_a, enc_b, train, train_map, pp.resize_size, pp.interpolation, cfg, device, progress)
+    c, ipc = run.num_classes, run.ipc
+    centres = load_file(run.directory / "stats.safetensors")["centres"]
+    syn_a = enc_a(center_crop(run.images.to(device), enc_a.input_size)).cpu()
+
+    def real(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Canvases at the run's resolution and labels of the training images at ``pos``."""
+        return load_canvases(train, tp.index[pos.numpy()], pp.resize_size, pp.interpolation, cfg, device), tp.labels[pos]
+
+    out: dict[str, list] = {b: [] for b in BASELINES}
+    fixed = {"centroids": real(select_centroids(tp.feats_a, tp.labels, centres, ipc)),
+             "neighbors": real(select_neighbors(tp.feats_a, tp.labels, syn_a, run.labels))}
+    for seed in range(cfg.seeds):
+        x, y = real(select_random(tp.labels, c, ipc, _generator("random-baseline", seed)))
+        out["random"].append(normal_probe(x, y, seed, f"evaluate: random seed {seed}"))
+        for name, (x, y) in fixed.items():
+            out[name].append(normal_probe(x, y, seed, f"evaluate: {name} seed {seed}"))
+        # full: the golden classifier's protocol on phi_B (cached views, or the centre view)
+        head = train_probe(CachedViews((tp.feats_b,)), tp.labels, c, min(cfg.epochs, FULL_MAX_EPOCHS), FULL_BATCH,
+                           1e-3 * FULL_BATCH / 256, _generator("train-full", seed), device, desc=f"evaluate: full seed {seed}",
+                           progress=progress)
+        out["full"].append(score(head))
+    return {name: summarise(s) for name, s in out.items()}

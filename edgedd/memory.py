@@ -1,0 +1,55 @@
+"""Working memory of a phase: peak minus the level just before it.
+
+CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU (Linux): the
+process's resident high-water mark VmHWM, reset by writing 5 to /proc/self/clear_refs, so the
+framework's fixed footprint and earlier phases (Stage I) do not hide the difference. Elsewhere:
+None (not measured).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PhaseMemory:
+    def __init__(self, device):
+        self.device = device
+        self.before_mb: float | None = None
+
+    def start(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before_mb = torch.cuda.memory_allocated(self.device) / 2**20
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            rss = _status_kb("VmRSS")
+            self.before_mb = rss / 1024 if rss is not None else None
+        except OSError:
+            self.before_mb = None
+
+    def peak_mb(self) -> dict:
+        import torch
+
+        if self.before_mb is None:
+            return {"kind": None, "before_mb": None, "peak_mb": None, "working_mb": None}
+        if self.device.type == "cuda":
+            peak, kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_max_allocated"
+        else:
+            hwm = _status_kb("VmHWM")
+            peak, kind = (hwm / 1024 if hwm is not None else None), "cpu_rss_hwm"
+        return {"kind": kind, "before_mb": self.before_mb, "peak_mb": peak,
+                "working_mb": None if peak is None else max(0.0, peak - self.before_mb)}
