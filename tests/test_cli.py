@@ -168,7 +168,7 @@ def test_traceback_env_var(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, name", [([], "root"), (["distill"], "distill")])
 def test_help_snapshot(args, name):
-    r = run([*args, "--help"], terminal_width=100, env={"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"})
+    r = run([*args, "--help"], prog_name="edgedd", terminal_width=100, env={"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"})
     assert r.exit_code == 0
     path = SNAPSHOTS / f"help_{name}.txt"
     if os.environ.get("EDGEDD_UPDATE_SNAPSHOTS") or not path.exists():
