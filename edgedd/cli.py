@@ -143,6 +143,52 @@ def distill(
     _say(human_summary(summary))
 
 
+class EvalMode(str, enum.Enum):
+    normal = "normal"
+    ci = "ci"
+    kd = "kd"
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A finished edgedd distill run directory."),
+    test_data: str = typer.Option(..., help="Labelled test set: ImageFolder or embedded:mnist/test."),
+    mode: list[EvalMode] = typer.Option([EvalMode.normal], "--mode", help="normal (fresh probe), ci (classifier inheritance), kd (soft labels); repeatable."),
+    eval_backbone: Optional[str] = typer.Option(None, help="Evaluation backbone B [default: the distillation backbone]."),
+    eval_weights: Optional[str] = typer.Option(None, help="B's weights: 'hub', a .safetensors file or 'random'."),
+    eval_crop_res: Optional[int] = typer.Option(None, min=1, help="B's input resolution."),
+    seeds: int = typer.Option(3, min=1, help="Training seeds; mean and std are reported."),
+    epochs: int = typer.Option(1000, min=1, help="Epochs over the distilled set (METHOD.md: 1000)."),
+    view_cache: int = typer.Option(0, min=0, help="0: fresh views every batch (exact protocol); V: V cached views per image."),
+    baselines: bool = typer.Option(False, "--baselines", help="Also evaluate random real, centroids, neighbours and the full-data probe."),
+    train_data: Optional[str] = typer.Option(None, help="Training set for the baselines [default: the run's]."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Evaluate a distilled set: linear probe, classifier inheritance or KD, with baselines."""
+    from .evaluate import EvalConfig, evaluate_run
+
+    r = evaluate_run(run_dir, test_data, modes=tuple(m.value for m in mode), eval_backbone=eval_backbone, eval_weights=eval_weights,
+                     eval_crop_res=eval_crop_res, config=EvalConfig(epochs=epochs, seeds=seeds, view_cache=view_cache, device=device),
+                     baselines=baselines, train_data=train_data, progress=not quiet)
+    if json_out:
+        print(json.dumps(r, indent=2, sort_keys=True))
+    _say(evaluation_table(r))
+
+
+def evaluation_table(r: dict) -> str:
+    rows = [(f"{r['method']} ({m})", v) for m, v in r["modes"].items()]
+    rows += [(f"baseline: {b}", v) for b, v in r.get("baselines", {}).items()]
+    head = (f"{r['method']} on {r['backbone']}, evaluated with {r['eval_backbone']}; IPC {r['ipc']}; "
+            f"{r['test_images']} test images; flow cosine {r['flow_cosine']:.3f}")
+    lines = [head, f"  {'':<24} {'top-1':>15} {'top-5':>7}  seeds"]
+    for name, v in rows:
+        lines.append(f"  {name:<24} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  {len(v['seeds'])}")
+    return "\n".join(lines)
+
+
 @app.command()
 @handle_errors
 def pack(

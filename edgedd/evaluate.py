@@ -77,6 +77,8 @@ class EvalConfig:
     batch: int | None = None  # None: min(100, N)
     # None: 1e-3 * batch / 256 for probes (normal, kd) and 10x that, 1e-2 * batch / 256, for the
     # CI projector. An explicit lr sets the probes' lr; the projector keeps the 10x ratio.
+    # batch and lr also apply to the random/centroids/neighbors baselines; `full` keeps Stage I's
+    # golden protocol (batch 128, lr 5e-4, min(epochs, 10) epochs).
     lr: float | None = None
     # 0 = exact protocol: fresh flip+RRC views every batch through the backbone(s).
     # V > 0 = V augmented views per training image rendered once per seed, one drawn per image per
@@ -355,28 +357,29 @@ LossFn = Callable[[torch.nn.Linear, tuple[torch.Tensor, ...], torch.Tensor], tor
 
 
 def train_linear(head: torch.nn.Linear, sampler: Sampler, loss_fn: LossFn, epochs: int, batch: int, lr: float,
-                 gen: torch.Generator, desc: str = "evaluate", progress: bool = False) -> torch.nn.Linear:
+                 gen: torch.Generator, bar: Progress | None = None, tag: str = "") -> torch.nn.Linear:
     """Adam(lr) with a cosine schedule over all epochs * ceil(n / batch) steps; a fresh random
-    order every epoch. ``loss_fn(head, features, idx)`` gets the batch's image indices (labels)."""
+    order every epoch. ``loss_fn(head, features, idx)`` gets the batch's image indices (labels).
+    ``bar`` (optional) advances by one per epoch."""
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     steps = epochs * math.ceil(sampler.n / batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
     device = head.weight.device
-    with Progress(epochs, desc, enabled=None if progress else False) as bar:
-        for _ in range(epochs):
-            sampler.start_epoch(gen)
-            perm = torch.randperm(sampler.n, generator=gen)
-            total = 0.0
-            for s in range(0, sampler.n, batch):
-                idx = perm[s : s + batch]
-                feats = tuple(f.to(device) for f in sampler.batch(idx, gen))
-                loss = loss_fn(head, feats, idx)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-            bar.update(1, loss=total / sampler.n)
+    for _ in range(epochs):
+        sampler.start_epoch(gen)
+        perm = torch.randperm(sampler.n, generator=gen)
+        total = 0.0
+        for s in range(0, sampler.n, batch):
+            idx = perm[s : s + batch]
+            feats = tuple(f.to(device) for f in sampler.batch(idx, gen))
+            loss = loss_fn(head, feats, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        if bar is not None:
+            bar.update(1, run=tag, loss=total / sampler.n)
     return head
 
 
@@ -390,7 +393,7 @@ def new_probe(d_in: int, num_classes: int, gen: torch.Generator, device) -> torc
 
 
 def new_projector(d_b: int, d_a: int, gen: torch.Generator, device) -> torch.nn.Linear:
-    """Linear(D_B, D_A) with torch's default init, U(-1/sqrt(D_B), 1/sqrt(D_B)), from ``gen``."""
+    """Linear(D_B, D_A) with torch's default init, U(-1/sqrt(D_B), 1/sqrt(D_B)), drawn from ``gen``."""
     proj = torch.nn.Linear(d_b, d_a)
     bound = 1 / math.sqrt(d_b)
     with torch.no_grad():
@@ -400,10 +403,11 @@ def new_projector(d_b: int, d_a: int, gen: torch.Generator, device) -> torch.nn.
 
 
 def train_probe(sampler: Sampler, labels: torch.Tensor, num_classes: int, epochs: int, batch: int, lr: float, gen: torch.Generator,
-                device, teacher: torch.nn.Linear | None = None, temperature: float = 4.0, alpha: float = 0.5,
-                desc: str = "evaluate", progress: bool = False) -> torch.nn.Linear:
+                device, teacher: torch.nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.5,
+                bar: Progress | None = None, tag: str = "") -> torch.nn.Linear:
     """Hard labels: CE(h(z_B), y). With a teacher (KD; features (z_B, z_A) of the same view):
-    alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y),  s = h(z_B), t = teacher(z_A)."""
+    alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y),  s = h(z_B), t = teacher(z_A).
+    The T^2 keeps the soft term's gradient scale independent of T (Hinton et al.)."""
     labels = labels.to(device)
     head = new_probe(sampler_dim(sampler, 0), num_classes, gen, device)
 
@@ -417,14 +421,14 @@ def train_probe(sampler: Sampler, labels: torch.Tensor, num_classes: int, epochs
         kl = F.kl_div(F.log_softmax(s / temperature, dim=1), F.softmax(t / temperature, dim=1), reduction="batchmean")
         return alpha * temperature**2 * kl + (1 - alpha) * ce
 
-    return train_linear(head, sampler, loss_fn, epochs, batch, lr, gen, desc, progress)
+    return train_linear(head, sampler, loss_fn, epochs, batch, lr, gen, bar, tag)
 
 
 def train_projector(sampler: Sampler, epochs: int, batch: int, lr: float, gen: torch.Generator, device,
-                    desc: str = "evaluate", progress: bool = False) -> torch.nn.Linear:
+                    bar: Progress | None = None, tag: str = "") -> torch.nn.Linear:
     """CI projector: MSE(P(z_B), z_A) on features (z_B, z_A) of the same views; labels unused."""
     proj = new_projector(sampler_dim(sampler, 0), sampler_dim(sampler, 1), gen, device)
-    return train_linear(proj, sampler, lambda p, feats, idx: F.mse_loss(p(feats[0]), feats[1]), epochs, batch, lr, gen, desc, progress)
+    return train_linear(proj, sampler, lambda p, feats, idx: F.mse_loss(p(feats[0]), feats[1]), epochs, batch, lr, gen, bar, tag)
 
 
 def sampler_dim(sampler: Sampler, k: int) -> int:
@@ -444,7 +448,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, fl
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices.cpu()
     labels = labels.cpu()
-    return float((top[:, 0] == labels).float().mean()), float((top == labels[:, None]).any(1).float().mean())
+    return float((top[:, 0] == labels).double().mean()), float((top == labels[:, None]).any(1).double().mean())
 
 
 def summarise(scores: list[tuple[float, float]]) -> dict:
@@ -534,10 +538,9 @@ def train_pass(enc_a: Encoder, enc_b: Encoder, source: LabelledImages, label_map
             if images.shape[0]:
                 x = images.to(device).float().div_(255)
                 za = enc_a(center_crop(x, enc_a.input_size))
-                if cfg.view_cache > 0:
-                    v = cfg.view_cache
-                    views = sample_views(x.shape[0] * v, aug, gen)
-                    zb = enc_b(render_views(x.repeat_interleave(v, dim=0), views, enc_b.input_size)).view(x.shape[0], v, -1)
+                if cfg.view_cache > 0:  # V views per image, rendered one view at a time to bound memory
+                    zb = torch.stack([enc_b(render_views(x, sample_views(x.shape[0], aug, gen), enc_b.input_size))
+                                      for _ in range(cfg.view_cache)], dim=1)
                 else:
                     zb = (za if enc_b is enc_a else enc_b(enc_b.centre_view(x)))[:, None]
                 idx_all.append(idx.numpy())
@@ -613,99 +616,117 @@ def evaluate_run(
     test = open_dataset(test_data)
     test_map = _label_map(test, run.class_names, "test data")
     if baselines:
-        train_data = train_data or default_train_data(run)
-        train = open_dataset(train_data)
+        train = open_dataset(train_data or default_train_data(run))
         train_map = _label_map(train, run.class_names, "training data")
         if not (run.directory / "stats.safetensors").is_file():
             raise EdgeddError(f"{run.directory} has no stats.safetensors (needed for the centroids baseline)", "re-run edgedd distill")
     device = resolve_device(config.device)
+    # A is needed for CI/KD targets, the baselines' selections, and as B when B is not given;
+    # with only `normal` on another B it is not loaded (nor its weights hash checked).
     need_a = baselines or "ci" in modes or "kd" in modes
     enc_a, enc_b = load_encoders(run, eval_backbone, eval_weights, eval_crop_res, device, config.eval_batch, need_a)
     if enc_a is not None and run.golden_weight.shape[1] != enc_a.info.num_features:
         raise EdgeddError(f"the golden classifier has {run.golden_weight.shape[1]} inputs, {enc_a.info.name} gives "
                           f"{enc_a.info.num_features} features", "the run directory is inconsistent; re-run edgedd distill")
-
-    x_test, y_test = test_features(enc_b, test, test_map, config, device)
-    golden = torch.nn.Linear(run.golden_weight.shape[1], run.num_classes).to(device)
+    golden = torch.nn.Linear(run.golden_weight.shape[1], run.num_classes).to(device).requires_grad_(False)
     with torch.no_grad():
         golden.weight.copy_(run.golden_weight)
         golden.bias.copy_(run.golden_bias)
-    golden.requires_grad_(False)
-    c = run.num_classes
+
+    # every feature pass first (test set once for B; the training set once for the baselines),
+    # then one progress bar over all training epochs
+    x_test, y_test = test_features(enc_b, test, test_map, config, device)
+    real_sets = _baseline_sets(run, train, train_map, enc_a, enc_b, config, device, progress) if baselines else None
+    c, n = run.num_classes, len(run.labels)
+    total = config.seeds * len(modes) * config.epochs
+    if baselines:
+        total += config.seeds * (3 * config.epochs + min(config.epochs, FULL_MAX_EPOCHS))
 
     def score(head: torch.nn.Module) -> tuple[float, float]:
         with torch.no_grad():
             return topk_accuracy(head(x_test), y_test)
 
-    def normal_probe(canvases: torch.Tensor, labels: torch.Tensor, seed: int, desc: str) -> tuple[float, float]:
-        """The ``normal`` protocol on any set of [0, 1] canvases (synthetic or real)."""
-        batch = config.resolved_batch(len(labels))
-        sampler = make_sampler(canvases, [enc_b], config, seed)
-        head = train_probe(sampler, labels, c, config.epochs, batch, config.probe_lr(batch), _generator("train", seed), device,
-                           desc=desc, progress=progress)
-        return score(head)
+    with Progress(total, "evaluate", enabled=None if progress else False) as bar:
+        # ---- the synthetic set, every mode; per seed one view cache (if any) shared by the modes
+        images, labels = run.images.to(device), run.labels
+        batch = config.resolved_batch(n)
+        encoders = [enc_b] + ([enc_a] if ("ci" in modes or "kd" in modes) else [])
+        results: dict[str, list] = {m: [] for m in modes}
+        for seed in range(config.seeds):
+            cache = make_sampler(images, encoders, config, seed) if config.view_cache > 0 else None
+            for mode in modes:
+                # normal needs phi_B only; ci and kd need phi_B and phi_A of the same view
+                k = 1 if mode == "normal" else 2
+                sampler = CachedViews(cache.feats[:k]) if cache is not None else FreshViews(images, encoders[:k])
+                gen = _generator("train", seed)  # the same views and order in every mode: a paired comparison
+                tag = f"{mode}/{seed}"
+                if mode == "ci":
+                    proj = train_projector(sampler, config.epochs, batch, config.projector_lr(batch), gen, device, bar, tag)
+                    results[mode].append(score(torch.nn.Sequential(proj, golden)))
+                else:
+                    head = train_probe(sampler, labels, c, config.epochs, batch, config.probe_lr(batch), gen, device,
+                                       golden if mode == "kd" else None, config.kd_temperature, config.kd_alpha, bar, tag)
+                    results[mode].append(score(head))
 
-    # ---- the synthetic set, every mode; one sampler (view cache) per seed shared by the modes
-    images, labels = run.images.to(device), run.labels
-    n = len(labels)
-    batch = config.resolved_batch(n)
-    encoders = [enc_b] + ([enc_a] if ("ci" in modes or "kd" in modes) else [])
-    results: dict[str, list] = {m: [] for m in modes}
-    for seed in range(config.seeds):
-        cache = make_sampler(images, encoders, config, seed) if config.view_cache > 0 else None
-        for mode in modes:
-            # normal needs phi_B only; ci and kd phi_B and phi_A of the same view
-            k = 1 if mode == "normal" else 2
-            sampler = CachedViews(cache.feats[:k]) if cache is not None else FreshViews(images, encoders[:k])
-            gen = _generator("train", seed)  # the same views and order in every mode: paired comparison
-            desc = f"evaluate: {mode} seed {seed}"
-            if mode == "ci":
-                proj = train_projector(sampler, config.epochs, batch, config.projector_lr(batch), gen, device, desc, progress)
-                results[mode].append(score(torch.nn.Sequential(proj, golden)))
-            else:
-                teacher = golden if mode == "kd" else None
-                head = train_probe(sampler, labels, c, config.epochs, batch, config.probe_lr(batch), gen, device, teacher,
-                                   config.kd_temperature, config.kd_alpha, desc, progress)
-                results[mode].append(score(head))
-
-    out = {
-        "method": run.summary.get("method", run.config.get("method")),
-        "backbone": run.backbone["name"],
-        "eval_backbone": enc_b.info.name,
-        "ipc": run.ipc,
-        "flow_cosine": run.summary.get("flow_cosine"),
-        "modes": {m: summarise(s) for m, s in results.items()},
-        "config": to_dict(config),
-        "test_images": int(len(y_test)),
-    }
-    if baselines:
-        out["baselines"] = _baselines(run, train, train_map, enc_a, enc_b, config, device, normal_probe, score, progress)
+        out = {
+            "method": run.summary.get("method", run.config.get("method")),
+            "backbone": run.backbone["name"],
+            "eval_backbone": enc_b.info.name,
+            "ipc": run.ipc,
+            "flow_cosine": run.summary.get("flow_cosine"),
+            "modes": {m: summarise(s) for m, s in results.items()},
+            "config": to_dict(config),
+            "test_images": int(len(y_test)),
+        }
+        if baselines:
+            out["baselines"] = _run_baselines(real_sets, c, enc_b, config, device, score, bar)
     return out
 
 
-def _baselines(run: Run, train: LabelledImages, train_map: np.ndarray, enc_a: Encoder, enc_b: Encoder, cfg: EvalConfig, device,
-               normal_probe, score, progress: bool) -> dict:
+@dataclass
+class BaselineSets:
+    """What the baselines train on: the real canvases fixed by phi_A, and the means to draw more."""
+
+    fixed: dict[str, tuple[torch.Tensor, torch.Tensor]]  # centroids, neighbors: canvases in [0, 1], labels
+    draw_random: Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # seed -> canvases, labels
+    full: TrainPass
+
+
+def _baseline_sets(run: Run, train: LabelledImages, train_map: np.ndarray, enc_a: Encoder, enc_b: Encoder, cfg: EvalConfig,
+                   device, progress: bool) -> BaselineSets:
     pp = run.preprocess
     tp = train_pass(enc_a, enc_b, train, train_map, pp.resize_size, pp.interpolation, cfg, device, progress)
-    c, ipc = run.num_classes, run.ipc
     centres = load_file(run.directory / "stats.safetensors")["centres"]
     syn_a = enc_a(center_crop(run.images.to(device), enc_a.input_size)).cpu()
 
     def real(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Canvases at the run's resolution and labels of the training images at ``pos``."""
+        """Canvases at the run's resolution (as the synthetic images) and labels of the images at ``pos``."""
         return load_canvases(train, tp.index[pos.numpy()], pp.resize_size, pp.interpolation, cfg, device), tp.labels[pos]
 
+    return BaselineSets(
+        fixed={"centroids": real(select_centroids(tp.feats_a, tp.labels, centres, run.ipc)),
+               "neighbors": real(select_neighbors(tp.feats_a, tp.labels, syn_a, run.labels))},
+        draw_random=lambda seed: real(select_random(tp.labels, run.num_classes, run.ipc, _generator("random-baseline", seed))),
+        full=tp,
+    )
+
+
+def _run_baselines(sets: BaselineSets, c: int, enc_b: Encoder, cfg: EvalConfig, device, score, bar: Progress) -> dict:
+    def normal_probe(canvases: torch.Tensor, labels: torch.Tensor, seed: int, tag: str) -> tuple[float, float]:
+        """The ``normal`` protocol on real canvases, exactly as on the synthetic set."""
+        batch = cfg.resolved_batch(len(labels))
+        sampler = make_sampler(canvases, [enc_b], cfg, seed)
+        head = train_probe(sampler, labels, c, cfg.epochs, batch, cfg.probe_lr(batch), _generator("train", seed), device, bar=bar, tag=tag)
+        return score(head)
+
     out: dict[str, list] = {b: [] for b in BASELINES}
-    fixed = {"centroids": real(select_centroids(tp.feats_a, tp.labels, centres, ipc)),
-             "neighbors": real(select_neighbors(tp.feats_a, tp.labels, syn_a, run.labels))}
     for seed in range(cfg.seeds):
-        x, y = real(select_random(tp.labels, c, ipc, _generator("random-baseline", seed)))
-        out["random"].append(normal_probe(x, y, seed, f"evaluate: random seed {seed}"))
-        for name, (x, y) in fixed.items():
-            out[name].append(normal_probe(x, y, seed, f"evaluate: {name} seed {seed}"))
-        # full: the golden classifier's protocol on phi_B (cached views, or the centre view)
-        head = train_probe(CachedViews((tp.feats_b,)), tp.labels, c, min(cfg.epochs, FULL_MAX_EPOCHS), FULL_BATCH,
-                           1e-3 * FULL_BATCH / 256, _generator("train-full", seed), device, desc=f"evaluate: full seed {seed}",
-                           progress=progress)
+        x, y = sets.draw_random(seed)
+        out["random"].append(normal_probe(x, y, seed, f"random/{seed}"))
+        for name, (x, y) in sets.fixed.items():
+            out[name].append(normal_probe(x, y, seed, f"{name}/{seed}"))
+        # full: Stage I's golden-classifier protocol on phi_B (V cached views, or the centre view)
+        head = train_probe(CachedViews((sets.full.feats_b,)), sets.full.labels, c, min(cfg.epochs, FULL_MAX_EPOCHS), FULL_BATCH,
+                           1e-3 * FULL_BATCH / 256, _generator("train-full", seed), device, bar=bar, tag=f"full/{seed}")
         out["full"].append(score(head))
     return {name: summarise(s) for name, s in out.items()}

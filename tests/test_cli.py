@@ -174,3 +174,20 @@ def test_help_snapshot(args, name):
     if os.environ.get("EDGEDD_UPDATE_SNAPSHOTS") or not path.exists():
         path.write_text(r.stdout)
     assert r.stdout == path.read_text(), f"--help changed; review and rerun with EDGEDD_UPDATE_SNAPSHOTS=1"
+
+
+def test_evaluate_through_the_cli(image_folder, tmp_path):
+    out = tmp_path / "run"
+    assert run(tiny_distill_args(image_folder, out, "--iterations", "3")).exit_code == 0
+    held = make_image_folder(tmp_path / "held", seed=3)
+    r = run(["evaluate", str(out), "--test-data", str(held), "--mode", "normal", "--mode", "ci", "--seeds", "2", "--epochs", "5",
+             "--baselines", "--train-data", str(image_folder), "--json", "-q"])
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert {"method", "backbone", "eval_backbone", "ipc", "flow_cosine", "modes", "baselines"} <= set(res)
+    assert set(res["modes"]) == {"normal", "ci"} and set(res["baselines"]) == {"random", "centroids", "neighbors", "full"}
+    for v in [*res["modes"].values(), *res["baselines"].values()]:
+        assert set(v) == {"top1_mean", "top1_std", "top5_mean", "seeds"} and len(v["seeds"]) == 2
+    assert "baseline: full" in r.stderr
+    bad = run(["evaluate", str(out), "--test-data", str(tmp_path / "missing"), "-q"])
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: ")
