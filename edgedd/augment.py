@@ -73,19 +73,37 @@ def render_views(images: torch.Tensor, views: Views, out: int) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def add_noise(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """x + m * (mean + std * eps), m ~ Bernoulli(noise_p) per image (reference: mean 0.5, no clamp)."""
-    n = images.shape[0]
-    apply = (torch.rand(n, generator=gen, device=gen.device) < cfg.noise_p).to(images.dtype).to(images.device)
-    eps = torch.randn(images.shape, generator=gen, device=gen.device, dtype=images.dtype).to(images.device)
-    return images + apply.view(n, 1, 1, 1) * (cfg.noise_mean + cfg.noise_std * eps)
+@dataclass
+class AugmentParams:
+    """Every random draw of one augmentation pass over n images, so the pass can be applied to
+    slices of the batch (the chunked step) with exactly the draws of the whole-batch pass."""
+
+    views: Views
+    noise: torch.Tensor | None  # (n, 3, out, out): the additive term m * (mean + std * eps), or None
+
+    def __getitem__(self, idx) -> "AugmentParams":
+        return AugmentParams(Views(self.views.boxes[idx], self.views.flips[idx]), None if self.noise is None else self.noise[idx])
+
+
+def sample_augment(n: int, cfg: AugmentConfig, out: int, gen: torch.Generator, noise: bool = True, dtype=torch.float32) -> AugmentParams:
+    """Draw in the order views, noise mask, noise values (the order ``augment`` has always used)."""
+    views = sample_views(n, cfg, gen)
+    term = None
+    if noise and cfg.noise_p > 0:
+        apply = (torch.rand(n, generator=gen, device=gen.device) < cfg.noise_p).to(dtype)
+        eps = torch.randn((n, 3, out, out), generator=gen, device=gen.device, dtype=dtype)
+        term = apply.view(n, 1, 1, 1) * (cfg.noise_mean + cfg.noise_std * eps)
+    return AugmentParams(views, term)
+
+
+def apply_augment(images: torch.Tensor, params: AugmentParams, out: int) -> torch.Tensor:
+    x = render_views(images, params.views, out)
+    return x if params.noise is None else x + params.noise.to(x.device, x.dtype)
 
 
 def augment(images: torch.Tensor, cfg: AugmentConfig, out: int, gen: torch.Generator, noise: bool = True) -> torch.Tensor:
     """One random view per image: flip + RRC (+ noise). Used by distillation and probe training."""
-    views = sample_views(images.shape[0], cfg, gen)
-    x = render_views(images, views, out)
-    return add_noise(x, cfg, gen) if noise and cfg.noise_p > 0 else x
+    return apply_augment(images, sample_augment(images.shape[0], cfg, out, gen, noise, images.dtype), out)
 
 
 def center_crop(images: torch.Tensor, out: int) -> torch.Tensor:

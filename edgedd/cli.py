@@ -103,6 +103,7 @@ def distill(
     golden_epochs: int = typer.Option(10, min=1, help="Golden classifier epochs."),
     checkpoint_every: int = typer.Option(50, min=0, help="Steps between checkpoints (0: none)."),
     preview_every: int = typer.Option(500, min=0, help="Steps between preview PNGs (0: only the final one)."),
+    chunk_size: Optional[int] = typer.Option(None, min=0, help="SFM images per forward chunk; 0 = one pass [default: auto, one pass if it fits]."),
     strict_images: bool = typer.Option(False, "--strict-images", help="Stop at an unreadable image instead of skipping it."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor fill the Stage I cache."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out."),
@@ -126,7 +127,7 @@ def distill(
         ),
         stage1_config=StageIConfig(golden_views=golden_views, golden_epochs=golden_epochs, seed=seed),
         options=RunOptions(
-            device=device, num_workers=num_workers, checkpoint_every=checkpoint_every, preview_every=preview_every,
+            device=device, num_workers=num_workers, checkpoint_every=checkpoint_every, preview_every=preview_every, chunk_size=chunk_size,
             progress=not quiet, strict_images=strict_images, use_cache=not no_cache,
         ),
         crop_res=crop_res,

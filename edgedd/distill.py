@@ -38,6 +38,7 @@ from .backbones import BackboneInfo, check_model_name, load_backbone, resolve_de
 from .config import METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, default_num_workers, open_dataset
 from .errors import EdgeddError
+from .chunked import auto_chunk_size, chunked_step
 from .lgm import StepBatches, lgm_loss, random_head
 from .losses import decouple_loss, flow, sfm_loss, synthetic_flow
 from .memory import PhaseMemory
@@ -58,6 +59,7 @@ class RunOptions:
     num_workers: int | None = None
     checkpoint_every: int = 50
     preview_every: int = 500
+    chunk_size: int | None = None  # SFM only: None = auto (one pass if it fits), 0 = one pass, N = chunk
     progress: bool = True
     strict_images: bool = False
     use_cache: bool = True
@@ -176,12 +178,16 @@ def view_features(model, images: torch.Tensor, cfg: DistillConfig, info: Backbon
     return z.float().view(a, n, -1)
 
 
-def sfm_step_loss(model, images, cfg, info, gen, flow_real, centres_real) -> torch.Tensor:
-    """SFM / sfm_decouple: features of the A views averaged per image, then the flow loss."""
-    z = view_features(model, images, cfg, info, gen).mean(0)
+def feature_loss(z: torch.Tensor, cfg: DistillConfig, flow_real: torch.Tensor, centres_real: torch.Tensor) -> torch.Tensor:
+    """SFM / sfm_decouple loss of the (N, D) per-image features."""
     if cfg.method == "sfm":
         return sfm_loss(z, flow_real, cfg.flow_denominator)
     return decouple_loss(z, centres_real, cfg.alpha)
+
+
+def sfm_step_loss(model, images, cfg, info, gen, flow_real, centres_real) -> torch.Tensor:
+    """One pass: features of the A views averaged per image, then the loss (graph kept)."""
+    return feature_loss(view_features(model, images, cfg, info, gen).mean(0), cfg, flow_real, centres_real)
 
 
 def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:
@@ -298,6 +304,11 @@ def distill(
     workers = default_num_workers() if options.num_workers is None else options.num_workers
     reals = real_batches(source, cfg, start, device, workers) if cfg.method == "lgm" else None
     (out / "previews").mkdir(exist_ok=True)
+    chunk = options.chunk_size
+    if reals is not None:
+        chunk = 0  # LGM's loss is not a function of per-image features alone
+    elif chunk is None:
+        chunk = auto_chunk_size(model, pyr, cfg, info, device, _autocast(device, cfg.amp))
     memory = PhaseMemory(device)
     memory.start()
     t2 = time.perf_counter()
@@ -305,12 +316,16 @@ def distill(
         for step in range(start, cfg.iterations):
             if pyr.grow(step, ext, gen):
                 opt = _adam(pyr.levels, cfg.lr)  # reset at each extension (reference)
-            if reals is None:
-                loss = sfm_step_loss(model, pyr.decode(), cfg, info, gen, flow_real, centres_real)
-            else:
-                loss = lgm_step_loss(model, pyr.decode(), labels_dev, c, next(reals), cfg, info, gen)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if reals is not None:
+                loss = lgm_step_loss(model, pyr.decode(), labels_dev, c, next(reals), cfg, info, gen)
+                loss.backward()
+            elif chunk:
+                loss = chunked_step(model, pyr, cfg, info, gen, lambda z: feature_loss(z, cfg, flow_real, centres_real),
+                                    chunk, _autocast(device, cfg.amp))
+            else:
+                loss = sfm_step_loss(model, pyr.decode(), cfg, info, gen, flow_real, centres_real)
+                loss.backward()
             opt.step()
             loss_value = loss.item()
             done = step + 1
@@ -365,6 +380,7 @@ def distill(
         "stage2_seconds": stage2_seconds,
         "sec_per_iter": stage2_seconds / iters_run if iters_run else None,
         "stage2_memory": stage2_memory,
+        "chunk_size": chunk,
         "total_seconds": time.perf_counter() - t_start,
         "device": str(device),
         "config": to_dict(cfg),

@@ -3,7 +3,7 @@ real augmentation (fixed views and noise) and a real timm backbone, in float64."
 
 import torch
 
-from edgedd.augment import add_noise, normalize, render_views, sample_views
+from edgedd.augment import apply_augment, normalize, sample_augment
 from edgedd.config import AugmentConfig
 from edgedd.losses import flow, sfm_loss
 from edgedd.backbones import load_backbone
@@ -15,15 +15,12 @@ def test_sfm_pixel_gradient_matches_finite_difference():
     c, ipc = 3, 2
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(c * ipc, 3, 20, 20, generator=g, dtype=torch.float64) * 0.8 + 0.1
-    views = sample_views(c * ipc, AugmentConfig(), g)
-    noise_state = torch.Generator().manual_seed(5).get_state()
+    params = sample_augment(c * ipc, AugmentConfig(noise_p=1.0), 16, g, dtype=torch.float64)  # fixed views and noise
     flow_real = flow(torch.randn(c, info.num_features, generator=g, dtype=torch.float64))
     pp = info.preprocess
 
     def loss_fn(x):
-        v = render_views(x, views, 16)
-        v = add_noise(v, AugmentConfig(), torch.Generator().set_state(noise_state))  # same noise every call
-        return sfm_loss(model(normalize(v, pp.mean, pp.std)), flow_real)
+        return sfm_loss(model(normalize(apply_augment(x, params, 16), pp.mean, pp.std)), flow_real)
 
     x = x0.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss_fn(x), x)
