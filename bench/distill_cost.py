@@ -53,7 +53,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    env = dict(os.environ, EDGEDD_PROGRESS="0")
+    from edgedd.memory import MEASURE_ENV
+
+    env = dict(os.environ, EDGEDD_PROGRESS="0", **MEASURE_ENV)
     with tempfile.TemporaryDirectory() as tmp:
         env.setdefault("EDGEDD_CACHE_DIR", str(Path(tmp) / "cache"))
         # warm the Stage I cache first so neither timed run pays for it

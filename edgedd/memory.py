@@ -21,6 +21,21 @@ def _status_kb(key: str) -> int | None:
     return None
 
 
+def _release_free_heap() -> None:
+    """glibc keeps freed heap for reuse; a phase could then grow into it without raising RSS.
+    Hand it back first (benchmarks also set MALLOC_MMAP_THRESHOLD_ so big tensors are mmapped)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+# For subprocesses that measure memory: large blocks are mmapped and returned to the OS on free.
+MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 class PhaseMemory:
     def __init__(self, device):
         self.device = device
@@ -34,6 +49,7 @@ class PhaseMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.before_mb = torch.cuda.memory_allocated(self.device) / 2**20
             return
+        _release_free_heap()
         try:
             Path("/proc/self/clear_refs").write_text("5")
             rss = _status_kb("VmRSS")
