@@ -17,22 +17,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from PIL import Image
-
 from edgedd.config import DistillConfig, StageIConfig
-from edgedd.data import open_dataset
+from edgedd.data import write_image_folder
 from edgedd.device.runtime import deploy_check
 from edgedd.distill import RunOptions, distill
 from edgedd.export.pack import PackConfig, pack
-
-
-def write_test_folder(root: Path) -> Path:
-    src = open_dataset("embedded:mnist/test")
-    for i, (px, y) in enumerate(zip(src.pixels, src.labels)):
-        d = root / src.class_names[y]
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(px).save(d / f"{i:04d}.png")
-    return root
 
 
 def main() -> None:
@@ -53,7 +42,7 @@ def main() -> None:
         run = tmp / "run"
         s = distill("embedded:mnist", a.backbone, run, weights=a.weights, config=DistillConfig(ipc=a.ipc, iterations=a.iterations),
                     stage1_config=StageIConfig(), options=RunOptions(progress=False), crop_res=a.crop_res, syn_res=a.crop_res)
-        test = write_test_folder(tmp / "test")
+        test = write_image_folder("embedded:mnist/test", tmp / "test")
         out = {"backbone": a.backbone, "edge_backbone": a.edge_backbone or a.backbone, "ipc": a.ipc, "iterations": a.iterations,
                "views": a.views, "golden_train_top1": s["golden_train_top1"]}
         edge = dict(edge_backbone=a.edge_backbone, edge_weights=a.edge_weights if a.edge_backbone else None,

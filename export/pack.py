@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from edgedd import __version__
 from edgedd.atomic import make_temp_dir, sha256_file, write_bytes
@@ -38,6 +37,7 @@ from edgedd.config import AugmentConfig, to_dict
 from edgedd.device import artifact as art
 from edgedd.device.runtime import fit_projector_ridge
 from edgedd.errors import EdgeddError
+from edgedd.rundir import load_run
 
 from .onnx_graphs import OPSET, check, export_backbone, linear_graph, parity, quantize_int8
 from .projector import train_projector
@@ -48,22 +48,9 @@ class PackConfig:
     views: int = 8  # K augmented views per synthetic image for the projector targets
     projector_epochs: int = 1000
     selftest_images: int = 8
-    pixels: str = "uint8"
     int8: bool = False
     int8_max_drop: float = 0.05
     seed: int = 0
-
-
-def _load_run(run_dir: Path) -> tuple[dict, dict, torch.Tensor, torch.Tensor, dict]:
-    need = ["synthetic.safetensors", "synthetic.json", "golden_classifier.safetensors", "run.json"]
-    if not run_dir.is_dir():
-        raise EdgeddError(f"run directory {run_dir} does not exist", "pass the --out directory of edgedd distill")
-    missing = [f for f in need if not (run_dir / f).is_file()]
-    if missing:
-        raise EdgeddError(f"{run_dir} is not a finished edgedd run (missing {', '.join(missing)})", "finish it with edgedd distill --resume")
-    syn = load_file(run_dir / "synthetic.safetensors")
-    golden = load_file(run_dir / "golden_classifier.safetensors")
-    return json.loads((run_dir / "synthetic.json").read_text()), json.loads((run_dir / "run.json").read_text()), syn["images"], syn["labels"], golden
 
 
 @torch.no_grad()
@@ -99,14 +86,16 @@ def pack(
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise EdgeddError(f"--out {out} already exists and is not empty", "choose another --out, or pass --overwrite")
-    meta_run, run_json, images, labels, golden = _load_run(run_dir)
+    run = load_run(run_dir)
+    images, labels = run.images, run.labels
+    golden = {"weight": run.golden_weight, "bias": run.golden_bias}
     dev = resolve_device(device)
 
     # distillation backbone A, exactly as distilled
-    a_info = meta_run["backbone"]
+    a_info = run.backbone
     a_pp = a_info["preprocess"]
     model_a, info_a = load_backbone(a_info["name"], a_info["weights"], input_size=a_pp["input_size"], resize_size=a_pp["resize_size"],
-                                    device=dev, seed=meta_run["config"]["seed"])
+                                    device=dev, seed=run.config["seed"])
     if info_a.weights_sha256 != a_info["weights_sha256"]:
         raise EdgeddError(f"the weights of {a_info['name']} ({a_info['weights']}) are not the ones this run was distilled with",
                           "pass the run's original weights file")
@@ -201,8 +190,8 @@ def pack(
     }
     meta = {
         "edgedd": __version__,
-        "class_names": meta_run["class_names"],
-        "distill": {"backbone": a_info, "config": meta_run["config"], "run_fingerprint": run_json.get("fingerprint")},
+        "class_names": run.class_names,
+        "distill": {"backbone": a_info, "config": run.config, "run_fingerprint": run.identity.get("fingerprint")},
         "edge": {"backbone": info_b.to_dict(), "preprocess": pp_b, "features": d_b},
         "onnx": {role: {"file": f, "sha256": hashlib.sha256(d).hexdigest(), "opset": OPSET,
                         **({"parity": validation[role]} if role in validation else {})} for role, (f, d) in graphs.items()},

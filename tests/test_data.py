@@ -79,3 +79,14 @@ def test_corrupt_image_is_reported_by_name(tmp_path):
     ds = CanvasDataset(open_dataset(tmp_path), 8, "bilinear")
     errors = [ds[i][2] for i in range(len(ds)) if ds[i][0] is None]
     assert len(errors) == 1 and "cut.png" in errors[0]
+
+
+def test_write_image_folder_round_trip(tmp_path):
+    from edgedd.data import write_image_folder
+
+    root = write_image_folder("embedded:mnist/test", tmp_path / "t", limit=30)
+    back = open_dataset(root)
+    src = open_dataset("embedded:mnist/test")
+    assert len(back) == 30 and set(back.class_names) <= set(src.class_names)
+    first = np.asarray(Image.open(sorted((root / src.class_names[src.labels[0]]).iterdir())[0]))
+    assert np.array_equal(first, src.pixels[0])
