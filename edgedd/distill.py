@@ -202,7 +202,7 @@ def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen
     return lgm_loss(z_syn, labels.repeat(cfg.augs_per_batch), z_real, y_real, w, b)
 
 
-def real_batches(source: LabelledImages, cfg: DistillConfig, start: int, device, num_workers: int):
+def real_batches(source: LabelledImages, cfg: DistillConfig, interpolation: str, start: int, device, num_workers: int):
     """LGM's real images: IPC * A * C canvases per step, resumable (see StepBatches)."""
     from torch.utils.data import DataLoader
 
@@ -210,7 +210,7 @@ def real_batches(source: LabelledImages, cfg: DistillConfig, start: int, device,
 
     batch = cfg.ipc * cfg.augs_per_batch * source.num_classes
     loader = DataLoader(
-        CanvasDataset(source, cfg.syn_res, "bicubic" if source.pixels is None else "bilinear"),
+        CanvasDataset(source, cfg.syn_res, interpolation),  # the same canvases as Stage I
         batch_sampler=StepBatches(len(source), batch, cfg.seed, start, cfg.iterations),
         num_workers=num_workers, collate_fn=collate_canvases, pin_memory=device.type == "cuda",
     )
@@ -287,7 +287,7 @@ def distill(
         save_stage1(s1, out)
     stage1_seconds = time.perf_counter() - t1
 
-    # ---- Stage II: SFM
+    # ---- Stage II: SFM (or the LGM baseline)
     c, n = source.num_classes, source.num_classes * cfg.ipc
     centres_real = s1.centres.to(device=device, dtype=torch.float32)
     flow_real = flow(s1.centres).to(device=device, dtype=torch.float32)
@@ -302,7 +302,7 @@ def distill(
     ext = extension_steps(cfg.iterations, cfg.syn_res, cfg.extend_every)
     labels_dev = torch.arange(c, device=device).repeat_interleave(cfg.ipc)
     workers = default_num_workers() if options.num_workers is None else options.num_workers
-    reals = real_batches(source, cfg, start, device, workers) if cfg.method == "lgm" else None
+    reals = real_batches(source, cfg, pp.interpolation, start, device, workers) if cfg.method == "lgm" else None
     (out / "previews").mkdir(exist_ok=True)
     chunk = options.chunk_size
     if reals is not None:
