@@ -20,14 +20,18 @@ test: $(STAMP)
 	@$(PY) -m pytest tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The main job on the embedded default: distill MNIST (random-init tiny ViT until the shipped
-# self-supervised backbones of issue 6 exist; see README).
+# The main job on the embedded default, offline, on a CPU: distill MNIST with the shipped
+# self-supervised host ViT -> evaluate against the baselines -> pack for the shipped edge CNN ->
+# deploy-check -> predict; the table lands in runs/demo/RESULTS.md, the images in runs/demo/run/preview.png.
 demo: $(STAMP)
-	$(VENV)/bin/edgedd distill embedded:mnist --backbone test_vit --weights random \
-		--crop-res 32 --syn-res 32 --ipc 1 --iterations 300 --out runs/demo --overwrite
+	$(PY) examples/demo.py --out runs/demo
 
 bench: $(STAMP)
 	$(PY) bench/stage1_throughput.py
+	$(PY) bench/distill_cost.py
+	$(PY) bench/chunked_memory.py
+	$(PY) bench/device_runtime.py
+	$(PY) bench/projector_accuracy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
