@@ -9,6 +9,12 @@ Weights: ``"hub"`` (timm's pretrained weights; needs the network), a local ``.sa
 file (offline; loaded through timm's own pretrained path so its key filters, e.g. position-embedding
 resampling, apply), or ``"random"`` (random init, for tests and smoke runs). Pickled checkpoints
 (``.pth``/``.bin``) are refused: loading them can execute code.
+
+Shipped backbones (:mod:`edgedd.zoo`, e.g. ``"edgedd/host-vit"``, ``"edgedd/edge-cnn"``): small
+self-supervised models whose weights install with the package. For them ``"hub"`` (the default)
+and ``"shipped"`` load the packaged weights offline (recorded as ``"shipped:<name>"``), ``"random"``
+is a random init of the same architecture and a ``.safetensors`` path loads that file; their
+preprocessing comes from the model card unless ``input_size``/``resize_size`` are given.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ import torch
 from .config import Preprocess
 from .errors import EdgeddError
 
-WEIGHT_SOURCES = ("hub", "random")
+WEIGHT_SOURCES = ("hub", "random", "shipped")
+SHIPPED_PREFIX = "shipped:"
 
 
 @dataclass(frozen=True)
 class BackboneInfo:
     name: str
-    weights: str  # "hub" | "random" | path of the .safetensors file
+    weights: str  # "hub" | "random" | "shipped:<name>" | path of the .safetensors file
     weights_sha256: str  # over the loaded state dict, whatever its source
     num_features: int
     preprocess: Preprocess
@@ -64,10 +71,15 @@ def resolve_device(spec: str = "auto") -> torch.device:
 def check_model_name(name: str) -> None:
     import timm
 
+    from . import zoo
+
+    if zoo.is_shipped(name):
+        return
     arch = name.split(".", 1)[0]
     if timm.is_model(arch):
         return
-    close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(zoo.SHIPPED), n=2, cutoff=0.6)
+    close += difflib.get_close_matches(arch, timm.list_models(), n=5 - len(close), cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for the names"
     raise EdgeddError(f"unknown backbone {name!r}", hint)
 
@@ -113,6 +125,15 @@ def load_backbone(
 ) -> tuple[torch.nn.Module, BackboneInfo]:
     check_model_name(name)
     weights = str(weights)
+    from . import zoo
+
+    if zoo.is_shipped(name):
+        return _load_shipped(name, weights, input_size, resize_size, device, seed, **create_kwargs)
+    if weights == "shipped" or weights.startswith(SHIPPED_PREFIX):
+        raise EdgeddError(
+            f"{name} has no shipped weights",
+            f"shipped backbones: {', '.join(zoo.SHIPPED)}; for {name} pass 'hub', a .safetensors file or 'random'",
+        )
     if weights == "hub":
         try:
             model = _create(name, input_size, pretrained=True, **create_kwargs)
@@ -153,6 +174,85 @@ def load_backbone(
         preprocess=preprocess,
     )
     return model, info
+
+
+def _load_shipped(
+    name: str,
+    weights: str,
+    input_size: int | None,
+    resize_size: int | None,
+    device: torch.device | str,
+    seed: int,
+    **create_kwargs,
+) -> tuple[torch.nn.Module, BackboneInfo]:
+    """A backbone of :mod:`edgedd.zoo`: weights from the package (no network), a file, or random."""
+    from . import zoo
+
+    create_kwargs.pop("num_classes", None)  # always pooled features
+    create_kwargs.pop("pretrained", None)
+    exportable = create_kwargs.pop("exportable", True)
+    if weights in ("hub", "shipped", SHIPPED_PREFIX + name):
+        path = zoo.weights_path(name)
+        if not path.is_file():
+            raise EdgeddError(
+                f"the shipped weights of {name} are missing ({path})",
+                "reinstall edgedd, or regenerate them with examples/pretrain_ssl.py",
+            )
+        source, label, file = "shipped", SHIPPED_PREFIX + name, None
+    elif weights == "random":
+        source, label, file = "random", "random", None
+    elif weights.startswith(SHIPPED_PREFIX):
+        raise EdgeddError(f"weights {weights!r} do not belong to {name}", f"pass 'hub', '{SHIPPED_PREFIX}{name}' or 'random'")
+    else:
+        file = Path(weights)
+        if not file.is_file():
+            raise EdgeddError(f"weights file {file} does not exist", "pass a .safetensors file, 'hub', 'shipped' or 'random'")
+        if file.suffix != ".safetensors":
+            raise EdgeddError(
+                f"weights file {file} is not .safetensors",
+                "edgedd never unpickles checkpoints; convert it with safetensors.torch.save_file",
+            )
+        source, label = "file", weights
+    if source == "random":
+        torch.manual_seed(seed)  # random init is reproducible from the run's seed
+    try:
+        model = zoo.create(name, pretrained=source == "shipped", img_size=input_size, weights_file=file,
+                           exportable=exportable, **create_kwargs)
+    except EdgeddError:
+        raise
+    except Exception as e:
+        what = f"weights file {file}" if file is not None else f"the shipped weights of {name}"
+        raise EdgeddError(f"{what} do not fit {name}: {_one_line_load_error(e)}",
+                          "pass weights saved from this exact architecture") from e
+    model.eval().requires_grad_(False)
+    model.to(device)
+    info = BackboneInfo(
+        name=name,
+        weights=label,
+        weights_sha256=state_dict_sha256(model),
+        num_features=int(model.num_features),
+        preprocess=_preprocess_from(zoo.preprocess(name), input_size, resize_size),
+    )
+    return model, info
+
+
+def _preprocess_from(cfg: dict, input_size: int | None, resize_size: int | None) -> Preprocess:
+    """A shipped model card's preprocessing, with the input (crop) and canvas sizes overridable."""
+    size = int(input_size or cfg["input_size"])
+    canvas = int(resize_size or (cfg["resize_size"] if input_size is None else round(size / float(cfg["crop_pct"]))))
+    if canvas < size:
+        raise EdgeddError(
+            f"the synthetic/canvas resolution {canvas} is smaller than the crop {size}",
+            "pass --syn-res at least --crop-res",
+        )
+    return Preprocess(
+        input_size=size,
+        resize_size=canvas,
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        interpolation=str(cfg["interpolation"]),
+        crop_pct=size / canvas,
+    )
 
 
 def resolve_preprocess(model: torch.nn.Module, input_size: int | None = None, resize_size: int | None = None) -> Preprocess:
