@@ -83,9 +83,9 @@ class FlowDenominator(str, enum.Enum):
 @handle_errors
 def distill(
     data: str = typer.Argument(..., help="ImageFolder directory (one sub-folder per class) or embedded:mnist."),
-    backbone: str = typer.Option(..., "--backbone", "-b", help="timm model name, e.g. vit_small_patch14_dinov2.lvd142m."),
+    backbone: str = typer.Option(..., "--backbone", "-b", help="timm model name (e.g. vit_small_patch14_dinov2.lvd142m) or a shipped edgedd/host-vit, edgedd/edge-cnn."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
-    weights: str = typer.Option("hub", help="'hub' (pretrained, online), a local .safetensors file, or 'random'."),
+    weights: str = typer.Option("hub", help="'hub' (pretrained: online, or packaged for edgedd/* backbones), a local .safetensors file, or 'random'."),
     method: Method = typer.Option(Method.sfm, help="Matching loss: SFM, its decoupled ablation, or the LGM baseline."),
     ipc: int = typer.Option(1, min=1, help="Synthetic images per class."),
     iterations: int = typer.Option(5000, min=1, help="Distillation steps."),
