@@ -21,17 +21,25 @@ times both in one invocation, on the same model object and the same threads:
 
     ratio = bare forward time / stage I wall time          (1.0 = Stage I runs at the limit)
 
-Both get one warm-up (Stage I on one batch, the bare forward on one batch) and ``--repeats``
-timed runs, interleaved (stage I, bare, stage I, bare, ...) so drift hits both alike; medians are
-reported. While Stage I runs, a timing wrapper around the backbone records the time spent inside
+Both get a warm-up (Stage I on max(B, C) images, C the number of classes, since Stage I refuses
+empty classes; the bare forward on one batch) and ``--repeats`` timed runs, interleaved in ABBA
+order (stage I, bare, bare, stage I, ...) so drift of the machine hits both alike; medians are
+reported, and the per-repeat ratios too. Each run also records CPU use: this process's cores,
+the DataLoader workers' cores, and (Linux) the *foreign* load, i.e. busy CPU on the machine that
+is not ours. A repeat where either side saw more than 0.15 foreign cores is not clean (another job
+took CPU from it) and is left out of the medians, and said so; if no repeat is clean, all are used
+and the script warns. While Stage I runs, a timing wrapper around the backbone records the time spent inside
 its forward calls, which splits Stage I's wall time into "backbone forward" and "everything else"
 (loader, view rendering, normalisation, float64 sums, memmap writes). The wrapper costs one
 ``perf_counter`` pair per batch.
 
 "forwards" below counts crops through the backbone (one image crop = one backbone forward).
 
+The subset is the first ``--images`` images in class-interleaved order, so every run holds every
+class.
+
 Usage:
-    .venv/bin/python bench/stage1_throughput.py            # defaults: < ~3 min on 2 CPU cores
+    .venv/bin/python bench/stage1_throughput.py            # defaults: ~2 min on 2 idle CPU cores
     .venv/bin/python bench/stage1_throughput.py --json
 """
 
@@ -96,6 +104,9 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+FOREIGN_LIMIT = 0.15  # cores of other jobs' CPU use above which a repeat is not clean
 
 
 def sync(device: torch.device) -> None:
@@ -172,30 +183,76 @@ def build_crops(info, source, cfg: StageIConfig, device: torch.device) -> torch.
     return out
 
 
+class CpuMeter:
+    """CPU accounting over one timed run: this process (all its threads), its reaped children
+    (DataLoader workers), and, on Linux, the whole machine from /proc/stat. ``foreign`` is the
+    machine's busy CPU time not ours, in cores: another job sharing the cores, which makes that
+    repeat's wall time meaningless for a ratio."""
+
+    def __enter__(self):
+        self.t = time.perf_counter()
+        self.own = time.process_time()
+        self.kids = _children_cpu()
+        self.vm = _vm_busy()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t
+        self.own_cores = (time.process_time() - self.own) / self.wall
+        self.kids_cores = (_children_cpu() - self.kids) / self.wall
+        vm = _vm_busy()
+        self.foreign_cores = None
+        if vm is not None and self.vm is not None:
+            busy = (vm - self.vm) / os.sysconf("SC_CLK_TCK") / self.wall
+            self.foreign_cores = max(0.0, busy - self.own_cores - self.kids_cores)
+        return False
+
+
+def _children_cpu() -> float:
+    try:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+    except (ImportError, OSError):
+        return 0.0
+
+
+def _vm_busy() -> int | None:
+    """Busy clock ticks of all CPUs (user + nice + system + irq + softirq), or None off Linux."""
+    try:
+        f = Path("/proc/stat").read_text().splitlines()[0].split()
+        v = [int(x) for x in f[1:8]]
+        return v[0] + v[1] + v[2] + v[5] + v[6]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @torch.no_grad()
-def bare_forward(model, crops: torch.Tensor, per_forward: int, device: torch.device) -> float:
-    """Seconds for the backbone alone over the pre-built crops, ``per_forward`` crops per call."""
+def bare_forward(model, crops: torch.Tensor, per_forward: int, device: torch.device) -> CpuMeter:
+    """The backbone alone over the pre-built crops, ``per_forward`` crops per call."""
     sync(device)
-    t = time.perf_counter()
-    for s in range(0, crops.shape[0], per_forward):
-        with _autocast(device):
-            model(crops[s : s + per_forward]).float()
-    sync(device)
-    return time.perf_counter() - t
+    with CpuMeter() as m:
+        for s in range(0, crops.shape[0], per_forward):
+            with _autocast(device):
+                model(crops[s : s + per_forward]).float()
+        sync(device)
+    m.in_forward = m.wall
+    return m
 
 
-def stage1_once(model, info, source, cfg, device, num_workers, tmpdir: Path) -> tuple[float, float]:
-    """(wall seconds of extract_features, seconds inside the backbone forward)."""
+def stage1_once(model, info, source, cfg, device, num_workers, tmpdir: Path) -> CpuMeter:
+    """extract_features, timed; ``in_forward`` is the part of its wall time inside the backbone."""
     timed = TimedForward(model, device)
     feature_file = tmpdir / "views.npy"
     sync(device)
-    t = time.perf_counter()
-    out = extract_features(timed, info, source, cfg, device, feature_file, num_workers=num_workers, strict_images=False, progress=False)
-    sync(device)
-    wall = time.perf_counter() - t
+    with CpuMeter() as m:
+        out = extract_features(timed, info, source, cfg, device, feature_file, num_workers=num_workers, strict_images=False, progress=False)
+        sync(device)
+    m.in_forward = timed.seconds
     del out
     feature_file.unlink(missing_ok=True)
-    return wall, timed.seconds
+    return m
 
 
 # ----------------------------------------------------------------------------- main
@@ -203,16 +260,16 @@ def stage1_once(model, info, source, cfg, device, num_workers, tmpdir: Path) -> 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default="vit_small_patch16_224", help="timm model name (random init)")
+    p.add_argument("--backbone", default="vit_small_patch16_224", help="timm model name, random init (default vit_small_patch16_224)")
     p.add_argument("--data", default="embedded:mnist", help="ImageFolder path or embedded:mnist (default)")
-    p.add_argument("--images", type=int, default=32, help="images per timed Stage I run (default 32)")
+    p.add_argument("--images", type=int, default=24, help="images per timed Stage I run (default 24)")
     p.add_argument("--batch-size", type=int, default=8, help="Stage I batch size B (default 8)")
     p.add_argument("--golden-views", type=int, default=4, help="K augmented views per image (default 4)")
     p.add_argument("--crop-res", type=int, default=224, help="backbone input size (default 224)")
     p.add_argument("--canvas-res", type=int, default=None, help="canvas (resize) size; default round(crop / 0.875)")
-    p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers for Stage I (default 1)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for Stage I (default 0: best on 2 CPU cores)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs of each side; medians reported (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of each side, medians reported (default 5)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)
@@ -226,6 +283,7 @@ def main(argv=None) -> int:
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
 
     source = subset(open_dataset(args.data), args.images)
+    # The warm-up needs every class too (extract_features refuses empty classes): max(B, C) images.
     warm_src = subset(source, min(len(source), max(args.batch_size, source.num_classes)))
     model, info = load_backbone(args.backbone, "random", input_size=args.crop_res, resize_size=canvas, device=device)
     n = len(source)
@@ -235,23 +293,41 @@ def main(argv=None) -> int:
     log(f"building {total_crops} crops ({1 + k} per image, {info.preprocess.input_size}px from a {canvas}px canvas) ...")
     crops = build_crops(info, source, cfg, device)
 
-    stage1_walls, stage1_fwd, bare_times = [], [], []
+    s1_runs: list[CpuMeter] = []
+    bare_runs: list[CpuMeter] = []
     with tempfile.TemporaryDirectory(prefix="edgedd-bench-") as tmp:
         tmpdir = Path(tmp)
-        log("warm-up: one Stage I batch, one bare forward ...")
+        log(f"warm-up: Stage I on {len(warm_src)} images, one bare forward ...")
         stage1_once(model, info, warm_src, cfg, device, args.num_workers, tmpdir)
         bare_forward(model, crops[:per_forward], per_forward, device)
         for r in range(args.repeats):
-            w, f = stage1_once(model, info, source, cfg, device, args.num_workers, tmpdir)
-            stage1_walls.append(w)
-            stage1_fwd.append(f)
-            bt = bare_forward(model, crops, per_forward, device)
-            bare_times.append(bt)
-            log(f"  repeat {r + 1}/{args.repeats}: stage I {w:.2f} s (in forward {f:.2f} s), bare {bt:.2f} s")
+            # ABBA order: a slow drift of the machine hits both sides alike.
+            if r % 2 == 0:
+                a = stage1_once(model, info, source, cfg, device, args.num_workers, tmpdir)
+                b = bare_forward(model, crops, per_forward, device)
+            else:
+                b = bare_forward(model, crops, per_forward, device)
+                a = stage1_once(model, info, source, cfg, device, args.num_workers, tmpdir)
+            s1_runs.append(a)
+            bare_runs.append(b)
+            fa = "" if a.foreign_cores is None else f", foreign load {a.foreign_cores:.2f}"
+            fb = "" if b.foreign_cores is None else f", foreign load {b.foreign_cores:.2f}"
+            log(f"  repeat {r + 1}/{args.repeats}: stage I {a.wall:.2f} s (in forward {a.in_forward:.2f} s, "
+                f"own cores {a.own_cores:.2f}{fa}), bare {b.wall:.2f} s (own cores {b.own_cores:.2f}{fb}), "
+                f"ratio {b.wall / a.wall:.3f}")
 
-    s1 = stats.median(stage1_walls)
-    s1f = stats.median(stage1_fwd)
-    bare = stats.median(bare_times)
+    med = stats.median
+    paired = [b.wall / a.wall for a, b in zip(s1_runs, bare_runs)]
+    foreign = [x.foreign_cores for x in s1_runs + bare_runs if x.foreign_cores is not None]
+    # A repeat is clean when neither side shared the machine with another job (measured, Linux).
+    clean = [i for i, (a, b) in enumerate(zip(s1_runs, bare_runs))
+             if (a.foreign_cores or 0.0) <= FOREIGN_LIMIT and (b.foreign_cores or 0.0) <= FOREIGN_LIMIT]
+    use = clean or list(range(len(s1_runs)))
+    contended = len(clean) < len(s1_runs)
+    s1 = med(s1_runs[i].wall for i in use)
+    s1f = med(s1_runs[i].in_forward for i in use)
+    s1o = med(s1_runs[i].wall - s1_runs[i].in_forward for i in use)
+    bare = med(bare_runs[i].wall for i in use)
     result = {
         "backbone": args.backbone,
         "weights": "random",
@@ -268,17 +344,28 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "stage1_seconds": s1,
         "stage1_seconds_in_forward": s1f,
-        "stage1_seconds_outside_forward": s1 - s1f,
+        "stage1_seconds_outside_forward": s1o,
         "bare_seconds": bare,
         "stage1_images_per_s": n / s1,
         "bare_images_per_s": n / bare,
         "stage1_forwards_per_s": total_crops / s1,
         "bare_forwards_per_s": total_crops / bare,
         "ratio": bare / s1,
-        "stage1_seconds_all": stage1_walls,
-        "stage1_seconds_in_forward_all": stage1_fwd,
-        "bare_seconds_all": bare_times,
-        "bare_crops": "real crops built as extract_features builds them (centre + sample_views/render_views, normalised)",
+        "ratio_paired_median": med(paired[i] for i in use),
+        "repeats_used": [i + 1 for i in use],
+        "clean_repeats": len(clean),
+        "foreign_load_limit_cores": FOREIGN_LIMIT,
+        "ratio_per_repeat": paired,
+        "stage1_seconds_all": [r.wall for r in s1_runs],
+        "stage1_seconds_in_forward_all": [r.in_forward for r in s1_runs],
+        "bare_seconds_all": [r.wall for r in bare_runs],
+        "stage1_own_cores_all": [r.own_cores for r in s1_runs],
+        "stage1_worker_cores_all": [r.kids_cores for r in s1_runs],
+        "bare_own_cores_all": [r.own_cores for r in bare_runs],
+        "foreign_cores_stage1_all": [r.foreign_cores for r in s1_runs],
+        "foreign_cores_bare_all": [r.foreign_cores for r in bare_runs],
+        "contended": contended,
+        "bare_crops": "real crops, built as extract_features builds them (centre + sample_views/render_views, normalised)",
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "machine": machine_info(),
@@ -295,15 +382,23 @@ def main(argv=None) -> int:
           f"{result['torch_threads']} intra-op threads")
     print(f"  workload: {n} images x {1 + k} crops ({info.preprocess.input_size}px, canvas {canvas}px) = {total_crops} crops, "
           f"B={args.batch_size} -> {per_forward} crops per forward, num_workers={args.num_workers}, "
-          f"median of {args.repeats}")
+          f"{args.repeats} repeats")
     print()
     print(f"  {'':28s} {'seconds':>9s} {'images/s':>10s} {'forwards/s':>11s}")
     print(f"  {'stage I (extract_features)':28s} {s1:9.2f} {n / s1:10.2f} {total_crops / s1:11.2f}")
     print(f"  {'bare backbone forward':28s} {bare:9.2f} {n / bare:10.2f} {total_crops / bare:11.2f}")
     print()
-    print(f"  stage I split: {s1f:.2f} s inside the backbone forward ({s1f / bare:.3f} x bare), "
-          f"{s1 - s1f:.2f} s outside it (loader, views, sums, memmap)")
-    print(f"  ratio (bare / stage I) = {bare / s1:.3f}   (target >= 0.9: {'met' if bare / s1 >= 0.9 else 'NOT met'})")
+    print(f"  stage I split (medians): {s1f:.2f} s inside the backbone forward, {s1o:.3f} s outside it "
+          f"(loader, view rendering, normalise, float64 sums, memmap) = {s1o / s1:.1%} of its wall time")
+    marks = ", ".join(f"{x:.3f}" + ("" if i in clean else "*") for i, x in enumerate(paired))
+    print(f"  ratio per repeat: {marks}  (median of those used {result['ratio_paired_median']:.3f})")
+    print(f"  ratio (bare / stage I, medians) = {bare / s1:.3f}   (target >= 0.9: {'met' if bare / s1 >= 0.9 else 'NOT met'})")
+    if contended and clean:
+        print(f"  note: {len(s1_runs) - len(clean)} repeat(s) marked * shared the CPU with another job "
+              f"(> {FOREIGN_LIMIT} foreign cores) and are left out of the medians; {len(clean)} clean repeat(s) used")
+    elif contended:
+        print(f"  WARNING: every repeat shared the CPU with another job (up to {max(foreign):.2f} foreign cores); "
+              "the figures above use them all and are not a clean measurement: rerun on a quiet machine")
     return 0
 
 
