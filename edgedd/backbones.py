@@ -108,6 +108,19 @@ def _create(name: str, input_size: int | None, **kwargs) -> torch.nn.Module:
     return timm.create_model(name, **kwargs)
 
 
+def _weights_file(weights: str, hint: str) -> Path:
+    """A local weights file: it must exist and be safetensors (pickles can execute code)."""
+    path = Path(weights)
+    if not path.is_file():
+        raise EdgeddError(f"weights file {path} does not exist", hint)
+    if path.suffix != ".safetensors":
+        raise EdgeddError(
+            f"weights file {path} is not .safetensors",
+            "edgedd never unpickles checkpoints; convert it with safetensors.torch.save_file",
+        )
+    return path
+
+
 def _one_line_load_error(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     text = " ".join(lines[:3])
@@ -148,14 +161,7 @@ def load_backbone(
         torch.manual_seed(seed)  # random init is reproducible from the run's seed
         model = _create(name, input_size, pretrained=False, **create_kwargs)
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise EdgeddError(f"weights file {path} does not exist", "pass a .safetensors file, 'hub' or 'random'")
-        if path.suffix != ".safetensors":
-            raise EdgeddError(
-                f"weights file {path} is not .safetensors",
-                "edgedd never unpickles checkpoints; convert it with safetensors.torch.save_file",
-            )
+        path = _weights_file(weights, "pass a .safetensors file, 'hub' or 'random'")
         try:
             model = _create(name, input_size, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **create_kwargs)
         except Exception as e:
@@ -204,14 +210,7 @@ def _load_shipped(
     elif weights.startswith(SHIPPED_PREFIX):
         raise EdgeddError(f"weights {weights!r} do not belong to {name}", f"pass 'hub', '{SHIPPED_PREFIX}{name}' or 'random'")
     else:
-        file = Path(weights)
-        if not file.is_file():
-            raise EdgeddError(f"weights file {file} does not exist", "pass a .safetensors file, 'hub', 'shipped' or 'random'")
-        if file.suffix != ".safetensors":
-            raise EdgeddError(
-                f"weights file {file} is not .safetensors",
-                "edgedd never unpickles checkpoints; convert it with safetensors.torch.save_file",
-            )
+        file = _weights_file(weights, "pass a .safetensors file, 'hub', 'shipped' or 'random'")
         source, label = "file", weights
     if source == "random":
         torch.manual_seed(seed)  # random init is reproducible from the run's seed
@@ -240,19 +239,7 @@ def _preprocess_from(cfg: dict, input_size: int | None, resize_size: int | None)
     """A shipped model card's preprocessing, with the input (crop) and canvas sizes overridable."""
     size = int(input_size or cfg["input_size"])
     canvas = int(resize_size or (cfg["resize_size"] if input_size is None else round(size / float(cfg["crop_pct"]))))
-    if canvas < size:
-        raise EdgeddError(
-            f"the synthetic/canvas resolution {canvas} is smaller than the crop {size}",
-            "pass --syn-res at least --crop-res",
-        )
-    return Preprocess(
-        input_size=size,
-        resize_size=canvas,
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
-        interpolation=str(cfg["interpolation"]),
-        crop_pct=size / canvas,
-    )
+    return _make_preprocess(size, canvas, cfg["mean"], cfg["std"], cfg["interpolation"])
 
 
 def resolve_preprocess(model: torch.nn.Module, input_size: int | None = None, resize_size: int | None = None) -> Preprocess:
@@ -263,6 +250,10 @@ def resolve_preprocess(model: torch.nn.Module, input_size: int | None = None, re
     size = int(input_size or cfg["input_size"][-1])
     crop_pct = float(cfg.get("crop_pct") or 0.875)
     canvas = int(resize_size or round(size / crop_pct))
+    return _make_preprocess(size, canvas, cfg["mean"], cfg["std"], cfg.get("interpolation") or "bicubic")
+
+
+def _make_preprocess(size: int, canvas: int, mean, std, interpolation: str) -> Preprocess:
     if canvas < size:
         raise EdgeddError(
             f"the synthetic/canvas resolution {canvas} is smaller than the crop {size}",
@@ -271,9 +262,9 @@ def resolve_preprocess(model: torch.nn.Module, input_size: int | None = None, re
     return Preprocess(
         input_size=size,
         resize_size=canvas,
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
-        interpolation=str(cfg.get("interpolation") or "bicubic"),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        interpolation=str(interpolation),
         crop_pct=size / canvas,
     )
 

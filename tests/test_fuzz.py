@@ -20,7 +20,7 @@ def _cases(data: bytes):
     rng = random.Random(1234)
     (hlen,) = struct.unpack("<Q", data[:8])
     header_end = 8 + hlen
-    for _ in range(70):
+    for _ in range(80):
         n = rng.randrange(0, len(data))
         yield f"truncated to {n}", data[:n]
     for _ in range(50):  # flips in the header (JSON, lengths, metadata, hash)
@@ -68,7 +68,7 @@ def test_damaged_artifacts(packed, tmp_path):
     shutil.copytree(packed["bundle"], bundle)
     data = (packed["bundle"] / ART).read_bytes()
     cases = list(_cases(data))
-    assert len(cases) >= 190
+    assert len(cases) >= 200
     runner = CliRunner()
     for case, blob in cases:
         assert blob != data, case
