@@ -68,6 +68,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return dev
 
 
+def backbone_autocast(device: torch.device, enabled: bool = True):
+    """How edgedd runs a backbone: bf16 autocast on CUDA (Stage I, Stage II and evaluation alike,
+    so features are comparable), plain fp32 everywhere else."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast("cpu", enabled=False)
+
+
 def check_model_name(name: str) -> None:
     import timm
 

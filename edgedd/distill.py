@@ -34,7 +34,7 @@ from .stio import torch_serialize as save
 
 from . import __version__, atomic
 from .augment import augment, center_crop, normalize
-from .backbones import BackboneInfo, check_model_name, load_backbone, resolve_device
+from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, load_backbone, resolve_device
 from .config import METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, default_num_workers, open_dataset
 from .errors import EdgeddError
@@ -160,12 +160,6 @@ def load_checkpoint(path: Path, run_fp: str, syn_res: int, lr: float, gen: torch
 
 
 # ----------------------------------------------------------------------------- the loop
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
-    return torch.autocast("cpu", enabled=False)
 
 
 def view_features(model, images: torch.Tensor, cfg: DistillConfig, info: BackboneInfo, gen: torch.Generator) -> torch.Tensor:

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from .augment import Views, center_crop, normalize, render_views, sample_views
-from .backbones import BackboneInfo, load_backbone, resolve_device
+from .backbones import backbone_autocast as _autocast, BackboneInfo, load_backbone, resolve_device
 from .config import AugmentConfig, Preprocess, to_dict
 from .data import CanvasDataset, LabelledImages, canvas_loader, collate_canvases, open_dataset
 from .errors import EdgeddError
@@ -166,13 +166,6 @@ def _label_map(source: LabelledImages, class_names: list[str], what: str) -> np.
 
 
 # ----------------------------------------------------------------------------- backbones
-
-
-def _autocast(device: torch.device):
-    # bf16 on CUDA like Stage I (the golden classifier was trained on such features); fp32 elsewhere
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 @dataclass(eq=False)

@@ -35,7 +35,7 @@ from .stio import torch_serialize as save
 
 from . import atomic
 from .augment import center_crop, normalize, render_views, sample_views
-from .backbones import BackboneInfo
+from .backbones import backbone_autocast as _autocast, BackboneInfo
 from .config import AugmentConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, canvas_loader
 from .errors import EdgeddError
@@ -75,12 +75,6 @@ def stage1_key(info: BackboneInfo, source: LabelledImages, cfg: StageIConfig) ->
             "stage1": to_dict(cfg),
         }
     )
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 @torch.no_grad()

@@ -49,7 +49,6 @@ def test_onnx_parity_with_torch(packed, batch):
     p = torch.nn.functional.linear(f, w, b)
     got_p = _sess(packed["bundle"] / "projector.onnx").run(None, {"features": f.numpy()})[0]
     np.testing.assert_allclose(got_p, p.numpy(), rtol=1e-5, atol=1e-5)
-    gw, gb = load_file(packed["run"] / "golden_classifier.safetensors").values() if False else (None, None)
     golden = load_file(packed["run"] / "golden_classifier.safetensors")
     logits = torch.nn.functional.linear(p, golden["weight"], golden["bias"])
     got_l = _sess(packed["bundle"] / "classifier.onnx").run(None, {"projected": p.numpy()})[0]
