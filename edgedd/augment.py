@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import AugmentConfig
+from .rng import block_rows, draw_seed
 
 
 @dataclass
@@ -94,6 +95,52 @@ def sample_augment(n: int, cfg: AugmentConfig, out: int, gen: torch.Generator, n
         eps = torch.randn((n, 3, out, out), generator=gen, device=gen.device, dtype=dtype)
         term = apply.view(n, 1, 1, 1) * (cfg.noise_mean + cfg.noise_std * eps)
     return AugmentParams(views, term)
+
+
+def _cat_params(parts) -> AugmentParams:
+    sliced = [p[lo:hi] for p, lo, hi in parts]
+    views = Views(torch.cat([p.views.boxes for p in sliced]), torch.cat([p.views.flips for p in sliced]))
+    noise = None if sliced[0].noise is None else torch.cat([p.noise for p in sliced])
+    return AugmentParams(views, noise)
+
+
+@dataclass(frozen=True)
+class StepDraws:
+    """The augmentation draws of one step over ``total`` views, addressable by view index.
+
+    One base seed comes from the run's generator; view block b is drawn from its own generator
+    (:mod:`edgedd.rng`). The one-pass step, each chunk of the chunked step and each rank's shard
+    therefore apply exactly the same flip, crop and noise to view j.
+    """
+
+    seed: int
+    total: int
+    cfg: AugmentConfig
+    out: int
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def draw(cls, gen: torch.Generator, total: int, cfg: AugmentConfig, out: int, dtype=torch.float32) -> "StepDraws":
+        return cls(draw_seed(gen), total, cfg, out, gen.device, dtype)
+
+    def params(self, start: int, stop: int) -> AugmentParams:
+        """Views [start, stop)."""
+        return block_rows(
+            self.seed, self.total, start, stop, self.device,
+            lambda k, g: sample_augment(k, self.cfg, self.out, g, dtype=self.dtype),
+            _cat_params,
+        )
+
+    def params_of(self, index: torch.Tensor) -> AugmentParams:
+        """Views at sorted, contiguous-run indices (e.g. a rank's rows in every pass)."""
+        idx = index.tolist()
+        runs, s = [], 0
+        for i in range(1, len(idx) + 1):
+            if i == len(idx) or idx[i] != idx[i - 1] + 1:
+                runs.append(self.params(idx[s], idx[i - 1] + 1))
+                s = i
+        return _cat_params([(p, 0, len(p.views.flips)) for p in runs])
 
 
 def apply_augment(images: torch.Tensor, params: AugmentParams, out: int) -> torch.Tensor:

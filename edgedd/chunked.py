@@ -1,59 +1,82 @@
-"""Memory-bounded SFM step: peak memory set by the chunk size, not by N.
+"""The SFM step in feature space: memory-bounded (chunks) and shardable (ranks).
 
 The SFM loss depends on the synthetic images only through their features Z (N x D). So:
 
-    1. Z = phi(aug(decode(pyramid)))  in chunks, without a graph        (memory: one chunk)
-    2. G = dL/dZ                       on the small N x D matrix
-    3. per chunk again, with a graph: backward(phi(aug(decode(rows))), G[rows])
+    1. Z_mine = phi(aug(decode(my rows)))     in chunks, without a graph   (memory: one chunk)
+    2. Z = all_gather(Z_mine)                   every rank holds the same N x D matrix
+    3. G = dL/dZ                                 on that small matrix, identical on every rank
+    4. per chunk again, with a graph: backward(phi(aug(decode(rows))), G[rows])
 
-By the chain rule dL/dtheta = sum_rows (dZ_rows/dtheta)^T G_rows, which step 3 accumulates into
-the pyramid's .grad: the same update as the one-pass step (up to float summation order). All
-random draws of the augmentation are made once for the whole batch (AugmentParams), so both
-passes, and the one-pass step, see identical views.
+By the chain rule dL/dtheta = sum_rows (dZ_rows/dtheta)^T G_rows, which step 4 accumulates into
+the pyramid's .grad: the same update as the one-pass step (up to float summation order), whatever
+the chunk size and number of ranks. Augmentation draws are addressable by view index
+(:class:`~edgedd.augment.StepDraws`), so every chunk and rank sees the views the one-pass step
+would. With ``chunk = 0`` steps 1 and 4 are one forward that keeps its graph.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .augment import apply_augment, normalize, sample_augment
+from .augment import StepDraws, apply_augment, normalize
+from .distributed import SINGLE, Dist
 from .synthetic import decode
 
 
-def _rows_features(model, levels, syn_res, rows, params, cfg, info, autocast):
-    x = decode([lv[rows % levels[0].shape[0]] for lv in levels], syn_res)
+def _views_features(model, pyr, draws: StepDraws, local_views: torch.Tensor, cfg, info, autocast) -> torch.Tensor:
+    """Features of this rank's local views ``local_views`` (pass-major: v = pass * n_mine + row)."""
+    n_mine = pyr.rows[1] - pyr.rows[0]
+    rows = local_views % n_mine
+    global_views = (local_views // n_mine) * pyr.total + pyr.rows[0] + rows
+    x = decode([lv[rows] for lv in pyr.levels], pyr.syn_res)
     with autocast:
-        z = model(normalize(apply_augment(x, params[rows], cfg.crop_res), info.preprocess.mean, info.preprocess.std))
+        z = model(normalize(apply_augment(x, draws.params_of(global_views), cfg.crop_res), info.preprocess.mean, info.preprocess.std))
     return z.float()
 
 
-def chunked_step(model, pyr, cfg, info, gen: torch.Generator, loss_fn, chunk: int, autocast) -> torch.Tensor:
-    """Leaves gradients in ``pyr.levels[*].grad`` and returns the loss (detached).
+def chunked_step(model, pyr, cfg, info, gen: torch.Generator, loss_fn, chunk: int, autocast, group: Dist = SINGLE) -> torch.Tensor:
+    """Leaves gradients in ``pyr.levels[*].grad`` (this rank's rows) and returns the loss (detached).
 
     ``loss_fn(z)`` maps the (N, D) per-image features (mean over the A views) to the scalar loss.
     """
-    n, a = pyr.levels[0].shape[0], cfg.augs_per_batch
-    total = n * a  # view j shows image j % n (pass j // n), as images.repeat(a) orders them
+    a, n_mine = cfg.augs_per_batch, pyr.rows[1] - pyr.rows[0]
     dev = pyr.levels[0].device
-    params = sample_augment(total, cfg.augment, cfg.crop_res, gen, dtype=pyr.levels[0].dtype)
-    chunks = [torch.arange(s, min(s + chunk, total), device=dev) for s in range(0, total, chunk)]
+    draws = StepDraws.draw(gen, pyr.total * a, cfg.augment, cfg.crop_res, dtype=pyr.levels[0].dtype)
+    local = a * n_mine
+    step = chunk if 0 < chunk < local else local
+    chunks = [torch.arange(s, min(s + step, local), device=dev) for s in range(0, local, step)]
+
+    def image_features(z_views):  # (A * n_mine, D) pass-major -> (n_mine, D) mean over views
+        return z_views.view(a, n_mine, -1).mean(0)
+
+    if len(chunks) == 1:  # one forward that keeps its graph
+        z_views = _views_features(model, pyr, draws, chunks[0], cfg, info, autocast)
+        z_mine = image_features(z_views)
+        z_all = group.all_gather_rows(z_mine.detach()).requires_grad_(True)
+        loss = loss_fn(z_all)
+        (g_all,) = torch.autograd.grad(loss, z_all)
+        z_mine.backward(g_all[pyr.rows[0] : pyr.rows[1]])
+        return loss.detach()
+
     with torch.no_grad():
-        z_all = torch.cat([_rows_features(model, pyr.levels, pyr.syn_res, r, params, cfg, info, autocast) for r in chunks])
-    z_all.requires_grad_(True)
-    loss = loss_fn(z_all.view(a, n, -1).mean(0))
+        z_views = torch.cat([_views_features(model, pyr, draws, r, cfg, info, autocast) for r in chunks])
+    z_views.requires_grad_(True)
+    z_mine = image_features(z_views)
+    z_all = group.all_gather_rows(z_mine.detach()).requires_grad_(True)
+    loss = loss_fn(z_all)
     (g_all,) = torch.autograd.grad(loss, z_all)
+    (g_views,) = torch.autograd.grad(z_mine, z_views, g_all[pyr.rows[0] : pyr.rows[1]])
     for r in chunks:
-        z = _rows_features(model, pyr.levels, pyr.syn_res, r, params, cfg, info, autocast)
-        z.backward(g_all[r])
+        _views_features(model, pyr, draws, r, cfg, info, autocast).backward(g_views[r])
     return loss.detach()
 
 
 def auto_chunk_size(model, pyr, cfg, info, device, autocast, fraction: float = 0.6) -> int:
-    """0 (one pass) if N * A images fit in ``fraction`` of the free memory, else the largest chunk
-    that does. Per-image working memory is measured with a 2-image forward + backward."""
+    """0 (one pass) if this rank's N * A views fit in ``fraction`` of the free memory, else the
+    largest chunk that does. Per-image working memory is measured with a 2-image forward + backward."""
     from .memory import PhaseMemory
 
-    total = pyr.levels[0].shape[0] * cfg.augs_per_batch
+    total = (pyr.rows[1] - pyr.rows[0]) * cfg.augs_per_batch
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
     else:
@@ -70,15 +93,14 @@ def auto_chunk_size(model, pyr, cfg, info, device, autocast, fraction: float = 0
     mem = PhaseMemory(device)
     mem.start()
     probe_gen = torch.Generator(device=device).manual_seed(0)  # never touches the run's generator
-    rows = torch.arange(min(2, total), device=device)
-    params = sample_augment(total, cfg.augment, cfg.crop_res, probe_gen, dtype=pyr.levels[0].dtype)
-    z = _rows_features(model, pyr.levels, pyr.syn_res, rows, params, cfg, info, autocast)
+    draws = StepDraws.draw(probe_gen, pyr.total * cfg.augs_per_batch, cfg.augment, cfg.crop_res, dtype=pyr.levels[0].dtype)
+    z = _views_features(model, pyr, draws, torch.arange(min(2, total), device=device), cfg, info, autocast)
     z.sum().backward()
     for lv in pyr.levels:
         lv.grad = None
     used = mem.peak_mb()["working_mb"]
     if not used:
         return 0
-    per_image = used * 2**20 / len(rows)
+    per_image = used * 2**20 / min(2, total)
     fits = int(fraction * free // per_image)
     return 0 if fits >= total else max(1, fits)

@@ -99,6 +99,7 @@ def distill(
     seed: int = typer.Option(0, help="Seed of every random draw in the run."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     num_workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers for the statistics pass."),
+    batch_size: int = typer.Option(64, min=1, help="Images per forward in the statistics pass (with several ranks, batch b goes to rank b mod ranks)."),
     golden_views: int = typer.Option(4, min=1, help="Augmented views per image cached for the golden classifier."),
     golden_epochs: int = typer.Option(10, min=1, help="Golden classifier epochs."),
     checkpoint_every: int = typer.Option(50, min=0, help="Steps between checkpoints (0: none)."),
@@ -107,11 +108,15 @@ def distill(
     strict_images: bool = typer.Option(False, "--strict-images", help="Stop at an unreadable image instead of skipping it."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor fill the Stage I cache."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out."),
+    stop_after: Optional[int] = typer.Option(None, min=1, help="Run at most this many steps now, checkpoint and stop (continue with --resume): for time-limited job slots."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Distill DATA into a few synthetic images per class with Statistical Flow Matching."""
+    """Distill DATA into a few synthetic images per class with Statistical Flow Matching.
+
+    Several GPUs or nodes: launch with torchrun, e.g. torchrun --nproc-per-node 8 -m edgedd distill ...
+    """
     from .config import DistillConfig, StageIConfig
     from .distill import RunOptions, distill as run
 
@@ -125,16 +130,24 @@ def distill(
             augs_per_batch=augs_per_batch or (10 if method is Method.lgm else 1),
             alpha=alpha, flow_denominator=flow_denominator.value, extend_every=extend_every, seed=seed,
         ),
-        stage1_config=StageIConfig(golden_views=golden_views, golden_epochs=golden_epochs, seed=seed),
+        stage1_config=StageIConfig(batch_size=batch_size, golden_views=golden_views, golden_epochs=golden_epochs, seed=seed),
         options=RunOptions(
             device=device, num_workers=num_workers, checkpoint_every=checkpoint_every, preview_every=preview_every, chunk_size=chunk_size,
-            progress=not quiet, strict_images=strict_images, use_cache=not no_cache,
+            progress=not quiet, strict_images=strict_images, use_cache=not no_cache, stop_after=stop_after,
         ),
         crop_res=crop_res,
         syn_res=syn_res,
         resume=resume,
         overwrite=overwrite,
     )
+    if summary is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    if not summary["finished"]:
+        if json_out:
+            print(json.dumps(summary, indent=2, sort_keys=True))
+        _say(f"stopped after step {summary['step']} of {summary['iterations']} (checkpointed); "
+             f"continue with the same command plus --resume")
+        return
     skipped = summary["dataset"]["skipped_files"]
     if skipped:
         _say(f"warning: skipped {summary['dataset']['skipped_images']} unreadable image(s) "

@@ -251,14 +251,15 @@ def collate_canvases(batch):
     return images, labels, errors
 
 
-def canvas_loader(source: LabelledImages, size: int, interpolation: str, batch_size: int, num_workers: int, pin_memory: bool = False):
-    """A DataLoader over canvases in dataset order (statistics need no shuffling)."""
+def canvas_loader(source: LabelledImages, size: int, interpolation: str, batch_size: int, num_workers: int, pin_memory: bool = False,
+                  batches: list[list[int]] | None = None):
+    """A DataLoader over canvases in dataset order (statistics need no shuffling), or over the
+    given index ``batches`` (one rank's share)."""
     from torch.utils.data import DataLoader
 
     return DataLoader(
         CanvasDataset(source, size, interpolation),
-        batch_size=batch_size,
-        shuffle=False,
+        **({"batch_size": batch_size, "shuffle": False} if batches is None else {"batch_sampler": batches}),
         num_workers=num_workers,
         collate_fn=collate_canvases,
         pin_memory=pin_memory,

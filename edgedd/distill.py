@@ -33,10 +33,11 @@ from safetensors import safe_open
 from .stio import torch_serialize as save
 
 from . import __version__, atomic
-from .augment import augment, center_crop, normalize
+from .augment import StepDraws, apply_augment, augment, center_crop, normalize
 from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, load_backbone, resolve_device
 from .config import METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, default_num_workers, open_dataset
+from .distributed import SINGLE, Dist, setup, shard, teardown
 from .errors import EdgeddError
 from .chunked import auto_chunk_size, chunked_step
 from .lgm import StepBatches, lgm_loss, random_head
@@ -44,7 +45,7 @@ from .losses import decouple_loss, flow, sfm_loss, synthetic_flow
 from .memory import PhaseMemory
 from .preview import write_grid
 from .progress import Progress
-from .statistics import GOLDEN_FILE, STATS_FILE, STAGE1_JSON, Stage1, load_stage1, save_stage1, stage1_cached, stage1_key
+from .statistics import Stage1, save_stage1, stage1_cached
 from .synthetic import Pyramid, extension_steps
 
 RUN_FORMAT = 1
@@ -63,6 +64,7 @@ class RunOptions:
     progress: bool = True
     strict_images: bool = False
     use_cache: bool = True
+    stop_after: int | None = None  # run at most this many steps now, checkpoint, return (continue with resume)
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -116,46 +118,76 @@ def _adam(levels, lr):
     return torch.optim.Adam(levels, lr=lr, foreach=False)
 
 
-def save_checkpoint(path: Path, step: int, pyr: Pyramid, opt: torch.optim.Optimizer, gen: torch.Generator, run_fp: str, loss: float) -> None:
-    tensors = {f"level.{i}": lv.detach().cpu().contiguous() for i, lv in enumerate(pyr.levels)}
+def save_checkpoint(path: Path, step: int, pyr: Pyramid, opt: torch.optim.Optimizer, gen: torch.Generator, run_fp: str, loss: float,
+                    group: Dist = SINGLE) -> None:
+    """Full tensors (every rank's rows, streamed to rank 0), written by rank 0 alone: a checkpoint
+    does not know how many ranks made it, so any number can resume it."""
+    tensors = {}
     for i, lv in enumerate(pyr.levels):
+        tensors[f"level.{i}"] = group.rows_to_main(lv.detach(), pyr.total)
         st = opt.state.get(lv, {})
-        if st:
-            tensors[f"adam.{i}.exp_avg"] = st["exp_avg"].cpu().contiguous()
-            tensors[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"].cpu().contiguous()
+        if st:  # Adam's state is per element: sharded like the level it belongs to
+            tensors[f"adam.{i}.exp_avg"] = group.rows_to_main(st["exp_avg"], pyr.total)
+            tensors[f"adam.{i}.exp_avg_sq"] = group.rows_to_main(st["exp_avg_sq"], pyr.total)
             tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1).cpu()
-    tensors["rng"] = gen.get_state().cpu()
-    meta = {"format": str(RUN_FORMAT), "step": str(step), "run_fingerprint": run_fp, "levels": str(len(pyr.levels)), "loss": repr(loss)}
+    if not group.main:
+        return
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    tensors["rng"] = gen.get_state().cpu()  # the same on every rank: all draw the same sequence
+    meta = {"format": str(RUN_FORMAT), "step": str(step), "run_fingerprint": run_fp, "levels": str(len(pyr.levels)), "loss": repr(loss),
+            "ranks": str(group.world)}
     atomic.write_bytes(path, save(tensors, metadata=meta))
 
 
-def load_checkpoint(path: Path, run_fp: str, syn_res: int, lr: float, gen: torch.Generator, device):
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise EdgeddError(f"checkpoint {path} is unreadable ({type(e).__name__})", "delete it to restart the run, or pass --overwrite") from None
-    if meta.get("run_fingerprint") != run_fp:
-        raise EdgeddError(f"checkpoint {path} belongs to another run", "pass --overwrite to start over")
+def load_checkpoint(path: Path, run_fp: str, syn_res: int, lr: float, gen: torch.Generator, device, group: Dist = SINGLE,
+                    rows: tuple[int, int] | None = None, total: int | None = None):
+    """Rank 0 reads the file; every rank gets its own rows of each tensor, re-sharded for the
+    current number of ranks."""
+
+    def read():
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise EdgeddError(f"checkpoint {path} is unreadable ({type(e).__name__})", "delete it to restart the run, or pass --overwrite") from None
+        if meta.get("run_fingerprint") != run_fp:
+            raise EdgeddError(f"checkpoint {path} belongs to another run", "pass --overwrite to start over")
+        return meta, tensors
+
+    meta, tensors = group.on_main(read) or ({}, {})
+    header = json.loads(group.broadcast_text(json.dumps(
+        {"meta": meta, "shapes": {k: list(v.shape) for k, v in tensors.items()}, "dtypes": {k: str(v.dtype) for k, v in tensors.items()}}
+    )))
+    meta, shapes = header["meta"], header["shapes"]
+    dtypes = {k: getattr(torch, v.removeprefix("torch.")) for k, v in header["dtypes"].items()}
+    total = total if total is not None else shapes["level.0"][0]
+    rows = rows or (0, total)
+
+    def rows_of(key):
+        return group.rows_from_main(tensors.get(key), total, tuple(shapes[key][1:]), dtypes[key], device)
+
     n_levels = int(meta["levels"])
-    pyr = Pyramid([tensors[f"level.{i}"].to(device) for i in range(n_levels)], syn_res)
+    pyr = Pyramid([rows_of(f"level.{i}") for i in range(n_levels)], syn_res, rows, total)
     opt = _adam(pyr.levels, lr)
-    if f"adam.0.step" in tensors:
+    if "adam.0.step" in shapes:
         opt.load_state_dict(
             {
                 "state": {
                     i: {
-                        "step": tensors[f"adam.{i}.step"].reshape(()).clone(),
-                        "exp_avg": tensors[f"adam.{i}.exp_avg"].to(device),
-                        "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"].to(device),
+                        "step": torch.tensor(float(tensors[f"adam.{i}.step"].item()) if group.main else 0.0),
+                        "exp_avg": rows_of(f"adam.{i}.exp_avg"),
+                        "exp_avg_sq": rows_of(f"adam.{i}.exp_avg_sq"),
                     }
                     for i in range(n_levels)
                 },
                 "param_groups": opt.state_dict()["param_groups"],
             }
         )
-    gen.set_state(tensors["rng"])
+        for st in opt.state.values():  # the step count is rank 0's (the same for every level)
+            group.broadcast_(st["step"])
+    state = tensors["rng"] if group.main else gen.get_state()
+    gen.set_state(group.broadcast_(state.clone()).cpu() if group.enabled else state)
     return int(meta["step"]), pyr, opt, float(meta["loss"])
 
 
@@ -166,7 +198,7 @@ def view_features(model, images: torch.Tensor, cfg: DistillConfig, info: Backbon
     """A = augs_per_batch independent augmented views of every image: (A, N, D) features."""
     n, a = images.shape[0], cfg.augs_per_batch
     x = images.repeat(a, 1, 1, 1) if a > 1 else images
-    views = augment(x, cfg.augment, cfg.crop_res, gen)
+    views = apply_augment(x, StepDraws.draw(gen, n * a, cfg.augment, cfg.crop_res, images.dtype).params(0, n * a), cfg.crop_res)
     with _autocast(images.device, cfg.amp):
         z = model(normalize(views, info.preprocess.mean, info.preprocess.std))
     return z.float().view(a, n, -1)
@@ -249,17 +281,37 @@ def distill(
     syn_res: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
-) -> dict:
-    """Run both stages and return the summary (also written to ``summary.json``)."""
+) -> dict | None:
+    """Run both stages and return the summary (also written to ``summary.json``).
+
+    Under ``torchrun`` every rank calls this; rank 0 alone writes files and returns the summary
+    (the others return None). See :mod:`edgedd.distributed` for what is sharded.
+    """
     t_start = time.perf_counter()
     out = Path(out)
     validate(replace(config, syn_res=1 if syn_res is None else syn_res, crop_res=1 if crop_res is None else crop_res))
     source: LabelledImages = open_dataset(data)  # cheap input checks before any model work
     check_model_name(backbone)
-    device = resolve_device(options.device)
+    group, device = setup(resolve_device(options.device))
+    try:
+        return _distill(data, backbone, out, weights, config, stage1_config, options, crop_res, syn_res, resume, overwrite,
+                        source, group, device, t_start)
+    finally:
+        teardown(group)
+
+
+def _distill(data, backbone, out, weights, config, stage1_config, options, crop_res, syn_res, resume, overwrite,
+             source: LabelledImages, group: Dist, device, t_start) -> dict | None:
+    main = group.main
+    if group.enabled and config.method == "lgm":
+        raise EdgeddError("--method lgm runs on one process (its loss needs the whole real batch and synthetic set)",
+                          "launch it without torchrun, or use --method sfm")
     model, info = load_backbone(backbone, weights, input_size=crop_res, resize_size=syn_res, device=device, seed=config.seed)
     pp = info.preprocess
     cfg = replace(config, syn_res=pp.resize_size, crop_res=pp.input_size)
+    c, n = source.num_classes, source.num_classes * cfg.ipc
+    if n < group.world:
+        raise EdgeddError(f"{n} synthetic images cannot be shared by {group.world} processes", "launch at most one process per synthetic image")
     identity = {
         "backbone": {"name": info.name, "weights_sha256": info.weights_sha256},
         "dataset": source.fingerprint,
@@ -268,79 +320,83 @@ def distill(
         "stage1": to_dict(stage1_config),
     }
     run_fp = fingerprint(identity)
-    prepare_run_dir(out, {"format": RUN_FORMAT, "fingerprint": run_fp, "identity": identity, "edgedd": __version__}, resume, overwrite)
+    group.on_main(lambda: prepare_run_dir(out, {"format": RUN_FORMAT, "fingerprint": run_fp, "identity": identity, "edgedd": __version__},
+                                          resume, overwrite))
 
     # ---- Stage I: from this run dir (resume), else the cache, else one pass over the data
     t1 = time.perf_counter()
-    key = stage1_key(info, source, stage1_config)
-    s1 = load_stage1(out, key)
-    from_cache = s1 is not None
-    if s1 is None:
-        workers = default_num_workers() if options.num_workers is None else options.num_workers
-        s1, from_cache = stage1_cached(model, info, source, stage1_config, device, workers, options.strict_images, options.progress, options.use_cache)
+    workers = default_num_workers() if options.num_workers is None else options.num_workers
+    s1, from_cache = stage1_cached(model, info, source, stage1_config, device, workers, options.strict_images, options.progress,
+                                   options.use_cache, group, run_dir=out)
+    if main:
         save_stage1(s1, out)
     stage1_seconds = time.perf_counter() - t1
 
-    # ---- Stage II: SFM (or the LGM baseline)
-    c, n = source.num_classes, source.num_classes * cfg.ipc
+    # ---- Stage II: SFM (or the LGM baseline); this rank's rows of the pyramid
+    rows = shard(n, group.rank, group.world)
     centres_real = s1.centres.to(device=device, dtype=torch.float32)
     flow_real = flow(s1.centres).to(device=device, dtype=torch.float32)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the same on every rank
     ckpt = out / CHECKPOINT
     start, loss_value = 0, float("nan")
-    if resume and ckpt.exists():
-        start, pyr, opt, loss_value = load_checkpoint(ckpt, run_fp, cfg.syn_res, cfg.lr, gen, device)
+    if resume and group.broadcast_text("yes" if main and ckpt.exists() else "") == "yes":
+        start, pyr, opt, loss_value = load_checkpoint(ckpt, run_fp, cfg.syn_res, cfg.lr, gen, device, group, rows, n)
     else:
-        pyr = Pyramid.init(n, cfg.syn_res, gen, device)
+        pyr = Pyramid.init(n, cfg.syn_res, gen, device, rows)
         opt = _adam(pyr.levels, cfg.lr)
     ext = extension_steps(cfg.iterations, cfg.syn_res, cfg.extend_every)
     labels_dev = torch.arange(c, device=device).repeat_interleave(cfg.ipc)
-    workers = default_num_workers() if options.num_workers is None else options.num_workers
     reals = real_batches(source, cfg, pp.interpolation, start, device, workers) if cfg.method == "lgm" else None
-    (out / "previews").mkdir(exist_ok=True)
+    if main:
+        (out / "previews").mkdir(exist_ok=True)
     chunk = options.chunk_size
     if reals is not None:
         chunk = 0  # LGM's loss is not a function of per-image features alone
     elif chunk is None:
         chunk = auto_chunk_size(model, pyr, cfg, info, device, _autocast(device, cfg.amp))
+    stop = cfg.iterations if options.stop_after is None else min(cfg.iterations, start + options.stop_after)
     memory = PhaseMemory(device)
     memory.start()
     t2 = time.perf_counter()
-    with Progress(cfg.iterations, f"stage II: {cfg.method}", initial=start, enabled=options.progress) as bar:
-        for step in range(start, cfg.iterations):
+    with Progress(cfg.iterations, f"stage II: {cfg.method}", initial=start, enabled=options.progress and main) as bar:
+        for step in range(start, stop):
             if pyr.grow(step, ext, gen):
                 opt = _adam(pyr.levels, cfg.lr)  # reset at each extension (reference)
             opt.zero_grad(set_to_none=True)
             if reals is not None:
                 loss = lgm_step_loss(model, pyr.decode(), labels_dev, c, next(reals), cfg, info, gen)
                 loss.backward()
-            elif chunk:
+            else:  # SFM: one pass or chunks, one rank or several (edgedd.chunked)
                 loss = chunked_step(model, pyr, cfg, info, gen, lambda z: feature_loss(z, cfg, flow_real, centres_real),
-                                    chunk, _autocast(device, cfg.amp))
-            else:
-                loss = sfm_step_loss(model, pyr.decode(), cfg, info, gen, flow_real, centres_real)
-                loss.backward()
+                                    chunk, _autocast(device, cfg.amp), group)
             opt.step()
             loss_value = loss.item()
             done = step + 1
             bar.update(1, loss=loss_value, res=pyr.levels[-1].shape[-1])
             if options.preview_every and done % options.preview_every == 0 and done < cfg.iterations:
                 with torch.no_grad():
-                    write_grid(out / "previews" / f"step_{done:06d}.png", pyr.decode().cpu().numpy(), c)
-            if options.checkpoint_every and done % options.checkpoint_every == 0 and done < cfg.iterations:
-                save_checkpoint(ckpt, done, pyr, opt, gen, run_fp, loss_value)
+                    images = group.rows_to_main(pyr.decode(), n)
+                if main:
+                    write_grid(out / "previews" / f"step_{done:06d}.png", images.numpy(), c)
+            if done < cfg.iterations and ((options.checkpoint_every and done % options.checkpoint_every == 0) or done == stop):
+                save_checkpoint(ckpt, done, pyr, opt, gen, run_fp, loss_value, group)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     stage2_seconds = time.perf_counter() - t2
     stage2_memory = memory.peak_mb()
-    iters_run = cfg.iterations - start
+    iters_run = stop - start
+    if stop < cfg.iterations:  # --stop-after: checkpointed above; --resume continues
+        return {"finished": False, "step": stop, "iterations": cfg.iterations, "final_loss": loss_value, "out": str(out),
+                "ranks": group.world, "sec_per_iter": stage2_seconds / iters_run if iters_run else None} if main else None
 
-    # ---- outputs
+    # ---- outputs (rank 0)
     with torch.no_grad():
-        images = pyr.decode().detach().float()
+        images = group.rows_to_main(pyr.decode().detach().float(), n)
+    if not main:
+        return None
     labels = torch.arange(c).repeat_interleave(cfg.ipc)
-    fcos = flow_cosine(model, images, info, flow_real, c)
-    images = images.cpu().contiguous()
+    fcos = flow_cosine(model, images.to(device), info, flow_real, c)
+    images = images.contiguous()
     synthetic_meta = {
         "format": RUN_FORMAT,
         "class_names": source.class_names,
@@ -357,6 +413,7 @@ def distill(
     write_grid(out / "preview.png", images.numpy(), c)
     summary = {
         "edgedd": __version__,
+        "finished": True,
         "method": cfg.method,
         "backbone": info.to_dict(),
         "dataset": {"name": source.name, "classes": c, "class_names": source.class_names,
@@ -375,6 +432,7 @@ def distill(
         "sec_per_iter": stage2_seconds / iters_run if iters_run else None,
         "stage2_memory": stage2_memory,
         "chunk_size": chunk,
+        "ranks": group.world,
         "total_seconds": time.perf_counter() - t_start,
         "device": str(device),
         "config": to_dict(cfg),

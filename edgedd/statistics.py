@@ -38,10 +38,12 @@ from .augment import center_crop, normalize, render_views, sample_views
 from .backbones import backbone_autocast as _autocast, BackboneInfo
 from .config import AugmentConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, canvas_loader
+from .distributed import SINGLE, Dist
+from .rng import block_generator
 from .errors import EdgeddError
 from .progress import Progress
 
-STAGE1_FORMAT = 1
+STAGE1_FORMAT = 2  # 2: per-batch view generators (independent of the number of ranks)
 STATS_FILE = "stats.safetensors"
 GOLDEN_FILE = "golden_classifier.safetensors"
 STAGE1_JSON = "stage1.json"
@@ -88,46 +90,69 @@ def extract_features(
     num_workers: int = 0,
     strict_images: bool = False,
     progress: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, list[str]]:
+    group: Dist = SINGLE,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None, np.ndarray | None, list[str]]:
     """The streaming pass. Returns sums, counts, view features (n_ok, 1 + K, D; slot 0 is the
-    centre crop), their labels, and the unreadable files' messages."""
+    centre crop), their labels, and the unreadable files' messages.
+
+    Batches are fixed slices of the dataset (batch b = images [b*B, (b+1)*B)) whose augmentation
+    draws come from batch b's own generator, so a view depends on the image, not on who computes
+    it: with W ranks, rank r takes batches r, r+W, ...; sums and counts are all-reduced and the
+    features gathered round by round, in batch order, into rank 0's array (None on other ranks).
+    """
     pp = info.preprocess
     c, d, k = source.num_classes, info.num_features, cfg.golden_views
     sums = torch.zeros(c, d, dtype=torch.float64, device=device)
     counts = torch.zeros(c, dtype=torch.int64, device=device)
-    feats = np.lib.format.open_memmap(feature_file, mode="w+", dtype=np.float32, shape=(len(source), 1 + k, d))
-    labels_kept = np.empty(len(source), dtype=np.int64)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    feats = np.lib.format.open_memmap(feature_file, mode="w+", dtype=np.float32, shape=(len(source), 1 + k, d)) if group.main else None
+    labels_kept = np.empty(len(source), dtype=np.int64) if group.main else None
     aug = AugmentConfig()  # flip + RRC at the reference values; no noise for real images
     skipped: list[str] = []
     pos = 0
-    loader = canvas_loader(source, pp.resize_size, pp.interpolation, cfg.batch_size, num_workers, pin_memory=device.type == "cuda")
-    with Progress(len(source), "stage I: statistics", enabled=progress) as bar:
-        for images, labels, errors in loader:
-            if errors:
+    n_batches = -(-len(source) // cfg.batch_size)
+    mine = list(range(group.rank, n_batches, group.world))
+    batches = [list(range(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(source)))) for b in mine]
+    loader = iter(canvas_loader(source, pp.resize_size, pp.interpolation, cfg.batch_size, num_workers,
+                                pin_memory=device.type == "cuda", batches=batches))
+    with Progress(len(source), "stage I: statistics", enabled=progress and group.main) as bar:
+        for rnd in range(-(-n_batches // group.world)):
+            if rnd < len(mine):
+                images, labels, errors = next(loader)
+            else:  # this rank has no batch in the last round but still joins its collectives
+                images, labels, errors = torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), []
+            if group.any(bool(errors)):
+                errors = group.all_gather_text(errors)
                 if strict_images:
                     raise EdgeddError(f"cannot read image {errors[0]}", "fix or remove the file, or drop --strict-images to skip unreadable images")
                 skipped.extend(errors)
             b = images.shape[0]
+            z = torch.empty(0, 1 + k, d, device=device)
+            labels = labels.to(device)
             if b:
                 x = images.to(device, non_blocking=True).float().div_(255)
-                labels = labels.to(device)
+                gen = block_generator(cfg.seed, mine[rnd], device)
                 crops = [center_crop(x, pp.input_size)]
                 for _ in range(k):
                     crops.append(render_views(x, sample_views(b, aug, gen), pp.input_size))
                 with _autocast(device):
                     z = model(normalize(torch.cat(crops), pp.mean, pp.std)).float()
-                z = z.view(1 + k, b, d)
-                sums.index_add_(0, labels, z[0].double())
+                z = z.view(1 + k, b, d).transpose(0, 1)
+                sums.index_add_(0, labels, z[:, 0].double())
                 counts += torch.bincount(labels, minlength=c)
-                feats[pos : pos + b] = z.transpose(0, 1).cpu().numpy()
-                labels_kept[pos : pos + b] = labels.cpu().numpy()
-                pos += b
-            bar.update(b + len(errors))
-    feats.flush()
+            z, labels = group.all_gather_rows(z), group.all_gather_rows(labels)
+            if group.main and len(labels):
+                feats[pos : pos + len(labels)] = z.cpu().numpy()
+                labels_kept[pos : pos + len(labels)] = labels.cpu().numpy()
+            pos += len(labels)
+            bar.update(len(labels) + len(errors))
+    group.all_reduce_sum_(sums)
+    group.all_reduce_sum_(counts)
     empty = [source.class_names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
     if empty:
         raise EdgeddError(f"no readable images in class(es) {', '.join(empty)}", "add readable images to those classes")
+    if not group.main:
+        return sums.cpu(), counts.cpu(), None, None, skipped
+    feats.flush()
     return sums.cpu(), counts.cpu(), feats[:pos], labels_kept[:pos], skipped
 
 
@@ -169,15 +194,21 @@ def train_golden(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: S
     return head.weight.detach().cpu().float(), head.bias.detach().cpu().float(), correct / n
 
 
-def run_stage1(model, info, source, cfg, device, work_dir: Path, num_workers=0, strict_images=False, progress=True) -> Stage1:
+def run_stage1(model, info, source, cfg, device, work_dir: Path, num_workers=0, strict_images=False, progress=True, group: Dist = SINGLE) -> Stage1:
+    """The pass and the golden classifier. With several ranks the classifier is trained on rank 0
+    only (on the gathered features); the other ranks get empty weight/bias tensors."""
     t0 = time.perf_counter()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix=".features-") as tmp:
+    if group.main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir if group.main else None, prefix=".features-") as tmp:
         sums, counts, feats, labels, skipped = extract_features(
-            model, info, source, cfg, device, Path(tmp) / "views.npy", num_workers, strict_images, progress
+            model, info, source, cfg, device, Path(tmp) / "views.npy", num_workers, strict_images, progress, group
         )
         t1 = time.perf_counter()
-        weight, bias, train_top1 = train_golden(feats, labels, source.num_classes, cfg, device, progress)
+        if group.main:
+            weight, bias, train_top1 = train_golden(feats, labels, source.num_classes, cfg, device, progress)
+        else:
+            weight, bias, train_top1 = torch.empty(0), torch.empty(0), None
         del feats
     meta = {
         "format": STAGE1_FORMAT,
@@ -189,6 +220,7 @@ def run_stage1(model, info, source, cfg, device, work_dir: Path, num_workers=0, 
         "skipped_images": skipped,
         "golden_train_top1_centre_crop": train_top1,
         "pass_seconds": t1 - t0,
+        "ranks": group.world,
         "golden_seconds": time.perf_counter() - t1,
     }
     return Stage1(sums, counts, weight, bias, meta)
@@ -224,17 +256,36 @@ def load_stage1(directory: Path, key: str | None = None) -> Stage1 | None:
     return Stage1(stats["sums"], stats["counts"], golden["weight"], golden["bias"], meta)
 
 
-def stage1_cached(model, info, source, cfg, device, num_workers=0, strict_images=False, progress=True, use_cache=True) -> tuple[Stage1, bool]:
-    """Load Stage I from the cache when its key matches, else run it and fill the cache."""
+def stage1_cached(model, info, source, cfg, device, num_workers=0, strict_images=False, progress=True, use_cache=True,
+                  group: Dist = SINGLE, run_dir: Path | None = None) -> tuple[Stage1, bool]:
+    """Stage I from ``run_dir`` (a resumed run) or the cache when its key matches, else the pass
+    (all ranks) and, on rank 0, filling the cache. Every rank gets sums and counts; the golden
+    classifier lives on rank 0 (which alone writes files)."""
     key = stage1_key(info, source, cfg)
     directory = cache_root() / "stage1" / key[:32]
-    if use_cache:
-        hit = load_stage1(directory, key)
-        if hit is not None:
-            return hit, True
-    result = run_stage1(model, info, source, cfg, device, directory, num_workers, strict_images, progress)
-    if use_cache:
-        save_stage1(result, directory)
-    else:
-        shutil.rmtree(directory, ignore_errors=True)
+
+    def lookup() -> Stage1 | None:
+        hit = load_stage1(run_dir, key) if run_dir is not None else None
+        return hit if hit is not None or not use_cache else load_stage1(directory, key)
+
+    hit = group.on_main(lookup)
+    if group.broadcast_text("hit" if hit is not None else "") == "hit":
+        return _share(hit, source.num_classes, info.num_features, group), True
+    result = run_stage1(model, info, source, cfg, device, directory, num_workers, strict_images, progress, group)
+    if group.main:
+        if use_cache:
+            save_stage1(result, directory)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
     return result, False
+
+
+def _share(s1: Stage1 | None, num_classes: int, dim: int, group: Dist) -> Stage1:
+    """Rank 0's sums and counts on every rank (the loss needs the real flow everywhere)."""
+    if not group.enabled:
+        return s1
+    sums = s1.sums if group.main else torch.zeros(num_classes, dim, dtype=torch.float64)
+    counts = s1.counts if group.main else torch.zeros(num_classes, dtype=torch.int64)
+    group.broadcast_(sums)
+    group.broadcast_(counts)
+    return s1 if group.main else Stage1(sums, counts, torch.empty(0), torch.empty(0), {})

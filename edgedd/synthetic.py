@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .rng import draw_seed, randn_rows
+
 # Lucid/Olah colour-correlation square root, normalised by its largest column norm.
 _COLOR_CORRELATION = torch.tensor(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float64
@@ -59,17 +61,25 @@ def decode(levels: list[torch.Tensor], syn_res: int) -> torch.Tensor:
 
 
 class Pyramid:
-    """The learnable levels of N synthetic images, coarsest first."""
+    """The learnable levels of N synthetic images, coarsest first.
 
-    def __init__(self, levels: list[torch.Tensor], syn_res: int):
+    A pyramid may hold only rows [lo, hi) of the N images (one rank's shard, see
+    :mod:`edgedd.distributed`); its noise draws are addressable by row (:mod:`edgedd.rng`), so a
+    shard holds exactly the rows of the whole pyramid grown from the same generator.
+    """
+
+    def __init__(self, levels: list[torch.Tensor], syn_res: int, rows: tuple[int, int] | None = None, total: int | None = None):
         self.levels = [lv.detach().requires_grad_(True) for lv in levels]
         self.syn_res = syn_res
+        self.rows = rows or (0, levels[0].shape[0])
+        self.total = total if total is not None else self.rows[1]
 
     @classmethod
-    def init(cls, n: int, syn_res: int, gen: torch.Generator, device=None) -> "Pyramid":
+    def init(cls, n: int, syn_res: int, gen: torch.Generator, device=None, rows: tuple[int, int] | None = None) -> "Pyramid":
         device = device or gen.device
-        first = torch.randn(n, 3, 1, 1, generator=gen, device=device)
-        return cls([first], syn_res)
+        lo, hi = rows or (0, n)
+        first = randn_rows(draw_seed(gen), n, lo, hi, (3, 1, 1), device)
+        return cls([first], syn_res, (lo, hi), n)
 
     @property
     def resolutions(self) -> list[int]:
@@ -85,9 +95,8 @@ class Pyramid:
             return
         old, new = len(self.levels), len(self.levels) + 1
         res = level_resolutions(self.syn_res)[old]
-        n = self.levels[0].shape[0]
         dev, dt = self.levels[0].device, self.levels[0].dtype
-        noise = torch.randn(n, 3, res, res, generator=gen, device=dev, dtype=dt)
+        noise = randn_rows(draw_seed(gen), self.total, *self.rows, (3, res, res), dev, dt)
         levels = [lv.detach() * (old / new) for lv in self.levels] + [noise / new]
         self.levels = [lv.requires_grad_(True) for lv in levels]
 
