@@ -44,7 +44,9 @@ def handle_errors(fn):
         except EdgeddError as e:
             if os.environ.get("EDGEDD_TRACEBACK"):
                 raise
-            _say(f"error: {e.one_line()}")
+            # An error every torchrun rank raises together (Dist.on_main) is said once, by rank 0.
+            if not getattr(e, "all_ranks", False) or os.environ.get("RANK", "0") == "0":
+                _say(f"error: {e.one_line()}")
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             _say("interrupted")

@@ -37,7 +37,7 @@ from .augment import StepDraws, apply_augment, augment, center_crop, normalize
 from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, load_backbone, resolve_device
 from .config import METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, default_num_workers, open_dataset
-from .distributed import SINGLE, Dist, setup, shard, teardown
+from .distributed import SINGLE, Dist, on_all_ranks, setup, shard, teardown
 from .errors import EdgeddError
 from .chunked import auto_chunk_size, chunked_step
 from .lgm import StepBatches, lgm_loss, random_head
@@ -304,14 +304,15 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
              source: LabelledImages, group: Dist, device, t_start) -> dict | None:
     main = group.main
     if group.enabled and config.method == "lgm":
-        raise EdgeddError("--method lgm runs on one process (its loss needs the whole real batch and synthetic set)",
-                          "launch it without torchrun, or use --method sfm")
+        raise on_all_ranks(EdgeddError("--method lgm runs on one process (its loss needs the whole real batch and synthetic set)",
+                                       "launch it without torchrun, or use --method sfm"))
     model, info = load_backbone(backbone, weights, input_size=crop_res, resize_size=syn_res, device=device, seed=config.seed)
     pp = info.preprocess
     cfg = replace(config, syn_res=pp.resize_size, crop_res=pp.input_size)
     c, n = source.num_classes, source.num_classes * cfg.ipc
     if n < group.world:
-        raise EdgeddError(f"{n} synthetic images cannot be shared by {group.world} processes", "launch at most one process per synthetic image")
+        raise on_all_ranks(EdgeddError(f"{n} synthetic images cannot be shared by {group.world} processes",
+                                       "launch at most one process per synthetic image"))
     identity = {
         "backbone": {"name": info.name, "weights_sha256": info.weights_sha256},
         "dataset": source.fingerprint,

@@ -189,11 +189,17 @@ class Dist:
         message = self.broadcast_text(message)
         if message:
             problem, fix = message.split("\x00", 1)
-            raise EdgeddError(problem, fix or None)
+            raise on_all_ranks(EdgeddError(problem, fix or None))
         return result
 
 
 SINGLE = Dist()
+
+
+def on_all_ranks(err: EdgeddError) -> EdgeddError:
+    """Mark an error every rank raises alike, so the CLI prints it once (rank 0), not W times."""
+    err.all_ranks = True
+    return err
 
 
 def launched_by_torchrun() -> bool:

@@ -80,3 +80,12 @@ def test_checkpoint_of_two_ranks_resumes_on_one(image_folder, tmp_path):
     a, b = load_file(tmp_path / "ref" / "synthetic.safetensors"), load_file(out / "synthetic.safetensors")
     torch.testing.assert_close(b["images"], a["images"], rtol=0, atol=1e-4)
     assert abs(ref["final_loss"] - done["final_loss"]) < 1e-4
+
+
+@pytest.mark.slow
+def test_bad_input_under_torchrun_is_one_line_once(image_folder, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = _torchrun(image_folder, tmp_path / "a_file")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: --out {tmp_path / 'a_file'} is a file. pass a directory path."]  # said once, by rank 0
