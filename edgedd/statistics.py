@@ -38,7 +38,7 @@ from .augment import center_crop, normalize, render_views, sample_views
 from .backbones import backbone_autocast as _autocast, BackboneInfo
 from .config import AugmentConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, canvas_loader
-from .distributed import SINGLE, Dist
+from .distributed import SINGLE, Dist, on_all_ranks
 from .rng import block_generator
 from .errors import EdgeddError
 from .progress import Progress
@@ -123,7 +123,8 @@ def extract_features(
             if group.any(bool(errors)):
                 errors = group.all_gather_text(errors)
                 if strict_images:
-                    raise EdgeddError(f"cannot read image {errors[0]}", "fix or remove the file, or drop --strict-images to skip unreadable images")
+                    raise on_all_ranks(EdgeddError(f"cannot read image {errors[0]}",
+                                                   "fix or remove the file, or drop --strict-images to skip unreadable images"))
                 skipped.extend(errors)
             b = images.shape[0]
             z = torch.empty(0, 1 + k, d, device=device)
@@ -149,7 +150,7 @@ def extract_features(
     group.all_reduce_sum_(counts)
     empty = [source.class_names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
     if empty:
-        raise EdgeddError(f"no readable images in class(es) {', '.join(empty)}", "add readable images to those classes")
+        raise on_all_ranks(EdgeddError(f"no readable images in class(es) {', '.join(empty)}", "add readable images to those classes"))
     if not group.main:
         return sums.cpu(), counts.cpu(), None, None, skipped
     feats.flush()
