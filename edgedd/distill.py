@@ -45,7 +45,7 @@ from .losses import decouple_loss, flow, sfm_loss, synthetic_flow
 from .memory import PhaseMemory
 from .preview import write_grid
 from .progress import Progress
-from .statistics import Stage1, save_stage1, stage1_cached
+from .statistics import save_stage1, stage1_cached
 from .synthetic import Pyramid, extension_steps
 
 RUN_FORMAT = 1
@@ -212,7 +212,8 @@ def feature_loss(z: torch.Tensor, cfg: DistillConfig, flow_real: torch.Tensor, c
 
 
 def sfm_step_loss(model, images, cfg, info, gen, flow_real, centres_real) -> torch.Tensor:
-    """One pass: features of the A views averaged per image, then the loss (graph kept)."""
+    """One pass: features of the A views averaged per image, then the loss (graph kept). The plain
+    reference the tests and benchmarks hold the chunked / sharded step (``edgedd.chunked``) to."""
     return feature_loss(view_features(model, images, cfg, info, gen).mean(0), cfg, flow_real, centres_real)
 
 

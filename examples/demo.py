@@ -70,7 +70,7 @@ def main() -> None:
         (f"class centroids (nearest real), IPC {a.ipc}", HOST, pct(b["centroids"])),
         (f"SFM synthetic, IPC {a.ipc}, normal probe", HOST, pct(m["normal"])),
         (f"SFM synthetic, IPC {a.ipc}, classifier inheritance", HOST, pct(m["ci"])),
-        (f"deploy-check on the edge (onnxruntime, device-fitted projector)", EDGE, f"{100 * dc['data_top1']:.1f}"),
+        ("deploy-check on the edge (onnxruntime, device-fitted projector)", EDGE, f"{100 * dc['data_top1']:.1f}"),
     ]
     table = ["| | backbone | top-1 % on embedded:mnist/test (1,000) |", "|---|---|---|"]
     table += [f"| {r} | `{bb}` | {v} |" for r, bb, v in rows]

@@ -11,7 +11,6 @@ Every graph carries metadata props (``edgedd.*``: role, model, preprocessing, ve
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from pathlib import Path

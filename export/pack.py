@@ -21,7 +21,6 @@ temporary sibling directory, then renamed).
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path

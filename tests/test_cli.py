@@ -173,7 +173,7 @@ def test_help_snapshot(args, name):
     path = SNAPSHOTS / f"help_{name}.txt"
     if os.environ.get("EDGEDD_UPDATE_SNAPSHOTS") or not path.exists():
         path.write_text(r.stdout)
-    assert r.stdout == path.read_text(), f"--help changed; review and rerun with EDGEDD_UPDATE_SNAPSHOTS=1"
+    assert r.stdout == path.read_text(), "--help changed; review and rerun with EDGEDD_UPDATE_SNAPSHOTS=1"
 
 
 def test_evaluate_through_the_cli(image_folder, tmp_path):

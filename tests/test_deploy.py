@@ -6,7 +6,6 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from edgedd.cli import app
