@@ -29,7 +29,7 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
     from edgedd.config import AugmentConfig, StageIConfig
     from edgedd.data import CanvasDataset, open_dataset
     from edgedd.rundir import load_run
-    from edgedd.statistics import train_golden
+    from edgedd.statistics import golden_probe, train_golden
 
     device = resolve_device(device_name)
     run = load_run(run_dir)
@@ -66,13 +66,8 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
         # exact: the same probe, optimiser and schedule; each epoch a fresh view per image through the backbone
         t = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.seed + 1)
-        head = torch.nn.Linear(info.num_features, train.num_classes).to(device)
-        with torch.no_grad():
-            head.weight.normal_(0, 0.01, generator=torch.Generator(device=device).manual_seed(cfg.seed + 2))
-            head.bias.zero_()
-        opt = torch.optim.Adam(head.parameters(), lr=cfg.resolved_golden_lr())
         n = len(xtr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.golden_epochs * -(-n // cfg.golden_batch))
+        head, opt, sched = golden_probe(info.num_features, train.num_classes, n, cfg, device)
         for _ in range(cfg.golden_epochs):
             perm = torch.randperm(n, generator=gen)
             for s in range(0, n, cfg.golden_batch):

@@ -49,23 +49,20 @@ def chunked_step(model, pyr, cfg, info, gen: torch.Generator, loss_fn, chunk: in
     def image_features(z_views):  # (A * n_mine, D) pass-major -> (n_mine, D) mean over views
         return z_views.view(a, n_mine, -1).mean(0)
 
-    if len(chunks) == 1:  # one forward that keeps its graph
-        z_views = _views_features(model, pyr, draws, chunks[0], cfg, info, autocast)
-        z_mine = image_features(z_views)
-        z_all = group.all_gather_rows(z_mine.detach()).requires_grad_(True)
-        loss = loss_fn(z_all)
-        (g_all,) = torch.autograd.grad(loss, z_all)
-        z_mine.backward(g_all[pyr.rows[0] : pyr.rows[1]])
-        return loss.detach()
-
-    with torch.no_grad():
+    one = len(chunks) == 1  # one chunk: its forward keeps the graph; several: re-run each with one below
+    with torch.set_grad_enabled(one):
         z_views = torch.cat([_views_features(model, pyr, draws, r, cfg, info, autocast) for r in chunks])
-    z_views.requires_grad_(True)
+    if not one:
+        z_views.requires_grad_(True)
     z_mine = image_features(z_views)
     z_all = group.all_gather_rows(z_mine.detach()).requires_grad_(True)
     loss = loss_fn(z_all)
     (g_all,) = torch.autograd.grad(loss, z_all)
-    (g_views,) = torch.autograd.grad(z_mine, z_views, g_all[pyr.rows[0] : pyr.rows[1]])
+    g_mine = g_all[pyr.rows[0] : pyr.rows[1]]
+    if one:
+        z_mine.backward(g_mine)
+        return loss.detach()
+    (g_views,) = torch.autograd.grad(z_mine, z_views, g_mine)
     for r in chunks:
         _views_features(model, pyr, draws, r, cfg, info, autocast).backward(g_views[r])
     return loss.detach()

@@ -157,17 +157,22 @@ def extract_features(
     return sums.cpu(), counts.cpu(), feats[:pos], labels_kept[:pos], skipped
 
 
-def train_golden(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: StageIConfig, device: torch.device, progress: bool = True):
-    """Linear probe on cached view features (slots 1..K), one random view per image per epoch."""
-    n, views, d = feats.shape
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+def golden_probe(d: int, num_classes: int, n: int, cfg: StageIConfig, device):
+    """The golden protocol's probe, optimiser and schedule for ``n`` training images."""
     head = torch.nn.Linear(d, num_classes).to(device)
     with torch.no_grad():
         head.weight.normal_(0, 0.01, generator=torch.Generator(device=device).manual_seed(cfg.seed + 2))
         head.bias.zero_()
     opt = torch.optim.Adam(head.parameters(), lr=cfg.resolved_golden_lr())
-    steps_per_epoch = -(-n // cfg.golden_batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.golden_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.golden_epochs * -(-n // cfg.golden_batch))
+    return head, opt, sched
+
+
+def train_golden(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: StageIConfig, device: torch.device, progress: bool = True):
+    """Linear probe on cached view features (slots 1..K), one random view per image per epoch."""
+    n, views, d = feats.shape
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    head, opt, sched = golden_probe(d, num_classes, n, cfg, device)
     y_all = torch.from_numpy(labels)
     with Progress(cfg.golden_epochs, "stage I: golden classifier", enabled=progress) as bar:
         for _ in range(cfg.golden_epochs):
