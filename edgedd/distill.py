@@ -359,11 +359,18 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
     stop = cfg.iterations if options.stop_after is None else min(cfg.iterations, start + options.stop_after)
     memory = PhaseMemory(device)
     memory.start()
+    step_memory = None  # one step's own working memory, see below
     t2 = time.perf_counter()
     with Progress(cfg.iterations, f"stage II: {cfg.method}", initial=start, enabled=options.progress and main) as bar:
         for step in range(start, stop):
             if pyr.grow(step, ext, gen):
                 opt = _adam(pyr.levels, cfg.lr)  # reset at each extension (reference)
+            # The phase's peak includes the synthetic set's own state (levels, Adam moments: the
+            # same for every method), created inside it as the pyramid grows, and the framework's
+            # lazy first-step allocations. The step's working memory is measured once, on the first
+            # full-resolution step of this process whose state already exists.
+            measure = step_memory is None and step > start and pyr.full and len(opt.state) == len(pyr.levels)
+            in_step = memory.nested() if measure else None
             opt.zero_grad(set_to_none=True)
             if reals is not None:
                 loss = lgm_step_loss(model, pyr.decode(), labels_dev, c, next(reals), cfg, info, gen)
@@ -373,6 +380,8 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
                                     chunk, _autocast(device, cfg.amp), group)
             opt.step()
             loss_value = loss.item()
+            if in_step is not None:
+                step_memory = {**in_step.peak_mb(), "step": step}
             done = step + 1
             bar.update(1, loss=loss_value, res=pyr.levels[-1].shape[-1])
             if options.preview_every and done % options.preview_every == 0 and done < cfg.iterations:
@@ -433,6 +442,7 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
         "stage2_seconds": stage2_seconds,
         "sec_per_iter": stage2_seconds / iters_run if iters_run else None,
         "stage2_memory": stage2_memory,
+        "stage2_step_memory": step_memory,
         "chunk_size": chunk,
         "ranks": group.world,
         "total_seconds": time.perf_counter() - t_start,

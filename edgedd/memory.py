@@ -37,13 +37,26 @@ MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 class PhaseMemory:
+    """Working memory of one phase. A measurement nested inside it (one step of the phase, see
+    :meth:`nested`) resets the same high-water mark, so the phase first keeps its peak so far."""
+
     def __init__(self, device):
         self.device = device
         self.before_mb: float | None = None
+        self._carried_mb: float | None = None  # the phase's peak before a nested reset
+
+    def _high_water_mb(self) -> float | None:
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        hwm = _status_kb("VmHWM")
+        return hwm / 1024 if hwm is not None else None
 
     def start(self) -> None:
         import torch
 
+        self._carried_mb = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -57,15 +70,26 @@ class PhaseMemory:
         except OSError:
             self.before_mb = None
 
-    def peak_mb(self) -> dict:
-        import torch
+    def nested(self) -> "PhaseMemory":
+        """Start a measurement inside this phase (e.g. of one step); this phase's peak is kept."""
+        if self.before_mb is not None:
+            if self.device.type == "cuda":
+                import torch
 
+                torch.cuda.synchronize(self.device)
+            now = self._high_water_mb()
+            if now is not None:
+                self._carried_mb = max(now, self._carried_mb or 0.0)
+        inner = PhaseMemory(self.device)
+        inner.start()
+        return inner
+
+    def peak_mb(self) -> dict:
         if self.before_mb is None:
             return {"kind": None, "before_mb": None, "peak_mb": None, "working_mb": None}
-        if self.device.type == "cuda":
-            peak, kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_max_allocated"
-        else:
-            hwm = _status_kb("VmHWM")
-            peak, kind = (hwm / 1024 if hwm is not None else None), "cpu_rss_hwm"
+        kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_rss_hwm"
+        peak = self._high_water_mb()
+        if peak is not None and self._carried_mb is not None:
+            peak = max(peak, self._carried_mb)
         return {"kind": kind, "before_mb": self.before_mb, "peak_mb": peak,
                 "working_mb": None if peak is None else max(0.0, peak - self.before_mb)}

@@ -74,5 +74,11 @@ def test_distill_lgm_through_the_cli(image_folder, tmp_path):
     s = json.loads(r.stdout)
     assert s["method"] == "lgm" and s["config"]["augs_per_batch"] == 2
     assert s["stage2_memory"]["kind"] in ("cpu_rss_hwm", None)
+    # 3 iterations at 32 px: full resolution from step 1, its Adam moments exist from then, so the
+    # step's own working memory is taken at step 2; the phase's peak covers it
+    step = s["stage2_step_memory"]
+    assert step["step"] == 2 and step["kind"] == s["stage2_memory"]["kind"]
+    if step["kind"] is not None:
+        assert s["stage2_memory"]["peak_mb"] >= step["peak_mb"] and step["working_mb"] >= 0
     r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "lgm10", "--method", "lgm", "--iterations", "1", "--json"))
     assert json.loads(r.stdout)["config"]["augs_per_batch"] == 10  # LGM's reference default
