@@ -197,8 +197,10 @@ def load_checkpoint(path: Path, run_fp: str, syn_res: int, lr: float, gen: torch
 def view_features(model, images: torch.Tensor, cfg: DistillConfig, info: BackboneInfo, gen: torch.Generator) -> torch.Tensor:
     """A = augs_per_batch independent augmented views of every image: (A, N, D) features."""
     n, a = images.shape[0], cfg.augs_per_batch
-    x = images.repeat(a, 1, 1, 1) if a > 1 else images
-    views = apply_augment(x, StepDraws.draw(gen, n * a, cfg.augment, cfg.crop_res, images.dtype).params(0, n * a), cfg.crop_res)
+    draws = StepDraws.draw(gen, n * a, cfg.augment, cfg.crop_res, images.dtype)
+    # pass by pass over the same images (views pass-major: v = pass * n + row), so autograd keeps
+    # one copy of the images for all A resamplings instead of an A-times tiled one
+    views = torch.cat([apply_augment(images, draws.params(p * n, (p + 1) * n), cfg.crop_res) for p in range(a)])
     with _autocast(images.device, cfg.amp):
         z = model(normalize(views, info.preprocess.mean, info.preprocess.std))
     return z.float().view(a, n, -1)
