@@ -200,7 +200,8 @@ def view_features(model, images: torch.Tensor, cfg: DistillConfig, info: Backbon
     draws = StepDraws.draw(gen, n * a, cfg.augment, cfg.crop_res, images.dtype)
     # pass by pass over the same images (views pass-major: v = pass * n + row), so autograd keeps
     # one copy of the images for all A resamplings instead of an A-times tiled one
-    views = torch.cat([apply_augment(images, draws.params(p * n, (p + 1) * n), cfg.crop_res) for p in range(a)])
+    passes = [apply_augment(images, draws.params(p * n, (p + 1) * n), cfg.crop_res) for p in range(a)]
+    views = passes[0] if a == 1 else torch.cat(passes)
     with _autocast(images.device, cfg.amp):
         z = model(normalize(views, info.preprocess.mean, info.preprocess.std))
     return z.float().view(a, n, -1)

@@ -215,3 +215,20 @@ def test_exports_to_onnx_with_parity(name, offline):
     data = export_backbone(model, info.preprocess.input_size, {"model": name})
     check(data, name)
     assert parity(data, model, (3, 32, 32), name)["max_rel_error"] < 1e-4
+
+
+def test_host_runs_fused_attention_and_export_sees_plain():
+    """Host work uses fused SDPA; the exporter gets timm's plain attention; both give the same features."""
+    from edgedd.backbones import plain_attention
+
+    model, _ = load_backbone("test_vit", "random", input_size=32, seed=0)
+    attn = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    assert attn and all(m.fused_attn for m in attn)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fused = model(x)
+        with plain_attention(model):
+            assert not any(m.fused_attn for m in attn)
+            plain = model(x)
+    assert all(m.fused_attn for m in attn)  # restored
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
