@@ -19,16 +19,9 @@ import time
 def measure(model, x, repeats: int) -> dict:
     import torch
 
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
+    from edgedd.memory import SavedTensors
 
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensors(exclude=model.parameters()) as saved:
         model(x).sum().backward()
     fwd, step = [], []
     for _ in range(repeats):
@@ -39,7 +32,7 @@ def measure(model, x, repeats: int) -> dict:
         t = time.perf_counter()
         model(x).sum().backward()
         step.append(time.perf_counter() - t)
-    return {"saved_mb": sum(saved.values()) / 2**20, "forward_s": min(fwd), "fwd_bwd_s": min(step)}
+    return {"saved_mb": sum(saved.mb().values()), "forward_s": min(fwd), "fwd_bwd_s": min(step)}
 
 
 def main() -> None:

@@ -20,34 +20,22 @@ import sys
 
 
 def saved_bytes(model, info, pyr, cfg, gen) -> dict:
-    """Bytes autograd saves in decode / augment / backbone for the step's views of the set
+    """MB autograd saves in decode / augment / backbone for the step's views of the set
     (``distill.view_features``: the path LGM's step and the one-pass SFM step take)."""
-    import torch
-
     from edgedd.distill import view_features
+    from edgedd.memory import SavedTensors
 
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, tuple[str, int]] = {}
-    stage = ["decode"]
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params and ptr not in seen:
-            seen[ptr] = (stage[0], t.untyped_storage().nbytes())
-        return t
-
-    hook = model.register_forward_pre_hook(lambda *_: stage.__setitem__(0, "backbone"))
+    saved = SavedTensors(exclude=model.parameters())
+    hook = model.register_forward_pre_hook(lambda *_: setattr(saved, "stage", "backbone"))
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saved:
+            saved.stage = "decode"
             x = pyr.decode()
-            stage[0] = "augment"  # crop, flip, noise, normalise: until the backbone's forward starts
+            saved.stage = "augment"  # crop, flip, noise, normalise: until the backbone's forward starts
             view_features(model, x, cfg, info, gen)
     finally:
         hook.remove()
-    out = {"decode": 0, "augment": 0, "backbone": 0}
-    for name, nb in seen.values():
-        out[name] += nb
-    return {k: v / 2**20 for k, v in out.items()}
+    return {"decode": 0.0, "augment": 0.0, "backbone": 0.0, **saved.mb()}
 
 
 def first_vs_later_step(model, info, pyr, cfg, gen) -> dict:

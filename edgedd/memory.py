@@ -93,3 +93,37 @@ class PhaseMemory:
             peak = max(peak, self._carried_mb)
         return {"kind": kind, "before_mb": self.before_mb, "peak_mb": peak,
                 "working_mb": None if peak is None else max(0.0, peak - self.before_mb)}
+
+
+class SavedTensors:
+    """Bytes autograd keeps for the backward inside a ``with`` block, once per storage, grouped
+    by ``stage`` (assign it while the block runs). Storages of ``exclude`` (e.g. the weights,
+    which exist before the step) are not counted. Used by the memory benchmarks."""
+
+    def __init__(self, exclude=()):
+        self.stage = "all"
+        self._skip = {t.untyped_storage().data_ptr() for t in exclude}
+        self._seen: dict[int, tuple[str, int]] = {}
+        self._hooks = None
+
+    def _pack(self, t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self._skip and ptr not in self._seen:
+            self._seen[ptr] = (self.stage, t.untyped_storage().nbytes())
+        return t
+
+    def __enter__(self) -> "SavedTensors":
+        import torch
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    def mb(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for stage, nbytes in self._seen.values():
+            out[stage] = out.get(stage, 0.0) + nbytes / 2**20
+        return out

@@ -28,3 +28,20 @@ def test_nested_step_keeps_the_phase_peak():
     assert 48 <= inner["working_mb"] < 200, inner  # the step saw its own 64 MB, not the phase's 256 MB
     assert outer["working_mb"] >= 240, outer  # the phase still reports the 256 MB
     assert outer["peak_mb"] >= inner["peak_mb"]
+
+
+def test_saved_tensors_counts_storages_by_stage_and_skips_excluded():
+    from edgedd.memory import SavedTensors
+
+    x = torch.randn(256, 256, requires_grad=True)  # 0.25 MB
+    w = torch.randn(256, 256)
+    for exclude, want_a in (((w,), 0.0), ((), 0.25)):
+        with SavedTensors(exclude=exclude) as saved:
+            saved.stage = "a"
+            y = x * w  # keeps w for d/dx
+            saved.stage = "b"
+            z = y.sigmoid()  # keeps its output z
+            z * z  # keeps z twice more: one storage, counted once
+        mb = saved.mb()
+        assert mb.get("a", 0.0) == pytest.approx(want_a)
+        assert mb["b"] == pytest.approx(0.25)
