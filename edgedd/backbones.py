@@ -83,6 +83,20 @@ def backbone_autocast(device: torch.device, enabled: bool = True):
     return torch.autocast("cpu", enabled=False)
 
 
+@torch.no_grad()
+def encode(model: torch.nn.Module, images: torch.Tensor, preprocess: Preprocess, batch: int = 256, amp: bool = True) -> torch.Tensor:
+    """Features of [0, 1] pixels already at the input size, in batches, without a graph:
+    normalise with the backbone's mean/std, forward (under :func:`backbone_autocast` if ``amp``),
+    float32 (N, D)."""
+    from .augment import normalize
+
+    out = []
+    for s in range(0, images.shape[0], batch):
+        with backbone_autocast(images.device, amp):
+            out.append(model(normalize(images[s : s + batch], preprocess.mean, preprocess.std)).float())
+    return torch.cat(out) if out else images.new_zeros(0, int(model.num_features))
+
+
 def check_model_name(name: str) -> None:
     import timm
 

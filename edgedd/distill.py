@@ -34,7 +34,7 @@ from .stio import torch_serialize as save
 
 from . import __version__, atomic
 from .augment import StepDraws, apply_augment, augment, center_crop, normalize
-from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, load_backbone, resolve_device
+from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, encode, load_backbone, resolve_device
 from .config import METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, default_num_workers, open_dataset
 from .distributed import SINGLE, Dist, on_all_ranks, setup, shard, teardown
@@ -249,12 +249,9 @@ def real_batches(source: LabelledImages, cfg: DistillConfig, interpolation: str,
 
 
 @torch.no_grad()
-def flow_cosine(model, images: torch.Tensor, info: BackboneInfo, flow_real: torch.Tensor, num_classes: int, batch: int = 256) -> float:
+def flow_cosine(model, images: torch.Tensor, info: BackboneInfo, flow_real: torch.Tensor, num_classes: int, amp: bool = True) -> float:
     """The paper's fidelity metric: cos(F_syn, F_real) on centre-cropped synthetic images."""
-    z = torch.cat([
-        model(normalize(center_crop(images[s : s + batch], info.preprocess.input_size), info.preprocess.mean, info.preprocess.std)).float()
-        for s in range(0, images.shape[0], batch)
-    ])
+    z = encode(model, center_crop(images, info.preprocess.input_size), info.preprocess, amp=amp)
     f_syn = synthetic_flow(z.double(), num_classes)
     return float(torch.nn.functional.cosine_similarity(f_syn.flatten(), flow_real.double().flatten().to(f_syn.device), dim=0))
 
@@ -409,7 +406,7 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
     if not main:
         return None
     labels = torch.arange(c).repeat_interleave(cfg.ipc)
-    fcos = flow_cosine(model, images.to(device), info, flow_real, c)
+    fcos = flow_cosine(model, images.to(device), info, flow_real, c, cfg.amp)
     images = images.contiguous()
     synthetic_meta = {
         "format": RUN_FORMAT,

@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from .augment import Views, center_crop, normalize, render_views, sample_views
-from .backbones import backbone_autocast as _autocast, BackboneInfo, load_backbone, resolve_device
+from .augment import Views, center_crop, render_views, sample_views
+from .backbones import BackboneInfo, encode, load_backbone, resolve_device
 from .config import AugmentConfig, Preprocess, to_dict
 from .data import CanvasDataset, LabelledImages, canvas_loader, collate_canvases, open_dataset
 from .errors import EdgeddError
@@ -184,13 +184,8 @@ class Encoder:
     def input_size(self) -> int:
         return self.pp.input_size
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = []
-        for s in range(0, x.shape[0], self.batch):
-            with _autocast(x.device):
-                out.append(self.model(normalize(x[s : s + self.batch], self.pp.mean, self.pp.std)).float())
-        return torch.cat(out) if out else x.new_zeros(0, self.info.num_features)
+        return encode(self.model, x, self.pp, self.batch)
 
     def centre_view(self, canvases: torch.Tensor) -> torch.Tensor:
         """The eval view of square canvases: resize to ``resize_size`` then centre crop ``input_size``,

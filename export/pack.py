@@ -31,7 +31,7 @@ import torch
 from edgedd import __version__
 from edgedd.atomic import make_temp_dir, sha256_file, write_bytes
 from edgedd.augment import center_crop, normalize, render_views, sample_views
-from edgedd.backbones import BackboneInfo, load_backbone, resolve_device
+from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, to_dict
 from edgedd.device import artifact as art
 from edgedd.device.runtime import fit_projector_ridge
@@ -53,9 +53,8 @@ class PackConfig:
 
 
 @torch.no_grad()
-def _features(model, x: torch.Tensor, info: BackboneInfo, batch: int = 128) -> torch.Tensor:
-    pp = info.preprocess
-    return torch.cat([model(normalize(x[s : s + batch], pp.mean, pp.std)).float() for s in range(0, len(x), batch)])
+def _features(model, x: torch.Tensor, info: BackboneInfo) -> torch.Tensor:
+    return encode(model, x, info.preprocess, batch=128, amp=False)  # fp32, as the device's ONNX graphs run
 
 
 def _edge_inputs(canvases: torch.Tensor, info: BackboneInfo) -> torch.Tensor:
