@@ -131,6 +131,26 @@ class Dist:
         tdist.all_gather(parts, padded)
         return torch.cat([p[:c] for p, c in zip(parts, counts)]).to(x.device)
 
+    def gather_rows(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Every rank's ``x`` (same trailing shape, any row count) concatenated in rank order on
+        rank 0, on ``x``'s device; None on the other ranks (point to point: only rank 0 receives)."""
+        if not self.enabled:
+            return x
+        if not self.main:
+            tdist.send(torch.tensor([x.shape[0]], dtype=torch.int64, device=self.comm_device), dst=0)
+            if x.shape[0]:
+                tdist.send(x.detach().to(self.comm_device).contiguous(), dst=0)
+            return None
+        parts = [x.detach()]
+        for r in range(1, self.world):
+            rows = torch.empty(1, dtype=torch.int64, device=self.comm_device)
+            tdist.recv(rows, src=r)
+            buf = torch.empty((int(rows.item()), *x.shape[1:]), dtype=x.dtype, device=self.comm_device)
+            if buf.shape[0]:
+                tdist.recv(buf, src=r)
+            parts.append(buf.to(x.device))
+        return torch.cat(parts)
+
     # ------------------------------------------------------------------ rows to / from rank 0
 
     def rows_to_main(self, x: torch.Tensor, total: int) -> torch.Tensor | None:

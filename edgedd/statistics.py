@@ -140,12 +140,12 @@ def extract_features(
                 z = z.view(1 + k, b, d).transpose(0, 1)
                 sums.index_add_(0, labels, z[:, 0].double())
                 counts += torch.bincount(labels, minlength=c)
-            z, labels = group.all_gather_rows(z), group.all_gather_rows(labels)
-            if group.main and len(labels):
+            z, labels = group.gather_rows(z), group.gather_rows(labels)  # the golden probe trains on rank 0
+            if group.main:
                 feats[pos : pos + len(labels)] = z.cpu().numpy()
                 labels_kept[pos : pos + len(labels)] = labels.cpu().numpy()
-            pos += len(labels)
-            bar.update(len(labels) + len(errors))
+                pos += len(labels)
+                bar.update(len(labels) + len(errors))
     group.all_reduce_sum_(sums)
     group.all_reduce_sum_(counts)
     empty = [source.class_names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
