@@ -24,8 +24,8 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
     import numpy as np
     import torch
 
-    from edgedd.augment import center_crop, normalize, render_views, sample_views
-    from edgedd.backbones import backbone_autocast, load_backbone, resolve_device
+    from edgedd.augment import center_crop, render_views, sample_views
+    from edgedd.backbones import encode, load_backbone, resolve_device
     from edgedd.config import AugmentConfig, StageIConfig
     from edgedd.data import CanvasDataset, open_dataset
     from edgedd.rundir import load_run
@@ -43,10 +43,8 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
         x = np.stack([ds[i][0] for i in range(len(src))])
         return torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255), torch.from_numpy(src.labels)
 
-    @torch.no_grad()
-    def feats(x):
-        with backbone_autocast(device):
-            return torch.cat([model(normalize(x[s : s + 512].to(device), pp.mean, pp.std)).float() for s in range(0, len(x), 512)])
+    def feats(x):  # x on the CPU, batches of 512 moved to the device
+        return encode(model, x, pp, batch=512)
 
     xtr, ytr = canvases(train)
     xte, yte = canvases(test)

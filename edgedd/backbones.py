@@ -87,14 +87,15 @@ def backbone_autocast(device: torch.device, enabled: bool = True):
 def encode(model: torch.nn.Module, images: torch.Tensor, preprocess: Preprocess, batch: int = 256, amp: bool = True) -> torch.Tensor:
     """Features of [0, 1] pixels already at the input size, in batches, without a graph:
     normalise with the backbone's mean/std, forward (under :func:`backbone_autocast` if ``amp``),
-    float32 (N, D)."""
+    float32 (N, D) on the model's device. ``images`` may stay on the CPU: each batch moves alone."""
     from .augment import normalize
 
+    dev = next(model.parameters()).device
     out = []
     for s in range(0, images.shape[0], batch):
-        with backbone_autocast(images.device, amp):
-            out.append(model(normalize(images[s : s + batch], preprocess.mean, preprocess.std)).float())
-    return torch.cat(out) if out else images.new_zeros(0, int(model.num_features))
+        with backbone_autocast(dev, amp):
+            out.append(model(normalize(images[s : s + batch].to(dev), preprocess.mean, preprocess.std)).float())
+    return torch.cat(out) if out else torch.zeros(0, int(model.num_features), device=dev)
 
 
 def check_model_name(name: str) -> None:
