@@ -8,9 +8,11 @@ This module imports only the standard library so the device side can use it.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,10 +50,41 @@ def _umask() -> int:
 
 
 def make_temp_dir(parent: Path, name: str) -> Path:
-    """A temporary sibling directory for building an output that appears by rename."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
+    """A temporary sibling directory for building an output that appears by rename.
+
+    Named ``.{name}.{pid}.tmp-XXXX`` so :func:`remove_stale_temp_dirs` can tell a directory left
+    by a killed writer (its process is gone) from one a live writer is still filling.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.tmp-", dir=parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(parent: str | os.PathLike, name: str) -> int:
+    """Delete the :func:`make_temp_dir` directories for ``name`` whose writer process is gone.
+
+    Only real directories (not symlinks) matching our own naming are touched, so nothing a user
+    made can be removed; a live writer's directory (same host) is left alone.
+    """
+    n = 0
+    prefix = f".{name}."
+    for p in Path(parent).glob(f".{glob.escape(name)}.*.tmp-*"):
+        pid = p.name[len(prefix):].split(".tmp-", 1)[0]
+        if not pid.isdigit() or p.is_symlink() or not p.is_dir() or _alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        n += 1
+    return n
 
 
 def _fsync_dir(directory: Path) -> None:

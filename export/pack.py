@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from edgedd import __version__
-from edgedd.atomic import make_temp_dir, sha256_file, write_bytes
+from edgedd.atomic import make_temp_dir, remove_stale_temp_dirs, sha256_file, write_bytes
 from edgedd.augment import center_crop, normalize, render_views, sample_views
 from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, to_dict
@@ -40,6 +40,44 @@ from edgedd.rundir import load_run
 
 from .onnx_graphs import OPSET, check, export_backbone, linear_graph, parity, quantize_int8
 from .projector import train_projector
+
+
+# What pack writes into a bundle (and deploy-check adds): --overwrite may replace a directory
+# holding only these, so it can never delete a user's own files.
+BUNDLE_FILES = {art.ARTIFACT_FILE, "backbone.onnx", "projector.onnx", "classifier.onnx", "backbone.int8.onnx",
+                "projector.finetuned.safetensors"}
+
+
+def _is_artifact(path: Path) -> bool:
+    """Header-only check: a safetensors header carrying the edgedd format tag (docs/ARTIFACT.md)."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > art.MAX_HEADER:
+                return False
+            md = json.loads(f.read(n)).get("__metadata__")
+        return isinstance(md, dict) and "edgedd.format" in md
+    except (OSError, ValueError, struct.error, AttributeError):
+        return False
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise EdgeddError(f"--out {out} is a file", "pass a directory path for the bundle")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise EdgeddError(f"--out {out} already exists and is not empty", "choose another --out, or pass --overwrite")
+    if not _is_artifact(out / art.ARTIFACT_FILE):
+        raise EdgeddError(f"--out {out} is not empty and holds no edgedd bundle (no {art.ARTIFACT_FILE}), so --overwrite will not replace it",
+                          "choose another --out, or empty that directory yourself")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if foreign:
+        raise EdgeddError(f"--out {out} holds a bundle plus other files ({', '.join(foreign[:3])}), so --overwrite will not replace it",
+                          "move those files out, or choose another --out")
 
 
 @dataclass(frozen=True)
@@ -82,8 +120,7 @@ def pack(
     overwrite: bool = False,
 ) -> dict:
     run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise EdgeddError(f"--out {out} already exists and is not empty", "choose another --out, or pass --overwrite")
+    _check_out(out, overwrite)  # before any model work, so a refusal costs nothing
     run = load_run(run_dir)
     images, labels = run.images, run.labels
     golden = {"weight": run.golden_weight, "bias": run.golden_bias}
@@ -200,14 +237,15 @@ def pack(
 
     # write the bundle atomically: a temporary sibling, then rename
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(out.parent, out.name)  # left by a pack that was killed
+    _check_out(out, overwrite)  # again: the directory may have changed during the model work
     tmp = make_temp_dir(out.parent, out.name)
     try:
         for f, d in graphs.values():
             write_bytes(tmp / f, d)
         art.write(tmp / art.ARTIFACT_FILE, tensors, meta)
         if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = Path(str(tmp) + ".old")  # same naming, so a kill between the renames leaves nothing forever
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,51 @@
+"""Helpers for the crafted-input suite: re-signing an edited artifact (so only the check under
+test can stop it), the one-line-error assertion, and a recorder of the paths a command opens."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from edgedd.device import artifact as art
+
+
+def resign(bundle: Path, edit) -> None:
+    """Apply ``edit(meta)`` to the artifact's metadata and write it back with a correct hash."""
+    a = art.read(bundle / art.ARTIFACT_FILE)
+    edit(a.meta)
+    art.write(bundle / art.ARTIFACT_FILE, a.tensors, a.meta)
+
+
+def one_line_error(result, *words) -> str:
+    """Exit 1, no answer on stdout, exactly one `error: ...` line, no traceback."""
+    assert result.exit_code == 1, (result.exit_code, result.stdout[-300:], result.stderr[-500:])
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output, err
+    assert result.stdout == ""
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+class OpenedPaths:
+    """Every path the interpreter opens while active (audit events: builtin open, os.open, ...)."""
+
+    def __init__(self):
+        self.paths: list[str] | None = None
+        sys.addaudithook(self._hook)  # hooks cannot be removed; inactive ones cost a comparison
+
+    def _hook(self, event, args):
+        if self.paths is None or event not in ("open", "os.listdir", "os.scandir") or not args:
+            return
+        p = os.fspath(args[0]) if isinstance(args[0], os.PathLike) else args[0]
+        if isinstance(p, (str, bytes)):
+            self.paths.append(os.fsdecode(p))
+
+    def __enter__(self):
+        self.paths = []
+        return self
+
+    def __exit__(self, *exc):
+        self.seen, self.paths = self.paths, None
