@@ -192,19 +192,37 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+MAX_ASPECT = 4  # beyond this, resizing the whole image first would cost more than the output
+
+
 def resize_center_crop(img: Image.Image, size: int, interpolation: str) -> Image.Image:
-    """Shorter side to ``size``, then a centre ``size`` x ``size`` crop."""
+    """Shorter side to ``size``, then a centre ``size`` x ``size`` crop.
+
+    Memory is bounded by the output, whatever the input's aspect: resizing a 1 x 200,000 strip
+    whole would make a 200,000·size x size image (gigabytes) that Pillow's bomb check never sees.
+    So a thin image resamples only the centre region the crop keeps (``resize(box=...)``).
+    Ordinary images (aspect up to MAX_ASPECT) keep the resize-then-crop path, whose pixels
+    differ slightly from the box path, so their canvases stay byte-identical to earlier versions.
+    """
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    if max(nw, nh) > MAX_ASPECT * size:
+        sx, sy = w / nw, h / nh  # source pixels per resized pixel, per axis
+        return img.resize((size, size), _PIL_RESAMPLE[interpolation], box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), _PIL_RESAMPLE[interpolation])
-    left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 
 
+# What decoding a hostile or broken file may raise: each means "unreadable image", never a crash.
+# DecompressionBombError is not an OSError; MemoryError is what a huge-but-legal image gives.
+UNREADABLE_IMAGE = (OSError, ValueError, Image.DecompressionBombError, MemoryError)
+
+
 def load_canvas(path: str, size: int, interpolation: str) -> np.ndarray:
-    """Decode one file to a (size, size, 3) uint8 canvas. Raises OSError/ValueError if unreadable."""
+    """Decode one file to a (size, size, 3) uint8 canvas. Raises one of UNREADABLE_IMAGE if unreadable."""
     with Image.open(path) as img:
         img.load()
         return np.asarray(resize_center_crop(to_rgb(img), size, interpolation), dtype=np.uint8)
@@ -232,7 +250,7 @@ class CanvasDataset:
         path = self.source.paths[i]
         try:
             return load_canvas(path, self.size, self.interpolation), label, ""
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+        except UNREADABLE_IMAGE as e:
             return None, label, f"{path}: {type(e).__name__}: {e}"
 
 

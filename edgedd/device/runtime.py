@@ -183,7 +183,7 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def load_labelled_folder(b: Bundle, directory: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
     """A local ImageFolder, preprocessed for the edge backbone; labels mapped by class name."""
-    from ..data import load_canvas, scan_image_folder
+    from ..data import UNREADABLE_IMAGE, load_canvas, scan_image_folder
 
     src = scan_image_folder(directory)
     unknown = [c for c in src.class_names if c not in b.class_names]
@@ -197,7 +197,7 @@ def load_labelled_folder(b: Bundle, directory: str | Path) -> tuple[np.ndarray, 
         try:
             xs.append(load_canvas(path, pp["resize_size"], pp["interpolation"]).transpose(2, 0, 1))
             ys.append(index[src.class_names[label]])
-        except (OSError, ValueError):
+        except UNREADABLE_IMAGE:  # incl. decompression bombs and MemoryError: skipped and counted
             skipped += 1
     if not xs:
         raise EdgeddError(f"no readable images in {directory}", "pass a folder of images")
@@ -292,7 +292,7 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
 
 
 def predict(directory: str | Path, images: list[str], topk: int = 5) -> list[dict]:
-    from ..data import load_canvas
+    from ..data import UNREADABLE_IMAGE, load_canvas
 
     b = open_bundle(directory)
     projector = load_finetuned(b)
@@ -303,7 +303,7 @@ def predict(directory: str | Path, images: list[str], topk: int = 5) -> list[dic
             xs.append(load_canvas(str(p), pp["resize_size"], pp["interpolation"]).transpose(2, 0, 1))
         except FileNotFoundError:
             raise EdgeddError(f"image {p} does not exist", "pass existing image files") from None
-        except (OSError, ValueError) as e:
+        except UNREADABLE_IMAGE as e:  # incl. decompression bombs and MemoryError
             raise EdgeddError(f"cannot read image {p} ({type(e).__name__})", "pass a JPEG, PNG, BMP or WebP file") from None
     x = normalize(center_crop(np.stack(xs).astype(np.float32) / 255.0, pp["input_size"]), pp["mean"], pp["std"])
     logits = classify(b, x, projector)
