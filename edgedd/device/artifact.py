@@ -29,6 +29,7 @@ MAX_HEADER = 100 * 1024 * 1024
 class Artifact:
     tensors: dict[str, np.ndarray]
     meta: dict
+    file_sha256: str = ""  # of the very bytes verified, so what is bound to it (the fitted projector) needs no re-read
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.tensors[key]
@@ -93,7 +94,7 @@ def from_bytes(data: bytes, path: str = "<bytes>") -> Artifact:
         raise _bad(path, "cannot parse tensors") from None
     if not isinstance(meta, dict) or meta.get("format") != version or md.get("edgedd.sha256") != content_sha256(tensors, meta):
         raise _bad(path, "sha256 mismatch")  # the tag is not hashed itself, so it must agree with the hashed meta
-    return Artifact(tensors, meta)
+    return Artifact(tensors, meta, hashlib.sha256(data).hexdigest())
 
 
 def read(path: str | Path) -> Artifact:

@@ -17,23 +17,35 @@ with lam = ridge * trace(Xc^T Xc) / D_B (scale-free).
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
+import re
 import resource
+import stat
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from ..atomic import sha256_file, write_bytes
+from ..atomic import write_bytes
 from ..errors import EdgeddError
 from . import artifact as art
+from .onnx_scan import Malformed, uses_external_data
 from .render import center_crop, normalize, render_views, resize_square
 
 FINETUNED_FILE = "projector.finetuned.safetensors"
 ROLES = ("backbone", "projector", "classifier")
 SYNTHETIC_SLACK = 0.05  # device vs host top-1 on the synthetic set, same projector (at least one image)
+
+
+# A graph's file name, from the artifact's metadata: a bare name inside the bundle, nothing else
+# (no '/', '\\', '..', absolute path, NUL or empty name), so the metadata cannot point outside.
+GRAPH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass
@@ -42,6 +54,8 @@ class Bundle:
     artifact: art.Artifact
     sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
     providers: list[str] = field(default_factory=list)
+    variant: str = "fp32"  # which backbone the sessions run: "fp32" or "int8"
+    graph_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def meta(self) -> dict:
@@ -56,35 +70,75 @@ class Bundle:
         return self.meta["class_names"]
 
 
+def read_graph(directory: Path, role: str, entry) -> bytes:
+    """The verified bytes of one graph: bare name checked first, file read once, sha256 on those bytes.
+
+    Every name that is not a bare file name gets the same message, without touching the file
+    system, so a crafted artifact learns nothing about what exists outside the bundle. The file
+    is opened without following a symlink and must be a regular file (a FIFO would hang).
+    """
+    name = entry.get("file") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not GRAPH_NAME.fullmatch(name):
+        raise EdgeddError(f"the artifact in {directory} names its {role} graph by something other than a file name inside the bundle",
+                          "the bundle was altered; re-copy it or re-run edgedd pack")
+    path = directory / name
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise EdgeddError(f"bundle {directory} is missing {name}", "copy the whole bundle directory") from None
+    except OSError as e:  # ELOOP: a symlink, which could lead outside the bundle; EACCES; ...
+        why = "a symbolic link" if e.errno == errno.ELOOP else os.strerror(e.errno) if e.errno else type(e).__name__
+        raise EdgeddError(f"cannot read {path} ({why})", "graph files must be readable regular files inside the bundle; re-copy it") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise EdgeddError(f"{path} is not a regular file", "graph files must be regular files inside the bundle; re-copy it")
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise EdgeddError(f"{path} does not match the artifact (sha256 mismatch)", "the bundle was altered or mixed up; re-copy it")
+    return data
+
+
 def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None) -> Bundle:
-    """Read and verify the artifact, check every ONNX file's sha256, open the sessions."""
+    """Read and verify the artifact, check every ONNX file's sha256, open the sessions.
+
+    A bundle is a closed world: each graph is read once, hashed, and the *same bytes* go to
+    onnxruntime (never re-opened by path, so swapping a file afterwards changes nothing), and a
+    graph whose tensors live in external files is refused (see onnx_scan).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise EdgeddError(f"bundle {directory} is not a directory", "pass the --out directory of edgedd pack")
     a = art.read(directory / art.ARTIFACT_FILE)
-    graphs = dict(a.meta.get("onnx", {}))
+    graphs = a.meta.get("onnx")
+    graphs = dict(graphs) if isinstance(graphs, dict) else {}
     if int8:
         if "backbone_int8" not in graphs:
             raise EdgeddError(f"bundle {directory} has no int8 backbone", "re-pack with --int8")
         graphs["backbone"] = graphs["backbone_int8"]
     available = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]  # remote-only EP
     chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
-    b = Bundle(directory, a, providers=chosen)
+    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     for role in ROLES:
         g = graphs.get(role)
         if not g:
             raise EdgeddError(f"artifact in {directory} lists no {role} graph", "re-run edgedd pack")
-        path = directory / g["file"]
-        if not path.is_file():
-            raise EdgeddError(f"bundle {directory} is missing {g['file']}", "copy the whole bundle directory")
-        if sha256_file(path) != g["sha256"]:
-            raise EdgeddError(f"{path} does not match the artifact (sha256 mismatch)", "the bundle was altered or mixed up; re-copy it")
+        data = read_graph(directory, role, g)
+        name = g["file"]
         try:
-            b.sessions[role] = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+            external = uses_external_data(data)
+        except Malformed:  # refused too: what this walker cannot read, it cannot vouch for
+            raise EdgeddError(f"{directory / name} is not a valid ONNX model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
+        if external:
+            raise EdgeddError(f"{directory / name} keeps tensors in external files, which a bundle never does",
+                              "the bundle was altered; re-copy it or re-run edgedd pack")
+        b.graph_sha256[role] = g["sha256"]
+        try:
+            b.sessions[role] = ort.InferenceSession(data, sess_options=opts, providers=chosen)
         except Exception as e:  # onnxruntime's own exception types
-            raise EdgeddError(f"onnxruntime cannot load {path} ({type(e).__name__})", "check the onnxruntime version (see the bundle's meta)") from None
+            raise EdgeddError(f"onnxruntime cannot load {directory / name} ({type(e).__name__})",
+                              "check the onnxruntime version (see the bundle's meta)") from None
     return b
 
 
@@ -138,10 +192,24 @@ def fine_tune_projector(b: Bundle, ridge: float = 1e-3) -> dict:
     return {"weight": w, "bias": bias, "views": len(y), "mse_before": mse(w0, b0), "mse_after": mse(w, bias), "ridge": ridge}
 
 
+def projector_problem(b: Bundle, w, bias) -> str | None:
+    """Why (w, bias) cannot be this bundle's projector D_B -> D_A, or None if it can."""
+    d_a, d_b = b.artifact["projector.weight"].shape
+    for name, t, shape in (("weight", w, (d_a, d_b)), ("bias", bias, (d_a,))):
+        if not isinstance(t, np.ndarray) or t.dtype != np.float32:
+            return f"{name} is {getattr(t, 'dtype', type(t).__name__)}, not float32"
+        if t.shape != shape:
+            return f"{name} has shape {t.shape}, not {shape}"
+        if not np.isfinite(t).all():
+            return f"{name} holds NaN or infinite values"
+    return None
+
+
 def save_finetuned(b: Bundle, ft: dict) -> Path:
+    """Write the device-fitted projector, bound to the artifact and to the backbone graph it was fitted on."""
     from ..stio import serialize as save
 
-    meta = {"artifact_sha256": sha256_file(b.directory / art.ARTIFACT_FILE),
+    meta = {"artifact_sha256": b.artifact.file_sha256, "backbone": b.variant, "backbone_sha256": b.graph_sha256["backbone"],
             "method": "ridge (closed form)", "ridge": repr(ft["ridge"]), "views": str(ft["views"]),
             "mse_before": repr(ft["mse_before"]), "mse_after": repr(ft["mse_after"])}
     path = b.directory / FINETUNED_FILE
@@ -150,20 +218,47 @@ def save_finetuned(b: Bundle, ft: dict) -> Path:
 
 
 def load_finetuned(b: Bundle) -> tuple[np.ndarray, np.ndarray] | None:
-    """The device-fitted projector, if one was written for *this* artifact."""
+    """The device-fitted projector, if one was written for *this* artifact and *this* backbone.
+
+    Validated, not trusted: anything on disk could have written it. Raises EdgeddError naming
+    what is wrong (damaged, fitted for another artifact or backbone, wrong dtype or shape, not
+    finite); None if there is no such file.
+    """
     from safetensors import safe_open
 
     path = b.directory / FINETUNED_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
+
+    def bad(what: str) -> EdgeddError:
+        return EdgeddError(f"{path} is not a valid fitted projector for this bundle ({what})",
+                           "delete it and run edgedd deploy-check again" + (" --int8" if b.variant == "int8" else ""))
+
+    if path.is_symlink() or not path.is_file():
+        raise bad("not a regular file")
+    d_a, d_b = b.artifact["projector.weight"].shape
     try:
         with safe_open(str(path), framework="numpy") as f:
             md = f.metadata() or {}
+            if sorted(f.keys()) != ["bias", "weight"]:
+                raise bad(f"tensors {sorted(f.keys())[:4]}, not bias and weight")
+            for name, shape in (("weight", (d_a, d_b)), ("bias", (d_a,))):  # shape from the header, before reading data
+                if tuple(f.get_slice(name).get_shape()) != shape:
+                    raise bad(f"{name} has shape {tuple(f.get_slice(name).get_shape())}, not {shape}")
             w, bias = f.get_tensor("weight"), f.get_tensor("bias")
-    except Exception:
-        raise EdgeddError(f"{path} is damaged", "delete it and run edgedd deploy-check again") from None
-    if md.get("artifact_sha256") != sha256_file(b.directory / art.ARTIFACT_FILE):
-        raise EdgeddError(f"{path} was fitted for another artifact", "delete it and run edgedd deploy-check again")
+    except EdgeddError:
+        raise
+    except Exception:  # safetensors' own error types
+        raise bad("damaged") from None
+    if md.get("artifact_sha256") != b.artifact.file_sha256:
+        raise bad("fitted for another artifact")
+    if md.get("backbone") != b.variant:
+        raise bad(f"fitted for the {md.get('backbone') or 'unknown'} backbone, this run uses {b.variant}")
+    if md.get("backbone_sha256") != b.graph_sha256["backbone"]:
+        raise bad("fitted for another backbone graph")
+    problem = projector_problem(b, w, bias)
+    if problem:
+        raise bad(problem)
     return w, bias
 
 
@@ -253,11 +348,20 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
     if fine_tune:
         ft = fine_tune_projector(b, ridge)
         projector = (ft["weight"], ft["bias"])
-        path = save_finetuned(b, ft)
-        _check(checks, "fine-tune", ft["mse_after"] <= ft["mse_before"] * 1.0001 + 1e-12,
-               f"ridge on {ft['views']} views: target MSE {ft['mse_before']:.4g} -> {ft['mse_after']:.4g}; wrote {path.name}")
+        problem = projector_problem(b, *projector)
+        fit_ok = problem is None and ft["mse_after"] <= ft["mse_before"] * 1.0001 + 1e-12
+        # Only a fit that passes is written: predict trusts what this check let through.
+        written = f"wrote {save_finetuned(b, ft).name}" if fit_ok else f"not written ({problem or 'the fit does not lower the error'})"
+        _check(checks, "fine-tune", fit_ok, f"ridge on {ft['views']} views: target MSE {ft['mse_before']:.4g} -> {ft['mse_after']:.4g}; {written}")
     else:
-        projector = load_finetuned(b)
+        try:
+            projector = load_finetuned(b)
+        except EdgeddError as e:  # a bad sidecar must not stop the check: report it and use the packed projector
+            warnings.warn(f"{e.problem}; ignored, the packed projector is used")
+            _check(checks, "fine-tune", False, f"ignored: {e.problem}; using the packed projector")
+        else:
+            if projector is not None:
+                _check(checks, "fine-tune", True, f"using {FINETUNED_FILE} (fitted on this artifact's {b.variant} backbone)")
     syn = top1(classify(b, syn_x, projector), labels)
     # Parity with the host: the device must reproduce the host's synthetic-set figure for the same
     # projector (packed: torch-trained; fine-tuned: the same closed-form fit on the same views).
@@ -326,7 +430,7 @@ def inspect(path: str | Path) -> dict:
     return {
         "file": str(path),
         "format": a.meta.get("format"),
-        "sha256": sha256_file(path),
+        "sha256": a.file_sha256,
         "classes": len(a.meta.get("class_names", [])),
         "class_names": a.meta.get("class_names"),
         "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in sorted(a.tensors.items())},
