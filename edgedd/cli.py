@@ -72,8 +72,19 @@ def root(
 
 class Method(str, enum.Enum):
     sfm = "sfm"
+    sfm_anchor = "sfm_anchor"
     sfm_decouple = "sfm_decouple"
     lgm = "lgm"
+
+
+class GoldenRecipe(str, enum.Enum):
+    converged = "converged"
+    reference = "reference"
+
+
+class Protocol(str, enum.Enum):
+    converged = "converged"
+    reference = "reference"
 
 
 class FlowDenominator(str, enum.Enum):
@@ -88,7 +99,7 @@ def distill(
     backbone: str = typer.Option(..., "--backbone", "-b", help="timm model name (e.g. vit_small_patch14_dinov2.lvd142m) or a shipped edgedd/host-vit, edgedd/edge-cnn."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
     weights: str = typer.Option("hub", help="'hub' (pretrained: online, or packaged for edgedd/* backbones), a local .safetensors file, or 'random'."),
-    method: Method = typer.Option(Method.sfm, help="Matching loss: SFM, its decoupled ablation, or the LGM baseline."),
+    method: Method = typer.Option(Method.sfm, help="Matching loss: SFM (the paper's), SFM with a centre anchor, the decoupled ablation, or the LGM baseline."),
     ipc: int = typer.Option(1, min=1, help="Synthetic images per class."),
     iterations: int = typer.Option(5000, min=1, help="Distillation steps."),
     lr: float = typer.Option(2e-3, help="Adam learning rate on the pyramid levels."),
@@ -96,6 +107,7 @@ def distill(
     crop_res: Optional[int] = typer.Option(None, min=1, help="Backbone input (crop) resolution [default: the backbone's]."),
     augs_per_batch: Optional[int] = typer.Option(None, min=1, help="Augmented views per image per step [default: 1; lgm: 10]."),
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="sfm_decouple: weight of target-centre matching."),
+    beta: float = typer.Option(1.0, min=0.0, help="sfm_anchor: weight of the centre anchor (0 = plain SFM)."),
     flow_denominator: FlowDenominator = typer.Option(FlowDenominator.classes, help="'reference' reproduces the reference code's N-1."),
     extend_every: int = typer.Option(200, min=1, help="Pyramid extension interval (shortened for short runs)."),
     seed: int = typer.Option(0, help="Seed of every random draw in the run."),
@@ -103,7 +115,8 @@ def distill(
     num_workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers for the statistics pass."),
     batch_size: int = typer.Option(64, min=1, help="Images per forward in the statistics pass (with several ranks, batch b goes to rank b mod ranks)."),
     golden_views: int = typer.Option(4, min=1, help="Augmented views per image cached for the golden classifier."),
-    golden_epochs: int = typer.Option(10, min=1, help="Golden classifier epochs."),
+    golden_recipe: GoldenRecipe = typer.Option(GoldenRecipe.converged, help="Golden classifier: 'converged' (L-BFGS, L2 and inputs chosen on a held-out slice) or METHOD.md's 'reference' Adam recipe."),
+    golden_epochs: int = typer.Option(10, min=1, help="Golden classifier epochs (reference recipe)."),
     checkpoint_every: int = typer.Option(50, min=0, help="Steps between checkpoints (0: none)."),
     preview_every: int = typer.Option(500, min=0, help="Steps between preview PNGs (0: only the final one)."),
     chunk_size: Optional[int] = typer.Option(None, min=0, help="SFM images per forward chunk; 0 = one pass [default: auto, one pass if it fits]."),
@@ -130,9 +143,10 @@ def distill(
         config=DistillConfig(
             method=method.value, ipc=ipc, iterations=iterations, lr=lr,
             augs_per_batch=augs_per_batch or (10 if method is Method.lgm else 1),
-            alpha=alpha, flow_denominator=flow_denominator.value, extend_every=extend_every, seed=seed,
+            alpha=alpha, beta=beta, flow_denominator=flow_denominator.value, extend_every=extend_every, seed=seed,
         ),
-        stage1_config=StageIConfig(batch_size=batch_size, golden_views=golden_views, golden_epochs=golden_epochs, seed=seed),
+        stage1_config=StageIConfig(batch_size=batch_size, golden_views=golden_views, golden_recipe=golden_recipe.value,
+                                  golden_epochs=golden_epochs, seed=seed),
         options=RunOptions(
             device=device, num_workers=num_workers, checkpoint_every=checkpoint_every, preview_every=preview_every, chunk_size=chunk_size,
             progress=not quiet, strict_images=strict_images, use_cache=not no_cache, stop_after=stop_after,
@@ -174,9 +188,10 @@ def evaluate(
     eval_backbone: Optional[str] = typer.Option(None, help="Evaluation backbone B [default: the distillation backbone]."),
     eval_weights: Optional[str] = typer.Option(None, help="B's weights: 'hub', a .safetensors file or 'random'."),
     eval_crop_res: Optional[int] = typer.Option(None, min=1, help="B's input resolution."),
+    protocol: Protocol = typer.Option(Protocol.converged, help="'converged': every head fitted to its optimum on cached views; 'reference': METHOD.md's Adam protocol."),
     seeds: int = typer.Option(3, min=1, help="Training seeds; mean and std are reported."),
-    epochs: int = typer.Option(1000, min=1, help="Epochs over the distilled set (METHOD.md: 1000)."),
-    view_cache: int = typer.Option(0, min=0, help="0: fresh views every batch (exact protocol); V: V cached views per image."),
+    epochs: int = typer.Option(1000, min=1, help="Epochs over the distilled set (reference protocol; METHOD.md: 1000)."),
+    view_cache: Optional[int] = typer.Option(None, min=0, help="Views per image cached [default: 64 converged, 0 reference]; 0: fresh views every batch (exact reference protocol)."),
     baselines: bool = typer.Option(False, "--baselines", help="Also evaluate random real, centroids, neighbours and the full-data probe."),
     train_data: Optional[str] = typer.Option(None, help="Training set for the baselines [default: the run's]."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
@@ -187,7 +202,7 @@ def evaluate(
     from .evaluate import EvalConfig, evaluate_run
 
     r = evaluate_run(run_dir, test_data, modes=tuple(m.value for m in mode), eval_backbone=eval_backbone, eval_weights=eval_weights,
-                     eval_crop_res=eval_crop_res, config=EvalConfig(epochs=epochs, seeds=seeds, view_cache=view_cache, device=device),
+                     eval_crop_res=eval_crop_res, config=EvalConfig(protocol=protocol.value, epochs=epochs, seeds=seeds, view_cache=view_cache, device=device),
                      baselines=baselines, train_data=train_data, progress=not quiet)
     if json_out:
         print(json.dumps(r, indent=2, sort_keys=True))
@@ -198,10 +213,19 @@ def evaluation_table(r: dict) -> str:
     rows = [(f"{r['method']} ({m})", v) for m, v in r["modes"].items()]
     rows += [(f"baseline: {b}", v) for b, v in r.get("baselines", {}).items()]
     head = (f"{r['method']} on {r['backbone']}, evaluated with {r['eval_backbone']}; IPC {r['ipc']}; "
-            f"{r['test_images']} test images; flow cosine {r['flow_cosine']:.3f}")
-    lines = [head, f"  {'':<24} {'top-1':>15} {'top-5':>7}  seeds"]
+            f"{r['test_images']} test images; {r.get('protocol', 'reference')} protocol; flow cosine {r['flow_cosine']:.3f}")
+    lines = [head, f"  {'':<24} {'top-1':>15} {'top-5':>7}  seeds  train loss (start -> end)"]
     for name, v in rows:
-        lines.append(f"  {name:<24} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  {len(v['seeds'])}")
+        loss = ""
+        if "train_loss_final" in v:
+            loss = f"{sum(v['train_loss_start']) / len(v['seeds']):.4g} -> {sum(v['train_loss_final']) / len(v['seeds']):.4g}"
+            loss += "  STALLED: did not train" if v["stalled"] else ""
+        lines.append(f"  {name:<24} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  {len(v['seeds']):>5}  {loss}")
+    if "landing" in r:
+        ld = r["landing"]
+        lines.append(f"  synthetic features (phi_A): centre offset {ld['centre_offset_mean']:.2f} inter-centre distances, "
+                     f"norm ratio {ld['norm_ratio']:.2f}, golden top-1 {100 * ld['golden_top1_centre_view']:.0f}% centre / "
+                     f"{100 * ld['golden_top1_augmented_views']:.0f}% augmented views")
     return "\n".join(lines)
 
 
@@ -214,7 +238,8 @@ def pack(
     edge_weights: Optional[str] = typer.Option(None, help="Edge weights: 'hub', a .safetensors file or 'random'."),
     edge_crop_res: Optional[int] = typer.Option(None, min=1, help="Edge backbone input resolution [default: the backbone's]."),
     views: int = typer.Option(8, min=1, help="Augmented views per synthetic image stored as projector targets."),
-    projector_epochs: int = typer.Option(1000, min=1, help="Epochs of the host's reference projector training."),
+    projector_recipe: GoldenRecipe = typer.Option(GoldenRecipe.converged, help="Host projector: 'converged' (closed-form ridge, the device's fit) or METHOD.md's 'reference' Adam recipe."),
+    projector_epochs: int = typer.Option(1000, min=1, help="Epochs of the host projector's reference recipe."),
     int8: bool = typer.Option(False, "--int8", help="Also ship a dynamically quantised int8 backbone."),
     int8_max_drop: float = typer.Option(0.05, min=0.0, max=1.0, help="Refuse the int8 backbone above this synthetic top-1 drop."),
     seed: int = typer.Option(0, help="Seed of the views and the projector training."),
@@ -226,7 +251,7 @@ def pack(
     from edgedd.export.pack import PackConfig, pack as run
 
     r = run(run_dir, out, edge_backbone, edge_weights, edge_crop_res,
-            PackConfig(views=views, projector_epochs=projector_epochs, int8=int8, int8_max_drop=int8_max_drop, seed=seed),
+            PackConfig(views=views, projector_recipe=projector_recipe.value, projector_epochs=projector_epochs, int8=int8, int8_max_drop=int8_max_drop, seed=seed),
             device=device, overwrite=overwrite)
     if json_out:
         print(json.dumps(r, indent=2, sort_keys=True))
@@ -314,9 +339,13 @@ def human_summary(s: dict) -> str:
         + (f", {d['skipped_images']} skipped" if d["skipped_images"] else "")
         + f") into {s['synthetic_images']} images ({s['ipc']} per class) with {s['method']} on {s['backbone']['name']}",
         f"  stage I  {'cached' if s['stage1_cached'] else 'computed'} in {s['stage1_seconds']:.1f}s; "
-        f"golden classifier train top-1 {100 * (s['golden_train_top1'] or 0):.1f}%",
+        f"golden classifier ({s.get('golden', {}).get('recipe', '?')} recipe) train top-1 {100 * (s['golden_train_top1'] or 0):.1f}%"
+        + (f", held-out {100 * s['golden']['heldout_top1']:.1f}%" if s.get("golden", {}).get("heldout_top1") is not None else "")
+        + (f", train loss {s['golden']['loss_final']:.4f}" if "loss_final" in s.get("golden", {}) else ""),
         f"  stage II {s['iterations']} steps in {s['stage2_seconds']:.1f}s; final loss {s['final_loss']:.4f}; "
         f"flow cosine {s['flow_cosine']:.3f}",
+        f"  synthetic features: centre offset {s['landing']['centre_offset_mean']:.2f} inter-centre distances, norm ratio "
+        f"{s['landing']['norm_ratio']:.2f}, golden top-1 {100 * s['landing']['golden_top1_centre_view']:.0f}% (centre view)",
         f"  wrote {s['out']}/synthetic.safetensors and {s['out']}/preview.png",
     ]
     return "\n".join(lines)

@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("sfm", "sfm_decouple", "lgm")
+METHODS = ("sfm", "sfm_anchor", "sfm_decouple", "lgm")
+GOLDEN_RECIPES = ("converged", "reference")
 FLOW_DENOMINATORS = ("classes", "reference")
 
 
@@ -60,15 +61,27 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class StageIConfig:
-    """Stage I: class centres and the golden full-data linear classifier."""
+    """Stage I: class centres and the golden full-data linear classifier.
+
+    ``golden_recipe``: "converged" (edgedd's default, :mod:`edgedd.heads`): L2-regularised logistic
+    regression solved to its optimum by L-BFGS, with the L2 strength and the inputs (centre crops
+    only, or centre crops + the cached views) chosen on a held-out slice of the training set, then
+    refitted on all of it. "reference": METHOD.md's Adam recipe (``golden_epochs`` epochs at
+    ``golden_lr``), which under-trains on small data sets.
+    """
 
     batch_size: int = 64
     # (choice) the golden probe trains on cached features of `golden_views` flip+RRC views per
     # image, drawn once in the statistics pass, instead of re-running the backbone every epoch.
     golden_views: int = 4
-    golden_epochs: int = 10
-    golden_batch: int = 128
-    golden_lr: float | None = None  # None: 1e-3 * golden_batch / 256 (METHOD.md)
+    golden_recipe: str = "converged"
+    golden_epochs: int = 10  # reference recipe
+    golden_batch: int = 128  # reference recipe
+    golden_lr: float | None = None  # reference recipe; None: 1e-3 * golden_batch / 256 (METHOD.md)
+    golden_holdout: float = 0.1  # converged: the held-out slice that picks L2 and the inputs
+    golden_l2_grid: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)  # converged: relative L2 (heads.py eq. 1)
+    golden_select_max: int = 20_000  # converged: at most this many images fit each candidate
+    golden_max_iter: int = 500  # converged: L-BFGS iterations per fit
     seed: int = 0
 
     def resolved_golden_lr(self) -> float:
@@ -88,6 +101,7 @@ class DistillConfig:
     augs_per_batch: int = 1  # LGM's reference value is 10 (the CLI picks it for --method lgm)
     extend_every: int = 200
     alpha: float = 0.5  # sfm_decouple: alpha * MSE(target) + (1 - alpha) * MSE(non-target)
+    beta: float = 1.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss)
     flow_denominator: str = "classes"  # "reference" reproduces the reference code's (N - 1)
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only; CPU always runs fp32

@@ -22,6 +22,7 @@ CPU run ends bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -39,9 +40,10 @@ from .config import METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fin
 from .data import LabelledImages, default_num_workers, open_dataset
 from .distributed import SINGLE, Dist, on_all_ranks, setup, shard, teardown
 from .errors import EdgeddError
+from .fidelity import synthetic_landing
 from .chunked import auto_chunk_size, chunked_step
 from .lgm import StepBatches, lgm_loss, random_head
-from .losses import decouple_loss, flow, sfm_loss, synthetic_flow
+from .losses import anchor_loss, decouple_loss, flow, sfm_loss, synthetic_flow
 from .memory import PhaseMemory
 from .preview import write_grid
 from .progress import Progress
@@ -208,9 +210,11 @@ def view_features(model, images: torch.Tensor, cfg: DistillConfig, info: Backbon
 
 
 def feature_loss(z: torch.Tensor, cfg: DistillConfig, flow_real: torch.Tensor, centres_real: torch.Tensor) -> torch.Tensor:
-    """SFM / sfm_decouple loss of the (N, D) per-image features."""
+    """SFM / sfm_anchor / sfm_decouple loss of the (N, D) per-image features."""
     if cfg.method == "sfm":
         return sfm_loss(z, flow_real, cfg.flow_denominator)
+    if cfg.method == "sfm_anchor":
+        return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator)
     return decouple_loss(z, centres_real, cfg.alpha)
 
 
@@ -264,9 +268,11 @@ def validate(cfg: DistillConfig) -> None:
     for name in ("ipc", "iterations", "augs_per_batch", "extend_every", "syn_res", "crop_res"):
         if getattr(cfg, name) < 1:
             raise EdgeddError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})", "pass a positive value")
+    if not (cfg.beta >= 0 and math.isfinite(cfg.beta)):
+        raise EdgeddError(f"--beta must be a finite value >= 0 (got {cfg.beta})", "pass e.g. 1.0 (0 is plain SFM)")
     if not 0 <= cfg.alpha <= 1:
         raise EdgeddError(f"--alpha must lie in [0, 1] (got {cfg.alpha})", "pass a value between 0 and 1")
-    if cfg.lr <= 0:
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise EdgeddError(f"--lr must be positive (got {cfg.lr})", "pass a positive learning rate")
 
 
@@ -407,6 +413,8 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
         return None
     labels = torch.arange(c).repeat_interleave(cfg.ipc)
     fcos = flow_cosine(model, images.to(device), info, flow_real, c, cfg.amp)
+    lands = synthetic_landing(lambda x: encode(model, x, pp, amp=cfg.amp), images.to(device), pp.input_size, labels,
+                              s1.centres, s1.weight, s1.bias, seed=cfg.seed)
     images = images.contiguous()
     synthetic_meta = {
         "format": RUN_FORMAT,
@@ -436,6 +444,8 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
         "resumed_from_step": start,
         "final_loss": loss_value,
         "flow_cosine": fcos,
+        "landing": lands,
+        "golden": {k: v for k, v in s1.meta.get("golden", {}).items() if k != "candidates"},
         "golden_train_top1": s1.meta.get("golden_train_top1_centre_crop"),
         "stage1_cached": from_cache,
         "stage1_seconds": stage1_seconds,

@@ -15,12 +15,23 @@ Modes, each trained ``seeds`` times and scored on the test set after the final e
 ``ci``      Classifier Inheritance: projector P(z) = W_p z + b_p, D_B -> D_A, labels unused:
             L = MSE(P(phi_B(v)), phi_A(v));  test logits = g(P(phi_B(x)))
 
-Every batch: one flip + random-resized-crop view v per image (no noise), rendered from the same
-crop box at each backbone's input size; Adam with a cosine schedule over all steps; batch min(100, N);
-lr 1e-3 * batch / 256 (probes) and 1e-2 * batch / 256 (projector). ``view_cache = V > 0`` instead
-renders V views per image once per seed and draws one of them per image per epoch (fast on CPU;
-not the exact protocol). All randomness comes from explicit generators derived from the seed
-index, so a fixed seed gives identical numbers.
+Two protocols (``EvalConfig.protocol``), fixed before any method is compared, the same for every
+row of a table. Views v: flip + random-resized-crop (no noise), rendered from the same crop box at
+each backbone's input size.
+
+``converged`` (default)  V = 64 views per image rendered once per seed; every head fitted to the
+    optimum of its L2-regularised objective over all of them (:mod:`edgedd.heads`): the probes by
+    L-BFGS with relative L2 ``probe_l2`` = 1e-3, the projector by closed-form ridge with relative
+    ridge 1e-3 (the device's fit). No lr, no epochs: the same fit at N = 10 as at N = 10,000.
+``reference``  METHOD.md: Adam with a cosine schedule over all steps; batch min(100, N); lr
+    1e-3 * batch / 256 (probes) and 1e-2 * batch / 256 (projector), 1000 epochs; fresh views every
+    batch (``view_cache = 0``) or V cached views, one drawn per image per epoch. On small N it
+    under-trains (at IPC 1 on 10 classes the probe's lr is 3.9e-5 and it ends at chance-level loss).
+
+Every head's training loss at its start and end goes into the result; a head whose loss ended
+above 0.9 x its start is marked ``stalled``. All randomness comes from explicit generators derived
+from the seed index, so a fixed seed gives identical numbers. The result also says where the
+synthetic features land (:mod:`edgedd.fidelity`).
 
 Test images: shorter side resized to B's ``resize_size``, centre crop to its ``input_size``; phi_B
 features are computed once and shared by every mode, seed and baseline.
@@ -32,9 +43,8 @@ Baselines (``baselines=True``), each trained with the ``normal`` protocol on phi
                class centre mu_c of stats.safetensors (Euclidean)
 ``neighbors``  for each synthetic image the nearest real image of its class in phi_A centre-crop
                feature space (duplicates kept: one real image per synthetic image)
-``full``       a probe on phi_B of the whole training set, Stage I's golden protocol: batch 128,
-               lr 1e-3 * 128 / 256, cosine, min(epochs, 10) epochs, on V cached views per image
-               (view_cache = V > 0) or on the one centre view (view_cache = 0)
+``full``       the golden classifier's own recipe (``statistics.train_golden`` with the run's
+               Stage I config) on phi_B of the whole training set: centre view + K views per image
 
 Real images enter as canvases at the run's ``resize_size`` in [0, 1], exactly like the synthetic
 images. Limitation: the baselines hold phi_A (and phi_B) features of the whole training set in
@@ -44,47 +54,57 @@ ImageNet-scale folders.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from .augment import Views, center_crop, render_views, sample_views
 from .backbones import BackboneInfo, encode, load_backbone, resolve_device
-from .config import AugmentConfig, Preprocess, to_dict
+from .config import AugmentConfig, Preprocess, StageIConfig, to_dict
 from .data import CanvasDataset, LabelledImages, canvas_loader, collate_canvases, open_dataset
 from .errors import EdgeddError
+from .fidelity import synthetic_landing
+from .heads import Fit, Sampler, ce_loss, fit_lbfgs, fit_ridge, kd_loss, mse_loss, new_probe, new_projector, train_reference
 from .progress import Progress
+from .statistics import train_golden
 from .rundir import Run, load_run
 
 MODES = ("normal", "ci", "kd")
 BASELINES = ("random", "centroids", "neighbors", "full")
-FULL_BATCH = 128  # Stage I golden protocol
-FULL_MAX_EPOCHS = 10
+PROTOCOLS = ("converged", "reference")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    epochs: int = 1000  # METHOD.md protocol
+    # "converged" (default): every head is fitted to the optimum of its L2-regularised objective on
+    # V cached views per image (edgedd.heads): L-BFGS for the probes, closed-form ridge for the CI
+    # projector; no lr, no epochs, whatever N is. "reference": METHOD.md's Adam protocol below.
+    protocol: str = "converged"
+    probe_l2: float = 1e-3  # converged: relative L2 of the normal / KD probes (heads.py eq. 1), fixed before any sweep
+    ridge: float = 1e-3  # converged: relative ridge of the CI projector (heads.py eq. 2), the device's default
+    max_iter: int = 500  # converged: L-BFGS iterations per probe
+    epochs: int = 1000  # reference: METHOD.md protocol
     seeds: int = 3
-    batch: int | None = None  # None: min(100, N)
-    # None: 1e-3 * batch / 256 for probes (normal, kd) and 10x that, 1e-2 * batch / 256, for the
-    # CI projector. An explicit lr sets the probes' lr; the projector keeps the 10x ratio.
-    # batch and lr also apply to the random/centroids/neighbors baselines; `full` keeps Stage I's
-    # golden protocol (batch 128, lr 5e-4, min(epochs, 10) epochs).
+    batch: int | None = None  # reference; None: min(100, N)
+    # reference; None: 1e-3 * batch / 256 for probes (normal, kd) and 10x that, 1e-2 * batch / 256, for
+    # the CI projector. An explicit lr sets the probes' lr; the projector keeps the 10x ratio.
+    # batch and lr also apply to the random/centroids/neighbors baselines.
     lr: float | None = None
-    # 0 = exact protocol: fresh flip+RRC views every batch through the backbone(s).
-    # V > 0 = V augmented views per training image rendered once per seed, one drawn per image per
-    # epoch (much faster on CPU).
-    view_cache: int = 0
+    # None: 64 under "converged" (the reference draws 1000 fresh views per image; at IPC 1 and D = 128,
+    # 16 views give the projector 160 rows for 129 unknowns per output: barely determined), 0 under "reference".
+    # 0 = exact reference protocol: fresh flip+RRC views every batch through the backbone(s).
+    # V > 0 = V augmented views per training image rendered once per seed (reference: one drawn per
+    # image per epoch; converged: all of them in every fit).
+    view_cache: int | None = None
     kd_temperature: float = 4.0
     kd_alpha: float = 0.5
     eval_batch: int = 256
@@ -100,16 +120,28 @@ class EvalConfig:
     def projector_lr(self, batch: int) -> float:
         return 10 * self.probe_lr(batch)
 
+    def views(self) -> int:
+        if self.view_cache is not None:
+            return self.view_cache
+        return 64 if self.protocol == "converged" else 0
+
 
 def validate_config(cfg: EvalConfig) -> None:
-    for name in ("epochs", "seeds", "eval_batch"):
+    if cfg.protocol not in PROTOCOLS:
+        raise EdgeddError(f"unknown protocol {cfg.protocol!r}", f"choose one of {', '.join(PROTOCOLS)}")
+    if cfg.protocol == "converged" and cfg.views() < 1:
+        raise EdgeddError("the converged protocol fits on cached views (got view_cache 0)", "pass --view-cache V with V >= 1, or --protocol reference")
+    for name in ("probe_l2", "ridge"):
+        if not (getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name))):
+            raise EdgeddError(f"{name} must be a finite positive value (got {getattr(cfg, name)})", "the defaults are 1e-3")
+    for name in ("epochs", "seeds", "eval_batch", "max_iter"):
         if getattr(cfg, name) < 1:
             raise EdgeddError(f"{name} must be at least 1 (got {getattr(cfg, name)})", "pass a positive value")
     if cfg.batch is not None and cfg.batch < 1:
         raise EdgeddError(f"batch must be at least 1 (got {cfg.batch})", "pass a positive batch size, or leave it unset for min(100, N)")
     if cfg.lr is not None and not cfg.lr > 0:
         raise EdgeddError(f"lr must be positive (got {cfg.lr})", "pass a positive learning rate, or leave it unset")
-    if cfg.view_cache < 0:
+    if cfg.view_cache is not None and cfg.view_cache < 0:
         raise EdgeddError(f"view_cache must be 0 or more (got {cfg.view_cache})", "0 is the exact protocol, V > 0 caches V views per image")
     if not cfg.kd_temperature > 0:
         raise EdgeddError(f"kd_temperature must be positive (got {cfg.kd_temperature})", "the reference uses 4")
@@ -223,16 +255,6 @@ def load_encoders(run: Run, eval_backbone, eval_weights, eval_crop_res, device, 
 # ----------------------------------------------------------------------------- feature samplers
 
 
-class Sampler(Protocol):
-    """Per batch of image indices: features of one view per image, one tensor per encoder."""
-
-    n: int
-
-    def start_epoch(self, gen: torch.Generator) -> None: ...
-
-    def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]: ...
-
-
 class FreshViews:
     """The exact protocol: every batch a new flip + RRC box per image, rendered at each encoder's
     input size from the same box, through the backbone. Encoders that are one object run once."""
@@ -285,90 +307,40 @@ class CachedViews:
 
 
 def make_sampler(canvases: torch.Tensor, encoders: list[Encoder], cfg: EvalConfig, seed: int) -> Sampler:
-    if cfg.view_cache > 0:
-        return CachedViews.render(canvases, encoders, cfg.view_cache, _generator("view-cache", seed))
+    if cfg.views() > 0:
+        return CachedViews.render(canvases, encoders, cfg.views(), _generator("view-cache", seed))
     return FreshViews(canvases, encoders)
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- training: edgedd.heads
 
 
-LossFn = Callable[[torch.nn.Linear, tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]
-
-
-def train_linear(head: torch.nn.Linear, sampler: Sampler, loss_fn: LossFn, epochs: int, batch: int, lr: float,
-                 gen: torch.Generator, bar: Progress | None = None, tag: str = "") -> torch.nn.Linear:
-    """Adam(lr) with a cosine schedule over all epochs * ceil(n / batch) steps; a fresh random
-    order every epoch. ``loss_fn(head, features, idx)`` gets the batch's image indices (labels).
-    ``bar`` (optional) advances by one per epoch."""
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    steps = epochs * math.ceil(sampler.n / batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
-    device = head.weight.device
-    for _ in range(epochs):
-        sampler.start_epoch(gen)
-        perm = torch.randperm(sampler.n, generator=gen)
-        total = 0.0
-        for s in range(0, sampler.n, batch):
-            idx = perm[s : s + batch]
-            feats = tuple(f.to(device) for f in sampler.batch(idx, gen))
-            loss = loss_fn(head, feats, idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        if bar is not None:
-            bar.update(1, run=tag, loss=total / sampler.n)
-    return head
-
-
-def new_probe(d_in: int, num_classes: int, gen: torch.Generator, device) -> torch.nn.Linear:
-    """Linear(D_B, C), W ~ N(0, 0.01^2), b = 0 (METHOD.md)."""
-    head = torch.nn.Linear(d_in, num_classes)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 0.01)
-        head.bias.zero_()
-    return head.to(device)
-
-
-def new_projector(d_b: int, d_a: int, gen: torch.Generator, device) -> torch.nn.Linear:
-    """Linear(D_B, D_A) with torch's default init, U(-1/sqrt(D_B), 1/sqrt(D_B)), drawn from ``gen``."""
-    proj = torch.nn.Linear(d_b, d_a)
-    bound = 1 / math.sqrt(d_b)
-    with torch.no_grad():
-        proj.weight.copy_((torch.rand(proj.weight.shape, generator=gen) * 2 - 1) * bound)
-        proj.bias.copy_((torch.rand(proj.bias.shape, generator=gen) * 2 - 1) * bound)
-    return proj.to(device)
-
-
-def train_probe(sampler: Sampler, labels: torch.Tensor, num_classes: int, epochs: int, batch: int, lr: float, gen: torch.Generator,
-                device, teacher: torch.nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.5,
-                bar: Progress | None = None, tag: str = "") -> torch.nn.Linear:
-    """Hard labels: CE(h(z_B), y). With a teacher (KD; features (z_B, z_A) of the same view):
-    alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y),  s = h(z_B), t = teacher(z_A).
-    The T^2 keeps the soft term's gradient scale independent of T (Hinton et al.)."""
+def fit_probe(sampler: Sampler, labels: torch.Tensor, num_classes: int, cfg: EvalConfig, gen: torch.Generator, device,
+              teacher: torch.nn.Module | None = None, bar: Progress | None = None, tag: str = "") -> Fit:
+    """``normal`` (hard labels) or, with a teacher, ``kd`` (features (z_B, z_A) of the same view):
+    a fresh Linear(D_B, C) fitted under the config's protocol."""
     labels = labels.to(device)
     head = new_probe(sampler_dim(sampler, 0), num_classes, gen, device)
-
-    def loss_fn(h, feats, idx):
-        s = h(feats[0])
-        ce = F.cross_entropy(s, labels[idx.to(device)])
-        if teacher is None:
-            return ce
-        with torch.no_grad():
-            t = teacher(feats[1])
-        kl = F.kl_div(F.log_softmax(s / temperature, dim=1), F.softmax(t / temperature, dim=1), reduction="batchmean")
-        return alpha * temperature**2 * kl + (1 - alpha) * ce
-
-    return train_linear(head, sampler, loss_fn, epochs, batch, lr, gen, bar, tag)
+    loss = ce_loss(labels) if teacher is None else kd_loss(labels, teacher, cfg.kd_temperature, cfg.kd_alpha)
+    if cfg.protocol == "converged":
+        fit = fit_lbfgs(head, sampler.feats, loss, cfg.probe_l2, cfg.max_iter)
+        if bar is not None:
+            bar.update(1, run=tag, loss=fit.loss_final)
+        return fit
+    batch = cfg.resolved_batch(sampler.n)
+    return train_reference(head, sampler, loss, cfg.epochs, batch, cfg.probe_lr(batch), gen, bar, tag)
 
 
-def train_projector(sampler: Sampler, epochs: int, batch: int, lr: float, gen: torch.Generator, device,
-                    bar: Progress | None = None, tag: str = "") -> torch.nn.Linear:
-    """CI projector: MSE(P(z_B), z_A) on features (z_B, z_A) of the same views; labels unused."""
+def fit_projector(sampler: Sampler, cfg: EvalConfig, gen: torch.Generator, device, bar: Progress | None = None, tag: str = "") -> Fit:
+    """CI projector P: D_B -> D_A on features (z_B, z_A) of the same views; labels unused."""
     proj = new_projector(sampler_dim(sampler, 0), sampler_dim(sampler, 1), gen, device)
-    return train_linear(proj, sampler, lambda p, feats, idx: F.mse_loss(p(feats[0]), feats[1]), epochs, batch, lr, gen, bar, tag)
+    if cfg.protocol == "converged":
+        fit = fit_ridge(proj, sampler.feats[0], sampler.feats[1], cfg.ridge)
+        if bar is not None:
+            bar.update(1, run=tag, loss=fit.loss_final)
+        return fit
+    batch = cfg.resolved_batch(sampler.n)
+    return train_reference(proj, sampler, mse_loss, cfg.epochs, batch, cfg.projector_lr(batch), gen, bar, tag)
 
 
 def sampler_dim(sampler: Sampler, k: int) -> int:
@@ -391,14 +363,22 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, fl
     return float((top[:, 0] == labels).double().mean()), float((top == labels[:, None]).any(1).double().mean())
 
 
-def summarise(scores: list[tuple[float, float]]) -> dict:
+def summarise(scores: list[tuple[float, float]], fits: list[dict] | None = None) -> dict:
+    """Mean and std over seeds; with ``fits`` (Fit.report() per seed) each head's training loss,
+    and ``stalled`` when any seed's head ended above 0.9 x its starting loss."""
     top1 = [s[0] for s in scores]
-    return {
+    out = {
         "top1_mean": float(np.mean(top1)),
         "top1_std": float(np.std(top1)),  # population std over seeds (0 for one seed)
         "top5_mean": float(np.mean([s[1] for s in scores])),
         "seeds": top1,
     }
+    if fits:
+        out["train_loss_start"] = [f["loss_start"] for f in fits]
+        out["train_loss_final"] = [f["loss_final"] for f in fits]
+        out["train_steps"] = [f["steps"] for f in fits]
+        out["stalled"] = any(f["stalled"] for f in fits)
+    return out
 
 
 # ----------------------------------------------------------------------------- real images
@@ -459,12 +439,12 @@ class TrainPass:
     index: np.ndarray  # (n,) dataset indices of the readable images
     labels: torch.Tensor  # (n,) run labels
     feats_a: torch.Tensor  # (n, D_A) phi_A of the centre crop (centroids, neighbors)
-    feats_b: torch.Tensor  # (n, V, D_B) phi_B of V cached views, or (n, 1, D_B) of the centre view (full)
+    feats_b: torch.Tensor  # (n, 1 + K, D_B) phi_B of the centre view and K views: Stage I's layout (full)
 
 
 @torch.no_grad()
 def train_pass(enc_a: Encoder, enc_b: Encoder, source: LabelledImages, label_map: np.ndarray, canvas: int, interpolation: str,
-               cfg: EvalConfig, device, progress: bool) -> TrainPass:
+               cfg: EvalConfig, views: int, device, progress: bool) -> TrainPass:
     from torch.utils.data import DataLoader
 
     loader = DataLoader(_IndexedCanvases(source, canvas, interpolation), batch_size=cfg.eval_batch, shuffle=False,
@@ -478,11 +458,10 @@ def train_pass(enc_a: Encoder, enc_b: Encoder, source: LabelledImages, label_map
             if images.shape[0]:
                 x = images.to(device).float().div_(255)
                 za = enc_a(center_crop(x, enc_a.input_size))
-                if cfg.view_cache > 0:  # V views per image, rendered one view at a time to bound memory
-                    zb = torch.stack([enc_b(render_views(x, sample_views(x.shape[0], aug, gen), enc_b.input_size))
-                                      for _ in range(cfg.view_cache)], dim=1)
-                else:
-                    zb = (za if enc_b is enc_a else enc_b(enc_b.centre_view(x)))[:, None]
+                # the centre view, then K views rendered one view at a time to bound memory
+                zb = [za if enc_b is enc_a else enc_b(enc_b.centre_view(x))]
+                zb += [enc_b(render_views(x, sample_views(x.shape[0], aug, gen), enc_b.input_size)) for _ in range(views)]
+                zb = torch.stack(zb, dim=1)
                 idx_all.append(idx.numpy())
                 fa.append(za.cpu())
                 fb.append(zb.cpu())
@@ -578,9 +557,10 @@ def evaluate_run(
     x_test, y_test = test_features(enc_b, test, test_map, config, device)
     real_sets = _baseline_sets(run, train, train_map, enc_a, enc_b, config, device, progress) if baselines else None
     c, n = run.num_classes, len(run.labels)
-    total = config.seeds * len(modes) * config.epochs
+    per_fit = 1 if config.protocol == "converged" else config.epochs
+    total = config.seeds * len(modes) * per_fit
     if baselines:
-        total += config.seeds * (3 * config.epochs + min(config.epochs, FULL_MAX_EPOCHS))
+        total += config.seeds * (3 * per_fit + 1)
 
     def score(head: torch.nn.Module) -> tuple[float, float]:
         with torch.no_grad():
@@ -589,11 +569,11 @@ def evaluate_run(
     with Progress(total, "evaluate", enabled=None if progress else False) as bar:
         # ---- the synthetic set, every mode; per seed one view cache (if any) shared by the modes
         images, labels = run.images.to(device), run.labels
-        batch = config.resolved_batch(n)
         encoders = [enc_b] + ([enc_a] if ("ci" in modes or "kd" in modes) else [])
         results: dict[str, list] = {m: [] for m in modes}
+        fits: dict[str, list] = {m: [] for m in modes}
         for seed in range(config.seeds):
-            cache = make_sampler(images, encoders, config, seed) if config.view_cache > 0 else None
+            cache = make_sampler(images, encoders, config, seed) if config.views() > 0 else None
             for mode in modes:
                 # normal needs phi_B only; ci and kd need phi_B and phi_A of the same view
                 k = 1 if mode == "normal" else 2
@@ -601,26 +581,35 @@ def evaluate_run(
                 gen = _generator("train", seed)  # the same views and order in every mode: a paired comparison
                 tag = f"{mode}/{seed}"
                 if mode == "ci":
-                    proj = train_projector(sampler, config.epochs, batch, config.projector_lr(batch), gen, device, bar, tag)
-                    results[mode].append(score(torch.nn.Sequential(proj, golden)))
+                    fit = fit_projector(sampler, config, gen, device, bar, tag)
+                    results[mode].append(score(torch.nn.Sequential(fit.head, golden)))
                 else:
-                    head = train_probe(sampler, labels, c, config.epochs, batch, config.probe_lr(batch), gen, device,
-                                       golden if mode == "kd" else None, config.kd_temperature, config.kd_alpha, bar, tag)
-                    results[mode].append(score(head))
+                    fit = fit_probe(sampler, labels, c, config, gen, device, golden if mode == "kd" else None, bar, tag)
+                    results[mode].append(score(fit.head))
+                fits[mode].append(fit.report())
 
         out = {
             "method": run.summary.get("method", run.config.get("method")),
             "backbone": run.backbone["name"],
             "eval_backbone": enc_b.info.name,
             "ipc": run.ipc,
+            "protocol": config.protocol,
             "flow_cosine": run.summary.get("flow_cosine"),
-            "modes": {m: summarise(s) for m, s in results.items()},
+            "modes": {m: summarise(s, fits[m]) for m, s in results.items()},
             "config": to_dict(config),
             "test_images": int(len(y_test)),
+            "golden": {k: v for k, v in _read_json(run.directory / "stage1.json").get("golden", {}).items() if k != "candidates"},
         }
+        if enc_a is not None and (run.directory / "stats.safetensors").is_file():
+            out["landing"] = synthetic_landing(enc_a, images, enc_a.input_size, labels, _centres(run), run.golden_weight, run.golden_bias,
+                                               seed=int(run.config.get("seed", 0)))
         if baselines:
-            out["baselines"] = _run_baselines(real_sets, c, enc_b, config, device, score, bar)
+            out["baselines"] = _run_baselines(real_sets, run, enc_b, config, device, score, bar)
     return out
+
+
+def _centres(run: Run) -> torch.Tensor:
+    return load_file(run.directory / "stats.safetensors")["centres"]
 
 
 @dataclass
@@ -635,8 +624,8 @@ class BaselineSets:
 def _baseline_sets(run: Run, train: LabelledImages, train_map: np.ndarray, enc_a: Encoder, enc_b: Encoder, cfg: EvalConfig,
                    device, progress: bool) -> BaselineSets:
     pp = run.preprocess
-    tp = train_pass(enc_a, enc_b, train, train_map, pp.resize_size, pp.interpolation, cfg, device, progress)
-    centres = load_file(run.directory / "stats.safetensors")["centres"]
+    tp = train_pass(enc_a, enc_b, train, train_map, pp.resize_size, pp.interpolation, cfg, _stage1_config(run).golden_views, device, progress)
+    centres = _centres(run)
     syn_a = enc_a(center_crop(run.images.to(device), enc_a.input_size)).cpu()
 
     def real(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -651,22 +640,40 @@ def _baseline_sets(run: Run, train: LabelledImages, train_map: np.ndarray, enc_a
     )
 
 
-def _run_baselines(sets: BaselineSets, c: int, enc_b: Encoder, cfg: EvalConfig, device, score, bar: Progress) -> dict:
-    def normal_probe(canvases: torch.Tensor, labels: torch.Tensor, seed: int, tag: str) -> tuple[float, float]:
+def _stage1_config(run: Run) -> StageIConfig:
+    """The Stage I config the run's golden classifier was made with (the full baseline repeats it on phi_B)."""
+    d = dict(run.summary.get("stage1_config") or _read_json(run.directory / "stage1.json").get("stage1", {}))
+    known = {f.name for f in dataclasses.fields(StageIConfig)}
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+    d.setdefault("golden_recipe", "reference")  # runs made before the converged recipe existed
+    return StageIConfig(**d)
+
+
+def _run_baselines(sets: BaselineSets, run: Run, enc_b: Encoder, cfg: EvalConfig, device, score, bar: Progress) -> dict:
+    c = run.num_classes
+
+    def normal_probe(canvases: torch.Tensor, labels: torch.Tensor, seed: int, tag: str) -> tuple[tuple[float, float], dict]:
         """The ``normal`` protocol on real canvases, exactly as on the synthetic set."""
-        batch = cfg.resolved_batch(len(labels))
-        sampler = make_sampler(canvases, [enc_b], cfg, seed)
-        head = train_probe(sampler, labels, c, cfg.epochs, batch, cfg.probe_lr(batch), _generator("train", seed), device, bar=bar, tag=tag)
-        return score(head)
+        fit = fit_probe(make_sampler(canvases, [enc_b], cfg, seed), labels, c, cfg, _generator("train", seed), device, bar=bar, tag=tag)
+        return score(fit.head), fit.report()
 
     out: dict[str, list] = {b: [] for b in BASELINES}
+    fits: dict[str, list] = {b: [] for b in BASELINES}
+    s1 = _stage1_config(run)
     for seed in range(cfg.seeds):
         x, y = sets.draw_random(seed)
-        out["random"].append(normal_probe(x, y, seed, f"random/{seed}"))
-        for name, (x, y) in sets.fixed.items():
-            out[name].append(normal_probe(x, y, seed, f"{name}/{seed}"))
-        # full: Stage I's golden-classifier protocol on phi_B (V cached views, or the centre view)
-        head = train_probe(CachedViews((sets.full.feats_b,)), sets.full.labels, c, min(cfg.epochs, FULL_MAX_EPOCHS), FULL_BATCH,
-                           1e-3 * FULL_BATCH / 256, _generator("train-full", seed), device, bar=bar, tag=f"full/{seed}")
+        for name, (x, y) in [("random", (x, y)), *sets.fixed.items()]:
+            sc, rep = normal_probe(x, y, seed, f"{name}/{seed}")
+            out[name].append(sc)
+            fits[name].append(rep)
+        # full: the golden classifier's own recipe (Stage I) on phi_B of the whole training set
+        w, b, rep = train_golden(sets.full.feats_b.numpy(), sets.full.labels.numpy(), c, replace(s1, seed=s1.seed + seed), device,
+                                 progress=False)
+        head = torch.nn.Linear(w.shape[1], c).to(device)
+        with torch.no_grad():
+            head.weight.copy_(w)
+            head.bias.copy_(b)
+        bar.update(1, run=f"full/{seed}")
         out["full"].append(score(head))
-    return {name: summarise(s) for name, s in out.items()}
+        fits["full"].append({"loss_start": rep["loss_start"], "loss_final": rep["loss_final"], "steps": rep["steps"], "stalled": rep["stalled"]})
+    return {name: summarise(s, fits[name]) for name, s in out.items()}

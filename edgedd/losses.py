@@ -15,6 +15,27 @@ SFM loss: one cosine between the flattened C x D matrices,
 
 It is zero whenever m_c = mu_c for every c (and, being a cosine, also when m is any positive
 scaling of mu about the mean centre: SFM matches the *geometry* of the class centres).
+
+What (2) cannot see. Shift every synthetic centre by one vector t: m_c -> m_c + t. Then
+sum_k m_k -> sum_k m_k + C t, and (1) gives (S + C t - m_c - t) / (C - 1) - m_c - t = F_syn[c]:
+the flow, hence the loss, is unchanged. Scale them about the origin, m -> k m (k > 0): F_syn -> k
+F_syn, cos unchanged. So SFM can place the synthetic features anywhere along those directions,
+and a probe trained on them is then tested on real features that lie elsewhere.
+
+Anchored SFM (``sfm_anchor``, edgedd's addition): the flow cosine plus a centre anchor,
+
+    L_anchor = 1 - cos(vec F_real, vec F_syn) + beta * (1 / C) sum_c ||m_c - mu_c||^2 / d2,    (3)
+    d2 = mean_{j != k} ||mu_j - mu_k||^2 = (2 C / (C - 1)) * mean_c ||mu_c - mu_bar||^2
+
+The anchor is the target-class centre matching of ``sfm_decouple`` (alpha = 1), measured in units
+of the real classes' squared separation so that beta is scale-free (a backbone whose features are
+10x larger gives the same loss). It keeps SFM's cost: mu_c and d2 are constants from Stage I, no
+real image or classifier enters the step, one augmentation pass. (3) is 0 iff m_c = mu_c for all
+c (both terms are >= 0 and the anchor vanishes only there); a common shift t gives beta ||t||^2 / d2
+> 0 where (2) stays 0; a common scale k gives beta (k - 1)^2 mean_c ||mu_c||^2 / d2 > 0. The
+cosine keeps the direction of every class's flow in the gradient when the anchor is small, where
+the anchor alone (squared distances dominated by the largest, most common directions) would let
+the class-discriminative differences lag.
 """
 
 from __future__ import annotations
@@ -71,3 +92,19 @@ def decouple_loss(z: torch.Tensor, centres_real: torch.Tensor, alpha: float) -> 
     mu = centres_real.to(z.dtype)
     m = class_centres(z, mu.shape[0])
     return alpha * F.mse_loss(m, mu) + (1 - alpha) * F.mse_loss(non_target_centres(m), non_target_centres(mu))
+
+
+def centre_separation(centres_real: torch.Tensor) -> torch.Tensor:
+    """d2 of equation (3): the mean squared distance between distinct real centres."""
+    c = centres_real.shape[0]
+    spread = (centres_real - centres_real.mean(dim=0, keepdim=True)).pow(2).sum(dim=1).mean()
+    return spread * (2 * c / max(c - 1, 1))
+
+
+def anchor_loss(z: torch.Tensor, flow_real: torch.Tensor, centres_real: torch.Tensor, beta: float, mode: str = "classes") -> torch.Tensor:
+    """Equation (3): the SFM cosine plus beta times the scale-free centre anchor."""
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    mu = centres_real.to(z.dtype)
+    m = class_centres(z, mu.shape[0])
+    anchor = (m - mu).pow(2).sum(dim=1).mean() / centre_separation(mu)
+    return sfm_loss(z, flow_real, mode) + beta * anchor

@@ -83,7 +83,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 @dataclass(frozen=True)
 class PackConfig:
     views: int = 8  # K augmented views per synthetic image for the projector targets
-    projector_epochs: int = 1000
+    projector_recipe: str = "converged"  # edgedd.heads: closed-form ridge, or METHOD.md's Adam ("reference")
+    projector_epochs: int = 1000  # reference recipe
     selftest_images: int = 8
     int8: bool = False
     int8_max_drop: float = 0.05
@@ -152,7 +153,8 @@ def pack(
     targets = _features(model_a, render_views(rep, views, info_a.preprocess.input_size), info_a)
     feats_b = _features(model_b, render_views(rep, views, info_b.preprocess.input_size), info_b)
     d_a, d_b = targets.shape[1], feats_b.shape[1]
-    w_p, b_p = train_projector(feats_b.cpu().view(n, config.views, d_b), targets.cpu().view(n, config.views, d_a), config.projector_epochs, config.seed)
+    w_p, b_p, projector_fit = train_projector(feats_b.cpu().view(n, config.views, d_b), targets.cpu().view(n, config.views, d_a),
+                                              config.projector_epochs, config.seed, config.projector_recipe)
     w_c, b_c = golden["weight"].float(), golden["bias"].float()
 
     # reference figures on the synthetic set: torch projector vs the device's closed-form fit
@@ -164,6 +166,7 @@ def pack(
         "synthetic_top1": float((logits_t.argmax(1) == labels).float().mean()),
         "synthetic_top1_ridge": float((logits_r.argmax(1) == labels.numpy()).mean()),
         "projector_mse_torch": float(((feats_b.cpu() @ w_p.T + b_p - targets.cpu()) ** 2).mean()),
+        "projector_fit": {"recipe": config.projector_recipe, **projector_fit},
         "projector_mse_ridge": float(((feats_b.cpu().numpy() @ w_r.T + b_r - targets.cpu().numpy()) ** 2).mean()),
     }
 

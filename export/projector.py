@@ -1,35 +1,46 @@
-"""The host's reference Classifier-Inheritance projector (METHOD.md, Stage III), trained in torch.
+"""The host's Classifier-Inheritance projector for a bundle (METHOD.md, Stage III), fitted by
+edgedd's one linear-head trainer (``edgedd.heads``).
 
-P = Linear(D_B, D_A) fitted by MSE(P(phi_B(v)), phi_A(v)) on augmented views v of the synthetic
-images only (labels unused): Adam lr 1e-2 * batch / 256, batch min(100, N), cosine schedule,
-``epochs`` passes of N samples. Here the views are the K cached flip + RRC views per image, one
-drawn at random per sample, the same views the device re-renders for its closed-form fit.
+P = Linear(D_B, D_A) fitted by MSE(P(phi_B(v)), phi_A(v)) on the K cached flip + RRC views v of
+every synthetic image (labels unused): the views the device re-renders for its own fit.
+
+``converged`` (default)  closed-form ridge, relative strength 1e-3 (heads.py eq. 2): the same fit
+    the device computes in numpy, so the packed projector is what a device with B gets anyway.
+``reference``  METHOD.md: Adam lr 1e-2 * batch / 256, batch min(100, N), cosine schedule,
+    ``epochs`` passes of N samples, one of the K views drawn per sample.
 """
 
 from __future__ import annotations
 
 import torch
 
+from edgedd.heads import fit_ridge, mse_loss, new_projector, train_reference
 
-def train_projector(feats_b: torch.Tensor, targets_a: torch.Tensor, epochs: int = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """feats_b (N, K, D_B), targets_a (N, K, D_A) -> weight (D_A, D_B), bias (D_A,)."""
-    n, k, d_b = feats_b.shape
-    d_a = targets_a.shape[-1]
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    proj = torch.nn.Linear(d_b, d_a)
-    batch = min(100, n)
-    opt = torch.optim.Adam(proj.parameters(), lr=1e-2 * batch / 256)
-    steps_per_epoch = -(-n // batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for s in range(0, n, batch):
-            idx = perm[s : s + batch]
-            view = torch.randint(0, k, (len(idx),), generator=g)
-            loss = torch.nn.functional.mse_loss(proj(feats_b[idx, view]), targets_a[idx, view])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return proj.weight.detach().clone(), proj.bias.detach().clone()
+PROJECTOR_RIDGE = 1e-3  # the device's default (edgedd.device.runtime.fit_projector_ridge)
+
+
+class _Views:
+    """The reference recipe's sampler over (N, K, D) cached features: one view per image per epoch."""
+
+    def __init__(self, feats: tuple[torch.Tensor, ...]):
+        self.feats, self.n, self.k = feats, feats[0].shape[0], feats[0].shape[1]
+
+    def start_epoch(self, gen: torch.Generator) -> None:
+        pass
+
+    def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        view = torch.randint(0, self.k, (len(idx),), generator=gen)
+        return tuple(f[idx, view] for f in self.feats)
+
+
+def train_projector(feats_b: torch.Tensor, targets_a: torch.Tensor, epochs: int = 1000, seed: int = 0,
+                    recipe: str = "converged") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """feats_b (N, K, D_B), targets_a (N, K, D_A) -> weight (D_A, D_B), bias (D_A,), Fit.report()."""
+    gen = torch.Generator().manual_seed(seed)
+    proj = new_projector(feats_b.shape[-1], targets_a.shape[-1], gen, "cpu")
+    if recipe == "converged":
+        fit = fit_ridge(proj, feats_b, targets_a, PROJECTOR_RIDGE)
+    else:
+        batch = min(100, feats_b.shape[0])
+        fit = train_reference(proj, _Views((feats_b, targets_a)), mse_loss, epochs, batch, 1e-2 * batch / 256, gen)
+    return fit.head.weight.detach().clone(), fit.head.bias.detach().clone(), fit.report()

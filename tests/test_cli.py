@@ -184,10 +184,12 @@ def test_evaluate_through_the_cli(image_folder, tmp_path):
              "--baselines", "--train-data", str(image_folder), "--json", "-q"])
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
-    assert {"method", "backbone", "eval_backbone", "ipc", "flow_cosine", "modes", "baselines"} <= set(res)
+    assert {"method", "backbone", "eval_backbone", "ipc", "protocol", "flow_cosine", "modes", "baselines", "landing", "golden"} <= set(res)
+    assert res["protocol"] == "converged"
     assert set(res["modes"]) == {"normal", "ci"} and set(res["baselines"]) == {"random", "centroids", "neighbors", "full"}
     for v in [*res["modes"].values(), *res["baselines"].values()]:
-        assert set(v) == {"top1_mean", "top1_std", "top5_mean", "seeds"} and len(v["seeds"]) == 2
-    assert "baseline: full" in r.stderr
+        assert set(v) == {"top1_mean", "top1_std", "top5_mean", "seeds", "train_loss_start", "train_loss_final", "train_steps", "stalled"}
+        assert len(v["seeds"]) == 2 and len(v["train_loss_final"]) == 2
+    assert "baseline: full" in r.stderr and "train loss (start -> end)" in r.stderr
     bad = run(["evaluate", str(out), "--test-data", str(tmp_path / "missing"), "-q"])
     assert bad.exit_code == 1 and bad.stderr.startswith("error: ")
