@@ -29,7 +29,8 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
     from edgedd.config import AugmentConfig, StageIConfig
     from edgedd.data import CanvasDataset, open_dataset
     from edgedd.rundir import load_run
-    from edgedd.statistics import golden_probe, train_golden
+    from edgedd.heads import new_probe
+    from edgedd.statistics import train_golden
 
     device = resolve_device(device_name)
     run = load_run(run_dir)
@@ -52,7 +53,7 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
     aug = AugmentConfig()
     out = {"cached": [], "exact": [], "views": views}
     for seed in range(seeds):
-        cfg = StageIConfig(golden_views=views, seed=seed)
+        cfg = StageIConfig(golden_views=views, golden_recipe="reference", seed=seed)  # METHOD.md's recipe: what the shortcut is for
         g = torch.Generator().manual_seed(1000 + seed)
         # cached: slot 0 centre crop, slots 1..K views drawn once (Stage I's layout)
         t = time.perf_counter()
@@ -65,7 +66,9 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
         t = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         n = len(xtr)
-        head, opt, sched = golden_probe(info.num_features, train.num_classes, n, cfg, device)
+        head = new_probe(info.num_features, train.num_classes, torch.Generator().manual_seed(cfg.seed + 2), device)
+        opt = torch.optim.Adam(head.parameters(), lr=cfg.resolved_golden_lr())
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.golden_epochs * -(-n // cfg.golden_batch))
         for _ in range(cfg.golden_epochs):
             perm = torch.randperm(n, generator=gen)
             for s in range(0, n, cfg.golden_batch):

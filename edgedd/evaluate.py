@@ -263,8 +263,8 @@ class FreshViews:
         self.canvases, self.encoders, self.aug = canvases, encoders, aug
         self.n = canvases.shape[0]
 
-    def start_epoch(self, gen: torch.Generator) -> None:
-        pass
+    def epoch(self, gen: torch.Generator) -> torch.Tensor:
+        return torch.randperm(self.n, generator=gen)
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         views = sample_views(len(idx), self.aug, gen)
@@ -299,8 +299,9 @@ class CachedViews:
         full = {k: torch.cat(p).view(n, v, -1) for k, p in parts.items()}
         return cls(tuple(full[id(e)] for e in encoders))
 
-    def start_epoch(self, gen: torch.Generator) -> None:
-        self.pick = torch.randint(self.v, (self.n,), generator=gen)
+    def epoch(self, gen: torch.Generator) -> torch.Tensor:
+        self.pick = torch.randint(self.v, (self.n,), generator=gen)  # one view per image, then the order
+        return torch.randperm(self.n, generator=gen)
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         return tuple(f[idx.to(f.device), self.pick[idx].to(f.device)] for f in self.feats)
@@ -556,7 +557,7 @@ def evaluate_run(
     # then one progress bar over all training epochs
     x_test, y_test = test_features(enc_b, test, test_map, config, device)
     real_sets = _baseline_sets(run, train, train_map, enc_a, enc_b, config, device, progress) if baselines else None
-    c, n = run.num_classes, len(run.labels)
+    c = run.num_classes
     per_fit = 1 if config.protocol == "converged" else config.epochs
     total = config.seeds * len(modes) * per_fit
     if baselines:

@@ -120,11 +120,13 @@ def new_projector(d_b: int, d_a: int, gen: torch.Generator, device) -> torch.nn.
 
 
 class Sampler(Protocol):
-    """Per batch of image indices: features of one view per image, one tensor per encoder."""
+    """Per batch of image indices: features of one view per image, one tensor per encoder.
+    ``epoch(gen)`` draws what an epoch needs (the order of the images and, for cached views, the
+    view of each image) and returns the order."""
 
     n: int
 
-    def start_epoch(self, gen: torch.Generator) -> None: ...
+    def epoch(self, gen: torch.Generator) -> torch.Tensor: ...
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]: ...
 
@@ -140,8 +142,7 @@ def train_reference(head: torch.nn.Linear, sampler: Sampler, loss_fn: Callable, 
     device = head.weight.device
     first = last = float("nan")
     for epoch in range(epochs):
-        sampler.start_epoch(gen)
-        perm = torch.randperm(sampler.n, generator=gen)
+        perm = sampler.epoch(gen)
         total = 0.0
         for s in range(0, sampler.n, batch):
             idx = perm[s : s + batch]

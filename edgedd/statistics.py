@@ -45,7 +45,7 @@ from .data import LabelledImages, canvas_loader
 from .distributed import SINGLE, Dist, on_all_ranks
 from .rng import block_generator
 from .errors import EdgeddError
-from .heads import ce_loss, fit_lbfgs, new_probe, train_reference
+from .heads import ce_loss, fit_lbfgs, train_reference
 from .progress import Progress
 
 STAGE1_FORMAT = 2  # 2: per-batch view generators (independent of the number of ranks)
@@ -176,8 +176,10 @@ class ViewRows:
         rows = self.feats[sl] if self.images is None else self.feats[self.images[sl]]
         return np.asarray(rows)[:, self.slots]
 
-    def start_epoch(self, gen: torch.Generator) -> None:  # the reference recipe's sampler: one slot per image
+    def epoch(self, gen: torch.Generator) -> torch.Tensor:  # the reference recipe's sampler: the order, then one slot per image
+        perm = torch.randperm(self.shape[0], generator=gen)
         self.pick = torch.randint(len(self.slots), (self.shape[0],), generator=gen)
+        return perm
 
     @property
     def n(self) -> int:
@@ -223,7 +225,12 @@ def _top1(head: torch.nn.Linear, x, labels: np.ndarray, device) -> float:
 
 
 def _golden_head(d: int, num_classes: int, cfg: StageIConfig, device) -> torch.nn.Linear:
-    return new_probe(d, num_classes, torch.Generator().manual_seed(cfg.seed + 2), device)
+    """Linear(D, C), W ~ N(0, 0.01^2) from seed + 2 (drawn on ``device``, as edgedd always has), b = 0."""
+    head = torch.nn.Linear(d, num_classes).to(device)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.01, generator=torch.Generator(device=device).manual_seed(cfg.seed + 2))
+        head.bias.zero_()
+    return head
 
 
 def train_golden(feats, labels: np.ndarray, num_classes: int, cfg: StageIConfig, device: torch.device, progress: bool = True

@@ -25,8 +25,8 @@ class _Views:
     def __init__(self, feats: tuple[torch.Tensor, ...]):
         self.feats, self.n, self.k = feats, feats[0].shape[0], feats[0].shape[1]
 
-    def start_epoch(self, gen: torch.Generator) -> None:
-        pass
+    def epoch(self, gen: torch.Generator) -> torch.Tensor:
+        return torch.randperm(self.n, generator=gen)
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         view = torch.randint(0, self.k, (len(idx),), generator=gen)

@@ -16,8 +16,9 @@ class _Cached:
     def __init__(self, feats):
         self.feats, self.n = feats, feats[0].shape[0]
 
-    def start_epoch(self, gen):
+    def epoch(self, gen):
         self.pick = torch.randint(self.feats[0].shape[1], (self.n,), generator=gen)
+        return torch.randperm(self.n, generator=gen)
 
     def batch(self, idx, gen):
         return tuple(f[idx, self.pick[idx]] for f in self.feats)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from edgedd import data
 from edgedd.cli import app
-from edgedd.data import CanvasDataset, load_canvas, open_dataset, resize_center_crop
+from edgedd.data import load_canvas, open_dataset, resize_center_crop
 
 LIMIT_MB = 512
 
