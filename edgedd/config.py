@@ -101,7 +101,7 @@ class DistillConfig:
     augs_per_batch: int = 1  # LGM's reference value is 10 (the CLI picks it for --method lgm)
     extend_every: int = 200
     alpha: float = 0.5  # sfm_decouple: alpha * MSE(target) + (1 - alpha) * MSE(non-target)
-    beta: float = 1.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss)
+    beta: float = 10.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss); README: how 10 was chosen
     flow_denominator: str = "classes"  # "reference" reproduces the reference code's (N - 1)
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only; CPU always runs fp32

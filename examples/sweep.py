@@ -9,7 +9,7 @@ population std over distillation seeds).
     python examples/sweep.py --ipc 1 --iterations 1000 --seeds 0,1,2 --out bench/results/sweep
     python examples/sweep.py --table --out bench/results/sweep        # the table from the JSONs
 
-Methods: sfm (the paper's), sfm_anchor (beta 1), sfm_decouple alpha 0 / 0.5 / 1, lgm (augs 10).
+Methods: sfm (the paper's), sfm_anchor (beta 10), sfm_decouple alpha 0 / 0.5 / 1, lgm (augs 10).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 HOST = "edgedd/host-vit"
 METHODS = {
     "sfm": {"method": "sfm"},
-    "sfm_anchor": {"method": "sfm_anchor", "beta": 1.0},
+    "sfm_anchor": {"method": "sfm_anchor", "beta": 10.0},
     "decouple_a0": {"method": "sfm_decouple", "alpha": 0.0},
     "decouple_a0.5": {"method": "sfm_decouple", "alpha": 0.5},
     "decouple_a1": {"method": "sfm_decouple", "alpha": 1.0},
