@@ -1,7 +1,8 @@
 """A progress bar on stderr that stays out of stdout (which carries ``--json``).
 
 On a terminal it redraws one line at most ten times a second; elsewhere (CI logs, pipes) it prints
-a line every 10% so logs stay short. ``EDGEDD_PROGRESS=0`` silences it.
+a line every 10% so logs stay short. ``EDGEDD_PROGRESS=0`` silences it, whatever ``enabled`` says:
+``enabled`` can only turn a bar off (``--quiet``, a non-main rank), never past the environment.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import sys
 import time
 
 
+def progress_allowed() -> bool:
+    """False when ``EDGEDD_PROGRESS=0``: the one place every progress bar asks."""
+    return os.environ.get("EDGEDD_PROGRESS", "1").strip() != "0"
+
+
 class Progress:
     def __init__(self, total: int, desc: str, initial: int = 0, stream=None, enabled: bool | None = None):
         self.total, self.desc, self.n = max(1, total), desc, initial
         self.stream = stream or sys.stderr
-        if enabled is None:
-            enabled = os.environ.get("EDGEDD_PROGRESS", "1") != "0"
-        self.enabled = enabled
+        self.enabled = (enabled is None or bool(enabled)) and progress_allowed()
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.perf_counter()
         self.last_draw = 0.0
