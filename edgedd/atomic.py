@@ -23,7 +23,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask like open()
+        if hasattr(os, "fchmod"):  # POSIX; elsewhere the platform's default permissions stand
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask like open()
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
