@@ -153,7 +153,7 @@ def distill(
     crop_res: Optional[int] = typer.Option(None, min=1, help="Backbone input (crop) resolution [default: the backbone's]."),
     augs_per_batch: Optional[int] = typer.Option(None, min=1, help="Augmented views per image per step [default: 1; lgm: 10]."),
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="sfm_decouple: weight of target-centre matching."),
-    beta: float = typer.Option(1.0, min=0.0, help="sfm_anchor: weight of the centre anchor (0 = plain SFM)."),
+    beta: float = typer.Option(10.0, min=0.0, help="sfm_anchor: weight of the centre anchor (0 = plain SFM)."),
     flow_denominator: FlowDenominator = typer.Option(FlowDenominator.classes, help="'reference' reproduces the reference code's N-1."),
     extend_every: int = typer.Option(200, min=1, help="Pyramid extension interval (shortened for short runs)."),
     seed: int = typer.Option(0, help="Seed of every random draw in the run."),

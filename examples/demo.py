@@ -1,6 +1,6 @@
 """The main job on the embedded default, end to end, offline, on a CPU in minutes:
 
-    distill (SFM, shipped self-supervised host ViT) -> evaluate against the baselines
+    distill (anchored SFM, shipped self-supervised host ViT) -> evaluate against the baselines
     -> pack for the shipped edge CNN -> deploy-check -> predict a few test images
 
 and one results table (also written to runs/demo/RESULTS.md) with the preview of the synthetic set.
@@ -32,21 +32,21 @@ def main() -> None:
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--ipc", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=1000)
-    ap.add_argument("--epochs", type=int, default=1000, help="evaluation epochs (METHOD.md: 1000)")
+    ap.add_argument("--method", default=DistillConfig.method, help="matching loss [default: edgedd's default]")
+    ap.add_argument("--protocol", default=EvalConfig.protocol, choices=("converged", "reference"), help="evaluation protocol")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--view-cache", type=int, default=16)
     a = ap.parse_args()
     out = Path(a.out)
     t0 = time.perf_counter()
     progress = os.environ.get("EDGEDD_PROGRESS", "1") != "0"
 
-    print(f"[1/5] distill embedded:mnist with SFM on {HOST}", flush=True)
+    print(f"[1/5] distill embedded:mnist with {a.method} on {HOST}", flush=True)
     run = out / "run"
-    s = distill("embedded:mnist", HOST, run, weights="hub", config=DistillConfig(ipc=a.ipc, iterations=a.iterations),
+    s = distill("embedded:mnist", HOST, run, weights="hub", config=DistillConfig(method=a.method, ipc=a.ipc, iterations=a.iterations),
                 stage1_config=StageIConfig(), options=RunOptions(progress=progress), overwrite=True)
 
     print("[2/5] evaluate on embedded:mnist/test against the baselines", flush=True)
-    ev = evaluate_run(run, "embedded:mnist/test", modes=("normal", "ci"), config=EvalConfig(epochs=a.epochs, seeds=a.seeds, view_cache=a.view_cache),
+    ev = evaluate_run(run, "embedded:mnist/test", modes=("normal", "ci"), config=EvalConfig(protocol=a.protocol, seeds=a.seeds),
                       baselines=True, progress=progress)
 
     print(f"[3/5] pack for {EDGE}", flush=True)
@@ -64,22 +64,25 @@ def main() -> None:
 
     m, b = ev["modes"], ev["baselines"]
     pct = lambda v: f"{100 * v['top1_mean']:.1f} ± {100 * v['top1_std']:.1f}"  # noqa: E731
+    loss = lambda v: f"{sum(v['train_loss_final']) / len(v['train_loss_final']):.3g}" + (" (stalled)" if v["stalled"] else "")  # noqa: E731
     rows = [
-        ("full-data linear probe (ceiling, 4,000 real images)", HOST, pct(b["full"])),
-        (f"random real images, IPC {a.ipc}", HOST, pct(b["random"])),
-        (f"class centroids (nearest real), IPC {a.ipc}", HOST, pct(b["centroids"])),
-        (f"SFM synthetic, IPC {a.ipc}, normal probe", HOST, pct(m["normal"])),
-        (f"SFM synthetic, IPC {a.ipc}, classifier inheritance", HOST, pct(m["ci"])),
-        ("deploy-check on the edge (onnxruntime, device-fitted projector)", EDGE, f"{100 * dc['data_top1']:.1f}"),
+        ("full-data linear probe (ceiling, 4,000 real images)", HOST, pct(b["full"]), loss(b["full"])),
+        (f"random real images, IPC {a.ipc}", HOST, pct(b["random"]), loss(b["random"])),
+        (f"class centroids (nearest real), IPC {a.ipc}", HOST, pct(b["centroids"]), loss(b["centroids"])),
+        (f"{a.method} synthetic, IPC {a.ipc}, normal probe", HOST, pct(m["normal"]), loss(m["normal"])),
+        (f"{a.method} synthetic, IPC {a.ipc}, classifier inheritance", HOST, pct(m["ci"]), loss(m["ci"])),
+        ("deploy-check on the edge (onnxruntime, device-fitted projector)", EDGE, f"{100 * dc['data_top1']:.1f}", ""),
     ]
-    table = ["| | backbone | top-1 % on embedded:mnist/test (1,000) |", "|---|---|---|"]
-    table += [f"| {r} | `{bb}` | {v} |" for r, bb, v in rows]
+    table = [f"| | backbone | top-1 % on embedded:mnist/test (1,000) | final training loss ({a.protocol} protocol) |", "|---|---|---|---|"]
+    table += [f"| {r} | `{bb}` | {v} | {lo} |" for r, bb, v, lo in rows]
     right = sum(1 for x in preds if x["top"][0]["label"] == Path(x["image"]).parent.name)
     notes = [
         f"deploy-check: {'PASSED' if dc['ok'] else 'FAILED'}; batch-1 latency p50 {dc['latency_ms_p50']:.2f} ms, "
         f"p95 {dc['latency_ms_p95']:.2f} ms; peak RSS {dc['peak_rss_mb']:.0f} MB; predict: {right}/{len(preds)} of the sampled test images right.",
-        f"seeds {a.seeds}, evaluation epochs {a.epochs} (view cache {a.view_cache}), distillation {a.iterations} iterations; "
-        f"flow cosine {s['flow_cosine']:.3f}; wall time {time.perf_counter() - t0:.0f} s.",
+        f"evaluation: {a.protocol} protocol, {a.seeds} seeds; distillation: {s['method']}, {a.iterations} iterations; "
+        f"flow cosine {s['flow_cosine']:.3f}; synthetic class centres {s['landing']['centre_offset_mean']:.2f} inter-centre distances "
+        f"from the real ones; golden classifier {s['golden'].get('recipe')} recipe, held-out {100 * (s['golden'].get('heldout_top1') or 0):.1f}%; "
+        f"wall time {time.perf_counter() - t0:.0f} s.",
     ]
     text = "\n".join(table + [""] + notes)
     (out / "RESULTS.md").write_text("# edgedd demo results\n\n" + text + "\n\n![synthetic set](run/preview.png)\n")
