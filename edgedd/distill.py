@@ -25,6 +25,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from .data import LabelledImages, default_num_workers, open_dataset
 from .distributed import SINGLE, Dist, on_all_ranks, setup, shard, teardown
 from .errors import EdgeddError
 from .fidelity import synthetic_landing
+from .lock import LOCK_FILE, lock
 from .chunked import auto_chunk_size, chunked_step
 from .lgm import StepBatches, lgm_loss, random_head
 from .losses import anchor_loss, decouple_loss, flow, sfm_loss, synthetic_flow
@@ -82,22 +84,47 @@ def _flatten(d, prefix=""):
     return out
 
 
+def _refuse_foreign_out(out: Path) -> bool:
+    """Refuse a file or a directory holding something other than an edgedd run (the lock file
+    does not count: it is ours). True if ``out`` holds a run."""
+    if out.exists() and not out.is_dir():
+        raise EdgeddError(f"--out {out} is a file", "pass a directory path")
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        if not (out / "run.json").exists():
+            raise EdgeddError(f"--out {out} is not empty and is not an edgedd run directory", "choose a new or empty directory")
+        return True
+    return False
+
+
+def lock_run_dir(out: Path):
+    """The lock on ``out`` held for the whole distill (edgedd.lock): a second distill on the same
+    --out fails at once instead of mixing its files with this one's. Taken before the model loads,
+    after the checks that refuse a directory that is not ours (so nothing is written into one)."""
+    _refuse_foreign_out(out)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgeddError(f"cannot create --out {out} ({e.strerror or type(e).__name__})", "choose a writable location") from None
+    return lock(out / LOCK_FILE, f"--out {out}", remove_dir=out if created else None)
+
+
 def prepare_run_dir(out: Path, identity: dict, resume: bool, overwrite: bool) -> None:
     """Refuse to mix two runs in one directory; say which fields differ."""
     run_json = out / "run.json"
-    if out.exists() and not out.is_dir():
-        raise EdgeddError(f"--out {out} is a file", "pass a directory path")
-    if out.exists() and any(out.iterdir()):
-        if not run_json.exists():
-            raise EdgeddError(f"--out {out} is not empty and is not an edgedd run directory", "choose a new or empty directory")
+    if _refuse_foreign_out(out):
         try:
             old = json.loads(run_json.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # a damaged run.json (also not UTF-8) reads as a different run
+            old = {}
+        if not isinstance(old, dict):
             old = {}
         if overwrite:
-            shutil.rmtree(out)
+            for p in out.iterdir():  # all but the lock file, held by this run: deleting it would let a second distill in
+                if p.name != LOCK_FILE:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         elif old.get("fingerprint") != identity["fingerprint"]:
-            a, b = _flatten(old.get("identity", {})), _flatten(identity["identity"])
+            a, b = _flatten(old["identity"] if isinstance(old.get("identity"), dict) else {}), _flatten(identity["identity"])
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             raise EdgeddError(
                 f"--out {out} already holds a different run (differs in {', '.join(diff[:6]) or 'format'})",
@@ -301,8 +328,10 @@ def distill(
     check_model_name(backbone)
     group, device = setup(resolve_device(options.device))
     try:
-        return _distill(data, backbone, out, weights, config, stage1_config, options, crop_res, syn_res, resume, overwrite,
-                        source, group, device, t_start)
+        # one distill per run directory at a time: rank 0 holds the lock until the run returns
+        with group.on_main(lambda: lock_run_dir(out)) or nullcontext():
+            return _distill(data, backbone, out, weights, config, stage1_config, options, crop_res, syn_res, resume, overwrite,
+                            source, group, device, t_start)
     finally:
         teardown(group)
 

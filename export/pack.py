@@ -36,6 +36,7 @@ from edgedd.config import AugmentConfig, to_dict
 from edgedd.device import artifact as art
 from edgedd.device.runtime import fit_projector_ridge
 from edgedd.errors import EdgeddError
+from edgedd.lock import lock
 from edgedd.rundir import load_run
 
 from .onnx_graphs import OPSET, check, export_backbone, linear_graph, parity, quantize_int8
@@ -123,6 +124,19 @@ def pack(
     run_dir, out = Path(run_dir), Path(out)
     _check_out(out, overwrite)  # before any model work, so a refusal costs nothing
     run = load_run(run_dir)
+    # One pack per bundle at a time, for the whole command. The lock file is a sibling of the
+    # bundle (.NAME.edgedd.lock, beside pack's .NAME.<pid>.tmp-* directories), not inside it:
+    # the bundle directory itself is replaced by a rename at the end.
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgeddError(f"cannot create the parent of --out {out} ({e.strerror or type(e).__name__})", "choose a writable location") from None
+    with lock(out.parent / f".{out.name}.edgedd.lock", f"--out {out}"):
+        _check_out(out, overwrite)  # again, now that no other pack can change it
+        return _pack(run, out, edge_backbone, edge_weights, edge_crop_res, config, device, overwrite)
+
+
+def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: PackConfig, device: str, overwrite: bool) -> dict:
     images, labels = run.images, run.labels
     golden = {"weight": run.golden_weight, "bias": run.golden_bias}
     dev = resolve_device(device)
