@@ -50,10 +50,11 @@ from .memory import PhaseMemory
 from .preview import write_grid
 from .progress import Progress
 from .statistics import save_stage1, stage1_cached
-from .synthetic import Pyramid, extension_steps
+from .synthetic import Pyramid, extension_steps, level_resolutions
 
 RUN_FORMAT = 1
 CHECKPOINT = "checkpoint.safetensors"
+MAX_LR = 1e3  # the pyramid's logits saturate the sigmoid long before: no useful lr comes near it
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,36 @@ def save_checkpoint(path: Path, step: int, pyr: Pyramid, opt: torch.optim.Optimi
     atomic.write_bytes(path, save(tensors, metadata=meta))
 
 
+def _checkpoint_problem(meta: dict, tensors: dict, syn_res: int, total: int | None, gen: torch.Generator) -> str | None:
+    """What is wrong with a checkpoint of the right run, or None: what save_checkpoint writes, in
+    names, dtypes, shapes and finite values, so load_checkpoint can use it without another check."""
+    try:
+        step, n_levels, _ = int(meta["step"]), int(meta["levels"]), float(meta["loss"])
+    except (KeyError, TypeError, ValueError):
+        return "metadata step / levels / loss missing or not numbers"
+    res = level_resolutions(syn_res)
+    if step < 0 or not 1 <= n_levels <= len(res):
+        return f"step {step} / {n_levels} levels out of range"
+    rng = tensors.get("rng")
+    if rng is None or rng.dtype != torch.uint8 or rng.shape != gen.get_state().shape:
+        return "rng state missing, or from another kind of device"
+    level0 = tensors.get("level.0")
+    rows = total if total is not None else (level0.shape[0] if level0 is not None and level0.dim() else -1)
+    adam = "adam.0.step" in tensors
+    for i in range(n_levels):
+        want = {f"level.{i}": (rows, 3, res[i], res[i])}
+        if adam:
+            want |= {f"adam.{i}.exp_avg": want[f"level.{i}"], f"adam.{i}.exp_avg_sq": want[f"level.{i}"], f"adam.{i}.step": (1,)}
+        for k, shape in want.items():
+            t = tensors.get(k)
+            if t is None or t.dtype != torch.float32 or tuple(t.shape) != shape:
+                return f"{k} missing or not float32 {shape}"
+    for k, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            return f"non-finite values in {k}"
+    return None
+
+
 def load_checkpoint(path: Path, run_fp: str, syn_res: int, lr: float, gen: torch.Generator, device, group: Dist = SINGLE,
                     rows: tuple[int, int] | None = None, total: int | None = None):
     """Rank 0 reads the file; every rank gets its own rows of each tensor, re-sharded for the
@@ -182,6 +213,9 @@ def load_checkpoint(path: Path, run_fp: str, syn_res: int, lr: float, gen: torch
             raise EdgeddError(f"checkpoint {path} is unreadable ({type(e).__name__})", "delete it to restart the run, or pass --overwrite") from None
         if meta.get("run_fingerprint") != run_fp:
             raise EdgeddError(f"checkpoint {path} belongs to another run", "pass --overwrite to start over")
+        problem = _checkpoint_problem(meta, tensors, syn_res, total, gen)
+        if problem:  # a damaged or edited checkpoint: one line, never NaN images or a traceback later
+            raise EdgeddError(f"checkpoint {path} is damaged ({problem})", "delete it to restart the run, or pass --overwrite")
         return meta, tensors
 
     meta, tensors = group.on_main(read) or ({}, {})
@@ -299,8 +333,9 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgeddError(f"--beta must be a finite value >= 0 (got {cfg.beta})", "pass e.g. 1.0 (0 is plain SFM)")
     if not 0 <= cfg.alpha <= 1:
         raise EdgeddError(f"--alpha must lie in [0, 1] (got {cfg.alpha})", "pass a value between 0 and 1")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise EdgeddError(f"--lr must be positive (got {cfg.lr})", "pass a positive learning rate")
+    # finite, and at most MAX_LR: far larger steps overflow Adam's float32 update (a traceback at 1e38)
+    if not (0 < cfg.lr <= MAX_LR):
+        raise EdgeddError(f"--lr must be a finite value in (0, {MAX_LR:g}] (got {cfg.lr})", "pass a positive learning rate, e.g. 2e-3")
 
 
 def distill(
@@ -415,6 +450,11 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
                                     chunk, _autocast(device, cfg.amp), group)
             opt.step()
             loss_value = loss.item()
+            if not math.isfinite(loss_value):  # stop before a NaN reaches a checkpoint or the result (the last checkpoint stays)
+                raise on_all_ranks(EdgeddError(
+                    f"the loss became {loss_value} at step {step + 1} of {cfg.iterations}",
+                    "the learning rate is likely too high (lower --lr) or the Stage I statistics are damaged "
+                    "(rerun into a new --out with --no-cache)"))
             if in_step is not None:
                 step_memory = {**in_step.peak_mb(), "step": step}
             done = step + 1
@@ -440,6 +480,9 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
         images = group.rows_to_main(pyr.decode().detach().float(), n)
     if not main:
         return None
+    if not torch.isfinite(images).all():  # a finite loss with a non-finite last update: never write such a result
+        raise EdgeddError(f"the synthetic images became non-finite at step {stop} of {cfg.iterations}",
+                          "the learning rate is likely too high (lower --lr) or the Stage I statistics are damaged")
     labels = torch.arange(c).repeat_interleave(cfg.ipc)
     fcos = flow_cosine(model, images.to(device), info, flow_real, c, cfg.amp)
     lands = synthetic_landing(lambda x: encode(model, x, pp, amp=cfg.amp), images.to(device), pp.input_size, labels,
