@@ -13,6 +13,7 @@ run directory:
     synthetic.json                 class names, preprocessing and config of the result
     preview.png                    the final grid
     summary.json                   figures of the run; written last, marks it finished
+    .edgedd.lock                   while a distill runs: its lock (edgedd.lock), removed at the end
 
 Each file is written atomically. Resuming needs only ``checkpoint.safetensors``: it holds every
 piece of state the loop has (including the one generator all randomness comes from), so a resumed
