@@ -42,7 +42,8 @@ Baselines (``baselines=True``), each trained with the ``normal`` protocol on phi
 ``centroids``  per class the IPC real images whose phi_A centre-crop features lie nearest the
                class centre mu_c of stats.safetensors (Euclidean)
 ``neighbors``  for each synthetic image the nearest real image of its class in phi_A centre-crop
-               feature space (duplicates kept: one real image per synthetic image)
+               feature space by cosine similarity, as the reference code (duplicates kept: one
+               real image per synthetic image)
 ``full``       the golden classifier's own recipe (``statistics.train_golden`` with the run's
                Stage I config) on phi_B of the whole training set: centre view + K views per image
 
@@ -495,14 +496,15 @@ def select_centroids(feats: torch.Tensor, labels: torch.Tensor, centres: torch.T
 
 
 def select_neighbors(feats: torch.Tensor, labels: torch.Tensor, syn_feats: torch.Tensor, syn_labels: torch.Tensor) -> torch.Tensor:
-    """For each synthetic image the real image of its class with the smallest ||phi_A(x) - phi_A(s)||."""
+    """For each synthetic image the real image of its class with the largest cos(phi_A(x), phi_A(s))
+    (the reference code's cosine; Euclidean distance also weighs the feature norm). Ties: the first."""
     out = []
     for s, c in zip(syn_feats, syn_labels.tolist()):
         pool = torch.nonzero(labels == c).flatten()
         if len(pool) == 0:
             raise EdgeddError(f"the training data has no readable image of class {c}", "pass the data the run was distilled on")
-        d = (feats[pool].double() - s.double()).norm(dim=1)
-        out.append(pool[torch.argmin(d)])
+        sim = torch.nn.functional.cosine_similarity(feats[pool].double(), s.double().unsqueeze(0), dim=1)
+        out.append(pool[torch.argmax(sim)])
     return torch.stack(out)
 
 

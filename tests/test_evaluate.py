@@ -178,3 +178,15 @@ def test_user_errors(tiny, tmp_path):
     odd = make_image_folder(tmp_path / "odd", classes=("circle", "triangle"), per_class=2)
     with pytest.raises(EdgeddError, match="triangle"):
         evaluate_run(tiny["run"], str(odd), config=FAST, progress=False)
+
+
+def test_neighbors_by_cosine_not_euclidean():
+    """The neighbours baseline picks by cosine (the reference code's): a long vector in the synthetic
+    feature's direction wins over a short one that is closer in Euclidean distance."""
+    from edgedd.evaluate import select_neighbors
+
+    feats = torch.tensor([[0.5, 0.5], [10.0, 0.0], [0.0, 1.0], [0.0, 7.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    syn = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # Euclidean would pick image 0 for the first (distance 0.71 vs 9); cosine picks image 1
+    assert select_neighbors(feats, labels, syn, torch.tensor([0, 1])).tolist() == [1, 2]
