@@ -7,6 +7,10 @@ and view parameters can be saved and re-rendered elsewhere.
 A view is described by :class:`Views`: a crop box ``(x0, y0, x1, y1)`` in [0, 1] image
 coordinates and a horizontal flip flag. Rendering resamples the box to ``out`` x ``out`` pixels
 with bilinear ``grid_sample`` (``align_corners=False``), so gradients reach every source pixel.
+
+Two crop samplers (``AugmentConfig.crop_sampler``): ``torchvision`` (the default) keeps every box
+inside the image, border padding; ``reference`` reproduces the reference code's boxes, which may
+reach past the edge (zero padding there): see :func:`sample_views`.
 """
 
 from __future__ import annotations
@@ -23,22 +27,41 @@ from .rng import block_rows, draw_seed
 
 @dataclass
 class Views:
-    boxes: torch.Tensor  # (n, 4) float32: x0, y0, x1, y1 in [0, 1]
+    boxes: torch.Tensor  # (n, 4) float32: x0, y0, x1, y1 in [0, 1] (past it with zero padding)
     flips: torch.Tensor  # (n,) bool
+    padding: str = "border"  # grid_sample's padding_mode: "zeros" for the reference sampler
 
     def to(self, device) -> "Views":
-        return Views(self.boxes.to(device), self.flips.to(device))
+        return Views(self.boxes.to(device), self.flips.to(device), self.padding)
 
 
 def sample_views(n: int, cfg: AugmentConfig, gen: torch.Generator, device=None, tries: int = 10) -> Views:
-    """Random-resized-crop boxes (torchvision's rule, vectorised) and flips for ``n`` square images.
+    """Random-resized-crop boxes and flips for ``n`` square images, by ``cfg.crop_sampler``.
 
-    For each image, ``tries`` candidates: area fraction ~ U(scale), log aspect ~ U(log ratio);
-    the first candidate that fits inside the image wins, else the whole image. Position uniform.
+    ``torchvision`` (torchvision's rule, vectorised): for each image, ``tries`` candidates: area
+    fraction ~ U(scale), log aspect ~ U(log ratio); the first candidate that fits inside the image
+    wins, else the whole image. Position uniform. Mean area 0.478 at the reference scale/ratio.
+
+    ``reference`` (the reference code's boxes): one candidate, never rejected: w = sqrt(a r),
+    h = sqrt(a / r) may exceed 1 (up to sqrt(4/3) = 1.155); the offset is drawn the same way
+    (x0 = (1 - w) u, so a box wider than the image overhangs both edges) and the part past the
+    edge renders as zeros. Mean area = the mean of U(scale) = 0.540; ~14% of boxes reach past an
+    edge at scale (0.08, 1), ratio 3/4-4/3.
     """
     device = device or gen.device
     lo, hi = cfg.crop_scale
     log_r = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
+    if cfg.crop_sampler == "reference":
+        u = torch.rand(n, 4, generator=gen, device=device)
+        area = lo + (hi - lo) * u[:, 0]
+        ratio = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * u[:, 1])
+        w, h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
+        x0, y0 = (1 - w) * u[:, 2], (1 - h) * u[:, 3]
+        boxes = torch.stack([x0, y0, x0 + w, y0 + h], dim=1).float()
+        flips = torch.rand(n, generator=gen, device=device) < cfg.flip_p
+        return Views(boxes, flips, "zeros")
+    if cfg.crop_sampler != "torchvision":
+        raise ValueError(f"unknown crop sampler {cfg.crop_sampler!r}")
     u = torch.rand(n, tries, 4, generator=gen, device=device)
     area = lo + (hi - lo) * u[..., 0]
     ratio = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * u[..., 1])
@@ -71,7 +94,7 @@ def render_views(images: torch.Tensor, views: Views, out: int) -> torch.Tensor:
     theta[:, 0, 0], theta[:, 0, 2] = sx, tx
     theta[:, 1, 1], theta[:, 1, 2] = sy, ty
     grid = F.affine_grid(theta, [n, images.shape[1], out, out], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode=views.padding, align_corners=False)
 
 
 @dataclass
@@ -83,7 +106,8 @@ class AugmentParams:
     noise: torch.Tensor | None  # (n, 3, out, out): the additive term m * (mean + std * eps), or None
 
     def __getitem__(self, idx) -> "AugmentParams":
-        return AugmentParams(Views(self.views.boxes[idx], self.views.flips[idx]), None if self.noise is None else self.noise[idx])
+        return AugmentParams(Views(self.views.boxes[idx], self.views.flips[idx], self.views.padding),
+                             None if self.noise is None else self.noise[idx])
 
 
 def sample_augment(n: int, cfg: AugmentConfig, out: int, gen: torch.Generator, noise: bool = True, dtype=torch.float32) -> AugmentParams:
@@ -99,7 +123,7 @@ def sample_augment(n: int, cfg: AugmentConfig, out: int, gen: torch.Generator, n
 
 def _cat_params(parts) -> AugmentParams:
     sliced = [p[lo:hi] for p, lo, hi in parts]
-    views = Views(torch.cat([p.views.boxes for p in sliced]), torch.cat([p.views.flips for p in sliced]))
+    views = Views(torch.cat([p.views.boxes for p in sliced]), torch.cat([p.views.flips for p in sliced]), sliced[0].views.padding)
     noise = None if sliced[0].noise is None else torch.cat([p.noise for p in sliced])
     return AugmentParams(views, noise)
 

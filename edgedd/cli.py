@@ -133,6 +133,11 @@ class FlowDenominator(str, enum.Enum):
     reference = "reference"
 
 
+class CropSampler(str, enum.Enum):
+    torchvision = "torchvision"
+    reference = "reference"
+
+
 @app.command(epilog="""Examples:
 
 \b
@@ -155,6 +160,7 @@ def distill(
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="sfm_decouple: weight of target-centre matching."),
     beta: float = typer.Option(10.0, min=0.0, help="sfm_anchor: weight of the centre anchor (0 = plain SFM)."),
     flow_denominator: FlowDenominator = typer.Option(FlowDenominator.classes, help="'reference' reproduces the reference code's N-1."),
+    crop_sampler: CropSampler = typer.Option(CropSampler.torchvision, help="Crop boxes of the synthetic views: torchvision's (inside the image) or the reference code's (up to 1.155x wide, zero padding past the edge)."),
     extend_every: int = typer.Option(200, min=1, help="Pyramid extension interval (shortened for short runs)."),
     seed: int = typer.Option(0, help="Seed of every random draw in the run."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
@@ -179,7 +185,7 @@ def distill(
     Several GPUs or nodes: launch with torchrun, e.g. torchrun --nproc-per-node 8 -m edgedd distill ...
     """
     _need_host("distill")
-    from .config import DistillConfig, StageIConfig
+    from .config import AugmentConfig, DistillConfig, StageIConfig
     from .distill import RunOptions, distill as run
 
     summary = run(
@@ -191,6 +197,7 @@ def distill(
             method=method.value, ipc=ipc, iterations=iterations, lr=lr,
             augs_per_batch=augs_per_batch or (10 if method is Method.lgm else 1),
             alpha=alpha, beta=beta, flow_denominator=flow_denominator.value, extend_every=extend_every, seed=seed,
+            augment=AugmentConfig(crop_sampler=crop_sampler.value),
         ),
         stage1_config=StageIConfig(batch_size=batch_size, golden_views=golden_views, golden_recipe=golden_recipe.value,
                                   golden_epochs=golden_epochs, seed=seed),

@@ -16,6 +16,7 @@ from typing import Any
 METHODS = ("sfm", "sfm_anchor", "sfm_decouple", "lgm")
 GOLDEN_RECIPES = ("converged", "reference")
 FLOW_DENOMINATORS = ("classes", "reference")
+CROP_SAMPLERS = ("torchvision", "reference")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class AugmentConfig:
     noise_p: float = 0.5
     noise_mean: float = 0.5  # the reference code's value; kept for fidelity, configurable
     noise_std: float = 0.2
+    # "torchvision": RandomResizedCrop's rule, boxes inside the image (10 tries, then the whole
+    # image; mean area 0.478). "reference": the reference code's boxes, never rejected, so up to
+    # sqrt(4/3) = 1.155x wide and past the edge, zero padding there (mean area 0.540, ~14% over).
+    crop_sampler: str = "torchvision"
 
 
 @dataclass(frozen=True)

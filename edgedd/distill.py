@@ -38,7 +38,7 @@ from .stio import torch_serialize as save
 from . import __version__, atomic
 from .augment import StepDraws, apply_augment, augment, center_crop, normalize
 from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, encode, load_backbone, resolve_device
-from .config import METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
+from .config import CROP_SAMPLERS, METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, default_num_workers, open_dataset
 from .distributed import SINGLE, Dist, on_all_ranks, setup, shard, teardown
 from .errors import EdgeddError
@@ -327,6 +327,8 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgeddError(f"unknown method {cfg.method!r}", f"choose one of {', '.join(METHODS)}")
     if cfg.flow_denominator not in FLOW_DENOMINATORS:
         raise EdgeddError(f"unknown flow denominator {cfg.flow_denominator!r}", f"choose one of {', '.join(FLOW_DENOMINATORS)}")
+    if cfg.augment.crop_sampler not in CROP_SAMPLERS:
+        raise EdgeddError(f"unknown crop sampler {cfg.augment.crop_sampler!r}", f"choose one of {', '.join(CROP_SAMPLERS)}")
     for name in ("ipc", "iterations", "augs_per_batch", "extend_every", "syn_res", "crop_res"):
         if getattr(cfg, name) < 1:
             raise EdgeddError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})", "pass a positive value")

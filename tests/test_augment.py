@@ -1,0 +1,76 @@
+"""The crop samplers of edgedd.augment: torchvision's (the default) and the reference code's."""
+
+from __future__ import annotations
+
+import torch
+
+from edgedd.augment import render_views, sample_views
+from edgedd.config import AugmentConfig
+from edgedd.distill import validate
+from edgedd.config import DistillConfig
+from edgedd.errors import EdgeddError
+
+import pytest
+
+DRAWS = 100_000
+
+
+def _stats(sampler: str, seed: int = 0):
+    v = sample_views(DRAWS, AugmentConfig(crop_sampler=sampler), torch.Generator().manual_seed(seed))
+    b = v.boxes.double()
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    over = ((b[:, :2] < 0).any(1) | (b[:, 2:] > 1).any(1)).double().mean()
+    return v, float(area.mean()), float(over)
+
+
+def test_reference_sampler_matches_the_reference_box_distribution():
+    """Mean area 0.54 +- 0.01 over 100k draws (the mean of U(0.08, 1): no box is rejected), about
+    14% of the boxes reach past an edge, none wider than sqrt(4/3), zero padding there."""
+    v, area, over = _stats("reference")
+    assert abs(area - 0.54) <= 0.01, area
+    assert 0.12 <= over <= 0.16, over
+    w, h = v.boxes[:, 2] - v.boxes[:, 0], v.boxes[:, 3] - v.boxes[:, 1]
+    assert float(torch.maximum(w, h).max()) <= (4 / 3) ** 0.5 + 1e-6
+    assert v.padding == "zeros"
+    assert 0.45 <= float(v.flips.double().mean()) <= 0.55
+
+
+def test_default_sampler_is_unchanged_and_stays_inside():
+    v, area, over = _stats("torchvision")
+    assert AugmentConfig().crop_sampler == "torchvision" and v.padding == "border"
+    assert over == 0.0
+    assert abs(area - 0.478) <= 0.01, area
+
+
+def test_reference_boxes_past_the_edge_render_zeros():
+    img = torch.ones(1, 3, 16, 16)
+    from edgedd.augment import Views
+
+    inside = render_views(img, Views(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([False]), "zeros"), 8)
+    assert torch.allclose(inside, torch.ones_like(inside))
+    wide = render_views(img, Views(torch.tensor([[-0.5, 0.0, 1.5, 1.0]]), torch.tensor([False]), "zeros"), 8)
+    assert float(wide[..., 0].abs().max()) == 0.0 and float(wide[..., 4].min()) == 1.0
+    border = render_views(img, Views(torch.tensor([[-0.5, 0.0, 1.5, 1.0]]), torch.tensor([False])), 8)
+    assert torch.allclose(border, torch.ones_like(border))
+
+
+def test_unknown_sampler_is_one_line():
+    with pytest.raises(EdgeddError, match="unknown crop sampler"):
+        validate(DistillConfig(augment=AugmentConfig(crop_sampler="kornia")))
+
+
+def test_distill_cli_takes_crop_sampler_reference(image_folder, tmp_path):
+    """--crop-sampler reference reaches Stage II and is recorded with the run's config."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from conftest import tiny_distill_args
+    from edgedd.cli import app
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, out, "--iterations", "4", "--crop-sampler", "reference"))
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((out / "run.json").read_text())["identity"]["distill"]["augment"]["crop_sampler"] == "reference"
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "bad", "--crop-sampler", "kornia"))
+    assert r.exit_code == 2
