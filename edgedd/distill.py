@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -37,7 +38,7 @@ from .stio import torch_serialize as save
 
 from . import __version__, atomic
 from .augment import StepDraws, apply_augment, augment, center_crop, normalize
-from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, encode, load_backbone, resolve_device
+from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, distill_resolution, encode, load_backbone, resolve_device
 from .config import CROP_SAMPLERS, METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, default_num_workers, open_dataset
 from .distributed import SINGLE, Dist, on_all_ranks, setup, shard, teardown
@@ -49,7 +50,7 @@ from .lgm import StepBatches, lgm_loss, random_head
 from .losses import anchor_loss, decouple_loss, flow, sfm_loss, synthetic_flow
 from .memory import PhaseMemory
 from .preview import write_grid
-from .progress import Progress
+from .progress import Progress, progress_allowed
 from .statistics import save_stage1, stage1_cached
 from .synthetic import Pyramid, extension_steps, level_resolutions
 
@@ -380,8 +381,12 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
     if group.enabled and config.method == "lgm":
         raise on_all_ranks(EdgeddError("--method lgm runs on one process (its loss needs the whole real batch and synthetic set)",
                                        "launch it without torchrun, or use --method sfm"))
+    # reference-faithful sizes unless overridden or impossible (the rule: edgedd.backbones.distill_resolution)
+    crop_res, syn_res, size_rule = distill_resolution(backbone, crop_res, syn_res)
     model, info = load_backbone(backbone, weights, input_size=crop_res, resize_size=syn_res, device=device, seed=config.seed)
     pp = info.preprocess
+    if main and options.progress and progress_allowed():  # progress information: silent with -q / EDGEDD_PROGRESS=0
+        print(f"resolution: synthetic {pp.resize_size} / crop {pp.input_size} ({size_rule})", file=sys.stderr, flush=True)
     cfg = replace(config, syn_res=pp.resize_size, crop_res=pp.input_size)
     c, n = source.num_classes, source.num_classes * cfg.ipc
     if n < group.world:
