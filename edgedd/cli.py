@@ -150,7 +150,7 @@ def distill(
     backbone: str = typer.Option(..., "--backbone", "-b", help="timm model name (e.g. vit_small_patch14_dinov2.lvd142m) or a shipped edgedd/host-vit, edgedd/edge-cnn."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
     weights: str = typer.Option("hub", help="'hub' (pretrained: online, or packaged for edgedd/* backbones), a local .safetensors file, or 'random'."),
-    method: Method = typer.Option(Method.sfm, help="Matching loss: SFM (the paper's), SFM with a centre anchor, the decoupled ablation, or the LGM baseline."),
+    method: Method = typer.Option(Method.sfm_anchor, help="Matching loss: SFM with a centre anchor (edgedd's default), SFM (the paper's), the decoupled ablation, or the LGM baseline."),
     ipc: int = typer.Option(1, min=1, help="Synthetic images per class."),
     iterations: int = typer.Option(5000, min=1, help="Distillation steps."),
     lr: float = typer.Option(2e-3, help="Adam learning rate on the pyramid levels."),

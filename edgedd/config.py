@@ -97,7 +97,7 @@ class StageIConfig:
 class DistillConfig:
     """Stage II: Statistical Flow Matching."""
 
-    method: str = "sfm"
+    method: str = "sfm_anchor"  # edgedd's default (README, "Methods compared"); "sfm" is the paper's
     ipc: int = 1
     iterations: int = 5000
     lr: float = 2e-3

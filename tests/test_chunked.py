@@ -10,7 +10,7 @@ from edgedd.losses import flow
 from edgedd.synthetic import Pyramid
 
 
-@pytest.mark.parametrize("method, augs, chunk", [("sfm", 1, 1), ("sfm", 1, 4), ("sfm", 3, 5), ("sfm_decouple", 2, 7)])
+@pytest.mark.parametrize("method, augs, chunk", [("sfm", 1, 1), ("sfm", 1, 4), ("sfm", 3, 5), ("sfm_decouple", 2, 7), ("sfm_anchor", 2, 3)])
 def test_chunked_gradients_equal_one_pass(tiny_backbone, method, augs, chunk):
     model, info = tiny_backbone
     c, ipc = 3, 3

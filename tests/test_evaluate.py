@@ -74,7 +74,7 @@ def test_json_contract_with_baselines(tiny):
     assert r["protocol"] == "reference" and r["golden"]["recipe"] == "reference"
     assert set(r["landing"]) >= {"centre_offset_mean", "norm_ratio", "golden_top1_centre_view", "golden_top1_augmented_views"}
     summary = json.loads((tiny["run"] / "summary.json").read_text())
-    assert (r["method"], r["backbone"], r["eval_backbone"], r["ipc"]) == ("sfm", "test_vit", "test_vit", 2)
+    assert (r["method"], r["backbone"], r["eval_backbone"], r["ipc"]) == ("sfm_anchor", "test_vit", "test_vit", 2)
     assert r["flow_cosine"] == summary["flow_cosine"]
     assert r["config"] == to_dict(FAST) and r["test_images"] == 18
     assert set(r["modes"]) == {"normal", "ci", "kd"} and set(r["baselines"]) == set(BASELINES)
