@@ -58,3 +58,27 @@ def test_blocker_really_blocks():
     code = SCRIPT.split("from edgedd.cli import main")[0] + "\ntry:\n    import torch\nexcept ImportError:\n    print('blocked')\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "blocked"
+
+
+API_SCRIPT = r"""
+import json, sys
+sys.modules["torch"] = None  # a device install: import torch raises
+import edgedd
+after_import = sorted(m for m in ("torch", "timm", "onnxruntime") if m in sys.modules and sys.modules[m] is not None)
+b = edgedd.Bundle.open(sys.argv[1])
+top = b.predict(sys.argv[2], top_k=2)
+print(json.dumps({"after_import": after_import, "classes": b.classes, "top": top,
+                  "heavy": sorted(m for m in ("torch", "timm", "torchvision") if sys.modules.get(m) is not None)}))
+"""
+
+
+def test_python_api_on_a_device_imports_no_torch(packed, tmp_path):
+    """`import edgedd` loads neither torch nor onnxruntime; edgedd.Bundle opens and predicts without torch."""
+    bundle = tmp_path / "b"
+    shutil.copytree(packed["bundle"], bundle)
+    img = str(sorted((packed["heldout"] / "stripes").iterdir())[0])
+    r = subprocess.run([sys.executable, "-c", API_SCRIPT, str(bundle), img], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["after_import"] == [] and out["heavy"] == [] and out["classes"] == ["circle", "square", "stripes"]
+    assert len(out["top"]) == 2 and out["top"][0][0] in out["classes"]

@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 FINETUNED_FILE = "projector.finetuned.safetensors"
 ROLES = ("backbone", "projector", "classifier")
+VARIANTS = ("fp32", "int8")  # the backbone graphs a bundle can hold ("int8" only if packed with --int8)
 SYNTHETIC_SLACK = 0.05  # device vs host top-1 on the synthetic set, same projector (at least one image)
 
 
@@ -55,12 +56,41 @@ GRAPH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 @dataclass
 class Bundle:
+    """A verified bundle with its onnxruntime sessions open: the device side's Python API.
+
+    ``Bundle.open(path)`` verifies the bundle once (artifact hash, every graph's sha256, no
+    external data; :func:`open_bundle`) and loads the device-fitted projector when deploy-check
+    wrote a valid one for this artifact and this backbone variant (:func:`load_finetuned`);
+    ``predict`` then reuses the sessions, so a camera loop pays for neither again::
+
+        b = Bundle.open("bundles/mnist")
+        b.predict(frame, top_k=3)       # [(label, prob), ...] for one image
+        b.predict([a, b2, "x.png"])     # one such list per image
+
+    Images: a file path, a PIL image, an (H, W, 3) uint8 RGB array, or a list of those (an
+    (N, H, W, 3) uint8 array is a list too). Preprocessing is ``edgedd predict``'s, byte for byte:
+    RGB (alpha over black), shorter side to the canvas, centre crop, normalise.
+    """
+
     directory: Path
     artifact: art.Artifact
     sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
     providers: list[str] = field(default_factory=list)
     variant: str = "fp32"  # which backbone the sessions run: "fp32" or "int8"
     graph_sha256: dict[str, str] = field(default_factory=dict)
+    # The device-fitted projector (W, b) that Bundle.open found for this variant; None: the packed projector graph.
+    projector: tuple[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None) -> Bundle:
+        """Verify the bundle, open its sessions (``int8``: the int8 backbone) and load the fitted projector.
+
+        Raises EdgeddError (one line with the fix) for a bundle that does not verify, a missing
+        int8 backbone, or a fitted projector that is damaged or was fitted on the other variant.
+        """
+        b = open_bundle(directory, int8=int8, providers=providers)
+        b.projector = load_finetuned(b)
+        return b
 
     @property
     def meta(self) -> dict:
@@ -73,6 +103,34 @@ class Bundle:
     @property
     def class_names(self) -> list[str]:
         return self.meta["class_names"]
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in label order (a copy)."""
+        return list(self.class_names)
+
+    def inputs(self, images) -> np.ndarray:
+        """Images (one or a list, see the class docstring) -> normalised (n, 3, S, S) edge inputs."""
+        pp = self.edge_preprocess
+        canvases = [edge_canvas(im, pp["resize_size"], pp["interpolation"]) for im in as_image_list(images)]
+        if not canvases:
+            return np.zeros((0, 3, pp["input_size"], pp["input_size"]), np.float32)
+        x = np.stack(canvases).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        return normalize(center_crop(x, pp["input_size"]), pp["mean"], pp["std"])
+
+    def probabilities(self, images) -> np.ndarray:
+        """Softmax class probabilities, (n, classes) float32, for one image or a list."""
+        x = self.inputs(images)
+        if not len(x):
+            return np.zeros((0, len(self.class_names)), np.float32)
+        return softmax(classify(self, x, self.projector))
+
+    def predict(self, images, top_k: int = 5) -> list:
+        """The ``top_k`` most probable (label, prob), best first: a list for one image, a list of
+        such lists for a list of images."""
+        prob = self.probabilities(images)
+        rows = [[(self.class_names[i], float(row[i])) for i in top_indices(row, top_k)] for row in prob]
+        return rows if is_image_list(images) else rows[0]
 
 
 def read_graph(directory: Path, role: str, entry) -> bytes:
@@ -118,7 +176,7 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
     graphs = dict(graphs) if isinstance(graphs, dict) else {}
     if int8:
         if "backbone_int8" not in graphs:
-            raise EdgeddError(f"bundle {directory} has no int8 backbone", "re-pack with --int8")
+            raise EdgeddError(f"bundle {directory} has no int8 backbone", "re-pack it on the host with edgedd pack --int8, or run without --int8")
         graphs["backbone"] = graphs["backbone_int8"]
     available = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]  # remote-only EP
     chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
@@ -257,8 +315,13 @@ def load_finetuned(b: Bundle) -> tuple[np.ndarray, np.ndarray] | None:
         raise bad("damaged") from None
     if md.get("artifact_sha256") != b.artifact.file_sha256:
         raise bad("fitted for another artifact")
-    if md.get("backbone") != b.variant:
-        raise bad(f"fitted for the {md.get('backbone') or 'unknown'} backbone, this run uses {b.variant}")
+    fitted_on = md.get("backbone")
+    if fitted_on in VARIANTS and fitted_on != b.variant:  # the other variant's fit: say how to get this one's
+        raise EdgeddError(f"{path} is not a valid fitted projector for this bundle (fitted for the {fitted_on} backbone, this run uses {b.variant})",
+                          f"run edgedd deploy-check{' --int8' if b.variant == 'int8' else ''} on this bundle to fit it for the {b.variant} "
+                          f"backbone (it replaces the {fitted_on} fit), or run with{'out' if b.variant == 'int8' else ''} --int8")
+    if fitted_on != b.variant:
+        raise bad(f"fitted for the {fitted_on or 'unknown'} backbone, this run uses {b.variant}")
     if md.get("backbone_sha256") != b.graph_sha256["backbone"]:
         raise bad("fitted for another backbone graph")
     problem = projector_problem(b, w, bias)
@@ -455,30 +518,62 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
     return report
 
 
-def predict(directory: str | Path, images: list[str], topk: int = 5) -> list[dict]:
-    from ..data import UNREADABLE_IMAGE, load_canvas
+def is_image_list(images) -> bool:
+    """A list/tuple of images, or an (N, H, W, 3) array; anything else is one image."""
+    return isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4)
 
-    b = open_bundle(directory)
-    projector = load_finetuned(b)
-    pp = b.edge_preprocess
-    xs = []
-    for p in images:
+
+def as_image_list(images) -> list:
+    return list(images) if is_image_list(images) else [images]
+
+
+def edge_canvas(image, size: int, interpolation: str) -> np.ndarray:
+    """One image (file path, PIL image or (H, W, 3) uint8 array) -> (size, size, 3) uint8 canvas,
+    decoded and resized exactly as ``edgedd predict`` does for files (:func:`edgedd.data.load_canvas`)."""
+    from PIL import Image
+
+    from ..data import UNREADABLE_IMAGE, load_canvas, resize_center_crop, to_rgb
+
+    if isinstance(image, (str, os.PathLike)):
         try:
-            xs.append(load_canvas(str(p), pp["resize_size"], pp["interpolation"]).transpose(2, 0, 1))
+            return load_canvas(str(image), size, interpolation)
         except FileNotFoundError:
-            raise EdgeddError(f"image {p} does not exist", "pass existing image files") from None
+            raise EdgeddError(f"image {image} does not exist", "pass existing image files") from None
         except UNREADABLE_IMAGE as e:  # incl. decompression bombs and MemoryError
-            raise EdgeddError(f"cannot read image {p} ({type(e).__name__})", "pass a JPEG, PNG, BMP or WebP file") from None
-    x = normalize(center_crop(np.stack(xs).astype(np.float32) / 255.0, pp["input_size"]), pp["mean"], pp["std"])
-    logits = classify(b, x, projector)
+            raise EdgeddError(f"cannot read image {image} ({type(e).__name__})", "pass a JPEG, PNG, BMP or WebP file") from None
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+            raise EdgeddError(f"an image array of shape {image.shape} and dtype {image.dtype} is not an RGB image",
+                              "pass (H, W, 3) uint8 arrays (e.g. np.asarray(pil_image.convert('RGB')))")
+        image = Image.fromarray(np.ascontiguousarray(image), "RGB")
+    if not isinstance(image, Image.Image):
+        raise EdgeddError(f"cannot classify a {type(image).__name__}", "pass a file path, a PIL image or an (H, W, 3) uint8 array")
+    return np.asarray(resize_center_crop(to_rgb(image), size, interpolation), dtype=np.uint8)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(1, keepdims=True)
-    prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    k = min(topk, prob.shape[1])
-    out = []
-    for p, row in zip(images, prob):
-        idx = np.argsort(-row)[:k]
-        out.append({"image": str(p), "top": [{"label": b.class_names[i], "index": int(i), "prob": float(row[i])} for i in idx]})
-    return out
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def top_indices(prob: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries of one row, largest first (ties: lower index first)."""
+    if k < 1:
+        raise EdgeddError(f"top_k is {k}", "ask for at least one label")
+    return np.argsort(-prob, kind="stable")[: min(k, len(prob))]
+
+
+def predict_files(b: Bundle, images: list[str], topk: int = 5) -> list[dict]:
+    """``edgedd predict``'s answer: per image file, the ``topk`` labels with index and probability."""
+    prob = b.probabilities([str(p) for p in images])
+    return [{"image": str(p), "top": [{"label": b.class_names[i], "index": int(i), "prob": float(row[i])} for i in top_indices(row, topk)]}
+            for p, row in zip(images, prob)]
+
+
+def predict(directory: str | Path, images: list[str], topk: int = 5, int8: bool = False) -> list[dict]:
+    """Open (and verify) the bundle, then :func:`predict_files`."""
+    return predict_files(Bundle.open(directory, int8=int8), images, topk)
 
 
 def inspect(path: str | Path) -> dict:
