@@ -383,20 +383,27 @@ def deploy_check(
 \b
   edgedd predict bundles/mnist digit.png
   edgedd predict bundles/effnet photo1.jpg photo2.png --top-k 3 --json
+  edgedd predict bundles/effnet photo1.jpg --int8
+
+The device-fitted projector (written by deploy-check) is used when it was fitted on the same
+backbone variant: after deploy-check --int8 predict with --int8, after deploy-check without it.
 """)
 @handle_errors
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle directory made by edgedd pack."),
     images: list[Path] = typer.Argument(..., help="Image files to classify."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Labels to show per image."),
+    int8: bool = typer.Option(False, "--int8", help="Use the bundle's int8 backbone (packed with pack --int8)."),
     json_out: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
 ) -> None:
     """Classify images with a bundle (uses the device-fitted projector when there is one)."""
-    from .device.runtime import predict as run
+    from .device.runtime import Bundle, predict_files
 
-    r = run(bundle, [str(p) for p in images], top_k)
+    b = Bundle.open(bundle, int8=int8)
+    r = predict_files(b, [str(p) for p in images], top_k)
     if json_out:
-        _print_json("predict", {"bundle": str(bundle), "predictions": r})
+        _print_json("predict", {"bundle": str(bundle), "int8": int8, "projector": "packed" if b.projector is None else "device-fitted",
+                                "predictions": r})
         return
     for item in r:
         _result(item["image"] + "\t" + "  ".join(f"{t['label']} {t['prob']:.3f}" for t in item["top"]))

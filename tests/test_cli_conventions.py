@@ -109,7 +109,8 @@ def test_json_md_parses_into_every_commands_schema():
 
 def test_schema_checker_can_fail():
     schema = documented_schemas()["edgedd.predict/1"]
-    good = {"schema": "edgedd.predict/1", "bundle": "b", "predictions": [{"image": "x.png", "top": [{"label": "a", "index": 0, "prob": 0.5}]}]}
+    good = {"schema": "edgedd.predict/1", "bundle": "b", "int8": False, "projector": "packed",
+            "predictions": [{"image": "x.png", "top": [{"label": "a", "index": 0, "prob": 0.5}]}]}
     assert schema_problems(good, schema) == []
     extra = json.loads(json.dumps(good))
     extra["predictions"][0]["top"][0]["logit"] = 1.0

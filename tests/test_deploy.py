@@ -6,11 +6,13 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from edgedd.cli import app
 from edgedd.device import runtime
 from edgedd.device.render import render_views
+from edgedd.errors import EdgeddError
 
 
 def test_deploy_check_json_contract(packed, tmp_path):
@@ -173,3 +175,52 @@ def test_deploy_check_data_names_export_data(packed, tmp_path):
             assert "embedded:" not in err, err  # no dataset suggested that a device cannot have
     h = CliRunner().invoke(app, ["deploy-check", "--help"], terminal_width=200)
     assert "export-data" in h.stdout
+
+
+# ----------------------------------------------------------------------------- predict --int8
+
+
+def _one_line(r) -> str:
+    err = r.stderr.strip()
+    assert r.exit_code == 1 and r.stdout == "" and err.startswith("error: ") and "\n" not in err, (r.exit_code, r.output)
+    return err
+
+
+def test_predict_int8_and_the_projector_bound_to_its_variant(packed, tmp_path):
+    img = str(sorted((packed["heldout"] / "square").iterdir())[0])
+    fp32_only = tmp_path / "fp32"
+    shutil.copytree(packed["bundle"], fp32_only)
+    err = _one_line(CliRunner().invoke(app, ["predict", str(fp32_only), img, "--int8"]))
+    assert "has no int8 backbone" in err and "edgedd pack --int8" in err
+
+    from edgedd.export.pack import PackConfig, pack
+
+    bundle = tmp_path / "q"
+    pack(packed["run"], bundle, config=PackConfig(views=8, projector_epochs=100, int8=True, int8_max_drop=1.0), device="cpu")
+
+    def predict(*extra):
+        return CliRunner().invoke(app, ["predict", str(bundle), img, "--json", *extra])
+
+    for extra, int8 in (((), False), (("--int8",), True)):  # no fitted projector yet: the packed one, either backbone
+        r = predict(*extra)
+        assert r.exit_code == 0, r.stderr
+        assert {k: json.loads(r.stdout)[k] for k in ("int8", "projector")} == {"int8": int8, "projector": "packed"}
+    fp32_probs = [t["prob"] for t in json.loads(predict().stdout)["predictions"][0]["top"]]
+    int8_probs = [t["prob"] for t in json.loads(predict("--int8").stdout)["predictions"][0]["top"]]
+    assert fp32_probs != int8_probs  # another backbone graph really ran
+
+    # fitted on fp32 features: predict uses it, predict --int8 refuses it and names the fix
+    assert CliRunner().invoke(app, ["deploy-check", str(bundle)]).exit_code in (0, 3)
+    assert json.loads(predict().stdout)["projector"] == "device-fitted"
+    err = _one_line(predict("--int8"))
+    assert "fitted for the fp32 backbone, this run uses int8" in err and "run edgedd deploy-check --int8" in err, err
+    with pytest.raises(EdgeddError, match="fitted for the fp32 backbone"):
+        runtime.Bundle.open(bundle, int8=True)
+
+    # and vice versa
+    assert CliRunner().invoke(app, ["deploy-check", str(bundle), "--int8"]).exit_code in (0, 3)
+    r = predict("--int8")
+    assert r.exit_code == 0 and json.loads(r.stdout)["projector"] == "device-fitted", r.stderr
+    err = _one_line(predict())
+    assert "fitted for the int8 backbone, this run uses fp32" in err and "run edgedd deploy-check on this bundle" in err, err
+    assert runtime.Bundle.open(bundle, int8=True).projector is not None

@@ -53,7 +53,7 @@ def test_a_forged_sidecar_is_refused_by_predict_and_flagged_by_deploy_check(bund
     one_line_error(CliRunner().invoke(app, ["predict", str(bundle), image]), "not a valid fitted projector", words)
     with pytest.warns(UserWarning, match="ignored, the packed projector is used") as w:
         r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--no-fine-tune", "--json"])
-    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert r.exit_code == 3 and "Traceback" not in r.output, r.output
     assert words in str(w[0].message)
     rep = json.loads(r.stdout)
     assert [c["name"] for c in rep["checks"] if not c["ok"]] == ["fine-tune"], rep["checks"]
@@ -75,12 +75,12 @@ def test_an_honest_sidecar_is_used(bundle, packed):
     assert r.exit_code == 0, r.stderr
     bias = art.read(bundle / art.ARTIFACT_FILE)["classifier.bias"].astype(np.float64)
     want = np.sort(np.exp(bias - bias.max()) / np.exp(bias - bias.max()).sum())[::-1]
-    np.testing.assert_allclose([t["prob"] for t in json.loads(r.stdout)[0]["top"]], want, rtol=1e-4)  # zero projector: bias only
+    np.testing.assert_allclose([t["prob"] for t in json.loads(r.stdout)["predictions"][0]["top"]], want, rtol=1e-4)  # zero projector: bias only
 
 
 def test_deploy_check_writes_the_sidecar_only_when_the_fit_passes(bundle):
     r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--ridge", "inf", "--json"])
-    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.exit_code == 3 and "Traceback" not in r.output
     ft = next(c for c in json.loads(r.stdout)["checks"] if c["name"] == "fine-tune")
     assert not ft["ok"] and "not written" in ft["detail"]
     assert not (bundle / runtime.FINETUNED_FILE).exists()
