@@ -15,7 +15,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import edgedd
-from conftest import make_image_folder
 from edgedd.cli import app
 from edgedd.device import runtime
 from edgedd.errors import EdgeddError
@@ -27,10 +26,10 @@ def python_blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", (ROOT / "docs" / "API.md").read_text(), flags=re.S | re.M)
 
 
-def test_api_md_example_runs_as_written(tmp_path, monkeypatch):
+def test_api_md_example_runs_as_written(image_folder, tmp_path, monkeypatch):
     settings, example = python_blocks()
     assert len(example.strip().splitlines()) <= 10
-    data = make_image_folder(tmp_path / "data")
+    data = image_folder  # conftest.make_image_folder: 3 classes x 6 images
     image = sorted((data / "square").iterdir())[0]
     monkeypatch.chdir(tmp_path)
     tiny = {"DATA": str(data), "BACKBONE": "test_vit", "WEIGHTS": "random", "RES": 32, "STEPS": 5, "IMAGE": str(image)}
