@@ -16,7 +16,6 @@ weights file moves them by orders of magnitude more. Regenerate with
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
