@@ -9,6 +9,7 @@ run directory:
     stage1.json                    how Stage I was made
     checkpoint.safetensors         while running: pyramid, Adam state, RNG state, step
     previews/step_XXXXXX.png       the synthetic images every ``preview_every`` steps
+    metrics.jsonl                  one line per Stage II step: loss, resolution, time, flow cosine every N (edgedd.metrics)
     synthetic.safetensors          the result: images in [0, 1] (N, 3, R, R) and labels
     synthetic.json                 class names, preprocessing and config of the result
     preview.png                    the final grid
@@ -49,6 +50,7 @@ from .chunked import auto_chunk_size, chunked_step
 from .lgm import StepBatches, lgm_loss, random_head
 from .losses import anchor_loss, decouple_loss, flow, sfm_loss, synthetic_flow
 from .memory import PhaseMemory
+from .metrics import METRICS_FILE, MetricsLog, flow_every
 from .preview import write_grid
 from .progress import Progress, progress_allowed
 from .statistics import save_stage1, stage1_cached
@@ -438,8 +440,11 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
     memory = PhaseMemory(device)
     memory.start()
     step_memory = None  # one step's own working memory, see below
+    fc_every = flow_every(options.preview_every)
+    # rank 0's history; on resume the lines past the checkpoint go first (edgedd.metrics)
+    metrics = MetricsLog(out / METRICS_FILE, keep_through=start) if main else nullcontext()
     t2 = time.perf_counter()
-    with Progress(cfg.iterations, f"stage II: {cfg.method}", initial=start, enabled=options.progress and main) as bar:
+    with metrics, Progress(cfg.iterations, f"stage II: {cfg.method}", initial=start, enabled=options.progress and main) as bar:
         for step in range(start, stop):
             if pyr.grow(step, ext, gen):
                 opt = _adam(pyr.levels, cfg.lr)  # reset at each extension (reference)
@@ -467,11 +472,18 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
                 step_memory = {**in_step.peak_mb(), "step": step}
             done = step + 1
             bar.update(1, loss=loss_value, res=pyr.levels[-1].shape[-1])
-            if options.preview_every and done % options.preview_every == 0 and done < cfg.iterations:
+            preview_due = options.preview_every and done % options.preview_every == 0 and done < cfg.iterations
+            fc_due = done % fc_every == 0 or done == cfg.iterations
+            fc = None
+            if preview_due or fc_due:
                 with torch.no_grad():
                     images = group.rows_to_main(pyr.decode(), n)
-                if main:
+                if main and preview_due:
                     write_grid(out / "previews" / f"step_{done:06d}.png", images.numpy(), c)
+                if main and fc_due:  # a no-grad forward of the centre crops: draws nothing from gen
+                    fc = flow_cosine(model, images, info, flow_real, c, cfg.amp)
+            if main:
+                metrics.write(done, loss_value, pyr.levels[-1].shape[-1], time.perf_counter() - t2, fc)
             if done < cfg.iterations and ((options.checkpoint_every and done % options.checkpoint_every == 0) or done == stop):
                 save_checkpoint(ckpt, done, pyr, opt, gen, run_fp, loss_value, group)
     if device.type == "cuda":
