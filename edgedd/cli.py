@@ -464,6 +464,36 @@ def export_data(
         _result(f"wrote {r['images']} images of {r['classes']} classes from {r['source']} to {r['out']}")
 
 
+@app.command(epilog="""Examples:
+
+\b
+  edgedd report runs/mnist
+  edgedd evaluate runs/mnist --test-data embedded:mnist/test --baselines --json > eval.json
+  edgedd report runs/mnist --eval eval.json --deploy-check check.json --bundle bundles/mnist --out mnist.html
+
+One HTML file, images and plots embedded: open it anywhere, no server. check.json is the output of
+edgedd deploy-check --json (on the device: copy it back).
+""")
+@handle_errors
+def report(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="A finished edgedd distill run directory."),
+    eval_json: Optional[Path] = typer.Option(None, "--eval", help="An edgedd evaluate --json output: the accuracy table."),
+    deploy_check_json: Optional[Path] = typer.Option(None, "--deploy-check", help="An edgedd deploy-check --json output: the checks."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A bundle directory (edgedd pack): its artifact and the host's figures."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write [default: RUN/report.html]."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """[host] Write one self-contained HTML page: synthetic images, loss and flow-cosine curves, accuracy, deploy-check."""
+    _need_host("report", ("matplotlib",))
+    from .report import write_report
+
+    r = write_report(run_dir, eval=eval_json, deploy_check=deploy_check_json, bundle=bundle, out=out)
+    if json_out:
+        _print_json("report", r)
+    else:
+        _result(f"wrote {r['report']}")
+
+
 def human_summary(s: dict) -> str:
     d = s["dataset"]
     lines = [
