@@ -20,8 +20,8 @@ from conftest import tiny_distill_args
 from edgedd.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["distill", "evaluate", "pack", "deploy-check", "predict", "inspect", "export-data"]
-HOST_COMMANDS = {"distill", "evaluate", "pack"}
+COMMANDS = ["distill", "evaluate", "pack", "deploy-check", "predict", "inspect", "export-data", "report"]
+HOST_COMMANDS = {"distill", "evaluate", "pack", "report"}
 
 
 def invoke(args):
@@ -103,7 +103,7 @@ def schema_problems(obj: dict, schema: dict[str, tuple[set[str], bool]]) -> list
 def test_json_md_parses_into_every_commands_schema():
     s = documented_schemas()
     assert set(s) == {"edgedd.distill/1", "edgedd.distill/1 (stopped)", "edgedd.evaluate/1", "edgedd.pack/1", "edgedd.deploy-check/1",
-                      "edgedd.predict/1", "edgedd.inspect/1", "edgedd.export-data/1"}
+                      "edgedd.predict/1", "edgedd.inspect/1", "edgedd.export-data/1", "edgedd.report/1"}
     assert all(len(t) >= 5 and t["schema"] == ({"string"}, False) for t in s.values())
 
 
@@ -140,9 +140,13 @@ def test_every_command_json_matches_docs_and_stderr_stays_empty(packed, image_fo
         "predict": ["predict", str(bundle), img, str(sorted((held / "circle").iterdir())[0])],
         "inspect": ["inspect", str(bundle)],
         "export-data": ["export-data", str(held), str(tmp_path / "exported")],
+        "report": ["report", str(run), "--eval", str(tmp_path / "evaluate.json"), "--deploy-check", str(tmp_path / "deploy-check.json"),
+                   "--bundle", str(bundle)],
     }
     for name, argv in argvs.items():
         r = invoke([*argv, "--json"])
+        if name in ("evaluate", "deploy-check"):  # report reads them
+            (tmp_path / f"{name}.json").write_text(r.stdout)
         assert r.exit_code in (0, 3), (name, r.exit_code, r.stderr)  # 3: deploy-check on a random-weights bundle may fail a check
         assert r.stderr == "", (name, r.stderr)
         out = json.loads(r.stdout)
@@ -151,7 +155,7 @@ def test_every_command_json_matches_docs_and_stderr_stays_empty(packed, image_fo
         assert schema_problems(out, schemas[section]) == [], name
     # the same commands without --json: text results on stdout, stderr still empty
     shutil.rmtree(tmp_path / "exported")
-    for name in ("deploy-check", "predict", "inspect", "export-data"):
+    for name in ("deploy-check", "predict", "inspect", "export-data", "report"):
         r = invoke(argvs[name])
         assert r.exit_code in (0, 3) and r.stdout.strip() and r.stderr == "", (name, r.stderr)
 
