@@ -23,7 +23,8 @@ test: $(STAMP)
 
 # The main job on the embedded default, offline, on a CPU: distill MNIST with the shipped
 # self-supervised host ViT -> evaluate against the baselines -> pack for the shipped edge CNN ->
-# deploy-check -> predict; the table lands in runs/demo/RESULTS.md, the images in runs/demo/run/preview.png.
+# deploy-check -> predict; the table lands in runs/demo/RESULTS.md, the images in runs/demo/run/preview.png,
+# everything on one HTML page in runs/demo/report.html (edgedd report).
 demo: $(STAMP)
 	$(PY) examples/demo.py --out runs/demo
 

@@ -3,7 +3,8 @@
     distill (anchored SFM, shipped self-supervised host ViT) -> evaluate against the baselines
     -> pack for the shipped edge CNN -> deploy-check -> predict a few test images
 
-and one results table (also written to runs/demo/RESULTS.md) with the preview of the synthetic set.
+and one results table (also written to runs/demo/RESULTS.md) with the preview of the synthetic set,
+and one self-contained HTML page about it all (runs/demo/report.html, edgedd.report).
 Run it with `make demo` (or `python examples/demo.py --out runs/demo`).
 """
 
@@ -23,6 +24,7 @@ from edgedd.device.runtime import deploy_check, predict
 from edgedd.distill import RunOptions, distill
 from edgedd.evaluate import EvalConfig, evaluate_run
 from edgedd.export.pack import PackConfig, pack
+from edgedd.report import write_report
 
 HOST, EDGE = "edgedd/host-vit", "edgedd/edge-cnn"
 
@@ -61,6 +63,8 @@ def main() -> None:
         picks = [sorted((test / c).iterdir())[0] for c in sorted(os.listdir(test))[:5]]
         preds = predict(bundle, [str(x) for x in picks], topk=1)
         shutil.copy(picks[0], out / "example_input.png")
+    report = write_report(run, eval=ev, deploy_check=dc, bundle=bundle, out=out / "report.html")["report"]
+    print(f"report: {report}", flush=True)
 
     m, b = ev["modes"], ev["baselines"]
     pct = lambda v: f"{100 * v['top1_mean']:.1f} ± {100 * v['top1_std']:.1f}"  # noqa: E731
