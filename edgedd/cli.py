@@ -476,7 +476,7 @@ edgedd deploy-check --json (on the device: copy it back).
 """)
 @handle_errors
 def report(
-    run_dir: Path = typer.Argument(..., metavar="RUN", help="A finished edgedd distill run directory."),
+    run: Path = typer.Argument(..., help="A finished edgedd distill run directory."),
     eval_json: Optional[Path] = typer.Option(None, "--eval", help="An edgedd evaluate --json output: the accuracy table."),
     deploy_check_json: Optional[Path] = typer.Option(None, "--deploy-check", help="An edgedd deploy-check --json output: the checks."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="A bundle directory (edgedd pack): its artifact and the host's figures."),
@@ -487,7 +487,7 @@ def report(
     _need_host("report", ("matplotlib",))
     from .report import write_report
 
-    r = write_report(run_dir, eval=eval_json, deploy_check=deploy_check_json, bundle=bundle, out=out)
+    r = write_report(run, eval=eval_json, deploy_check=deploy_check_json, bundle=bundle, out=out)
     if json_out:
         _print_json("report", r)
     else:
