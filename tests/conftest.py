@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# The crafted-input helpers of tests/hostile/ (its test modules import them as `_crafted`). Its
+# fixtures live here, not in a tests/hostile/conftest.py: two conftest modules would both be
+# imported as `conftest`, and `from conftest import ...` in tests/ would then find the wrong one.
+sys.path.insert(0, str(Path(__file__).with_name("hostile")))
 
 TINY = dict(name="test_vit", weights="random", input_size=32, resize_size=32)
 
@@ -88,3 +95,27 @@ def packed(tmp_path_factory):
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     return {"data": data, "heldout": heldout, "run": run, "bundle": bundle, "result": result, "root": root}
+
+
+# ----------------------------------------------------------------------------- tests/hostile/
+
+
+@pytest.fixture
+def bundle(packed, tmp_path) -> Path:
+    """A private copy of the session's packed bundle, free to damage."""
+    b = tmp_path / "bundle"
+    shutil.copytree(packed["bundle"], b)
+    return b
+
+
+_OPENED: list = []
+
+
+@pytest.fixture
+def opened():
+    """Every path opened while a test runs (one audit hook for the whole session: hooks cannot be removed)."""
+    from _crafted import OpenedPaths
+
+    if not _OPENED:
+        _OPENED.append(OpenedPaths())
+    return _OPENED[0]

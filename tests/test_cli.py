@@ -67,7 +67,8 @@ def test_second_distill_reuses_stage1(image_folder, tmp_path):
 
 def test_sfm_decouple_and_reference_flow(image_folder, tmp_path):
     r = run(tiny_distill_args(image_folder, tmp_path / "d", "--iterations", "3", "--method", "sfm_decouple", "--alpha", "1", "--json"))
-    assert r.exit_code == 0, r.stderr and json.loads(r.stdout)["config"]["alpha"] == 1.0
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["config"]["alpha"] == 1.0
     r = run(tiny_distill_args(image_folder, tmp_path / "r", "--iterations", "3", "--flow-denominator", "reference", "--json"))
     assert r.exit_code == 0 and json.loads(r.stdout)["config"]["flow_denominator"] == "reference"
 

@@ -106,7 +106,7 @@ def test_thin_images_through_predict_under_an_address_space_limit(packed, tmp_pa
         pytest.skip(f"predict does not fit in {LIMIT_MB} MB of address space on this machine at all: {base.stderr[-200:]}")
     strip = _limited("cli", "predict", str(bundle), str(_png(tmp_path / "strip.png", 1, 200_000)), "--json")
     assert strip.returncode == 0 and "Traceback" not in strip.stderr, strip.stderr[-2000:]  # before: MemoryError traceback (1.2 GB)
-    assert len(json.loads(strip.stdout)[0]["top"]) == 3
+    assert len(json.loads(strip.stdout)["predictions"][0]["top"]) == 3
     huge = _limited("cli", "predict", str(bundle), str(_png(tmp_path / "huge.png", 1, 10_000_000)), "--json")
     assert "Traceback" not in huge.stderr, huge.stderr[-2000:]  # before: a MemoryError traceback asking for ~41 GB
     if huge.returncode != 0:  # decoding 10 M rows itself may not fit: then it is an unreadable image, said in one line
