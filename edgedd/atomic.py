@@ -61,6 +61,20 @@ def make_temp_dir(parent: Path, name: str) -> Path:
     return tmp
 
 
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished directory ``tmp`` (from :func:`make_temp_dir`) at ``out`` by rename,
+    replacing what ``out`` holds. The old directory is renamed to ``tmp`` + ".old" first (the
+    temporary's own naming), so a kill between the two renames leaves nothing that the next
+    :func:`remove_stale_temp_dirs` does not clean up."""
+    if out.exists():
+        old = Path(str(tmp) + ".old")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

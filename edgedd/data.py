@@ -207,7 +207,7 @@ def export_image_folder(spec: str, out: str | os.PathLike, limit: int | None = N
     """
     import shutil
 
-    from .atomic import make_temp_dir, remove_stale_temp_dirs, write_json
+    from .atomic import make_temp_dir, remove_stale_temp_dirs, replace_dir, write_json
 
     out = Path(out)
 
@@ -237,13 +237,7 @@ def export_image_folder(spec: str, out: str | os.PathLike, limit: int | None = N
         write_json(tmp / EXPORT_MARKER, {"edgedd": "export-data", "source": src.name, "fingerprint": src.fingerprint,
                                          "images": written, "limit": limit})
         check_out()  # again: the directory may have changed while writing
-        if out.exists():
-            old = Path(str(tmp) + ".old")  # same naming as the temporary, so a kill between renames is cleaned up later
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from edgedd import __version__
-from edgedd.atomic import make_temp_dir, remove_stale_temp_dirs, sha256_file, write_bytes
+from edgedd.atomic import make_temp_dir, remove_stale_temp_dirs, replace_dir, sha256_file, write_bytes
 from edgedd.augment import center_crop, normalize, render_views, sample_views
 from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, to_dict
@@ -261,13 +261,7 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
         for f, d in graphs.values():
             write_bytes(tmp / f, d)
         art.write(tmp / art.ARTIFACT_FILE, tensors, meta)
-        if out.exists():
-            old = Path(str(tmp) + ".old")  # same naming, so a kill between the renames leaves nothing forever
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
