@@ -22,8 +22,14 @@ from edgedd.errors import EdgeddError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", (ROOT / "docs" / "API.md").read_text(), flags=re.S | re.M)
+def python_blocks(path: Path = ROOT / "docs" / "API.md") -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+
+
+def test_readme_shows_the_tested_example():
+    """The README's Python API blocks are docs/API.md's, the ones the next test runs."""
+    readme, docs = python_blocks(ROOT / "README.md"), python_blocks()
+    assert any(readme[i : i + 2] == docs for i in range(len(readme) - 1))
 
 
 def test_api_md_example_runs_as_written(image_folder, tmp_path, monkeypatch):
