@@ -24,6 +24,7 @@ from typing import Optional
 
 import typer
 
+from .config import RECIPES
 from .errors import EdgeddError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
@@ -118,14 +119,8 @@ class Method(str, enum.Enum):
     lgm = "lgm"
 
 
-class GoldenRecipe(str, enum.Enum):
-    converged = "converged"
-    reference = "reference"
-
-
-class Protocol(str, enum.Enum):
-    converged = "converged"
-    reference = "reference"
+# How a linear head is fitted: --golden-recipe, --protocol and --projector-recipe take the same choices.
+Recipe = enum.Enum("Recipe", {r: r for r in RECIPES}, type=str)
 
 
 class FlowDenominator(str, enum.Enum):
@@ -167,7 +162,7 @@ def distill(
     num_workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers for the statistics pass."),
     batch_size: int = typer.Option(64, min=1, help="Images per forward in the statistics pass (with several ranks, batch b goes to rank b mod ranks)."),
     golden_views: int = typer.Option(4, min=1, help="Augmented views per image cached for the golden classifier."),
-    golden_recipe: GoldenRecipe = typer.Option(GoldenRecipe.converged, help="Golden classifier: 'converged' (L-BFGS, L2 and inputs chosen on a held-out slice) or METHOD.md's 'reference' Adam recipe."),
+    golden_recipe: Recipe = typer.Option(Recipe.converged, help="Golden classifier: 'converged' (L-BFGS, L2 and inputs chosen on a held-out slice) or METHOD.md's 'reference' Adam recipe."),
     golden_epochs: int = typer.Option(10, min=1, help="Golden classifier epochs (reference recipe)."),
     checkpoint_every: int = typer.Option(50, min=0, help="Steps between checkpoints (0: none)."),
     preview_every: int = typer.Option(500, min=0, help="Steps between preview PNGs (0: only the final one)."),
@@ -249,7 +244,7 @@ def evaluate(
     eval_backbone: Optional[str] = typer.Option(None, help="Evaluation backbone B [default: the distillation backbone]."),
     eval_weights: Optional[str] = typer.Option(None, help="B's weights: 'hub', a .safetensors file or 'random'."),
     eval_crop_res: Optional[int] = typer.Option(None, min=1, help="B's input resolution."),
-    protocol: Protocol = typer.Option(Protocol.converged, help="'converged': every head fitted to its optimum on cached views; 'reference': METHOD.md's Adam protocol."),
+    protocol: Recipe = typer.Option(Recipe.converged, help="'converged': every head fitted to its optimum on cached views; 'reference': METHOD.md's Adam protocol."),
     seeds: int = typer.Option(3, min=1, help="Training seeds; mean and std are reported."),
     epochs: int = typer.Option(1000, min=1, help="Epochs over the distilled set (reference protocol; METHOD.md: 1000)."),
     view_cache: Optional[int] = typer.Option(None, min=0, help="Views per image cached [default: 64 converged, 0 reference]; 0: fresh views every batch (exact reference protocol)."),
@@ -306,7 +301,7 @@ def pack(
     edge_weights: Optional[str] = typer.Option(None, help="Edge weights: 'hub', a .safetensors file or 'random'."),
     edge_crop_res: Optional[int] = typer.Option(None, min=1, help="Edge backbone input resolution [default: the backbone's]."),
     views: int = typer.Option(8, min=1, help="Augmented views per synthetic image stored as projector targets."),
-    projector_recipe: GoldenRecipe = typer.Option(GoldenRecipe.converged, help="Host projector: 'converged' (closed-form ridge, the device's fit) or METHOD.md's 'reference' Adam recipe."),
+    projector_recipe: Recipe = typer.Option(Recipe.converged, help="Host projector: 'converged' (closed-form ridge, the device's fit) or METHOD.md's 'reference' Adam recipe."),
     projector_epochs: int = typer.Option(1000, min=1, help="Epochs of the host projector's reference recipe."),
     int8: bool = typer.Option(False, "--int8", help="Also ship a dynamically quantised int8 backbone."),
     int8_max_drop: float = typer.Option(0.05, min=0.0, max=1.0, help="Refuse the int8 backbone above this synthetic top-1 drop."),

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 METHODS = ("sfm", "sfm_anchor", "sfm_decouple", "lgm")
-GOLDEN_RECIPES = ("converged", "reference")
+# How a linear head is fitted (edgedd.heads): the golden classifier, the evaluation protocol and
+# pack's projector each choose one of these.
+RECIPES = ("converged", "reference")
 FLOW_DENOMINATORS = ("classes", "reference")
 CROP_SAMPLERS = ("torchvision", "reference")
 

@@ -70,7 +70,7 @@ from safetensors.torch import load_file
 
 from .augment import Views, center_crop, render_views, sample_views
 from .backbones import BackboneInfo, encode, load_backbone, resolve_device
-from .config import AugmentConfig, Preprocess, StageIConfig, to_dict
+from .config import RECIPES, AugmentConfig, Preprocess, StageIConfig, to_dict
 from .data import CanvasDataset, LabelledImages, canvas_loader, collate_canvases, open_dataset
 from .errors import EdgeddError
 from .fidelity import synthetic_landing
@@ -81,7 +81,6 @@ from .rundir import Run, load_run
 
 MODES = ("normal", "ci", "kd")
 BASELINES = ("random", "centroids", "neighbors", "full")
-PROTOCOLS = ("converged", "reference")
 
 
 @dataclass(frozen=True)
@@ -128,8 +127,8 @@ class EvalConfig:
 
 
 def validate_config(cfg: EvalConfig) -> None:
-    if cfg.protocol not in PROTOCOLS:
-        raise EdgeddError(f"unknown protocol {cfg.protocol!r}", f"choose one of {', '.join(PROTOCOLS)}")
+    if cfg.protocol not in RECIPES:
+        raise EdgeddError(f"unknown protocol {cfg.protocol!r}", f"choose one of {', '.join(RECIPES)}")
     if cfg.protocol == "converged" and cfg.views() < 1:
         raise EdgeddError("the converged protocol fits on cached views (got view_cache 0)", "pass --view-cache V with V >= 1, or --protocol reference")
     for name in ("probe_l2", "ridge"):

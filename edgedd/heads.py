@@ -42,7 +42,6 @@ import torch.nn.functional as F
 
 from .progress import Progress
 
-RECIPES = ("converged", "reference")
 STALLED = 0.9  # a head whose final loss is above 0.9 x its starting loss did not train
 
 

@@ -43,7 +43,7 @@ from .stio import torch_serialize as save
 from . import atomic
 from .augment import center_crop, normalize, render_views, sample_views
 from .backbones import backbone_autocast as _autocast, BackboneInfo
-from .config import GOLDEN_RECIPES, AugmentConfig, StageIConfig, fingerprint, to_dict
+from .config import RECIPES, AugmentConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, canvas_loader
 from .distributed import SINGLE, Dist, on_all_ranks
 from .rng import block_generator
@@ -276,7 +276,7 @@ def train_golden(feats, labels: np.ndarray, num_classes: int, cfg: StageIConfig,
         report = {"recipe": "converged", "inputs": best["inputs"], "l2": best["l2"], **fit.report(),
                   "heldout_top1": best["heldout_top1"], "heldout_images": int(len(held)), "candidates": candidates}
     else:
-        raise EdgeddError(f"unknown golden recipe {cfg.golden_recipe!r}", f"choose one of {', '.join(GOLDEN_RECIPES)}")
+        raise EdgeddError(f"unknown golden recipe {cfg.golden_recipe!r}", f"choose one of {', '.join(RECIPES)}")
     report["train_top1_centre_crop"] = _top1(fit.head, centre, labels, device)
     return fit.head.weight.detach().cpu().float(), fit.head.bias.detach().cpu().float(), report
 

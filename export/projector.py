@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from edgedd.config import RECIPES
+from edgedd.errors import EdgeddError
 from edgedd.heads import fit_ridge, mse_loss, new_projector, train_reference
 
 PROJECTOR_RIDGE = 1e-3  # the device's default (edgedd.device.runtime.fit_projector_ridge)
@@ -36,6 +38,8 @@ class _Views:
 def train_projector(feats_b: torch.Tensor, targets_a: torch.Tensor, epochs: int = 1000, seed: int = 0,
                     recipe: str = "converged") -> tuple[torch.Tensor, torch.Tensor, dict]:
     """feats_b (N, K, D_B), targets_a (N, K, D_A) -> weight (D_A, D_B), bias (D_A,), Fit.report()."""
+    if recipe not in RECIPES:
+        raise EdgeddError(f"unknown projector recipe {recipe!r}", f"choose one of {', '.join(RECIPES)}")
     gen = torch.Generator().manual_seed(seed)
     proj = new_projector(feats_b.shape[-1], targets_a.shape[-1], gen, "cpu")
     if recipe == "converged":
