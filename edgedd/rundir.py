@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ class Run:
     golden_bias: torch.Tensor  # (C,)
     summary: dict
     identity: dict  # run.json: fingerprint and what the run is
+    stage1: dict = field(default_factory=dict)  # stage1.json: how Stage I was made (golden fit, held-out figure); {} if absent
 
     @property
     def preprocess(self) -> Preprocess:
@@ -74,7 +75,8 @@ def load_run(run_dir: str | Path) -> Run:
         raise _damaged(run_dir, f"synthetic.safetensors has no labels (N,) in [0, {c})")
     if weight is None or bias is None or weight.dim() != 2 or weight.shape[0] != c or tuple(bias.shape) != (c,):
         raise _damaged(run_dir, f"golden_classifier.safetensors has no weight ({c}, D) and bias ({c},)")
-    stats = _stage1_stats(run_dir, golden_bytes)
+    stage1 = _json(run_dir, "stage1.json") if (run_dir / "stage1.json").exists() else {}
+    stats = _stage1_stats(run_dir, golden_bytes, stage1)
     if stats and (stats.get("centres") is None or tuple(stats["centres"].shape) != tuple(weight.shape)):
         raise _damaged(run_dir, f"stats.safetensors has no centres {tuple(weight.shape)}")
     for file, tensors in (("synthetic.safetensors", {"images": images}), ("golden_classifier.safetensors", golden), ("stats.safetensors", stats)):
@@ -92,6 +94,7 @@ def load_run(run_dir: str | Path) -> Run:
         golden_bias=bias.float(),
         summary=summary,
         identity=identity,
+        stage1=stage1,
     )
 
 
@@ -128,13 +131,11 @@ def _tensors(run_dir: Path, name: str, data: bytes | None = None) -> dict:
         raise _damaged(run_dir, f"{name} is not a valid safetensors file ({type(e).__name__})") from None
 
 
-def _stage1_stats(run_dir: Path, golden_bytes: bytes) -> dict:
+def _stage1_stats(run_dir: Path, golden_bytes: bytes, stage1: dict) -> dict:
     """stats.safetensors (used by evaluate's centroid baseline), or {} if absent; where stage1.json
     records checksums (edgedd >= the one that added them) both Stage I tensor files must match."""
-    hashes = {}
-    if (run_dir / "stage1.json").exists():
-        hashes = _json(run_dir, "stage1.json").get("sha256")
-        hashes = hashes if isinstance(hashes, dict) else {}
+    hashes = stage1.get("sha256")
+    hashes = hashes if isinstance(hashes, dict) else {}
     if "golden_classifier.safetensors" in hashes and hashlib.sha256(golden_bytes).hexdigest() != hashes["golden_classifier.safetensors"]:
         raise _damaged(run_dir, "golden_classifier.safetensors does not match its checksum in stage1.json")
     if not (run_dir / "stats.safetensors").exists():

@@ -13,7 +13,9 @@ Steps: load the run and re-create its distillation backbone A (the weights hash 
 run's); quantise the synthetic pixels to uint8 *first*, so every target is computed on the pixels
 the device will see; render K flip + RRC views per image; phi_A(views) are the targets,
 phi_B(views) the projector's inputs; train the reference projector in torch; export and validate
-the three graphs; write the self-test; with --int8, refuse a quantised backbone whose top-1 on the
+the three graphs; write the self-test; measure the top-1 the device should reach on real images
+(the edge path on the golden classifier's held-out slice of the training data, deploy-check's
+``expected``); with --int8, refuse a quantised backbone whose top-1 on the
 synthetic set drops by more than ``int8_max_drop``. The bundle appears atomically (built in a
 temporary sibling directory, then renamed).
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +36,13 @@ from edgedd.atomic import make_temp_dir, remove_stale_temp_dirs, replace_dir, sh
 from edgedd.augment import center_crop, normalize, render_views, sample_views
 from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, to_dict
+from edgedd.data import canvas_loader, open_dataset
 from edgedd.device import artifact as art
 from edgedd.device.runtime import fit_projector_ridge
 from edgedd.errors import EdgeddError
 from edgedd.lock import lock
-from edgedd.rundir import load_run
+from edgedd.rundir import Run, load_run
+from edgedd.statistics import holdout_split
 
 from .onnx_graphs import OPSET, check, export_backbone, linear_graph, parity, quantize_int8
 from .projector import train_projector
@@ -90,6 +95,7 @@ class PackConfig:
     int8: bool = False
     int8_max_drop: float = 0.05
     seed: int = 0
+    expect_images: int = 1000  # real held-out images behind the expected edge top-1 (bounds pack's time); 0: none
 
 
 @torch.no_grad()
@@ -109,6 +115,83 @@ def _edge_inputs(canvases: torch.Tensor, info: BackboneInfo) -> torch.Tensor:
         full = Views(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n, 1), torch.zeros(n, dtype=torch.bool))
         x = render_views(x, full, pp.resize_size)
     return center_crop(x, pp.input_size)
+
+
+
+def _finite_or_none(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and x == x else None  # NaN: an empty held-out slice
+
+
+def _heldout_images(run: Run) -> tuple[object, np.ndarray]:
+    """The run's training data and the indices of the golden classifier's held-out slice in it.
+
+    The slice is Stage I's (edgedd.statistics.holdout_split, same fraction and seed), taken over
+    the images Stage I could read: its split indexes those, so the ones it skipped as unreadable
+    are left out first. Raises EdgeddError when the data cannot be opened or no longer matches.
+    """
+    from edgedd.evaluate import _stage1_config, default_train_data
+
+    source = open_dataset(default_train_data(run))  # refuses data whose fingerprint changed since the run
+    read = np.arange(len(source))
+    skipped = run.stage1.get("skipped_images") or []
+    if skipped and source.paths is not None:
+        # messages are "<path>: <error>" (edgedd.data.CanvasDataset)
+        unreadable = {m.split(": ", 1)[0] for m in skipped}
+        read = np.asarray([i for i, p in enumerate(source.paths) if p not in unreadable], dtype=np.int64)
+    used = run.stage1.get("images_used")
+    if used is not None and used != len(read):
+        raise EdgeddError(f"cannot tell which {used} of the {len(source)} training images Stage I read")
+    cfg = _stage1_config(run)
+    _, held = holdout_split(source.labels[read], cfg.golden_holdout, cfg.seed + 1)  # as train_golden draws it
+    return source, read[held]
+
+
+@torch.no_grad()
+def _edge_top1(source, idx: np.ndarray, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c) -> tuple[float, int]:
+    """Top-1 of phi_B -> packed projector -> golden classifier on the images ``idx`` of ``source``,
+    preprocessed as the device does (edgedd.device.runtime.load_labelled_folder: canvas at the
+    resize size, centre crop, normalise). Unreadable images are left out. Returns (top-1, images)."""
+    pp = info_b.preprocess
+    dev = next(model_b.parameters()).device
+    batches = [idx[s : s + 64].tolist() for s in range(0, len(idx), 64)]
+    correct = seen = 0
+    for canvases, labels, _ in canvas_loader(source, pp.resize_size, pp.interpolation, 64, 0, batches=batches):
+        if not len(labels):
+            continue
+        f = _features(model_b, _edge_inputs(canvases.to(dev).float().div(255), info_b), info_b).cpu()
+        correct += int((((f @ w_p.T + b_p) @ w_c.T + b_c).argmax(1) == labels).sum())
+        seen += len(labels)
+    return (correct / seen if seen else float("nan")), seen
+
+
+def _expectations(run: Run, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c, max_images: int) -> dict:
+    """What the host expects on real images, for the artifact's ``reference`` (docs/ARTIFACT.md):
+    the golden classifier's held-out top-1 (stage1.json) and the edge path's top-1 on at most
+    ``max_images`` of that held-out slice, the figure deploy-check --data compares against.
+
+    Without the run's training data (moved, changed, an embedded set this host cannot open) the
+    edge expectation is null with the reason, and pack warns once: a bundle is still useful.
+    """
+    golden = run.stage1.get("golden") or {}
+    out = {"golden_heldout_top1": _finite_or_none(golden.get("heldout_top1")), "golden_heldout_images": golden.get("heldout_images"),
+           "expected_edge_top1": None, "expected_edge_images": None, "expected_edge_data": None, "expected_edge_missing": None}
+    if max_images <= 0:
+        out["expected_edge_missing"] = "not measured (pack --expect-images 0)"
+        return out
+    try:
+        source, held = _heldout_images(run)
+    except EdgeddError as e:
+        out["expected_edge_missing"] = f"the run's training data could not be used: {e.problem}"
+        warnings.warn(f"no expected edge accuracy recorded ({e.problem}); deploy-check will skip its expected check")
+        return out
+    if len(held) > max_images:  # evenly spread over the sorted slice, so every class keeps its share
+        held = held[np.linspace(0, len(held) - 1, max_images).round().astype(np.int64)]
+    top, seen = _edge_top1(source, held, model_b, info_b, w_p, b_p, w_c, b_c)
+    if not seen:
+        out["expected_edge_missing"] = "no held-out image of the training data was readable"
+        return out
+    out.update(expected_edge_top1=top, expected_edge_images=seen, expected_edge_data=source.name)
+    return out
 
 
 def pack(
@@ -183,6 +266,7 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
         "projector_fit": {"recipe": config.projector_recipe, **projector_fit},
         "projector_mse_ridge": float(((feats_b.cpu().numpy() @ w_r.T + b_r - targets.cpu().numpy()) ** 2).mean()),
     }
+    ref.update(_expectations(run, model_b, info_b, w_p, b_p, w_c, b_c, config.expect_images))
 
     # graphs
     pp_b = to_dict(info_b.preprocess)

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgedd.cli import app
+from edgedd.device.artifact import FORMAT, FORMAT_MINOR
 
 ART = "edgedd.artifact.safetensors"
 
@@ -33,11 +34,12 @@ def _cases(data: bytes):
         b = bytearray(data)
         b[pos] ^= 1 << rng.randrange(8)
         yield f"data bit flip at {pos}", bytes(b)
+    tag = f'"edgedd.format":"{FORMAT}"'.encode()
     edits = [
-        (b'"edgedd.format":"1.0"', b'"edgedd.format":"2.0"'),
-        (b'"edgedd.format":"1.0"', b'"edgedd.format":"1.1"'),
-        (b'"edgedd.format":"1.0"', b'"edgedd.format":"x.y"'),
-        (b'"edgedd.format":"1.0"', b'"edgedd.formax":"1.0"'),
+        (tag, b'"edgedd.format":"2.0"'),
+        (tag, f'"edgedd.format":"1.{FORMAT_MINOR + 1}"'.encode()),
+        (tag, b'"edgedd.format":"x.y"'),
+        (tag, f'"edgedd.formax":"{FORMAT}"'.encode()),
         (b'"__metadata__"', b'"__metadatum"'),
         (b'"F32"', b'"F64"'),
         (b'"U8"', b'"I8"'),

@@ -82,11 +82,12 @@ def test_artifact_versions_and_hash(tmp_path):
     got = art.read(tmp_path / "a.safetensors")
     np.testing.assert_array_equal(got["x"], t["x"])
     data = (tmp_path / "a.safetensors").read_bytes()
-    future = data.replace(b'"edgedd.format":"1.0"', b'"edgedd.format":"2.0"')
+    tag = f'"edgedd.format":"{art.FORMAT}"'.encode()
+    future = data.replace(tag, b'"edgedd.format":"2.0"')
     assert future != data
     with pytest.raises(EdgeddError, match="format 2.0, this edgedd reads 1.x"):
         art.from_bytes(future)
-    minor = data.replace(b'"edgedd.format":"1.0"', b'"edgedd.format":"1.1"')
+    minor = data.replace(tag, f'"edgedd.format":"1.{art.FORMAT_MINOR + 1}"'.encode())
     with pytest.raises(EdgeddError, match="damaged"):  # the tag must agree with the hashed metadata
         art.from_bytes(minor)
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import EdgeddError
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1  # 1.1: reference holds the real-image expectations (golden_heldout_top1, expected_edge_top1)
 FORMAT = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 ARTIFACT_FILE = "edgedd.artifact.safetensors"
 MAX_HEADER = 100 * 1024 * 1024
