@@ -306,6 +306,7 @@ def pack(
     int8: bool = typer.Option(False, "--int8", help="Also ship a dynamically quantised int8 backbone."),
     int8_max_drop: float = typer.Option(0.05, min=0.0, max=1.0, help="Refuse the int8 backbone above this synthetic top-1 drop."),
     seed: int = typer.Option(0, help="Seed of the views and the projector training."),
+    expect_images: int = typer.Option(1000, min=0, help="Classify at most this many of the golden classifier's held-out training images on the edge path and record the top-1 deploy-check --data expects; 0 records none (deploy-check then skips that check)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -315,7 +316,8 @@ def pack(
     from edgedd.export.pack import PackConfig, pack as run
 
     r = run(run_dir, out, edge_backbone, edge_weights, edge_crop_res,
-            PackConfig(views=views, projector_recipe=projector_recipe.value, projector_epochs=projector_epochs, int8=int8, int8_max_drop=int8_max_drop, seed=seed),
+            PackConfig(views=views, projector_recipe=projector_recipe.value, projector_epochs=projector_epochs, int8=int8, int8_max_drop=int8_max_drop, seed=seed,
+                       expect_images=expect_images),
             device=device, overwrite=overwrite)
     if json_out:
         _print_json("pack", r)
@@ -325,7 +327,20 @@ def pack(
          f"(distilled on {r['distill_backbone']}) into {r['bundle']}\n"
          f"  graphs checked and within {max(v['max_rel_error'] for v in r['validation'].values()):.1e} of torch at batch 1 and 3\n"
          f"  synthetic-set top-1: torch projector {ref['synthetic_top1']:.1%}, closed-form projector {ref['synthetic_top1_ridge']:.1%}"
-         + (f", int8 backbone {ref['int8_synthetic_top1_packed_projector']:.1%}" if "int8_synthetic_top1_packed_projector" in ref else ""))
+         + (f", int8 backbone {ref['int8_synthetic_top1_packed_projector']:.1%}" if "int8_synthetic_top1_packed_projector" in ref else "")
+         + "\n" + _expectation_line(ref))
+
+
+def _expectation_line(ref: dict) -> str:
+    """pack's real-image figures: what deploy-check --data will compare against."""
+    golden = ("golden classifier held-out top-1 " + (f"{ref['golden_heldout_top1']:.1%} on {ref['golden_heldout_images']} images"
+              if ref.get("golden_heldout_top1") is not None else "not recorded by the run"))
+    edge = (f"expected edge top-1 {ref['expected_edge_top1']:.1%} on {ref['expected_edge_images']} held-out images"
+            if ref.get("expected_edge_top1") is not None else f"no expected edge top-1 ({ref.get('expected_edge_missing')})")
+    return f"  real images: {golden}; {edge}"
+
+
+CHECK_WORD = {True: "PASS", False: "FAIL", None: "SKIP"}  # a deploy-check check's ok: passed, failed, could not be judged
 
 
 @app.command("deploy-check", epilog="""Examples:
@@ -335,8 +350,10 @@ def pack(
   edgedd deploy-check bundles/effnet --int8 --data photos/ --min-accuracy 0.8 --max-latency-ms 20 --json
 
 --data is a local ImageFolder; write one on the host with edgedd export-data (e.g. edgedd export-data
-embedded:mnist/test mnist_test) and copy it here. Exit codes: 0 every check passed, 1 the bundle or
-data could not be used, 2 usage, 3 a check failed.
+embedded:mnist/test mnist_test) and copy it here. With --data, the "expected" check fails when top-1
+falls more than --margin (or 3 standard errors, if more) below the top-1 pack measured on real
+held-out images; a bundle packed without that figure shows it as SKIP. Exit codes: 0 every check
+passed (or was skipped), 1 the bundle or data could not be used, 2 usage, 3 a check failed.
 """)
 @handle_errors
 def deploy_check(
@@ -347,6 +364,7 @@ def deploy_check(
     max_latency_ms: Optional[float] = typer.Option(None, min=0.0, help="Fail if batch-1 p95 latency exceeds this."),
     min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", min=0.0, max=1.0, help="Fail if --data top-1 is below this fraction (chance level always fails)."),
     min_data_top1: Optional[float] = typer.Option(None, "--min-data-top1", min=0.0, max=1.0, hidden=True),  # old name of --min-accuracy
+    margin: float = typer.Option(0.05, min=0.0, max=1.0, help="Fail if --data top-1 falls more than this below the top-1 pack expected on real held-out images (or 3 standard errors, if more)."),
     ridge: float = typer.Option(1e-3, min=0.0, help="Relative ridge strength of the projector fit."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -358,12 +376,12 @@ def deploy_check(
     floor = min_accuracy if min_accuracy is not None else min_data_top1
     if floor is not None and data is None:
         raise typer.BadParameter("needs --data: the floor applies to accuracy on a labelled ImageFolder", param_hint="--min-accuracy")
-    r = run(bundle, data=data, fine_tune=fine_tune, max_latency_ms=max_latency_ms, int8=int8, ridge=ridge, min_accuracy=floor)
+    r = run(bundle, data=data, fine_tune=fine_tune, max_latency_ms=max_latency_ms, int8=int8, ridge=ridge, min_accuracy=floor, margin=margin)
     if json_out:
         _print_json("deploy-check", r)
     else:
         width = max(len(c["name"]) for c in r["checks"])
-        lines = [f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']:<{width}}  {c['detail']}" for c in r["checks"]]
+        lines = [f"  {CHECK_WORD[c['ok']]}  {c['name']:<{width}}  {c['detail']}" for c in r["checks"]]
         rss = r.get("peak_rss_mb")
         lines.append(f"deploy-check {'PASSED' if r['ok'] else 'FAILED'}: synthetic top-1 {r['synthetic_top1']:.1%}"
                      + (f", data top-1 {r['data_top1']:.1%}" if "data_top1" in r else "")

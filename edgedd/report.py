@@ -37,7 +37,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums} tr.stalled td{backgro
 .grid{display:flex;flex-wrap:wrap;gap:8px} figure.tile{margin:0;text-align:center}
 figure.tile img{image-rendering:pixelated;display:block;border:1px solid #ccc}
 figure.tile figcaption{font-size:.8em;max-width:%dpx;overflow-wrap:anywhere}
-.plots img{max-width:100%%} .pass{color:#1a7f37;font-weight:600} .fail{color:#c62828;font-weight:600}
+.plots img{max-width:100%%} .pass{color:#1a7f37;font-weight:600} .fail{color:#c62828;font-weight:600} .skip{color:#8a6d00;font-weight:600}
 .note{color:#666;font-size:.9em}
 """ % MIN_TILE
 
@@ -244,8 +244,9 @@ def eval_section(r: dict) -> str:
 def deploy_section(dc: dict) -> str:
     rows = []
     for c in dc.get("checks") or []:
-        ok = bool(c.get("ok"))
-        rows.append(([f'<span class="{"pass" if ok else "fail"}">{"PASS" if ok else "FAIL"}</span>', esc(c.get("name")), esc(c.get("detail"))], ""))
+        ok = c.get("ok")  # None: skipped (deploy-check could not judge it; the detail says why)
+        word, cls = ("SKIP", "skip") if ok is None else ("PASS", "pass") if ok else ("FAIL", "fail")
+        rows.append(([f'<span class="{cls}">{word}</span>', esc(c.get("name")), esc(c.get("detail"))], ""))
     verdict = "PASSED" if dc.get("ok") else "FAILED"
     line = (f"synthetic top-1 {_pct(dc.get('synthetic_top1'))}"
             + (f", data top-1 {_pct(dc.get('data_top1'))} (chance {_pct(dc.get('chance_top1'))})" if "data_top1" in dc else "")

@@ -417,18 +417,55 @@ def chance_bound(n: int, p: float, alpha: float = CHANCE_ALPHA) -> int | None:
     return 0  # pragma: no cover - the tail reaches 1 > alpha at k = 0
 
 
-def _check(checks: list, name: str, ok: bool, detail: str) -> bool:
-    checks.append({"name": name, "ok": bool(ok), "detail": detail})
+EXPECTED_MARGIN = 0.05  # deploy-check --margin: a drop below the host's expected top-1 never fails under this
+
+
+def allowed_drop(device_top1: float, device_n: int, host_top1: float, host_n: int, margin: float = EXPECTED_MARGIN) -> float:
+    """How far the device's top-1 may fall below the host's expected top-1 before the ``expected``
+    check fails: max(``margin``, 3 standard errors of the difference of the two proportions),
+
+        se = sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2),
+
+    each proportion Agresti-Caffo adjusted (p = (k + 1) / (n + 2), over n + 2), so that 3 of 3
+    right on the host does not claim zero uncertainty and fail a device at 17 of 18."""
+
+    def var(p: float, n: int) -> float:
+        q = (p * n + 1) / (n + 2)
+        return q * (1 - q) / (n + 2)
+
+    return max(margin, 3 * math.sqrt(var(device_top1, device_n) + var(host_top1, host_n)))
+
+
+def _check(checks: list, name: str, ok: bool | None, detail: str) -> bool | None:
+    """Record a check: ok True passed, False failed, None skipped (could not be judged; says why)."""
+    checks.append({"name": name, "ok": None if ok is None else bool(ok), "detail": detail})
     return ok
+
+
+def _expected_check(checks: list, report: dict, ref: dict, n: int, margin: float, int8: bool) -> None:
+    """--data top-1 against the top-1 pack measured on the same edge path on real held-out images."""
+    host, host_n = ref.get("expected_edge_top1"), ref.get("expected_edge_images")
+    report["expected_top1"], report["expected_images"], report["expected_allowed_drop"] = host, host_n, None
+    if not isinstance(host, (int, float)) or not isinstance(host_n, int) or host_n < 1:
+        why = ref.get("expected_edge_missing") or "packed by an edgedd that did not measure one"
+        _check(checks, "expected", None, f"skipped: the bundle records no expected edge top-1 ({why}); re-pack on the host with the run's training data")
+        return
+    got = report["data_top1"]
+    drop = report["expected_allowed_drop"] = allowed_drop(got, n, host, host_n, margin)
+    _check(checks, "expected", got >= host - drop,
+           f"device {got:.1%} on {n} images, host expected {host:.1%} on {host_n} held-out images"
+           + (" (fp32 backbone)" if int8 else "") + f"; allowed drop {100 * drop:.1f} points (max of --margin {100 * margin:g} and 3 standard errors)")
 
 
 def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tune: bool = True, max_latency_ms: float | None = None,
                  int8: bool = False, ridge: float = 1e-3, tolerance: float = 1e-3, min_accuracy: float | None = None,
-                 min_data_top1: float | None = None) -> dict:
+                 min_data_top1: float | None = None, margin: float = EXPECTED_MARGIN) -> dict:
     """Every check the issue lists; integrity and file problems raise (nothing else can run).
 
     With ``data``: "data accuracy" fails below ``min_accuracy`` (``min_data_top1`` is its old name)
-    and "above chance" fails when top-1 is not above what guessing gets (:func:`chance_bound`).
+    and "above chance" fails when top-1 is not above what guessing gets (:func:`chance_bound`);
+    "expected" fails when top-1 falls more than :func:`allowed_drop` below the top-1 pack measured
+    on real held-out images, and is skipped (ok None) for a bundle that records none.
     The report's ``ok`` is False when any check failed.
     """
     if min_accuracy is None:
@@ -509,12 +546,13 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
         else:
             _check(checks, "above chance", correct >= k,
                    f"top-1 {report['data_top1']:.1%} ({correct}/{len(y)}); chance {chance:.1%}, need {k}/{len(y)} ({k / len(y):.1%}) to beat it at 3 sigma")
+        _expected_check(checks, report, m.get("reference") or {}, len(y), margin, int8)
     p50, p95 = latency_ms(b, syn_x[:1], projector)
     report["latency_ms_p50"], report["latency_ms_p95"] = p50, p95
     _check(checks, "latency", max_latency_ms is None or p95 <= max_latency_ms,
            f"batch 1: p50 {p50:.2f} ms, p95 {p95:.2f} ms" + (f" (limit {max_latency_ms:g} ms)" if max_latency_ms is not None else ""))
     report["peak_rss_mb"] = peak_rss_mb()
-    report["ok"] = all(c["ok"] for c in checks)
+    report["ok"] = all(c["ok"] is not False for c in checks)  # a skipped check (None) fails nothing
     return report
 
 
