@@ -79,16 +79,16 @@ def test_artifact_versions_and_hash(tmp_path):
     t = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
     assert art.to_bytes(t, {"a": 1}) == art.to_bytes(dict(t), {"a": 1})
     art.write(tmp_path / "a.safetensors", t, {"a": 1})
-    got = art.read(tmp_path / "a.safetensors")
+    got = art.load(tmp_path / "a.safetensors")  # the file format alone: {"a": 1} is no bundle's metadata
     np.testing.assert_array_equal(got["x"], t["x"])
     data = (tmp_path / "a.safetensors").read_bytes()
     future = data.replace(b'"edgedd.format":"1.0"', b'"edgedd.format":"2.0"')
     assert future != data
     with pytest.raises(EdgeddError, match="format 2.0, this edgedd reads 1.x"):
-        art.from_bytes(future)
+        art.load_bytes(future)
     minor = data.replace(b'"edgedd.format":"1.0"', b'"edgedd.format":"1.1"')
     with pytest.raises(EdgeddError, match="damaged"):  # the tag must agree with the hashed metadata
-        art.from_bytes(minor)
+        art.load_bytes(minor)
 
 
 def test_pack_refuses_bad_input(packed, tmp_path):
