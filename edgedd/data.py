@@ -43,6 +43,7 @@ _PIL_RESAMPLE = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
+INTERPOLATIONS = tuple(_PIL_RESAMPLE)  # the names a preprocessing config may use
 
 
 @dataclass

@@ -45,7 +45,7 @@ def test_onnx_parity_with_torch(packed, batch):
         f = model(x)
     got_f = _sess(packed["bundle"] / "backbone.onnx").run(None, {"images": x.numpy()})[0]
     np.testing.assert_allclose(got_f, f.numpy(), rtol=1e-4, atol=1e-4)
-    w, b = torch.from_numpy(a["projector.weight"]), torch.from_numpy(a["projector.bias"])
+    w, b = torch.tensor(a["projector.weight"]), torch.tensor(a["projector.bias"])  # copies: artifact tensors are read-only
     p = torch.nn.functional.linear(f, w, b)
     got_p = _sess(packed["bundle"] / "projector.onnx").run(None, {"features": f.numpy()})[0]
     np.testing.assert_allclose(got_p, p.numpy(), rtol=1e-5, atol=1e-5)
@@ -79,17 +79,17 @@ def test_artifact_versions_and_hash(tmp_path):
     t = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
     assert art.to_bytes(t, {"a": 1}) == art.to_bytes(dict(t), {"a": 1})
     art.write(tmp_path / "a.safetensors", t, {"a": 1})
-    got = art.read(tmp_path / "a.safetensors")
+    got = art.load(tmp_path / "a.safetensors")  # the file format alone: {"a": 1} is no bundle's metadata
     np.testing.assert_array_equal(got["x"], t["x"])
     data = (tmp_path / "a.safetensors").read_bytes()
     tag = f'"edgedd.format":"{art.FORMAT}"'.encode()
     future = data.replace(tag, b'"edgedd.format":"2.0"')
     assert future != data
     with pytest.raises(EdgeddError, match="format 2.0, this edgedd reads 1.x"):
-        art.from_bytes(future)
+        art.load_bytes(future)
     minor = data.replace(tag, f'"edgedd.format":"1.{art.FORMAT_MINOR + 1}"'.encode())
     with pytest.raises(EdgeddError, match="damaged"):  # the tag must agree with the hashed metadata
-        art.from_bytes(minor)
+        art.load_bytes(minor)
 
 
 def test_pack_refuses_bad_input(packed, tmp_path):

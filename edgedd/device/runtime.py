@@ -21,7 +21,6 @@ import errno
 import hashlib
 import math
 import os
-import re
 import stat
 import sys
 import time
@@ -48,10 +47,10 @@ ROLES = ("backbone", "projector", "classifier")
 VARIANTS = ("fp32", "int8")  # the backbone graphs a bundle can hold ("int8" only if packed with --int8)
 SYNTHETIC_SLACK = 0.05  # device vs host top-1 on the synthetic set, same projector (at least one image)
 
+# A graph's file name must be a bare name inside the bundle: one rule, the schema's (checked on
+# every read of the artifact; read_graph checks it again before touching the file system).
+from .schema import GRAPH_NAME  # noqa: E402
 
-# A graph's file name, from the artifact's metadata: a bare name inside the bundle, nothing else
-# (no '/', '\\', '..', absolute path, NUL or empty name), so the metadata cannot point outside.
-GRAPH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from edgedd.device import artifact as art
 
 def resign(bundle: Path, edit) -> None:
     """Apply ``edit(meta)`` to the artifact's metadata and write it back with a correct hash."""
-    a = art.read(bundle / art.ARTIFACT_FILE)
+    a = art.load(bundle / art.ARTIFACT_FILE)  # verified, not schema-checked: it may hold an earlier crafted edit
     edit(a.meta)
     art.write(bundle / art.ARTIFACT_FILE, a.tensors, a.meta)
 
