@@ -36,6 +36,7 @@ from ..atomic import write_bytes
 from ..errors import EdgeddError
 from . import artifact as art
 from .onnx_scan import Malformed, uses_external_data
+from .ortrun import run as run_graph
 from .render import center_crop, normalize, render_views, resize_square
 
 try:  # Unix only; peak RSS is then not reported
@@ -78,6 +79,7 @@ class Bundle:
     providers: list[str] = field(default_factory=list)
     variant: str = "fp32"  # which backbone the sessions run: "fp32" or "int8"
     graph_sha256: dict[str, str] = field(default_factory=dict)
+    graph_files: dict[str, Path] = field(default_factory=dict)  # role -> the file each session was loaded from (for errors)
     # The device-fitted projector (W, b) that Bundle.open found for this variant; None: the packed projector graph.
     projector: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -197,6 +199,7 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
             raise EdgeddError(f"{directory / name} keeps tensors in external files, which a bundle never does",
                               "the bundle was altered; re-copy it or re-run edgedd pack")
         b.graph_sha256[role] = g["sha256"]
+        b.graph_files[role] = directory / name
         try:
             b.sessions[role] = ort.InferenceSession(data, sess_options=opts, providers=chosen)
         except Exception as e:  # onnxruntime's own exception types
@@ -205,13 +208,16 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
     return b
 
 
-def _run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-    return sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+def _run(b: Bundle, role: str, x: np.ndarray) -> np.ndarray:
+    """One batch through one graph, under the time limit (ortrun)."""
+    sess = b.sessions[role]
+    feeds = {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+    return run_graph(sess, feeds, f"the {role} graph {b.graph_files.get(role, '')}".rstrip())[0]
 
 
 def backbone_features(b: Bundle, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """images: normalised (n, 3, S, S) float32 at the edge input size."""
-    return np.concatenate([_run(b.sessions["backbone"], images[s : s + batch]) for s in range(0, len(images), batch)])
+    return np.concatenate([_run(b, "backbone", images[s : s + batch]) for s in range(0, len(images), batch)])
 
 
 def prepare_canvases(b: Bundle, canvases: np.ndarray) -> np.ndarray:
@@ -334,9 +340,9 @@ def classify(b: Bundle, images: np.ndarray, projector: tuple[np.ndarray, np.ndar
     """Normalised edge inputs -> logits. ``projector`` None: the packed projector graph."""
     out = []
     for s in range(0, len(images), batch):
-        f = _run(b.sessions["backbone"], images[s : s + batch])
-        p = _run(b.sessions["projector"], f) if projector is None else f @ projector[0].T + projector[1]
-        out.append(_run(b.sessions["classifier"], p))
+        f = _run(b, "backbone", images[s : s + batch])
+        p = _run(b, "projector", f) if projector is None else f @ projector[0].T + projector[1]
+        out.append(_run(b, "classifier", p))
     return np.concatenate(out)
 
 
