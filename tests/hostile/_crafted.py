@@ -49,3 +49,29 @@ class OpenedPaths:
 
     def __exit__(self, *exc):
         self.seen, self.paths = self.paths, None
+
+
+def run_cli(args, limits=(), env=None, timeout=60):
+    """``python -m edgedd ARGS`` in a subprocess (real stdout/stderr encodings, resource limits):
+    ``limits`` are (resource.RLIMIT_*, value) pairs set in the child; ``env`` adds variables."""
+    import resource
+    import subprocess
+
+    def cap():
+        for what, value in limits:
+            resource.setrlimit(what, (value, value))
+
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEDD_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "edgedd", *map(str, args)], capture_output=True, text=True,
+                          errors="surrogateescape", env=full, preexec_fn=cap, timeout=timeout)
+
+
+def one_line_error_proc(p, *words) -> str:
+    """:func:`one_line_error` for a :func:`run_cli` result."""
+    err = p.stderr.strip()
+    assert p.returncode == 1, (p.returncode, err[-800:])
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert p.stdout == ""
+    for w in words:
+        assert w in err, (w, err)
+    return err
