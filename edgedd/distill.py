@@ -53,7 +53,7 @@ from .memory import PhaseMemory
 from .metrics import METRICS_FILE, MetricsLog, flow_every
 from .preview import write_grid
 from .progress import Progress, progress_allowed
-from .statistics import save_stage1, stage1_cached
+from .statistics import CACHE_ENV, cache_root, save_stage1, stage1_cached
 from .synthetic import Pyramid, extension_steps, level_resolutions
 
 RUN_FORMAT = 1
@@ -370,6 +370,8 @@ def distill(
     validate(replace(config, syn_res=1 if syn_res is None else syn_res, crop_res=1 if crop_res is None else crop_res))
     source: LabelledImages = open_dataset(data)  # cheap input checks before any model work
     check_model_name(backbone)
+    if options.use_cache:  # a cache directory that is a file or read-only: one line now, not a traceback after Stage I
+        atomic.check_writable_dir(cache_root(), "the cache directory", f"set {CACHE_ENV} to a writable directory, or pass --no-cache")
     group, device = setup(resolve_device(options.device))
     try:
         # one distill per run directory at a time: rank 0 holds the lock until the run returns

@@ -70,8 +70,12 @@ class Stage1:
         return self.sums / self.counts.unsqueeze(1).to(self.sums.dtype)
 
 
+CACHE_ENV = "EDGEDD_CACHE_DIR"
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("EDGEDD_CACHE_DIR") or Path.home() / ".cache" / "edgedd")
+    """``$EDGEDD_CACHE_DIR``, else ``~/.cache/edgedd`` (Stage I entries and converted zoo weights)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgedd")
 
 
 def stage1_key(info: BackboneInfo, source: LabelledImages, cfg: StageIConfig) -> str:

@@ -34,6 +34,7 @@ import onnxruntime as ort
 
 from ..atomic import write_bytes
 from ..errors import EdgeddError
+from ..paths import PERMISSION_FIX, NotRegularFile, require_dir, require_file
 from . import artifact as art
 from .onnx_scan import Malformed, uses_external_data
 from .ortrun import run as run_graph
@@ -170,10 +171,8 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
     onnxruntime (never re-opened by path, so swapping a file afterwards changes nothing), and a
     graph whose tensors live in external files is refused (see onnx_scan).
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise EdgeddError(f"bundle {directory} is not a directory", "pass the --out directory of edgedd pack")
-    a = art.read(directory / art.ARTIFACT_FILE)
+    directory = require_dir(directory, "bundle", "pass the --out directory of edgedd pack")
+    a = art.read(require_file(directory / art.ARTIFACT_FILE, "artifact", "pass a bundle directory made by edgedd pack"))
     graphs = a.meta.get("onnx")
     graphs = dict(graphs) if isinstance(graphs, dict) else {}
     if int8:
@@ -357,11 +356,8 @@ def load_labelled_folder(b: Bundle, directory: str | Path) -> tuple[np.ndarray, 
     if str(directory).startswith(EMBEDDED_PREFIX):
         raise EdgeddError(f"--data {directory} is an embedded dataset, which a device cannot read (it ships with the host install)",
                           f"on the host run: edgedd export-data {directory} DIR, copy DIR to this device and pass --data DIR")
-    if not Path(directory).is_dir():
-        raise EdgeddError(f"--data {directory} is not a directory",
-                          "pass a local ImageFolder (one sub-folder per class, named after the bundle's classes); "
-                          "edgedd export-data on the host writes one from any dataset")
-    src = scan_image_folder(directory)
+    src = scan_image_folder(require_dir(directory, "--data", "pass a local ImageFolder (one sub-folder per class, named after the bundle's "
+                                        "classes); edgedd export-data on the host writes one from any dataset"), min_classes=1)
     unknown = [c for c in src.class_names if c not in b.class_names]
     if unknown:
         raise EdgeddError(f"--data class folder(s) {', '.join(unknown[:5])} are not classes of this bundle",
@@ -545,6 +541,10 @@ def edge_canvas(image, size: int, interpolation: str) -> np.ndarray:
             return load_canvas(str(image), size, interpolation)
         except FileNotFoundError:
             raise EdgeddError(f"image {image} does not exist", "pass existing image files") from None
+        except PermissionError:
+            raise EdgeddError(f"cannot read image {image} (permission denied)", PERMISSION_FIX) from None
+        except NotRegularFile as e:  # a directory, or a FIFO named x.png (refused before it could block)
+            raise EdgeddError(f"image {image} is {e.kind}, not a file", "pass image files") from None
         except UNREADABLE_IMAGE as e:  # incl. decompression bombs and MemoryError
             raise EdgeddError(f"cannot read image {image} ({type(e).__name__})", "pass a JPEG, PNG, BMP or WebP file") from None
     if isinstance(image, np.ndarray):
@@ -587,7 +587,7 @@ def inspect(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / art.ARTIFACT_FILE
-    a = art.read(path)
+    a = art.read(require_file(path, "artifact", "pass a bundle directory made by edgedd pack"))
     return {
         "file": str(path),
         "format": a.meta.get("format"),
