@@ -87,6 +87,7 @@ def scan_image_folder(root: str | os.PathLike, min_classes: int = 2) -> Labelled
         labels: list[int] = []
         h = hashlib.sha256()
         for label, d in enumerate(class_dirs):
+            require_dir(d, "class folder", "")  # rglob skips a folder it cannot list: say so, not "holds no images"
             files = sorted(
                 p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
             )

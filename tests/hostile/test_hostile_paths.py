@@ -2,7 +2,8 @@
 permission denied, an output or cache directory that is a file, a full disk, non-UTF-8 names,
 a symlinked --out. Each gets one line naming the path and the fix (or works), never a traceback.
 
-Permission tests skip when run as root: root ignores permission bits, so nothing can be denied."""
+Root ignores permission bits: as root the permission test drops that power with setpriv (tests/hostile/
+_crafted.DROP_DAC) and skips where setpriv is missing."""
 
 from __future__ import annotations
 
@@ -13,21 +14,15 @@ import resource
 import shutil
 
 import pytest
-from _crafted import one_line_error, one_line_error_proc, run_cli
+from _crafted import DROP_DAC, one_line_error, one_line_error_proc, run_cli
 from conftest import make_image_folder, tiny_distill_args
 from typer.testing import CliRunner
 
-from edgedd.atomic import check_writable_dir
 from edgedd.cli import app
 from edgedd.data import scan_image_folder
-from edgedd.errors import EdgeddError
 
-ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-needs_non_root = pytest.mark.skipif(ROOT, reason="root ignores permission bits: nothing can be denied to it")
-
-
-def _image(packed):
-    return next((packed["heldout"] / "circle").iterdir())
+# Root ignores permission bits; DROP_DAC runs the CLI without that power (setpriv), else these skip.
+needs_permissions = pytest.mark.skipif(DROP_DAC is None, reason="root without setpriv ignores permission bits: nothing can be denied to it")
 
 
 def test_predict_refuses_a_fifo_named_png_without_waiting_on_it(bundle, packed, tmp_path):
@@ -50,28 +45,22 @@ def test_a_directory_or_missing_path_where_a_file_is_expected_is_named_as_such(b
     one_line_error(runner.invoke(app, ["deploy-check", str(bundle), "--data", str(tmp_path / "nowhere")]), "--data", "does not exist")
 
 
-@needs_non_root
+@needs_permissions
 def test_permission_denied_is_said_so(bundle, packed, tmp_path):
-    img = tmp_path / "locked.png"
-    shutil.copy(_image(packed), img)
-    img.chmod(0)
     data = tmp_path / "data"
     shutil.copytree(packed["heldout"], data)
-    (data / "circle").chmod(0)
-    try:
-        one_line_error(CliRunner().invoke(app, ["predict", str(bundle), str(img)]), "permission denied", "chmod")
-        one_line_error(CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(data)]), "permission denied", "circle")
-    finally:
-        (data / "circle").chmod(0o755)
-
-
-@needs_non_root
-def test_a_read_only_output_directory_is_one_line_before_any_work(tmp_path):
+    (data / "circle").chmod(0)  # rglob silently skipped it: "holds no images" was the message
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
-    with pytest.raises(EdgeddError, match="permission denied|Permission denied"):
-        check_writable_dir(ro / "out", "--out")
+    try:
+        one_line_error_proc(run_cli(["deploy-check", bundle, "--data", data], wrap=DROP_DAC), "class folder", "circle", "permission denied", "chmod")
+        one_line_error_proc(run_cli(["export-data", packed["heldout"], ro / "out"], wrap=DROP_DAC), str(ro), "Permission denied", "make it writable")
+        p = run_cli(tiny_distill_args(packed["heldout"], tmp_path / "run"), env={"EDGEDD_CACHE_DIR": str(ro / "cache")}, wrap=DROP_DAC)
+        one_line_error_proc(p, "the cache directory", "Permission denied", "--no-cache")
+    finally:
+        (data / "circle").chmod(0o755)
+        ro.chmod(0o755)
 
 
 def test_deploy_check_with_one_class_of_data_runs_and_says_why_it_cannot_judge(bundle, packed, tmp_path):
