@@ -56,10 +56,21 @@ def test_permission_denied_is_said_so(bundle, packed, tmp_path):
     try:
         one_line_error_proc(run_cli(["deploy-check", bundle, "--data", data], wrap=DROP_DAC), "class folder", "circle", "permission denied", "chmod")
         one_line_error_proc(run_cli(["export-data", packed["heldout"], ro / "out"], wrap=DROP_DAC), str(ro), "Permission denied", "make it writable")
-        p = run_cli(tiny_distill_args(packed["heldout"], tmp_path / "run"), env={"EDGEDD_CACHE_DIR": str(ro / "cache")}, wrap=DROP_DAC)
-        one_line_error_proc(p, "the cache directory", "Permission denied", "--no-cache")
     finally:
         (data / "circle").chmod(0o755)
+        ro.chmod(0o755)
+
+
+@needs_permissions
+def test_a_read_only_cache_directory_stops_distill_before_model_work(image_folder, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        p = run_cli(tiny_distill_args(image_folder, tmp_path / "run"), env={"EDGEDD_CACHE_DIR": str(ro / "cache")}, wrap=DROP_DAC)
+        one_line_error_proc(p, "the cache directory", str(ro / "cache"), "Permission denied", "--no-cache")
+        assert not (tmp_path / "run").exists()
+    finally:
         ro.chmod(0o755)
 
 
@@ -139,3 +150,10 @@ def test_overwrite_through_a_symlinked_out_replaces_what_it_points_to(packed, tm
     assert link.is_symlink() and os.readlink(link) == str(real)  # the link kept, the export behind it replaced
     assert sum(1 for _ in real.rglob("*.png")) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no temporary left
+
+
+def test_a_full_disk_during_distill_is_one_line(image_folder, tmp_path):
+    """The Stage I feature array (a memmap) and every atomic write: EFBIG under a 4 KiB file-size limit."""
+    cache = tmp_path / "cache"
+    p = run_cli(tiny_distill_args(image_folder, tmp_path / "run"), env={"EDGEDD_CACHE_DIR": str(cache)}, limits=[(resource.RLIMIT_FSIZE, 4096)])
+    one_line_error_proc(p, "cannot write the Stage I features in", str(cache), "File too large", "free space")
