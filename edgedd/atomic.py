@@ -3,11 +3,12 @@
 Every file edgedd writes goes through :func:`write_bytes`: write to a temporary file in the same
 directory, flush and fsync it, then ``os.replace`` it over the target (atomic on POSIX and Windows
 within one filesystem) and fsync the directory so the rename itself survives a power cut.
-This module imports only the standard library so the device side can use it.
+This module imports only the standard library (and edgedd.errors) so the device side can use it.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -17,9 +18,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import EdgeddError
+
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` by a temporary sibling and a rename: ``path`` is the old file or the
+    new one, never half written. Raises EdgeddError naming the path and the fix when the host
+    refuses (read-only, a file where a directory should be, disk full or a file-size limit)."""
     path = Path(path)
+    try:
+        _write_bytes(path, data)
+    except OSError as e:
+        raise os_error(e, path, "write") from None
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -39,6 +52,38 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+# What to do about an OSError the host gave, by errno; the default covers the rest.
+_FULL = "free space on that disk (or raise the quota or file-size limit, ulimit -f) and run again"
+_FIXES = {errno.ENOSPC: _FULL, errno.EDQUOT: _FULL, errno.EFBIG: _FULL,
+          errno.EROFS: "that file system is read-only; choose a location on a writable one",
+          errno.EACCES: "make it writable (chmod/chown) or choose another location",
+          errno.EPERM: "make it writable (chmod/chown) or choose another location",
+          errno.ENOTDIR: "a file stands where a directory is needed; move it or choose another location",
+          errno.EEXIST: "a file stands where a directory is needed; move it or choose another location"}
+
+
+def os_error(e: OSError, path: str | os.PathLike, doing: str = "write") -> EdgeddError:
+    """One line for an OSError met while doing ``doing`` to ``path``: what the host said, and the fix."""
+    why = e.strerror or os.strerror(e.errno) if e.errno else type(e).__name__
+    return EdgeddError(f"cannot {doing} {path} ({why})", _FIXES.get(e.errno, "choose a writable location"))
+
+
+def check_writable_dir(directory: str | os.PathLike, what: str, fix: str | None = None) -> Path:
+    """Create ``directory`` if needed and prove a file can be made in it, before any long work: a
+    read-only or misplaced output then costs one line at the start, not a traceback at the end.
+    ``what`` names it in the message ("the cache directory ..."); ``fix`` replaces the errno's fix."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".edgedd-probe.", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        err = os_error(e, f"{what} {directory}" if what else directory, "write in")
+        raise (EdgeddError(err.problem, fix) if fix else err) from None
+    return directory
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """JSON with sorted keys and a trailing newline, so equal objects give equal bytes."""
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
@@ -56,9 +101,20 @@ def make_temp_dir(parent: Path, name: str) -> Path:
     Named ``.{name}.{pid}.tmp-XXXX`` so :func:`remove_stale_temp_dirs` can tell a directory left
     by a killed writer (its process is gone) from one a live writer is still filling.
     """
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.tmp-", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.tmp-", dir=parent))
+    except OSError as e:
+        raise os_error(e, parent, "write in") from None
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def real_out(out: str | os.PathLike) -> Path:
+    """``out``, or the path it points to when it is a symbolic link. An output directory that
+    appears by rename (:func:`replace_dir`) must be built and renamed where it really is: renaming
+    the link would replace the link, not the bundle it points to, and leave the link behind."""
+    out = Path(out)
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
 
 
 def replace_dir(tmp: Path, out: Path) -> None:

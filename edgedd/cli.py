@@ -24,8 +24,9 @@ from typing import Optional
 
 import typer
 
-from .config import RECIPES
+from .config import MAX_RESOLUTION, RECIPES
 from .errors import EdgeddError
+from .terminal import printable
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
 JSON_SCHEMA_VERSION = 1
@@ -44,13 +45,16 @@ app = typer.Typer(
 
 
 def _say(msg: str) -> None:
-    """A warning or status line: stderr, so stdout carries only results."""
-    print(msg, file=sys.stderr, flush=True)
+    """A warning, status or error line: stderr, so stdout carries only results. One line: whatever
+    a name in it holds (a newline, an ANSI escape, a non-UTF-8 byte) is shown escaped."""
+    print(printable(msg), file=sys.stderr, flush=True)
 
 
 def _result(msg: str) -> None:
-    """Human-readable results: stdout."""
-    print(msg, flush=True)
+    """Human-readable results: stdout. The report's own newlines and tabs stay; every other control
+    character is shown escaped (names in it should also be passed through :func:`printable` where
+    they are put in, so a newline inside a class name cannot forge a line)."""
+    print(printable(msg, keep="\n\t"), flush=True)
 
 
 def _print_json(command: str, obj: dict) -> None:
@@ -80,7 +84,7 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
+        warnings.formatwarning = lambda message, category, *a, **k: f"warning: {printable(str(message))}\n"
         try:
             return fn(*args, **kwargs)
         except EdgeddError as e:
@@ -149,8 +153,8 @@ def distill(
     ipc: int = typer.Option(1, min=1, help="Synthetic images per class."),
     iterations: int = typer.Option(5000, min=1, help="Distillation steps."),
     lr: float = typer.Option(2e-3, help="Adam learning rate on the pyramid levels."),
-    syn_res: Optional[int] = typer.Option(None, min=1, help="Synthetic image resolution [default: backbone crop / crop_pct]."),
-    crop_res: Optional[int] = typer.Option(None, min=1, help="Backbone input (crop) resolution [default: the backbone's]."),
+    syn_res: Optional[int] = typer.Option(None, min=1, max=MAX_RESOLUTION, help="Synthetic image resolution [default: backbone crop / crop_pct]."),
+    crop_res: Optional[int] = typer.Option(None, min=1, max=MAX_RESOLUTION, help="Backbone input (crop) resolution [default: the backbone's]."),
     augs_per_batch: Optional[int] = typer.Option(None, min=1, help="Augmented views per image per step [default: 1; lgm: 10]."),
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="sfm_decouple: weight of target-centre matching."),
     beta: float = typer.Option(10.0, min=0.0, help="sfm_anchor: weight of the centre anchor (0 = plain SFM)."),
@@ -243,7 +247,7 @@ def evaluate(
     mode: list[EvalMode] = typer.Option([EvalMode.normal], "--mode", help="normal (fresh probe), ci (classifier inheritance), kd (soft labels); repeatable."),
     eval_backbone: Optional[str] = typer.Option(None, help="Evaluation backbone B [default: the distillation backbone]."),
     eval_weights: Optional[str] = typer.Option(None, help="B's weights: 'hub', a .safetensors file or 'random'."),
-    eval_crop_res: Optional[int] = typer.Option(None, min=1, help="B's input resolution."),
+    eval_crop_res: Optional[int] = typer.Option(None, min=1, max=MAX_RESOLUTION, help="B's input resolution."),
     protocol: Recipe = typer.Option(Recipe.converged, help="'converged': every head fitted to its optimum on cached views; 'reference': METHOD.md's Adam protocol."),
     seeds: int = typer.Option(3, min=1, help="Training seeds; mean and std are reported."),
     epochs: int = typer.Option(1000, min=1, help="Epochs over the distilled set (reference protocol; METHOD.md: 1000)."),
@@ -299,7 +303,7 @@ def pack(
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
     edge_backbone: Optional[str] = typer.Option(None, help="timm name of the edge backbone [default: the distillation backbone]."),
     edge_weights: Optional[str] = typer.Option(None, help="Edge weights: 'hub', a .safetensors file or 'random'."),
-    edge_crop_res: Optional[int] = typer.Option(None, min=1, help="Edge backbone input resolution [default: the backbone's]."),
+    edge_crop_res: Optional[int] = typer.Option(None, min=1, max=MAX_RESOLUTION, help="Edge backbone input resolution [default: the backbone's]."),
     views: int = typer.Option(8, min=1, help="Augmented views per synthetic image stored as projector targets."),
     projector_recipe: Recipe = typer.Option(Recipe.converged, help="Host projector: 'converged' (closed-form ridge, the device's fit) or METHOD.md's 'reference' Adam recipe."),
     projector_epochs: int = typer.Option(1000, min=1, help="Epochs of the host projector's reference recipe."),
@@ -419,7 +423,7 @@ def predict(
                                 "predictions": r})
         return
     for item in r:
-        _result(item["image"] + "\t" + "  ".join(f"{t['label']} {t['prob']:.3f}" for t in item["top"]))
+        _result(printable(item["image"]) + "\t" + "  ".join(f"{printable(t['label'])} {t['prob']:.3f}" for t in item["top"]))
 
 
 @app.command(epilog="""Examples:
@@ -440,8 +444,8 @@ def inspect(
     if json_out:
         _print_json("inspect", r)
         return
-    _result(f"{r['file']}  format {r['format']}  sha256 {r['sha256'][:16]}…")
-    _result(f"classes ({r['classes']}): {', '.join(r['class_names'][:20])}{' …' if r['classes'] > 20 else ''}")
+    _result(f"{printable(r['file'])}  format {r['format']}  sha256 {r['sha256'][:16]}…")
+    _result(f"classes ({r['classes']}): {', '.join(printable(str(c)) for c in r['class_names'][:20])}{' …' if r['classes'] > 20 else ''}")
     _result(f"distilled with {r['distill']['backbone']['name']}, edge backbone {r['edge']['backbone']['name']}")
     for k, v in r["tensors"].items():
         _result(f"  {k:<20} {v['dtype']:<8} {tuple(v['shape'])}")

@@ -95,6 +95,13 @@ class StageIConfig:
         return self.golden_lr if self.golden_lr is not None else 1e-3 * self.golden_batch / 256
 
 
+# The largest synthetic or crop resolution accepted (--syn-res, --crop-res, --eval-crop-res,
+# --edge-crop-res): above any backbone's native size (the zoo's largest is 518), and small enough
+# that one float32 image (3 x 2048^2 x 4 B = 48 MB) and a batch of them fit; 100,000 would ask
+# for 120 GB per image and end in an allocation traceback.
+MAX_RESOLUTION = 2048
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Stage II: Statistical Flow Matching."""

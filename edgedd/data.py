@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import EdgeddError
+from .paths import PERMISSION_FIX, open_regular, require_dir
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 EMBEDDED_PREFIX = "embedded:"
@@ -74,38 +75,38 @@ def open_dataset(spec: str | os.PathLike) -> LabelledImages:
     return scan_image_folder(spec)
 
 
-def scan_image_folder(root: str | os.PathLike) -> LabelledImages:
-    root = Path(root)
-    if not root.exists():
-        raise EdgeddError(
-            f"data directory {root} does not exist",
-            "pass an ImageFolder directory (one sub-folder per class) or "
-            f"one of {', '.join(EMBEDDED_DATASETS)}",
-        )
-    if not root.is_dir():
-        raise EdgeddError(f"data path {root} is not a directory", "pass the folder that holds one sub-folder per class")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise EdgeddError(f"{root} has no class sub-folders", "put each class's images in a sub-folder named after the class")
-    paths: list[str] = []
-    labels: list[int] = []
-    h = hashlib.sha256()
-    for label, d in enumerate(class_dirs):
-        files = sorted(
-            p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-        )
-        if not files:
-            raise EdgeddError(
-                f"class folder {d} holds no images ({'/'.join(IMAGE_EXTENSIONS)})",
-                "add images to it or remove the folder",
+def scan_image_folder(root: str | os.PathLike, min_classes: int = 2) -> LabelledImages:
+    """An ImageFolder: one sub-folder per class. ``min_classes`` 2 for distillation (flows between class
+    centres); a labelled test set (deploy-check --data) may hold one class."""
+    root = require_dir(root, "data directory", "pass an ImageFolder directory (one sub-folder per class) or "
+                       f"one of {', '.join(EMBEDDED_DATASETS)}")
+    try:
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not class_dirs:
+            raise EdgeddError(f"{root} has no class sub-folders", "put each class's images in a sub-folder named after the class")
+        paths: list[str] = []
+        labels: list[int] = []
+        h = hashlib.sha256()
+        for label, d in enumerate(class_dirs):
+            require_dir(d, "class folder", "")  # rglob skips a folder it cannot list: say so, not "holds no images"
+            files = sorted(
+                p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
             )
-        for p in files:
-            st = p.stat()
-            # Fingerprint = names, sizes and mtimes: changes when any file does, costs no reads.
-            h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            paths.append(str(p))
-            labels.append(label)
-    if len(class_dirs) < 2:
+            if not files:
+                raise EdgeddError(
+                    f"class folder {d} holds no images ({'/'.join(IMAGE_EXTENSIONS)})",
+                    "add images to it or remove the folder",
+                )
+            for p in files:
+                st = p.stat()
+                # Fingerprint = names, sizes and mtimes: changes when any file does, costs no reads. A name
+                # that is not UTF-8 is hashed as its bytes (surrogateescape); UTF-8 names hash as before.
+                h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+                paths.append(str(p))
+                labels.append(label)
+    except PermissionError as e:  # a class folder (or the root) that cannot be listed
+        raise EdgeddError(f"cannot read {e.filename or root} (permission denied)", PERMISSION_FIX) from None
+    if len(class_dirs) < min_classes:
         raise EdgeddError(
             f"{root} has only one class ({class_dirs[0].name})",
             "distillation matches flows between class centres and needs at least 2 classes",
@@ -208,9 +209,9 @@ def export_image_folder(spec: str, out: str | os.PathLike, limit: int | None = N
     """
     import shutil
 
-    from .atomic import make_temp_dir, remove_stale_temp_dirs, replace_dir, write_json
+    from .atomic import check_writable_dir, make_temp_dir, os_error, real_out, remove_stale_temp_dirs, replace_dir, write_json
 
-    out = Path(out)
+    out = real_out(out)  # a symlink: the export it points to is replaced, the link kept
 
     def check_out() -> None:
         if out.exists() and not out.is_dir():
@@ -225,11 +226,14 @@ def export_image_folder(spec: str, out: str | os.PathLike, limit: int | None = N
 
     check_out()  # before reading the source, so a refusal costs nothing
     src = open_dataset(spec)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out.parent, "the parent directory")
     remove_stale_temp_dirs(out.parent, out.name)
     tmp = make_temp_dir(out.parent, out.name)
     try:
-        written, skipped = _write_pngs(src, tmp, limit, strict=False)
+        try:
+            written, skipped = _write_pngs(src, tmp, limit, strict=False)
+        except OSError as e:  # disk full or a file-size limit while writing the PNGs (reading errors are skips)
+            raise os_error(e, out, "write") from None
         if not written:
             raise EdgeddError(f"no readable images in {spec}", "pass a dataset that holds images")
         counts = {c: sum(1 for _ in (tmp / c).glob("*.png")) for c in src.class_names if (tmp / c).is_dir()}
@@ -290,7 +294,7 @@ UNREADABLE_IMAGE = (OSError, ValueError, Image.DecompressionBombError, MemoryErr
 
 def load_canvas(path: str, size: int, interpolation: str) -> np.ndarray:
     """Decode one file to a (size, size, 3) uint8 canvas. Raises one of UNREADABLE_IMAGE if unreadable."""
-    with Image.open(path) as img:
+    with open_regular(path) as f, Image.open(f) as img:  # a FIFO named x.png is refused, not waited on
         img.load()
         return np.asarray(resize_center_crop(to_rgb(img), size, interpolation), dtype=np.uint8)
 

@@ -40,7 +40,7 @@ from .stio import torch_serialize as save
 from . import __version__, atomic
 from .augment import StepDraws, apply_augment, augment, center_crop, normalize
 from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, distill_resolution, encode, load_backbone, resolve_device
-from .config import CROP_SAMPLERS, METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
+from .config import CROP_SAMPLERS, MAX_RESOLUTION, METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
 from .data import LabelledImages, default_num_workers, open_dataset
 from .distributed import SINGLE, Dist, on_all_ranks, setup, shard, teardown
 from .errors import EdgeddError
@@ -53,7 +53,7 @@ from .memory import PhaseMemory
 from .metrics import METRICS_FILE, MetricsLog, flow_every
 from .preview import write_grid
 from .progress import Progress, progress_allowed
-from .statistics import save_stage1, stage1_cached
+from .statistics import CACHE_ENV, cache_root, save_stage1, stage1_cached
 from .synthetic import Pyramid, extension_steps, level_resolutions
 
 RUN_FORMAT = 1
@@ -335,6 +335,9 @@ def validate(cfg: DistillConfig) -> None:
     for name in ("ipc", "iterations", "augs_per_batch", "extend_every", "syn_res", "crop_res"):
         if getattr(cfg, name) < 1:
             raise EdgeddError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})", "pass a positive value")
+    for name in ("syn_res", "crop_res"):
+        if getattr(cfg, name) > MAX_RESOLUTION:
+            raise EdgeddError(f"--{name.replace('_', '-')} must be at most {MAX_RESOLUTION} (got {getattr(cfg, name)})", "pass a resolution in pixels, e.g. 224")
     if not (cfg.beta >= 0 and math.isfinite(cfg.beta)):
         raise EdgeddError(f"--beta must be a finite value >= 0 (got {cfg.beta})", "pass e.g. 1.0 (0 is plain SFM)")
     if not 0 <= cfg.alpha <= 1:
@@ -367,6 +370,8 @@ def distill(
     validate(replace(config, syn_res=1 if syn_res is None else syn_res, crop_res=1 if crop_res is None else crop_res))
     source: LabelledImages = open_dataset(data)  # cheap input checks before any model work
     check_model_name(backbone)
+    if options.use_cache:  # a cache directory that is a file or read-only: one line now, not a traceback after Stage I
+        atomic.check_writable_dir(cache_root(), "the cache directory", f"set {CACHE_ENV} to a writable directory, or pass --no-cache")
     group, device = setup(resolve_device(options.device))
     try:
         # one distill per run directory at a time: rank 0 holds the lock until the run returns

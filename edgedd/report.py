@@ -336,8 +336,5 @@ def write_report(run: str | Path, eval: dict | str | Path | None = None, deploy_
     if path.is_dir():
         raise EdgeddError(f"--out {path} is a directory", "pass a file path, e.g. report.html")
     data = page.encode("utf-8")
-    try:
-        atomic.write_bytes(path, data)
-    except OSError as e:
-        raise EdgeddError(f"cannot write {path} ({e.strerror or type(e).__name__})", "choose a writable location") from None
+    atomic.write_bytes(path, data)  # an OSError becomes one line naming the path (atomic.os_error)
     return {"report": str(path), "bytes": len(data), **holds}

@@ -70,8 +70,20 @@ class Stage1:
         return self.sums / self.counts.unsqueeze(1).to(self.sums.dtype)
 
 
+CACHE_ENV = "EDGEDD_CACHE_DIR"
+
+
+def _feature_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The on-disk (n, 1 + K, D) feature array of the pass; a full disk or file-size limit: one line."""
+    try:
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    except OSError as e:
+        raise atomic.os_error(e, path.parent.parent, "write the Stage I features in") from None  # the temporary's parent: the directory to act on
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("EDGEDD_CACHE_DIR") or Path.home() / ".cache" / "edgedd")
+    """``$EDGEDD_CACHE_DIR``, else ``~/.cache/edgedd`` (Stage I entries and converted zoo weights)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgedd")
 
 
 def stage1_key(info: BackboneInfo, source: LabelledImages, cfg: StageIConfig) -> str:
@@ -112,7 +124,7 @@ def extract_features(
     c, d, k = source.num_classes, info.num_features, cfg.golden_views
     sums = torch.zeros(c, d, dtype=torch.float64, device=device)
     counts = torch.zeros(c, dtype=torch.int64, device=device)
-    feats = np.lib.format.open_memmap(feature_file, mode="w+", dtype=np.float32, shape=(len(source), 1 + k, d)) if group.main else None
+    feats = _feature_array(Path(feature_file), (len(source), 1 + k, d)) if group.main else None
     labels_kept = np.empty(len(source), dtype=np.int64) if group.main else None
     aug = AugmentConfig()  # flip + RRC at the reference values; no noise for real images
     skipped: list[str] = []

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from edgedd import __version__
-from edgedd.atomic import make_temp_dir, remove_stale_temp_dirs, replace_dir, sha256_file, write_bytes
+from edgedd.atomic import make_temp_dir, real_out, remove_stale_temp_dirs, replace_dir, sha256_file, write_bytes
 from edgedd.augment import center_crop, normalize, render_views, sample_views
 from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, to_dict
@@ -204,7 +204,7 @@ def pack(
     device: str = "auto",
     overwrite: bool = False,
 ) -> dict:
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir, out = Path(run_dir), real_out(out)  # --out a symlink: the bundle it points to is replaced
     _check_out(out, overwrite)  # before any model work, so a refusal costs nothing
     run = load_run(run_dir)
     # One pack per bundle at a time, for the whole command. The lock file is a sibling of the

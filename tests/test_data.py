@@ -53,7 +53,7 @@ def test_embedded_default_split():
     "make, message",
     [
         (lambda root: root / "missing", "does not exist"),
-        (lambda root: (root / "file.txt").write_text("x") and root / "file.txt", "is not a directory"),
+        (lambda root: (root / "file.txt").write_text("x") and root / "file.txt", "is a file, not a directory"),
         (lambda root: root, "no class sub-folders"),
     ],
 )

@@ -33,8 +33,10 @@ import onnxruntime as ort
 
 from ..atomic import write_bytes
 from ..errors import EdgeddError
+from ..paths import PERMISSION_FIX, NotRegularFile, require_dir, require_file
 from . import artifact as art
 from .onnx_scan import Malformed, uses_external_data
+from .ortrun import run as run_graph
 from .render import center_crop, normalize, render_views, resize_square
 
 try:  # Unix only; peak RSS is then not reported
@@ -77,6 +79,7 @@ class Bundle:
     providers: list[str] = field(default_factory=list)
     variant: str = "fp32"  # which backbone the sessions run: "fp32" or "int8"
     graph_sha256: dict[str, str] = field(default_factory=dict)
+    graph_files: dict[str, Path] = field(default_factory=dict)  # role -> the file each session was loaded from (for errors)
     # The device-fitted projector (W, b) that Bundle.open found for this variant; None: the packed projector graph.
     projector: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -167,10 +170,8 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
     onnxruntime (never re-opened by path, so swapping a file afterwards changes nothing), and a
     graph whose tensors live in external files is refused (see onnx_scan).
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise EdgeddError(f"bundle {directory} is not a directory", "pass the --out directory of edgedd pack")
-    a = art.read(directory / art.ARTIFACT_FILE)
+    directory = require_dir(directory, "bundle", "pass the --out directory of edgedd pack")
+    a = art.read(require_file(directory / art.ARTIFACT_FILE, "artifact", "pass a bundle directory made by edgedd pack"))
     graphs = a.meta.get("onnx")
     graphs = dict(graphs) if isinstance(graphs, dict) else {}
     if int8:
@@ -196,6 +197,7 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
             raise EdgeddError(f"{directory / name} keeps tensors in external files, which a bundle never does",
                               "the bundle was altered; re-copy it or re-run edgedd pack")
         b.graph_sha256[role] = g["sha256"]
+        b.graph_files[role] = directory / name
         try:
             b.sessions[role] = ort.InferenceSession(data, sess_options=opts, providers=chosen)
         except Exception as e:  # onnxruntime's own exception types
@@ -204,13 +206,16 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
     return b
 
 
-def _run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-    return sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+def _run(b: Bundle, role: str, x: np.ndarray) -> np.ndarray:
+    """One batch through one graph, under the time limit (ortrun)."""
+    sess = b.sessions[role]
+    feeds = {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+    return run_graph(sess, feeds, f"the {role} graph {b.graph_files.get(role, '')}".rstrip())[0]
 
 
 def backbone_features(b: Bundle, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """images: normalised (n, 3, S, S) float32 at the edge input size."""
-    return np.concatenate([_run(b.sessions["backbone"], images[s : s + batch]) for s in range(0, len(images), batch)])
+    return np.concatenate([_run(b, "backbone", images[s : s + batch]) for s in range(0, len(images), batch)])
 
 
 def prepare_canvases(b: Bundle, canvases: np.ndarray) -> np.ndarray:
@@ -333,9 +338,9 @@ def classify(b: Bundle, images: np.ndarray, projector: tuple[np.ndarray, np.ndar
     """Normalised edge inputs -> logits. ``projector`` None: the packed projector graph."""
     out = []
     for s in range(0, len(images), batch):
-        f = _run(b.sessions["backbone"], images[s : s + batch])
-        p = _run(b.sessions["projector"], f) if projector is None else f @ projector[0].T + projector[1]
-        out.append(_run(b.sessions["classifier"], p))
+        f = _run(b, "backbone", images[s : s + batch])
+        p = _run(b, "projector", f) if projector is None else f @ projector[0].T + projector[1]
+        out.append(_run(b, "classifier", p))
     return np.concatenate(out)
 
 
@@ -350,11 +355,8 @@ def load_labelled_folder(b: Bundle, directory: str | Path) -> tuple[np.ndarray, 
     if str(directory).startswith(EMBEDDED_PREFIX):
         raise EdgeddError(f"--data {directory} is an embedded dataset, which a device cannot read (it ships with the host install)",
                           f"on the host run: edgedd export-data {directory} DIR, copy DIR to this device and pass --data DIR")
-    if not Path(directory).is_dir():
-        raise EdgeddError(f"--data {directory} is not a directory",
-                          "pass a local ImageFolder (one sub-folder per class, named after the bundle's classes); "
-                          "edgedd export-data on the host writes one from any dataset")
-    src = scan_image_folder(directory)
+    src = scan_image_folder(require_dir(directory, "--data", "pass a local ImageFolder (one sub-folder per class, named after the bundle's "
+                                        "classes); edgedd export-data on the host writes one from any dataset"), min_classes=1)
     unknown = [c for c in src.class_names if c not in b.class_names]
     if unknown:
         raise EdgeddError(f"--data class folder(s) {', '.join(unknown[:5])} are not classes of this bundle",
@@ -576,6 +578,10 @@ def edge_canvas(image, size: int, interpolation: str) -> np.ndarray:
             return load_canvas(str(image), size, interpolation)
         except FileNotFoundError:
             raise EdgeddError(f"image {image} does not exist", "pass existing image files") from None
+        except PermissionError:
+            raise EdgeddError(f"cannot read image {image} (permission denied)", PERMISSION_FIX) from None
+        except NotRegularFile as e:  # a directory, or a FIFO named x.png (refused before it could block)
+            raise EdgeddError(f"image {image} is {e.kind}, not a file", "pass image files") from None
         except UNREADABLE_IMAGE as e:  # incl. decompression bombs and MemoryError
             raise EdgeddError(f"cannot read image {image} ({type(e).__name__})", "pass a JPEG, PNG, BMP or WebP file") from None
     if isinstance(image, np.ndarray):
@@ -618,7 +624,7 @@ def inspect(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / art.ARTIFACT_FILE
-    a = art.read(path)
+    a = art.read(require_file(path, "artifact", "pass a bundle directory made by edgedd pack"))
     return {
         "file": str(path),
         "format": a.meta.get("format"),

@@ -29,6 +29,21 @@ def one_line_error(result, *words) -> str:
     return err
 
 
+def _drop_dac() -> tuple[str, ...] | None:
+    """A prefix under which permission bits hold: () for a normal user; for root, setpriv without the
+    capabilities that let root ignore them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH); None when root
+    has no setpriv, and permission tests must skip (nothing can be denied to root)."""
+    import shutil
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")
+    return (setpriv, "--bounding-set=-dac_override,-dac_read_search") if setpriv else None
+
+
+DROP_DAC = _drop_dac()
+
+
 class OpenedPaths:
     """Every path the interpreter opens while active (audit events: builtin open, os.open, ...)."""
 
@@ -49,3 +64,30 @@ class OpenedPaths:
 
     def __exit__(self, *exc):
         self.seen, self.paths = self.paths, None
+
+
+def run_cli(args, limits=(), env=None, timeout=60, wrap=()):
+    """``python -m edgedd ARGS`` in a subprocess (real stdout/stderr encodings, resource limits):
+    ``limits`` are (resource.RLIMIT_*, value) pairs set in the child; ``env`` adds variables;
+    ``wrap`` is a command prefix (e.g. :data:`DROP_DAC`)."""
+    import resource
+    import subprocess
+
+    def cap():
+        for what, value in limits:
+            resource.setrlimit(what, (value, value))
+
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEDD_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
+    return subprocess.run([*wrap, sys.executable, "-m", "edgedd", *map(str, args)], capture_output=True, text=True,
+                          errors="surrogateescape", env=full, preexec_fn=cap, timeout=timeout)
+
+
+def one_line_error_proc(p, *words) -> str:
+    """:func:`one_line_error` for a :func:`run_cli` result."""
+    err = p.stderr.strip()
+    assert p.returncode == 1, (p.returncode, err[-800:])
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert p.stdout == ""
+    for w in words:
+        assert w in err, (w, err)
+    return err
