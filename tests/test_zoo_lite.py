@@ -172,3 +172,63 @@ def test_wrong_source_file_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "source_file", lambda n: (fake, "0.1.0"))
     with pytest.raises(EdgeddError, match="not the pinned"):
         load_backbone(name)
+
+
+INT8_SIZE = 96  # small input: the export (the bulk of this test's time) costs the same, the runs less
+# measured 0.980 / 0.902 / 0.850 (chelsea / coffee / rocket) with onnxruntime 1.32; int8 vs the fp32
+# features of a *different* photo: 0.21-0.26, so 0.80 still separates "the same features, quantised"
+# from "unrelated features" with room for another machine's rounding
+INT8_MIN_COSINE = 0.80
+
+
+def _cosine(a, b):
+    import numpy as np
+
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_lite0_onnx_parity_and_int8(offline):
+    """Lite0 through the same ONNX export, checker and parity as every edge backbone (pack's default
+    tolerance), then ``quantize_int8`` (what ``pack --int8`` ships): the int8 graph must run, keep
+    each photo's pooled features close to fp32 and the ImageNet head's top-1 unchanged.
+
+    The cosine bound is loose on purpose: dynamic int8 (per-tensor ConvInteger, activations
+    quantised at run time) costs EfficientNet-Lite real fidelity, 0.85 on the rocket photo here;
+    bench/lite_int8.py measures it on data. A broken quantisation (wrong scales, a dropped
+    layer) leaves the features unrelated, which the top-1 and nearest-photo checks catch too."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from edgedd.augment import normalize
+    from edgedd.export.onnx_graphs import check, export_backbone, parity, quantize_int8
+
+    name = NAMES[0]
+    need_package(name)
+    model, info = load_backbone(name, input_size=INT8_SIZE)
+    pp = info.preprocess
+    fp32 = export_backbone(model, INT8_SIZE, {"model": name})
+    check(fp32, "backbone")
+    assert parity(fp32, model, (3, INT8_SIZE, INT8_SIZE), "backbone")["max_rel_error"] <= 1e-4  # raises above it too
+
+    int8 = quantize_int8(fp32)
+    check(int8, "int8 backbone")
+    ops = {n.op_type for n in onnx.load_from_string(int8).graph.node}
+    assert "ConvInteger" in ops and "Conv" not in ops  # every convolution quantised
+    assert len(int8) < 0.3 * len(fp32)  # int8 weights: measured 0.26 of the fp32 graph
+
+    x = normalize(photo_batch(pp), pp.mean, pp.std).numpy()
+    z32, z8 = (ort.InferenceSession(g, providers=["CPUExecutionProvider"]).run(None, {"images": x})[0] for g in (fp32, int8))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(z32), model(torch.from_numpy(x)), atol=1e-4, rtol=1e-4)
+    cos = _cosine(z32, z8)
+    assert (cos > INT8_MIN_COSINE).all(), dict(zip(PHOTOS, cos.round(3)))
+    # each int8 feature is nearest (cosine) to its own photo's fp32 feature
+    sims = (z8 / np.linalg.norm(z8, axis=1, keepdims=True)) @ (z32 / np.linalg.norm(z32, axis=1, keepdims=True)).T
+    assert sims.argmax(1).tolist() == [0, 1, 2], sims.round(3)
+
+    w, b = (t.numpy() for t in zoo.imagenet_classifier(name))  # the head stays in the test, as above
+    top32, top8 = (z32 @ w.T + b).argmax(1), (z8 @ w.T + b).argmax(1)
+    assert top8.tolist() == top32.tolist(), (top32, top8)
+    for photo, c in zip(PHOTOS, top32.tolist()):
+        assert c in EXPECTED[photo], f"{name} at {INT8_SIZE} px on {photo}: top-1 {c}"
