@@ -307,7 +307,7 @@ def pack(
     views: int = typer.Option(8, min=1, help="Augmented views per synthetic image stored as projector targets."),
     projector_recipe: Recipe = typer.Option(Recipe.converged, help="Host projector: 'converged' (closed-form ridge, the device's fit) or METHOD.md's 'reference' Adam recipe."),
     projector_epochs: int = typer.Option(1000, min=1, help="Epochs of the host projector's reference recipe."),
-    int8: bool = typer.Option(False, "--int8", help="Also ship a dynamically quantised int8 backbone."),
+    int8: bool = typer.Option(False, "--int8", help="Also ship an int8 backbone (static quantisation: per-channel int8 weights, activation ranges calibrated on the synthetic views)."),
     int8_max_drop: float = typer.Option(0.05, min=0.0, max=1.0, help="Refuse the int8 backbone above this synthetic top-1 drop."),
     seed: int = typer.Option(0, help="Seed of the views and the projector training."),
     expect_images: int = typer.Option(1000, min=0, help="Classify at most this many of the golden classifier's held-out training images on the edge path and record the top-1 deploy-check --data expects; 0 records none (deploy-check then skips that check)."),

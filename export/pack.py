@@ -7,7 +7,8 @@ Bundle layout (docs/ARTIFACT.md):
     backbone.onnx                 edge backbone phi_B (dynamic batch)
     projector.onnx                P: D_B -> D_A
     classifier.onnx               golden classifier: D_A -> C
-    backbone.int8.onnx            with --int8: dynamically quantised phi_B
+    backbone.int8.onnx            with --int8: phi_B quantised to int8 (static, QDQ, per-channel weights,
+                                  calibrated on the synthetic views)
 
 Steps: load the run and re-create its distillation backbone A (the weights hash must match the
 run's); quantise the synthetic pixels to uint8 *first*, so every target is computed on the pixels
@@ -44,7 +45,7 @@ from edgedd.lock import lock
 from edgedd.rundir import Run, load_run
 from edgedd.statistics import holdout_split
 
-from .onnx_graphs import OPSET, check, export_backbone, linear_graph, parity, quantize_int8
+from .onnx_graphs import INT8_MODE, OPSET, calibration_count, check, export_backbone, linear_graph, parity, quantize_int8
 from .projector import train_projector
 
 
@@ -248,7 +249,12 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     views = sample_views(n * config.views, AugmentConfig(), gen)
     rep = pix.repeat_interleave(config.views, dim=0)
     targets = _features(model_a, render_views(rep, views, info_a.preprocess.input_size), info_a)
-    feats_b = _features(model_b, render_views(rep, views, info_b.preprocess.input_size), info_b)
+    x_b = render_views(rep, views, info_b.preprocess.input_size)
+    feats_b = _features(model_b, x_b, info_b)
+    if config.int8:  # calibrate int8 on these very inputs: evenly spaced views, normalised as the graph's input
+        pick = torch.from_numpy(np.linspace(0, len(x_b) - 1, min(len(x_b), calibration_count(x_b.shape[-1]))).round().astype(np.int64))
+        calib = normalize(x_b[pick.to(x_b.device)], info_b.preprocess.mean, info_b.preprocess.std).cpu().numpy()
+    del x_b
     d_a, d_b = targets.shape[1], feats_b.shape[1]
     w_p, b_p, projector_fit = train_projector(feats_b.cpu().view(n, config.views, d_b), targets.cpu().view(n, config.views, d_a),
                                               config.projector_epochs, config.seed, config.projector_recipe)
@@ -299,7 +305,7 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     if config.int8:
         import onnxruntime as ort
 
-        q = quantize_int8(bb)
+        q = quantize_int8(bb, calib)
         check(q, "int8 backbone")
         sess = ort.InferenceSession(q, providers=["CPUExecutionProvider"])
         xe = normalize(_edge_inputs(pix, info_b), info_b.preprocess.mean, info_b.preprocess.std).cpu().numpy()
@@ -335,6 +341,9 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
         "reference": ref,
         "views": {"augment": to_dict(AugmentConfig()), "noise": False},
     }
+    if config.int8:
+        meta["onnx"]["backbone_int8"]["quantization"] = {"mode": INT8_MODE, "calibration_inputs": len(calib),
+                                                         "calibration_data": f"synthetic views, evenly spaced of {len(feats_b)}"}
 
     # write the bundle atomically: a temporary sibling, then rename
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -182,18 +182,18 @@ def test_int8_quantizer_advice_is_filtered_and_nothing_else(monkeypatch, caplog)
 
     from edgedd.export.onnx_graphs import linear_graph, quantize_int8
 
-    def fake_quantize(src, dst, **kw):
+    def fake_quantize(src, dst, reader, **kw):
         logging.warning("Please consider to run pre-processing before quantization. Refer to example: ...")
         logging.warning("something else went wrong")
         shutil.copy(src, dst)
 
-    monkeypatch.setattr(q, "quantize_dynamic", fake_quantize)
+    monkeypatch.setattr(q, "quantize_static", fake_quantize)
     import numpy as np
 
     data = linear_graph(np.eye(2, dtype=np.float32), np.zeros(2, np.float32), "a", "b", {})
     handlers = list(logging.getLogger().handlers)
     with caplog.at_level(logging.WARNING):
-        quantize_int8(data)
+        quantize_int8(data, np.ones((4, 2), np.float32))
     assert [r.getMessage() for r in caplog.records] == ["something else went wrong"]
     assert logging.getLogger().handlers == handlers and not logging.getLogger().filters
 

@@ -122,12 +122,36 @@ def test_edge_backbone_differs_from_distillation_backbone(packed, tmp_path):
     assert 0 <= rep["data_top1"] <= rep["chance_bound_top1"]
 
 
+def test_quantize_int8_is_byte_deterministic(packed):
+    """Same graph and calibration, same bytes (pack's sha256s and byte-determinism rest on it),
+    and another calibration gives other activation ranges (it is really used)."""
+    from edgedd.export.onnx_graphs import quantize_int8
+
+    bb = (packed["bundle"] / "backbone.onnx").read_bytes()
+    x = np.random.default_rng(0).standard_normal((20, 3, 32, 32)).astype(np.float32)  # 20: a partial last batch
+    q = quantize_int8(bb, x)
+    assert quantize_int8(bb, x.copy()) == q
+    assert quantize_int8(bb, 3 * x) != q
+
+
 def test_int8_backbone_and_fine_tune(packed, tmp_path):
     out = tmp_path / "q"
     r = CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(out), "--int8", "--int8-max-drop", "1.0",
                                  "--projector-epochs", "100", "--json"])
     assert r.exit_code == 0, r.stderr
     assert (out / "backbone.int8.onnx").stat().st_size < (out / "backbone.onnx").stat().st_size
+    # static QDQ (QLinear kernels), not dynamic quantisation (ConvInteger/MatMulInteger: slow, distorting)
+    ops = {n.op_type for n in onnx.load(str(out / "backbone.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and not ops & {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}, ops
+    a = art.read(out / art.ARTIFACT_FILE)
+    # calibrated on every one of the 6 x 8 synthetic views (fewer than the cap)
+    assert a.meta["onnx"]["backbone_int8"]["quantization"] == {"mode": "static-qdq-per-channel", "calibration_inputs": 48,
+                                                               "calibration_data": "synthetic views, evenly spaced of 48"}
+    # features close to fp32 on the self-test images (measured cosine 0.9935-0.9972)
+    x = a["selftest.inputs"]
+    f32, f8 = (_sess(out / g).run(None, {"images": x})[0] for g in ("backbone.onnx", "backbone.int8.onnx"))
+    cos = (f32 * f8).sum(1) / (np.linalg.norm(f32, axis=1) * np.linalg.norm(f8, axis=1))
+    assert (cos > 0.98).all(), cos
     d = CliRunner().invoke(app, ["deploy-check", str(out), "--int8", "--data", str(packed["heldout"]), "--json"])
     rep = json.loads(d.stdout)
     ft = next(c for c in rep["checks"] if c["name"] == "fine-tune")
@@ -139,3 +163,5 @@ def test_int8_backbone_and_fine_tune(packed, tmp_path):
     assert strict.exit_code in (0, 1)
     if strict.exit_code == 1:
         assert "int8 backbone loses" in strict.stderr and not (tmp_path / "q0").exists()
+    else:  # the same int8 bytes from the same run (the bundle's sha256 must not move)
+        assert (tmp_path / "q0" / "backbone.int8.onnx").read_bytes() == (out / "backbone.int8.onnx").read_bytes()
