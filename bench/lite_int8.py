@@ -3,10 +3,13 @@
 For each model, at its timm input size (224 / 240 / 260) and at a small size (--small):
 
 * ``fp32``: the graph ``export_backbone`` writes (what ``pack`` ships);
-* ``dyn``:  ``quantize_int8`` of it (what ``pack --int8`` ships: onnxruntime's dynamic quantisation,
-  int8 weights per tensor, activations quantised at run time -> ConvInteger);
-* ``qdq``:  for reference only, NOT what edgedd ships: onnxruntime's static quantisation (QDQ,
-  int8 weights per channel, uint8 activations calibrated on --calib training images) -> QLinearConv.
+* ``int8``: ``quantize_int8`` of it (what ``pack --int8`` ships: onnxruntime's static quantisation,
+  QDQ, int8 weights per channel, uint8 activations calibrated -> QLinearConv), calibrated on
+  ``calibration_count(size)`` training images (pack's cap; pack calibrates on synthetic views,
+  which a benchmark on real digits does not have) unless --calib says otherwise;
+* ``dyn`` (--dynamic only): what ``pack --int8`` shipped before: onnxruntime's dynamic quantisation,
+  int8 weights per tensor, activations quantised at run time -> ConvInteger (slow: the full-size
+  cells then take minutes).
 
 Measured, all variants of one cell interleaved (A B C, C B A, ...) so load drifts hit all alike:
 batch-1 latency p50 (each run a different embedded:mnist/test image; the same images give the
@@ -15,13 +18,13 @@ takes ~20-50 s per batch of 32 here), graph sizes.
 
 Accuracy (small size only): a ridge classifier (edgedd.device.runtime.fit_projector_ridge on one-hot
 labels, the device's own closed form) fitted on **fp32** features of --train-images embedded:mnist
-training images (evenly spaced), then applied to fp32 / dyn / qdq features of --test-images
+training images (evenly spaced), then applied to fp32 / int8 (/ dyn) features of --test-images
 embedded:mnist/test images (evenly spaced): top-1 of each, and how many test images change their
 answer. That is what an int8 graph does to a head fitted on fp32 features (the packed projector).
 "refit": the ridge fitted again on that int8 variant's own training features (as the device's
 projector fit on int8 features does): what information the quantised features still carry.
 
-    python bench/lite_int8.py [--models lite0 lite1 lite2] [--small 96] [--threads 1] [--json]
+    python bench/lite_int8.py [--models lite0 lite1 lite2] [--small 96] [--threads 1] [--dynamic] [--json]
 
 Writes bench/results/lite_int8.json (--out).
 """
@@ -48,9 +51,9 @@ from edgedd.augment import center_crop, normalize
 from edgedd.backbones import load_backbone
 from edgedd.data import canvas_loader, open_dataset
 from edgedd.device.runtime import fit_projector_ridge
-from edgedd.export.onnx_graphs import export_backbone, quantize_int8
+from edgedd.export.onnx_graphs import calibration_count, export_backbone, quantize_int8
 
-VARIANTS = ("fp32", "dyn", "qdq")
+VARIANTS = ("fp32", "int8", "dyn")
 
 
 def cpu_model() -> str:
@@ -87,24 +90,15 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def static_int8(fp32: bytes, calib: np.ndarray) -> bytes:
-    """The reference static quantisation (see the module doc): shape inference, then QDQ calibrated on ``calib``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"images": calib[s : s + 16]} for s in range(0, len(calib), 16)])
-
-        def get_next(self):
-            return next(self.batches, None)
+def dynamic_int8(fp32: bytes) -> bytes:
+    """What ``pack --int8`` shipped before static quantisation (the "before" of bench/RESULTS.md):
+    onnxruntime's dynamic quantisation, int8 weights per tensor."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:
-        src, pre, dst = (Path(tmp) / f for f in ("fp32.onnx", "pre.onnx", "qdq.onnx"))
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "dyn.onnx"
         src.write_bytes(fp32)
-        quant_pre_process(str(src), str(pre))
-        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
         return dst.read_bytes()
 
 
@@ -155,19 +149,23 @@ def cell(name: str, size: int, a, data: dict, small: bool) -> dict:
     model, info = load_backbone(name, input_size=size)
     pp = info.preprocess
     graphs = {"fp32": export_backbone(model, size, {"model": name})}
-    graphs["dyn"] = quantize_int8(graphs["fp32"])
+    n_calib = a.calib or calibration_count(size)
     # the full training subset only where the probe needs it; elsewhere just the calibration images
     # (1,000 inputs at 260 px would be 0.8 GB)
-    train_idx = data["train_idx"] if small else data["train_idx"][evenly(len(data["train_idx"]), a.calib)]
+    train_idx = data["train_idx"] if small else data["train_idx"][evenly(len(data["train_idx"]), n_calib)]
     x_train = model_inputs(data["train"], train_idx, pp)
-    if not a.no_static:
-        graphs["qdq"] = static_int8(graphs["fp32"], x_train[evenly(len(x_train), a.calib)])
+    t = time.perf_counter()
+    graphs["int8"] = quantize_int8(graphs["fp32"], x_train[evenly(len(x_train), n_calib)])
+    quantize_s = time.perf_counter() - t
+    if a.dynamic:
+        graphs["dyn"] = dynamic_int8(graphs["fp32"])
     sess = {n: session(g, a.threads) for n, g in graphs.items()}
     x_test = model_inputs(data["test"], data["test_idx"] if small else data["test_idx"][: a.runs], pp)
     prep_s = time.perf_counter() - t0
 
     times, outs = interleaved(sess, lambda r: x_test[r % len(x_test)][None], a.runs, a.cell_budget_s)
-    r = {"model": name, "input_size": size, "prep_s": prep_s, "mb": {n: len(g) / 1e6 for n, g in graphs.items()},
+    r = {"model": name, "input_size": size, "prep_s": prep_s, "calib_images": min(n_calib, len(x_train)),
+         "quantize_s": quantize_s, "mb": {n: len(g) / 1e6 for n, g in graphs.items()},
          "batch1": {n: {"runs": len(t), "p50_ms": 1e3 * statistics.median(t)} for n, t in times.items()}}
     for n in graphs:
         if n != "fp32":
@@ -216,8 +214,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="batch-32 rounds (small size only)")
     ap.add_argument("--train-images", type=int, default=1000)
     ap.add_argument("--test-images", type=int, default=500)
-    ap.add_argument("--calib", type=int, default=64, help="calibration images of the static (qdq) reference")
-    ap.add_argument("--no-static", action="store_true", help="skip the static (qdq) reference")
+    ap.add_argument("--calib", type=int, default=None, help="int8 calibration images [default: pack's cap, calibration_count(size)]")
+    ap.add_argument("--dynamic", action="store_true", help="also measure the dynamic int8 pack --int8 shipped before (slow)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "lite_int8.json"))
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -235,7 +233,7 @@ def main() -> None:
     out = {"command": "python bench/lite_int8.py " + " ".join(sys.argv[1:]), "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
            "threads": {"onnxruntime_intra_op": a.threads, "inter_op": 1, "torch": torch.get_num_threads(), "OMP_NUM_THREADS": a.threads},
            "onnxruntime": ort.__version__, "torch": torch.__version__, "train_images": len(data["train_idx"]),
-           "test_images": len(data["test_idx"]), "calib_images": 0 if a.no_static else a.calib, "rows": rows,
+           "test_images": len(data["test_idx"]), "calib_images": a.calib or "calibration_count(size)", "rows": rows,
            "total_s": time.perf_counter() - t0}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
