@@ -137,6 +137,11 @@ class CropSampler(str, enum.Enum):
     reference = "reference"
 
 
+class Init(str, enum.Enum):
+    noise = "noise"
+    real = "real"
+
+
 @app.command(epilog="""Examples:
 
 \b
@@ -151,6 +156,7 @@ def distill(
     weights: str = typer.Option("hub", help="'hub' (pretrained: online, or packaged for edgedd/* backbones), a local .safetensors file, or 'random'."),
     method: Method = typer.Option(Method.sfm_anchor, help="Matching loss: SFM with a centre anchor (edgedd's default), SFM (the paper's), the decoupled ablation, or the LGM baseline."),
     ipc: int = typer.Option(1, min=1, help="Synthetic images per class."),
+    init: Init = typer.Option(Init.real, help="Start from random real images of each class (edgedd's default: other backbones can read the result) or from noise (the reference)."),
     iterations: int = typer.Option(5000, min=1, help="Distillation steps."),
     lr: float = typer.Option(2e-3, help="Adam learning rate on the pyramid levels."),
     syn_res: Optional[int] = typer.Option(None, min=1, max=MAX_RESOLUTION, help="Synthetic image resolution [default: backbone crop / crop_pct]."),
@@ -193,7 +199,7 @@ def distill(
         out=out,
         weights=weights,
         config=DistillConfig(
-            method=method.value, ipc=ipc, iterations=iterations, lr=lr,
+            method=method.value, ipc=ipc, init=init.value, iterations=iterations, lr=lr,
             augs_per_batch=augs_per_batch or (10 if method is Method.lgm else 1),
             alpha=alpha, beta=beta, flow_denominator=flow_denominator.value, extend_every=extend_every, seed=seed,
             augment=AugmentConfig(crop_sampler=crop_sampler.value),

@@ -19,6 +19,7 @@ METHODS = ("sfm", "sfm_anchor", "sfm_decouple", "lgm")
 RECIPES = ("converged", "reference")
 FLOW_DENOMINATORS = ("classes", "reference")
 CROP_SAMPLERS = ("torchvision", "reference")
+INITS = ("noise", "real")  # how the synthetic pyramid starts (edgedd.synthetic)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class DistillConfig:
 
     method: str = "sfm_anchor"  # edgedd's default (README, "Methods compared"); "sfm" is the paper's
     ipc: int = 1
+    init: str = "real"  # edgedd's default: random real images per class (synthetic.py); "noise": the reference's 1x1 noise pyramid
     iterations: int = 5000
     lr: float = 2e-3
     syn_res: int = 256
@@ -134,6 +136,7 @@ def fingerprint(obj: Any) -> str:
 
 def distill_config_from_dict(d: dict[str, Any]) -> DistillConfig:
     d = dict(d)
+    d.setdefault("init", "noise")  # runs made before --init existed all started from noise
     aug = d.pop("augment", {})
     aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
     return DistillConfig(**d, augment=AugmentConfig(**aug))

@@ -28,10 +28,12 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -40,8 +42,8 @@ from .stio import torch_serialize as save
 from . import __version__, atomic
 from .augment import StepDraws, apply_augment, augment, center_crop, normalize
 from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, distill_resolution, encode, load_backbone, resolve_device
-from .config import CROP_SAMPLERS, MAX_RESOLUTION, METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
-from .data import LabelledImages, default_num_workers, open_dataset
+from .config import CROP_SAMPLERS, INITS, MAX_RESOLUTION, METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
+from .data import CanvasDataset, LabelledImages, default_num_workers, open_dataset
 from .distributed import SINGLE, Dist, on_all_ranks, setup, shard, teardown
 from .errors import EdgeddError
 from .fidelity import synthetic_landing
@@ -261,6 +263,32 @@ def load_checkpoint(path: Path, run_fp: str, syn_res: int, lr: float, gen: torch
 # ----------------------------------------------------------------------------- the loop
 
 
+def real_init_images(source: LabelledImages, ipc: int, size: int, interpolation: str, seed: int) -> torch.Tensor:
+    """``--init real``: per class ``ipc`` readable images drawn at random (seeded), as (C * ipc, 3,
+    size, size) canvases in [0, 1], class-major like the synthetic labels. Unreadable images are
+    passed over; a class with fewer readable images than ``ipc`` repeats them (with a warning: the
+    copies start equal and part only through their augmentations); a class with none is refused."""
+    rng = np.random.default_rng([seed, 0x1A17])  # its own stream: the run's generator draws stay as with noise init
+    data = CanvasDataset(source, size, interpolation)
+    out, short = [], []
+    for c in range(source.num_classes):
+        found = []
+        for i in rng.permutation(np.flatnonzero(source.labels == c)):
+            canvas, _, _ = data[int(i)]
+            if canvas is not None:
+                found.append(canvas)
+            if len(found) == ipc:
+                break
+        if not found:
+            raise EdgeddError(f"class {source.class_names[c]!r} has no readable image to start --init real from", "use --init noise")
+        if len(found) < ipc:
+            short.append(source.class_names[c])
+        out.extend(found[j % len(found)] for j in range(ipc))
+    if short:
+        warnings.warn(f"--init real: {len(short)} class(es) have fewer than {ipc} readable images (e.g. {short[0]!r}); their images repeat")
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255)  # np.stack copies: canvases may be read-only
+
+
 def view_features(model, images: torch.Tensor, cfg: DistillConfig, info: BackboneInfo, gen: torch.Generator) -> torch.Tensor:
     """A = augs_per_batch independent augmented views of every image: (A, N, D) features."""
     n, a = images.shape[0], cfg.augs_per_batch
@@ -328,6 +356,8 @@ def flow_cosine(model, images: torch.Tensor, info: BackboneInfo, flow_real: torc
 def validate(cfg: DistillConfig) -> None:
     if cfg.method not in METHODS:
         raise EdgeddError(f"unknown method {cfg.method!r}", f"choose one of {', '.join(METHODS)}")
+    if cfg.init not in INITS:
+        raise EdgeddError(f"unknown init {cfg.init!r}", f"choose one of {', '.join(INITS)}")
     if cfg.flow_denominator not in FLOW_DENOMINATORS:
         raise EdgeddError(f"unknown flow denominator {cfg.flow_denominator!r}", f"choose one of {', '.join(FLOW_DENOMINATORS)}")
     if cfg.augment.crop_sampler not in CROP_SAMPLERS:
@@ -429,7 +459,11 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
     if resume and group.broadcast_text("yes" if main and ckpt.exists() else "") == "yes":
         start, pyr, opt, loss_value = load_checkpoint(ckpt, run_fp, cfg.syn_res, cfg.lr, gen, device, group, rows, n)
     else:
-        pyr = Pyramid.init(n, cfg.syn_res, gen, device, rows)
+        if cfg.init == "real":
+            real = real_init_images(source, cfg.ipc, cfg.syn_res, pp.interpolation, cfg.seed)[rows[0]:rows[1]]
+            pyr = Pyramid.from_images(real.to(device), rows, n)
+        else:
+            pyr = Pyramid.init(n, cfg.syn_res, gen, device, rows)
         opt = _adam(pyr.levels, cfg.lr)
     ext = extension_steps(cfg.iterations, cfg.syn_res, cfg.extend_every)
     labels_dev = torch.arange(c, device=device).repeat_interleave(cfg.ipc)

@@ -11,6 +11,14 @@ Growth: start at the 1x1 level (Gaussian noise); each extension scales the old l
 resets the optimiser. The reference extends every 200 iterations; :func:`extension_steps` keeps
 that but never spends more than the first half of a run growing, so a short run still reaches full
 resolution.
+
+Real initialisation (``--init real``, :meth:`Pyramid.from_images`): every level at once, the
+coarse ones zero and the finest holding the image's pre-sigmoid value,
+
+    level_top = K_dec^-1 logit(clamp(x, eps, 1 - eps)) / 2,
+
+so ``decode`` gives back x (to the clamp) and the optimiser starts from a real image that every
+backbone can read, not from noise only A's features give meaning to.
 """
 
 from __future__ import annotations
@@ -80,6 +88,17 @@ class Pyramid:
         lo, hi = rows or (0, n)
         first = randn_rows(draw_seed(gen), n, lo, hi, (3, 1, 1), device)
         return cls([first], syn_res, (lo, hi), n)
+
+    @classmethod
+    def from_images(cls, images: torch.Tensor, rows: tuple[int, int] | None = None, total: int | None = None,
+                    eps: float = 0.01) -> "Pyramid":
+        """All levels of ``images`` (n, 3, S, S) in [0, 1]: zeros below, the inverse of ``decode`` on top.
+        ``rows``/``total``: the rows of a larger set these images are (one rank's shard)."""
+        syn_res = images.shape[-1]
+        x = images.to(torch.float64).clamp(eps, 1 - eps)
+        top = torch.einsum("ij,njhw->nihw", torch.linalg.inv(COLOR_DECORRELATION).to(x.device), torch.logit(x) / 2)
+        levels = [torch.zeros(images.shape[0], 3, r, r, device=images.device) for r in level_resolutions(syn_res)[:-1]]
+        return cls(levels + [top.float()], syn_res, rows, total)
 
     @property
     def resolutions(self) -> list[int]:

@@ -69,13 +69,14 @@ def test_step_batches_are_resumable():
 
 
 def test_distill_lgm_through_the_cli(image_folder, tmp_path):
-    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "lgm", "--method", "lgm", "--iterations", "3", "--augs-per-batch", "2", "--json"))
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "lgm", "--method", "lgm", "--iterations", "3", "--augs-per-batch", "2",
+                                                  "--init", "noise", "--json"))
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["method"] == "lgm" and s["config"]["augs_per_batch"] == 2
     assert s["stage2_memory"]["kind"] in ("cpu_rss_hwm", None)
-    # 3 iterations at 32 px: full resolution from step 1, its Adam moments exist from then, so the
-    # step's own working memory is taken at step 2; the phase's peak covers it
+    # 3 iterations at 32 px from noise: full resolution from step 1, its Adam moments exist from then,
+    # so the step's own working memory is taken at step 2; the phase's peak covers it
     step = s["stage2_step_memory"]
     assert step["step"] == 2 and step["kind"] == s["stage2_memory"]["kind"]
     if step["kind"] is not None:
