@@ -375,7 +375,7 @@ def deploy_check(
     min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", min=0.0, max=1.0, help="Fail if --data top-1 is below this fraction (chance level always fails)."),
     min_data_top1: Optional[float] = typer.Option(None, "--min-data-top1", min=0.0, max=1.0, hidden=True),  # old name of --min-accuracy
     margin: float = typer.Option(0.05, min=0.0, max=1.0, help="Fail if --data top-1 falls more than this below the top-1 pack expected on real held-out images (or 3 standard errors, if more)."),
-    ridge: float = typer.Option(1e-3, min=0.0, help="Relative ridge strength of the projector fit."),
+    ridge: Optional[float] = typer.Option(None, min=0.0, help="Relative ridge strength of the projector fit [default: chosen by cross-validation over the synthetic images]."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Verify a bundle on this device, fine-tune its projector, measure accuracy and latency."""

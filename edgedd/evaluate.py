@@ -74,6 +74,7 @@ from .config import RECIPES, AugmentConfig, Preprocess, StageIConfig, to_dict
 from .data import CanvasDataset, LabelledImages, canvas_loader, collate_canvases, open_dataset
 from .errors import EdgeddError
 from .fidelity import synthetic_landing
+from .device.ridge import select_ridge
 from .heads import Fit, Sampler, ce_loss, fit_lbfgs, fit_ridge, kd_loss, mse_loss, new_probe, new_projector, train_reference
 from .progress import Progress
 from .statistics import train_golden
@@ -90,7 +91,9 @@ class EvalConfig:
     # projector; no lr, no epochs, whatever N is. "reference": METHOD.md's Adam protocol below.
     protocol: str = "converged"
     probe_l2: float = 1e-3  # converged: relative L2 of the normal / KD probes (heads.py eq. 1), fixed before any sweep
-    ridge: float = 1e-3  # converged: relative ridge of the CI projector (heads.py eq. 2), the device's default
+    # converged: relative ridge of the CI projector (heads.py eq. 2); None: the strength the device's
+    # fit picks by cross-validation over the synthetic images (edgedd.device.ridge), fixed as a rule
+    ridge: float | None = None
     max_iter: int = 500  # converged: L-BFGS iterations per probe
     epochs: int = 1000  # reference: METHOD.md protocol
     seeds: int = 3
@@ -132,6 +135,8 @@ def validate_config(cfg: EvalConfig) -> None:
     if cfg.protocol == "converged" and cfg.views() < 1:
         raise EdgeddError("the converged protocol fits on cached views (got view_cache 0)", "pass --view-cache V with V >= 1, or --protocol reference")
     for name in ("probe_l2", "ridge"):
+        if getattr(cfg, name) is None:
+            continue
         if not (getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name))):
             raise EdgeddError(f"{name} must be a finite positive value (got {getattr(cfg, name)})", "the defaults are 1e-3")
     for name in ("epochs", "seeds", "eval_batch", "max_iter"):
@@ -332,16 +337,28 @@ def fit_probe(sampler: Sampler, labels: torch.Tensor, num_classes: int, cfg: Eva
     return train_reference(head, sampler, loss, cfg.epochs, batch, cfg.probe_lr(batch), gen, bar, tag)
 
 
-def fit_projector(sampler: Sampler, cfg: EvalConfig, gen: torch.Generator, device, bar: Progress | None = None, tag: str = "") -> Fit:
-    """CI projector P: D_B -> D_A on features (z_B, z_A) of the same views; labels unused."""
+def fit_projector(sampler: Sampler, cfg: EvalConfig, gen: torch.Generator, device, bar: Progress | None = None, tag: str = "",
+                  labels: torch.Tensor | None = None) -> Fit:
+    """CI projector P: D_B -> D_A on features (z_B, z_A) of the same views. The labels only make
+    the cross-validation folds when ``cfg.ridge`` is None (the device's rule)."""
     proj = new_projector(sampler_dim(sampler, 0), sampler_dim(sampler, 1), gen, device)
     if cfg.protocol == "converged":
-        fit = fit_ridge(proj, sampler.feats[0], sampler.feats[1], cfg.ridge)
+        fit = fit_ridge(proj, sampler.feats[0], sampler.feats[1], _ridge(sampler, cfg, labels))
         if bar is not None:
             bar.update(1, run=tag, loss=fit.loss_final)
         return fit
     batch = cfg.resolved_batch(sampler.n)
     return train_reference(proj, sampler, mse_loss, cfg.epochs, batch, cfg.projector_lr(batch), gen, bar, tag)
+
+
+def _ridge(sampler: "CachedViews", cfg: EvalConfig, labels: torch.Tensor | None) -> float:
+    if cfg.ridge is not None:
+        return cfg.ridge
+    if labels is None:
+        raise ValueError("choosing the projector's ridge needs the synthetic images' labels")
+    zb, za = (f.detach().cpu().double().numpy() for f in sampler.feats[:2])
+    n, v = zb.shape[:2]
+    return select_ridge(zb.reshape(n * v, -1), za.reshape(n * v, -1), np.repeat(np.arange(n), v), labels.cpu().numpy())[0]
 
 
 def sampler_dim(sampler: Sampler, k: int) -> int:
@@ -583,7 +600,7 @@ def evaluate_run(
                 gen = _generator("train", seed)  # the same views and order in every mode: a paired comparison
                 tag = f"{mode}/{seed}"
                 if mode == "ci":
-                    fit = fit_projector(sampler, config, gen, device, bar, tag)
+                    fit = fit_projector(sampler, config, gen, device, bar, tag, labels)
                     results[mode].append(score(torch.nn.Sequential(fit.head, golden)))
                 else:
                     fit = fit_probe(sampler, labels, c, config, gen, device, golden if mode == "kd" else None, bar, tag)

@@ -39,7 +39,7 @@ from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, to_dict
 from edgedd.data import canvas_loader, open_dataset
 from edgedd.device import artifact as art
-from edgedd.device.runtime import fit_projector_ridge
+from edgedd.device.ridge import fit_ridge as fit_projector_ridge, select_ridge
 from edgedd.errors import EdgeddError
 from edgedd.lock import lock
 from edgedd.rundir import Run, load_run
@@ -256,13 +256,15 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
         calib = normalize(x_b[pick.to(x_b.device)], info_b.preprocess.mean, info_b.preprocess.std).cpu().numpy()
     del x_b
     d_a, d_b = targets.shape[1], feats_b.shape[1]
-    w_p, b_p, projector_fit = train_projector(feats_b.cpu().view(n, config.views, d_b), targets.cpu().view(n, config.views, d_a),
-                                              config.projector_epochs, config.seed, config.projector_recipe)
     w_c, b_c = golden["weight"].float(), golden["bias"].float()
+    # the strength the device's fit would pick on these views (edgedd.device.ridge): B != A needs more
+    ridge, ridge_scores = select_ridge(feats_b.cpu().numpy(), targets.cpu().numpy(), np.repeat(np.arange(n), config.views), labels.numpy())
+    w_p, b_p, projector_fit = train_projector(feats_b.cpu().view(n, config.views, d_b), targets.cpu().view(n, config.views, d_a),
+                                              config.projector_epochs, config.seed, config.projector_recipe, ridge)
 
     # reference figures on the synthetic set: torch projector vs the device's closed-form fit
     eval_b = _features(model_b, _edge_inputs(pix, info_b), info_b).cpu()
-    w_r, b_r = fit_projector_ridge(feats_b.cpu().numpy(), targets.cpu().numpy())
+    w_r, b_r = fit_projector_ridge(feats_b.cpu().numpy(), targets.cpu().numpy(), ridge)
     logits_t = (eval_b @ w_p.T + b_p) @ w_c.T + b_c
     logits_r = (eval_b.numpy() @ w_r.T + b_r) @ w_c.numpy().T + b_c.numpy()
     ref = {
@@ -270,6 +272,8 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
         "synthetic_top1_ridge": float((logits_r.argmax(1) == labels.numpy()).mean()),
         "projector_mse_torch": float(((feats_b.cpu() @ w_p.T + b_p - targets.cpu()) ** 2).mean()),
         "projector_fit": {"recipe": config.projector_recipe, **projector_fit},
+        "projector_ridge": ridge,
+        "projector_ridge_cv": {repr(r): v for r, v in ridge_scores.items()},  # held-out target MSE per strength
         "projector_mse_ridge": float(((feats_b.cpu().numpy() @ w_r.T + b_r - targets.cpu().numpy()) ** 2).mean()),
     }
     ref.update(_expectations(run, model_b, info_b, w_p, b_p, w_c, b_c, config.expect_images))

@@ -4,8 +4,9 @@ edgedd's one linear-head trainer (``edgedd.heads``).
 P = Linear(D_B, D_A) fitted by MSE(P(phi_B(v)), phi_A(v)) on the K cached flip + RRC views v of
 every synthetic image (labels unused): the views the device re-renders for its own fit.
 
-``converged`` (default)  closed-form ridge, relative strength 1e-3 (heads.py eq. 2): the same fit
-    the device computes in numpy, so the packed projector is what a device with B gets anyway.
+``converged`` (default)  closed-form ridge at the relative strength ``ridge`` (heads.py eq. 2; pack
+    passes the one edgedd.device.ridge.select_ridge picks): the same fit the device computes in
+    numpy, so the packed projector is what a device with B gets anyway.
 ``reference``  METHOD.md: Adam lr 1e-2 * batch / 256, batch min(100, N), cosine schedule,
     ``epochs`` passes of N samples, one of the K views drawn per sample.
 """
@@ -18,7 +19,7 @@ from edgedd.config import RECIPES
 from edgedd.errors import EdgeddError
 from edgedd.heads import fit_ridge, mse_loss, new_projector, train_reference
 
-PROJECTOR_RIDGE = 1e-3  # the device's default (edgedd.device.runtime.fit_projector_ridge)
+PROJECTOR_RIDGE = 1e-3  # the smallest strength of edgedd.device.ridge.RIDGE_GRID: B = A needs no more
 
 
 class _Views:
@@ -36,14 +37,14 @@ class _Views:
 
 
 def train_projector(feats_b: torch.Tensor, targets_a: torch.Tensor, epochs: int = 1000, seed: int = 0,
-                    recipe: str = "converged") -> tuple[torch.Tensor, torch.Tensor, dict]:
+                    recipe: str = "converged", ridge: float = PROJECTOR_RIDGE) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """feats_b (N, K, D_B), targets_a (N, K, D_A) -> weight (D_A, D_B), bias (D_A,), Fit.report()."""
     if recipe not in RECIPES:
         raise EdgeddError(f"unknown projector recipe {recipe!r}", f"choose one of {', '.join(RECIPES)}")
     gen = torch.Generator().manual_seed(seed)
     proj = new_projector(feats_b.shape[-1], targets_a.shape[-1], gen, "cpu")
     if recipe == "converged":
-        fit = fit_ridge(proj, feats_b, targets_a, PROJECTOR_RIDGE)
+        fit = fit_ridge(proj, feats_b, targets_a, ridge)
     else:
         batch = min(100, feats_b.shape[0])
         fit = train_reference(proj, _Views((feats_b, targets_a)), mse_loss, epochs, batch, 1e-2 * batch / 256, gen)

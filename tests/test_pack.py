@@ -114,12 +114,17 @@ def test_edge_backbone_differs_from_distillation_backbone(packed, tmp_path):
     assert res["edge_backbone"] == "test_efficientnet" and res["distill_backbone"] == "test_vit"
     a = art.read(out / art.ARTIFACT_FILE)
     assert a["projector.weight"].shape == (64, 256)  # D_A x D_B
-    d = CliRunner().invoke(app, ["deploy-check", str(out), "--data", str(packed["heldout"]), "--json"])
-    rep = json.loads(d.stdout)
-    # A random-weights CNN has nothing to carry the ViT's classes: the bundle verifies and runs,
-    # but answers at chance on real images, which deploy-check must fail (exit 3), not pass.
-    assert d.exit_code == 3 and [c["name"] for c in rep["checks"] if not c["ok"]] == ["above chance"], rep["checks"]
+    # A random-weights CNN carries little of the ViT's classes. With the weakest ridge the projector
+    # interpolates the synthetic views and answers at chance on real images, which deploy-check must
+    # fail (exit 3); the strength cross-validation over the synthetic images picks generalises
+    # beyond them, above chance (the reason it is chosen that way: edgedd/device/ridge.py).
+    weak = CliRunner().invoke(app, ["deploy-check", str(out), "--data", str(packed["heldout"]), "--ridge", "0.001", "--json"])
+    rep = json.loads(weak.stdout)
+    assert weak.exit_code == 3 and "above chance" in [c["name"] for c in rep["checks"] if not c["ok"]], rep["checks"]
     assert 0 <= rep["data_top1"] <= rep["chance_bound_top1"]
+    chosen = CliRunner().invoke(app, ["deploy-check", str(out), "--data", str(packed["heldout"]), "--json"])
+    rep = json.loads(chosen.stdout)
+    assert chosen.exit_code == 0 and rep["data_top1"] >= rep["chance_bound_top1"], rep["checks"]  # the bound: the least top-1 that passes
 
 
 def test_quantize_int8_is_byte_deterministic(packed):
@@ -147,11 +152,12 @@ def test_int8_backbone_and_fine_tune(packed, tmp_path):
     # calibrated on every one of the 6 x 8 synthetic views (fewer than the cap)
     assert a.meta["onnx"]["backbone_int8"]["quantization"] == {"mode": "static-qdq-per-channel", "calibration_inputs": 48,
                                                                "calibration_data": "synthetic views, evenly spaced of 48"}
-    # features close to fp32 on the self-test images (measured cosine 0.9935-0.9972)
+    # features close to fp32 on the self-test images (measured cosine 0.9935-0.9972 calibrated on
+    # noise-grown images, 0.974-0.985 on real-initialised ones; an unrelated image scores ~0.2)
     x = a["selftest.inputs"]
     f32, f8 = (_sess(out / g).run(None, {"images": x})[0] for g in ("backbone.onnx", "backbone.int8.onnx"))
     cos = (f32 * f8).sum(1) / (np.linalg.norm(f32, axis=1) * np.linalg.norm(f8, axis=1))
-    assert (cos > 0.98).all(), cos
+    assert (cos > 0.95).all(), cos
     d = CliRunner().invoke(app, ["deploy-check", str(out), "--int8", "--data", str(packed["heldout"]), "--json"])
     rep = json.loads(d.stdout)
     ft = next(c for c in rep["checks"] if c["name"] == "fine-tune")

@@ -1,0 +1,67 @@
+"""The device's projector fit (edgedd.device.ridge): the cross-validated strength is computed
+exactly, held-out images are unseen, every class stays in training, and the choice follows the
+held-out error."""
+
+import numpy as np
+import pytest
+
+from edgedd.device.ridge import DEFAULT_RIDGE, RIDGE_GRID, _fold_predictions, fit_ridge, image_folds, objective, select_ridge
+
+
+@pytest.mark.parametrize("n", [12, 60])  # fewer rows than features (dual), more (primal)
+def test_fold_predictions_equal_the_closed_form_fit(n):
+    rng = np.random.default_rng(0)
+    x, y, xh = rng.normal(size=(n, 30)), rng.normal(size=(n, 7)), rng.normal(size=(5, 30))
+    preds = _fold_predictions(x, y, xh, RIDGE_GRID)
+    for r, p in zip(RIDGE_GRID, preds):
+        w, b = fit_ridge(x, y, r)
+        np.testing.assert_allclose(p, xh @ w.T.astype(np.float64) + b, rtol=1e-4, atol=1e-4)
+
+
+def test_folds_keep_an_images_views_together_and_mix_classes():
+    labels = np.repeat(np.arange(4), 5)  # 4 classes x IPC 5
+    fold = image_folds(labels, 5)
+    for f in range(5):
+        assert sorted(labels[fold == f].tolist()) == [0, 1, 2, 3]  # every class in every fold
+    assert sorted(image_folds(np.repeat(np.arange(3), 2), 2).tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_the_closed_form_fit_minimises_its_objective():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 25)), rng.normal(size=(40, 6))
+    w, _ = fit_ridge(x, y, 0.1)
+    assert objective(x, y, w, 0.1) <= objective(x, y, w + 1e-3 * rng.normal(size=w.shape), 0.1)
+
+
+def _toy(noise: float, n_dims: int = 40, seed: int = 0):
+    """C classes x IPC images x K views. phi_A = a 3-d image code + view jitter; phi_B = the code
+    through a fixed map plus ``n_dims`` dimensions of per-image nuisance of scale ``noise``: with
+    none the weakest fit is right, with much the weak fits use the nuisance and miss unseen images."""
+    rng = np.random.default_rng(seed)
+    c, ipc, k = 4, 5, 6
+    labels = np.repeat(np.arange(c), ipc)
+    code = rng.normal(size=(len(labels), 3)) + labels[:, None]
+    image = np.repeat(np.arange(len(labels)), k)
+    a = code[image] + 0.05 * rng.normal(size=(len(image), 3))
+    nuisance = noise * rng.normal(size=(len(labels), n_dims))[image]
+    b = np.concatenate([a @ rng.normal(size=(3, 6)), nuisance], 1)
+    return b, a, image, labels
+
+
+def test_selection_follows_the_held_out_error_and_breaks_ties_to_the_stronger_fit():
+    r, scores = select_ridge(*_toy(noise=0.0))
+    assert set(scores) == set(RIDGE_GRID) and scores[r] == min(scores.values())
+    assert r == max(g for g in RIDGE_GRID if scores[g] == scores[r])
+    assert r < 1.0 and scores[10.0] > scores[r]  # a clean linear map: shrinking only hurts
+    r2, scores2 = select_ridge(*_toy(noise=30.0))
+    assert scores2[r2] == min(scores2.values()) and r2 > r  # per-image nuisance: a weak fit extrapolates badly
+    assert scores2[min(RIDGE_GRID)] > scores2[r2]
+
+
+def test_a_single_image_per_class_keeps_the_default():
+    """IPC 1: holding an image out removes its class from the fit; no split is honest, so the default."""
+    b, a, image, labels = _toy(0.0)
+    keep = np.isin(image, np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]]))  # the first image of each class
+    first = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    remap = {int(i): j for j, i in enumerate(first)}
+    assert select_ridge(b[keep], a[keep], np.array([remap[int(i)] for i in image[keep]]), labels[first]) == (DEFAULT_RIDGE, {})
