@@ -17,7 +17,6 @@ import functools
 import importlib
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -26,7 +25,7 @@ import typer
 
 from .config import MAX_RESOLUTION, RECIPES
 from .errors import EdgeddError
-from .terminal import printable
+from .terminal import printable, say as _say
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
 JSON_SCHEMA_VERSION = 1
@@ -42,12 +41,6 @@ app = typer.Typer(
     epilog="[host]: needs the host install (torch, timm): " + HOST_INSTALL + ". The other commands run on a "
     "device install (numpy, onnxruntime). Exit codes: 0 ok, 1 could not run, 2 usage, 3 a check failed.",
 )
-
-
-def _say(msg: str) -> None:
-    """A warning, status or error line: stderr, so stdout carries only results. One line: whatever
-    a name in it holds (a newline, an ANSI escape, a non-UTF-8 byte) is shown escaped."""
-    print(printable(msg), file=sys.stderr, flush=True)
 
 
 def _result(msg: str) -> None:
@@ -413,8 +406,10 @@ backbone variant: after deploy-check --int8 predict with --int8, after deploy-ch
 """)
 @handle_errors
 def predict(
-    bundle: Path = typer.Argument(..., help="Bundle directory made by edgedd pack."),
-    images: list[Path] = typer.Argument(..., help="Image files to classify."),
+    # Plain strings, not Path: Typer's Path check (readable=True by default) would answer an unreadable
+    # file with Click's exit-2 usage error; edgedd.paths says which of missing/not a file/denied, with the fix.
+    bundle: str = typer.Argument(..., help="Bundle directory made by edgedd pack."),
+    images: list[str] = typer.Argument(..., help="Image files to classify."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Labels to show per image."),
     int8: bool = typer.Option(False, "--int8", help="Use the bundle's int8 backbone (packed with pack --int8)."),
     json_out: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
@@ -423,7 +418,7 @@ def predict(
     from .device.runtime import Bundle, predict_files
 
     b = Bundle.open(bundle, int8=int8)
-    r = predict_files(b, [str(p) for p in images], top_k)
+    r = predict_files(b, images, top_k)
     if json_out:
         _print_json("predict", {"bundle": str(bundle), "int8": int8, "projector": "packed" if b.projector is None else "device-fitted",
                                 "predictions": r})
@@ -440,7 +435,7 @@ def predict(
 """)
 @handle_errors
 def inspect(
-    path: Path = typer.Argument(..., help="An artifact file or a bundle directory."),
+    path: str = typer.Argument(..., help="An artifact file or a bundle directory."),  # str: as predict's, for edgedd.paths
     json_out: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
 ) -> None:
     """Show what an edgedd artifact holds (verifies it first)."""

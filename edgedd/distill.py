@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -57,6 +56,7 @@ from .preview import write_grid
 from .progress import Progress, progress_allowed
 from .statistics import CACHE_ENV, cache_root, save_stage1, stage1_cached
 from .synthetic import Pyramid, extension_steps, level_resolutions
+from .terminal import say
 
 RUN_FORMAT = 1
 CHECKPOINT = "checkpoint.safetensors"
@@ -423,7 +423,7 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
     model, info = load_backbone(backbone, weights, input_size=crop_res, resize_size=syn_res, device=device, seed=config.seed)
     pp = info.preprocess
     if main and options.progress and progress_allowed():  # progress information: silent with -q / EDGEDD_PROGRESS=0
-        print(f"resolution: synthetic {pp.resize_size} / crop {pp.input_size} ({size_rule})", file=sys.stderr, flush=True)
+        say(f"resolution: synthetic {pp.resize_size} / crop {pp.input_size} ({size_rule})")  # the rule quotes the backbone name
     cfg = replace(config, syn_res=pp.resize_size, crop_res=pp.input_size)
     c, n = source.num_classes, source.num_classes * cfg.ipc
     if n < group.world:

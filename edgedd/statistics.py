@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import stat
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from .rng import block_generator
 from .errors import EdgeddError
 from .heads import ce_loss, fit_lbfgs, train_reference
 from .progress import Progress
+from .terminal import say
 
 STAGE1_FORMAT = 2  # 2: per-batch view generators (independent of the number of ranks)
 STATS_FILE = "stats.safetensors"
@@ -427,7 +427,7 @@ def load_stage1(directory: Path, key: str | None = None, num_classes: int | None
 
 
 def _damaged(directory: Path, why: str, remove: bool) -> None:
-    print(f"warning: the Stage I files in {directory} are damaged ({why}); recomputing them", file=sys.stderr, flush=True)
+    say(f"warning: the Stage I files in {directory} are damaged ({why}); recomputing them")  # the path may hold escapes
     if remove:
         shutil.rmtree(directory, ignore_errors=True)
     return None

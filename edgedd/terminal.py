@@ -10,6 +10,8 @@ human-readable line the CLI prints goes through :func:`printable`; ``--json`` ou
 
 from __future__ import annotations
 
+import sys
+
 
 def printable(text: str, keep: str = "") -> str:
     """``text`` with every non-printable character written as a Python-style escape (``\\x1b``,
@@ -18,6 +20,12 @@ def printable(text: str, keep: str = "") -> str:
     if text.isprintable():  # the common case: nothing to do
         return text
     return "".join(ch if ch.isprintable() or ch in keep else _escape(ch) for ch in text)
+
+
+def say(msg: str) -> None:
+    """A warning, status or error line: stderr, so stdout carries only results. One line: whatever
+    a name in it holds (a newline, an ANSI escape, a non-UTF-8 byte) is shown escaped."""
+    print(printable(msg), file=sys.stderr, flush=True)
 
 
 def _escape(ch: str) -> str:

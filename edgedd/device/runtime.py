@@ -542,7 +542,10 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
         correct = int(round(report["data_top1"] * len(y)))
         report["chance_top1"] = chance
         report["chance_bound_top1"] = None if k is None else k / len(y)
-        if k is None:
+        if len(np.unique(y)) < 2:  # always answering that class is right every time: no number of images helps
+            _check(checks, "above chance", False, "--data holds one class, so top-1 cannot be told from chance (100.0%) however many "
+                   "images it has; pass a --data folder with at least two of the bundle's classes")
+        elif k is None:
             _check(checks, "above chance", False, f"{len(y)} images cannot tell top-1 from chance ({chance:.1%}) at 3 sigma; pass more --data images")
         else:
             _check(checks, "above chance", correct >= k,

@@ -10,11 +10,13 @@ import os
 import shutil
 
 from _crafted import resign, run_cli
+from _rundirs import cache_entry, distill, rewrite
 from conftest import tiny_distill_args
 from typer.testing import CliRunner
 
 from edgedd.cli import app
 from edgedd.config import MAX_RESOLUTION
+from edgedd.statistics import STATS_FILE
 from edgedd.terminal import printable
 
 EVIL = "circle\x1b]0;owned\x07\x1b[2J\nforged line\udcff"  # retitle, clear screen, a new line, a non-UTF-8 byte
@@ -51,6 +53,17 @@ def test_errors_quoting_a_name_stay_one_escaped_line(bundle, tmp_path):
     r = run_cli(["deploy-check", bundle, "--data", data], env=STRICT)
     err = r.stderr.strip()
     assert r.returncode == 1 and err.startswith("error: ") and "\n" not in err and "\x1b" not in err and "bad\\x1b[31mclass" in err, err
+
+
+def test_the_damaged_cache_warning_escapes_a_crafted_cache_path(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEDD_CACHE_DIR", str(tmp_path / "cache\x1b[2J\nforged line"))
+    assert distill(image_folder, tmp_path / "run1").exit_code == 0
+    entry = cache_entry()
+    rewrite(entry / STATS_FILE, lambda t: t["sums"].neg_())  # checksum as saved: a damaged entry, warned about
+    r = distill(image_folder, tmp_path / "run2")
+    # before: printed raw, the escape cleared the screen and the newline forged a second line
+    assert r.exit_code == 0 and r.stderr.count("\n") == 1 and "\x1b" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"warning: the Stage I files in {printable(str(entry))} are damaged"), r.stderr
 
 
 def test_huge_resolutions_are_usage_errors(image_folder, tmp_path):
