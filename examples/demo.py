@@ -2,7 +2,7 @@
 
     distill (anchored SFM from real images, shipped self-supervised host ViT) -> evaluate against
     the baselines -> pack for the ImageNet EfficientNet-Lite0 edge backbone (a different network:
-    Classifier Inheritance) -> deploy-check -> predict a few test images
+    Classifier Inheritance; int8 too if it passes pack's gate) -> deploy-check -> predict a few test images
 
 and one results table (also written to runs/demo/RESULTS.md) with the preview of the synthetic set,
 and one self-contained HTML page about it all (runs/demo/report.html, edgedd.report).
@@ -22,6 +22,7 @@ from pathlib import Path
 from edgedd.config import DistillConfig, StageIConfig
 from edgedd.data import write_image_folder
 from edgedd.device.runtime import deploy_check, predict
+from edgedd.errors import EdgeddError
 from edgedd.distill import RunOptions, distill
 from edgedd.evaluate import EvalConfig, evaluate_run
 from edgedd.export.pack import PackConfig, pack
@@ -33,8 +34,8 @@ HOST = "edgedd/host-vit"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--ipc", type=int, default=1)
-    ap.add_argument("--iterations", type=int, default=1000)
+    ap.add_argument("--ipc", type=int, default=10, help="10: the projector's ridge is cross-validated (IPC 1 cannot hold an image out)")
+    ap.add_argument("--iterations", type=int, default=300, help="300: what fits the demo's 10-minute budget on 2 CPU cores at IPC 10")
     ap.add_argument("--method", default=DistillConfig.method, help="matching loss [default: edgedd's default]")
     ap.add_argument("--protocol", default=EvalConfig.protocol, choices=("converged", "reference"), help="evaluation protocol")
     ap.add_argument("--seeds", type=int, default=3)
@@ -56,15 +57,21 @@ def main() -> None:
 
     print(f"[3/5] pack for {a.edge}", flush=True)
     bundle = out / "bundle"
-    p = pack(run, bundle, edge_backbone=a.edge, edge_crop_res=a.edge_crop_res, config=PackConfig(), overwrite=True)
+    try:  # int8 if it passes pack's gate (synthetic-set top-1 within 5 points of fp32), else fp32 only
+        p = pack(run, bundle, edge_backbone=a.edge, edge_crop_res=a.edge_crop_res, config=PackConfig(int8=True), overwrite=True)
+    except EdgeddError as e:
+        print(f"      int8 refused ({e.problem}); packing fp32 only", flush=True)
+        p = pack(run, bundle, edge_backbone=a.edge, edge_crop_res=a.edge_crop_res, config=PackConfig(), overwrite=True)
+    int8 = "int8_synthetic_top1_packed_projector" in p["reference"]
 
     print("[4/5] deploy-check on the test split (no torch needed on a device)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         test = write_image_folder("embedded:mnist/test", Path(tmp) / "test")
         dc = deploy_check(bundle, data=test)
+        dc8 = deploy_check(bundle, data=test, int8=True) if int8 else None  # last: predict --int8 uses its fitted projector
         print("[5/5] predict a few test images", flush=True)
         picks = [sorted((test / c).iterdir())[0] for c in sorted(os.listdir(test))[:5]]
-        preds = predict(bundle, [str(x) for x in picks], topk=1)
+        preds = predict(bundle, [str(x) for x in picks], topk=1, int8=int8)
         shutil.copy(picks[0], out / "example_input.png")
     report = write_report(run, eval=ev, deploy_check=dc, bundle=bundle, out=out / "report.html")["report"]
     print(f"report: {report}", flush=True)
@@ -82,12 +89,16 @@ def main() -> None:
          if p["reference"].get("expected_edge_top1") is not None else "n/a", ""),
         ("deploy-check on the edge (onnxruntime, device-fitted projector)", a.edge, f"{100 * dc['data_top1']:.1f}", ""),
     ]
+    if dc8:
+        rows.append(("deploy-check on the edge, int8 backbone (static QDQ)", a.edge, f"{100 * dc8['data_top1']:.1f}", ""))
     table = [f"| | backbone | top-1 % on embedded:mnist/test (1,000) | final training loss ({a.protocol} protocol) |", "|---|---|---|---|"]
     table += [f"| {r} | `{bb}` | {v} | {lo} |" for r, bb, v, lo in rows]
     right = sum(1 for x in preds if x["top"][0]["label"] == Path(x["image"]).parent.name)
     notes = [
         f"deploy-check: {'PASSED' if dc['ok'] else 'FAILED'}; batch-1 latency p50 {dc['latency_ms_p50']:.2f} ms, "
-        f"p95 {dc['latency_ms_p95']:.2f} ms; peak RSS {dc['peak_rss_mb']:.0f} MB; predict: {right}/{len(preds)} of the sampled test images right.",
+        f"p95 {dc['latency_ms_p95']:.2f} ms; peak RSS {dc['peak_rss_mb']:.0f} MB"
+        + (f"; int8: {'PASSED' if dc8['ok'] else 'FAILED'}, p50 {dc8['latency_ms_p50']:.2f} ms" if dc8 else "; int8 refused by pack's gate")
+        + f"; projector ridge {p['reference']['projector_ridge']:g} (cross-validated); predict: {right}/{len(preds)} of the sampled test images right.",
         f"evaluation: {a.protocol} protocol, {a.seeds} seeds; distillation: {s['method']}, {a.iterations} iterations; "
         f"flow cosine {s['flow_cosine']:.3f}; synthetic class centres {s['landing']['centre_offset_mean']:.2f} inter-centre distances "
         f"from the real ones; golden classifier {s['golden'].get('recipe')} recipe, held-out {100 * (s['golden'].get('heldout_top1') or 0):.1f}%; "
@@ -95,7 +106,8 @@ def main() -> None:
     ]
     text = "\n".join(table + [""] + notes)
     (out / "RESULTS.md").write_text("# edgedd demo results\n\n" + text + "\n\n![synthetic set](run/preview.png)\n")
-    (out / "results.json").write_text(json.dumps({"distill": s, "evaluate": ev, "pack": p, "deploy_check": dc, "predict": preds}, indent=2, default=str))
+    (out / "results.json").write_text(json.dumps({"distill": s, "evaluate": ev, "pack": p, "deploy_check": dc, "deploy_check_int8": dc8,
+                                                  "predict": preds}, indent=2, default=str))
     print("\n" + text)
     print(f"\npreview of the synthetic set: {run / 'preview.png'}; full results: {out / 'results.json'}")
 
