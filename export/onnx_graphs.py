@@ -11,6 +11,7 @@ Every graph carries metadata props (``edgedd.*``: role, model, preprocessing, ve
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -51,8 +52,19 @@ def _strip_nondeterminism(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """An fp32 CPU copy in eval mode, for the exporter and for torch's side of ORT parity.
+
+    A copy because ``.float()``/``.cpu()``/``.eval()`` change a module in place and return it: the
+    caller's model would end up on the CPU (or be moved back under the CPU work) when it lives on
+    another device, and in eval mode when it was training.
+    """
+    return copy.deepcopy(model).float().cpu().eval()
+
+
 def export_backbone(model: torch.nn.Module, input_size: int, meta: dict) -> bytes:
-    model = model.eval().float().cpu()
+    """Exports a copy (``cpu_copy``): the model passed in is left as it was."""
+    model = cpu_copy(model)
     x = torch.randn(2, 3, input_size, input_size)
     with warnings.catch_warnings(), plain_attention(model):  # the graph the exporter takes; host runs use fused
         warnings.simplefilter("ignore")

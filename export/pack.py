@@ -45,7 +45,7 @@ from edgedd.lock import lock
 from edgedd.rundir import Run, load_run
 from edgedd.statistics import holdout_split
 
-from .onnx_graphs import INT8_MODE, OPSET, calibration_count, check, export_backbone, linear_graph, parity, quantize_int8
+from .onnx_graphs import INT8_MODE, OPSET, calibration_count, check, cpu_copy, export_backbone, linear_graph, parity, quantize_int8
 from .projector import train_projector
 
 
@@ -285,7 +285,7 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     pj = linear_graph(w_p.numpy(), b_p.numpy(), "features", "projected", dict(common, role="projector", model=f"{info_b.name}->{info_a.name}"))
     cl = linear_graph(w_c.numpy(), b_c.numpy(), "projected", "logits", dict(common, role="classifier", model=f"golden:{info_a.name}", classes=str(c)))
     s = info_b.preprocess.input_size
-    model_b_cpu = model_b.float().cpu()
+    model_b_cpu = cpu_copy(model_b)  # ORT runs on the CPU in fp32; model_b stays on dev
     validation = {}
     for name, data, fn, shape in [
         ("backbone", bb, model_b_cpu, (3, s, s)),
@@ -294,7 +294,6 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     ]:
         check(data, name)
         validation[name] = parity(data, fn, shape, name)
-    model_b.to(dev)
 
     # self-test: torch outputs for a few synthetic images through the whole edge pipeline
     k = min(config.selftest_images, n)
@@ -303,7 +302,6 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     with torch.no_grad():
         st_f = model_b_cpu(st_in).float()
     st_l = (st_f @ w_p.T + b_p) @ w_c.T + b_c
-    model_b.to(dev)
 
     graphs = {"backbone": ("backbone.onnx", bb), "projector": ("projector.onnx", pj), "classifier": ("classifier.onnx", cl)}
     if config.int8:

@@ -69,8 +69,45 @@ def test_artifact_contents(packed):
         assert sha256_file(packed["bundle"] / g["file"]) == g["sha256"]
 
 
-def test_pack_is_byte_deterministic(packed, tmp_path):
+@pytest.mark.parametrize("name", ["test_vit", "test_efficientnet"])
+def test_export_backbone_leaves_the_model_as_it_was(name):
+    """The exporter works on a copy: the model passed in keeps its mode, dtype, device and values."""
+    from edgedd.export.onnx_graphs import export_backbone, parity
+
+    model, _ = load_backbone(name, "random", input_size=32, resize_size=32, seed=0)
+    model.train().double()  # not what the export needs (eval, fp32), so an in-place change shows
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = export_backbone(model, 32, {"model": name})
+    assert all(m.training for m in model.modules()), "export_backbone switched the model to eval mode"
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and after[k].device == v.device and torch.equal(after[k], v), k
+    assert parity(data, lambda x: model.eval()(x.double()), (3, 32, 32), name)["max_rel_error"] < 1e-4
+
+
+def test_pack_is_byte_deterministic_and_never_moves_its_models(packed, tmp_path, monkeypatch):
+    """Pack exports and self-tests from CPU copies: the models it loaded on --device stay there
+    (moving one, as pack once did with ``.cpu()`` then ``.to(dev)``, breaks --device cuda:
+    the CPU self-test then meets a CUDA model). Every move goes through Module._apply."""
+    import edgedd.export.pack as pack_module
+
+    loaded, moved = [], []
+    load, apply = pack_module.load_backbone, torch.nn.Module._apply
+
+    def watched_load(*a, **k):
+        model, info = load(*a, **k)  # placed on the device inside load_backbone: not counted
+        loaded.append(model)
+        return model, info
+
+    def watched_apply(self, *a, **k):
+        moved.extend(type(m).__name__ for m in loaded if m is self)
+        return apply(self, *a, **k)
+
+    monkeypatch.setattr(pack_module, "load_backbone", watched_load)
+    monkeypatch.setattr(torch.nn.Module, "_apply", watched_apply)
     pack(packed["run"], tmp_path / "again", config=PackConfig(views=8, projector_epochs=100), device="cpu")
+    assert loaded and not moved
     for f in sorted(p.name for p in packed["bundle"].iterdir() if p.suffix in (".onnx", ".safetensors") and "finetuned" not in p.name):
         assert (tmp_path / "again" / f).read_bytes() == (packed["bundle"] / f).read_bytes(), f
 
