@@ -1,5 +1,8 @@
 """Kill a real `edgedd distill` process with SIGKILL, several times, then --resume it: the final
-synthetic set is bit-identical to an uninterrupted run, and no checkpoint is ever half-written."""
+synthetic set is bit-identical to an uninterrupted run, and no checkpoint is ever half-written.
+The run starts from noise, so its pyramid grows (and Adam restarts) at the extension steps
+6, 12, ..., 30; each kill lands at the first checkpoint (every 5 steps) past the previous kill, so
+the resumed processes start from grown pyramids and the last one still has extensions ahead."""
 
 from __future__ import annotations
 
@@ -17,12 +20,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import tiny_distill_args
+from edgedd.synthetic import extension_steps
 
-ITERATIONS = 400
+ITERATIONS, EXTEND_EVERY, SYN_RES = 60, 6, 32  # SYN_RES: tiny_distill_args' --syn-res
 
 
 def _cmd(data, out, *extra):
-    args = tiny_distill_args(data, out, "--ipc", "2", "--iterations", str(ITERATIONS), "--checkpoint-every", "5", "--seed", "7", *extra)
+    args = tiny_distill_args(data, out, "--ipc", "2", "--iterations", str(ITERATIONS), "--checkpoint-every", "5", "--seed", "7",
+                             "--init", "noise", "--extend-every", str(EXTEND_EVERY), *extra)
     return [sys.executable, "-m", "edgedd", *args]
 
 
@@ -40,10 +45,17 @@ def _checkpoint_step(path: Path) -> int:
         return int(f.metadata()["step"])
 
 
+def _wait_for(path: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(image_folder, tmp_path):
     ref = tmp_path / "uninterrupted"
-    subprocess.run(_cmd(image_folder, ref), check=True, env=_env(), timeout=300)
+    uninterrupted = subprocess.Popen(_cmd(image_folder, ref), env=_env())  # beside the killed runs: it shares nothing with them
+    _wait_for(ref / "checkpoint.safetensors", uninterrupted)  # ... but Stage I's cache, written by then
 
     out = tmp_path / "killed"
     ckpt = out / "checkpoint.safetensors"
@@ -68,10 +80,13 @@ def test_sigkill_and_resume_is_bit_identical(image_folder, tmp_path):
         assert list(out.glob("checkpoint*")) == [ckpt]
         extra = ("--resume",)
     assert steps_at_kill == sorted(steps_at_kill) and steps_at_kill[-1] < ITERATIONS
+    ext = extension_steps(ITERATIONS, SYN_RES, EXTEND_EVERY)
+    assert ext[0] < steps_at_kill[-1] < ext[-1], (ext, steps_at_kill)  # resumed grown, and still growing after
 
     done = subprocess.run(_cmd(image_folder, out, "--resume", "--json"), env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
+    assert uninterrupted.wait(timeout=300) == 0
     assert summary["resumed_from_step"] == steps_at_kill[-1] > 0
     a, b = load_file(ref / "synthetic.safetensors"), load_file(out / "synthetic.safetensors")
     assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
