@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgedd-installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -17,9 +17,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass.
-test: $(STAMP)
-	@$(PY) -m pytest tests; rc=$$?; \
+PYTEST = $(PY) -m pytest tests $(1); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test: $(STAMP)
+	@$(call PYTEST,)
+
+# The inner loop: everything but the tests marked slow (pyproject.toml's markers), which `make test` runs too.
+test-fast: $(STAMP)
+	@$(call PYTEST,-m "not slow")
 
 # The main job on the embedded default, offline, on a CPU: distill MNIST with the shipped
 # self-supervised host ViT -> evaluate against the baselines -> pack for the shipped edge CNN ->

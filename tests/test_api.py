@@ -32,6 +32,7 @@ def test_readme_shows_the_tested_example():
     assert any(readme[i : i + 2] == docs for i in range(len(readme) - 1))
 
 
+@pytest.mark.slow
 def test_api_md_example_runs_as_written(image_folder, tmp_path, monkeypatch):
     settings, example = python_blocks()
     assert len(example.strip().splitlines()) <= 10

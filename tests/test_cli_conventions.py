@@ -125,6 +125,7 @@ def test_schema_checker_can_fail():
 # ----------------------------------------------------------------------------- streams and schemas, every command
 
 
+@pytest.mark.slow
 def test_every_command_json_matches_docs_and_stderr_stays_empty(packed, image_folder, tmp_path):
     """No -q anywhere: EDGEDD_PROGRESS=0 alone must silence the progress bars (distill's too)."""
     schemas = documented_schemas()

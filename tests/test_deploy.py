@@ -187,6 +187,7 @@ def _one_line(r) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_predict_int8_and_the_projector_bound_to_its_variant(packed, tmp_path):
     img = str(sorted((packed["heldout"] / "square").iterdir())[0])
     fp32_only = tmp_path / "fp32"

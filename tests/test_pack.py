@@ -176,6 +176,7 @@ def test_quantize_int8_is_byte_deterministic(packed):
     assert quantize_int8(bb, 3 * x) != q
 
 
+@pytest.mark.slow
 def test_int8_backbone_and_fine_tune(packed, tmp_path):
     out = tmp_path / "q"
     r = CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(out), "--int8", "--int8-max-drop", "1.0",

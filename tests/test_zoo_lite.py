@@ -189,6 +189,7 @@ def _cosine(a, b):
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+@pytest.mark.slow
 def test_lite0_onnx_parity_and_int8(offline):
     """Lite0 through the same ONNX export, checker and parity as every edge backbone (pack's default
     tolerance), then ``quantize_int8`` (what ``pack --int8`` ships: static QDQ, calibrated here on
