@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 
 from conftest import tiny_distill_args
 
-STEPS = ("--ipc", "2", "--iterations", "6", "--batch-size", "4", "--no-cache", "--checkpoint-every", "0", "--seed", "3", "--json")
+# --init noise: the pyramid grows in these 6 steps, so every extension's noise rows are drawn per shard
+STEPS = ("--ipc", "2", "--init", "noise", "--iterations", "6", "--batch-size", "4", "--no-cache", "--checkpoint-every", "0", "--seed", "3", "--json")
 
 
 def _env():
