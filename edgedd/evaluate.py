@@ -21,8 +21,9 @@ each backbone's input size.
 
 ``converged`` (default)  V = 64 views per image rendered once per seed; every head fitted to the
     optimum of its L2-regularised objective over all of them (:mod:`edgedd.heads`): the probes by
-    L-BFGS with relative L2 ``probe_l2`` = 1e-3, the projector by closed-form ridge with relative
-    ridge 1e-3 (the device's fit). No lr, no epochs: the same fit at N = 10 as at N = 10,000.
+    L-BFGS with relative L2 ``probe_l2`` = 1e-3, the projector by closed-form ridge at the strength
+    the device's fit picks (edgedd.device.ridge; ``ridge`` fixes it). No lr, no epochs: the same fit
+    at N = 10 as at N = 10,000.
 ``reference``  METHOD.md: Adam with a cosine schedule over all steps; batch min(100, N); lr
     1e-3 * batch / 256 (probes) and 1e-2 * batch / 256 (projector), 1000 epochs; fresh views every
     batch (``view_cache = 0``) or V cached views, one drawn per image per epoch. On small N it
