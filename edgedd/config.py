@@ -133,10 +133,3 @@ def fingerprint(obj: Any) -> str:
     blob = json.dumps(obj if isinstance(obj, dict) else to_dict(obj), sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
-
-def distill_config_from_dict(d: dict[str, Any]) -> DistillConfig:
-    d = dict(d)
-    d.setdefault("init", "noise")  # runs made before --init existed all started from noise
-    aug = d.pop("augment", {})
-    aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
-    return DistillConfig(**d, augment=AugmentConfig(**aug))

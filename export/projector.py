@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 
 from edgedd.config import RECIPES
+from edgedd.device.ridge import DEFAULT_RIDGE
 from edgedd.errors import EdgeddError
 from edgedd.heads import fit_ridge, mse_loss, new_projector, train_reference
 
-PROJECTOR_RIDGE = 1e-3  # the smallest strength of edgedd.device.ridge.RIDGE_GRID: B = A needs no more
 
 
 class _Views:
@@ -37,7 +37,7 @@ class _Views:
 
 
 def train_projector(feats_b: torch.Tensor, targets_a: torch.Tensor, epochs: int = 1000, seed: int = 0,
-                    recipe: str = "converged", ridge: float = PROJECTOR_RIDGE) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                    recipe: str = "converged", ridge: float = DEFAULT_RIDGE) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """feats_b (N, K, D_B), targets_a (N, K, D_A) -> weight (D_A, D_B), bias (D_A,), Fit.report()."""
     if recipe not in RECIPES:
         raise EdgeddError(f"unknown projector recipe {recipe!r}", f"choose one of {', '.join(RECIPES)}")

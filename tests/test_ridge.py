@@ -61,7 +61,7 @@ def test_selection_follows_the_held_out_error_and_breaks_ties_to_the_stronger_fi
 def test_a_single_image_per_class_keeps_the_default():
     """IPC 1: holding an image out removes its class from the fit; no split is honest, so the default."""
     b, a, image, labels = _toy(0.0)
-    keep = np.isin(image, np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]]))  # the first image of each class
-    first = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    first = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])  # the first image of each class
+    keep = np.isin(image, first)
     remap = {int(i): j for j, i in enumerate(first)}
     assert select_ridge(b[keep], a[keep], np.array([remap[int(i)] for i in image[keep]]), labels[first]) == (DEFAULT_RIDGE, {})

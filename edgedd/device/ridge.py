@@ -32,7 +32,7 @@ DEFAULT_RIDGE = 1e-3  # when no split keeps every class in training (IPC 1)
 FOLDS = 5
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+def fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float = DEFAULT_RIDGE) -> tuple[np.ndarray, np.ndarray]:
     """Equation (3). x (n, D_B), y (n, D_A) -> W (D_A, D_B), b (D_A,), in float64 then float32."""
     x, y = x.astype(np.float64), y.astype(np.float64)
     mx, my = x.mean(0), y.mean(0)
@@ -86,7 +86,7 @@ def select_ridge(x: np.ndarray, y: np.ndarray, image: np.ndarray, labels: np.nda
     """The relative strength r in ``grid`` whose fits predict held-out images' targets best.
 
     x (n, D_B), y (n, D_A): features of n views; ``image`` (n,) the image each view is of; ``labels``
-    (N,) each image's class. Returns r and {r: held-out mean squared error}; ({}, DEFAULT_RIDGE)
+    (N,) each image's class. Returns r and {r: held-out mean squared error}; (DEFAULT_RIDGE, {})
     when a class has a single image (nothing can be held out without losing the class)."""
     x, y = x.astype(np.float64), y.astype(np.float64)
     f = min(folds, int(np.bincount(labels).min())) if len(labels) else 0  # images of the smallest class
