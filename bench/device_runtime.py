@@ -1,7 +1,8 @@
 """Device-path costs, measured side by side in one run.
 
 1. Projector fit on the device path for N*K views: render the stored views (numpy), edge-backbone
-   features (onnxruntime), closed-form ridge solve (numpy) -- each timed.
+   features (onnxruntime), the ridge's cross-validated choice (edgedd.device.ridge.select_ridge, 10
+   classes round-robin over the N images) and the closed-form solve (numpy) -- each timed.
 2. Edge-backbone inference throughput, onnxruntime vs torch eager, same inputs, same batch,
    same thread count; the ratio ORT / torch.
 
@@ -25,7 +26,7 @@ from edgedd.augment import sample_views
 from edgedd.backbones import load_backbone
 from edgedd.config import AugmentConfig
 from edgedd.device.render import normalize, render_views
-from edgedd.device.runtime import fit_projector_ridge
+from edgedd.device.ridge import fit_ridge as fit_projector_ridge, select_ridge
 from edgedd.export.onnx_graphs import export_backbone
 
 
@@ -71,7 +72,9 @@ def main() -> None:
     t1 = time.perf_counter()
     feats = np.concatenate([sess.run(None, {"images": x[i : i + a.batch]})[0] for i in range(0, len(x), a.batch)])
     t2 = time.perf_counter()
-    fit_projector_ridge(feats, targets)
+    ridge, _ = select_ridge(feats, targets, np.repeat(np.arange(n), k), np.arange(n) % 10)
+    t_cv = time.perf_counter()
+    fit_projector_ridge(feats, targets, ridge)
     t3 = time.perf_counter()
 
     # --- 2. ORT vs torch eager throughput on the same batch
@@ -87,7 +90,7 @@ def main() -> None:
     r = {
         "backbone": a.backbone, "input_size": pp.input_size, "features": info.num_features,
         "images": n, "views": k, "fit_views": n * k, "target_dim": a.target_dim, "batch": a.batch, "threads": threads,
-        "render_s": t1 - t0, "backbone_s": t2 - t1, "ridge_s": t3 - t2, "projector_fit_total_s": t3 - t0,
+        "render_s": t1 - t0, "backbone_s": t2 - t1, "ridge_cv_s": t_cv - t2, "ridge_s": t3 - t_cv, "projector_fit_total_s": t3 - t0,
         "torch_images_per_s": a.batch / t_torch, "ort_images_per_s": a.batch / t_ort, "ort_over_torch": t_torch / t_ort,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__, "onnxruntime": ort.__version__,
     }
@@ -96,7 +99,8 @@ def main() -> None:
         return
     print(f"edge backbone {a.backbone} @ {pp.input_size}px, D_B={info.num_features}, {threads} threads")
     print(f"projector fit, {n * k} views ({n} images x {k}): render {r['render_s']:.2f}s + backbone (ORT) {r['backbone_s']:.2f}s "
-          f"+ ridge {r['ridge_s']:.3f}s = {r['projector_fit_total_s']:.2f}s")
+          f"+ ridge choice (5-fold CV) {r['ridge_cv_s']:.3f}s + ridge solve {r['ridge_s']:.3f}s = {r['projector_fit_total_s']:.2f}s; "
+          f"CV / backbone = {r['ridge_cv_s'] / r['backbone_s']:.3f}")
     print(f"inference, batch {a.batch}: torch {r['torch_images_per_s']:.1f} img/s, onnxruntime {r['ort_images_per_s']:.1f} img/s, "
           f"ORT/torch = {r['ort_over_torch']:.2f}x")
 
