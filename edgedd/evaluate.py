@@ -23,7 +23,9 @@ each backbone's input size.
     optimum of its L2-regularised objective over all of them (:mod:`edgedd.heads`): the probes by
     L-BFGS with relative L2 ``probe_l2`` = 1e-3, the projector by closed-form ridge at the strength
     the device's fit picks (edgedd.device.ridge; ``ridge`` fixes it). No lr, no epochs: the same fit
-    at N = 10 as at N = 10,000.
+    at N = 10 as at N = 10,000. The projector shrinks towards 0 (the ridge module's equation 3)
+    even when B is A: ``ci`` measures what the synthetic set teaches a projector. (The device
+    shrinks towards I when pack records B = A's network, equation 4; there the set barely matters.)
 ``reference``  METHOD.md: Adam with a cosine schedule over all steps; batch min(100, N); lr
     1e-3 * batch / 256 (probes) and 1e-2 * batch / 256 (projector), 1000 epochs; fresh views every
     batch (``view_cache = 0``) or V cached views, one drawn per image per epoch. On small N it

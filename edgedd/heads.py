@@ -242,23 +242,32 @@ def fit_lbfgs(head: torch.nn.Linear, feats: tuple, loss_fn: Callable, l2: float,
     return Fit(head, start, final, iters)
 
 
-def fit_ridge(head: torch.nn.Linear, x, y, l2: float, chunk: int = 8192) -> Fit:
-    """Equation (2): the MSE projector in closed form (float64), x (n, V, D_B), y (n, V, D_A)."""
+def fit_ridge(head: torch.nn.Linear, x, y, l2: float, chunk: int = 8192, prior: str = "none") -> Fit:
+    """Equation (2): the MSE projector in closed form (float64), x (n, V, D_B), y (n, V, D_A).
+    ``prior="identity"`` (D_B = D_A): shrink towards I instead of 0, i.e. (2) on y - x, plus I
+    (edgedd.device.ridge eq. 4, for B with A's weights)."""
     device = head.weight.device
     n, v, d = x.shape
     parts = _chunks(n, max(1, chunk // v))
     sx = torch.zeros(d, dtype=torch.float64, device=device)
     sy = torch.zeros(y.shape[-1], dtype=torch.float64, device=device)
+    if prior not in ("none", "identity") or (prior == "identity" and d != y.shape[-1]):
+        raise ValueError(f"projector prior {prior!r} does not fit D_B = {d}, D_A = {y.shape[-1]}")
+
+    def target(s: int, e: int) -> torch.Tensor:  # y, or the residual y - x under the identity prior
+        t = _rows(y, s, e, device).double()
+        return t - _rows(x, s, e, device).double() if prior == "identity" else t
+
     for s, e in parts:
         sx += _rows(x, s, e, device).double().sum(0)
-        sy += _rows(y, s, e, device).double().sum(0)
+        sy += target(s, e).sum(0)
     mx, my = sx / (n * v), sy / (n * v)
     gram = torch.zeros(d, d, dtype=torch.float64, device=device)
     cross = torch.zeros(d, y.shape[-1], dtype=torch.float64, device=device)
     for s, e in parts:
         xc = _rows(x, s, e, device).double() - mx
         gram += xc.T @ xc
-        cross += xc.T @ (_rows(y, s, e, device).double() - my)
+        cross += xc.T @ (target(s, e) - my)
     lam = l2 * max(float(torch.trace(gram)), 1e-12) / d
     wt = torch.linalg.solve(gram + lam * torch.eye(d, dtype=torch.float64, device=device), cross)
 
@@ -270,7 +279,7 @@ def fit_ridge(head: torch.nn.Linear, x, y, l2: float, chunk: int = 8192) -> Fit:
 
     with torch.no_grad():
         start = mse()
-        head.weight.copy_(wt.T.float())
+        head.weight.copy_((wt.T + (torch.eye(d, dtype=wt.dtype, device=device) if prior == "identity" else 0)).float())
         head.bias.copy_((my - mx @ wt).float())
         final = mse()
     return Fit(head, start, final, 0)

@@ -39,7 +39,7 @@ from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, to_dict
 from edgedd.data import canvas_loader, open_dataset
 from edgedd.device import artifact as art
-from edgedd.device.ridge import fit_ridge as fit_projector_ridge, select_ridge
+from edgedd.device.ridge import fit_ridge as fit_projector_ridge, projector_prior, select_ridge
 from edgedd.errors import EdgeddError
 from edgedd.lock import lock
 from edgedd.rundir import Run, load_run
@@ -257,14 +257,17 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     del x_b
     d_a, d_b = targets.shape[1], feats_b.shape[1]
     w_c, b_c = golden["weight"].float(), golden["bias"].float()
-    # the strength the device's fit would pick on these views (edgedd.device.ridge): B != A needs more
-    ridge, ridge_scores = select_ridge(feats_b.cpu().numpy(), targets.cpu().numpy(), np.repeat(np.arange(n), config.views), labels.numpy())
+    # what the fit shrinks towards: I when B has A's weights (int8 or another resolution of the same
+    # network), else 0; and the strength the device's fit would pick on these views (edgedd.device.ridge)
+    prior = projector_prior(info_a.weights_sha256, info_b.weights_sha256, d_a, d_b)
+    ridge, ridge_scores = select_ridge(feats_b.cpu().numpy(), targets.cpu().numpy(), np.repeat(np.arange(n), config.views), labels.numpy(),
+                                       prior=prior)
     w_p, b_p, projector_fit = train_projector(feats_b.cpu().view(n, config.views, d_b), targets.cpu().view(n, config.views, d_a),
-                                              config.projector_epochs, config.seed, config.projector_recipe, ridge)
+                                              config.projector_epochs, config.seed, config.projector_recipe, ridge, prior)
 
     # reference figures on the synthetic set: torch projector vs the device's closed-form fit
     eval_b = _features(model_b, _edge_inputs(pix, info_b), info_b).cpu()
-    w_r, b_r = fit_projector_ridge(feats_b.cpu().numpy(), targets.cpu().numpy(), ridge)
+    w_r, b_r = fit_projector_ridge(feats_b.cpu().numpy(), targets.cpu().numpy(), ridge, prior)
     logits_t = (eval_b @ w_p.T + b_p) @ w_c.T + b_c
     logits_r = (eval_b.numpy() @ w_r.T + b_r) @ w_c.numpy().T + b_c.numpy()
     ref = {
@@ -273,6 +276,7 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
         "projector_mse_torch": float(((feats_b.cpu() @ w_p.T + b_p - targets.cpu()) ** 2).mean()),
         "projector_fit": {"recipe": config.projector_recipe, **projector_fit},
         "projector_ridge": ridge,
+        "projector_prior": prior,
         "projector_ridge_cv": {repr(r): v for r, v in ridge_scores.items()},  # held-out target MSE per strength
         "projector_mse_ridge": float(((feats_b.cpu().numpy() @ w_r.T + b_r - targets.cpu().numpy()) ** 2).mean()),
     }

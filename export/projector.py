@@ -37,14 +37,16 @@ class _Views:
 
 
 def train_projector(feats_b: torch.Tensor, targets_a: torch.Tensor, epochs: int = 1000, seed: int = 0,
-                    recipe: str = "converged", ridge: float = DEFAULT_RIDGE) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """feats_b (N, K, D_B), targets_a (N, K, D_A) -> weight (D_A, D_B), bias (D_A,), Fit.report()."""
+                    recipe: str = "converged", ridge: float = DEFAULT_RIDGE, prior: str = "none") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """feats_b (N, K, D_B), targets_a (N, K, D_A) -> weight (D_A, D_B), bias (D_A,), Fit.report().
+    ``prior`` (edgedd.device.ridge): what the converged fit shrinks towards; the reference recipe
+    is METHOD.md's Adam from a random start, as written (no prior)."""
     if recipe not in RECIPES:
         raise EdgeddError(f"unknown projector recipe {recipe!r}", f"choose one of {', '.join(RECIPES)}")
     gen = torch.Generator().manual_seed(seed)
     proj = new_projector(feats_b.shape[-1], targets_a.shape[-1], gen, "cpu")
     if recipe == "converged":
-        fit = fit_ridge(proj, feats_b, targets_a, ridge)
+        fit = fit_ridge(proj, feats_b, targets_a, ridge, prior=prior)
     else:
         batch = min(100, feats_b.shape[0])
         fit = train_reference(proj, _Views((feats_b, targets_a)), mse_loss, epochs, batch, 1e-2 * batch / 256, gen)

@@ -65,3 +65,62 @@ def test_a_single_image_per_class_keeps_the_default():
     keep = np.isin(image, first)
     remap = {int(i): j for j, i in enumerate(first)}
     assert select_ridge(b[keep], a[keep], np.array([remap[int(i)] for i in image[keep]]), labels[first]) == (DEFAULT_RIDGE, {})
+
+
+# ----------------------------------------------------------------------------- the identity prior (eq. 4)
+
+def test_identity_prior_keeps_an_unchanged_backbone_exactly():
+    """B = A: the targets are the inputs; with the prior P = I whatever the strength, while (3)
+    maps every direction the few views do not span to the mean (rows < features, as on a device)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(20, 50))
+    for r in RIDGE_GRID:
+        w, b = fit_ridge(x, x, r, "identity")
+        np.testing.assert_allclose(w, np.eye(50), atol=1e-6)
+        np.testing.assert_allclose(b, 0, atol=1e-6)
+    unseen = rng.normal(size=(5, 50))
+    w0, b0 = fit_ridge(x, x, 1e-3)  # the zero prior loses what the 20 rows do not span
+    assert np.abs(unseen @ w0.T + b0 - unseen).mean() > 0.5
+
+
+def test_identity_prior_fits_the_residual_and_minimises_its_own_objective():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 12))
+    y = x @ (np.eye(12) + 0.1 * rng.normal(size=(12, 12))).T + 0.3  # a perturbed copy (int8-like)
+    w, b = fit_ridge(x, y, 0.1, "identity")
+    wr, br = fit_ridge(x, y - x, 0.1)
+    np.testing.assert_allclose(w, wr + np.eye(12), atol=1e-5)
+    np.testing.assert_allclose(b, br, atol=1e-5)
+    step = 1e-3 * rng.normal(size=w.shape)
+    assert objective(x, y, w, 0.1, "identity") <= objective(x, y, w + step, 0.1, "identity")
+    # shrinking towards I beats shrinking towards 0 on a near-identity map, at a strong ridge
+    w0, b0 = fit_ridge(x, y, 10.0)
+    wi, bi = fit_ridge(x, y, 10.0, "identity")
+    xt = rng.normal(size=(200, 12))
+    yt = xt @ (np.eye(12) + 0.1 * rng.normal(size=(12, 12))).T + 0.3
+    assert np.mean((xt @ wi.T + bi - yt) ** 2) < np.mean((xt @ w0.T + b0 - yt) ** 2)
+
+
+def test_identity_prior_cross_validates_on_the_residual_and_refuses_other_widths():
+    b, a, image, labels = _toy(noise=0.0)
+    x = b[:, :3]
+    y = x + 0.01 * np.random.default_rng(4).normal(size=x.shape)
+    assert select_ridge(x, y, image, labels, prior="identity") == select_ridge(x, y - x, image, labels)
+    with pytest.raises(ValueError, match="D_B = D_A"):
+        fit_ridge(b, a, 0.1, "identity")
+    with pytest.raises(ValueError, match="unknown projector prior"):
+        fit_ridge(x, y, 0.1, "zero")
+
+
+def test_torch_and_numpy_fits_agree_under_the_identity_prior():
+    torch = pytest.importorskip("torch")
+    from edgedd.heads import fit_ridge as torch_fit, new_projector
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(10, 4, 16)).astype(np.float32)
+    y = x + 0.2 * rng.normal(size=x.shape).astype(np.float32)
+    head = new_projector(16, 16, torch.Generator().manual_seed(0), "cpu")
+    fit = torch_fit(head, torch.from_numpy(x), torch.from_numpy(y), 0.1, prior="identity")
+    w, b = fit_ridge(x.reshape(40, 16), y.reshape(40, 16), 0.1, "identity")
+    np.testing.assert_allclose(fit.head.weight.detach().numpy(), w, atol=1e-5)
+    np.testing.assert_allclose(fit.head.bias.detach().numpy(), b, atol=1e-5)

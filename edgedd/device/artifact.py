@@ -33,7 +33,8 @@ from ..errors import EdgeddError
 from ..stio import Malformed, read_header, strict_json
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1  # 1.1: reference holds the real-image expectations (golden_heldout_top1, expected_edge_top1)
+FORMAT_MINOR = 2  # 1.1: reference holds the real-image expectations (golden_heldout_top1, expected_edge_top1);
+# 1.2: reference.projector_prior (edgedd.device.ridge eq. 4)
 FORMAT = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 ARTIFACT_FILE = "edgedd.artifact.safetensors"
 # Bounds the header's JSON and with it the parser's memory (a few hundred MB for the most

@@ -16,6 +16,18 @@ so every class stays in every training fold: a held-out image of a class the fit
 reward shrinking everything to the mean (measured at IPC 1, where no such split exists: there the
 weak default r = 1e-3 stays, the strength evaluation used before).
 
+**The prior.** (3) shrinks P towards 0: outside the few directions the views span, real images
+map to the targets' mean. That is right for an unrelated B, and wrong when B *is* A's network (the
+same weights, e.g. its int8 build on the device, or A at another resolution): there the best guess
+off the views is the identity, and (3) would throw away every feature direction the N*K views do
+not span (1,280 of them for an EfficientNet at N*K = 800). With ``prior="identity"`` (D_B = D_A;
+pack records it when the edge weights hash to A's) the fit shrinks towards the identity instead,
+
+    P = I + argmin_D ||Xc D^T - (Yc - Xc)||^2 + lam ||D||^2                               (4)
+
+i.e. (3) on the residual targets y - x, plus I: for B = A exactly, P = I and the device keeps the
+golden classifier as it is; for an int8 B, P corrects only what quantisation moved on the views.
+
 Each fold costs one eigendecomposition, of Xc Xc^T (n x n) when there are fewer rows than features
 and of Xc^T Xc (D x D) otherwise; every r then costs a matrix product:
 
@@ -30,26 +42,50 @@ import numpy as np
 RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 DEFAULT_RIDGE = 1e-3  # when no split keeps every class in training (IPC 1)
 FOLDS = 5
+PRIORS = ("none", "identity")  # what P shrinks towards: 0 (3), or I (4) when B is A's network
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float = DEFAULT_RIDGE) -> tuple[np.ndarray, np.ndarray]:
-    """Equation (3). x (n, D_B), y (n, D_A) -> W (D_A, D_B), b (D_A,), in float64 then float32."""
-    x, y = x.astype(np.float64), y.astype(np.float64)
+def projector_prior(sha_a: str, sha_b: str, d_a: int, d_b: int) -> str:
+    """The prior pack records: "identity" when B's weights are A's (same sha256, D_B = D_A)."""
+    return "identity" if sha_a == sha_b and d_a == d_b else "none"
+
+
+def residual(x: np.ndarray, y: np.ndarray, prior: str) -> np.ndarray:
+    """The targets (3) is fitted to under ``prior``: y, or y - x for the identity prior (4)."""
+    if prior not in PRIORS:
+        raise ValueError(f"unknown projector prior {prior!r}")
+    if prior == "none":
+        return y
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"an identity prior needs D_B = D_A, not {x.shape[1]} and {y.shape[1]}")
+    return y - x
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float = DEFAULT_RIDGE, prior: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """Equation (3), or (4) with prior="identity". x (n, D_B), y (n, D_A) -> W (D_A, D_B), b (D_A,),
+    in float64 then float32."""
+    x = x.astype(np.float64)
+    y = residual(x, y.astype(np.float64), prior)
     mx, my = x.mean(0), y.mean(0)
     xc, yc = x - mx, y - my
     gram = xc.T @ xc
     lam = ridge * max(np.trace(gram), 1e-12) / gram.shape[0]
     wt = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), xc.T @ yc)
-    return wt.T.astype(np.float32), (my - mx @ wt).astype(np.float32)
+    w = wt.T + (np.eye(wt.shape[0]) if prior == "identity" else 0.0)
+    return w.astype(np.float32), (my - mx @ wt).astype(np.float32)
 
 
 def mse(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((x @ w.T + b - y) ** 2))
 
 
-def objective(x: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float) -> float:
-    """(3) per row for W, with W's best bias (the centred problem): what fit_ridge minimises at ``ridge``."""
-    x, y, w = x.astype(np.float64), y.astype(np.float64), w.astype(np.float64)
+def objective(x: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float, prior: str = "none") -> float:
+    """(3) (or (4)) per row for W, with W's best bias (the centred problem): what fit_ridge minimises
+    at ``ridge``."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    y = residual(x, y.astype(np.float64), prior)
+    if prior == "identity":
+        w = w - np.eye(w.shape[0])
     xc, yc = x - x.mean(0), y - y.mean(0)
     lam = ridge * max(float((xc * xc).sum()), 1e-12) / x.shape[1]
     return float((((xc @ w.T - yc) ** 2).sum() + lam * (w * w).sum()) / len(x))
@@ -81,14 +117,16 @@ def _fold_predictions(xtr: np.ndarray, ytr: np.ndarray, xh: np.ndarray, grid) ->
     return [(left / (s + r * scale)) @ right + my for r in grid]
 
 
-def select_ridge(x: np.ndarray, y: np.ndarray, image: np.ndarray, labels: np.ndarray, grid=RIDGE_GRID, folds: int = FOLDS
-                 ) -> tuple[float, dict]:
+def select_ridge(x: np.ndarray, y: np.ndarray, image: np.ndarray, labels: np.ndarray, grid=RIDGE_GRID, folds: int = FOLDS,
+                 prior: str = "none") -> tuple[float, dict]:
     """The relative strength r in ``grid`` whose fits predict held-out images' targets best.
 
     x (n, D_B), y (n, D_A): features of n views; ``image`` (n,) the image each view is of; ``labels``
     (N,) each image's class. Returns r and {r: held-out mean squared error}; (DEFAULT_RIDGE, {})
-    when a class has a single image (nothing can be held out without losing the class)."""
-    x, y = x.astype(np.float64), y.astype(np.float64)
+    when a class has a single image (nothing can be held out without losing the class). Under the
+    identity prior the held-out error of (4) equals that of (3) on the residual targets y - x."""
+    x = x.astype(np.float64)
+    y = residual(x, y.astype(np.float64), prior)
     f = min(folds, int(np.bincount(labels).min())) if len(labels) else 0  # images of the smallest class
     if f < 2:
         return DEFAULT_RIDGE, {}

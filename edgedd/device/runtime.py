@@ -247,14 +247,15 @@ def fine_tune_projector(b: Bundle, ridge: float | None = None) -> dict:
     x_in, y = view_inputs(b)
     feats = backbone_features(b, x_in)
     n, k = b.artifact["targets.boxes"].shape[:2]
+    prior = b.meta.get("reference", {}).get("projector_prior", "none")  # format < 1.2: none
     scores = {}
     if ridge is None:
-        ridge, scores = select_ridge(feats, y, np.repeat(np.arange(n), k), b.artifact["synthetic.labels"])
-    w, bias = fit_projector_ridge(feats, y, ridge)
+        ridge, scores = select_ridge(feats, y, np.repeat(np.arange(n), k), b.artifact["synthetic.labels"], prior=prior)
+    w, bias = fit_projector_ridge(feats, y, ridge, prior)
     w0, b0 = b.artifact["projector.weight"], b.artifact["projector.bias"]
     return {"weight": w, "bias": bias, "views": len(y), "mse_before": mse(feats, y, w0, b0), "mse_after": mse(feats, y, w, bias),
-            "objective_before": objective(feats, y, w0, ridge), "objective_after": objective(feats, y, w, ridge),
-            "ridge": ridge, "ridge_scores": scores}
+            "objective_before": objective(feats, y, w0, ridge, prior), "objective_after": objective(feats, y, w, ridge, prior),
+            "ridge": ridge, "ridge_scores": scores, "prior": prior}
 
 
 def projector_problem(b: Bundle, w, bias) -> str | None:

@@ -17,6 +17,8 @@ import re
 
 import numpy as np
 
+from .ridge import PRIORS
+
 # A graph's file name, from the artifact's metadata: a bare name inside the bundle, nothing else
 # (no '/', '\\', '..', absolute path, NUL or empty name), so the metadata cannot point outside.
 GRAPH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -104,6 +106,9 @@ def _check(meta: dict, tensors: dict) -> None:
     _tensor(tensors, "classifier.bias", np.float32, (c,))
     _tensor(tensors, "projector.weight", np.float32, (d_a, d_b))
     _tensor(tensors, "projector.bias", np.float32, (d_a,))
+    prior = meta.get("reference", {}).get("projector_prior", "none")  # format 1.2; absent: none
+    _need(prior in PRIORS, f"reference.projector_prior is {_show(prior)}, not one of {', '.join(PRIORS)}")
+    _need(prior != "identity" or d_a == d_b, f"reference.projector_prior is identity but D_A = {d_a} and D_B = {d_b} differ")
     images = _tensor(tensors, "synthetic.images", np.uint8, (None, 3, None, None))
     n, r = images.shape[0], images.shape[2]
     _need(images.shape[3] == r and r <= MAX_SIDE, f"synthetic.images are {images.shape[2]}x{images.shape[3]}, not square up to {MAX_SIDE}")
