@@ -356,7 +356,7 @@ def make_v1_0(old_checkout: Path, python: str = sys.executable) -> None:
     """How v1_0/ was made (run by hand; never by the tests: today's edgedd cannot write format 1.0).
 
         git worktree add --detach /tmp/edgedd-v10 5e7a254^     # c5e085a: the last commit at format 1.0
-        python -c 'import test_golden as t; t.make_v1_0(Path("/tmp/edgedd-v10"))'   # from tests/
+        python -c 'from pathlib import Path; import test_golden as t; t.make_v1_0(Path("/tmp/edgedd-v10"))'   # in tests/
         git worktree remove /tmp/edgedd-v10
 
     Distills 1 image per class of :func:`make_png_folder` with the stored test_vit weights and
