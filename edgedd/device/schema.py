@@ -17,6 +17,8 @@ import re
 
 import numpy as np
 
+from ..images import INTERPOLATIONS
+
 # A graph's file name, from the artifact's metadata: a bare name inside the bundle, nothing else
 # (no '/', '\\', '..', absolute path, NUL or empty name), so the metadata cannot point outside.
 GRAPH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -123,8 +125,6 @@ def _check(meta: dict, tensors: dict) -> None:
 
 
 def _preprocess(pp: dict) -> dict:
-    from ..data import INTERPOLATIONS
-
     where = "edge.preprocess."
     s = _size(pp, "input_size", where, 1, MAX_SIDE)
     _size(pp, "resize_size", where, s, MAX_SIDE)  # the canvas is centre-cropped to input_size
