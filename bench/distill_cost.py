@@ -77,7 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env.setdefault("EDGEDD_CACHE_DIR", str(Path(tmp) / "cache"))
         if a.data_limit:
-            from edgedd.data import write_image_folder
+            from edgedd.images import write_image_folder
 
             a.data = str(write_image_folder(a.data, Path(tmp) / "data", limit=a.data_limit))
         # warm the Stage I cache first so neither timed run pays for it

@@ -37,7 +37,8 @@ def main() -> None:
     from edgedd.augment import center_crop
     from edgedd.backbones import encode, load_backbone
     from edgedd.config import StageIConfig
-    from edgedd.data import canvas_loader, open_dataset
+    from edgedd.data import canvas_loader
+    from edgedd.images import open_dataset
     from edgedd.statistics import extract_features, train_golden
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -49,7 +49,8 @@ import torch
 from edgedd import zoo
 from edgedd.augment import center_crop, normalize
 from edgedd.backbones import load_backbone
-from edgedd.data import canvas_loader, open_dataset
+from edgedd.data import canvas_loader
+from edgedd.images import open_dataset
 from edgedd.device.runtime import fit_projector_ridge
 from edgedd.export.onnx_graphs import calibration_count, export_backbone, quantize_int8
 

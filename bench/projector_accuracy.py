@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from edgedd.config import DistillConfig, StageIConfig
-from edgedd.data import write_image_folder
+from edgedd.images import write_image_folder
 from edgedd.device.runtime import deploy_check
 from edgedd.distill import RunOptions, distill
 from edgedd.export.pack import PackConfig, pack

@@ -62,7 +62,8 @@ import torch
 from edgedd.augment import center_crop, normalize, render_views, sample_views
 from edgedd.backbones import load_backbone, resolve_device
 from edgedd.config import AugmentConfig, StageIConfig
-from edgedd.data import CanvasDataset, open_dataset
+from edgedd.data import CanvasDataset
+from edgedd.images import open_dataset
 from edgedd.statistics import _autocast, extract_features
 
 

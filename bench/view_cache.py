@@ -27,7 +27,8 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
     from edgedd.augment import center_crop, render_views, sample_views
     from edgedd.backbones import encode, load_backbone, resolve_device
     from edgedd.config import AugmentConfig, StageIConfig
-    from edgedd.data import CanvasDataset, open_dataset
+    from edgedd.data import CanvasDataset
+    from edgedd.images import open_dataset
     from edgedd.rundir import load_run
     from edgedd.heads import new_probe
     from edgedd.statistics import train_golden

@@ -11,6 +11,7 @@ The Python API (docs/API.md), the same library functions the ``edgedd`` commands
 
 Every name is imported on first use (PEP 562), so ``import edgedd`` imports neither torch nor
 onnxruntime, and ``edgedd.Bundle`` never imports torch.
+Which edgedd modules the device side may import: ``edgedd.device.DEVICE_MODULES``.
 
 ``edgedd.distill`` and ``edgedd.evaluate`` are also the submodules ``edgedd/distill.py`` and
 ``edgedd/evaluate.py`` (``from edgedd.distill import RunOptions`` keeps working): those two modules

@@ -471,7 +471,7 @@ def export_data(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Write a dataset as an ImageFolder of PNGs: a test set for deploy-check --data on a device."""
-    from .data import export_image_folder
+    from .images import export_image_folder
 
     r = export_image_folder(src, out, limit=limit, overwrite=overwrite)
     if r["skipped_images"]:

@@ -42,7 +42,8 @@ from . import __version__, atomic
 from .augment import StepDraws, apply_augment, augment, center_crop, normalize
 from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, distill_resolution, encode, load_backbone, resolve_device
 from .config import CROP_SAMPLERS, INITS, MAX_RESOLUTION, METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
-from .data import CanvasDataset, LabelledImages, default_num_workers, open_dataset
+from .data import CanvasDataset, default_num_workers
+from .images import LabelledImages, open_dataset
 from .distributed import SINGLE, Dist, on_all_ranks, setup, shard, teardown
 from .errors import EdgeddError
 from .fidelity import synthetic_landing

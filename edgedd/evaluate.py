@@ -74,7 +74,8 @@ from safetensors.torch import load_file
 from .augment import Views, center_crop, render_views, sample_views
 from .backbones import BackboneInfo, encode, load_backbone, resolve_device
 from .config import RECIPES, AugmentConfig, Preprocess, StageIConfig, to_dict
-from .data import CanvasDataset, LabelledImages, canvas_loader, collate_canvases, open_dataset
+from .data import CanvasDataset, canvas_loader, collate_canvases
+from .images import LabelledImages, open_dataset
 from .errors import EdgeddError
 from .fidelity import synthetic_landing
 from .device.ridge import select_ridge

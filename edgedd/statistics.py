@@ -43,7 +43,8 @@ from . import atomic
 from .augment import center_crop, normalize, render_views, sample_views
 from .backbones import backbone_autocast as _autocast, BackboneInfo
 from .config import RECIPES, AugmentConfig, StageIConfig, fingerprint, to_dict
-from .data import LabelledImages, canvas_loader
+from .data import canvas_loader
+from .images import LabelledImages
 from .distributed import SINGLE, Dist, on_all_ranks
 from .rng import block_generator
 from .errors import EdgeddError

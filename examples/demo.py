@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from edgedd.config import DistillConfig, StageIConfig
-from edgedd.data import write_image_folder
+from edgedd.images import write_image_folder
 from edgedd.device.runtime import deploy_check, predict
 from edgedd.errors import EdgeddError
 from edgedd.distill import RunOptions, distill

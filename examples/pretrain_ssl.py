@@ -44,7 +44,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 
 from edgedd import zoo  # noqa: E402
 from edgedd.backbones import state_dict_sha256  # noqa: E402
-from edgedd.data import open_dataset, resize_center_crop  # noqa: E402
+from edgedd.images import open_dataset, resize_center_crop  # noqa: E402
 
 MODELS = {"host": "edgedd/host-vit", "edge": "edgedd/edge-cnn"}
 

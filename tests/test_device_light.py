@@ -1,36 +1,19 @@
-"""The device side never imports torch, timm or torchvision: deploy-check, predict, inspect and
-export-data (of an ImageFolder) run in a process where importing them raises."""
+"""The device side never imports torch, timm, torchvision, onnx or matplotlib: deploy-check, predict,
+inspect, export-data (of an ImageFolder) and ``edgedd.Bundle`` run in a process where importing them
+raises (tests/_blocker.py), and load only edgedd modules of ``edgedd.device.DEVICE_MODULES``."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
-SCRIPT = r"""
-import importlib.abc, json, sys
-HEAVY = ("torch", "timm", "torchvision")
+from _blocker import BLOCKED, run_blocked, run_cli_blocked
 
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in HEAVY:
-            raise ImportError(f"{name} is blocked on the device")
+from edgedd.device import DEVICE_MODULES
 
-sys.meta_path.insert(0, Block())
-from edgedd.cli import main
 
-codes = []
-for argv in json.loads(sys.argv[1]):
-    sys.argv = ["edgedd", *argv]
-    try:
-        main()
-        codes.append(0)
-    except SystemExit as e:
-        codes.append(e.code or 0)
-loaded = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
-print("RESULT " + json.dumps({"codes": codes, "heavy": loaded}))
-"""
+def _device_module(name: str) -> bool:
+    return name in DEVICE_MODULES or name.startswith("edgedd.device.")
 
 
 def test_device_commands_run_without_torch(packed, tmp_path):
@@ -44,31 +27,30 @@ def test_device_commands_run_without_torch(packed, tmp_path):
         ["deploy-check", str(bundle), "--no-fine-tune"],
         ["export-data", str(packed["heldout"]), str(tmp_path / "exported")],  # an ImageFolder source needs no host install
     ]
-    r = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(argvs)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout.rsplit("RESULT ", 1)[1])
-    assert result == {"codes": [0, 0, 0, 0, 0], "heavy": []}, r.stderr
+    result, r = run_cli_blocked(argvs)
+    assert result["codes"] == [0, 0, 0, 0, 0] and result["heavy"] == [], r.stderr
+    assert [m for m in result["edgedd"] if not _device_module(m)] == []  # e.g. edgedd.data (lazy torch) stays out
+    assert "edgedd.images" in result["edgedd"] and "edgedd.device.runtime" in result["edgedd"]
     assert sorted(p.name for p in (tmp_path / "exported").iterdir() if not p.name.startswith(".")) == ["circle", "square", "stripes"]
     report, _ = json.JSONDecoder().raw_decode(r.stdout)  # the first --json object printed
     assert report["ok"] and "data_top1" in report
 
 
 def test_blocker_really_blocks():
-    """The harness itself: a host import fails under the blocker (else the test above proves nothing)."""
-    code = SCRIPT.split("from edgedd.cli import main")[0] + "\ntry:\n    import torch\nexcept ImportError:\n    print('blocked')\n"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.stdout.strip() == "blocked"
+    """The harness itself: each host import fails under the blocker (else the tests here prove nothing)."""
+    code = "import importlib\nfor m in BLOCKED:\n    try:\n        importlib.import_module(m)\n    except ModuleNotFoundError as e:\n        print(e.name)\n"
+    assert run_blocked(code).stdout.split() == list(BLOCKED)
 
 
 API_SCRIPT = r"""
 import json, sys
-sys.modules["torch"] = None  # a device install: import torch raises
 import edgedd
-after_import = sorted(m for m in ("torch", "timm", "onnxruntime") if m in sys.modules and sys.modules[m] is not None)
+after_import = sorted(m for m in ("torch", "timm", "onnxruntime") if m in sys.modules)
 b = edgedd.Bundle.open(sys.argv[1])
 top = b.predict(sys.argv[2], top_k=2)
 print(json.dumps({"after_import": after_import, "classes": b.classes, "top": top,
-                  "heavy": sorted(m for m in ("torch", "timm", "torchvision") if sys.modules.get(m) is not None)}))
+                  "heavy": sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED)),
+                  "edgedd": sorted(m for m in sys.modules if m.split(".")[0] == "edgedd")}))
 """
 
 
@@ -77,8 +59,9 @@ def test_python_api_on_a_device_imports_no_torch(packed, tmp_path):
     bundle = tmp_path / "b"
     shutil.copytree(packed["bundle"], bundle)
     img = str(sorted((packed["heldout"] / "stripes").iterdir())[0])
-    r = subprocess.run([sys.executable, "-c", API_SCRIPT, str(bundle), img], capture_output=True, text=True, timeout=300)
+    r = run_blocked(API_SCRIPT, str(bundle), img)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["after_import"] == [] and out["heavy"] == [] and out["classes"] == ["circle", "square", "stripes"]
+    assert [m for m in out["edgedd"] if not _device_module(m)] == []
     assert len(out["top"]) == 2 and out["top"][0][0] in out["classes"]

@@ -16,7 +16,8 @@ import torch
 from conftest import make_image_folder
 from edgedd.augment import center_crop
 from edgedd.config import DistillConfig, StageIConfig, to_dict
-from edgedd.data import canvas_loader, open_dataset
+from edgedd.data import canvas_loader
+from edgedd.images import open_dataset
 from edgedd.distill import RunOptions, distill
 from edgedd.errors import EdgeddError
 from edgedd.evaluate import BASELINES, CachedViews, EvalConfig, _generator, evaluate_run, fit_projector, load_encoders, load_run

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgedd.cli import app
-from edgedd.data import scan_image_folder
+from edgedd.images import scan_image_folder
 from edgedd.device import artifact as art
 from edgedd.device import runtime
 from edgedd.statistics import holdout_split

@@ -7,7 +7,7 @@ import torch
 
 from edgedd.augment import center_crop, normalize
 from edgedd.config import StageIConfig
-from edgedd.data import load_canvas, open_dataset
+from edgedd.images import load_canvas, open_dataset
 from edgedd.statistics import extract_features, stage1_cached
 
 

@@ -54,7 +54,7 @@ def offline(monkeypatch):
 @pytest.fixture(scope="module")
 def slice_data():
     """Every 4th train image (1,000) and every 2nd test image (500), as uint8 28x28 digits."""
-    from edgedd.data import open_dataset
+    from edgedd.images import open_dataset
 
     tr, te = open_dataset("embedded:mnist"), open_dataset("embedded:mnist/test")
     step_tr, step_te = 4, 2
@@ -64,7 +64,8 @@ def slice_data():
 
 def model_inputs(pixels: np.ndarray, pp) -> torch.Tensor:
     """edgedd's own pipeline: canvas at resize_size (card interpolation), centre crop, normalise."""
-    from edgedd.data import CanvasDataset, LabelledImages
+    from edgedd.data import CanvasDataset
+    from edgedd.images import LabelledImages
 
     src = LabelledImages(name="slice", class_names=[], labels=np.zeros(len(pixels), np.int64), pixels=pixels)
     ds = CanvasDataset(src, pp.resize_size, pp.interpolation)

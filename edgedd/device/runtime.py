@@ -30,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from ..atomic import write_bytes
 from ..errors import EdgeddError
+from ..images import EMBEDDED_PREFIX, UNREADABLE_IMAGE, load_canvas, resize_center_crop, scan_image_folder, to_rgb
 from ..paths import PERMISSION_FIX, NotRegularFile, require_dir, require_file
 from . import artifact as art
 from .onnx_scan import Malformed, uses_external_data
@@ -349,8 +351,6 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def load_labelled_folder(b: Bundle, directory: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
     """A local ImageFolder, preprocessed for the edge backbone; labels mapped by class name."""
-    from ..data import EMBEDDED_PREFIX, UNREADABLE_IMAGE, load_canvas, scan_image_folder
-
     if str(directory).startswith(EMBEDDED_PREFIX):
         raise EdgeddError(f"--data {directory} is an embedded dataset, which a device cannot read (it ships with the host install)",
                           f"on the host run: edgedd export-data {directory} DIR, copy DIR to this device and pass --data DIR")
@@ -572,11 +572,7 @@ def as_image_list(images) -> list:
 
 def edge_canvas(image, size: int, interpolation: str) -> np.ndarray:
     """One image (file path, PIL image or (H, W, 3) uint8 array) -> (size, size, 3) uint8 canvas,
-    decoded and resized exactly as ``edgedd predict`` does for files (:func:`edgedd.data.load_canvas`)."""
-    from PIL import Image
-
-    from ..data import UNREADABLE_IMAGE, load_canvas, resize_center_crop, to_rgb
-
+    decoded and resized exactly as ``edgedd predict`` does for files (:func:`edgedd.images.load_canvas`)."""
     if isinstance(image, (str, os.PathLike)):
         try:
             return load_canvas(str(image), size, interpolation)

@@ -17,6 +17,7 @@ import re
 
 import numpy as np
 
+from ..images import INTERPOLATIONS
 from .ridge import PRIORS
 
 # A graph's file name, from the artifact's metadata: a bare name inside the bundle, nothing else
@@ -128,8 +129,6 @@ def _check(meta: dict, tensors: dict) -> None:
 
 
 def _preprocess(pp: dict) -> dict:
-    from ..data import INTERPOLATIONS
-
     where = "edge.preprocess."
     s = _size(pp, "input_size", where, 1, MAX_SIDE)
     _size(pp, "resize_size", where, s, MAX_SIDE)  # the canvas is centre-cropped to input_size

@@ -17,20 +17,20 @@ from _crafted import one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
-from edgedd import data
+from edgedd import images
 from edgedd.cli import app
-from edgedd.data import load_canvas, open_dataset, resize_center_crop
+from edgedd.images import load_canvas, open_dataset, resize_center_crop
 
 LIMIT_MB = 512
 
 
 def _resize_center_crop_before(img, size, interpolation):
-    """edgedd.data.resize_center_crop as it was before thin images were bounded (the reference)."""
+    """edgedd.images.resize_center_crop as it was before thin images were bounded (the reference)."""
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), data._PIL_RESAMPLE[interpolation])
+        img = img.resize((nw, nh), images._PIL_RESAMPLE[interpolation])
     left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 
@@ -42,7 +42,7 @@ def test_ordinary_images_keep_their_exact_pixels(tmp_path):
         arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         Image.fromarray(arr).save(tmp_path / "x.png")
         for size in (32, 224, 256):
-            for interpolation in data._PIL_RESAMPLE:
+            for interpolation in images._PIL_RESAMPLE:
                 want = np.asarray(_resize_center_crop_before(Image.fromarray(arr), size, interpolation))
                 got = np.asarray(resize_center_crop(Image.fromarray(arr), size, interpolation))
                 assert np.array_equal(got, want), (w, h, size, interpolation)
@@ -86,7 +86,8 @@ if sys.argv[2] == "cli":
     sys.argv = ["edgedd", *sys.argv[3:]]
     main()
 else:  # the host's ImageFolder path (distill's statistics pass decodes through CanvasDataset)
-    from edgedd.data import CanvasDataset, open_dataset
+    from edgedd.data import CanvasDataset
+    from edgedd.images import open_dataset
     ds = CanvasDataset(open_dataset(sys.argv[3]), 224, "bicubic")
     print(json.dumps([[None if c is None else list(c.shape), e.split(": ")[1] if e else ""] for c, _, e in (ds[i] for i in range(len(ds)))]))
 """
@@ -144,7 +145,7 @@ def test_bombs_and_memory_errors_are_unreadable_images_on_the_device(packed, tmp
 
     def no_memory(*a, **k):
         raise MemoryError
-    monkeypatch.setattr(data.Image, "open", no_memory)
+    monkeypatch.setattr(images.Image, "open", no_memory)
     ok = str(next((packed["heldout"] / "circle").iterdir()))
     one_line_error(CliRunner().invoke(app, ["predict", str(bundle), ok]), "cannot read image", "MemoryError")
     r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(folder), "--no-fine-tune"])

@@ -19,7 +19,7 @@ from conftest import make_image_folder, tiny_distill_args
 from typer.testing import CliRunner
 
 from edgedd.cli import app
-from edgedd.data import scan_image_folder
+from edgedd.images import scan_image_folder
 
 # Root ignores permission bits; DROP_DAC runs the CLI without that power (setpriv), else these skip.
 needs_permissions = pytest.mark.skipif(DROP_DAC is None, reason="root without setpriv ignores permission bits: nothing can be denied to it")
