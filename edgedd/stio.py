@@ -63,7 +63,8 @@ def header_bytes(metadata: dict[str, str] | None, specs: dict[str, TensorSpec]) 
 def serialize(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
     specs, blobs, offset = {}, [], 0
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
+        a = np.asarray(tensors[name])
+        a = np.ascontiguousarray(a).reshape(a.shape)  # ascontiguousarray makes a 0-d array 1-d
         if a.dtype not in _DTYPES:
             raise TypeError(f"{name}: dtype {a.dtype} is not stored by edgedd")
         raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()

@@ -278,13 +278,10 @@ STIO_CASES = {
 }
 
 
-# A 0-d array: np.ascontiguousarray (stio.serialize) returns it as shape (1,), so the file says
-# [1] where the library (and the array) say []. Known bug, reported; strict, so the fix flips it.
-SCALAR = pytest.param("float64_scalar", marks=pytest.mark.xfail(strict=True, reason="stio.serialize writes a 0-d array as shape [1]"))
-STIO_CASES["float64_scalar"] = {"s": np.array(3.25)}
+STIO_CASES["float64_scalar"] = {"s": np.array(3.25)}  # a 0-d array keeps its shape [] (it was once written as [1])
 
 
-@pytest.mark.parametrize("case", sorted(set(STIO_CASES) - {"float64_scalar"}) + [SCALAR])
+@pytest.mark.parametrize("case", sorted(STIO_CASES))
 def test_stio_bytes_equal_the_safetensors_library(case):
     """Without metadata edgedd's writer makes the library's very bytes (name order equals the
     library's order here: it sorts by dtype alignment first, see test_stio_order_differs...)."""
