@@ -58,13 +58,10 @@ ImageNet-scale folders.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import math
 import warnings
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -73,7 +70,7 @@ from safetensors.torch import load_file
 
 from .augment import Views, center_crop, render_views, sample_views
 from .backbones import BackboneInfo, encode, load_backbone, resolve_device
-from .config import RECIPES, AugmentConfig, Preprocess, StageIConfig, to_dict
+from .config import RECIPES, AugmentConfig, Preprocess, to_dict
 from .data import CanvasDataset, canvas_loader, collate_canvases
 from .images import LabelledImages, open_dataset
 from .errors import EdgeddError
@@ -166,34 +163,6 @@ def _generator(*parts) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-# the run directory: edgedd.rundir (Run, load_run)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def default_train_data(run: Run) -> str:
-    """The data the run was distilled on: run.json records only its fingerprint, summary.json
-    (or stage1.json) its name. The name is used only if it still has that fingerprint."""
-    identity = _read_json(run.directory / "run.json").get("identity", {})
-    want = identity.get("dataset")
-    name = run.summary.get("dataset", {}).get("name") or _read_json(run.directory / "stage1.json").get("dataset", {}).get("name")
-    fix = "pass train_data (the --train-data of the baselines) explicitly"
-    if not name or not want:
-        raise EdgeddError(f"{run.directory} does not record which data it was distilled on", fix)
-    try:
-        source = open_dataset(name)
-    except EdgeddError:
-        raise EdgeddError(f"the training data of this run, {name}, is not readable here", fix) from None
-    if source.fingerprint != want:
-        raise EdgeddError(f"the training data at {name} changed since the run was distilled (fingerprint differs)", fix)
-    return name
-
-
 def _label_map(source: LabelledImages, class_names: list[str], what: str) -> np.ndarray:
     """source label -> run label, by class name (test folders may hold a subset of the classes)."""
     index = {c: i for i, c in enumerate(class_names)}
@@ -246,14 +215,7 @@ def load_encoders(run: Run, eval_backbone, eval_weights, eval_crop_res, device, 
     name_b = eval_backbone or a_meta["name"]
     same = name_b == a_meta["name"] and eval_weights in (None, a_meta["weights"]) and eval_crop_res in (None, a_pp.input_size)
     seed = int(run.config.get("seed", 0))  # random weights are reproducible from the run's seed
-    enc_a = None
-    if same or need_a:
-        model, info = load_backbone(a_meta["name"], a_meta["weights"], input_size=a_pp.input_size, resize_size=a_pp.resize_size,
-                                    device=device, seed=seed)
-        if info.weights_sha256 != a_meta["weights_sha256"]:
-            raise EdgeddError(f"the weights of {a_meta['name']} ({a_meta['weights']}) are not the ones this run was distilled with",
-                              "pass the run's original weights file")
-        enc_a = Encoder(model, info, batch)
+    enc_a = Encoder(*run.load_backbone(device), batch) if same or need_a else None
     if same:
         return enc_a, enc_a
     weights_b = eval_weights or (a_meta["weights"] if name_b == a_meta["name"] else "hub")
@@ -558,7 +520,7 @@ def evaluate_run(
     test = open_dataset(test_data)
     test_map = _label_map(test, run.class_names, "test data")
     if baselines:
-        train = open_dataset(train_data or default_train_data(run))
+        train = open_dataset(train_data or run.train_data())
         train_map = _label_map(train, run.class_names, "training data")
         if not (run.directory / "stats.safetensors").is_file():
             raise EdgeddError(f"{run.directory} has no stats.safetensors (needed for the centroids baseline)", "re-run edgedd distill")
@@ -621,7 +583,7 @@ def evaluate_run(
             "modes": {m: summarise(s, fits[m]) for m, s in results.items()},
             "config": to_dict(config),
             "test_images": int(len(y_test)),
-            "golden": {k: v for k, v in _read_json(run.directory / "stage1.json").get("golden", {}).items() if k != "candidates"},
+            "golden": {k: v for k, v in run.stage1.get("golden", {}).items() if k != "candidates"},
         }
         if enc_a is not None and (run.directory / "stats.safetensors").is_file():
             out["landing"] = synthetic_landing(enc_a, images, enc_a.input_size, labels, _centres(run), run.golden_weight, run.golden_bias,
@@ -647,7 +609,7 @@ class BaselineSets:
 def _baseline_sets(run: Run, train: LabelledImages, train_map: np.ndarray, enc_a: Encoder, enc_b: Encoder, cfg: EvalConfig,
                    device, progress: bool) -> BaselineSets:
     pp = run.preprocess
-    tp = train_pass(enc_a, enc_b, train, train_map, pp.resize_size, pp.interpolation, cfg, _stage1_config(run).golden_views, device, progress)
+    tp = train_pass(enc_a, enc_b, train, train_map, pp.resize_size, pp.interpolation, cfg, run.stage1_config().golden_views, device, progress)
     centres = _centres(run)
     syn_a = enc_a(center_crop(run.images.to(device), enc_a.input_size)).cpu()
 
@@ -663,15 +625,6 @@ def _baseline_sets(run: Run, train: LabelledImages, train_map: np.ndarray, enc_a
     )
 
 
-def _stage1_config(run: Run) -> StageIConfig:
-    """The Stage I config the run's golden classifier was made with (the full baseline repeats it on phi_B)."""
-    d = dict(run.summary.get("stage1_config") or _read_json(run.directory / "stage1.json").get("stage1", {}))
-    known = {f.name for f in dataclasses.fields(StageIConfig)}
-    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
-    d.setdefault("golden_recipe", "reference")  # runs made before the converged recipe existed
-    return StageIConfig(**d)
-
-
 def _run_baselines(sets: BaselineSets, run: Run, enc_b: Encoder, cfg: EvalConfig, device, score, bar: Progress) -> dict:
     c = run.num_classes
 
@@ -682,7 +635,7 @@ def _run_baselines(sets: BaselineSets, run: Run, enc_b: Encoder, cfg: EvalConfig
 
     out: dict[str, list] = {b: [] for b in BASELINES}
     fits: dict[str, list] = {b: [] for b in BASELINES}
-    s1 = _stage1_config(run)
+    s1 = run.stage1_config()
     for seed in range(cfg.seeds):
         x, y = sets.draw_random(seed)
         for name, (x, y) in [("random", (x, y)), *sets.fixed.items()]:

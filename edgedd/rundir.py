@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load as load_bytes
 
-from .config import Preprocess
+from .config import Preprocess, StageIConfig
 from .errors import EdgeddError
 
 
@@ -43,6 +44,45 @@ class Run:
     @property
     def ipc(self) -> int:
         return int(self.config["ipc"])
+
+    def load_backbone(self, device):
+        """Backbone A exactly as distilled: (model, BackboneInfo), refused if the weights' sha256
+        is not the one the run recorded (evaluate and pack build on A's features)."""
+        from .backbones import load_backbone
+
+        a, pp = self.backbone, self.preprocess
+        model, info = load_backbone(a["name"], a["weights"], input_size=pp.input_size, resize_size=pp.resize_size, device=device,
+                                    seed=int(self.config.get("seed", 0)))  # random weights are reproducible from the run's seed
+        if info.weights_sha256 != a["weights_sha256"]:
+            raise EdgeddError(f"the weights of {a['name']} ({a['weights']}) are not the ones this run was distilled with",
+                              "pass the run's original weights file")
+        return model, info
+
+    def stage1_config(self) -> StageIConfig:
+        """The Stage I config the golden classifier was made with (summary.json, else stage1.json)."""
+        d = dict(self.summary.get("stage1_config") or self.stage1.get("stage1", {}))
+        known = {f.name for f in dataclasses.fields(StageIConfig)}
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        d.setdefault("golden_recipe", "reference")  # runs made before the converged recipe existed
+        return StageIConfig(**d)
+
+    def train_data(self) -> str:
+        """The data the run was distilled on: run.json records only its fingerprint, summary.json
+        (or stage1.json) its name. The name is used only if it still has that fingerprint."""
+        from .images import open_dataset
+
+        want = self.identity.get("identity", {}).get("dataset")
+        name = self.summary.get("dataset", {}).get("name") or self.stage1.get("dataset", {}).get("name")
+        fix = "pass train_data (the --train-data of the baselines) explicitly"
+        if not name or not want:
+            raise EdgeddError(f"{self.directory} does not record which data it was distilled on", fix)
+        try:
+            source = open_dataset(name)
+        except EdgeddError:
+            raise EdgeddError(f"the training data of this run, {name}, is not readable here", fix) from None
+        if source.fingerprint != want:
+            raise EdgeddError(f"the training data at {name} changed since the run was distilled (fingerprint differs)", fix)
+        return name
 
 
 def load_run(run_dir: str | Path) -> Run:

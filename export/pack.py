@@ -131,9 +131,7 @@ def _heldout_images(run: Run) -> tuple[object, np.ndarray]:
     the images Stage I could read: its split indexes those, so the ones it skipped as unreadable
     are left out first. Raises EdgeddError when the data cannot be opened or no longer matches.
     """
-    from edgedd.evaluate import _stage1_config, default_train_data
-
-    source = open_dataset(default_train_data(run))  # refuses data whose fingerprint changed since the run
+    source = open_dataset(run.train_data())  # refuses data whose fingerprint changed since the run
     read = np.arange(len(source))
     skipped = run.stage1.get("skipped_images") or []
     if skipped and source.paths is not None:
@@ -143,7 +141,7 @@ def _heldout_images(run: Run) -> tuple[object, np.ndarray]:
     used = run.stage1.get("images_used")
     if used is not None and used != len(read):
         raise EdgeddError(f"cannot tell which {used} of the {len(source)} training images Stage I read")
-    cfg = _stage1_config(run)
+    cfg = run.stage1_config()
     _, held = holdout_split(source.labels[read], cfg.golden_holdout, cfg.seed + 1)  # as train_golden draws it
     return source, read[held]
 
@@ -229,11 +227,7 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     # distillation backbone A, exactly as distilled
     a_info = run.backbone
     a_pp = a_info["preprocess"]
-    model_a, info_a = load_backbone(a_info["name"], a_info["weights"], input_size=a_pp["input_size"], resize_size=a_pp["resize_size"],
-                                    device=dev, seed=run.config["seed"])
-    if info_a.weights_sha256 != a_info["weights_sha256"]:
-        raise EdgeddError(f"the weights of {a_info['name']} ({a_info['weights']}) are not the ones this run was distilled with",
-                          "pass the run's original weights file")
+    model_a, info_a = run.load_backbone(dev)
     same = edge_backbone is None or (edge_backbone == info_a.name and edge_weights in (None, a_info["weights"]) and edge_crop_res in (None, a_pp["input_size"]))
     if same:
         model_b, info_b = model_a, info_a

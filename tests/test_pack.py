@@ -90,6 +90,7 @@ def test_pack_is_byte_deterministic_and_never_moves_its_models(packed, tmp_path,
     """Pack exports and self-tests from CPU copies: the models it loaded on --device stay there
     (moving one, as pack once did with ``.cpu()`` then ``.to(dev)``, breaks --device cuda:
     the CPU self-test then meets a CUDA model). Every move goes through Module._apply."""
+    import edgedd.backbones as backbones
     import edgedd.export.pack as pack_module
 
     loaded, moved = [], []
@@ -104,7 +105,8 @@ def test_pack_is_byte_deterministic_and_never_moves_its_models(packed, tmp_path,
         moved.extend(type(m).__name__ for m in loaded if m is self)
         return apply(self, *a, **k)
 
-    monkeypatch.setattr(pack_module, "load_backbone", watched_load)
+    monkeypatch.setattr(pack_module, "load_backbone", watched_load)  # B
+    monkeypatch.setattr(backbones, "load_backbone", watched_load)  # A, through Run.load_backbone
     monkeypatch.setattr(torch.nn.Module, "_apply", watched_apply)
     pack(packed["run"], tmp_path / "again", config=PackConfig(views=8, projector_epochs=100), device="cpu")
     assert loaded and not moved
