@@ -208,7 +208,10 @@ def fit_lbfgs(head: torch.nn.Linear, feats: tuple, loss_fn: Callable, l2: float,
         for s, e in parts:
             fs = tuple(_rows(f, s, e, device) for f in feats)
             rows = torch.arange(s, e).repeat_interleave(v)
-            part = loss_fn(((fs[0] - mean) / sd) @ w.T + b, rows, fs) * (len(rows) / rows_total)
+            # ((x - m) / sd) W'^T + b' with the standardisation folded into the small weights:
+            # x (W' / sd)^T + (b' - (W' / sd) m), so no standardised copy of the rows is made
+            w_raw = w / sd
+            part = loss_fn(fs[0] @ w_raw.T + (b - w_raw @ mean), rows, fs) * (len(rows) / rows_total)
             if with_grad:
                 part.backward()
             total += float(part.detach())
