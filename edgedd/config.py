@@ -3,6 +3,10 @@
 Defaults are the reference defaults of ``shared/spec/METHOD.md``; fields marked *(choice)* are
 where the sources leave a detail open. A config's :func:`fingerprint` covers only the fields that
 change the result, so a run can be resumed on another device or with other worker counts.
+
+The choices (``METHODS``, ``RECIPES``, ...) and the dataclasses' defaults are also the CLI's
+(``edgedd.cli``): its options are built from them, so ``--help`` shows what the library does.
+Standard library only: a device install imports this module (``edgedd.device.DEVICE_MODULES``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ RECIPES = ("converged", "reference")
 FLOW_DENOMINATORS = ("classes", "reference")
 CROP_SAMPLERS = ("torchvision", "reference")
 INITS = ("noise", "real")  # how the synthetic pyramid starts (edgedd.synthetic)
+EVAL_MODES = ("normal", "ci", "kd")  # edgedd.evaluate: fresh probe, classifier inheritance, KD
+# --augs-per-batch when not given: DistillConfig.augs_per_batch, except for --method lgm (LGM's reference value)
+LGM_AUGS_PER_BATCH = 10
+# EvalConfig.view_cache when not given, under the converged protocol (the reference protocol: 0)
+CONVERGED_VIEW_CACHE = 64
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ class DistillConfig:
     lr: float = 2e-3
     syn_res: int = 256
     crop_res: int = 224
-    augs_per_batch: int = 1  # LGM's reference value is 10 (the CLI picks it for --method lgm)
+    augs_per_batch: int = 1  # LGM's reference value is LGM_AUGS_PER_BATCH (the CLI picks it for --method lgm)
     extend_every: int = 200
     alpha: float = 0.5  # sfm_decouple: alpha * MSE(target) + (1 - alpha) * MSE(non-target)
     beta: float = 10.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss); README: how 10 was chosen
@@ -122,6 +131,82 @@ class DistillConfig:
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only; CPU always runs fp32
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """edgedd.distill: how to run, not what to compute: never part of a run's identity."""
+
+    device: str = "auto"
+    num_workers: int | None = None
+    checkpoint_every: int = 50
+    preview_every: int = 500
+    chunk_size: int | None = None  # SFM only: None = auto (one pass if it fits), 0 = one pass, N = chunk
+    progress: bool = True
+    strict_images: bool = False
+    use_cache: bool = True
+    stop_after: int | None = None  # run at most this many steps now, checkpoint, return (continue with resume)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """edgedd.evaluate: how a distilled set is scored (validated by ``edgedd.evaluate.validate_config``)."""
+
+    # "converged" (default): every head is fitted to the optimum of its L2-regularised objective on
+    # V cached views per image (edgedd.heads): L-BFGS for the probes, closed-form ridge for the CI
+    # projector; no lr, no epochs, whatever N is. "reference": METHOD.md's Adam protocol below.
+    protocol: str = "converged"
+    probe_l2: float = 1e-3  # converged: relative L2 of the normal / KD probes (heads.py eq. 1), fixed before any sweep
+    # converged: relative ridge of the CI projector (heads.py eq. 2); None: the strength the device's
+    # fit picks by cross-validation over the synthetic images (edgedd.device.ridge), fixed as a rule
+    ridge: float | None = None
+    max_iter: int = 500  # converged: L-BFGS iterations per probe
+    epochs: int = 1000  # reference: METHOD.md protocol
+    seeds: int = 3
+    batch: int | None = None  # reference; None: min(100, N)
+    # reference; None: 1e-3 * batch / 256 for probes (normal, kd) and 10x that, 1e-2 * batch / 256, for
+    # the CI projector. An explicit lr sets the probes' lr; the projector keeps the 10x ratio.
+    # batch and lr also apply to the random/centroids/neighbors baselines.
+    lr: float | None = None
+    # None: 64 under "converged" (the reference draws 1000 fresh views per image; at IPC 1 and D = 128,
+    # 16 views give the projector 160 rows for 129 unknowns per output: barely determined), 0 under "reference".
+    # 0 = exact reference protocol: fresh flip+RRC views every batch through the backbone(s).
+    # V > 0 = V augmented views per training image rendered once per seed (reference: one drawn per
+    # image per epoch; converged: all of them in every fit).
+    view_cache: int | None = None
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.5
+    eval_batch: int = 256
+    num_workers: int = 0
+    device: str = "auto"
+
+    def resolved_batch(self, n: int) -> int:
+        return min(self.batch or 100, n)
+
+    def probe_lr(self, batch: int) -> float:
+        return self.lr if self.lr is not None else 1e-3 * batch / 256
+
+    def projector_lr(self, batch: int) -> float:
+        return 10 * self.probe_lr(batch)
+
+    def views(self) -> int:
+        if self.view_cache is not None:
+            return self.view_cache
+        return CONVERGED_VIEW_CACHE if self.protocol == "converged" else 0
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    """edgedd.pack: what a bundle holds besides the run (the projector's targets, the int8 backbone, the expected top-1)."""
+
+    views: int = 8  # K augmented views per synthetic image for the projector targets
+    projector_recipe: str = "converged"  # edgedd.heads: closed-form ridge, or METHOD.md's Adam ("reference")
+    projector_epochs: int = 1000  # reference recipe
+    selftest_images: int = 8
+    int8: bool = False
+    int8_max_drop: float = 0.05
+    seed: int = 0
+    expect_images: int = 1000  # real held-out images behind the expected edge top-1 (bounds pack's time); 0: none
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

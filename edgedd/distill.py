@@ -29,7 +29,7 @@ import shutil
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ from .stio import torch_serialize as save
 from . import __version__, atomic
 from .augment import StepDraws, apply_augment, augment, center_crop, normalize
 from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, distill_resolution, encode, load_backbone, resolve_device
-from .config import CROP_SAMPLERS, INITS, MAX_RESOLUTION, METHODS, FLOW_DENOMINATORS, DistillConfig, StageIConfig, fingerprint, to_dict
+from .config import CROP_SAMPLERS, INITS, MAX_RESOLUTION, METHODS, FLOW_DENOMINATORS, DistillConfig, RunOptions, StageIConfig, fingerprint, to_dict
 from .data import CanvasDataset, default_num_workers
 from .images import LabelledImages, open_dataset
 from .distributed import SINGLE, Dist, on_all_ranks, setup, shard, teardown
@@ -62,21 +62,6 @@ from .terminal import say
 RUN_FORMAT = 1
 CHECKPOINT = "checkpoint.safetensors"
 MAX_LR = 1e3  # the pyramid's logits saturate the sigmoid long before: no useful lr comes near it
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run, not what to compute: never part of a run's identity."""
-
-    device: str = "auto"
-    num_workers: int | None = None
-    checkpoint_every: int = 50
-    preview_every: int = 500
-    chunk_size: int | None = None  # SFM only: None = auto (one pass if it fits), 0 = one pass, N = chunk
-    progress: bool = True
-    strict_images: bool = False
-    use_cache: bool = True
-    stop_after: int | None = None  # run at most this many steps now, checkpoint, return (continue with resume)
 
 
 # ----------------------------------------------------------------------------- run directory

@@ -70,7 +70,7 @@ from safetensors.torch import load_file
 
 from .augment import Views, center_crop, render_views, sample_views
 from .backbones import BackboneInfo, encode, load_backbone, resolve_device
-from .config import RECIPES, AugmentConfig, Preprocess, to_dict
+from .config import EVAL_MODES, RECIPES, AugmentConfig, EvalConfig, Preprocess, to_dict
 from .data import CanvasDataset, canvas_loader, collate_canvases
 from .images import LabelledImages, open_dataset
 from .errors import EdgeddError
@@ -81,53 +81,8 @@ from .progress import Progress
 from .statistics import train_golden
 from .rundir import Run, load_run
 
-MODES = ("normal", "ci", "kd")
+MODES = EVAL_MODES
 BASELINES = ("random", "centroids", "neighbors", "full")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    # "converged" (default): every head is fitted to the optimum of its L2-regularised objective on
-    # V cached views per image (edgedd.heads): L-BFGS for the probes, closed-form ridge for the CI
-    # projector; no lr, no epochs, whatever N is. "reference": METHOD.md's Adam protocol below.
-    protocol: str = "converged"
-    probe_l2: float = 1e-3  # converged: relative L2 of the normal / KD probes (heads.py eq. 1), fixed before any sweep
-    # converged: relative ridge of the CI projector (heads.py eq. 2); None: the strength the device's
-    # fit picks by cross-validation over the synthetic images (edgedd.device.ridge), fixed as a rule
-    ridge: float | None = None
-    max_iter: int = 500  # converged: L-BFGS iterations per probe
-    epochs: int = 1000  # reference: METHOD.md protocol
-    seeds: int = 3
-    batch: int | None = None  # reference; None: min(100, N)
-    # reference; None: 1e-3 * batch / 256 for probes (normal, kd) and 10x that, 1e-2 * batch / 256, for
-    # the CI projector. An explicit lr sets the probes' lr; the projector keeps the 10x ratio.
-    # batch and lr also apply to the random/centroids/neighbors baselines.
-    lr: float | None = None
-    # None: 64 under "converged" (the reference draws 1000 fresh views per image; at IPC 1 and D = 128,
-    # 16 views give the projector 160 rows for 129 unknowns per output: barely determined), 0 under "reference".
-    # 0 = exact reference protocol: fresh flip+RRC views every batch through the backbone(s).
-    # V > 0 = V augmented views per training image rendered once per seed (reference: one drawn per
-    # image per epoch; converged: all of them in every fit).
-    view_cache: int | None = None
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.5
-    eval_batch: int = 256
-    num_workers: int = 0
-    device: str = "auto"
-
-    def resolved_batch(self, n: int) -> int:
-        return min(self.batch or 100, n)
-
-    def probe_lr(self, batch: int) -> float:
-        return self.lr if self.lr is not None else 1e-3 * batch / 256
-
-    def projector_lr(self, batch: int) -> float:
-        return 10 * self.probe_lr(batch)
-
-    def views(self) -> int:
-        if self.view_cache is not None:
-            return self.view_cache
-        return 64 if self.protocol == "converged" else 0
 
 
 def validate_config(cfg: EvalConfig) -> None:

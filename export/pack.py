@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from edgedd import __version__
 from edgedd.atomic import make_temp_dir, real_out, remove_stale_temp_dirs, replace_dir, sha256_file, write_bytes
 from edgedd.augment import center_crop, normalize, render_views, sample_views
 from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
-from edgedd.config import AugmentConfig, to_dict
+from edgedd.config import AugmentConfig, PackConfig, to_dict
 from edgedd.data import canvas_loader
 from edgedd.images import open_dataset
 from edgedd.device import artifact as art
@@ -86,18 +85,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if foreign:
         raise EdgeddError(f"--out {out} holds a bundle plus other files ({', '.join(foreign[:3])}), so --overwrite will not replace it",
                           "move those files out, or choose another --out")
-
-
-@dataclass(frozen=True)
-class PackConfig:
-    views: int = 8  # K augmented views per synthetic image for the projector targets
-    projector_recipe: str = "converged"  # edgedd.heads: closed-form ridge, or METHOD.md's Adam ("reference")
-    projector_epochs: int = 1000  # reference recipe
-    selftest_images: int = 8
-    int8: bool = False
-    int8_max_drop: float = 0.05
-    seed: int = 0
-    expect_images: int = 1000  # real held-out images behind the expected edge top-1 (bounds pack's time); 0: none
 
 
 @torch.no_grad()
