@@ -10,15 +10,18 @@ Bundle layout (docs/ARTIFACT.md):
     backbone.int8.onnx            with --int8: phi_B quantised to int8 (static, QDQ, per-channel weights,
                                   calibrated on the synthetic views)
 
-Steps: load the run and re-create its distillation backbone A (the weights hash must match the
-run's); quantise the synthetic pixels to uint8 *first*, so every target is computed on the pixels
-the device will see; render K flip + RRC views per image; phi_A(views) are the targets,
-phi_B(views) the projector's inputs; train the reference projector in torch; export and validate
-the three graphs; write the self-test; measure the top-1 the device should reach on real images
-(the edge path on the golden classifier's held-out slice of the training data, deploy-check's
-``expected``); with --int8, refuse a quantised backbone whose top-1 on the
-synthetic set drops by more than ``int8_max_drop``. The bundle appears atomically (built in a
-temporary sibling directory, then renamed).
+Steps, one function each, in the order :func:`_pack` calls them: load the run and re-create its
+distillation backbone A (the weights hash must match the run's) and the edge backbone B
+(:func:`_load_backbones`); quantise the synthetic pixels to uint8 *first*, so every target is
+computed on the pixels the device will see; render K flip + RRC views per image, phi_A(views) the
+targets, phi_B(views) the projector's inputs (:func:`_render_targets`); train the reference
+projector in torch and compute the reference figures on the synthetic set (:func:`_fit_projector`);
+measure the top-1 the device should reach on real images (the edge path on the golden classifier's
+held-out slice of the training data, deploy-check's ``expected``; :func:`_expectations`); export
+and validate the three graphs (:func:`_export_graphs`); write the self-test (:func:`_selftest`);
+with --int8, refuse a quantised backbone whose top-1 on the synthetic set drops by more than
+``int8_max_drop`` (:func:`_int8_gate`). The bundle appears atomically (built in a temporary
+sibling directory, then renamed; :func:`_write_bundle`).
 """
 
 from __future__ import annotations
@@ -208,10 +211,53 @@ def pack(
 
 def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: PackConfig, device: str, overwrite: bool) -> dict:
     images, labels = run.images, run.labels
-    golden = {"weight": run.golden_weight, "bias": run.golden_bias}
     dev = resolve_device(device)
+    model_a, info_a, model_b, info_b = _load_backbones(run, edge_backbone, edge_weights, edge_crop_res, config.seed, dev)
 
-    # distillation backbone A, exactly as distilled
+    # pixels as the device will see them
+    pix_u8 = torch.round(images.clamp(0, 1) * 255).to(torch.uint8)
+    pix = pix_u8.float().div(255).to(dev)
+    n, c = len(labels), run.golden_weight.shape[0]
+    views, targets, feats_b, calib = _render_targets(pix, model_a, info_a, model_b, info_b, config, dev)
+    w_c, b_c = run.golden_weight.float(), run.golden_bias.float()
+    w_p, b_p, ref = _fit_projector(pix, labels, targets, feats_b, model_b, info_a, info_b, w_c, b_c, config)
+    ref.update(_expectations(run, model_b, info_b, w_p, b_p, w_c, b_c, config.expect_images))
+    graphs, validation, model_b_cpu = _export_graphs(model_b, info_a, info_b, w_p, b_p, w_c, b_c)
+    st_in, st_f, st_l = _selftest(pix, model_b_cpu, info_b, w_p, b_p, w_c, b_c, config.selftest_images, dev)
+    if config.int8:
+        graphs["backbone_int8"] = ("backbone.int8.onnx", _int8_gate(graphs["backbone"][1], calib, pix, labels, info_b, w_p, b_p, w_c, b_c,
+                                                                     ref, config))
+
+    d_a = targets.shape[1]
+    tensors = {
+        "synthetic.images": pix_u8.cpu().numpy(),
+        "synthetic.labels": labels.numpy().astype(np.int64),
+        "classifier.weight": w_c.numpy(), "classifier.bias": b_c.numpy(),
+        "projector.weight": w_p.numpy(), "projector.bias": b_p.numpy(),
+        "targets.features": targets.cpu().view(n, config.views, d_a).numpy(),
+        "targets.boxes": views.boxes.cpu().view(n, config.views, 4).numpy(),
+        "targets.flips": views.flips.cpu().view(n, config.views).numpy().astype(np.uint8),
+        "selftest.inputs": st_in.numpy(), "selftest.features": st_f.numpy(), "selftest.logits": st_l.numpy(),
+    }
+    meta = _metadata(run, info_b, feats_b.shape[1], graphs, validation, config, ref, calib, len(feats_b))
+    _write_bundle(out, overwrite, graphs, tensors, meta)
+    return {
+        "bundle": str(out),
+        "artifact_sha256": sha256_file(out / art.ARTIFACT_FILE),
+        "files": {f: (out / f).stat().st_size for f, _ in graphs.values()} | {art.ARTIFACT_FILE: (out / art.ARTIFACT_FILE).stat().st_size},
+        "distill_backbone": info_a.name,
+        "edge_backbone": info_b.name,
+        "synthetic_images": n,
+        "classes": c,
+        "views": config.views,
+        "validation": validation,
+        "reference": ref,
+    }
+
+
+def _load_backbones(run, edge_backbone, edge_weights, edge_crop_res, seed: int, dev):
+    """Distillation backbone A exactly as distilled (weights hash checked) and edge backbone B;
+    B *is* A (the same objects) when unchanged. Returns model_a, info_a, model_b, info_b."""
     a_info = run.backbone
     a_pp = a_info["preprocess"]
     model_a, info_a = run.load_backbone(dev)
@@ -219,26 +265,34 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     if same:
         model_b, info_b = model_a, info_a
     else:
-        model_b, info_b = load_backbone(edge_backbone, edge_weights or "hub", input_size=edge_crop_res, device=dev, seed=config.seed)
+        model_b, info_b = load_backbone(edge_backbone, edge_weights or "hub", input_size=edge_crop_res, device=dev, seed=seed)
+    return model_a, info_a, model_b, info_b
 
-    # pixels as the device will see them
-    pix_u8 = torch.round(images.clamp(0, 1) * 255).to(torch.uint8)
-    pix = pix_u8.float().div(255).to(dev)
-    n, c = len(labels), golden["weight"].shape[0]
 
-    # K views per image: boxes + flips, targets phi_A, inputs phi_B
+def _render_targets(pix: torch.Tensor, model_a, info_a: BackboneInfo, model_b, info_b: BackboneInfo, config: PackConfig, dev):
+    """K views per image: boxes + flips, targets phi_A, inputs phi_B; with --int8 also the
+    calibration inputs. Returns views, targets (n K, D_A), feats_b (n K, D_B), calib (or None)."""
+    n = pix.shape[0]
     gen = torch.Generator(device=dev).manual_seed(config.seed)
     views = sample_views(n * config.views, AugmentConfig(), gen)
     rep = pix.repeat_interleave(config.views, dim=0)
     targets = _features(model_a, render_views(rep, views, info_a.preprocess.input_size), info_a)
     x_b = render_views(rep, views, info_b.preprocess.input_size)
     feats_b = _features(model_b, x_b, info_b)
+    calib = None
     if config.int8:  # calibrate int8 on these very inputs: evenly spaced views, normalised as the graph's input
         pick = torch.from_numpy(np.linspace(0, len(x_b) - 1, min(len(x_b), calibration_count(x_b.shape[-1]))).round().astype(np.int64))
         calib = normalize(x_b[pick.to(x_b.device)], info_b.preprocess.mean, info_b.preprocess.std).cpu().numpy()
     del x_b
+    return views, targets, feats_b, calib
+
+
+def _fit_projector(pix: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, feats_b: torch.Tensor, model_b, info_a: BackboneInfo,
+                   info_b: BackboneInfo, w_c, b_c, config: PackConfig):
+    """The packed projector P: D_B -> D_A and the reference figures on the synthetic set (the
+    artifact's ``reference``, before the expectations). Returns w_p, b_p, reference."""
+    n = pix.shape[0]
     d_a, d_b = targets.shape[1], feats_b.shape[1]
-    w_c, b_c = golden["weight"].float(), golden["bias"].float()
     # what the fit shrinks towards: I when B has A's weights (int8 or another resolution of the same
     # network), else 0; and the strength the device's fit would pick on these views (edgedd.device.ridge)
     prior = projector_prior(info_a.weights_sha256, info_b.weights_sha256, d_a, d_b)
@@ -262,14 +316,18 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
         "projector_ridge_cv": {repr(r): v for r, v in ridge_scores.items()},  # held-out target MSE per strength
         "projector_mse_ridge": float(((feats_b.cpu().numpy() @ w_r.T + b_r - targets.cpu().numpy()) ** 2).mean()),
     }
-    ref.update(_expectations(run, model_b, info_b, w_p, b_p, w_c, b_c, config.expect_images))
+    return w_p, b_p, ref
 
-    # graphs
+
+def _export_graphs(model_b, info_a: BackboneInfo, info_b: BackboneInfo, w_p, b_p, w_c, b_c):
+    """The three ONNX graphs, each checked and compared with its torch counterpart.
+    Returns graphs (role -> (file, bytes)), validation (role -> parity) and the CPU copy of B."""
+    d_a, d_b = w_p.shape
     pp_b = to_dict(info_b.preprocess)
     common = {"version": __version__, "opset": str(OPSET)}
     bb = export_backbone(model_b, info_b.preprocess.input_size, dict(common, role="backbone", model=info_b.name, weights_sha256=info_b.weights_sha256, preprocess=pp_b))
     pj = linear_graph(w_p.numpy(), b_p.numpy(), "features", "projected", dict(common, role="projector", model=f"{info_b.name}->{info_a.name}"))
-    cl = linear_graph(w_c.numpy(), b_c.numpy(), "projected", "logits", dict(common, role="classifier", model=f"golden:{info_a.name}", classes=str(c)))
+    cl = linear_graph(w_c.numpy(), b_c.numpy(), "projected", "logits", dict(common, role="classifier", model=f"golden:{info_a.name}", classes=str(w_c.shape[0])))
     s = info_b.preprocess.input_size
     model_b_cpu = cpu_copy(model_b)  # ORT runs on the CPU in fp32; model_b stays on dev
     validation = {}
@@ -280,49 +338,53 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     ]:
         check(data, name)
         validation[name] = parity(data, fn, shape, name)
+    graphs = {"backbone": ("backbone.onnx", bb), "projector": ("projector.onnx", pj), "classifier": ("classifier.onnx", cl)}
+    return graphs, validation, model_b_cpu
 
-    # self-test: torch outputs for a few synthetic images through the whole edge pipeline
-    k = min(config.selftest_images, n)
+
+def _selftest(pix: torch.Tensor, model_b_cpu, info_b: BackboneInfo, w_p, b_p, w_c, b_c, count: int, dev):
+    """Self-test: torch outputs for ``count`` evenly spaced synthetic images through the whole edge
+    pipeline. Returns the normalised inputs, the features and the logits."""
+    n = pix.shape[0]
+    k = min(count, n)
     pick = torch.linspace(0, n - 1, k).round().long()
     st_in = normalize(_edge_inputs(pix[pick.to(dev)], info_b), info_b.preprocess.mean, info_b.preprocess.std).cpu()
     with torch.no_grad():
         st_f = model_b_cpu(st_in).float()
     st_l = (st_f @ w_p.T + b_p) @ w_c.T + b_c
+    return st_in, st_f, st_l
 
-    graphs = {"backbone": ("backbone.onnx", bb), "projector": ("projector.onnx", pj), "classifier": ("classifier.onnx", cl)}
-    if config.int8:
-        import onnxruntime as ort
 
-        q = quantize_int8(bb, calib)
-        check(q, "int8 backbone")
-        sess = ort.InferenceSession(q, providers=["CPUExecutionProvider"])
-        xe = normalize(_edge_inputs(pix, info_b), info_b.preprocess.mean, info_b.preprocess.std).cpu().numpy()
-        fq = np.concatenate([sess.run(None, {"images": xe[i : i + 64]})[0] for i in range(0, n, 64)])
-        top_q = float((((fq @ w_p.numpy().T + b_p.numpy()) @ w_c.numpy().T + b_c.numpy()).argmax(1) == labels.numpy()).mean())
-        ref["int8_synthetic_top1_packed_projector"] = top_q
-        if ref["synthetic_top1"] - top_q > config.int8_max_drop:
-            raise EdgeddError(
-                f"the int8 backbone loses {100 * (ref['synthetic_top1'] - top_q):.1f} points of synthetic-set top-1 "
-                f"({100 * ref['synthetic_top1']:.1f}% -> {100 * top_q:.1f}%), more than {100 * config.int8_max_drop:.1f}",
-                "ship fp32 (drop --int8) or raise --int8-max-drop",
-            )
-        graphs["backbone_int8"] = ("backbone.int8.onnx", q)
+def _int8_gate(bb: bytes, calib: np.ndarray, pix: torch.Tensor, labels: torch.Tensor, info_b: BackboneInfo, w_p, b_p, w_c, b_c,
+               ref: dict, config: PackConfig) -> bytes:
+    """The int8 backbone, refused when its synthetic-set top-1 through the packed projector drops by
+    more than ``int8_max_drop``; records that top-1 in ``ref``. Returns the quantised graph."""
+    import onnxruntime as ort
 
-    tensors = {
-        "synthetic.images": pix_u8.cpu().numpy(),
-        "synthetic.labels": labels.numpy().astype(np.int64),
-        "classifier.weight": w_c.numpy(), "classifier.bias": b_c.numpy(),
-        "projector.weight": w_p.numpy(), "projector.bias": b_p.numpy(),
-        "targets.features": targets.cpu().view(n, config.views, d_a).numpy(),
-        "targets.boxes": views.boxes.cpu().view(n, config.views, 4).numpy(),
-        "targets.flips": views.flips.cpu().view(n, config.views).numpy().astype(np.uint8),
-        "selftest.inputs": st_in.numpy(), "selftest.features": st_f.numpy(), "selftest.logits": st_l.numpy(),
-    }
+    n = pix.shape[0]
+    q = quantize_int8(bb, calib)
+    check(q, "int8 backbone")
+    sess = ort.InferenceSession(q, providers=["CPUExecutionProvider"])
+    xe = normalize(_edge_inputs(pix, info_b), info_b.preprocess.mean, info_b.preprocess.std).cpu().numpy()
+    fq = np.concatenate([sess.run(None, {"images": xe[i : i + 64]})[0] for i in range(0, n, 64)])
+    top_q = float((((fq @ w_p.numpy().T + b_p.numpy()) @ w_c.numpy().T + b_c.numpy()).argmax(1) == labels.numpy()).mean())
+    ref["int8_synthetic_top1_packed_projector"] = top_q
+    if ref["synthetic_top1"] - top_q > config.int8_max_drop:
+        raise EdgeddError(
+            f"the int8 backbone loses {100 * (ref['synthetic_top1'] - top_q):.1f} points of synthetic-set top-1 "
+            f"({100 * ref['synthetic_top1']:.1f}% -> {100 * top_q:.1f}%), more than {100 * config.int8_max_drop:.1f}",
+            "ship fp32 (drop --int8) or raise --int8-max-drop",
+        )
+    return q
+
+
+def _metadata(run, info_b: BackboneInfo, d_b: int, graphs: dict, validation: dict, config: PackConfig, ref: dict, calib, views_total: int) -> dict:
+    """The artifact's metadata (docs/ARTIFACT.md)."""
     meta = {
         "edgedd": __version__,
         "class_names": run.class_names,
-        "distill": {"backbone": a_info, "config": run.config, "run_fingerprint": run.identity.get("fingerprint")},
-        "edge": {"backbone": info_b.to_dict(), "preprocess": pp_b, "features": d_b},
+        "distill": {"backbone": run.backbone, "config": run.config, "run_fingerprint": run.identity.get("fingerprint")},
+        "edge": {"backbone": info_b.to_dict(), "preprocess": to_dict(info_b.preprocess), "features": d_b},
         "onnx": {role: {"file": f, "sha256": hashlib.sha256(d).hexdigest(), "opset": OPSET,
                         **({"parity": validation[role]} if role in validation else {})} for role, (f, d) in graphs.items()},
         "pack": to_dict(config),
@@ -331,9 +393,12 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     }
     if config.int8:
         meta["onnx"]["backbone_int8"]["quantization"] = {"mode": INT8_MODE, "calibration_inputs": len(calib),
-                                                         "calibration_data": f"synthetic views, evenly spaced of {len(feats_b)}"}
+                                                         "calibration_data": f"synthetic views, evenly spaced of {views_total}"}
+    return meta
 
-    # write the bundle atomically: a temporary sibling, then rename
+
+def _write_bundle(out: Path, overwrite: bool, graphs: dict, tensors: dict, meta: dict) -> None:
+    """Write the bundle atomically: a temporary sibling, then rename."""
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(out.parent, out.name)  # left by a pack that was killed
     _check_out(out, overwrite)  # again: the directory may have changed during the model work
@@ -346,15 +411,3 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {
-        "bundle": str(out),
-        "artifact_sha256": sha256_file(out / art.ARTIFACT_FILE),
-        "files": {f: (out / f).stat().st_size for f, _ in graphs.values()} | {art.ARTIFACT_FILE: (out / art.ARTIFACT_FILE).stat().st_size},
-        "distill_backbone": info_a.name,
-        "edge_backbone": info_b.name,
-        "synthetic_images": n,
-        "classes": c,
-        "views": config.views,
-        "validation": validation,
-        "reference": ref,
-    }

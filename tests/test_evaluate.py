@@ -184,7 +184,7 @@ def test_user_errors(tiny, tmp_path):
 def test_neighbors_by_cosine_not_euclidean():
     """The neighbours baseline picks by cosine (the reference code's): a long vector in the synthetic
     feature's direction wins over a short one that is closer in Euclidean distance."""
-    from edgedd.evaluate import select_neighbors
+    from edgedd.baselines import select_neighbors
 
     feats = torch.tensor([[0.5, 0.5], [10.0, 0.0], [0.0, 1.0], [0.0, 7.0]])
     labels = torch.tensor([0, 0, 1, 1])

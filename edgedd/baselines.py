@@ -1,0 +1,116 @@
+"""The real-image baselines of ``edgedd evaluate --baselines`` (the table in :mod:`edgedd.evaluate`'s
+docstring): which real training images each baseline picks, and their training and scoring.
+
+* :func:`select_random`, :func:`select_centroids`, :func:`select_neighbors`: the selections, as
+  positions into the training pass (phi_A centre-crop features for centroids and neighbors);
+* :class:`BaselineSets`, :func:`baseline_sets`: the training pass and the chosen canvases;
+* :func:`run_baselines`: each baseline per seed (``normal`` probe, or Stage I's recipe for
+  ``full``), summarised as the modes are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .augment import center_crop
+from .encoders import Encoder, TrainPass, _generator, load_canvases, make_sampler, train_pass
+from .errors import EdgeddError
+from .evaluate import BASELINES, EvalConfig, _centres, fit_probe, summarise
+from .images import LabelledImages
+from .progress import Progress
+from .rundir import Run
+from .statistics import train_golden
+
+
+def select_random(labels: torch.Tensor, num_classes: int, ipc: int, gen: torch.Generator) -> torch.Tensor:
+    """Per class min(IPC, n_c) images drawn without replacement; positions into ``labels``."""
+    out = []
+    for c in range(num_classes):
+        pool = torch.nonzero(labels == c).flatten()
+        out.append(pool[torch.randperm(len(pool), generator=gen)[:ipc]])
+    return torch.cat(out)
+
+
+def select_centroids(feats: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, ipc: int) -> torch.Tensor:
+    """Per class the min(IPC, n_c) images with the smallest ||phi_A(x) - mu_c||."""
+    out = []
+    for c in range(centres.shape[0]):
+        pool = torch.nonzero(labels == c).flatten()
+        d = (feats[pool].double() - centres[c].double()).norm(dim=1)
+        out.append(pool[torch.argsort(d, stable=True)[:ipc]])
+    return torch.cat(out)
+
+
+def select_neighbors(feats: torch.Tensor, labels: torch.Tensor, syn_feats: torch.Tensor, syn_labels: torch.Tensor) -> torch.Tensor:
+    """For each synthetic image the real image of its class with the largest cos(phi_A(x), phi_A(s))
+    (the reference code's cosine; Euclidean distance also weighs the feature norm). Ties: the first."""
+    out = []
+    for s, c in zip(syn_feats, syn_labels.tolist()):
+        pool = torch.nonzero(labels == c).flatten()
+        if len(pool) == 0:
+            raise EdgeddError(f"the training data has no readable image of class {c}", "pass the data the run was distilled on")
+        sim = torch.nn.functional.cosine_similarity(feats[pool].double(), s.double().unsqueeze(0), dim=1)
+        out.append(pool[torch.argmax(sim)])
+    return torch.stack(out)
+
+
+@dataclass
+class BaselineSets:
+    """What the baselines train on: the real canvases fixed by phi_A, and the means to draw more."""
+
+    fixed: dict[str, tuple[torch.Tensor, torch.Tensor]]  # centroids, neighbors: canvases in [0, 1], labels
+    draw_random: Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # seed -> canvases, labels
+    full: TrainPass
+
+
+def baseline_sets(run: Run, train: LabelledImages, train_map: np.ndarray, enc_a: Encoder, enc_b: Encoder, cfg: EvalConfig,
+                  device, progress: bool) -> BaselineSets:
+    pp = run.preprocess
+    tp = train_pass(enc_a, enc_b, train, train_map, pp.resize_size, pp.interpolation, cfg, run.stage1_config().golden_views, device, progress)
+    centres = _centres(run)
+    syn_a = enc_a(center_crop(run.images.to(device), enc_a.input_size)).cpu()
+
+    def real(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Canvases at the run's resolution (as the synthetic images) and labels of the images at ``pos``."""
+        return load_canvases(train, tp.index[pos.numpy()], pp.resize_size, pp.interpolation, cfg, device), tp.labels[pos]
+
+    return BaselineSets(
+        fixed={"centroids": real(select_centroids(tp.feats_a, tp.labels, centres, run.ipc)),
+               "neighbors": real(select_neighbors(tp.feats_a, tp.labels, syn_a, run.labels))},
+        draw_random=lambda seed: real(select_random(tp.labels, run.num_classes, run.ipc, _generator("random-baseline", seed))),
+        full=tp,
+    )
+
+
+def run_baselines(sets: BaselineSets, run: Run, enc_b: Encoder, cfg: EvalConfig, device, score, bar: Progress) -> dict:
+    c = run.num_classes
+
+    def normal_probe(canvases: torch.Tensor, labels: torch.Tensor, seed: int, tag: str) -> tuple[tuple[float, float], dict]:
+        """The ``normal`` protocol on real canvases, exactly as on the synthetic set."""
+        fit = fit_probe(make_sampler(canvases, [enc_b], cfg, seed), labels, c, cfg, _generator("train", seed), device, bar=bar, tag=tag)
+        return score(fit.head), fit.report()
+
+    out: dict[str, list] = {b: [] for b in BASELINES}
+    fits: dict[str, list] = {b: [] for b in BASELINES}
+    s1 = run.stage1_config()
+    for seed in range(cfg.seeds):
+        x, y = sets.draw_random(seed)
+        for name, (x, y) in [("random", (x, y)), *sets.fixed.items()]:
+            sc, rep = normal_probe(x, y, seed, f"{name}/{seed}")
+            out[name].append(sc)
+            fits[name].append(rep)
+        # full: the golden classifier's own recipe (Stage I) on phi_B of the whole training set
+        w, b, rep = train_golden(sets.full.feats_b.numpy(), sets.full.labels.numpy(), c, replace(s1, seed=s1.seed + seed), device,
+                                 progress=False)
+        head = torch.nn.Linear(w.shape[1], c).to(device)
+        with torch.no_grad():
+            head.weight.copy_(w)
+            head.bias.copy_(b)
+        bar.update(1, run=f"full/{seed}")
+        out["full"].append(score(head))
+        fits["full"].append({"loss_start": rep["loss_start"], "loss_final": rep["loss_final"], "steps": rep["steps"], "stalled": rep["stalled"]})
+    return {name: summarise(s, fits[name]) for name, s in out.items()}
