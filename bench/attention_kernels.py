@@ -1,7 +1,7 @@
 """Fused (scaled_dot_product_attention) vs plain attention for the host's backbone work, side by
 side in one process: no-grad forward time (Stage I, evaluation), forward + backward time to the
 input (a distillation step), and the bytes autograd saves for that backward. Edgedd builds
-backbones exportable (plain) and switches them to fused for host work (edgedd/backbones.py); the
+backbones exportable (plain) and switches them to fused for host work (edgedd/backbone_host.py); the
 ONNX export sees plain attention. Timings alternate the two kernels, best of --repeats each.
 
     python bench/attention_kernels.py [--backbones vit_tiny_patch16_224,vit_small_patch16_224 --batch 10] [--json]

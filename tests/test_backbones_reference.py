@@ -36,11 +36,11 @@ def test_fixed_size_model_that_cannot_take_224_keeps_its_own(monkeypatch):
     """A fixed-size model without img_size keeps its crop; synthetic at the reference ratio."""
     import timm
 
-    from edgedd import backbones
+    from edgedd import timm_rules
 
-    cfg = backbones._pretrained_cfg("resnet18.a1_in1k")
+    cfg = timm_rules.pretrained_cfg("resnet18.a1_in1k")
     fixed = type(cfg)(**{**cfg.__dict__, "input_size": (3, 288, 288), "fixed_input_size": True})
-    monkeypatch.setattr(backbones, "_pretrained_cfg", lambda name: fixed)
+    monkeypatch.setattr(timm_rules, "pretrained_cfg", lambda name: fixed)
     crop, syn, rule = distill_resolution("resnet18.a1_in1k")
     assert (crop, syn) == (288, round(288 * 256 / 224)) and "cannot take 224" in rule
     assert timm.is_model("resnet18")

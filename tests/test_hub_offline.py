@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from edgedd import backbones
+from edgedd import backbones, hub
 from edgedd.cli import app
 from edgedd.errors import EdgeddError
 
@@ -50,7 +50,7 @@ def test_unreachable_hub_fails_after_one_request(monkeypatch, empty_hub_cache):
     with pytest.raises(EdgeddError) as e:
         backbones.load_backbone(NAME, "hub")
     assert "error: " + e.value.one_line() == MESSAGE
-    assert len(calls) == 1 and calls[0][1] == backbones.HUB_PROBE_TIMEOUT_S and calls[0][2] is False
+    assert len(calls) == 1 and calls[0][1] == hub.HUB_PROBE_TIMEOUT_S and calls[0][2] is False
     assert calls[0][0].endswith(f"timm/{NAME}/resolve/main/model.safetensors")
 
 
@@ -59,12 +59,12 @@ def test_cached_weights_and_a_hub_that_answers_pass_the_check(monkeypatch, empty
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, filename, **k: f"/cache/{repo}/{filename}")
-    backbones.check_hub_reachable(NAME)  # cached: timm loads it offline
-    monkeypatch.setattr(backbones, "_pretrained_cfg", lambda name: SimpleNamespace(hf_hub_id="timm/x@v2", hf_hub_filename="open_clip_pytorch_model.bin"))
-    assert backbones.hub_weights_file("x") == ("timm/x", "v2", "open_clip_model.safetensors")  # the safetensors twin timm tries first
-    monkeypatch.setattr(backbones, "_pretrained_cfg", lambda name: SimpleNamespace(hf_hub_id=None, url="https://example.org/w.pth"))
-    assert backbones.hub_weights_file("x") is None
-    backbones.check_hub_reachable("x")  # weights from a plain URL: timm's own download, not checked here
+    hub.check_hub_reachable(NAME)  # cached: timm loads it offline
+    monkeypatch.setattr(hub, "pretrained_cfg", lambda name: SimpleNamespace(hf_hub_id="timm/x@v2", hf_hub_filename="open_clip_pytorch_model.bin"))
+    assert hub.hub_weights_file("x") == ("timm/x", "v2", "open_clip_model.safetensors")  # the safetensors twin timm tries first
+    monkeypatch.setattr(hub, "pretrained_cfg", lambda name: SimpleNamespace(hf_hub_id=None, url="https://example.org/w.pth"))
+    assert hub.hub_weights_file("x") is None
+    hub.check_hub_reachable("x")  # weights from a plain URL: timm's own download, not checked here
 
 
 def test_a_hub_that_answers_with_an_error_is_left_to_timm(monkeypatch, empty_hub_cache):
@@ -76,4 +76,4 @@ def test_a_hub_that_answers_with_an_error_is_left_to_timm(monkeypatch, empty_hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", not_found)
-    backbones.check_hub_reachable(NAME)  # the hub is there: timm's attempt reports what is wrong
+    hub.check_hub_reachable(NAME)  # the hub is there: timm's attempt reports what is wrong

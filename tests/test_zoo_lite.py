@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgedd import zoo
+from edgedd import zoo, zoo_lite
 from edgedd.atomic import sha256_file
 from edgedd.backbones import load_backbone
 from edgedd.errors import EdgeddError
@@ -169,7 +169,7 @@ def test_wrong_source_file_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEDD_CACHE_DIR", str(tmp_path / "cache"))
     fake = tmp_path / "fake.pth"
     fake.write_bytes(b"not the pinned file")
-    monkeypatch.setattr(zoo, "source_file", lambda n: (fake, "0.1.0"))
+    monkeypatch.setattr(zoo_lite, "source_file", lambda n: (fake, "0.1.0"))  # where packaged_weights looks it up
     with pytest.raises(EdgeddError, match="not the pinned"):
         load_backbone(name)
 
