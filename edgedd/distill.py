@@ -215,8 +215,9 @@ def _stage1(plan: Plan) -> Stage1Result:
     copy written by rank 0."""
     t1 = time.perf_counter()
     o = plan.options
-    s1, from_cache = stage1_cached(plan.model, plan.info, plan.source, plan.stage1_config, plan.device, plan.workers, o.strict_images,
-                                   o.progress, o.use_cache, plan.group, run_dir=plan.out)
+    s1, from_cache = stage1_cached(plan.model, plan.info, plan.source, plan.stage1_config, plan.device, num_workers=plan.workers,
+                                   strict_images=o.strict_images, progress=o.progress, use_cache=o.use_cache, group=plan.group,
+                                   run_dir=plan.out)
     if plan.group.main:
         save_stage1(s1, plan.out)
     return Stage1Result(s1, from_cache, time.perf_counter() - t1)

@@ -83,6 +83,7 @@ def extract_features(
     cfg: StageIConfig,
     device: torch.device,
     feature_file: Path,
+    *,
     num_workers: int = 0,
     strict_images: bool = False,
     progress: bool = True,
@@ -269,7 +270,8 @@ def train_golden(feats, labels: np.ndarray, num_classes: int, cfg: StageIConfig,
     return fit.head.weight.detach().cpu().float(), fit.head.bias.detach().cpu().float(), report
 
 
-def run_stage1(model, info, source, cfg, device, work_dir: Path, num_workers=0, strict_images=False, progress=True, group: Dist = SINGLE) -> Stage1:
+def run_stage1(model, info, source, cfg, device, *, work_dir: Path, num_workers=0, strict_images=False, progress=True, group: Dist = SINGLE
+               ) -> Stage1:
     """The pass and the golden classifier. With several ranks the classifier is trained on rank 0
     only (on the gathered features); the other ranks get empty weight/bias tensors."""
     t0 = time.perf_counter()
@@ -277,8 +279,8 @@ def run_stage1(model, info, source, cfg, device, work_dir: Path, num_workers=0, 
         work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir if group.main else None, prefix=".features-") as tmp:
         sums, counts, feats, labels, skipped = extract_features(
-            model, info, source, cfg, device, Path(tmp) / "views.npy", num_workers, strict_images, progress, group
-        )
+            model, info, source, cfg, device, Path(tmp) / "views.npy", num_workers=num_workers, strict_images=strict_images,
+            progress=progress, group=group)
         t1 = time.perf_counter()
         if group.main:
             weight, bias, golden = train_golden(feats, labels, source.num_classes, cfg, device, progress)
@@ -302,7 +304,7 @@ def run_stage1(model, info, source, cfg, device, work_dir: Path, num_workers=0, 
     return Stage1(sums, counts, weight, bias, meta)
 
 
-def stage1_cached(model, info, source, cfg, device, num_workers=0, strict_images=False, progress=True, use_cache=True,
+def stage1_cached(model, info, source, cfg, device, *, num_workers=0, strict_images=False, progress=True, use_cache=True,
                   group: Dist = SINGLE, run_dir: Path | None = None) -> tuple[Stage1, bool]:
     """Stage I from ``run_dir`` (a resumed run) or the cache when its key matches, else the pass
     (all ranks) and, on rank 0, filling the cache. Every rank gets sums and counts; the golden
@@ -322,7 +324,8 @@ def stage1_cached(model, info, source, cfg, device, num_workers=0, strict_images
     hit = group.on_main(lookup)
     if group.broadcast_text("hit" if hit is not None else "") == "hit":
         return _share(hit, source.num_classes, info.num_features, group), True
-    result = run_stage1(model, info, source, cfg, device, directory, num_workers, strict_images, progress, group)
+    result = run_stage1(model, info, source, cfg, device, work_dir=directory, num_workers=num_workers, strict_images=strict_images,
+                        progress=progress, group=group)
     if group.main:
         if use_cache:
             save_stage1(result, directory)
