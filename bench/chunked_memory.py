@@ -25,7 +25,8 @@ def worker(mode: str, n: int, a) -> dict:
     from edgedd.backbones import load_backbone, resolve_device
     from edgedd.chunked import chunked_step
     from edgedd.config import DistillConfig
-    from edgedd.distill import _autocast, feature_loss, sfm_step_loss
+    from edgedd.backbones import backbone_autocast as _autocast
+    from edgedd.stage2 import feature_loss, sfm_step_loss
     from edgedd.losses import flow
     from edgedd.memory import PhaseMemory
     from edgedd.synthetic import Pyramid

@@ -21,8 +21,8 @@ import sys
 
 def saved_bytes(model, info, pyr, cfg, gen) -> dict:
     """MB autograd saves in decode / augment / backbone for the step's views of the set
-    (``distill.view_features``: the path LGM's step and the one-pass SFM step take)."""
-    from edgedd.distill import view_features
+    (``stage2.view_features``: the path LGM's step and the one-pass SFM step take)."""
+    from edgedd.stage2 import view_features
     from edgedd.memory import SavedTensors
 
     saved = SavedTensors(exclude=model.parameters())
@@ -43,7 +43,9 @@ def first_vs_later_step(model, info, pyr, cfg, gen) -> dict:
     import torch
 
     from edgedd.chunked import chunked_step
-    from edgedd.distill import _adam, _autocast, feature_loss
+    from edgedd.backbones import backbone_autocast as _autocast
+    from edgedd.checkpoint import adam as _adam
+    from edgedd.stage2 import feature_loss
     from edgedd.losses import flow
     from edgedd.memory import PhaseMemory
 

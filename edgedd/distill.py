@@ -1,7 +1,10 @@
 """``edgedd distill``: Stage I (statistics + golden classifier), then Stage II (SFM).
 
-A plain library function, :func:`distill`, that the CLI wraps. Everything it writes lands in one
-run directory:
+A plain library function, :func:`distill`, that the CLI wraps, read as the paper's stages: the
+plan (backbone, resolutions, the run's identity: :func:`_plan`), Stage I (:func:`_stage1`), Stage
+II's steps (``edgedd.stage2`` makes them; :func:`_stage2` drives them, with the checkpoints,
+previews, metrics and progress), then the results (:func:`_results`). Everything it writes lands
+in one run directory, whose file names and writing are ``edgedd.rundir``'s:
 
     run.json                       what this run is (config, backbone, dataset): its identity
     stats.safetensors              class sums/counts/centres and the real flow (Stage I)
@@ -23,320 +26,32 @@ CPU run ends bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
-import warnings
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors import safe_open
 
-from .stio import torch_serialize as save
-
-from . import __version__, atomic
-from .augment import StepDraws, apply_augment, augment, center_crop, normalize
-from .backbones import backbone_autocast as _autocast, BackboneInfo, check_model_name, distill_resolution, encode, load_backbone, resolve_device
+from . import __version__, atomic, rundir, stage2
+from .backbones import BackboneInfo, check_model_name, distill_resolution, encode, load_backbone, resolve_device
+from .checkpoint import save_checkpoint
 from .config import CROP_SAMPLERS, INITS, MAX_RESOLUTION, METHODS, FLOW_DENOMINATORS, DistillConfig, RunOptions, StageIConfig, fingerprint, to_dict
-from .data import CanvasDataset, default_num_workers
-from .images import LabelledImages, open_dataset
-from .distributed import SINGLE, Dist, on_all_ranks, setup, shard, teardown
+from .data import default_num_workers
+from .distributed import Dist, on_all_ranks, setup, shard, teardown
 from .errors import EdgeddError
 from .fidelity import synthetic_landing
-from .lock import LOCK_FILE, lock
-from .chunked import auto_chunk_size, chunked_step
-from .lgm import StepBatches, lgm_loss, random_head
-from .losses import anchor_loss, decouple_loss, flow, sfm_loss, synthetic_flow
+from .images import LabelledImages, open_dataset
+from .losses import flow
 from .memory import PhaseMemory
-from .metrics import METRICS_FILE, MetricsLog, flow_every
-from .preview import write_grid
+from .metrics import flow_every
 from .progress import Progress, progress_allowed
-from .statistics import CACHE_ENV, cache_root, save_stage1, stage1_cached
-from .synthetic import Pyramid, extension_steps, level_resolutions
+from .stage1_files import Stage1, save_stage1
+from .statistics import CACHE_ENV, cache_root, stage1_cached
 from .terminal import say
 
-RUN_FORMAT = 1
-CHECKPOINT = "checkpoint.safetensors"
 MAX_LR = 1e3  # the pyramid's logits saturate the sigmoid long before: no useful lr comes near it
-
-
-# ----------------------------------------------------------------------------- run directory
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def _refuse_foreign_out(out: Path) -> bool:
-    """Refuse a file or a directory holding something other than an edgedd run (the lock file
-    does not count: it is ours). True if ``out`` holds a run."""
-    if out.exists() and not out.is_dir():
-        raise EdgeddError(f"--out {out} is a file", "pass a directory path")
-    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
-        if not (out / "run.json").exists():
-            raise EdgeddError(f"--out {out} is not empty and is not an edgedd run directory", "choose a new or empty directory")
-        return True
-    return False
-
-
-def lock_run_dir(out: Path):
-    """The lock on ``out`` held for the whole distill (edgedd.lock): a second distill on the same
-    --out fails at once instead of mixing its files with this one's. Taken before the model loads,
-    after the checks that refuse a directory that is not ours (so nothing is written into one)."""
-    _refuse_foreign_out(out)
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EdgeddError(f"cannot create --out {out} ({e.strerror or type(e).__name__})", "choose a writable location") from None
-    return lock(out / LOCK_FILE, f"--out {out}", remove_dir=out if created else None)
-
-
-def prepare_run_dir(out: Path, identity: dict, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory; say which fields differ."""
-    run_json = out / "run.json"
-    if _refuse_foreign_out(out):
-        try:
-            old = json.loads(run_json.read_text())
-        except (OSError, ValueError):  # a damaged run.json (also not UTF-8) reads as a different run
-            old = {}
-        if not isinstance(old, dict):
-            old = {}
-        if overwrite:
-            for p in out.iterdir():  # all but the lock file, held by this run: deleting it would let a second distill in
-                if p.name != LOCK_FILE:
-                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        elif old.get("fingerprint") != identity["fingerprint"]:
-            a, b = _flatten(old["identity"] if isinstance(old.get("identity"), dict) else {}), _flatten(identity["identity"])
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            raise EdgeddError(
-                f"--out {out} already holds a different run (differs in {', '.join(diff[:6]) or 'format'})",
-                "choose another --out, or pass --overwrite to replace it",
-            )
-        elif (out / "summary.json").exists():
-            raise EdgeddError(f"--out {out} already holds this finished run", "use it as it is, or pass --overwrite to redo it")
-        elif not resume:
-            raise EdgeddError(f"--out {out} holds an unfinished run of the same config", "pass --resume to continue it, or --overwrite to start over")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.remove_stale_temporaries(out)
-    atomic.write_json(run_json, identity)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _adam(levels, lr):
-    # foreach=False: the plain per-tensor path, the same arithmetic on every device and resume.
-    return torch.optim.Adam(levels, lr=lr, foreach=False)
-
-
-def save_checkpoint(path: Path, step: int, pyr: Pyramid, opt: torch.optim.Optimizer, gen: torch.Generator, run_fp: str, loss: float,
-                    group: Dist = SINGLE) -> None:
-    """Full tensors (every rank's rows, streamed to rank 0), written by rank 0 alone: a checkpoint
-    does not know how many ranks made it, so any number can resume it."""
-    tensors = {}
-    for i, lv in enumerate(pyr.levels):
-        tensors[f"level.{i}"] = group.rows_to_main(lv.detach(), pyr.total)
-        st = opt.state.get(lv, {})
-        if st:  # Adam's state is per element: sharded like the level it belongs to
-            tensors[f"adam.{i}.exp_avg"] = group.rows_to_main(st["exp_avg"], pyr.total)
-            tensors[f"adam.{i}.exp_avg_sq"] = group.rows_to_main(st["exp_avg_sq"], pyr.total)
-            tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1).cpu()
-    if not group.main:
-        return
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
-    tensors["rng"] = gen.get_state().cpu()  # the same on every rank: all draw the same sequence
-    meta = {"format": str(RUN_FORMAT), "step": str(step), "run_fingerprint": run_fp, "levels": str(len(pyr.levels)), "loss": repr(loss),
-            "ranks": str(group.world)}
-    atomic.write_bytes(path, save(tensors, metadata=meta))
-
-
-def _checkpoint_problem(meta: dict, tensors: dict, syn_res: int, total: int | None, gen: torch.Generator) -> str | None:
-    """What is wrong with a checkpoint of the right run, or None: what save_checkpoint writes, in
-    names, dtypes, shapes and finite values, so load_checkpoint can use it without another check."""
-    try:
-        step, n_levels, _ = int(meta["step"]), int(meta["levels"]), float(meta["loss"])
-    except (KeyError, TypeError, ValueError):
-        return "metadata step / levels / loss missing or not numbers"
-    res = level_resolutions(syn_res)
-    if step < 0 or not 1 <= n_levels <= len(res):
-        return f"step {step} / {n_levels} levels out of range"
-    rng = tensors.get("rng")
-    if rng is None or rng.dtype != torch.uint8 or rng.shape != gen.get_state().shape:
-        return "rng state missing, or from another kind of device"
-    level0 = tensors.get("level.0")
-    rows = total if total is not None else (level0.shape[0] if level0 is not None and level0.dim() else -1)
-    adam = "adam.0.step" in tensors
-    for i in range(n_levels):
-        want = {f"level.{i}": (rows, 3, res[i], res[i])}
-        if adam:
-            want |= {f"adam.{i}.exp_avg": want[f"level.{i}"], f"adam.{i}.exp_avg_sq": want[f"level.{i}"], f"adam.{i}.step": (1,)}
-        for k, shape in want.items():
-            t = tensors.get(k)
-            if t is None or t.dtype != torch.float32 or tuple(t.shape) != shape:
-                return f"{k} missing or not float32 {shape}"
-    for k, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            return f"non-finite values in {k}"
-    return None
-
-
-def load_checkpoint(path: Path, run_fp: str, syn_res: int, lr: float, gen: torch.Generator, device, group: Dist = SINGLE,
-                    rows: tuple[int, int] | None = None, total: int | None = None):
-    """Rank 0 reads the file; every rank gets its own rows of each tensor, re-sharded for the
-    current number of ranks."""
-
-    def read():
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            raise EdgeddError(f"checkpoint {path} is unreadable ({type(e).__name__})", "delete it to restart the run, or pass --overwrite") from None
-        if meta.get("run_fingerprint") != run_fp:
-            raise EdgeddError(f"checkpoint {path} belongs to another run", "pass --overwrite to start over")
-        problem = _checkpoint_problem(meta, tensors, syn_res, total, gen)
-        if problem:  # a damaged or edited checkpoint: one line, never NaN images or a traceback later
-            raise EdgeddError(f"checkpoint {path} is damaged ({problem})", "delete it to restart the run, or pass --overwrite")
-        return meta, tensors
-
-    meta, tensors = group.on_main(read) or ({}, {})
-    header = json.loads(group.broadcast_text(json.dumps(
-        {"meta": meta, "shapes": {k: list(v.shape) for k, v in tensors.items()}, "dtypes": {k: str(v.dtype) for k, v in tensors.items()}}
-    )))
-    meta, shapes = header["meta"], header["shapes"]
-    dtypes = {k: getattr(torch, v.removeprefix("torch.")) for k, v in header["dtypes"].items()}
-    total = total if total is not None else shapes["level.0"][0]
-    rows = rows or (0, total)
-
-    def rows_of(key):
-        return group.rows_from_main(tensors.get(key), total, tuple(shapes[key][1:]), dtypes[key], device)
-
-    n_levels = int(meta["levels"])
-    pyr = Pyramid([rows_of(f"level.{i}") for i in range(n_levels)], syn_res, rows, total)
-    opt = _adam(pyr.levels, lr)
-    if "adam.0.step" in shapes:
-        opt.load_state_dict(
-            {
-                "state": {
-                    i: {
-                        "step": torch.tensor(float(tensors[f"adam.{i}.step"].item()) if group.main else 0.0),
-                        "exp_avg": rows_of(f"adam.{i}.exp_avg"),
-                        "exp_avg_sq": rows_of(f"adam.{i}.exp_avg_sq"),
-                    }
-                    for i in range(n_levels)
-                },
-                "param_groups": opt.state_dict()["param_groups"],
-            }
-        )
-        for st in opt.state.values():  # the step count is rank 0's (the same for every level)
-            group.broadcast_(st["step"])
-    state = tensors["rng"] if group.main else gen.get_state()
-    gen.set_state(group.broadcast_(state.clone()).cpu() if group.enabled else state)
-    return int(meta["step"]), pyr, opt, float(meta["loss"])
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
-def real_init_images(source: LabelledImages, ipc: int, size: int, interpolation: str, seed: int) -> torch.Tensor:
-    """``--init real``: per class ``ipc`` readable images drawn at random (seeded), as (C * ipc, 3,
-    size, size) canvases in [0, 1], class-major like the synthetic labels. Unreadable images are
-    passed over; a class with fewer readable images than ``ipc`` repeats them (with a warning: the
-    copies start equal and part only through their augmentations); a class with none is refused."""
-    rng = np.random.default_rng([seed, 0x1A17])  # its own stream: the run's generator draws stay as with noise init
-    data = CanvasDataset(source, size, interpolation)
-    out, short = [], []
-    for c in range(source.num_classes):
-        found = []
-        for i in rng.permutation(np.flatnonzero(source.labels == c)):
-            canvas, _, _ = data[int(i)]
-            if canvas is not None:
-                found.append(canvas)
-            if len(found) == ipc:
-                break
-        if not found:
-            raise EdgeddError(f"class {source.class_names[c]!r} has no readable image to start --init real from", "use --init noise")
-        if len(found) < ipc:
-            short.append(source.class_names[c])
-        out.extend(found[j % len(found)] for j in range(ipc))
-    if short:
-        warnings.warn(f"--init real: {len(short)} class(es) have fewer than {ipc} readable images (e.g. {short[0]!r}); their images repeat")
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255)  # np.stack copies: canvases may be read-only
-
-
-def view_features(model, images: torch.Tensor, cfg: DistillConfig, info: BackboneInfo, gen: torch.Generator) -> torch.Tensor:
-    """A = augs_per_batch independent augmented views of every image: (A, N, D) features."""
-    n, a = images.shape[0], cfg.augs_per_batch
-    draws = StepDraws.draw(gen, n * a, cfg.augment, cfg.crop_res, images.dtype)
-    # pass by pass over the same images (views pass-major: v = pass * n + row), so autograd keeps
-    # one copy of the images for all A resamplings instead of an A-times tiled one
-    passes = [apply_augment(images, draws.params(p * n, (p + 1) * n), cfg.crop_res) for p in range(a)]
-    views = passes[0] if a == 1 else torch.cat(passes)
-    with _autocast(images.device, cfg.amp):
-        z = model(normalize(views, info.preprocess.mean, info.preprocess.std))
-    return z.float().view(a, n, -1)
-
-
-def feature_loss(z: torch.Tensor, cfg: DistillConfig, flow_real: torch.Tensor, centres_real: torch.Tensor) -> torch.Tensor:
-    """SFM / sfm_anchor / sfm_decouple loss of the (N, D) per-image features."""
-    if cfg.method == "sfm":
-        return sfm_loss(z, flow_real, cfg.flow_denominator)
-    if cfg.method == "sfm_anchor":
-        return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator)
-    return decouple_loss(z, centres_real, cfg.alpha)
-
-
-def sfm_step_loss(model, images, cfg, info, gen, flow_real, centres_real) -> torch.Tensor:
-    """One pass: features of the A views averaged per image, then the loss (graph kept). The plain
-    reference the tests and benchmarks hold the chunked / sharded step (``edgedd.chunked``) to."""
-    return feature_loss(view_features(model, images, cfg, info, gen).mean(0), cfg, flow_real, centres_real)
-
-
-def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:
-    """LGM: a fresh random head; the real batch (one augmentation pass each, no graph) against
-    the synthetic set tiled A times with independent augmentations (with a graph)."""
-    x_real, y_real = real_batch
-    pp = info.preprocess
-    with torch.no_grad(), _autocast(images.device, cfg.amp):
-        z_real = model(normalize(augment(x_real, cfg.augment, cfg.crop_res, gen), pp.mean, pp.std)).float()
-    z_syn = view_features(model, images, cfg, info, gen).flatten(0, 1)
-    w, b = random_head(num_classes, z_syn.shape[1], gen)
-    return lgm_loss(z_syn, labels.repeat(cfg.augs_per_batch), z_real, y_real, w, b)
-
-
-def real_batches(source: LabelledImages, cfg: DistillConfig, interpolation: str, start: int, device, num_workers: int):
-    """LGM's real images: IPC * A * C canvases per step, resumable (see StepBatches)."""
-    from torch.utils.data import DataLoader
-
-    from .data import CanvasDataset, collate_canvases
-
-    batch = cfg.ipc * cfg.augs_per_batch * source.num_classes
-    loader = DataLoader(
-        CanvasDataset(source, cfg.syn_res, interpolation),  # the same canvases as Stage I
-        batch_sampler=StepBatches(len(source), batch, cfg.seed, start, cfg.iterations),
-        num_workers=num_workers, collate_fn=collate_canvases, pin_memory=device.type == "cuda",
-    )
-    for images, labels, _errors in loader:  # unreadable images were counted in Stage I; skip them
-        yield images.to(device, non_blocking=True).float().div_(255), labels.to(device)
-
-
-@torch.no_grad()
-def flow_cosine(model, images: torch.Tensor, info: BackboneInfo, flow_real: torch.Tensor, num_classes: int, amp: bool = True) -> float:
-    """The paper's fidelity metric: cos(F_syn, F_real) on centre-cropped synthetic images."""
-    z = encode(model, center_crop(images, info.preprocess.input_size), info.preprocess, amp=amp)
-    f_syn = synthetic_flow(z.double(), num_classes)
-    return float(torch.nn.functional.cosine_similarity(f_syn.flatten(), flow_real.double().flatten().to(f_syn.device), dim=0))
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -367,6 +82,7 @@ def distill(
     data: str,
     backbone: str,
     out: str | Path,
+    *,
     weights: str = "hub",
     config: DistillConfig = DistillConfig(),
     stage1_config: StageIConfig = StageIConfig(),
@@ -391,16 +107,59 @@ def distill(
     group, device = setup(resolve_device(options.device))
     try:
         # one distill per run directory at a time: rank 0 holds the lock until the run returns
-        with group.on_main(lambda: lock_run_dir(out)) or nullcontext():
-            return _distill(data, backbone, out, weights, config, stage1_config, options, crop_res, syn_res, resume, overwrite,
-                            source, group, device, t_start)
+        with group.on_main(lambda: rundir.lock_run_dir(out)) or nullcontext():
+            plan = _plan(out=out, source=source, backbone=backbone, weights=weights, config=config, stage1_config=stage1_config,
+                         options=options, crop_res=crop_res, syn_res=syn_res, group=group, device=device, t_start=t_start)
+            group.on_main(lambda: rundir.prepare_run_dir(out, plan.run_json(), resume=resume, overwrite=overwrite))
+            s1 = _stage1(plan)
+            return _results(plan, s1, _stage2(plan, s1, resume=resume))
     finally:
         teardown(group)
 
 
-def _distill(data, backbone, out, weights, config, stage1_config, options, crop_res, syn_res, resume, overwrite,
-             source: LabelledImages, group: Dist, device, t_start) -> dict | None:
-    main = group.main
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run computes (``cfg`` with its resolutions resolved, the backbone loaded, the run's
+    identity) and how and where it runs."""
+
+    out: Path
+    source: LabelledImages
+    model: torch.nn.Module
+    info: BackboneInfo
+    cfg: DistillConfig
+    stage1_config: StageIConfig
+    options: RunOptions
+    group: Dist
+    device: torch.device
+    identity: dict
+    t_start: float
+
+    @property
+    def run_fp(self) -> str:
+        return fingerprint(self.identity)
+
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    @property
+    def n(self) -> int:  # synthetic images
+        return self.source.num_classes * self.cfg.ipc
+
+    @property
+    def workers(self) -> int:
+        return default_num_workers() if self.options.num_workers is None else self.options.num_workers
+
+    def run_json(self) -> dict:
+        return {"format": rundir.RUN_FORMAT, "fingerprint": self.run_fp, "identity": self.identity, "edgedd": __version__}
+
+
+def _plan(*, out: Path, source: LabelledImages, backbone: str, weights: str, config: DistillConfig, stage1_config: StageIConfig,
+          options: RunOptions, crop_res: int | None, syn_res: int | None, group: Dist, device, t_start: float) -> Plan:
+    """The backbone loaded, at the resolutions the run uses, and the run's identity."""
     if group.enabled and config.method == "lgm":
         raise on_all_ranks(EdgeddError("--method lgm runs on one process (its loss needs the whole real batch and synthetic set)",
                                        "launch it without torchrun, or use --method sfm"))
@@ -408,10 +167,10 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
     crop_res, syn_res, size_rule = distill_resolution(backbone, crop_res, syn_res)
     model, info = load_backbone(backbone, weights, input_size=crop_res, resize_size=syn_res, device=device, seed=config.seed)
     pp = info.preprocess
-    if main and options.progress and progress_allowed():  # progress information: silent with -q / EDGEDD_PROGRESS=0
+    if group.main and options.progress and progress_allowed():  # progress information: silent with -q / EDGEDD_PROGRESS=0
         say(f"resolution: synthetic {pp.resize_size} / crop {pp.input_size} ({size_rule})")  # the rule quotes the backbone name
     cfg = replace(config, syn_res=pp.resize_size, crop_res=pp.input_size)
-    c, n = source.num_classes, source.num_classes * cfg.ipc
+    n = source.num_classes * cfg.ipc
     if n < group.world:
         raise on_all_ranks(EdgeddError(f"{n} synthetic images cannot be shared by {group.world} processes",
                                        "launch at most one process per synthetic image"))
@@ -422,162 +181,164 @@ def _distill(data, backbone, out, weights, config, stage1_config, options, crop_
         "distill": to_dict(cfg),
         "stage1": to_dict(stage1_config),
     }
-    run_fp = fingerprint(identity)
-    group.on_main(lambda: prepare_run_dir(out, {"format": RUN_FORMAT, "fingerprint": run_fp, "identity": identity, "edgedd": __version__},
-                                          resume, overwrite))
+    return Plan(out=out, source=source, model=model, info=info, cfg=cfg, stage1_config=stage1_config, options=options, group=group,
+                device=device, identity=identity, t_start=t_start)
 
-    # ---- Stage I: from this run dir (resume), else the cache, else one pass over the data
+
+# ----------------------------------------------------------------------------- Stage I
+
+
+@dataclass(frozen=True)
+class Stage1Result:
+    stats: Stage1
+    cached: bool
+    seconds: float
+
+
+def _stage1(plan: Plan) -> Stage1Result:
+    """From this run dir (resume), else the cache, else one pass over the data; the run dir's
+    copy written by rank 0."""
     t1 = time.perf_counter()
-    workers = default_num_workers() if options.num_workers is None else options.num_workers
-    s1, from_cache = stage1_cached(model, info, source, stage1_config, device, workers, options.strict_images, options.progress,
-                                   options.use_cache, group, run_dir=out)
-    if main:
-        save_stage1(s1, out)
-    stage1_seconds = time.perf_counter() - t1
+    o = plan.options
+    s1, from_cache = stage1_cached(plan.model, plan.info, plan.source, plan.stage1_config, plan.device, num_workers=plan.workers,
+                                   strict_images=o.strict_images, progress=o.progress, use_cache=o.use_cache, group=plan.group,
+                                   run_dir=plan.out)
+    if plan.group.main:
+        save_stage1(s1, plan.out)
+    return Stage1Result(s1, from_cache, time.perf_counter() - t1)
 
-    # ---- Stage II: SFM (or the LGM baseline); this rank's rows of the pyramid
-    rows = shard(n, group.rank, group.world)
-    centres_real = s1.centres.to(device=device, dtype=torch.float32)
-    flow_real = flow(s1.centres).to(device=device, dtype=torch.float32)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the same on every rank
-    ckpt = out / CHECKPOINT
-    start, loss_value = 0, float("nan")
-    if resume and group.broadcast_text("yes" if main and ckpt.exists() else "") == "yes":
-        start, pyr, opt, loss_value = load_checkpoint(ckpt, run_fp, cfg.syn_res, cfg.lr, gen, device, group, rows, n)
-    else:
-        if cfg.init == "real":
-            real = real_init_images(source, cfg.ipc, cfg.syn_res, pp.interpolation, cfg.seed)[rows[0]:rows[1]]
-            pyr = Pyramid.from_images(real.to(device), rows, n)
-        else:
-            pyr = Pyramid.init(n, cfg.syn_res, gen, device, rows)
-        opt = _adam(pyr.levels, cfg.lr)
-    ext = extension_steps(cfg.iterations, cfg.syn_res, cfg.extend_every)
-    labels_dev = torch.arange(c, device=device).repeat_interleave(cfg.ipc)
-    reals = real_batches(source, cfg, pp.interpolation, start, device, workers) if cfg.method == "lgm" else None
-    if main:
-        (out / "previews").mkdir(exist_ok=True)
-    chunk = options.chunk_size
-    if reals is not None:
-        chunk = 0  # LGM's loss is not a function of per-image features alone
-    elif chunk is None:
-        chunk = auto_chunk_size(model, pyr, cfg, info, device, _autocast(device, cfg.amp))
-    stop = cfg.iterations if options.stop_after is None else min(cfg.iterations, start + options.stop_after)
+
+# ----------------------------------------------------------------------------- Stage II
+
+
+@dataclass(frozen=True)
+class Stage2Result:
+    loop: stage2.Loop
+    start: int  # the step it started from (resume)
+    stop: int  # the step it ended at
+    seconds: float
+    memory: dict  # the phase's peak (edgedd.memory)
+    chunk: int
+    flow_real: torch.Tensor
+
+    @property
+    def sec_per_iter(self) -> float | None:
+        return self.seconds / (self.stop - self.start) if self.stop != self.start else None
+
+
+def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
+    """SFM (or the LGM baseline) on this rank's rows of the pyramid, checkpointed every
+    ``checkpoint_every`` steps and at ``stop_after``."""
+    cfg, group, device, o, main = plan.cfg, plan.group, plan.device, plan.options, plan.group.main
+    centres_real = s1.stats.centres.to(device=device, dtype=torch.float32)
+    flow_real = flow(s1.stats.centres).to(device=device, dtype=torch.float32)
+    ckpt = plan.out / rundir.CHECKPOINT
+    found = resume and group.broadcast_text("yes" if main and ckpt.exists() else "") == "yes"
+    loop = stage2.start(cfg=cfg, source=plan.source, interpolation=plan.info.preprocess.interpolation, device=device, group=group,
+                        rows=shard(plan.n, group.rank, group.world), total=plan.n, checkpoint=ckpt if found else None, run_fp=plan.run_fp)
+    start = loop.step
+    step, chunk = stage2.step_function(loop=loop, model=plan.model, info=plan.info, cfg=cfg, source=plan.source, device=device, group=group,
+                                       flow_real=flow_real, centres_real=centres_real, chunk_size=o.chunk_size, num_workers=plan.workers)
+    stop = cfg.iterations if o.stop_after is None else min(cfg.iterations, start + o.stop_after)
     memory = PhaseMemory(device)
     memory.start()
-    step_memory = None  # one step's own working memory, see below
-    fc_every = flow_every(options.preview_every)
-    # rank 0's history; on resume the lines past the checkpoint go first (edgedd.metrics)
-    metrics = MetricsLog(out / METRICS_FILE, keep_through=start) if main else nullcontext()
+    log = rundir.stage2_log(plan.out, keep_through=start) if main else nullcontext()  # rank 0's history
     t2 = time.perf_counter()
-    with metrics, Progress(cfg.iterations, f"stage II: {cfg.method}", initial=start, enabled=options.progress and main) as bar:
-        for step in range(start, stop):
-            if pyr.grow(step, ext, gen):
-                opt = _adam(pyr.levels, cfg.lr)  # reset at each extension (reference)
-            # The phase's peak includes the synthetic set's own state (levels, Adam moments: the
-            # same for every method), created inside it as the pyramid grows, and the framework's
-            # lazy first-step allocations. The step's working memory is measured once, on the first
-            # full-resolution step of this process whose state already exists.
-            measure = step_memory is None and step > start and pyr.full and len(opt.state) == len(pyr.levels)
-            in_step = memory.nested() if measure else None
-            opt.zero_grad(set_to_none=True)
-            if reals is not None:
-                loss = lgm_step_loss(model, pyr.decode(), labels_dev, c, next(reals), cfg, info, gen)
-                loss.backward()
-            else:  # SFM: one pass or chunks, one rank or several (edgedd.chunked)
-                loss = chunked_step(model, pyr, cfg, info, gen, lambda z: feature_loss(z, cfg, flow_real, centres_real),
-                                    chunk, _autocast(device, cfg.amp), group)
-            opt.step()
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):  # stop before a NaN reaches a checkpoint or the result (the last checkpoint stays)
-                raise on_all_ranks(EdgeddError(
-                    f"the loss became {loss_value} at step {step + 1} of {cfg.iterations}",
-                    "the learning rate is likely too high (lower --lr) or the Stage I statistics are damaged "
-                    "(rerun into a new --out with --no-cache)"))
-            if in_step is not None:
-                step_memory = {**in_step.peak_mb(), "step": step}
-            done = step + 1
-            bar.update(1, loss=loss_value, res=pyr.levels[-1].shape[-1])
-            preview_due = options.preview_every and done % options.preview_every == 0 and done < cfg.iterations
-            fc_due = done % fc_every == 0 or done == cfg.iterations
-            fc = None
-            if preview_due or fc_due:
-                with torch.no_grad():
-                    images = group.rows_to_main(pyr.decode(), n)
-                if main and preview_due:
-                    write_grid(out / "previews" / f"step_{done:06d}.png", images.numpy(), c)
-                if main and fc_due:  # a no-grad forward of the centre crops: draws nothing from gen
-                    fc = flow_cosine(model, images, info, flow_real, c, cfg.amp)
+    with log, Progress(cfg.iterations, f"stage II: {cfg.method}", initial=start, enabled=o.progress and main) as bar:
+        for loop in stage2.steps(loop, step, cfg=cfg, stop=stop, memory=memory):
+            bar.update(1, loss=loop.loss, res=loop.resolution)
+            fc = _look(plan, loop, flow_real)
             if main:
-                metrics.write(done, loss_value, pyr.levels[-1].shape[-1], time.perf_counter() - t2, fc)
-            if done < cfg.iterations and ((options.checkpoint_every and done % options.checkpoint_every == 0) or done == stop):
-                save_checkpoint(ckpt, done, pyr, opt, gen, run_fp, loss_value, group)
+                log.write(loop.step, loop.loss, loop.resolution, time.perf_counter() - t2, fc)
+            if loop.step < cfg.iterations and ((o.checkpoint_every and loop.step % o.checkpoint_every == 0) or loop.step == stop):
+                save_checkpoint(ckpt, step=loop.step, pyr=loop.pyr, opt=loop.opt, gen=loop.gen, run_fp=plan.run_fp, loss=loop.loss, group=group)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    stage2_seconds = time.perf_counter() - t2
-    stage2_memory = memory.peak_mb()
-    iters_run = stop - start
-    if stop < cfg.iterations:  # --stop-after: checkpointed above; --resume continues
-        return {"finished": False, "step": stop, "iterations": cfg.iterations, "final_loss": loss_value, "out": str(out),
-                "ranks": group.world, "sec_per_iter": stage2_seconds / iters_run if iters_run else None} if main else None
+    return Stage2Result(loop, start, stop, time.perf_counter() - t2, memory.peak_mb(), chunk, flow_real)
 
-    # ---- outputs (rank 0)
+
+def _look(plan: Plan, loop: stage2.Loop, flow_real: torch.Tensor) -> float | None:
+    """The preview (every ``preview_every`` steps) and the flow cosine (every ``flow_every`` and
+    at the end) after ``loop.step`` steps; the flow cosine (rank 0) or None."""
+    done, cfg, every = loop.step, plan.cfg, plan.options.preview_every
+    preview_due = every and done % every == 0 and done < cfg.iterations
+    fc_due = done % flow_every(every) == 0 or done == cfg.iterations
+    if not (preview_due or fc_due):
+        return None
     with torch.no_grad():
-        images = group.rows_to_main(pyr.decode().detach().float(), n)
+        images = plan.group.rows_to_main(loop.pyr.decode(), plan.n)
+    if plan.group.main and preview_due:
+        rundir.write_preview(plan.out, step=done, images=images.numpy(), num_classes=plan.num_classes)
+    if plan.group.main and fc_due:  # a no-grad forward of the centre crops: draws nothing from gen
+        return stage2.flow_cosine(plan.model, images, plan.info, flow_real, plan.num_classes, cfg.amp)
+    return None
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _results(plan: Plan, s1: Stage1Result, s2: Stage2Result) -> dict | None:
+    """After ``stop_after`` steps: where the run stopped (its checkpoint continues it). Finished:
+    the synthetic images, their grid and the summary, written by rank 0, which alone returns it."""
+    cfg, main = plan.cfg, plan.group.main
+    if s2.stop < cfg.iterations:  # --stop-after: checkpointed above; --resume continues
+        return {"finished": False, "step": s2.stop, "iterations": cfg.iterations, "final_loss": s2.loop.loss, "out": str(plan.out),
+                "ranks": plan.group.world, "sec_per_iter": s2.sec_per_iter} if main else None
+    with torch.no_grad():
+        images = plan.group.rows_to_main(s2.loop.pyr.decode().detach().float(), plan.n)
     if not main:
         return None
     if not torch.isfinite(images).all():  # a finite loss with a non-finite last update: never write such a result
-        raise EdgeddError(f"the synthetic images became non-finite at step {stop} of {cfg.iterations}",
+        raise EdgeddError(f"the synthetic images became non-finite at step {s2.stop} of {cfg.iterations}",
                           "the learning rate is likely too high (lower --lr) or the Stage I statistics are damaged")
+    c, pp, device = plan.num_classes, plan.info.preprocess, plan.device
     labels = torch.arange(c).repeat_interleave(cfg.ipc)
-    fcos = flow_cosine(model, images.to(device), info, flow_real, c, cfg.amp)
-    lands = synthetic_landing(lambda x: encode(model, x, pp, amp=cfg.amp), images.to(device), pp.input_size, labels,
-                              s1.centres, s1.weight, s1.bias, seed=cfg.seed)
-    images = images.contiguous()
-    synthetic_meta = {
-        "format": RUN_FORMAT,
-        "class_names": source.class_names,
+    fcos = stage2.flow_cosine(plan.model, images.to(device), plan.info, s2.flow_real, c, cfg.amp)
+    lands = synthetic_landing(lambda x: encode(plan.model, x, pp, amp=cfg.amp), images.to(device), pp.input_size, labels,
+                              s1.stats.centres, s1.stats.weight, s1.stats.bias, seed=cfg.seed)
+    rundir.write_result(plan.out, images=images.contiguous(), labels=labels, meta={
+        "format": rundir.RUN_FORMAT,
+        "class_names": plan.source.class_names,
         "preprocess": to_dict(pp),
-        "backbone": info.to_dict(),
+        "backbone": plan.info.to_dict(),
         "config": to_dict(cfg),
         "pixels": "float32 in [0, 1], not normalised; (N, 3, syn_res, syn_res), class-major",
-    }
-    atomic.write_bytes(out / "synthetic.safetensors", save(
-        {"images": images, "labels": labels},
-        metadata={"format": str(RUN_FORMAT), "json": json.dumps(synthetic_meta, sort_keys=True)},
-    ))
-    atomic.write_json(out / "synthetic.json", synthetic_meta)
-    write_grid(out / "preview.png", images.numpy(), c)
-    summary = {
+    })
+    summary = _summary(plan, s1, s2, flow_cosine=fcos, landing=lands)
+    rundir.write_summary(plan.out, summary)  # marks the run finished
+    return summary
+
+
+def _summary(plan: Plan, s1: Stage1Result, s2: Stage2Result, *, flow_cosine: float, landing: dict) -> dict:
+    cfg, source, meta = plan.cfg, plan.source, s1.stats.meta
+    return {
         "edgedd": __version__,
         "finished": True,
         "method": cfg.method,
-        "backbone": info.to_dict(),
-        "dataset": {"name": source.name, "classes": c, "class_names": source.class_names,
-                    "images_used": s1.meta.get("images_used"), "skipped_images": len(s1.meta.get("skipped_images", [])),
-                    "skipped_files": s1.meta.get("skipped_images", [])[:20]},
+        "backbone": plan.info.to_dict(),
+        "dataset": {"name": source.name, "classes": source.num_classes, "class_names": source.class_names,
+                    "images_used": meta.get("images_used"), "skipped_images": len(meta.get("skipped_images", [])),
+                    "skipped_files": meta.get("skipped_images", [])[:20]},
         "ipc": cfg.ipc,
-        "synthetic_images": n,
+        "synthetic_images": plan.n,
         "iterations": cfg.iterations,
-        "resumed_from_step": start,
-        "final_loss": loss_value,
-        "flow_cosine": fcos,
-        "landing": lands,
-        "golden": {k: v for k, v in s1.meta.get("golden", {}).items() if k != "candidates"},
-        "golden_train_top1": s1.meta.get("golden_train_top1_centre_crop"),
-        "stage1_cached": from_cache,
-        "stage1_seconds": stage1_seconds,
-        "stage2_seconds": stage2_seconds,
-        "sec_per_iter": stage2_seconds / iters_run if iters_run else None,
-        "stage2_memory": stage2_memory,
-        "stage2_step_memory": step_memory,
-        "chunk_size": chunk,
-        "ranks": group.world,
-        "total_seconds": time.perf_counter() - t_start,
-        "device": str(device),
+        "resumed_from_step": s2.start,
+        "final_loss": s2.loop.loss,
+        "flow_cosine": flow_cosine,
+        "landing": landing,
+        "golden": {k: v for k, v in meta.get("golden", {}).items() if k != "candidates"},
+        "golden_train_top1": meta.get("golden_train_top1_centre_crop"),
+        "stage1_cached": s1.cached,
+        "stage1_seconds": s1.seconds,
+        "stage2_seconds": s2.seconds,
+        "sec_per_iter": s2.sec_per_iter,
+        "stage2_memory": s2.memory,
+        "stage2_step_memory": s2.loop.step_memory,
+        "chunk_size": s2.chunk,
+        "ranks": plan.group.world,
+        "total_seconds": time.perf_counter() - plan.t_start,
+        "device": str(plan.device),
         "config": to_dict(cfg),
-        "stage1_config": to_dict(stage1_config),
-        "out": str(out),
+        "stage1_config": to_dict(plan.stage1_config),
+        "out": str(plan.out),
     }
-    ckpt.unlink(missing_ok=True)  # the result supersedes it; summary.json marks the run finished
-    atomic.write_json(out / "summary.json", summary)
-    return summary

@@ -1,5 +1,9 @@
-"""A finished ``edgedd distill`` run directory, loaded for the stages that come after it
-(evaluation, packing). What the files hold is listed in ``edgedd.distill``."""
+"""An ``edgedd distill`` run directory: the name of every file in it (the constants below), the
+loading of a finished run for the stages that come after it (evaluation, packing), and, in the
+last section, its writing: the lock and identity check a distill starts with, the previews, the
+result and the summary that marks it finished. What the files hold is listed in ``edgedd.distill``;
+the Stage I files' format is ``edgedd.stage1_files``, the checkpoint's ``edgedd.checkpoint``,
+metrics.jsonl's ``edgedd.metrics``."""
 
 from __future__ import annotations
 
@@ -7,16 +11,37 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_bytes
 
+from . import atomic
 from .config import Preprocess, StageIConfig
 from .errors import EdgeddError
+from .lock import LOCK_FILE, lock
+from .metrics import METRICS_FILE, MetricsLog
+from .preview import write_grid
+from .stio import torch_serialize as save
 
+# ----------------------------------------------------------------------------- file names
+
+RUN_FORMAT = 1  # run.json, synthetic.*, checkpoint.safetensors
+RUN_JSON = "run.json"  # what this run is: its identity (written first)
+STATS_FILE = "stats.safetensors"  # Stage I: class sums / counts / centres and the real flow
+GOLDEN_FILE = "golden_classifier.safetensors"  # Stage I: the full-data linear probe
+STAGE1_JSON = "stage1.json"  # Stage I: how it was made, with the two files' sha256 (written last)
+CHECKPOINT = "checkpoint.safetensors"  # while running: Stage II's whole state
+PREVIEWS = "previews"  # a folder: step_XXXXXX.png every preview_every steps
+SYNTHETIC = "synthetic.safetensors"  # the result: images and labels
+SYNTHETIC_JSON = "synthetic.json"  # class names, preprocessing and config of the result
+PREVIEW = "preview.png"  # the final grid
+SUMMARY = "summary.json"  # figures of the run; written last, marks it finished
+# and, named by the modules that write them: LOCK_FILE (edgedd.lock), METRICS_FILE (edgedd.metrics)
 
 
 @dataclass
@@ -87,7 +112,7 @@ class Run:
 
 def load_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
-    need = ["synthetic.safetensors", "synthetic.json", "golden_classifier.safetensors", "summary.json", "run.json"]
+    need = [SYNTHETIC, SYNTHETIC_JSON, GOLDEN_FILE, SUMMARY, RUN_JSON]
     if not run_dir.is_dir():
         raise EdgeddError(f"run directory {run_dir} does not exist", "pass the --out directory of edgedd distill")
     missing = [f for f in need if not (run_dir / f).exists()]  # present but not a regular file: "damaged", below
@@ -95,9 +120,9 @@ def load_run(run_dir: str | Path) -> Run:
         raise EdgeddError(f"{run_dir} is not a finished edgedd run (missing {', '.join(missing)})", "finish it with edgedd distill --resume")
     # A damaged or edited run directory is one line, never a traceback or a NaN that evaluate
     # reports and pack ships (issue 13): each file parsed, its tensors checked for what distill writes.
-    meta, summary, identity = (_json(run_dir, f) for f in ("synthetic.json", "summary.json", "run.json"))
-    golden_bytes = _read(run_dir, "golden_classifier.safetensors")  # read once: checked against stage1.json, then parsed
-    syn, golden = _tensors(run_dir, "synthetic.safetensors"), _tensors(run_dir, "golden_classifier.safetensors", golden_bytes)
+    meta, summary, identity = (_json(run_dir, f) for f in (SYNTHETIC_JSON, SUMMARY, RUN_JSON))
+    golden_bytes = _read(run_dir, GOLDEN_FILE)  # read once: checked against stage1.json, then parsed
+    syn, golden = _tensors(run_dir, SYNTHETIC), _tensors(run_dir, GOLDEN_FILE, golden_bytes)
     names, backbone, config = meta.get("class_names"), meta.get("backbone"), meta.get("config")
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         raise _damaged(run_dir, "synthetic.json has no list of class names")
@@ -115,11 +140,11 @@ def load_run(run_dir: str | Path) -> Run:
         raise _damaged(run_dir, f"synthetic.safetensors has no labels (N,) in [0, {c})")
     if weight is None or bias is None or weight.dim() != 2 or weight.shape[0] != c or tuple(bias.shape) != (c,):
         raise _damaged(run_dir, f"golden_classifier.safetensors has no weight ({c}, D) and bias ({c},)")
-    stage1 = _json(run_dir, "stage1.json") if (run_dir / "stage1.json").exists() else {}
+    stage1 = _json(run_dir, STAGE1_JSON) if (run_dir / STAGE1_JSON).exists() else {}
     stats = _stage1_stats(run_dir, golden_bytes, stage1)
     if stats and (stats.get("centres") is None or tuple(stats["centres"].shape) != tuple(weight.shape)):
         raise _damaged(run_dir, f"stats.safetensors has no centres {tuple(weight.shape)}")
-    for file, tensors in (("synthetic.safetensors", {"images": images}), ("golden_classifier.safetensors", golden), ("stats.safetensors", stats)):
+    for file, tensors in ((SYNTHETIC, {"images": images}), (GOLDEN_FILE, golden), (STATS_FILE, stats)):
         for k, t in tensors.items():
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise _damaged(run_dir, f"{file} holds non-finite values in {k!r}", "re-run edgedd distill into a new --out (lower --lr if the loss diverged)")
@@ -176,11 +201,108 @@ def _stage1_stats(run_dir: Path, golden_bytes: bytes, stage1: dict) -> dict:
     records checksums (edgedd >= the one that added them) both Stage I tensor files must match."""
     hashes = stage1.get("sha256")
     hashes = hashes if isinstance(hashes, dict) else {}
-    if "golden_classifier.safetensors" in hashes and hashlib.sha256(golden_bytes).hexdigest() != hashes["golden_classifier.safetensors"]:
+    if GOLDEN_FILE in hashes and hashlib.sha256(golden_bytes).hexdigest() != hashes[GOLDEN_FILE]:
         raise _damaged(run_dir, "golden_classifier.safetensors does not match its checksum in stage1.json")
-    if not (run_dir / "stats.safetensors").exists():
+    if not (run_dir / STATS_FILE).exists():
         return {}
-    data = _read(run_dir, "stats.safetensors")
-    if "stats.safetensors" in hashes and hashlib.sha256(data).hexdigest() != hashes["stats.safetensors"]:
+    data = _read(run_dir, STATS_FILE)
+    if STATS_FILE in hashes and hashlib.sha256(data).hexdigest() != hashes[STATS_FILE]:
         raise _damaged(run_dir, "stats.safetensors does not match its checksum in stage1.json")
-    return _tensors(run_dir, "stats.safetensors", data)
+    return _tensors(run_dir, STATS_FILE, data)
+
+
+# ----------------------------------------------------------------------------- writing (edgedd distill)
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _refuse_foreign_out(out: Path) -> bool:
+    """Refuse a file or a directory holding something other than an edgedd run (the lock file
+    does not count: it is ours). True if ``out`` holds a run."""
+    if out.exists() and not out.is_dir():
+        raise EdgeddError(f"--out {out} is a file", "pass a directory path")
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        if not (out / RUN_JSON).exists():
+            raise EdgeddError(f"--out {out} is not empty and is not an edgedd run directory", "choose a new or empty directory")
+        return True
+    return False
+
+
+def lock_run_dir(out: Path):
+    """The lock on ``out`` held for the whole distill (edgedd.lock): a second distill on the same
+    --out fails at once instead of mixing its files with this one's. Taken before the model loads,
+    after the checks that refuse a directory that is not ours (so nothing is written into one)."""
+    _refuse_foreign_out(out)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgeddError(f"cannot create --out {out} ({e.strerror or type(e).__name__})", "choose a writable location") from None
+    return lock(out / LOCK_FILE, f"--out {out}", remove_dir=out if created else None)
+
+
+def prepare_run_dir(out: Path, identity: dict, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory (say which fields differ), then write run.json."""
+    run_json = out / RUN_JSON
+    if _refuse_foreign_out(out):
+        try:
+            old = json.loads(run_json.read_text())
+        except (OSError, ValueError):  # a damaged run.json (also not UTF-8) reads as a different run
+            old = {}
+        if not isinstance(old, dict):
+            old = {}
+        if overwrite:
+            for p in out.iterdir():  # all but the lock file, held by this run: deleting it would let a second distill in
+                if p.name != LOCK_FILE:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        elif old.get("fingerprint") != identity["fingerprint"]:
+            a, b = _flatten(old["identity"] if isinstance(old.get("identity"), dict) else {}), _flatten(identity["identity"])
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise EdgeddError(
+                f"--out {out} already holds a different run (differs in {', '.join(diff[:6]) or 'format'})",
+                "choose another --out, or pass --overwrite to replace it",
+            )
+        elif (out / SUMMARY).exists():
+            raise EdgeddError(f"--out {out} already holds this finished run", "use it as it is, or pass --overwrite to redo it")
+        elif not resume:
+            raise EdgeddError(f"--out {out} holds an unfinished run of the same config", "pass --resume to continue it, or --overwrite to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temporaries(out)
+    atomic.write_json(run_json, identity)
+
+
+def stage2_log(out: Path, *, keep_through: int) -> MetricsLog:
+    """What Stage II writes as it goes: the previews folder (made now) and metrics.jsonl (a
+    MetricsLog to enter; on resume the lines past ``keep_through``, the checkpoint, go first)."""
+    (out / PREVIEWS).mkdir(exist_ok=True)
+    return MetricsLog(out / METRICS_FILE, keep_through=keep_through)
+
+
+def write_preview(out: Path, *, step: int, images: np.ndarray, num_classes: int) -> None:
+    """previews/step_XXXXXX.png: the grid of the synthetic images after ``step`` steps."""
+    write_grid(out / PREVIEWS / f"step_{step:06d}.png", images, num_classes)
+
+
+def write_result(out: Path, *, images: torch.Tensor, labels: torch.Tensor, meta: dict) -> None:
+    """synthetic.safetensors (images, labels and ``meta`` as JSON in its metadata), synthetic.json
+    (``meta``) and preview.png."""
+    atomic.write_bytes(out / SYNTHETIC, save(
+        {"images": images, "labels": labels},
+        metadata={"format": str(RUN_FORMAT), "json": json.dumps(meta, sort_keys=True)},
+    ))
+    atomic.write_json(out / SYNTHETIC_JSON, meta)
+    write_grid(out / PREVIEW, images.numpy(), len(meta["class_names"]))
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    """summary.json, which marks the run finished; the checkpoint it supersedes goes first."""
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    atomic.write_json(out / SUMMARY, summary)

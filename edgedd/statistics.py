@@ -18,26 +18,20 @@ on 4,000 images).
 
 Results are cached under ``$EDGEDD_CACHE_DIR`` (default ``~/.cache/edgedd``) keyed by backbone,
 weights hash, dataset fingerprint, preprocessing and this config, so a second distill on the same
-data skips the pass.
+data skips the pass. The files of an entry (the same as a run directory's Stage I files) are
+``edgedd.stage1_files``'.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
-import stat
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_bytes
-
-from .stio import torch_serialize as save
 
 from . import atomic
 from .augment import center_crop, normalize, render_views, sample_views
@@ -47,29 +41,10 @@ from .data import canvas_loader
 from .images import LabelledImages
 from .distributed import SINGLE, Dist, on_all_ranks
 from .rng import block_generator
+from .stage1_files import STAGE1_FORMAT, Stage1, load_stage1, save_stage1
 from .errors import EdgeddError
 from .heads import ce_loss, fit_lbfgs, train_reference
 from .progress import Progress
-from .terminal import say
-
-STAGE1_FORMAT = 2  # 2: per-batch view generators (independent of the number of ranks)
-STATS_FILE = "stats.safetensors"
-GOLDEN_FILE = "golden_classifier.safetensors"
-STAGE1_JSON = "stage1.json"
-
-
-@dataclass
-class Stage1:
-    sums: torch.Tensor  # (C, D) float64
-    counts: torch.Tensor  # (C,) int64
-    weight: torch.Tensor  # (C, D) float32, golden classifier
-    bias: torch.Tensor  # (C,) float32
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def centres(self) -> torch.Tensor:
-        return self.sums / self.counts.unsqueeze(1).to(self.sums.dtype)
-
 
 CACHE_ENV = "EDGEDD_CACHE_DIR"
 
@@ -108,6 +83,7 @@ def extract_features(
     cfg: StageIConfig,
     device: torch.device,
     feature_file: Path,
+    *,
     num_workers: int = 0,
     strict_images: bool = False,
     progress: bool = True,
@@ -294,7 +270,8 @@ def train_golden(feats, labels: np.ndarray, num_classes: int, cfg: StageIConfig,
     return fit.head.weight.detach().cpu().float(), fit.head.bias.detach().cpu().float(), report
 
 
-def run_stage1(model, info, source, cfg, device, work_dir: Path, num_workers=0, strict_images=False, progress=True, group: Dist = SINGLE) -> Stage1:
+def run_stage1(model, info, source, cfg, device, *, work_dir: Path, num_workers=0, strict_images=False, progress=True, group: Dist = SINGLE
+               ) -> Stage1:
     """The pass and the golden classifier. With several ranks the classifier is trained on rank 0
     only (on the gathered features); the other ranks get empty weight/bias tensors."""
     t0 = time.perf_counter()
@@ -302,8 +279,8 @@ def run_stage1(model, info, source, cfg, device, work_dir: Path, num_workers=0, 
         work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir if group.main else None, prefix=".features-") as tmp:
         sums, counts, feats, labels, skipped = extract_features(
-            model, info, source, cfg, device, Path(tmp) / "views.npy", num_workers, strict_images, progress, group
-        )
+            model, info, source, cfg, device, Path(tmp) / "views.npy", num_workers=num_workers, strict_images=strict_images,
+            progress=progress, group=group)
         t1 = time.perf_counter()
         if group.main:
             weight, bias, golden = train_golden(feats, labels, source.num_classes, cfg, device, progress)
@@ -327,114 +304,7 @@ def run_stage1(model, info, source, cfg, device, work_dir: Path, num_workers=0, 
     return Stage1(sums, counts, weight, bias, meta)
 
 
-def save_stage1(s: Stage1, directory: Path) -> None:
-    """Tensors to safetensors, metadata to JSON; the JSON is written last and marks completion.
-    It records the sha256 of each tensor file ("sha256"), which :func:`load_stage1` verifies."""
-    directory.mkdir(parents=True, exist_ok=True)
-    centres = s.centres
-    from .losses import flow
-
-    files = {
-        STATS_FILE: save(
-            {"sums": s.sums.contiguous(), "counts": s.counts.contiguous(), "centres": centres.contiguous(), "flow": flow(centres).contiguous()},
-            metadata={"format": str(STAGE1_FORMAT), "key": s.meta["key"]},
-        ),
-        GOLDEN_FILE: save(
-            {"weight": s.weight.contiguous(), "bias": s.bias.contiguous()},
-            metadata={"format": str(STAGE1_FORMAT), "key": s.meta["key"]},
-        ),
-    }
-    for name, data in files.items():
-        atomic.write_bytes(directory / name, data)
-    atomic.write_json(directory / STAGE1_JSON, {**s.meta, "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}})
-
-
-class Stage1Damaged(Exception):
-    """A Stage I entry that exists but cannot be trusted (see :func:`verify_stage1`)."""
-
-
-def _read_regular(path: Path) -> bytes:
-    """The bytes of a regular file (a FIFO or device would block or never end)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise Stage1Damaged(f"{path.name} is not a regular file")
-        return path.read_bytes()
-    except OSError as e:
-        raise Stage1Damaged(f"{path.name}: {e.strerror or type(e).__name__}") from None
-
-
-def verify_stage1(directory: Path, meta: dict, num_classes: int | None = None, dim: int | None = None) -> Stage1:
-    """The Stage I tensors in ``directory`` described by ``meta`` (its stage1.json), each file read
-    once, its sha256 checked against the one save_stage1 recorded, then parsed from those bytes and
-    checked: sums (C, D) float64, counts (C,) int64 > 0, weight (C, D) float32, bias (C,) float32,
-    every value finite (the centres also in float32, as Stage II uses them). Raises Stage1Damaged."""
-    hashes = meta.get("sha256")
-    if not isinstance(hashes, dict):
-        raise Stage1Damaged("no checksums (written by an older edgedd)")
-    if not isinstance(meta.get("skipped_images", []), list) or not isinstance(meta.get("golden", {}), dict):
-        raise Stage1Damaged(f"{STAGE1_JSON} is malformed")
-    tensors = {}
-    for name in (STATS_FILE, GOLDEN_FILE):
-        data = _read_regular(directory / name)
-        if hashlib.sha256(data).hexdigest() != hashes.get(name):
-            raise Stage1Damaged(f"{name} does not match its checksum")
-        try:
-            tensors[name] = load_bytes(data)
-        except Exception as e:  # safetensors raises its own error types for malformed files
-            raise Stage1Damaged(f"{name} is malformed ({type(e).__name__})") from None
-    stats, golden = tensors[STATS_FILE], tensors[GOLDEN_FILE]
-    sums, counts, weight, bias = stats.get("sums"), stats.get("counts"), golden.get("weight"), golden.get("bias")
-    if sums is None or sums.dtype != torch.float64 or sums.dim() != 2:
-        raise Stage1Damaged("sums are not a (C, D) float64 tensor")
-    c, d = num_classes or sums.shape[0], dim or sums.shape[1]
-    want = {"sums": (sums, torch.float64, (c, d)), "counts": (counts, torch.int64, (c,)), "centres": (stats.get("centres"), torch.float64, (c, d)),
-            "flow": (stats.get("flow"), torch.float64, (c, d)), "weight": (weight, torch.float32, (c, d)), "bias": (bias, torch.float32, (c,))}
-    for name, (t, dtype, shape) in want.items():
-        if t is None or (dtype is not None and t.dtype != dtype) or (shape is not None and tuple(t.shape) != shape):
-            raise Stage1Damaged(f"{name} is missing or not {str(dtype).removeprefix('torch.')} {shape}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise Stage1Damaged(f"{name} holds non-finite values")
-    if not (counts > 0).all():
-        raise Stage1Damaged("a class count is not positive")
-    s1 = Stage1(sums, counts, weight, bias, meta)
-    if not torch.isfinite(s1.centres.float()).all():
-        raise Stage1Damaged("the class centres overflow float32")
-    return s1
-
-
-def load_stage1(directory: Path, key: str | None = None, num_classes: int | None = None, dim: int | None = None,
-                remove_damaged: bool = False) -> Stage1 | None:
-    """The stage-I result in ``directory``, or None if absent, incomplete or for another key.
-
-    An entry that is there but fails :func:`verify_stage1` (bytes changed since it was written,
-    truncated or malformed files, wrong shapes, non-finite values) is also None, after one warning
-    line on stderr: the caller recomputes it and overwrites the entry. ``remove_damaged`` (for a
-    cache entry, a directory edgedd owns whole) deletes it first, so that nothing in it, a
-    directory where a file belongs say, can stop the rewrite."""
-    try:
-        meta = json.loads((directory / STAGE1_JSON).read_text())
-    except FileNotFoundError:
-        return None  # absent or never completed (stage1.json is written last)
-    except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON, not UTF-8
-        return _damaged(directory, f"{STAGE1_JSON} is unreadable ({type(e).__name__})", remove_damaged)
-    if not isinstance(meta, dict):
-        return _damaged(directory, f"{STAGE1_JSON} is not a JSON object", remove_damaged)
-    if meta.get("format") != STAGE1_FORMAT or (key is not None and meta.get("key") != key):
-        return None
-    try:
-        return verify_stage1(directory, meta, num_classes, dim)
-    except Stage1Damaged as e:
-        return _damaged(directory, str(e), remove_damaged)
-
-
-def _damaged(directory: Path, why: str, remove: bool) -> None:
-    say(f"warning: the Stage I files in {directory} are damaged ({why}); recomputing them")  # the path may hold escapes
-    if remove:
-        shutil.rmtree(directory, ignore_errors=True)
-    return None
-
-
-def stage1_cached(model, info, source, cfg, device, num_workers=0, strict_images=False, progress=True, use_cache=True,
+def stage1_cached(model, info, source, cfg, device, *, num_workers=0, strict_images=False, progress=True, use_cache=True,
                   group: Dist = SINGLE, run_dir: Path | None = None) -> tuple[Stage1, bool]:
     """Stage I from ``run_dir`` (a resumed run) or the cache when its key matches, else the pass
     (all ranks) and, on rank 0, filling the cache. Every rank gets sums and counts; the golden
@@ -454,7 +324,8 @@ def stage1_cached(model, info, source, cfg, device, num_workers=0, strict_images
     hit = group.on_main(lookup)
     if group.broadcast_text("hit" if hit is not None else "") == "hit":
         return _share(hit, source.num_classes, info.num_features, group), True
-    result = run_stage1(model, info, source, cfg, device, directory, num_workers, strict_images, progress, group)
+    result = run_stage1(model, info, source, cfg, device, work_dir=directory, num_workers=num_workers, strict_images=strict_images,
+                        progress=progress, group=group)
     if group.main:
         if use_cache:
             save_stage1(result, directory)

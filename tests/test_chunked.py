@@ -5,7 +5,8 @@ import torch
 
 from edgedd.chunked import chunked_step
 from edgedd.config import DistillConfig
-from edgedd.distill import _autocast, feature_loss, sfm_step_loss
+from edgedd.backbones import backbone_autocast as _autocast
+from edgedd.stage2 import feature_loss, sfm_step_loss
 from edgedd.losses import flow
 from edgedd.synthetic import Pyramid
 

@@ -207,7 +207,7 @@ def test_init_real_starts_from_real_images_of_each_class(image_folder, tmp_path)
 
     from edgedd.data import CanvasDataset
     from edgedd.images import scan_image_folder
-    from edgedd.distill import real_init_images
+    from edgedd.stage2 import real_init_images
 
     out = tmp_path / "run"
     r = CliRunner().invoke(app, tiny_distill_args(image_folder, out, "--iterations", "2", "--init", "real", "--lr", "1e-9"))

@@ -96,16 +96,15 @@ def test_sigkill_and_resume_is_bit_identical(image_folder, tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_run(image_folder, tmp_path):
     """A checkpoint whose fingerprint does not match the run is refused, not silently used."""
-    from edgedd.distill import load_checkpoint
+    from edgedd.checkpoint import adam, load_checkpoint, save_checkpoint
     from edgedd.errors import EdgeddError
     from edgedd.synthetic import Pyramid
-    from edgedd.distill import save_checkpoint, _adam
 
     g = torch.Generator().manual_seed(0)
     pyr = Pyramid.init(2, 8, g)
-    save_checkpoint(tmp_path / "c.safetensors", 3, pyr, _adam(pyr.levels, 1e-3), g, "run-a", 0.5)
+    save_checkpoint(tmp_path / "c.safetensors", step=3, pyr=pyr, opt=adam(pyr.levels, 1e-3), gen=g, run_fp="run-a", loss=0.5)
     with pytest.raises(EdgeddError, match="belongs to another run"):
-        load_checkpoint(tmp_path / "c.safetensors", "run-b", 8, 1e-3, torch.Generator(), "cpu")
+        load_checkpoint(tmp_path / "c.safetensors", run_fp="run-b", syn_res=8, lr=1e-3, gen=torch.Generator(), device="cpu")
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(EdgeddError, match="unreadable"):
-        load_checkpoint(tmp_path / "bad.safetensors", "run-a", 8, 1e-3, torch.Generator(), "cpu")
+        load_checkpoint(tmp_path / "bad.safetensors", run_fp="run-a", syn_res=8, lr=1e-3, gen=torch.Generator(), device="cpu")

@@ -15,7 +15,7 @@ import pytest
 from _crafted import one_line_error
 from _rundirs import cache_entry, distill, outside, rehash_file, rewrite, tree
 
-from edgedd.statistics import GOLDEN_FILE, STAGE1_JSON, STATS_FILE
+from edgedd.rundir import GOLDEN_FILE, STAGE1_JSON, STATS_FILE
 
 
 def _negate(t):

@@ -16,7 +16,7 @@ from _rundirs import distill, outside, rewrite, tree
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from edgedd import distill as distill_module
+from edgedd import stage2
 from edgedd.cli import app
 from edgedd.statistics import cache_root
 
@@ -28,7 +28,7 @@ def test_a_non_finite_or_absurd_lr_is_refused_before_anything_is_written(lr, ima
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step(image_folder, tmp_path, monkeypatch, tmp_path_factory, opened):
-    real = distill_module.feature_loss
+    real = stage2.feature_loss
     calls = []
 
     def diverging(*a, **k):  # the loss of step 3 is NaN, as a diverging run's would be
@@ -36,7 +36,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(image_folder, tmp_path,
         loss = real(*a, **k)
         return loss * float("nan") if len(calls) >= 3 else loss
 
-    monkeypatch.setattr(distill_module, "feature_loss", diverging)
+    monkeypatch.setattr(stage2, "feature_loss", diverging)
     out = tmp_path / "run"
     with opened:
         r = distill(image_folder, out, "--checkpoint-every", "1", "--chunk-size", "0")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from edgedd.cli import app
 from edgedd.config import MAX_RESOLUTION
-from edgedd.statistics import STATS_FILE
+from edgedd.rundir import STATS_FILE
 from edgedd.terminal import printable
 
 EVIL = "circle\x1b]0;owned\x07\x1b[2J\nforged line\udcff"  # retitle, clear screen, a new line, a non-UTF-8 byte
