@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from _crafted import one_line_error, resign
 from onnx import TensorProto, helper, numpy_helper
@@ -80,8 +81,8 @@ def test_a_symlinked_graph_is_refused(bundle, tmp_path):
 
 def test_each_graph_is_read_once_and_the_same_bytes_go_to_onnxruntime(bundle, monkeypatch, opened):
     got = []
-    real = runtime.ort.InferenceSession
-    monkeypatch.setattr(runtime.ort, "InferenceSession", lambda model, **kw: got.append(model) or real(model, **kw))
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda model, **kw: got.append(model) or real(model, **kw))
     with opened:
         b = runtime.open_bundle(bundle)
     assert all(isinstance(m, bytes) for m in got) and len(got) == 3

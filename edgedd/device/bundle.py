@@ -1,0 +1,182 @@
+"""A bundle, verified and open: the artifact checked, every graph read once and hashed, the
+onnxruntime sessions loaded from those same bytes. :class:`Bundle` is the device side's Python API.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import EdgeddError
+from ..paths import require_dir, require_file
+from . import artifact as art
+from .finetune import load_finetuned
+from .infer import classify, softmax, top_indices
+from .inputs import as_image_list, edge_canvas, is_image_list
+from .onnx_scan import Malformed, uses_external_data
+from .render import center_crop, normalize
+
+# A graph's file name must be a bare name inside the bundle: one rule, the schema's (checked on
+# every read of the artifact; read_graph checks it again before touching the file system).
+from .schema import GRAPH_NAME
+
+
+ROLES = ("backbone", "projector", "classifier")
+
+
+@dataclass
+class Bundle:
+    """A verified bundle with its onnxruntime sessions open: the device side's Python API.
+
+    ``Bundle.open(path)`` verifies the bundle once (artifact hash, every graph's sha256, no
+    external data; :func:`open_bundle`) and loads the device-fitted projector when deploy-check
+    wrote a valid one for this artifact and this backbone variant (:func:`load_finetuned`);
+    ``predict`` then reuses the sessions, so a camera loop pays for neither again::
+
+        b = Bundle.open("bundles/mnist")
+        b.predict(frame, top_k=3)       # [(label, prob), ...] for one image
+        b.predict([a, b2, "x.png"])     # one such list per image
+
+    Images: a file path, a PIL image, an (H, W, 3) uint8 RGB array, or a list of those (an
+    (N, H, W, 3) uint8 array is a list too). Preprocessing is ``edgedd predict``'s, byte for byte:
+    RGB (alpha over black), shorter side to the canvas, centre crop, normalise.
+    """
+
+    directory: Path
+    artifact: art.Artifact
+    sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
+    providers: list[str] = field(default_factory=list)
+    variant: str = "fp32"  # which backbone the sessions run: "fp32" or "int8"
+    graph_sha256: dict[str, str] = field(default_factory=dict)
+    graph_files: dict[str, Path] = field(default_factory=dict)  # role -> the file each session was loaded from (for errors)
+    # The device-fitted projector (W, b) that Bundle.open found for this variant; None: the packed projector graph.
+    projector: tuple[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None) -> Bundle:
+        """Verify the bundle, open its sessions (``int8``: the int8 backbone) and load the fitted projector.
+
+        Raises EdgeddError (one line with the fix) for a bundle that does not verify, a missing
+        int8 backbone, or a fitted projector that is damaged or was fitted on the other variant.
+        """
+        b = open_bundle(directory, int8=int8, providers=providers)
+        b.projector = load_finetuned(b)
+        return b
+
+    @property
+    def meta(self) -> dict:
+        return self.artifact.meta
+
+    @property
+    def edge_preprocess(self) -> dict:
+        return self.meta["edge"]["preprocess"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"]
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in label order (a copy)."""
+        return list(self.class_names)
+
+    def inputs(self, images) -> np.ndarray:
+        """Images (one or a list, see the class docstring) -> normalised (n, 3, S, S) edge inputs."""
+        pp = self.edge_preprocess
+        canvases = [edge_canvas(im, pp["resize_size"], pp["interpolation"]) for im in as_image_list(images)]
+        if not canvases:
+            return np.zeros((0, 3, pp["input_size"], pp["input_size"]), np.float32)
+        x = np.stack(canvases).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        return normalize(center_crop(x, pp["input_size"]), pp["mean"], pp["std"])
+
+    def probabilities(self, images) -> np.ndarray:
+        """Softmax class probabilities, (n, classes) float32, for one image or a list."""
+        x = self.inputs(images)
+        if not len(x):
+            return np.zeros((0, len(self.class_names)), np.float32)
+        return softmax(classify(self, x, self.projector))
+
+    def predict(self, images, top_k: int = 5) -> list:
+        """The ``top_k`` most probable (label, prob), best first: a list for one image, a list of
+        such lists for a list of images."""
+        prob = self.probabilities(images)
+        rows = [[(self.class_names[i], float(row[i])) for i in top_indices(row, top_k)] for row in prob]
+        return rows if is_image_list(images) else rows[0]
+
+
+def read_graph(directory: Path, role: str, entry) -> bytes:
+    """The verified bytes of one graph: bare name checked first, file read once, sha256 on those bytes.
+
+    Every name that is not a bare file name gets the same message, without touching the file
+    system, so a crafted artifact learns nothing about what exists outside the bundle. The file
+    is opened without following a symlink and must be a regular file (a FIFO would hang).
+    """
+    name = entry.get("file") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not GRAPH_NAME.fullmatch(name):
+        raise EdgeddError(f"the artifact in {directory} names its {role} graph by something other than a file name inside the bundle",
+                          "the bundle was altered; re-copy it or re-run edgedd pack")
+    path = directory / name
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise EdgeddError(f"bundle {directory} is missing {name}", "copy the whole bundle directory") from None
+    except OSError as e:  # ELOOP: a symlink, which could lead outside the bundle; EACCES; ...
+        why = "a symbolic link" if e.errno == errno.ELOOP else os.strerror(e.errno) if e.errno else type(e).__name__
+        raise EdgeddError(f"cannot read {path} ({why})", "graph files must be readable regular files inside the bundle; re-copy it") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise EdgeddError(f"{path} is not a regular file", "graph files must be regular files inside the bundle; re-copy it")
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise EdgeddError(f"{path} does not match the artifact (sha256 mismatch)", "the bundle was altered or mixed up; re-copy it")
+    return data
+
+
+def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None) -> Bundle:
+    """Read and verify the artifact, check every ONNX file's sha256, open the sessions.
+
+    A bundle is a closed world: each graph is read once, hashed, and the *same bytes* go to
+    onnxruntime (never re-opened by path, so swapping a file afterwards changes nothing), and a
+    graph whose tensors live in external files is refused (see onnx_scan).
+    """
+    directory = require_dir(directory, "bundle", "pass the --out directory of edgedd pack")
+    a = art.read(require_file(directory / art.ARTIFACT_FILE, "artifact", "pass a bundle directory made by edgedd pack"))
+    graphs = a.meta.get("onnx")
+    graphs = dict(graphs) if isinstance(graphs, dict) else {}
+    if int8:
+        if "backbone_int8" not in graphs:
+            raise EdgeddError(f"bundle {directory} has no int8 backbone", "re-pack it on the host with edgedd pack --int8, or run without --int8")
+        graphs["backbone"] = graphs["backbone_int8"]
+    available = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]  # remote-only EP
+    chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
+    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    for role in ROLES:
+        g = graphs.get(role)
+        if not g:
+            raise EdgeddError(f"artifact in {directory} lists no {role} graph", "re-run edgedd pack")
+        data = read_graph(directory, role, g)
+        name = g["file"]
+        try:
+            external = uses_external_data(data)
+        except Malformed:  # refused too: what this walker cannot read, it cannot vouch for
+            raise EdgeddError(f"{directory / name} is not a valid ONNX model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
+        if external:
+            raise EdgeddError(f"{directory / name} keeps tensors in external files, which a bundle never does",
+                              "the bundle was altered; re-copy it or re-run edgedd pack")
+        b.graph_sha256[role] = g["sha256"]
+        b.graph_files[role] = directory / name
+        try:
+            b.sessions[role] = ort.InferenceSession(data, sess_options=opts, providers=chosen)
+        except Exception as e:  # onnxruntime's own exception types
+            raise EdgeddError(f"onnxruntime cannot load {directory / name} ({type(e).__name__})",
+                              "check the onnxruntime version (see the bundle's meta)") from None
+    return b

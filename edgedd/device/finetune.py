@@ -1,0 +1,144 @@
+"""Fine-tuning the projector on the device, and the fitted projector it writes beside the bundle.
+
+Inference (Classifier Inheritance, METHOD.md Stage III):
+
+    logits = classifier( P( phi_B(x) ) ),   P(f) = W f + b  (D_B -> D_A)
+
+phi_B is the edge backbone's ONNX graph; the classifier is the golden full-data classifier
+inherited from the host. Fine-tuning P needs no host backbone: the artifact stores phi_A features
+of K augmented views of every synthetic image (the *targets*) and the view boxes, so the device
+renders the same views, runs phi_B on them and solves the ridge regression in closed form:
+
+    [W; b] = argmin ||X W^T + 1 b^T - Y||^2 + lam ||W||^2
+    W^T = (Xc^T Xc + lam I)^-1 Xc^T Yc,  b = mean(Y) - W mean(X),   Xc, Yc centred      (3)
+
+with lam = ridge * trace(Xc^T Xc) / D_B (scale-free).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..atomic import write_bytes
+from ..errors import EdgeddError
+from .infer import backbone_features
+from .render import normalize, render_views
+from .ridge import fit_ridge as fit_projector_ridge, mse, objective, select_ridge
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+
+
+FINETUNED_FILE = "projector.finetuned.safetensors"
+VARIANTS = ("fp32", "int8")  # the backbone graphs a bundle can hold ("int8" only if packed with --int8)
+
+
+def synthetic_pixels(b: Bundle) -> np.ndarray:
+    return b.artifact["synthetic.images"].astype(np.float32) / 255.0
+
+
+def view_inputs(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
+    """Render the stored views at the edge input size: (N*K, 3, S, S) inputs, (N*K, D_A) targets."""
+    pix = synthetic_pixels(b)
+    boxes, flips, targets = b.artifact["targets.boxes"], b.artifact["targets.flips"], b.artifact["targets.features"]
+    n, k = boxes.shape[:2]
+    pp = b.edge_preprocess
+    views = render_views(np.repeat(pix, k, axis=0), boxes.reshape(n * k, 4), flips.reshape(n * k).astype(bool), pp["input_size"])
+    return normalize(views, pp["mean"], pp["std"]), targets.reshape(n * k, -1)
+
+
+def fine_tune_projector(b: Bundle, ridge: float | None = None) -> dict:
+    """Fit the projector on this device's phi_B of the stored views (edgedd.device.ridge): at the
+    relative strength ``ridge``, or, with None, the one grouped cross-validation on the synthetic
+    images picks (what generalises from this bundle's images to unseen ones through *this* B)."""
+    x_in, y = view_inputs(b)
+    feats = backbone_features(b, x_in)
+    n, k = b.artifact["targets.boxes"].shape[:2]
+    prior = b.meta.get("reference", {}).get("projector_prior", "none")  # format < 1.2: none
+    scores = {}
+    if ridge is None:
+        ridge, scores = select_ridge(feats, y, np.repeat(np.arange(n), k), b.artifact["synthetic.labels"], prior=prior)
+    w, bias = fit_projector_ridge(feats, y, ridge, prior)
+    w0, b0 = b.artifact["projector.weight"], b.artifact["projector.bias"]
+    return {"weight": w, "bias": bias, "views": len(y), "mse_before": mse(feats, y, w0, b0), "mse_after": mse(feats, y, w, bias),
+            "objective_before": objective(feats, y, w0, ridge, prior), "objective_after": objective(feats, y, w, ridge, prior),
+            "ridge": ridge, "ridge_scores": scores, "prior": prior}
+
+
+def projector_problem(b: Bundle, w, bias) -> str | None:
+    """Why (w, bias) cannot be this bundle's projector D_B -> D_A, or None if it can."""
+    d_a, d_b = b.artifact["projector.weight"].shape
+    for name, t, shape in (("weight", w, (d_a, d_b)), ("bias", bias, (d_a,))):
+        if not isinstance(t, np.ndarray) or t.dtype != np.float32:
+            return f"{name} is {getattr(t, 'dtype', type(t).__name__)}, not float32"
+        if t.shape != shape:
+            return f"{name} has shape {t.shape}, not {shape}"
+        if not np.isfinite(t).all():
+            return f"{name} holds NaN or infinite values"
+    return None
+
+
+def save_finetuned(b: Bundle, ft: dict) -> Path:
+    """Write the device-fitted projector, bound to the artifact and to the backbone graph it was fitted on."""
+    from ..stio import serialize as save
+
+    meta = {"artifact_sha256": b.artifact.file_sha256, "backbone": b.variant, "backbone_sha256": b.graph_sha256["backbone"],
+            "method": "ridge (closed form)", "ridge": repr(ft["ridge"]), "views": str(ft["views"]),
+            "mse_before": repr(ft["mse_before"]), "mse_after": repr(ft["mse_after"])}
+    path = b.directory / FINETUNED_FILE
+    write_bytes(path, save({"weight": ft["weight"], "bias": ft["bias"]}, metadata=meta))
+    return path
+
+
+def load_finetuned(b: Bundle) -> tuple[np.ndarray, np.ndarray] | None:
+    """The device-fitted projector, if one was written for *this* artifact and *this* backbone.
+
+    Validated, not trusted: anything on disk could have written it. Raises EdgeddError naming
+    what is wrong (damaged, fitted for another artifact or backbone, wrong dtype or shape, not
+    finite); None if there is no such file.
+    """
+    from safetensors import safe_open
+
+    path = b.directory / FINETUNED_FILE
+    if not os.path.lexists(path):
+        return None
+
+    def bad(what: str) -> EdgeddError:
+        return EdgeddError(f"{path} is not a valid fitted projector for this bundle ({what})",
+                           "delete it and run edgedd deploy-check again" + (" --int8" if b.variant == "int8" else ""))
+
+    if path.is_symlink() or not path.is_file():
+        raise bad("not a regular file")
+    d_a, d_b = b.artifact["projector.weight"].shape
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            md = f.metadata() or {}
+            if sorted(f.keys()) != ["bias", "weight"]:
+                raise bad(f"tensors {sorted(f.keys())[:4]}, not bias and weight")
+            for name, shape in (("weight", (d_a, d_b)), ("bias", (d_a,))):  # shape from the header, before reading data
+                if tuple(f.get_slice(name).get_shape()) != shape:
+                    raise bad(f"{name} has shape {tuple(f.get_slice(name).get_shape())}, not {shape}")
+            w, bias = f.get_tensor("weight"), f.get_tensor("bias")
+    except EdgeddError:
+        raise
+    except Exception:  # safetensors' own error types
+        raise bad("damaged") from None
+    if md.get("artifact_sha256") != b.artifact.file_sha256:
+        raise bad("fitted for another artifact")
+    fitted_on = md.get("backbone")
+    if fitted_on in VARIANTS and fitted_on != b.variant:  # the other variant's fit: say how to get this one's
+        raise EdgeddError(f"{path} is not a valid fitted projector for this bundle (fitted for the {fitted_on} backbone, this run uses {b.variant})",
+                          f"run edgedd deploy-check{' --int8' if b.variant == 'int8' else ''} on this bundle to fit it for the {b.variant} "
+                          f"backbone (it replaces the {fitted_on} fit), or run with{'out' if b.variant == 'int8' else ''} --int8")
+    if fitted_on != b.variant:
+        raise bad(f"fitted for the {fitted_on or 'unknown'} backbone, this run uses {b.variant}")
+    if md.get("backbone_sha256") != b.graph_sha256["backbone"]:
+        raise bad("fitted for another backbone graph")
+    problem = projector_problem(b, w, bias)
+    if problem:
+        raise bad(problem)
+    return w, bias

@@ -1,0 +1,48 @@
+"""Running a bundle's graphs: edge inputs -> backbone features -> logits -> probabilities."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import EdgeddError
+from .ortrun import run as run_graph
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+
+
+def _run(b: Bundle, role: str, x: np.ndarray) -> np.ndarray:
+    """One batch through one graph, under the time limit (ortrun)."""
+    sess = b.sessions[role]
+    feeds = {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+    return run_graph(sess, feeds, f"the {role} graph {b.graph_files.get(role, '')}".rstrip())[0]
+
+
+def backbone_features(b: Bundle, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """images: normalised (n, 3, S, S) float32 at the edge input size."""
+    return np.concatenate([_run(b, "backbone", images[s : s + batch]) for s in range(0, len(images), batch)])
+
+
+def classify(b: Bundle, images: np.ndarray, projector: tuple[np.ndarray, np.ndarray] | None = None, batch: int = 64) -> np.ndarray:
+    """Normalised edge inputs -> logits. ``projector`` None: the packed projector graph."""
+    out = []
+    for s in range(0, len(images), batch):
+        f = _run(b, "backbone", images[s : s + batch])
+        p = _run(b, "projector", f) if projector is None else f @ projector[0].T + projector[1]
+        out.append(_run(b, "classifier", p))
+    return np.concatenate(out)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def top_indices(prob: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries of one row, largest first (ties: lower index first)."""
+    if k < 1:
+        raise EdgeddError(f"top_k is {k}", "ask for at least one label")
+    return np.argsort(-prob, kind="stable")[: min(k, len(prob))]
