@@ -79,9 +79,10 @@ def auto_chunk_size(model, pyr, cfg, info, device, autocast, fraction: float = 0
     else:
         avail = None
         try:
-            for line in open("/proc/meminfo"):
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        avail = int(line.split()[1]) * 1024
         except OSError:
             pass
         if avail is None:

@@ -18,23 +18,19 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .augment import Views, center_crop, render_views, sample_views
 from .backbones import BackboneInfo, encode, load_backbone
-from .config import AugmentConfig, Preprocess
+from .config import AugmentConfig, EvalConfig, Preprocess
 from .data import CanvasDataset, canvas_loader, collate_canvases
 from .errors import EdgeddError
 from .heads import Sampler
 from .images import LabelledImages
 from .progress import Progress
 from .rundir import Run
-
-if TYPE_CHECKING:
-    from .evaluate import EvalConfig
 
 
 def _generator(*parts) -> torch.Generator:
