@@ -43,6 +43,7 @@ from .backbone_host import (backbone_autocast, encode, output_width, plain_atten
 from .config import Preprocess
 from .errors import EdgeddError
 from .hub import HUB_PROBE_TIMEOUT_S, check_hub_reachable, hub_offline, hub_weights_file
+from .rng import seed_for
 from .timm_rules import REFERENCE_CROP, REFERENCE_SYN, clip_projection_width, distill_resolution
 
 __all__ = [
@@ -174,7 +175,7 @@ def load_backbone(
                 "pass --weights FILE.safetensors to load them offline, or --weights random for a smoke test",
             ) from e
     elif weights == "random":
-        torch.manual_seed(seed)  # random init is reproducible from the run's seed
+        torch.manual_seed(seed_for(seed))  # timm's random init reads the global generator: the run's seed (edgedd.rng)
         model = _create(name, input_size, pretrained=False, **create_kwargs)
     else:
         path = _weights_file(weights, "pass a .safetensors file, 'hub' or 'random'")
@@ -231,7 +232,7 @@ def _load_shipped(
         file = _weights_file(weights, "pass a .safetensors file, 'hub', 'shipped' or 'random'")
         source, label = "file", weights
     if source == "random":
-        torch.manual_seed(seed)  # random init is reproducible from the run's seed
+        torch.manual_seed(seed_for(seed))  # timm's random init reads the global generator: the run's seed (edgedd.rng)
     try:
         model = zoo.create(name, pretrained=source == "shipped", img_size=input_size, weights_file=file,
                            exportable=exportable, **create_kwargs)

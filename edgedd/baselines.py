@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from .augment import center_crop
-from .encoders import Encoder, TrainPass, _generator, load_canvases, make_sampler, train_pass
+from .encoders import Encoder, TrainPass, load_canvases, make_sampler, train_pass
 from .errors import EdgeddError
 from .evaluate import BASELINES, EvalConfig, _centres, fit_probe, summarise
 from .images import LabelledImages
 from .progress import Progress
+from .rng import seed_for, torch_generator
 from .rundir import Run
 from .statistics import train_golden
 
@@ -81,7 +82,7 @@ def baseline_sets(run: Run, train: LabelledImages, train_map: np.ndarray, enc_a:
     return BaselineSets(
         fixed={"centroids": real(select_centroids(tp.feats_a, tp.labels, centres, run.ipc)),
                "neighbors": real(select_neighbors(tp.feats_a, tp.labels, syn_a, run.labels))},
-        draw_random=lambda seed: real(select_random(tp.labels, run.num_classes, run.ipc, _generator("random-baseline", seed))),
+        draw_random=lambda seed: real(select_random(tp.labels, run.num_classes, run.ipc, torch_generator("random-baseline", seed))),
         full=tp,
     )
 
@@ -91,7 +92,7 @@ def run_baselines(sets: BaselineSets, run: Run, enc_b: Encoder, cfg: EvalConfig,
 
     def normal_probe(canvases: torch.Tensor, labels: torch.Tensor, seed: int, tag: str) -> tuple[tuple[float, float], dict]:
         """The ``normal`` protocol on real canvases, exactly as on the synthetic set."""
-        fit = fit_probe(make_sampler(canvases, [enc_b], cfg, seed), labels, c, cfg, _generator("train", seed), device, bar=bar, tag=tag)
+        fit = fit_probe(make_sampler(canvases, [enc_b], cfg, seed), labels, c, cfg, torch_generator("train", seed), device, bar=bar, tag=tag)
         return score(fit.head), fit.report()
 
     out: dict[str, list] = {b: [] for b in BASELINES}
@@ -104,7 +105,7 @@ def run_baselines(sets: BaselineSets, run: Run, enc_b: Encoder, cfg: EvalConfig,
             out[name].append(sc)
             fits[name].append(rep)
         # full: the golden classifier's own recipe (Stage I) on phi_B of the whole training set
-        w, b, rep = train_golden(sets.full.feats_b.numpy(), sets.full.labels.numpy(), c, replace(s1, seed=s1.seed + seed), device,
+        w, b, rep = train_golden(sets.full.feats_b.numpy(), sets.full.labels.numpy(), c, replace(s1, seed=seed_for("full-baseline", s1.seed, seed)), device,
                                  progress=False)
         head = torch.nn.Linear(w.shape[1], c).to(device)
         with torch.no_grad():

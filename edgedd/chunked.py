@@ -20,6 +20,7 @@ import torch
 
 from .augment import StepDraws, apply_augment, normalize
 from .distributed import SINGLE, Dist
+from .rng import torch_generator
 from .synthetic import decode
 
 
@@ -90,7 +91,7 @@ def auto_chunk_size(model, pyr, cfg, info, device, autocast, fraction: float = 0
         free = avail
     mem = PhaseMemory(device)
     mem.start()
-    probe_gen = torch.Generator(device=device).manual_seed(0)  # never touches the run's generator
+    probe_gen = torch_generator("chunk-probe", device=device)  # never touches the run's generator
     draws = StepDraws.draw(probe_gen, pyr.total * cfg.augs_per_batch, cfg.augment, cfg.crop_res, dtype=pyr.levels[0].dtype)
     z = _views_features(model, pyr, draws, torch.arange(min(2, total), device=device), cfg, info, autocast)
     z.sum().backward()

@@ -9,13 +9,12 @@ the heads train on, and the passes over real images.
 * :func:`test_features`, :func:`train_pass`, :func:`load_canvases`: the test set's phi_B (centre
   crop), one pass over the real training set for the baselines, and real images as canvases.
 
-All randomness comes from :func:`_generator`, explicit CPU generators derived from a purpose and a
-seed index.
+All randomness comes from :func:`edgedd.rng.torch_generator`, explicit CPU generators named by a
+purpose and a seed index.
 """
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 
@@ -30,14 +29,8 @@ from .errors import EdgeddError
 from .heads import Sampler
 from .images import LabelledImages
 from .progress import Progress
+from .rng import torch_generator
 from .rundir import Run
-
-
-def _generator(*parts) -> torch.Generator:
-    """A CPU generator seeded from a purpose and a seed index: independent streams, same on any device."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
 
 
 # ----------------------------------------------------------------------------- backbones
@@ -145,7 +138,7 @@ class CachedViews:
 
 def make_sampler(canvases: torch.Tensor, encoders: list[Encoder], cfg: EvalConfig, seed: int) -> Sampler:
     if cfg.views() > 0:
-        return CachedViews.render(canvases, encoders, cfg.views(), _generator("view-cache", seed))
+        return CachedViews.render(canvases, encoders, cfg.views(), torch_generator("view-cache", seed))
     return FreshViews(canvases, encoders)
 
 
@@ -224,7 +217,7 @@ def train_pass(enc_a: Encoder, enc_b: Encoder, source: LabelledImages, label_map
 
     loader = DataLoader(_IndexedCanvases(source, canvas, interpolation), batch_size=cfg.eval_batch, shuffle=False,
                         num_workers=cfg.num_workers, collate_fn=_collate_indexed)
-    gen = _generator("full-views")
+    gen = torch_generator("full-views")
     aug = AugmentConfig()
     idx_all, fa, fb, skipped = [], [], [], []
     with Progress(len(source), "evaluate: training-set features", enabled=None if progress else False) as bar:

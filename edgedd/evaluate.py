@@ -68,13 +68,14 @@ from safetensors.torch import load_file
 
 from .backbones import resolve_device
 from .config import EVAL_MODES, RECIPES, EvalConfig, to_dict
-from .encoders import CachedViews, Encoder, FreshViews, _generator, load_encoders, make_sampler, sampler_dim, test_features
+from .encoders import CachedViews, Encoder, FreshViews, load_encoders, make_sampler, sampler_dim, test_features
 from .images import LabelledImages, open_dataset
 from .errors import EdgeddError
 from .fidelity import synthetic_landing
 from .device.ridge import select_ridge
 from .heads import Fit, Sampler, ce_loss, fit_lbfgs, fit_ridge, kd_loss, mse_loss, new_probe, new_projector, train_reference
 from .progress import Progress
+from .rng import torch_generator
 from .rundir import Run, load_run
 
 MODES = EVAL_MODES
@@ -299,7 +300,7 @@ def _synthetic_modes(run: Run, images: torch.Tensor, modes: tuple[str, ...], enc
             # normal needs phi_B only; ci and kd need phi_B and phi_A of the same view
             k = 1 if mode == "normal" else 2
             sampler = CachedViews(cache.feats[:k]) if cache is not None else FreshViews(images, encoders[:k])
-            gen = _generator("train", seed)  # the same views and order in every mode: a paired comparison
+            gen = torch_generator("train", seed)  # the same views and order in every mode: a paired comparison
             tag = f"{mode}/{seed}"
             if mode == "ci":
                 fit = fit_projector(sampler, config, gen, device, bar, tag, labels)

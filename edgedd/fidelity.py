@@ -20,6 +20,7 @@ import torch
 
 from .augment import center_crop, render_views, sample_views
 from .config import AugmentConfig
+from .rng import torch_generator
 
 
 def mean_pairwise_distance(centres: torch.Tensor) -> float:
@@ -57,7 +58,7 @@ def synthetic_landing(encode, images: torch.Tensor, input_size: int, labels: tor
                       weight: torch.Tensor, bias: torch.Tensor, views: int = 8, seed: int = 0) -> dict:
     """:func:`landing` for synthetic pixels in [0, 1]; ``encode(x)`` maps views at ``input_size``
     to phi_A features. Augmented views: flip + random-resized crop (no noise), from ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch_generator("landing", seed)
     z_centre = encode(center_crop(images, input_size))
     x = images.repeat_interleave(views, dim=0)
     z_views = encode(render_views(x, sample_views(x.shape[0], AugmentConfig(), gen), input_size))

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .rng import torch_generator
+
 
 def random_head(num_classes: int, dim: int, gen: torch.Generator, std: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     w = torch.randn(num_classes, dim, generator=gen, device=gen.device) * std
@@ -43,7 +45,7 @@ def lgm_loss(z_syn: torch.Tensor, y_syn: torch.Tensor, z_real: torch.Tensor, y_r
 
 class StepBatches:
     """Batch sampler for the real images: step s draws ``batch`` indices uniformly (with
-    replacement) from a generator seeded by (seed, s), so a resumed run sees the same batches.
+    replacement) from the stream ("lgm-batch", seed, s), so a resumed run sees the same batches.
     Like the reference, batches are not class-balanced."""
 
     def __init__(self, n: int, batch: int, seed: int, start: int, stop: int):
@@ -54,5 +56,5 @@ class StepBatches:
 
     def __iter__(self):
         for step in range(self.start, self.stop):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            g = torch_generator("lgm-batch", self.seed, step)
             yield torch.randint(self.n, (self.batch,), generator=g).tolist()

@@ -22,7 +22,7 @@ from .rundir import GOLDEN_FILE, STAGE1_JSON, STATS_FILE
 from .stio import torch_serialize as save
 from .terminal import say
 
-STAGE1_FORMAT = 2  # 2: per-batch view generators (independent of the number of ranks)
+STAGE1_FORMAT = 3  # 2: per-batch view generators (independent of the number of ranks); 3: named golden streams (edgedd.rng)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from .images import LabelledImages
 from .lgm import StepBatches, lgm_loss, random_head
 from .losses import anchor_loss, decouple_loss, sfm_loss, synthetic_flow
 from .memory import PhaseMemory
+from .rng import torch_generator
 from .synthetic import Pyramid, extension_steps
 
 # ----------------------------------------------------------------------------- losses
@@ -40,7 +41,7 @@ def real_init_images(source: LabelledImages, ipc: int, size: int, interpolation:
     size, size) canvases in [0, 1], class-major like the synthetic labels. Unreadable images are
     passed over; a class with fewer readable images than ``ipc`` repeats them (with a warning: the
     copies start equal and part only through their augmentations); a class with none is refused."""
-    rng = np.random.default_rng([seed, 0x1A17])  # its own stream: the run's generator draws stay as with noise init
+    rng = np.random.default_rng([seed, 0x1A17])  # its own stream (TODO: numpy_generator("real-init", seed), see tests/test_pack.py): the run's generator draws stay as with noise init
     data = CanvasDataset(source, size, interpolation)
     out, short = [], []
     for c in range(source.num_classes):
@@ -148,7 +149,7 @@ def start(*, cfg: DistillConfig, source: LabelledImages, interpolation: str, dev
           checkpoint: Path | None, run_fp: str) -> Loop:
     """This rank's ``rows`` of the pyramid: from ``checkpoint`` (resume), else from noise or, with
     ``--init real``, from training images."""
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch_generator(cfg.seed, device=device)  # the run's main stream
     if checkpoint is not None:
         step, pyr, opt, loss = load_checkpoint(checkpoint, run_fp=run_fp, syn_res=cfg.syn_res, lr=cfg.lr, gen=gen, device=device, group=group,
                                                rows=rows, total=total)

@@ -40,7 +40,7 @@ from .config import RECIPES, AugmentConfig, StageIConfig, fingerprint, to_dict
 from .data import canvas_loader
 from .images import LabelledImages
 from .distributed import SINGLE, Dist, on_all_ranks
-from .rng import block_generator
+from .rng import block_generator, numpy_generator, torch_generator
 from .stage1_files import STAGE1_FORMAT, Stage1, load_stage1, save_stage1
 from .errors import EdgeddError
 from .heads import ce_loss, fit_lbfgs, train_reference
@@ -195,8 +195,9 @@ class ViewRows:
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A stratified held-out slice: per class round(fraction * n_c) images (none from a class
-    with fewer than 2). Returns sorted (train, held-out) indices."""
-    gen = np.random.default_rng(seed)
+    with fewer than 2), drawn from the stream ("golden-holdout", seed): train_golden and pack pass
+    the same plain Stage I seed. Returns sorted (train, held-out) indices."""
+    gen = numpy_generator("golden-holdout", seed)
     held = []
     for c in np.unique(labels):
         pool = np.flatnonzero(labels == c)
@@ -217,10 +218,11 @@ def _top1(head: torch.nn.Linear, x, labels: np.ndarray, device) -> float:
 
 
 def _golden_head(d: int, num_classes: int, cfg: StageIConfig, device) -> torch.nn.Linear:
-    """Linear(D, C), W ~ N(0, 0.01^2) from seed + 2 (drawn on ``device``, as edgedd always has), b = 0."""
+    """Linear(D, C), W ~ N(0, 0.01^2) from the stream ("golden-init", seed) (drawn on ``device``, as
+    edgedd always has), b = 0."""
     head = torch.nn.Linear(d, num_classes).to(device)
     with torch.no_grad():
-        head.weight.normal_(0, 0.01, generator=torch.Generator(device=device).manual_seed(cfg.seed + 2))
+        head.weight.normal_(0, 0.01, generator=torch_generator("golden-init", cfg.seed, device=device))
         head.bias.zero_()
     return head
 
@@ -237,12 +239,12 @@ def train_golden(feats, labels: np.ndarray, num_classes: int, cfg: StageIConfig,
         y = torch.from_numpy(labels).to(device)
         with Progress(cfg.golden_epochs, "stage I: golden classifier", enabled=progress) as bar:
             fit = train_reference(head, sampler, ce_loss(y), cfg.golden_epochs, cfg.golden_batch, cfg.resolved_golden_lr(),
-                                  torch.Generator().manual_seed(cfg.seed + 1), bar)
+                                  torch_generator("golden-reference", cfg.seed), bar)
         report = {"recipe": "reference", "epochs": cfg.golden_epochs, "lr": cfg.resolved_golden_lr(), **fit.report(), "heldout_top1": None}
     elif cfg.golden_recipe == "converged":
-        train, held = holdout_split(labels, cfg.golden_holdout, cfg.seed + 1)
+        train, held = holdout_split(labels, cfg.golden_holdout, cfg.seed)
         if len(train) > cfg.golden_select_max:
-            train = np.sort(np.random.default_rng(cfg.seed + 3).choice(train, cfg.golden_select_max, replace=False))
+            train = np.sort(numpy_generator("golden-select", cfg.seed).choice(train, cfg.golden_select_max, replace=False))
         inputs = {"centre": [0], "centre+views": list(range(views))} if views > 1 else {"centre": [0]}
         candidates, heads = [], {}
         held_rows = ViewRows(feats, held, [0]).load()

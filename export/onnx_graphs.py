@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgedd.backbones import plain_attention
 from edgedd.errors import EdgeddError
+from edgedd.rng import torch_generator
 
 OPSET = 18
 PARITY_BATCHES = (1, 3)
@@ -108,7 +109,7 @@ def parity(data: bytes, torch_fn, input_shape: tuple[int, ...], name: str, tol: 
     import onnxruntime as ort
 
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    g = torch.Generator().manual_seed(seed)
+    g = torch_generator("parity", seed)
     worst = 0.0
     for b in PARITY_BATCHES:
         x = torch.randn(b, *input_shape, generator=g)

@@ -46,6 +46,8 @@ from edgedd.device.ridge import fit_ridge as fit_projector_ridge, projector_prio
 from edgedd.errors import EdgeddError
 from edgedd.lock import lock
 from edgedd.rundir import Run, load_run
+from edgedd.rng import torch_generator
+from edgedd.stage1_files import STAGE1_FORMAT
 from edgedd.statistics import holdout_split
 
 from .onnx_graphs import INT8_MODE, OPSET, calibration_count, check, cpu_copy, export_backbone, linear_graph, parity, quantize_int8
@@ -131,8 +133,11 @@ def _heldout_images(run: Run) -> tuple[object, np.ndarray]:
     used = run.stage1.get("images_used")
     if used is not None and used != len(read):
         raise EdgeddError(f"cannot tell which {used} of the {len(source)} training images Stage I read")
+    if run.stage1.get("format") != STAGE1_FORMAT:  # an older Stage I drew its slice from another stream
+        raise EdgeddError(f"its Stage I (format {run.stage1.get('format')}) drew the held-out slice differently from this edgedd "
+                          f"(format {STAGE1_FORMAT})")
     cfg = run.stage1_config()
-    _, held = holdout_split(source.labels[read], cfg.golden_holdout, cfg.seed + 1)  # as train_golden draws it
+    _, held = holdout_split(source.labels[read], cfg.golden_holdout, cfg.seed)  # as train_golden draws it
     return source, read[held]
 
 
@@ -273,7 +278,7 @@ def _render_targets(pix: torch.Tensor, model_a, info_a: BackboneInfo, model_b, i
     """K views per image: boxes + flips, targets phi_A, inputs phi_B; with --int8 also the
     calibration inputs. Returns views, targets (n K, D_A), feats_b (n K, D_B), calib (or None)."""
     n = pix.shape[0]
-    gen = torch.Generator(device=dev).manual_seed(config.seed)
+    gen = torch_generator(config.seed, device=dev)  # pack's own main stream
     views = sample_views(n * config.views, AugmentConfig(), gen)
     rep = pix.repeat_interleave(config.views, dim=0)
     targets = _features(model_a, render_views(rep, views, info_a.preprocess.input_size), info_a)

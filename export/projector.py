@@ -19,6 +19,7 @@ from edgedd.config import RECIPES
 from edgedd.device.ridge import DEFAULT_RIDGE
 from edgedd.errors import EdgeddError
 from edgedd.heads import fit_ridge, mse_loss, new_projector, train_reference
+from edgedd.rng import torch_generator
 
 
 
@@ -43,7 +44,7 @@ def train_projector(feats_b: torch.Tensor, targets_a: torch.Tensor, epochs: int 
     is METHOD.md's Adam from a random start, as written (no prior)."""
     if recipe not in RECIPES:
         raise EdgeddError(f"unknown projector recipe {recipe!r}", f"choose one of {', '.join(RECIPES)}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch_generator("projector", seed)
     proj = new_projector(feats_b.shape[-1], targets_a.shape[-1], gen, "cpu")
     if recipe == "converged":
         fit = fit_ridge(proj, feats_b, targets_a, ridge, prior=prior)

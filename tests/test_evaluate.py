@@ -20,7 +20,8 @@ from edgedd.data import canvas_loader
 from edgedd.images import open_dataset
 from edgedd.distill import RunOptions, distill
 from edgedd.errors import EdgeddError
-from edgedd.evaluate import BASELINES, CachedViews, EvalConfig, _generator, evaluate_run, fit_projector, load_encoders, load_run
+from edgedd.evaluate import BASELINES, CachedViews, EvalConfig, evaluate_run, fit_projector, load_encoders, load_run
+from edgedd.rng import torch_generator
 from edgedd.stio import torch_serialize
 
 # The reference protocol, shortened. lr 1e-2 instead of 1e-3 * 6 / 256: thirty steps at the
@@ -95,7 +96,7 @@ def test_projector_recovers_identity(protocol):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(256, 16, generator=gen)
     cfg = EvalConfig(protocol=protocol, epochs=500, batch=128, lr=1e-3, device="cpu", ridge=1e-3)  # a fixed strength: the fit itself
-    fit = fit_projector(CachedViews((x[:, None], x[:, None])), cfg, _generator("test", 0), "cpu")
+    fit = fit_projector(CachedViews((x[:, None], x[:, None])), cfg, torch_generator("test", 0), "cpu")
     assert (fit.head.weight - torch.eye(16)).norm() / 16**0.5 < 1e-2
     assert fit.head.bias.norm() < 1e-2
     assert fit.loss_final < 1e-3 * fit.loss_start and not fit.stalled

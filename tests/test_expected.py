@@ -63,7 +63,7 @@ def test_pack_records_the_held_out_figures(packed, tmp_path):
 
     src = scan_image_folder(packed["data"])
     assert not stage1["skipped_images"]
-    _, held = holdout_split(src.labels, stage1["stage1"]["golden_holdout"], stage1["stage1"]["seed"] + 1)
+    _, held = holdout_split(src.labels, stage1["stage1"]["golden_holdout"], stage1["stage1"]["seed"])
     assert len(held) == stage1["golden"]["heldout_images"] > 0  # the slice the golden classifier was scored on
     sub = _folder(tmp_path, "held", {c: [Path(src.paths[i]) for i in held if src.labels[i] == k] for k, c in enumerate(src.class_names)})
     b = runtime.open_bundle(packed["bundle"])
@@ -178,7 +178,7 @@ def test_expectation_is_measured_on_the_golden_held_out_slice(packed, monkeypatc
     run = load_run(packed["run"])
     src = scan_image_folder(packed["data"])
     cfg = json.loads((packed["run"] / "stage1.json").read_text())["stage1"]
-    _, held = holdout_split(src.labels, cfg["golden_holdout"], cfg["seed"] + 1)
+    _, held = holdout_split(src.labels, cfg["golden_holdout"], cfg["seed"])
     out = pack_module._expectations(run, None, None, None, None, None, None, 1000)
     assert seen == [(str(packed["data"]), held.tolist())] and (out["expected_edge_top1"], out["expected_edge_images"]) == (0.5, len(held))
     pack_module._expectations(run, None, None, None, None, None, None, 2)
