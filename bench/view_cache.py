@@ -32,6 +32,7 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
     from edgedd.rundir import load_run
     from edgedd.heads import new_probe
     from edgedd.statistics import train_golden
+    from edgedd.rng import torch_generator
 
     device = resolve_device(device_name)
     run = load_run(run_dir)
@@ -65,9 +66,9 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
         out["cached"].append({"seed": seed, "top1": acc, "seconds": time.perf_counter() - t})
         # exact: the same probe, optimiser and schedule; each epoch a fresh view per image through the backbone
         t = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        gen = torch_generator("golden-reference", cfg.seed)  # the reference recipe's streams (edgedd.statistics)
         n = len(xtr)
-        head = new_probe(info.num_features, train.num_classes, torch.Generator().manual_seed(cfg.seed + 2), device)
+        head = new_probe(info.num_features, train.num_classes, torch_generator("golden-init", cfg.seed), device)
         opt = torch.optim.Adam(head.parameters(), lr=cfg.resolved_golden_lr())
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.golden_epochs * -(-n // cfg.golden_batch))
         for _ in range(cfg.golden_epochs):

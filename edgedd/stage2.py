@@ -30,7 +30,7 @@ from .images import LabelledImages
 from .lgm import StepBatches, lgm_loss, random_head
 from .losses import anchor_loss, decouple_loss, sfm_loss, synthetic_flow
 from .memory import PhaseMemory
-from .rng import torch_generator
+from .rng import numpy_generator, torch_generator
 from .synthetic import Pyramid, extension_steps
 
 # ----------------------------------------------------------------------------- losses
@@ -41,7 +41,7 @@ def real_init_images(source: LabelledImages, ipc: int, size: int, interpolation:
     size, size) canvases in [0, 1], class-major like the synthetic labels. Unreadable images are
     passed over; a class with fewer readable images than ``ipc`` repeats them (with a warning: the
     copies start equal and part only through their augmentations); a class with none is refused."""
-    rng = np.random.default_rng([seed, 0x1A17])  # its own stream (TODO: numpy_generator("real-init", seed), see tests/test_pack.py): the run's generator draws stay as with noise init
+    rng = numpy_generator("real-init", seed)  # its own stream: the run's generator draws stay as with noise init
     data = CanvasDataset(source, size, interpolation)
     out, short = [], []
     for c in range(source.num_classes):
