@@ -19,7 +19,7 @@ import torch
 from .augment import center_crop
 from .encoders import Encoder, TrainPass, load_canvases, make_sampler, train_pass
 from .errors import EdgeddError
-from .evaluate import BASELINES, EvalConfig, _centres, fit_probe, summarise
+from .evaluate import BASELINES, EvalConfig, fit_probe, summarise
 from .images import LabelledImages
 from .progress import Progress
 from .rng import seed_for, torch_generator
@@ -72,7 +72,7 @@ def baseline_sets(run: Run, train: LabelledImages, train_map: np.ndarray, enc_a:
                   device, progress: bool) -> BaselineSets:
     pp = run.preprocess
     tp = train_pass(enc_a, enc_b, train, train_map, pp.resize_size, pp.interpolation, cfg, run.stage1_config().golden_views, device, progress)
-    centres = _centres(run)
+    centres = run.centres
     syn_a = enc_a(center_crop(run.images.to(device), enc_a.input_size)).cpu()
 
     def real(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -64,7 +64,6 @@ import math
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from .backbones import resolve_device
 from .config import EVAL_MODES, RECIPES, EvalConfig, to_dict
@@ -249,8 +248,8 @@ def evaluate_run(
         images = run.images.to(device)
         summaries = _synthetic_modes(run, images, modes, enc_a, enc_b, golden, config, device, score, bar)
         out = _result(run, enc_b, config, summaries, len(y_test))
-        if enc_a is not None and (run.directory / "stats.safetensors").is_file():
-            out["landing"] = synthetic_landing(enc_a, images, enc_a.input_size, run.labels, _centres(run), run.golden_weight, run.golden_bias,
+        if enc_a is not None and run.centres is not None:
+            out["landing"] = synthetic_landing(enc_a, images, enc_a.input_size, run.labels, run.centres, run.golden_weight, run.golden_bias,
                                                seed=int(run.config.get("seed", 0)))
         if baselines:
             out["baselines"] = run_baselines(real_sets, run, enc_b, config, device, score, bar)
@@ -261,7 +260,7 @@ def _open_train(run: Run, train_data: str | None) -> tuple[LabelledImages, np.nd
     """The baselines' training data (default: the run's) with its label map; refused without stats.safetensors."""
     train = open_dataset(train_data or run.train_data())
     train_map = _label_map(train, run.class_names, "training data")
-    if not (run.directory / "stats.safetensors").is_file():
+    if run.centres is None:
         raise EdgeddError(f"{run.directory} has no stats.safetensors (needed for the centroids baseline)", "re-run edgedd distill")
     return train, train_map
 
@@ -326,7 +325,3 @@ def _result(run: Run, enc_b: Encoder, config: EvalConfig, summaries: dict[str, d
         "test_images": int(test_images),
         "golden": {k: v for k, v in run.stage1.get("golden", {}).items() if k != "candidates"},
     }
-
-
-def _centres(run: Run) -> torch.Tensor:
-    return load_file(run.directory / "stats.safetensors")["centres"]

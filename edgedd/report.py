@@ -92,10 +92,12 @@ def _load_result(value, what: str, schema: str, required: tuple[str, ...], made_
 
 def load_run(run: str | Path) -> tuple[dict, np.ndarray, np.ndarray, list[str]]:
     """A finished run's summary, images (N, 3, R, R) in [0, 1], labels and class names."""
+    from . import rundir  # the owner of the run directory's file names
+
     run = Path(run)
     if not run.is_dir():
         raise EdgeddError(f"run directory {run} does not exist")
-    summary_file = run / "summary.json"
+    summary_file = run / rundir.SUMMARY
     if not summary_file.is_file():
         raise EdgeddError(f"{run} is not a finished edgedd run (no summary.json)",
                           "finish it with edgedd distill ... --resume, or pass a finished run directory")
@@ -103,9 +105,9 @@ def load_run(run: str | Path) -> tuple[dict, np.ndarray, np.ndarray, list[str]]:
     try:
         from safetensors.numpy import load_file
 
-        syn = load_file(str(run / "synthetic.safetensors"))
+        syn = load_file(str(run / rundir.SYNTHETIC))
         images, labels = syn["images"].astype(np.float32), syn["labels"].astype(np.int64)
-        meta = json.loads((run / "synthetic.json").read_text(encoding="utf-8"))
+        meta = json.loads((run / rundir.SYNTHETIC_JSON).read_text(encoding="utf-8"))
         names = [str(c) for c in meta["class_names"]]
     except Exception as e:  # missing, damaged or edited result files
         raise EdgeddError(f"{run} has no readable synthetic set ({type(e).__name__})", "rerun edgedd distill with --overwrite") from None

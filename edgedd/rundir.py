@@ -57,6 +57,7 @@ class Run:
     summary: dict
     identity: dict  # run.json: fingerprint and what the run is
     stage1: dict = field(default_factory=dict)  # stage1.json: how Stage I was made (golden fit, held-out figure); {} if absent
+    centres: torch.Tensor | None = None  # stats.safetensors "centres" (C, D_A): Stage I's class centres; None if absent
 
     @property
     def preprocess(self) -> Preprocess:
@@ -160,6 +161,7 @@ def load_run(run_dir: str | Path) -> Run:
         summary=summary,
         identity=identity,
         stage1=stage1,
+        centres=stats["centres"].float() if stats else None,
     )
 
 
