@@ -83,7 +83,7 @@ class StageIConfig:
     ``golden_recipe``: "converged" (edgedd's default, :mod:`edgedd.heads`): L2-regularised logistic
     regression solved to its optimum by L-BFGS, with the L2 strength and the inputs (centre crops
     only, or centre crops + the cached views) chosen on a held-out slice of the training set, then
-    refitted on all of it. "reference": METHOD.md's Adam recipe (``golden_epochs`` epochs at
+    refitted on all the rest (the slice stays unseen, so its top-1 is the shipped classifier's). "reference": METHOD.md's Adam recipe (``golden_epochs`` epochs at
     ``golden_lr``), which under-trains on small data sets.
     """
 

@@ -22,7 +22,8 @@ from .rundir import GOLDEN_FILE, STAGE1_JSON, STATS_FILE
 from .stio import torch_serialize as save
 from .terminal import say
 
-STAGE1_FORMAT = 3  # 2: per-batch view generators (independent of the number of ranks); 3: named golden streams (edgedd.rng)
+STAGE1_FORMAT = 4  # 2: per-batch view generators (independent of the number of ranks); 3: named golden streams (edgedd.rng);
+# 4: the converged golden classifier never trains on its held-out slice (the final fit too)
 
 
 @dataclass

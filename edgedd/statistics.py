@@ -242,7 +242,10 @@ def train_golden(feats, labels: np.ndarray, num_classes: int, cfg: StageIConfig,
                                   torch_generator("golden-reference", cfg.seed), bar)
         report = {"recipe": "reference", "epochs": cfg.golden_epochs, "lr": cfg.resolved_golden_lr(), **fit.report(), "heldout_top1": None}
     elif cfg.golden_recipe == "converged":
-        train, held = holdout_split(labels, cfg.golden_holdout, cfg.seed)
+        # the held-out slice stays out of every fit, the final one too: its top-1 is then the shipped
+        # classifier's on unseen images (pack's real-image expectation is measured on the same slice)
+        fit_rows, held = holdout_split(labels, cfg.golden_holdout, cfg.seed)
+        train = fit_rows
         if len(train) > cfg.golden_select_max:
             train = np.sort(numpy_generator("golden-select", cfg.seed).choice(train, cfg.golden_select_max, replace=False))
         inputs = {"centre": [0], "centre+views": list(range(views))} if views > 1 else {"centre": [0]}
@@ -260,12 +263,13 @@ def train_golden(feats, labels: np.ndarray, num_classes: int, cfg: StageIConfig,
                     candidates.append({"inputs": name, "l2": l2, "heldout_top1": acc, "train_loss": fit.loss_final, "steps": fit.steps})
                     bar.update(1, heldout=acc)
             best = max(candidates, key=lambda c: -1 if c["heldout_top1"] != c["heldout_top1"] else c["heldout_top1"])
-            fit = fit_lbfgs(_golden_head(d, num_classes, cfg, device), (ViewRows(feats, slots=inputs[best["inputs"]]).load(),),
-                            ce_loss(torch.from_numpy(labels).to(device)), best["l2"], cfg.golden_max_iter,
+            fit = fit_lbfgs(_golden_head(d, num_classes, cfg, device), (ViewRows(feats, fit_rows, inputs[best["inputs"]]).load(),),
+                            ce_loss(torch.from_numpy(labels[fit_rows]).to(device)), best["l2"], cfg.golden_max_iter,
                             warm_start=heads[best["inputs"], best["l2"]])
             bar.update(1)
+        heldout = _top1(fit.head, held_rows, labels[held], device) if len(held) else float("nan")
         report = {"recipe": "converged", "inputs": best["inputs"], "l2": best["l2"], **fit.report(),
-                  "heldout_top1": best["heldout_top1"], "heldout_images": int(len(held)), "candidates": candidates}
+                  "heldout_top1": heldout, "heldout_images": int(len(held)), "candidates": candidates}
     else:
         raise EdgeddError(f"unknown golden recipe {cfg.golden_recipe!r}", f"choose one of {', '.join(RECIPES)}")
     report["train_top1_centre_crop"] = _top1(fit.head, centre, labels, device)
