@@ -233,7 +233,7 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
     centres_real = s1.stats.centres.to(device=device, dtype=torch.float32)
     flow_real = flow(s1.stats.centres).to(device=device, dtype=torch.float32)
     ckpt = plan.out / rundir.CHECKPOINT
-    found = resume and group.broadcast_text("yes" if main and ckpt.exists() else "") == "yes"
+    found = resume and group.broadcast_flag(main and ckpt.exists())
     loop = stage2.start(cfg=cfg, source=plan.source, interpolation=plan.info.preprocess.interpolation, device=device, group=group,
                         rows=shard(plan.n, group.rank, group.world), total=plan.n, checkpoint=ckpt if found else None, run_fp=plan.run_fp)
     start = loop.step

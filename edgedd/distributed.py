@@ -83,6 +83,14 @@ class Dist:
         tdist.all_reduce(t)
         return bool(t.item())
 
+    def broadcast_flag(self, flag: bool, src: int = 0) -> bool:
+        """Rank ``src``'s ``flag`` (ignored elsewhere) on every rank."""
+        if not self.enabled:
+            return bool(flag)
+        t = torch.tensor([int(bool(flag)) if self.rank == src else 0], device=self.comm_device)
+        tdist.broadcast(t, src)
+        return bool(t.item())
+
     def broadcast_text(self, text: str | None, src: int = 0) -> str:
         """``text`` from rank ``src`` (ignored elsewhere) on every rank."""
         if not self.enabled:

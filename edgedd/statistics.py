@@ -328,7 +328,7 @@ def stage1_cached(model, info, source, cfg, device, *, num_workers=0, strict_ima
         return hit if hit is not None or not use_cache else usable(load_stage1(directory, key, source.num_classes, info.num_features, remove_damaged=True))
 
     hit = group.on_main(lookup)
-    if group.broadcast_text("hit" if hit is not None else "") == "hit":
+    if group.broadcast_flag(hit is not None):
         return _share(hit, source.num_classes, info.num_features, group), True
     result = run_stage1(model, info, source, cfg, device, work_dir=directory, num_workers=num_workers, strict_images=strict_images,
                         progress=progress, group=group)
