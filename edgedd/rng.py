@@ -14,14 +14,12 @@ Parts are plain ``str`` and ``int`` (a numpy integer has another repr: pass ``in
     torch_generator("train", seed)                  an evaluation seed's probe views and order
     torch_generator("golden-init", seed, device=d)  the golden head's initial weights, drawn on d
     numpy_generator("golden-holdout", seed)         Stage I's held-out slice
-    seed_for("lgm-head", seed, step)                a per-step value for a derived seed
+    torch_generator("lgm-batch", seed, step)        LGM's real-image batch of one step
 
 Two draws stay outside, documented where they are: timm's random init (``--weights random``)
 reads the global torch generator, so edgedd.backbones seeds it with ``torch.manual_seed(seed_for(
 seed))``; and the embedded MNIST split (edgedd.images) is part of the data set's definition and
-lives in a torch-free module the device side imports, so it keeps its fixed numpy seed. (Pending:
-``--init real``'s draw in edgedd.stage2 still seeds numpy with ``[seed, 0x1A17]``; renaming it
-``numpy_generator("real-init", seed)`` moves tests/test_pack.py's weak-ridge chance premise.)
+lives in a torch-free module the device side imports, so it keeps its fixed numpy seed.
 
 Row-addressable draws
 ---------------------

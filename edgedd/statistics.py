@@ -201,7 +201,7 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     held = []
     for c in np.unique(labels):
         pool = np.flatnonzero(labels == c)
-        k = int(round(fraction * len(pool))) if len(pool) >= 2 else 0
+        k = min(int(round(fraction * len(pool))), len(pool) - 1) if len(pool) >= 2 else 0  # a class keeps an image to train on
         held.append(gen.permutation(pool)[:k])
     held = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
     return np.setdiff1d(np.arange(len(labels)), held), held
@@ -242,8 +242,8 @@ def train_golden(feats, labels: np.ndarray, num_classes: int, cfg: StageIConfig,
                                   torch_generator("golden-reference", cfg.seed), bar)
         report = {"recipe": "reference", "epochs": cfg.golden_epochs, "lr": cfg.resolved_golden_lr(), **fit.report(), "heldout_top1": None}
     elif cfg.golden_recipe == "converged":
-        # the held-out slice stays out of every fit, the final one too: its top-1 is then the shipped
-        # classifier's on unseen images (pack's real-image expectation is measured on the same slice)
+        # the held-out slice stays out of every fit, the final one too: it chooses the settings but
+        # never trains the shipped classifier (pack's real-image expectation is measured on it)
         fit_rows, held = holdout_split(labels, cfg.golden_holdout, cfg.seed)
         train = fit_rows
         if len(train) > cfg.golden_select_max:

@@ -133,10 +133,12 @@ def _heldout_images(run: Run) -> tuple[object, np.ndarray]:
     used = run.stage1.get("images_used")
     if used is not None and used != len(read):
         raise EdgeddError(f"cannot tell which {used} of the {len(source)} training images Stage I read")
-    if run.stage1.get("format") != STAGE1_FORMAT:  # an older Stage I drew its slice from another stream
-        raise EdgeddError(f"its Stage I (format {run.stage1.get('format')}) drew the held-out slice differently from this edgedd "
-                          f"(format {STAGE1_FORMAT})")
+    if run.stage1.get("format") != STAGE1_FORMAT:  # older Stage I: another slice, or a golden classifier refitted on it
+        raise EdgeddError(f"its Stage I (format {run.stage1.get('format')}, this edgedd writes {STAGE1_FORMAT}) drew or trained on "
+                          "the held-out slice differently")
     cfg = run.stage1_config()
+    if cfg.golden_recipe != "converged":  # the reference recipe trains on every image: nothing is held out
+        raise EdgeddError(f"its golden classifier ({cfg.golden_recipe} recipe) trained on every image, none is held out")
     _, held = holdout_split(source.labels[read], cfg.golden_holdout, cfg.seed)  # as train_golden draws it
     return source, read[held]
 
