@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .device.ridge import PRIORS
 from .progress import Progress
 
 STALLED = 0.9  # a head whose final loss is above 0.9 x its starting loss did not train
@@ -254,7 +255,7 @@ def fit_ridge(head: torch.nn.Linear, x, y, l2: float, chunk: int = 8192, prior: 
     parts = _chunks(n, max(1, chunk // v))
     sx = torch.zeros(d, dtype=torch.float64, device=device)
     sy = torch.zeros(y.shape[-1], dtype=torch.float64, device=device)
-    if prior not in ("none", "identity") or (prior == "identity" and d != y.shape[-1]):
+    if prior not in PRIORS or (prior == "identity" and d != y.shape[-1]):
         raise ValueError(f"projector prior {prior!r} does not fit D_B = {d}, D_A = {y.shape[-1]}")
 
     def target(s: int, e: int) -> torch.Tensor:  # y, or the residual y - x under the identity prior

@@ -27,7 +27,7 @@ from ..atomic import write_bytes
 from ..errors import EdgeddError
 from .infer import backbone_features
 from .render import normalize, render_views
-from .ridge import fit_ridge as fit_projector_ridge, mse, objective, select_ridge
+from .ridge import fit_ridge as fit_projector_ridge, mse, objective, recorded_prior, select_ridge
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -58,7 +58,7 @@ def fine_tune_projector(b: Bundle, ridge: float | None = None) -> dict:
     x_in, y = view_inputs(b)
     feats = backbone_features(b, x_in)
     n, k = b.artifact["targets.boxes"].shape[:2]
-    prior = b.meta.get("reference", {}).get("projector_prior", "none")  # format < 1.2: none
+    prior = recorded_prior(b.meta)
     scores = {}
     if ridge is None:
         ridge, scores = select_ridge(feats, y, np.repeat(np.arange(n), k), b.artifact["synthetic.labels"], prior=prior)
@@ -66,7 +66,7 @@ def fine_tune_projector(b: Bundle, ridge: float | None = None) -> dict:
     w0, b0 = b.artifact["projector.weight"], b.artifact["projector.bias"]
     return {"weight": w, "bias": bias, "views": len(y), "mse_before": mse(feats, y, w0, b0), "mse_after": mse(feats, y, w, bias),
             "objective_before": objective(feats, y, w0, ridge, prior), "objective_after": objective(feats, y, w, ridge, prior),
-            "ridge": ridge, "ridge_scores": scores, "prior": prior}
+            "ridge": ridge, "ridge_scores": scores}
 
 
 def projector_problem(b: Bundle, w, bias) -> str | None:

@@ -50,6 +50,11 @@ def projector_prior(sha_a: str, sha_b: str, d_a: int, d_b: int) -> str:
     return "identity" if sha_a == sha_b and d_a == d_b else "none"
 
 
+def recorded_prior(meta: dict) -> str:
+    """The prior an artifact's metadata records (format 1.2); older artifacts have none: "none"."""
+    return meta.get("reference", {}).get("projector_prior", "none")
+
+
 def residual(x: np.ndarray, y: np.ndarray, prior: str) -> np.ndarray:
     """The targets (3) is fitted to under ``prior``: y, or y - x for the identity prior (4)."""
     if prior not in PRIORS:

@@ -18,7 +18,7 @@ import re
 import numpy as np
 
 from ..images import INTERPOLATIONS
-from .ridge import PRIORS
+from .ridge import PRIORS, recorded_prior
 
 # A graph's file name, from the artifact's metadata: a bare name inside the bundle, nothing else
 # (no '/', '\\', '..', absolute path, NUL or empty name), so the metadata cannot point outside.
@@ -107,7 +107,7 @@ def _check(meta: dict, tensors: dict) -> None:
     _tensor(tensors, "classifier.bias", np.float32, (c,))
     _tensor(tensors, "projector.weight", np.float32, (d_a, d_b))
     _tensor(tensors, "projector.bias", np.float32, (d_a,))
-    prior = meta.get("reference", {}).get("projector_prior", "none")  # format 1.2; absent: none
+    prior = recorded_prior(meta)
     _need(prior in PRIORS, f"reference.projector_prior is {_show(prior)}, not one of {', '.join(PRIORS)}")
     _need(prior != "identity" or d_a == d_b, f"reference.projector_prior is identity but D_A = {d_a} and D_B = {d_b} differ")
     images = _tensor(tensors, "synthetic.images", np.uint8, (None, 3, None, None))
