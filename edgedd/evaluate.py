@@ -258,7 +258,7 @@ def evaluate_run(
 
 def _open_train(run: Run, train_data: str | None) -> tuple[LabelledImages, np.ndarray]:
     """The baselines' training data (default: the run's) with its label map; refused without stats.safetensors."""
-    train = open_dataset(train_data or run.train_data())
+    train = open_dataset(train_data) if train_data else run.train_data()
     train_map = _label_map(train, run.class_names, "training data")
     if run.centres is None:
         raise EdgeddError(f"{run.directory} has no stats.safetensors (needed for the centroids baseline)", "re-run edgedd distill")

@@ -23,6 +23,7 @@ from safetensors.torch import load as load_bytes
 from . import atomic
 from .config import Preprocess, StageIConfig
 from .errors import EdgeddError
+from .images import LabelledImages, open_dataset
 from .lock import LOCK_FILE, lock
 from .metrics import METRICS_FILE, MetricsLog
 from .preview import write_grid
@@ -92,11 +93,9 @@ class Run:
         d.setdefault("golden_recipe", "reference")  # runs made before the converged recipe existed
         return StageIConfig(**d)
 
-    def train_data(self) -> str:
-        """The data the run was distilled on: run.json records only its fingerprint, summary.json
-        (or stage1.json) its name. The name is used only if it still has that fingerprint."""
-        from .images import open_dataset
-
+    def train_data(self) -> LabelledImages:
+        """The data the run was distilled on, opened: run.json records only its fingerprint,
+        summary.json (or stage1.json) its name. Refused unless it still has that fingerprint."""
         want = self.identity.get("identity", {}).get("dataset")
         name = self.summary.get("dataset", {}).get("name") or self.stage1.get("dataset", {}).get("name")
         fix = "pass train_data (the --train-data of the baselines) explicitly"
@@ -108,7 +107,7 @@ class Run:
             raise EdgeddError(f"the training data of this run, {name}, is not readable here", fix) from None
         if source.fingerprint != want:
             raise EdgeddError(f"the training data at {name} changed since the run was distilled (fingerprint differs)", fix)
-        return name
+        return source
 
 
 def load_run(run_dir: str | Path) -> Run:

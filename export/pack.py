@@ -40,7 +40,6 @@ from edgedd.augment import center_crop, normalize, render_views, sample_views
 from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, PackConfig, to_dict
 from edgedd.data import canvas_loader
-from edgedd.images import open_dataset
 from edgedd.device import artifact as art
 from edgedd.device.ridge import fit_ridge as fit_projector_ridge, projector_prior, select_ridge
 from edgedd.errors import EdgeddError
@@ -123,7 +122,7 @@ def _heldout_images(run: Run) -> tuple[object, np.ndarray]:
     the images Stage I could read: its split indexes those, so the ones it skipped as unreadable
     are left out first. Raises EdgeddError when the data cannot be opened or no longer matches.
     """
-    source = open_dataset(run.train_data())  # refuses data whose fingerprint changed since the run
+    source = run.train_data()  # refuses data whose fingerprint changed since the run
     read = np.arange(len(source))
     skipped = run.stage1.get("skipped_images") or []
     if skipped and source.paths is not None:
