@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import EdgeddError
 
@@ -82,6 +82,24 @@ def check_writable_dir(directory: str | os.PathLike, what: str, fix: str | None 
         err = os_error(e, f"{what} {directory}" if what else directory, "write in")
         raise (EdgeddError(err.problem, fix) if fix else err) from None
     return directory
+
+
+def check_replaceable(out: Path, overwrite: bool, label: str, file_fix: str, elsewhere: str,
+                      not_ours: Callable[[Path], tuple[str, str] | None]) -> None:
+    """The rule for a directory edgedd writes whole (a bundle, an exported ImageFolder): ``out`` may
+    be missing or empty; a non-empty one is refused unless ``overwrite``, and even then when
+    ``not_ours(out)`` names a reason, as (problem, fix): edgedd replaces only what it wrote itself,
+    never a user's own directory. ``label`` names ``out`` in messages ("--out X"), ``file_fix`` is
+    the fix when ``out`` is a file, ``elsewhere`` what to choose instead ("--out", "directory")."""
+    if out.exists() and not out.is_dir():
+        raise EdgeddError(f"{label} is a file", file_fix)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise EdgeddError(f"{label} already exists and is not empty", f"choose another {elsewhere}, or pass --overwrite")
+    reason = not_ours(out)
+    if reason is not None:
+        raise EdgeddError(*reason)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

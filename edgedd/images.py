@@ -210,20 +210,18 @@ def export_image_folder(spec: str, out: str | os.PathLike, limit: int | None = N
     """
     import shutil
 
-    from .atomic import check_writable_dir, make_temp_dir, os_error, real_out, remove_stale_temp_dirs, replace_dir, write_json
+    from .atomic import check_replaceable, check_writable_dir, make_temp_dir, os_error, real_out, remove_stale_temp_dirs, replace_dir, write_json
 
     out = real_out(out)  # a symlink: the export it points to is replaced, the link kept
 
+    def not_an_export(d: Path) -> tuple[str, str] | None:
+        if (d / EXPORT_MARKER).is_file():
+            return None
+        return (f"{d} is not empty and was not written by edgedd export-data, so --overwrite will not replace it",
+                "choose another directory, or empty that one yourself")
+
     def check_out() -> None:
-        if out.exists() and not out.is_dir():
-            raise EdgeddError(f"{out} is a file", "pass a directory path to write the ImageFolder to")
-        if not out.is_dir() or not any(out.iterdir()):
-            return
-        if not overwrite:
-            raise EdgeddError(f"{out} already exists and is not empty", "choose another directory, or pass --overwrite")
-        if not (out / EXPORT_MARKER).is_file():
-            raise EdgeddError(f"{out} is not empty and was not written by edgedd export-data, so --overwrite will not replace it",
-                              "choose another directory, or empty that one yourself")
+        check_replaceable(out, overwrite, str(out), "pass a directory path to write the ImageFolder to", "directory", not_an_export)
 
     check_out()  # before reading the source, so a refusal costs nothing
     src = open_dataset(spec)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from edgedd import __version__
-from edgedd.atomic import make_temp_dir, real_out, remove_stale_temp_dirs, replace_dir, sha256_file, write_bytes
+from edgedd.atomic import check_replaceable, make_temp_dir, real_out, remove_stale_temp_dirs, replace_dir, sha256_file, write_bytes
 from edgedd.augment import center_crop, normalize, render_views, sample_views
 from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, PackConfig, to_dict
@@ -76,19 +76,19 @@ def _is_artifact(path: Path) -> bool:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise EdgeddError(f"--out {out} is a file", "pass a directory path for the bundle")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise EdgeddError(f"--out {out} already exists and is not empty", "choose another --out, or pass --overwrite")
+    check_replaceable(out, overwrite, f"--out {out}", "pass a directory path for the bundle", "--out", _not_a_bundle)
+
+
+def _not_a_bundle(out: Path) -> tuple[str, str] | None:
+    """Why --overwrite must not replace the non-empty ``out`` (None: it holds a bundle and nothing else)."""
     if not _is_artifact(out / art.ARTIFACT_FILE):
-        raise EdgeddError(f"--out {out} is not empty and holds no edgedd bundle (no {art.ARTIFACT_FILE}), so --overwrite will not replace it",
-                          "choose another --out, or empty that directory yourself")
+        return (f"--out {out} is not empty and holds no edgedd bundle (no {art.ARTIFACT_FILE}), so --overwrite will not replace it",
+                "choose another --out, or empty that directory yourself")
     foreign = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
     if foreign:
-        raise EdgeddError(f"--out {out} holds a bundle plus other files ({', '.join(foreign[:3])}), so --overwrite will not replace it",
-                          "move those files out, or choose another --out")
+        return (f"--out {out} holds a bundle plus other files ({', '.join(foreign[:3])}), so --overwrite will not replace it",
+                "move those files out, or choose another --out")
+    return None
 
 
 @torch.no_grad()
