@@ -204,7 +204,7 @@ def pack(
     projector_recipe: Recipe = typer.Option(Recipe(PACK.projector_recipe), help="Host projector: 'converged' (closed-form ridge, the device's fit) or METHOD.md's 'reference' Adam recipe."),
     projector_epochs: int = typer.Option(PACK.projector_epochs, min=1, help="Epochs of the host projector's reference recipe."),
     int8: bool = typer.Option(PACK.int8, "--int8", help="Also ship an int8 backbone (static quantisation: per-channel int8 weights, activation ranges calibrated on the synthetic views)."),
-    int8_max_drop: float = typer.Option(PACK.int8_max_drop, min=0.0, max=1.0, help="Refuse the int8 backbone above this synthetic top-1 drop."),
+    int8_max_drop: float = typer.Option(PACK.int8_max_drop, min=0.0, max=1.0, help="Refuse the int8 backbone above this top-1 drop on the real held-out images (on the synthetic set without them)."),
     seed: int = typer.Option(PACK.seed, help="Seed of the views and the projector training."),
     expect_images: int = typer.Option(PACK.expect_images, min=0, help="Classify at most this many of the golden classifier's held-out training images on the edge path and record the top-1 deploy-check --data expects; 0 records none (deploy-check then skips that check)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),

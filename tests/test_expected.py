@@ -159,13 +159,13 @@ def test_pack_without_its_training_data_warns_and_records_none(packed, tmp_path)
     summary["dataset"]["name"] = str(tmp_path / "moved-away")
     (run_dir / "summary.json").write_text(json.dumps(summary))
     with pytest.warns(UserWarning) as w:
-        out = _expectations(load_run(run_dir), None, None, None, None, None, None, 1000)
+        out, heldout = _expectations(load_run(run_dir), None, None, None, None, None, None, 1000)
     ours = [str(x.message) for x in w if issubclass(x.category, UserWarning) and not issubclass(x.category, ResourceWarning)]
     assert len(ours) == 1 and "\n" not in ours[0] and "no expected edge accuracy" in ours[0], ours
-    assert out["expected_edge_top1"] is None and out["expected_edge_images"] is None
+    assert out["expected_edge_top1"] is None and out["expected_edge_images"] is None and heldout is None
     assert "not readable here" in out["expected_edge_missing"]
     assert out["golden_heldout_top1"] == json.loads((run_dir / "stage1.json").read_text())["golden"]["heldout_top1"]
-    assert _expectations(load_run(run_dir), None, None, None, None, None, None, 0)["expected_edge_missing"].endswith("--expect-images 0)")
+    assert _expectations(load_run(run_dir), None, None, None, None, None, None, 0)[0]["expected_edge_missing"].endswith("--expect-images 0)")
 
 
 def test_expectation_is_measured_on_the_golden_held_out_slice(packed, monkeypatch):
@@ -179,8 +179,9 @@ def test_expectation_is_measured_on_the_golden_held_out_slice(packed, monkeypatc
     src = scan_image_folder(packed["data"])
     cfg = json.loads((packed["run"] / "stage1.json").read_text())["stage1"]
     _, held = holdout_split(src.labels, cfg["golden_holdout"], cfg["seed"])
-    out = pack_module._expectations(run, None, None, None, None, None, None, 1000)
+    out, heldout = pack_module._expectations(run, None, None, None, None, None, None, 1000)
     assert seen == [(str(packed["data"]), held.tolist())] and (out["expected_edge_top1"], out["expected_edge_images"]) == (0.5, len(held))
+    assert heldout[0].name == str(packed["data"]) and heldout[1].tolist() == held.tolist()  # what the int8 gate measures on
     pack_module._expectations(run, None, None, None, None, None, None, 2)
     assert seen[-1][1] == [held[0], held[-1]]  # the cap keeps the slice's ends, spread evenly
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from edgedd.backbones import load_backbone
 from edgedd.cli import app
-from edgedd.device import artifact as art
+from edgedd.device import artifact as art, runtime
 from edgedd.errors import EdgeddError
 from edgedd.export.pack import PackConfig, pack
 
@@ -197,16 +197,25 @@ def test_int8_backbone_and_fine_tune(packed, tmp_path):
     f32, f8 = (_sess(out / g).run(None, {"images": x})[0] for g in ("backbone.onnx", "backbone.int8.onnx"))
     cos = (f32 * f8).sum(1) / (np.linalg.norm(f32, axis=1) * np.linalg.norm(f8, axis=1))
     assert (cos > 0.95).all(), cos
+    # the int8 graph measured on the same real held-out images as the fp32 expectation (format 1.3)
+    ref = a.meta["reference"]
+    assert ref["int8_expected_edge_images"] == ref["expected_edge_images"] > 0 and 0 <= ref["int8_expected_edge_top1"] <= 1
     d = CliRunner().invoke(app, ["deploy-check", str(out), "--int8", "--data", str(packed["heldout"]), "--json"])
     rep = json.loads(d.stdout)
     ft = next(c for c in rep["checks"] if c["name"] == "fine-tune")
-    assert ft["ok"], ft  # the closed-form fit lowers the target error on int8 features
+    assert ft["ok"] and "the fp32 backbone's features" in ft["detail"], ft  # the closed-form fit lowers the target error
     assert {"synthetic_top1", "synthetic_top1_packed_projector", "data_top1", "data_top1_packed_projector"} <= set(rep)
-    # a zero tolerance refuses the int8 graph unless it loses nothing at all
+    assert rep["expected_top1"] == ref["int8_expected_edge_top1"]  # --int8 is held to the int8 figure
+    assert "(int8 backbone)" in next(c for c in rep["checks"] if c["name"] == "expected")["detail"]
+    # the int8 device fits P on the fp32 graph's view features: the same projector as the fp32 fit
+    ft8 = runtime.fine_tune_projector(runtime.open_bundle(out, int8=True))
+    ft32 = runtime.fine_tune_projector(runtime.open_bundle(out))
+    np.testing.assert_array_equal(ft8["weight"], ft32["weight"])
+    # a zero tolerance refuses the int8 graph unless it loses nothing at all on the real held-out images
     strict = CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(tmp_path / "q0"), "--int8", "--int8-max-drop", "0",
                                       "--projector-epochs", "100"])
     assert strict.exit_code in (0, 1)
     if strict.exit_code == 1:
-        assert "int8 backbone loses" in strict.stderr and not (tmp_path / "q0").exists()
+        assert "int8 backbone loses" in strict.stderr and "held-out real images" in strict.stderr and not (tmp_path / "q0").exists()
     else:  # the same int8 bytes from the same run (the bundle's sha256 must not move)
         assert (tmp_path / "q0" / "backbone.int8.onnx").read_bytes() == (out / "backbone.int8.onnx").read_bytes()

@@ -95,7 +95,8 @@ def _fine_tune_check(checks: list, b: Bundle, ridge: float | None) -> tuple[np.n
     fit_ok = problem is None and ft["objective_after"] <= ft["objective_before"] * 1.0001 + 1e-12
     # Only a fit that passes is written: predict trusts what this check let through.
     written = f"wrote {save_finetuned(b, ft).name}" if fit_ok else f"not written ({problem or 'the fit does not lower the error'})"
-    _check(checks, "fine-tune", fit_ok, f"ridge {ft['ridge']:g}{' (cross-validated)' if ft['ridge_scores'] else ''} on {ft['views']} views: "
+    _check(checks, "fine-tune", fit_ok, f"ridge {ft['ridge']:g}{' (cross-validated)' if ft['ridge_scores'] else ''} on {ft['views']} views"
+                                        + (" (the fp32 backbone's features)" if b.variant == "int8" else "") + ": "
                                         f"target MSE {ft['mse_before']:.4g} -> {ft['mse_after']:.4g}; {written}")
     return projector
 
@@ -125,7 +126,7 @@ def _synthetic_check(checks: list, b: Bundle, before: float, syn: float, n: int,
     ok = all(r is None or abs(got - r) <= slack for _, got, r in pairs)
     detail = "; ".join(f"{name} {got:.1%}" + (f" (host {r:.1%})" if r is not None else "") for name, got, r in pairs)
     if fine_tune and int8:
-        detail += f"; device fit on int8 features {syn:.1%}"
+        detail += f"; device fit with the int8 backbone {syn:.1%}"
     _check(checks, "synthetic accuracy", ok, detail + f"; parity within {slack:.0%}")
 
 
@@ -160,8 +161,10 @@ def _chance_check(checks: list, report: dict, classes: int, y: np.ndarray) -> No
 
 
 def _expected_check(checks: list, report: dict, ref: dict, n: int, margin: float, int8: bool) -> None:
-    """--data top-1 against the top-1 pack measured on the same edge path on real held-out images."""
-    host, host_n = ref.get("expected_edge_top1"), ref.get("expected_edge_images")
+    """--data top-1 against the top-1 pack measured on the same edge path on real held-out images
+    (with --int8, the int8 backbone's, where the bundle records it: format 1.3)."""
+    own = int8 and ref.get("int8_expected_edge_top1") is not None
+    host, host_n = (ref.get("int8_expected_edge_top1"), ref.get("int8_expected_edge_images")) if own else (ref.get("expected_edge_top1"), ref.get("expected_edge_images"))
     report["expected_top1"], report["expected_images"], report["expected_allowed_drop"] = host, host_n, None
     if not isinstance(host, (int, float)) or not isinstance(host_n, int) or host_n < 1:
         why = ref.get("expected_edge_missing") or "packed by an edgedd that did not measure one"
@@ -171,7 +174,7 @@ def _expected_check(checks: list, report: dict, ref: dict, n: int, margin: float
     drop = report["expected_allowed_drop"] = allowed_drop(got, n, host, host_n, margin)
     _check(checks, "expected", got >= host - drop,
            f"device {got:.1%} on {n} images, host expected {host:.1%} on {host_n} held-out images"
-           + (" (fp32 backbone)" if int8 else "") + f"; allowed drop {100 * drop:.1f} points (max of --margin {100 * margin:g} and 3 standard errors)")
+           + ((" (int8 backbone)" if own else " (fp32 backbone)") if int8 else "") + f"; allowed drop {100 * drop:.1f} points (max of --margin {100 * margin:g} and 3 standard errors)")
 
 
 def _latency_check(checks: list, report: dict, b: Bundle, x1: np.ndarray, projector, max_latency_ms: float | None) -> None:
