@@ -17,10 +17,10 @@ computed on the pixels the device will see; render K flip + RRC views per image,
 targets, phi_B(views) the projector's inputs (:func:`_render_targets`); train the reference
 projector in torch and compute the reference figures on the synthetic set (:func:`_fit_projector`);
 measure the top-1 the device should reach on real images (the edge path on the golden classifier's
-held-out slice of the training data, deploy-check's ``expected``; :func:`_expectations`); export
+held-out slice of the training data, deploy-check's ``expected``; edge_path.py); export
 and validate the three graphs (:func:`_export_graphs`); write the self-test (:func:`_selftest`);
-with --int8, refuse a quantised backbone whose top-1 on the synthetic set drops by more than
-``int8_max_drop`` (:func:`_int8_gate`). The bundle appears atomically (built in a temporary
+with --int8, refuse a quantised backbone whose top-1 on those held-out images (the synthetic set
+without them) drops by more than ``int8_max_drop`` (:func:`_int8_gate`). The bundle appears atomically (built in a temporary
 sibling directory, then renamed; :func:`_write_bundle`).
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,19 +35,17 @@ import torch
 
 from edgedd import __version__
 from edgedd.atomic import check_replaceable, make_temp_dir, real_out, remove_stale_temp_dirs, replace_dir, sha256_file, write_bytes
-from edgedd.augment import center_crop, normalize, render_views, sample_views
-from edgedd.backbones import BackboneInfo, encode, load_backbone, resolve_device
+from edgedd.augment import normalize, render_views, sample_views
+from edgedd.backbones import BackboneInfo, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, PackConfig, to_dict
-from edgedd.data import canvas_loader
 from edgedd.device import artifact as art
 from edgedd.device.ridge import fit_ridge as fit_projector_ridge, projector_prior, select_ridge
 from edgedd.errors import EdgeddError
 from edgedd.lock import lock
-from edgedd.rundir import Run, load_run
+from edgedd.rundir import load_run
 from edgedd.rng import torch_generator
-from edgedd.stage1_files import STAGE1_FORMAT
-from edgedd.statistics import holdout_split
 
+from .edge_path import edge_inputs, edge_top1, expectations, features, onnx_features
 from .onnx_graphs import INT8_MODE, OPSET, calibration_count, check, cpu_copy, export_backbone, linear_graph, parity, quantize_int8
 from .projector import train_projector
 
@@ -91,115 +88,6 @@ def _not_a_bundle(out: Path) -> tuple[str, str] | None:
     return None
 
 
-@torch.no_grad()
-def _features(model, x: torch.Tensor, info: BackboneInfo) -> torch.Tensor:
-    return encode(model, x, info.preprocess, batch=128, amp=False)  # fp32, as the device's ONNX graphs run
-
-
-def _edge_inputs(canvases: torch.Tensor, info: BackboneInfo) -> torch.Tensor:
-    """Synthetic canvases -> the edge backbone's eval input (resize whole canvas, centre crop),
-    the same path the device takes (edgedd.device.render.resize_square + center_crop)."""
-    pp = info.preprocess
-    x = canvases
-    if x.shape[-1] != pp.resize_size:
-        n = x.shape[0]
-        from edgedd.augment import Views
-
-        full = Views(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n, 1), torch.zeros(n, dtype=torch.bool))
-        x = render_views(x, full, pp.resize_size)
-    return center_crop(x, pp.input_size)
-
-
-
-def _finite_or_none(x) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and x == x else None  # NaN: an empty held-out slice
-
-
-def _heldout_images(run: Run) -> tuple[object, np.ndarray]:
-    """The run's training data and the indices of the golden classifier's held-out slice in it.
-
-    The slice is Stage I's (edgedd.statistics.holdout_split, same fraction and seed), taken over
-    the images Stage I could read: its split indexes those, so the ones it skipped as unreadable
-    are left out first. Raises EdgeddError when the data cannot be opened or no longer matches.
-    """
-    source = run.train_data()  # refuses data whose fingerprint changed since the run
-    read = np.arange(len(source))
-    skipped = run.stage1.get("skipped_images") or []
-    if skipped and source.paths is not None:
-        # messages are "<path>: <error>" (edgedd.data.CanvasDataset)
-        unreadable = {m.split(": ", 1)[0] for m in skipped}
-        read = np.asarray([i for i, p in enumerate(source.paths) if p not in unreadable], dtype=np.int64)
-    used = run.stage1.get("images_used")
-    if used is not None and used != len(read):
-        raise EdgeddError(f"cannot tell which {used} of the {len(source)} training images Stage I read")
-    if run.stage1.get("format") != STAGE1_FORMAT:  # older Stage I: another slice, or a golden classifier refitted on it
-        raise EdgeddError(f"its Stage I (format {run.stage1.get('format')}, this edgedd writes {STAGE1_FORMAT}) drew or trained on "
-                          "the held-out slice differently")
-    cfg = run.stage1_config()
-    if cfg.golden_recipe != "converged":  # the reference recipe trains on every image: nothing is held out
-        raise EdgeddError(f"its golden classifier ({cfg.golden_recipe} recipe) trained on every image, none is held out")
-    _, held = holdout_split(source.labels[read], cfg.golden_holdout, cfg.seed)  # as train_golden draws it
-    return source, read[held]
-
-
-@torch.no_grad()
-def _edge_top1(source, idx: np.ndarray, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c, session=None) -> tuple[float, int]:
-    """Top-1 of phi_B -> packed projector -> golden classifier on the images ``idx`` of ``source``,
-    preprocessed as the device does (edgedd.device.runtime.load_labelled_folder: canvas at the
-    resize size, centre crop, normalise). Unreadable images are left out. Returns (top-1, images).
-    phi_B is ``model_b`` in torch, or the onnxruntime ``session`` (the int8 graph) when given."""
-    pp = info_b.preprocess
-    dev = next(model_b.parameters()).device if session is None else torch.device("cpu")
-    batches = [idx[s : s + 64].tolist() for s in range(0, len(idx), 64)]
-    correct = seen = 0
-    for canvases, labels, _ in canvas_loader(source, pp.resize_size, pp.interpolation, 64, 0, batches=batches):
-        if not len(labels):
-            continue
-        x = _edge_inputs(canvases.to(dev).float().div(255), info_b)
-        f = _features(model_b, x, info_b).cpu() if session is None else _onnx_features(session, normalize(x, pp.mean, pp.std))
-        correct += int((((f @ w_p.T + b_p) @ w_c.T + b_c).argmax(1) == labels).sum())
-        seen += len(labels)
-    return (correct / seen if seen else float("nan")), seen
-
-
-def _onnx_features(session, x: torch.Tensor) -> torch.Tensor:
-    """phi_B of normalised edge inputs through an onnxruntime session (the int8 backbone), 64 at a time."""
-    xn = x.cpu().numpy()
-    return torch.from_numpy(np.concatenate([session.run(None, {"images": xn[i : i + 64]})[0] for i in range(0, len(xn), 64)]))
-
-
-def _expectations(run: Run, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c, max_images: int) -> tuple[dict, tuple | None]:
-    """What the host expects on real images, for the artifact's ``reference`` (docs/ARTIFACT.md):
-    the golden classifier's held-out top-1 (stage1.json) and the edge path's top-1 on at most
-    ``max_images`` of that held-out slice, the figure deploy-check --data compares against.
-    Returns that and the (source, indices) of the images it classified (None: none), which the
-    int8 gate measures on too.
-
-    Without the run's training data (moved, changed, an embedded set this host cannot open) the
-    edge expectation is null with the reason, and pack warns once: a bundle is still useful.
-    """
-    golden = run.stage1.get("golden") or {}
-    out = {"golden_heldout_top1": _finite_or_none(golden.get("heldout_top1")), "golden_heldout_images": golden.get("heldout_images"),
-           "expected_edge_top1": None, "expected_edge_images": None, "expected_edge_data": None, "expected_edge_missing": None}
-    if max_images <= 0:
-        out["expected_edge_missing"] = "not measured (pack --expect-images 0)"
-        return out, None
-    try:
-        source, held = _heldout_images(run)
-    except EdgeddError as e:
-        out["expected_edge_missing"] = f"the run's training data could not be used: {e.problem}"
-        warnings.warn(f"no expected edge accuracy recorded ({e.problem}); deploy-check will skip its expected check")
-        return out, None
-    if len(held) > max_images:  # evenly spread over the sorted slice, so every class keeps its share
-        held = held[np.linspace(0, len(held) - 1, max_images).round().astype(np.int64)]
-    top, seen = _edge_top1(source, held, model_b, info_b, w_p, b_p, w_c, b_c)
-    if not seen:
-        out["expected_edge_missing"] = "no held-out image of the training data was readable"
-        return out, None
-    out.update(expected_edge_top1=top, expected_edge_images=seen, expected_edge_data=source.name)
-    return out, (source, held)
-
-
 def pack(
     run_dir: str | Path,
     out: str | Path,
@@ -237,7 +125,7 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     views, targets, feats_b, calib = _render_targets(pix, model_a, info_a, model_b, info_b, config, dev)
     w_c, b_c = run.golden_weight.float(), run.golden_bias.float()
     w_p, b_p, ref = _fit_projector(pix, labels, targets, feats_b, model_b, info_a, info_b, w_c, b_c, config)
-    expected, heldout = _expectations(run, model_b, info_b, w_p, b_p, w_c, b_c, config.expect_images)
+    expected, heldout = expectations(run, model_b, info_b, w_p, b_p, w_c, b_c, config.expect_images)
     ref.update(expected)
     graphs, validation, model_b_cpu = _export_graphs(model_b, info_a, info_b, w_p, b_p, w_c, b_c)
     st_in, st_f, st_l = _selftest(pix, model_b_cpu, info_b, w_p, b_p, w_c, b_c, config.selftest_images, dev)
@@ -293,9 +181,9 @@ def _render_targets(pix: torch.Tensor, model_a, info_a: BackboneInfo, model_b, i
     gen = torch_generator(config.seed, device=dev)  # pack's own main stream
     views = sample_views(n * config.views, AugmentConfig(), gen)
     rep = pix.repeat_interleave(config.views, dim=0)
-    targets = _features(model_a, render_views(rep, views, info_a.preprocess.input_size), info_a)
+    targets = features(model_a, render_views(rep, views, info_a.preprocess.input_size), info_a)
     x_b = render_views(rep, views, info_b.preprocess.input_size)
-    feats_b = _features(model_b, x_b, info_b)
+    feats_b = features(model_b, x_b, info_b)
     calib = None
     if config.int8:  # calibrate int8 on these very inputs: evenly spaced views, normalised as the graph's input
         pick = torch.from_numpy(np.linspace(0, len(x_b) - 1, min(len(x_b), calibration_count(x_b.shape[-1]))).round().astype(np.int64))
@@ -319,7 +207,7 @@ def _fit_projector(pix: torch.Tensor, labels: torch.Tensor, targets: torch.Tenso
                                               config.projector_epochs, config.seed, config.projector_recipe, ridge, prior)
 
     # reference figures on the synthetic set: torch projector vs the device's closed-form fit
-    eval_b = _features(model_b, _edge_inputs(pix, info_b), info_b).cpu()
+    eval_b = features(model_b, edge_inputs(pix, info_b), info_b).cpu()
     w_r, b_r = fit_projector_ridge(feats_b.cpu().numpy(), targets.cpu().numpy(), ridge, prior)
     logits_t = (eval_b @ w_p.T + b_p) @ w_c.T + b_c
     logits_r = (eval_b.numpy() @ w_r.T + b_r) @ w_c.numpy().T + b_c.numpy()
@@ -365,7 +253,7 @@ def _selftest(pix: torch.Tensor, model_b_cpu, info_b: BackboneInfo, w_p, b_p, w_
     n = pix.shape[0]
     k = min(count, n)
     pick = torch.linspace(0, n - 1, k).round().long()
-    st_in = normalize(_edge_inputs(pix[pick.to(dev)], info_b), info_b.preprocess.mean, info_b.preprocess.std).cpu()
+    st_in = normalize(edge_inputs(pix[pick.to(dev)], info_b), info_b.preprocess.mean, info_b.preprocess.std).cpu()
     with torch.no_grad():
         st_f = model_b_cpu(st_in).float()
     st_l = (st_f @ w_p.T + b_p) @ w_c.T + b_c
@@ -389,12 +277,12 @@ def _int8_gate(bb: bytes, calib: np.ndarray, pix: torch.Tensor, labels: torch.Te
     q = quantize_int8(bb, calib)
     check(q, "int8 backbone")
     sess = ort.InferenceSession(q, providers=["CPUExecutionProvider"])
-    xe = normalize(_edge_inputs(pix, info_b), info_b.preprocess.mean, info_b.preprocess.std).cpu()
-    fq = _onnx_features(sess, xe).numpy()
+    xe = normalize(edge_inputs(pix, info_b), info_b.preprocess.mean, info_b.preprocess.std).cpu()
+    fq = onnx_features(sess, xe).numpy()
     top_q = float((((fq @ w_p.numpy().T + b_p.numpy()) @ w_c.numpy().T + b_c.numpy()).argmax(1) == labels.numpy()).mean())
     ref["int8_synthetic_top1_packed_projector"] = top_q
     if heldout is not None:
-        top_r, seen = _edge_top1(*heldout, None, info_b, w_p, b_p, w_c, b_c, session=sess)
+        top_r, seen = edge_top1(*heldout, None, info_b, w_p, b_p, w_c, b_c, session=sess)
         ref.update(int8_expected_edge_top1=top_r, int8_expected_edge_images=seen)
         before, after, on = ref["expected_edge_top1"], top_r, f"top-1 on {seen} held-out real images"
     else:

@@ -78,7 +78,7 @@ def test_pack_edge_top1_follows_the_labels(packed, tmp_path):
     """pack's measurement (torch) against the device's (onnxruntime) on a folder where the figure is
     neither 0 nor 1: a third of the images filed under the wrong class."""
     from edgedd.backbones import load_backbone
-    from edgedd.export.pack import _edge_top1
+    from edgedd.export.edge_path import edge_top1
     from edgedd.rundir import load_run
 
     run = load_run(packed["run"])
@@ -95,7 +95,7 @@ def test_pack_edge_top1_follows_the_labels(packed, tmp_path):
     a = art.read(packed["bundle"] / art.ARTIFACT_FILE)
     t = {k: __import__("torch").from_numpy(a[k]) for k in ("projector.weight", "projector.bias", "classifier.weight", "classifier.bias")}
     mixed = scan_image_folder(data)
-    top, n = _edge_top1(mixed, np.arange(len(mixed)), model, info, t["projector.weight"], t["projector.bias"],
+    top, n = edge_top1(mixed, np.arange(len(mixed)), model, info, t["projector.weight"], t["projector.bias"],
                         t["classifier.weight"], t["classifier.bias"])
     b = runtime.open_bundle(packed["bundle"])
     x, y, _ = runtime.load_labelled_folder(b, data)
@@ -150,7 +150,7 @@ def test_bundle_without_expectation_reports_skipped(packed, tmp_path):
 
 def test_pack_without_its_training_data_warns_and_records_none(packed, tmp_path):
     """The training folder moved since the run: no expectation (null, with the reason), one warning."""
-    from edgedd.export.pack import _expectations
+    from edgedd.export.edge_path import expectations
     from edgedd.rundir import load_run
 
     run_dir = tmp_path / "run"
@@ -159,30 +159,30 @@ def test_pack_without_its_training_data_warns_and_records_none(packed, tmp_path)
     summary["dataset"]["name"] = str(tmp_path / "moved-away")
     (run_dir / "summary.json").write_text(json.dumps(summary))
     with pytest.warns(UserWarning) as w:
-        out, heldout = _expectations(load_run(run_dir), None, None, None, None, None, None, 1000)
+        out, heldout = expectations(load_run(run_dir), None, None, None, None, None, None, 1000)
     ours = [str(x.message) for x in w if issubclass(x.category, UserWarning) and not issubclass(x.category, ResourceWarning)]
     assert len(ours) == 1 and "\n" not in ours[0] and "no expected edge accuracy" in ours[0], ours
     assert out["expected_edge_top1"] is None and out["expected_edge_images"] is None and heldout is None
     assert "not readable here" in out["expected_edge_missing"]
     assert out["golden_heldout_top1"] == json.loads((run_dir / "stage1.json").read_text())["golden"]["heldout_top1"]
-    assert _expectations(load_run(run_dir), None, None, None, None, None, None, 0)[0]["expected_edge_missing"].endswith("--expect-images 0)")
+    assert expectations(load_run(run_dir), None, None, None, None, None, None, 0)[0]["expected_edge_missing"].endswith("--expect-images 0)")
 
 
 def test_expectation_is_measured_on_the_golden_held_out_slice(packed, monkeypatch):
     """The images pack classifies are Stage I's held-out slice (capped evenly), nothing else."""
-    from edgedd.export import pack as pack_module
+    from edgedd.export import edge_path
     from edgedd.rundir import load_run
 
     seen = []
-    monkeypatch.setattr(pack_module, "_edge_top1", lambda source, idx, *a: seen.append((source.name, list(idx))) or (0.5, len(idx)))
+    monkeypatch.setattr(edge_path, "edge_top1", lambda source, idx, *a: seen.append((source.name, list(idx))) or (0.5, len(idx)))
     run = load_run(packed["run"])
     src = scan_image_folder(packed["data"])
     cfg = json.loads((packed["run"] / "stage1.json").read_text())["stage1"]
     _, held = holdout_split(src.labels, cfg["golden_holdout"], cfg["seed"])
-    out, heldout = pack_module._expectations(run, None, None, None, None, None, None, 1000)
+    out, heldout = edge_path.expectations(run, None, None, None, None, None, None, 1000)
     assert seen == [(str(packed["data"]), held.tolist())] and (out["expected_edge_top1"], out["expected_edge_images"]) == (0.5, len(held))
     assert heldout[0].name == str(packed["data"]) and heldout[1].tolist() == held.tolist()  # what the int8 gate measures on
-    pack_module._expectations(run, None, None, None, None, None, None, 2)
+    edge_path.expectations(run, None, None, None, None, None, None, 2)
     assert seen[-1][1] == [held[0], held[-1]]  # the cap keeps the slice's ends, spread evenly
 
 

@@ -26,7 +26,8 @@ pack records it when the edge weights hash to A's) the fit shrinks towards the i
     P = I + argmin_D ||Xc D^T - (Yc - Xc)||^2 + lam ||D||^2                               (4)
 
 i.e. (3) on the residual targets y - x, plus I: for B = A exactly, P = I and the device keeps the
-golden classifier as it is; for an int8 B, P corrects only what quantisation moved on the views.
+golden classifier as it is; for B = A at another input size, P corrects what the size moved. (An
+int8 B is fitted on its fp32 graph's features: edgedd.device.finetune.fit_features.)
 
 Each fold costs one eigendecomposition, of Xc Xc^T (n x n) when there are fewer rows than features
 and of Xc^T Xc (D x D) otherwise; every r then costs a matrix product:
