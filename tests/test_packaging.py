@@ -20,7 +20,9 @@ def test_every_subpackage_is_installed():
 def test_license_classifiers_and_typing_marker():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     text = (ROOT / "LICENSE").read_text()
-    assert project["project"]["license"] == {"text": "Apache-2.0"}
+    # PEP 639: an SPDX expression and the file; the TOML-table form is deprecated by setuptools
+    assert project["project"]["license"] == "Apache-2.0" and project["project"]["license-files"] == ["LICENSE"]
+    assert not any(c.startswith("License ::") for c in project["project"]["classifiers"])  # PEP 639 forbids both
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
     classifiers = project["project"]["classifiers"]
     assert "Operating System :: POSIX" in classifiers and "Typing :: Typed" in classifiers
