@@ -108,6 +108,9 @@ def main() -> None:
         ("deploy-check on the edge (onnxruntime, device-fitted projector)", a.edge, f"{100 * dc['data_top1']:.1f}", ""),
     ]
     if dc8:
+        if p["reference"].get("int8_expected_edge_top1") is not None:
+            rows.append(("pack's expectation for the int8 backbone (onnxruntime, the same held-out images)", a.edge,
+                         f"{100 * p['reference']['int8_expected_edge_top1']:.1f}", ""))
         rows.append(("deploy-check on the edge, int8 backbone (static QDQ)", a.edge, f"{100 * dc8['data_top1']:.1f}", ""))
     table = [f"| | backbone | top-1 % on embedded:mnist/test (1,000) | final training loss ({a.protocol} protocol) |", "|---|---|---|---|"]
     table += [f"| {r} | `{bb}` | {v} | {lo} |" for r, bb, v, lo in rows]
