@@ -177,6 +177,19 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, out: int, gen: torch.Gener
     return apply_augment(images, sample_augment(images.shape[0], cfg, out, gen, noise, images.dtype), out)
 
 
+def eval_view(canvases: torch.Tensor, resize_size: int, input_size: int) -> torch.Tensor:
+    """The eval input of square canvases, the way the device makes it from a canvas
+    (edgedd.device.inputs.prepare_canvases, before normalising): the whole canvas resampled to
+    ``resize_size`` (bilinear, :func:`render_views` with the identity box) unless it already has that
+    side, then the exact centre ``input_size`` crop. The host's one canvas -> eval input path (pack's
+    edge path, evaluate's view of another backbone B)."""
+    if canvases.shape[-1] != resize_size:
+        n = canvases.shape[0]
+        full = Views(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n, 1), torch.zeros(n, dtype=torch.bool))
+        canvases = render_views(canvases, full, resize_size)
+    return center_crop(canvases, input_size)
+
+
 def center_crop(images: torch.Tensor, out: int) -> torch.Tensor:
     """Exact pixel centre crop (timm's CenterCrop rounding), no resampling."""
     h, w = images.shape[-2:]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .augment import Views, center_crop, render_views, sample_views
+from .augment import Views, center_crop, eval_view, render_views, sample_views
 from .backbones import BackboneInfo, encode, load_backbone
 from .config import AugmentConfig, EvalConfig, Preprocess
 from .data import CanvasDataset, canvas_loader, collate_canvases
@@ -56,15 +56,9 @@ class Encoder:
         return encode(self.model, x, self.pp, self.batch)
 
     def centre_view(self, canvases: torch.Tensor) -> torch.Tensor:
-        """The eval view of square canvases: resize to ``resize_size`` then centre crop ``input_size``,
-        i.e. the central input/resize fraction of the canvas, resampled to ``input_size``."""
-        side = canvases.shape[-1]
-        if side == self.pp.resize_size:
-            return center_crop(canvases, self.input_size)  # exact, no resampling
-        f = min(1.0, self.input_size / self.pp.resize_size)
-        n = canvases.shape[0]
-        box = torch.tensor([[(1 - f) / 2, (1 - f) / 2, (1 + f) / 2, (1 + f) / 2]]).repeat(n, 1)
-        return render_views(canvases, Views(box, torch.zeros(n, dtype=torch.bool)), self.input_size)
+        """The eval view of square canvases made at another backbone's size: as the device makes it
+        (augment.eval_view: resize the canvas to ``resize_size``, centre crop ``input_size``)."""
+        return eval_view(canvases, self.pp.resize_size, self.input_size)
 
 
 def load_encoders(run: Run, eval_backbone, eval_weights, eval_crop_res, device, batch: int, need_a: bool) -> tuple[Encoder | None, Encoder]:

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 
-from edgedd.augment import center_crop, normalize, render_views
+from edgedd.augment import eval_view, normalize
 from edgedd.backbones import BackboneInfo, encode
 from edgedd.data import canvas_loader
 from edgedd.errors import EdgeddError
@@ -31,17 +31,8 @@ def features(model, x: torch.Tensor, info: BackboneInfo) -> torch.Tensor:
 
 
 def edge_inputs(canvases: torch.Tensor, info: BackboneInfo) -> torch.Tensor:
-    """Synthetic canvases -> the edge backbone's eval input (resize whole canvas, centre crop),
-    the same path the device takes (edgedd.device.render.resize_square + center_crop)."""
-    pp = info.preprocess
-    x = canvases
-    if x.shape[-1] != pp.resize_size:
-        n = x.shape[0]
-        from edgedd.augment import Views
-
-        full = Views(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n, 1), torch.zeros(n, dtype=torch.bool))
-        x = render_views(x, full, pp.resize_size)
-    return center_crop(x, pp.input_size)
+    """Canvases -> the edge backbone's eval input, the path the device takes (augment.eval_view)."""
+    return eval_view(canvases, info.preprocess.resize_size, info.preprocess.input_size)
 
 
 

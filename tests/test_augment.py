@@ -74,3 +74,19 @@ def test_distill_cli_takes_crop_sampler_reference(image_folder, tmp_path):
     assert json.loads((out / "run.json").read_text())["identity"]["distill"]["augment"]["crop_sampler"] == "reference"
     r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "bad", "--crop-sampler", "kornia"))
     assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("side,resize,crop", [(73, 73, 64), (28, 73, 64), (96, 37, 32), (64, 110, 96)])
+def test_eval_view_is_what_the_device_makes_of_a_canvas(side, resize, crop):
+    """One canvas -> eval input path on the host (pack's edge path, evaluate's view through B), and
+    it is the device's: edgedd.device.render's resize + centre crop in numpy, to float rounding."""
+    import numpy as np
+
+    from edgedd.augment import eval_view
+    from edgedd.device.render import center_crop, resize_square
+
+    x = torch.rand(3, 3, side, side, generator=torch.Generator().manual_seed(side))
+    host = eval_view(x, resize, crop)
+    dev = x.numpy() if side == resize else resize_square(x.numpy(), resize)
+    assert host.shape == (3, 3, crop, crop)
+    np.testing.assert_allclose(host.numpy(), center_crop(dev, crop), atol=1e-5)
