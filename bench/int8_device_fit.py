@@ -32,19 +32,16 @@ from pathlib import Path
 import numpy as np
 
 from edgedd.device.bundle import open_bundle
-from edgedd.device.finetune import view_inputs
+from edgedd.device.finetune import fit_on_features, view_inputs
 from edgedd.device.infer import backbone_features
-from edgedd.device.ridge import fit_ridge, recorded_prior, select_ridge
+from edgedd.device.ridge import recorded_prior
 from edgedd.images import open_dataset
 
 
 def fit(b, feats: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """deploy-check's fit (edgedd.device.finetune.fine_tune_projector) on the given view features."""
-    n, k = b.artifact["targets.boxes"].shape[:2]
-    prior = recorded_prior(b.meta)
-    r, _ = select_ridge(feats, y, np.repeat(np.arange(n), k), b.artifact["synthetic.labels"], prior=prior)
-    w, bias = fit_ridge(feats, y, r, prior)
-    return w, bias, r
+    """deploy-check's fit (edgedd.device.finetune.fit_on_features) on the given view features."""
+    ft = fit_on_features(b, feats, y)
+    return ft["weight"], ft["bias"], ft["ridge"]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

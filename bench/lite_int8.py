@@ -21,8 +21,9 @@ labels, the device's own closed form) fitted on **fp32** features of --train-ima
 training images (evenly spaced), then applied to fp32 / int8 (/ dyn) features of --test-images
 embedded:mnist/test images (evenly spaced): top-1 of each, and how many test images change their
 answer. That is what an int8 graph does to a head fitted on fp32 features (the packed projector).
-"refit": the ridge fitted again on that int8 variant's own training features (as the device's
-projector fit on int8 features does): what information the quantised features still carry.
+"refit": the ridge fitted again on that int8 variant's own training features: what information
+the quantised features still carry. (The device's projector fit no longer uses int8 features:
+bench/int8_device_fit.py.)
 
     python bench/lite_int8.py [--models lite0 lite1 lite2] [--small 96] [--threads 1] [--dynamic] [--json]
 
@@ -126,8 +127,7 @@ def interleaved(sessions: dict, inputs, runs: int, budget_s: float, min_runs: in
 
 def probe(sess: dict, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, classes: int) -> dict:
     """Ridge classifier fitted on fp32 features, scored on each variant's test features; and, for
-    the int8 variants, refitted on their own training features (as the device refits its projector
-    on int8 features): what the quantised features still hold."""
+    the int8 variants, refitted on their own training features: what the quantised features still hold."""
     onehot = np.eye(classes, dtype=np.float32)[y_train]
     ridge = {n: fit_projector_ridge(features(s, x_train), onehot) for n, s in sess.items()}
     f = {n: features(s, x_test) for n, s in sess.items()}

@@ -4,7 +4,8 @@ Distills the embedded MNIST train split, packs it (fp32 and --int8), writes the 
 split to an ImageFolder, and runs deploy-check --data on it. deploy-check reports, on the same
 views and the same test images, top-1 with the packed torch projector and with the projector the
 device fits in closed form; with --int8, "packed" is before the on-device fit and the other
-figure after it.
+figure after it (the device fit on the fp32 graph's view features since the int8 device-fit
+change, bench/int8_device_fit.py; the RESULTS.md table predates it and fitted on int8 features).
 
     python bench/projector_accuracy.py [--backbone test_vit --crop-res 32 --ipc 10] [--json]
 """

@@ -237,6 +237,8 @@ def _expectation_line(ref: dict) -> str:
               if ref.get("golden_heldout_top1") is not None else "not recorded by the run"))
     edge = (f"expected edge top-1 {ref['expected_edge_top1']:.1%} on {ref['expected_edge_images']} held-out images"
             if ref.get("expected_edge_top1") is not None else f"no expected edge top-1 ({ref.get('expected_edge_missing')})")
+    if ref.get("int8_expected_edge_top1") is not None:
+        edge += f", int8 backbone {ref['int8_expected_edge_top1']:.1%}"
     return f"  real images: {golden}; {edge}"
 
 

@@ -73,7 +73,7 @@ def main() -> None:
     phases["evaluate"] = time.perf_counter() - t0 - sum(phases.values())
     print(f"[3/5] pack for {a.edge}", flush=True)
     bundle = out / "bundle"
-    try:  # int8 if it passes pack's gate (synthetic-set top-1 within 5 points of fp32), else fp32 only
+    try:  # int8 if it passes pack's gate (top-1 on the held-out real images within 5 points of fp32), else fp32 only
         p = pack(run, bundle, edge_backbone=a.edge, edge_crop_res=a.edge_crop_res, config=PackConfig(int8=True), overwrite=True)
     except EdgeddError as e:
         print(f"      int8 refused ({e.problem}); packing fp32 only", flush=True)

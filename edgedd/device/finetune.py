@@ -58,7 +58,12 @@ def fine_tune_projector(b: Bundle, ridge: float | None = None) -> dict:
 
     With the int8 backbone, phi_B is the bundle's fp32 graph run on this device (:func:`fit_features`)."""
     x_in, y = view_inputs(b)
-    feats = fit_features(b, x_in)
+    return fit_on_features(b, fit_features(b, x_in), y, ridge)
+
+
+def fit_on_features(b: Bundle, feats: np.ndarray, y: np.ndarray, ridge: float | None = None) -> dict:
+    """:func:`fine_tune_projector`'s fit on given phi_B features ``feats`` of the stored views and
+    their targets ``y`` (bench/int8_device_fit.py compares feature sources through it)."""
     n, k = b.artifact["targets.boxes"].shape[:2]
     prior = recorded_prior(b.meta)
     scores = {}
@@ -111,7 +116,7 @@ def save_finetuned(b: Bundle, ft: dict) -> Path:
     from ..stio import serialize as save
 
     meta = {"artifact_sha256": b.artifact.file_sha256, "backbone": b.variant, "backbone_sha256": b.graph_sha256["backbone"],
-            "method": "ridge (closed form)", "ridge": repr(ft["ridge"]), "views": str(ft["views"]),
+            "method": "ridge (closed form)", "fit_features": "fp32 backbone", "ridge": repr(ft["ridge"]), "views": str(ft["views"]),
             "mse_before": repr(ft["mse_before"]), "mse_after": repr(ft["mse_after"])}
     path = b.directory / FINETUNED_FILE
     write_bytes(path, save({"weight": ft["weight"], "bias": ft["bias"]}, metadata=meta))
