@@ -226,3 +226,18 @@ def test_predict_int8_and_the_projector_bound_to_its_variant(packed, tmp_path):
     err = _one_line(predict())
     assert "fitted for the int8 backbone, this run uses fp32" in err and "run edgedd deploy-check on this bundle" in err, err
     assert runtime.Bundle.open(bundle, int8=True).projector is not None
+
+    # an int8 fit written by an older edgedd (no fit_features: fitted on int8 view features) still
+    # loads, with one warning naming the refit
+    from safetensors import safe_open
+
+    from edgedd.stio import serialize
+
+    side = bundle / runtime.FINETUNED_FILE
+    with safe_open(str(side), framework="numpy") as f:
+        md = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert md.pop("fit_features") == "fp32 backbone"
+    side.write_bytes(serialize(tensors, metadata=md))
+    with pytest.warns(UserWarning, match="older edgedd.*deploy-check --int8 again"):
+        assert runtime.Bundle.open(bundle, int8=True).projector is not None

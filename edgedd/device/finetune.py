@@ -170,4 +170,9 @@ def load_finetuned(b: Bundle) -> tuple[np.ndarray, np.ndarray] | None:
     problem = projector_problem(b, w, bias)
     if problem:
         raise bad(problem)
+    if b.variant == "int8" and "fit_features" not in md:  # an older edgedd's fit on int8 view features: valid, but worse
+        import warnings
+
+        warnings.warn(f"{path} was fitted on the int8 graph's view features by an older edgedd (up to 7.6 points lower on "
+                      "real images); run edgedd deploy-check --int8 again to refit it on the fp32 graph's")
     return w, bias
