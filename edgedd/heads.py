@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device.ridge import PRIORS
+from .device.ridge import PRIORS, residual
 from .progress import Progress
 
 STALLED = 0.9  # a head whose final loss is above 0.9 x its starting loss did not train
@@ -258,20 +258,22 @@ def fit_ridge(head: torch.nn.Linear, x, y, l2: float, chunk: int = 8192, prior: 
     if prior not in PRIORS or (prior == "identity" and d != y.shape[-1]):
         raise ValueError(f"projector prior {prior!r} does not fit D_B = {d}, D_A = {y.shape[-1]}")
 
-    def target(s: int, e: int) -> torch.Tensor:  # y, or the residual y - x under the identity prior
-        t = _rows(y, s, e, device).double()
-        return t - _rows(x, s, e, device).double() if prior == "identity" else t
+    def rows(s: int, e: int) -> tuple[torch.Tensor, torch.Tensor]:  # x's rows (read once) and their targets (residual)
+        xs = _rows(x, s, e, device).double()
+        return xs, residual(xs, _rows(y, s, e, device).double(), prior)
 
     for s, e in parts:
-        sx += _rows(x, s, e, device).double().sum(0)
-        sy += target(s, e).sum(0)
+        xs, t = rows(s, e)
+        sx += xs.sum(0)
+        sy += t.sum(0)
     mx, my = sx / (n * v), sy / (n * v)
     gram = torch.zeros(d, d, dtype=torch.float64, device=device)
     cross = torch.zeros(d, y.shape[-1], dtype=torch.float64, device=device)
     for s, e in parts:
-        xc = _rows(x, s, e, device).double() - mx
+        xs, t = rows(s, e)
+        xc = xs - mx
         gram += xc.T @ xc
-        cross += xc.T @ (target(s, e) - my)
+        cross += xc.T @ (t - my)
     lam = l2 * max(float(torch.trace(gram)), 1e-12) / d
     wt = torch.linalg.solve(gram + lam * torch.eye(d, dtype=torch.float64, device=device), cross)
 
