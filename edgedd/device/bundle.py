@@ -29,6 +29,7 @@ from .schema import GRAPH_NAME
 
 
 ROLES = ("backbone", "projector", "classifier")
+MAX_GRAPH_BYTES = 2**31  # protobuf's own limit: no valid self-contained graph is larger (a bundle refuses external data)
 
 
 @dataclass
@@ -131,8 +132,12 @@ def read_graph(directory: Path, role: str, entry) -> bytes:
         why = "a symbolic link" if e.errno == errno.ELOOP else os.strerror(e.errno) if e.errno else type(e).__name__
         raise EdgeddError(f"cannot read {path} ({why})", "graph files must be readable regular files inside the bundle; re-copy it") from None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
             raise EdgeddError(f"{path} is not a regular file", "graph files must be regular files inside the bundle; re-copy it")
+        if st.st_size > MAX_GRAPH_BYTES:  # refused from its size, before reading it into memory
+            raise EdgeddError(f"{path} is {st.st_size} bytes, more than an ONNX graph can be (2 GiB)",
+                              "the bundle was altered; re-copy it or re-run edgedd pack")
         data = f.read()
     if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         raise EdgeddError(f"{path} does not match the artifact (sha256 mismatch)", "the bundle was altered or mixed up; re-copy it")

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from edgedd.cli import app
 from edgedd.device import runtime
 from edgedd.device.onnx_scan import Malformed, uses_external_data
+from edgedd.errors import EdgeddError
 
 
 def _point_backbone_at(bundle, name, sha256=None):
@@ -77,6 +78,15 @@ def test_a_symlinked_graph_is_refused(bundle, tmp_path):
     shutil.move(bundle / "backbone.onnx", real)
     (bundle / "backbone.onnx").symlink_to(real)
     one_line_error(CliRunner().invoke(app, ["deploy-check", str(bundle)]), "backbone.onnx", "a symbolic link")
+
+
+def test_a_graph_larger_than_protobuf_allows_is_refused_before_it_is_read(bundle):
+    """A 3 GiB sparse backbone.onnx: one line from its size (reading it would take 3 GiB of memory)."""
+    with open(bundle / "backbone.onnx", "r+b") as f:
+        f.truncate(3 * 2**30)
+    with pytest.raises(EdgeddError, match="backbone.onnx is 3221225472 bytes, more than an ONNX graph can be"):
+        runtime.open_bundle(bundle)
+    one_line_error(CliRunner().invoke(app, ["deploy-check", str(bundle)]), "backbone.onnx", "more than an ONNX graph can be")
 
 
 def test_each_graph_is_read_once_and_the_same_bytes_go_to_onnxruntime(bundle, monkeypatch, opened):
