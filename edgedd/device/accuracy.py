@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import EdgeddError
 from ..images import EMBEDDED_PREFIX, UNREADABLE_IMAGE, load_canvas, scan_image_folder
 from ..paths import require_dir
-from .render import center_crop, normalize
+from .inputs import prepare_canvases
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -43,8 +43,7 @@ def load_labelled_folder(b: Bundle, directory: str | Path) -> tuple[np.ndarray, 
             skipped += 1
     if not xs:
         raise EdgeddError(f"no readable images in {directory}", "pass a folder of images")
-    x = np.stack(xs).astype(np.float32) / 255.0
-    return normalize(center_crop(x, pp["input_size"]), pp["mean"], pp["std"]), np.asarray(ys), skipped
+    return prepare_canvases(b, np.stack(xs).astype(np.float32) / 255.0), np.asarray(ys), skipped
 
 
 CHANCE_ALPHA = 0.00135  # one-sided tail probability of 3 sigma

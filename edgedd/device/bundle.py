@@ -19,9 +19,8 @@ from ..paths import require_dir, require_file
 from . import artifact as art
 from .finetune import load_finetuned
 from .infer import classify, softmax, top_indices
-from .inputs import as_image_list, edge_canvas, is_image_list
+from .inputs import as_image_list, edge_canvas, is_image_list, prepare_canvases
 from .onnx_scan import Malformed, uses_external_data
-from .render import center_crop, normalize
 
 # A graph's file name must be a bare name inside the bundle: one rule, the schema's (checked on
 # every read of the artifact; read_graph checks it again before touching the file system).
@@ -94,8 +93,7 @@ class Bundle:
         canvases = [edge_canvas(im, pp["resize_size"], pp["interpolation"]) for im in as_image_list(images)]
         if not canvases:
             return np.zeros((0, 3, pp["input_size"], pp["input_size"]), np.float32)
-        x = np.stack(canvases).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        return normalize(center_crop(x, pp["input_size"]), pp["mean"], pp["std"])
+        return prepare_canvases(self, np.stack(canvases).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
 
     def probabilities(self, images) -> np.ndarray:
         """Softmax class probabilities, (n, classes) float32, for one image or a list."""
@@ -162,26 +160,31 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
     available = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]  # remote-only EP
     chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
     b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
     for role in ROLES:
         g = graphs.get(role)
         if not g:
             raise EdgeddError(f"artifact in {directory} lists no {role} graph", "re-run edgedd pack")
-        data = read_graph(directory, role, g)
-        name = g["file"]
-        try:
-            external = uses_external_data(data)
-        except Malformed:  # refused too: what this walker cannot read, it cannot vouch for
-            raise EdgeddError(f"{directory / name} is not a valid ONNX model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
-        if external:
-            raise EdgeddError(f"{directory / name} keeps tensors in external files, which a bundle never does",
-                              "the bundle was altered; re-copy it or re-run edgedd pack")
+        b.sessions[role] = load_session(directory, role, g, chosen)
         b.graph_sha256[role] = g["sha256"]
-        b.graph_files[role] = directory / name
-        try:
-            b.sessions[role] = ort.InferenceSession(data, sess_options=opts, providers=chosen)
-        except Exception as e:  # onnxruntime's own exception types
-            raise EdgeddError(f"onnxruntime cannot load {directory / name} ({type(e).__name__})",
-                              "check the onnxruntime version (see the bundle's meta)") from None
+        b.graph_files[role] = directory / g["file"]
     return b
+
+
+def load_session(directory: Path, role: str, entry, providers: list[str]) -> ort.InferenceSession:
+    """One verified graph (:func:`read_graph`: the hashed bytes, no external data) as an onnxruntime session."""
+    data = read_graph(directory, role, entry)
+    name = entry["file"]
+    try:
+        external = uses_external_data(data)
+    except Malformed:  # refused too: what this walker cannot read, it cannot vouch for
+        raise EdgeddError(f"{directory / name} is not a valid ONNX model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
+    if external:
+        raise EdgeddError(f"{directory / name} keeps tensors in external files, which a bundle never does",
+                          "the bundle was altered; re-copy it or re-run edgedd pack")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(data, sess_options=opts, providers=providers)
+    except Exception as e:  # onnxruntime's own exception types
+        raise EdgeddError(f"onnxruntime cannot load {directory / name} ({type(e).__name__})",
+                          "check the onnxruntime version (see the bundle's meta)") from None

@@ -17,7 +17,7 @@ from ..errors import EdgeddError
 from .accuracy import EXPECTED_MARGIN, allowed_drop, chance_bound, load_labelled_folder, top1
 from .bundle import ROLES, Bundle, open_bundle
 from .finetune import FINETUNED_FILE, fine_tune_projector, load_finetuned, projector_problem, save_finetuned, synthetic_pixels
-from .infer import backbone_features, classify
+from .infer import backbone_features, classify, head
 from .inputs import prepare_canvases
 
 try:  # Unix only; peak RSS is then not reported
@@ -50,9 +50,10 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
     _self_test_check(checks, b, int8, tolerance)
     labels = b.artifact["synthetic.labels"]
     syn_x = prepare_canvases(b, synthetic_pixels(b))
-    before = top1(classify(b, syn_x), labels)
+    syn_f = backbone_features(b, syn_x)  # once: the packed and the device projector are scored on it
+    before = top1(head(b, syn_f), labels)
     projector = _fine_tune_check(checks, b, ridge) if fine_tune else _fitted_projector_check(checks, b)
-    syn = top1(classify(b, syn_x, projector), labels)
+    syn = top1(head(b, syn_f, projector), labels)
     _synthetic_check(checks, b, before, syn, len(labels), fine_tune, int8)
     report = {"ok": True, "checks": checks, "synthetic_top1": syn, "synthetic_top1_packed_projector": before,
               "int8": int8, "providers": b.providers, "bundle": str(b.directory)}
@@ -77,7 +78,7 @@ def _self_test_check(checks: list, b: Bundle, int8: bool, tolerance: float) -> N
     """self-test: the packed torch outputs, reproduced by onnxruntime"""
     xs, want_f, want_l = b.artifact["selftest.inputs"], b.artifact["selftest.features"], b.artifact["selftest.logits"]
     got_f = backbone_features(b, xs)
-    got_l = classify(b, xs)
+    got_l = head(b, got_f)
     rel_f = float(np.abs(got_f - want_f).max() / (np.abs(want_f).max() + 1e-12))
     agree = float((got_l.argmax(1) == want_l.argmax(1)).mean())
     if int8:
@@ -133,8 +134,9 @@ def _synthetic_check(checks: list, b: Bundle, before: float, syn: float, n: int,
 def _data_accuracy_check(checks: list, report: dict, b: Bundle, x: np.ndarray, y: np.ndarray, skipped: int, projector,
                          min_accuracy: float | None) -> None:
     """data accuracy: --data top-1 with the projector in use (and the packed one, for comparison)."""
-    report["data_top1"] = top1(classify(b, x, projector), y)
-    report["data_top1_packed_projector"] = top1(classify(b, x), y)
+    f = backbone_features(b, x)  # once for both projectors
+    report["data_top1"] = top1(head(b, f, projector), y)
+    report["data_top1_packed_projector"] = top1(head(b, f), y)
     need = min_accuracy if min_accuracy is not None else 0.0
     _check(checks, "data accuracy", report["data_top1"] >= need,
            f"top-1 {report['data_top1']:.1%} on {len(y)} images" + (f" ({skipped} unreadable skipped)" if skipped else "")

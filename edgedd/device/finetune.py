@@ -90,11 +90,13 @@ def fit_features(b: Bundle, x_in: np.ndarray) -> np.ndarray:
     """
     if b.variant == "fp32":
         return backbone_features(b, x_in)
-    from .bundle import open_bundle
+    from dataclasses import replace
 
-    fp32 = open_bundle(b.directory, int8=False, providers=b.providers)
-    if fp32.artifact.file_sha256 != b.artifact.file_sha256:
-        raise EdgeddError(f"the artifact in {b.directory} changed while it was in use", "re-copy the bundle and run deploy-check again")
+    from .bundle import load_session
+
+    entry = b.meta["onnx"]["backbone"]  # the verified artifact's entry for the fp32 graph; its bytes are hashed on reading
+    fp32 = replace(b, variant="fp32", sessions=dict(b.sessions, backbone=load_session(b.directory, "backbone", entry, b.providers)),
+                   graph_files=dict(b.graph_files, backbone=b.directory / entry["file"]))
     return backbone_features(fp32, x_in)
 
 

@@ -27,9 +27,15 @@ def backbone_features(b: Bundle, images: np.ndarray, batch: int = 64) -> np.ndar
 
 def classify(b: Bundle, images: np.ndarray, projector: tuple[np.ndarray, np.ndarray] | None = None, batch: int = 64) -> np.ndarray:
     """Normalised edge inputs -> logits. ``projector`` None: the packed projector graph."""
+    return head(b, backbone_features(b, images, batch), projector, batch)
+
+
+def head(b: Bundle, feats: np.ndarray, projector: tuple[np.ndarray, np.ndarray] | None = None, batch: int = 64) -> np.ndarray:
+    """phi_B features -> logits: the projector (None: the packed graph; else (W, b)), then the
+    classifier. Callers that score two projectors on the same images run the backbone once."""
     out = []
-    for s in range(0, len(images), batch):
-        f = _run(b, "backbone", images[s : s + batch])
+    for s in range(0, len(feats), batch):
+        f = feats[s : s + batch]
         p = _run(b, "projector", f) if projector is None else f @ projector[0].T + projector[1]
         out.append(_run(b, "classifier", p))
     return np.concatenate(out)

@@ -18,14 +18,14 @@ from .bundle import ROLES, Bundle, open_bundle, read_graph
 from .checks import SYNTHETIC_SLACK, deploy_check, latency_ms, peak_rss_mb
 from .finetune import (FINETUNED_FILE, VARIANTS, fine_tune_projector, fit_projector_ridge, load_finetuned, projector_problem,
                        save_finetuned, synthetic_pixels, view_inputs)
-from .infer import backbone_features, classify, softmax, top_indices
+from .infer import backbone_features, classify, head, softmax, top_indices
 from .inputs import as_image_list, edge_canvas, is_image_list, prepare_canvases
 from .predict import inspect, predict, predict_files
 
 __all__ = [
     "Bundle", "open_bundle", "read_graph", "ROLES",
     "as_image_list", "edge_canvas", "is_image_list", "prepare_canvases",
-    "backbone_features", "classify", "softmax", "top_indices",
+    "backbone_features", "classify", "head", "softmax", "top_indices",
     "FINETUNED_FILE", "VARIANTS", "fine_tune_projector", "fit_projector_ridge", "load_finetuned", "projector_problem",
     "save_finetuned", "synthetic_pixels", "view_inputs",
     "CHANCE_ALPHA", "EXPECTED_MARGIN", "allowed_drop", "chance_bound", "load_labelled_folder", "top1",
