@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,7 +47,7 @@ from .rng import seed_for
 from .timm_rules import REFERENCE_CROP, REFERENCE_SYN, clip_projection_width, distill_resolution
 
 __all__ = [
-    "WEIGHT_SOURCES", "SHIPPED_PREFIX", "BackboneInfo", "with_preprocess", "check_model_name", "state_dict_sha256",
+    "WEIGHT_SOURCES", "SHIPPED_PREFIX", "BackboneInfo", "check_model_name", "state_dict_sha256",
     "load_backbone",
     # re-exported: edgedd.backbone_host, edgedd.hub, edgedd.timm_rules
     "backbone_autocast", "encode", "output_width", "plain_attention", "resolve_device", "resolve_preprocess",
@@ -77,10 +77,6 @@ class BackboneInfo:
         if d.get("provenance") is None:
             d.pop("provenance", None)
         return d
-
-
-def with_preprocess(info: BackboneInfo, preprocess: Preprocess) -> BackboneInfo:
-    return replace(info, preprocess=preprocess)
 
 
 def check_model_name(name: str) -> None:

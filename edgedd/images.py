@@ -183,7 +183,7 @@ def _write_pngs(src: LabelledImages, root: Path, limit: int | None, strict: bool
             Image.fromarray(src.pixels[i]).save(d / f"{i:05d}.png")
         else:
             try:
-                with Image.open(src.paths[i]) as img:
+                with open_regular(src.paths[i]) as f, Image.open(f) as img:  # a FIFO swapped in after the scan: refused, not waited on
                     img.load()
                     rgb = to_rgb(img)
             except UNREADABLE_IMAGE:

@@ -70,7 +70,7 @@ def heldout_images(run: Run) -> tuple[object, np.ndarray]:
 @torch.no_grad()
 def edge_top1(source, idx: np.ndarray, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c, session=None) -> tuple[float, int]:
     """Top-1 of phi_B -> packed projector -> golden classifier on the images ``idx`` of ``source``,
-    preprocessed as the device does (edgedd.device.runtime.load_labelled_folder: canvas at the
+    preprocessed as the device does (edgedd.device.accuracy.load_labelled_folder: canvas at the
     resize size, centre crop, normalise). Unreadable images are left out. Returns (top-1, images).
     phi_B is ``model_b`` in torch, or the onnxruntime ``session`` (the int8 graph) when given."""
     pp = info_b.preprocess
@@ -89,8 +89,8 @@ def edge_top1(source, idx: np.ndarray, model_b, info_b: BackboneInfo, w_p, b_p, 
 
 def onnx_features(session, x: torch.Tensor) -> torch.Tensor:
     """phi_B of normalised edge inputs through an onnxruntime session (the int8 backbone), 64 at a time."""
-    xn = x.cpu().numpy()
-    return torch.from_numpy(np.concatenate([session.run(None, {"images": xn[i : i + 64]})[0] for i in range(0, len(xn), 64)]))
+    xn, name = x.cpu().numpy(), session.get_inputs()[0].name
+    return torch.from_numpy(np.concatenate([session.run(None, {name: xn[i : i + 64]})[0] for i in range(0, len(xn), 64)]))
 
 
 def expectations(run: Run, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c, max_images: int) -> tuple[dict, tuple | None]:
