@@ -136,7 +136,7 @@ class DistillConfig:
     # strengths it averages over, and the real images per step it is scored on.
     surrogates: tuple[str, ...] = ()
     surrogate_weight: float = 1.0
-    surrogate_views: int = 2
+    surrogate_views: int = 1
     surrogate_ridge: tuple[float, ...] = (0.1, 1.0)
     surrogate_real: int = 1000
 

@@ -161,14 +161,20 @@ def load_surrogates(cfg: DistillConfig, source: LabelledImages, info_a: Backbone
 
 def projector_loss(images: torch.Tensor, model_a, info_a: BackboneInfo, surrogates: list[Surrogate], pool_labels: torch.Tensor,
                    golden: tuple[torch.Tensor, torch.Tensor], cfg: DistillConfig, gen: torch.Generator) -> torch.Tensor:
-    """Equation (1), averaged over the surrogates: K = ``surrogate_views`` flip + random-resized-crop
-    views per synthetic image (the views pack fits the device's projector on), rendered from the
+    """Equation (1), averaged over the surrogates: K = ``surrogate_views`` views per synthetic image,
+    its centre crop and K - 1 flip + random-resized-crop views (those pack fits the device's
+    projector on), rendered from the
     same boxes at A's and at each B''s input size, and ``surrogate_real`` real images drawn from
     the pool (one draw per step, shared by the surrogates)."""
     n, k = images.shape[0], cfg.surrogate_views
     rep = images.repeat_interleave(k, dim=0)
-    views = sample_views(n * k, AugmentConfig(crop_sampler=cfg.augment.crop_sampler), gen)
     pp = info_a.preprocess
+    views = sample_views(n * k, AugmentConfig(crop_sampler=cfg.augment.crop_sampler), gen)
+    # the first view of every image is its centre crop at A's crop fraction (the eval view): with
+    # K = 1 the projector is a deterministic function of the images, no view noise in (1)
+    c = pp.input_size / pp.resize_size
+    views.boxes.view(n, k, 4)[:, 0] = torch.tensor([(1 - c) / 2, (1 - c) / 2, (1 + c) / 2, (1 + c) / 2], device=views.boxes.device)
+    views.flips.view(n, k)[:, 0] = False
     y_syn = model_a(normalize(render_views(rep, views, pp.input_size), pp.mean, pp.std)).float()
     pick = torch.randperm(len(pool_labels), generator=gen, device=gen.device)[:cfg.surrogate_real].to(pool_labels.device)
     w, b = (t.to(y_syn.device, torch.float32) for t in golden)
