@@ -165,7 +165,8 @@ def inspect(
   edgedd export-data embedded:mnist/test mnist_test
   edgedd export-data path/to/val val_200 --limit 200
 
-Then copy the folder to the device and pass it to deploy-check --data.
+Then copy the folder to the device and pass it to deploy-check --data. Images are read and
+written one at a time, so memory does not grow with the folder.
 """)
 @handle_errors
 def export_data(
