@@ -13,6 +13,13 @@ from pathlib import Path
 
 from .errors import EdgeddError
 
+CACHE_ENV = "EDGEDD_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """``$EDGEDD_CACHE_DIR``, else ``~/.cache/edgedd`` (Stage I entries and converted zoo weights)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgedd")
+
 PERMISSION_FIX = "make it readable (chmod/chown) or run as a user who can read it"
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
