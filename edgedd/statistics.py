@@ -40,6 +40,7 @@ from .data import canvas_loader
 from .images import LabelledImages
 from .distributed import SINGLE, Dist, on_all_ranks
 from .rng import block_generator, numpy_generator, torch_generator
+from .paths import cache_root
 from .stage1_files import STAGE1_FORMAT, Stage1, load_stage1, save_stage1
 from .errors import EdgeddError
 from .heads import ce_loss, fit_lbfgs, train_reference
