@@ -20,7 +20,9 @@ from . import artifact as art
 from .finetune import load_finetuned
 from .infer import classify, softmax, top_indices
 from .inputs import as_image_list, edge_canvas, is_image_list, prepare_canvases
+from .mobile import available_providers
 from .onnx_scan import Malformed, uses_external_data
+from .ort_scan import Malformed as OrtMalformed, is_ort_format, uses_external_data as ort_uses_external_data
 
 # A graph's file name must be a bare name inside the bundle: one rule, the schema's (checked on
 # every read of the artifact; read_graph checks it again before touching the file system).
@@ -28,6 +30,9 @@ from .schema import GRAPH_NAME
 
 
 ROLES = ("backbone", "projector", "classifier")
+# --runtime: where the graphs come from. onnx: the .onnx files; ort: the ORT-format files of pack --ort
+# (both through onnxruntime); litert: the .tflite files of pack --litert (edgedd.device.litert)
+RUNTIMES = ("onnx", "ort", "litert")
 MAX_GRAPH_BYTES = 2**31  # protobuf's own limit: no valid self-contained graph is larger (a bundle refuses external data)
 
 
@@ -54,19 +59,22 @@ class Bundle:
     sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
     providers: list[str] = field(default_factory=list)
     variant: str = "fp32"  # which backbone the sessions run: "fp32" or "int8"
+    runtime: str = "onnx"  # which of the bundle's graph sets the sessions run (RUNTIMES)
+    static_batch: int | None = None  # the batch of sessions["backbone_static"], the fixed-shape backbone, where the bundle has one
+    entries: dict = field(default_factory=dict)  # role -> the artifact's entry of the graph set in use (fp32 roles included under --int8)
     graph_sha256: dict[str, str] = field(default_factory=dict)
     graph_files: dict[str, Path] = field(default_factory=dict)  # role -> the file each session was loaded from (for errors)
     # The device-fitted projector (W, b) that Bundle.open found for this variant; None: the packed projector graph.
     projector: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
-    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None) -> Bundle:
+    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None, runtime: str = "onnx") -> Bundle:
         """Verify the bundle, open its sessions (``int8``: the int8 backbone) and load the fitted projector.
 
         Raises EdgeddError (one line with the fix) for a bundle that does not verify, a missing
         int8 backbone, or a fitted projector that is damaged or was fitted on the other variant.
         """
-        b = open_bundle(directory, int8=int8, providers=providers)
+        b = open_bundle(directory, int8=int8, providers=providers, runtime=runtime)
         b.projector = load_finetuned(b)
         return b
 
@@ -142,47 +150,100 @@ def read_graph(directory: Path, role: str, entry) -> bytes:
     return data
 
 
-def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None) -> Bundle:
-    """Read and verify the artifact, check every ONNX file's sha256, open the sessions.
+def choose_providers(providers: list[str] | None) -> list[str]:
+    """The execution providers to use: ``providers`` (each must be present: one line naming the
+    ones that are, otherwise), or every provider this onnxruntime has."""
+    available = available_providers()
+    missing = [p for p in providers or [] if p not in available]
+    if missing:
+        raise EdgeddError(f"execution provider {missing[0]} is not in this onnxruntime (it has {', '.join(available)})",
+                          "pick one of those with --provider, or install an onnxruntime build that has it")
+    return list(providers or available) or ["CPUExecutionProvider"]
 
-    A bundle is a closed world: each graph is read once, hashed, and the *same bytes* go to
-    onnxruntime (never re-opened by path, so swapping a file afterwards changes nothing), and a
-    graph whose tensors live in external files is refused (see onnx_scan).
-    """
-    directory = require_dir(directory, "bundle", "pass the --out directory of edgedd pack")
-    a = art.read(require_file(directory / art.ARTIFACT_FILE, "artifact", "pass a bundle directory made by edgedd pack"))
-    graphs = a.meta.get("onnx")
+
+def graph_entries(directory: Path, meta: dict, runtime: str, int8: bool) -> dict:
+    """role -> the artifact's entry of each graph of the chosen set; with ``int8`` the int8 backbones
+    take the backbone roles, and the fp32 ones stay under backbone_fp32 / backbone_fp32_static."""
+    if runtime == "onnx":
+        graphs = meta.get("onnx")
+    else:
+        section = meta.get(runtime)
+        graphs = section.get("graphs") if isinstance(section, dict) else None
+        if graphs is None:
+            flag = {"ort": "--ort", "litert": "--litert"}[runtime]
+            raise EdgeddError(f"bundle {directory} has no {runtime} graphs", f"re-pack it on the host with edgedd pack {flag}, or use --runtime onnx")
     graphs = dict(graphs) if isinstance(graphs, dict) else {}
     if int8:
         if "backbone_int8" not in graphs:
             raise EdgeddError(f"bundle {directory} has no int8 backbone", "re-pack it on the host with edgedd pack --int8, or run without --int8")
-        graphs["backbone"] = graphs["backbone_int8"]
-    available = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]  # remote-only EP
-    chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
-    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32")
-    for role in ROLES:
+        graphs["backbone_fp32"], graphs["backbone_fp32_static"] = graphs["backbone"], graphs.pop("backbone_static", None)
+        graphs["backbone"], graphs["backbone_static"] = graphs["backbone_int8"], graphs.get("backbone_int8_static")
+    return {k: v for k, v in graphs.items() if v}
+
+
+def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None, runtime: str = "onnx") -> Bundle:
+    """Read and verify the artifact, check every graph file's sha256, open the sessions.
+
+    A bundle is a closed world: each graph is read once, hashed, and the *same bytes* go to
+    the runtime (never re-opened by path, so swapping a file afterwards changes nothing), and a
+    graph whose tensors live in external files is refused (see onnx_scan, ort_scan).
+    The fixed-shape backbone, where the bundle has one, opens as ``sessions["backbone_static"]``:
+    infer runs batches of exactly its size through it.
+    """
+    if runtime not in RUNTIMES:
+        raise EdgeddError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}", "pick one of those")
+    directory = require_dir(directory, "bundle", "pass the --out directory of edgedd pack")
+    a = art.read(require_file(directory / art.ARTIFACT_FILE, "artifact", "pass a bundle directory made by edgedd pack"))
+    graphs = graph_entries(directory, a.meta, runtime, int8)
+    if runtime == "litert":
+        from .litert import open_litert
+
+        return open_litert(directory, a, graphs, int8)
+    chosen = choose_providers(providers)
+    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32", runtime=runtime, entries=graphs)
+    for role in ROLES + ("backbone_static",):
         g = graphs.get(role)
         if not g:
+            if role == "backbone_static":  # bundles of format < 1.4 have none
+                continue
             raise EdgeddError(f"artifact in {directory} lists no {role} graph", "re-run edgedd pack")
-        b.sessions[role] = load_session(directory, role, g, chosen)
-        b.graph_sha256[role] = g["sha256"]
+        b.sessions[role] = load_session(directory, role, g, chosen, runtime)
+        # the ONNX graph's sha256 names the network whatever the runtime (an .ort file is a conversion of it):
+        # what a fitted projector is bound to (finetune)
+        b.graph_sha256[role] = onnx_sha256(a.meta, role, int8) or g["sha256"]
         b.graph_files[role] = directory / g["file"]
+    static = a.meta["onnx"].get("backbone_int8_static" if int8 else "backbone_static") or {}
+    b.static_batch = static.get("batch") if "backbone_static" in b.sessions else None
     return b
 
 
-def load_session(directory: Path, role: str, entry, providers: list[str]) -> ort.InferenceSession:
-    """One verified graph (:func:`read_graph`: the hashed bytes, no external data) as an onnxruntime session."""
+def onnx_sha256(meta: dict, role: str, int8: bool) -> str | None:
+    """The sha256 the artifact records for ``role``'s ONNX graph (the int8 one's under ``int8``)."""
+    if int8 and role.startswith("backbone"):
+        role = role.replace("backbone", "backbone_int8", 1)
+    return (meta["onnx"].get(role) or {}).get("sha256")
+
+
+def load_session(directory: Path, role: str, entry, providers: list[str], runtime: str = "onnx") -> ort.InferenceSession:
+    """One verified graph (:func:`read_graph`: the hashed bytes, no external data) as an onnxruntime
+    session; ``runtime`` "ort": an ORT-format file, "onnx": an ONNX one (each refused as the other,
+    so a file is always checked by the walker of its own format)."""
     data = read_graph(directory, role, entry)
     name = entry["file"]
+    kind = "ORT-format" if runtime == "ort" else "ONNX"
     try:
-        external = uses_external_data(data)
-    except Malformed:  # refused too: what this walker cannot read, it cannot vouch for
-        raise EdgeddError(f"{directory / name} is not a valid ONNX model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
+        if is_ort_format(data) != (runtime == "ort"):
+            raise Malformed("the other format")
+        external = ort_uses_external_data(data) if runtime == "ort" else uses_external_data(data)
+    except (Malformed, OrtMalformed):  # refused too: what this walker cannot read, it cannot vouch for
+        raise EdgeddError(f"{directory / name} is not a valid {kind} model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
     if external:
         raise EdgeddError(f"{directory / name} keeps tensors in external files, which a bundle never does",
                           "the bundle was altered; re-copy it or re-run edgedd pack")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # an ORT-format file's saved runtime optimisations are replayed only when asked for, which
+    # onnxruntime advises for trusted models only: never asked for here (the graph still runs as converted)
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=providers)
     except Exception as e:  # onnxruntime's own exception types

@@ -21,8 +21,14 @@ def _run(b: Bundle, role: str, x: np.ndarray) -> np.ndarray:
 
 
 def backbone_features(b: Bundle, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """images: normalised (n, 3, S, S) float32 at the edge input size."""
-    return np.concatenate([_run(b, "backbone", images[s : s + batch]) for s in range(0, len(images), batch)])
+    """images: normalised (n, 3, S, S) float32 at the edge input size. A batch of exactly the
+    fixed-shape backbone's size (batch 1: a single image, as a camera loop sends) runs through that
+    graph, the one a phone accelerator takes whole; other batches through the dynamic one."""
+    return np.concatenate([_run(b, _backbone_role(b, len(x)), x) for x in (images[s : s + batch] for s in range(0, len(images), batch))])
+
+
+def _backbone_role(b: Bundle, n: int) -> str:
+    return "backbone_static" if n == getattr(b, "static_batch", None) and "backbone_static" in b.sessions else "backbone"
 
 
 def classify(b: Bundle, images: np.ndarray, projector: tuple[np.ndarray, np.ndarray] | None = None, batch: int = 64) -> np.ndarray:

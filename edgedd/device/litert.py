@@ -1,0 +1,93 @@
+"""``--runtime litert``: a bundle's ``.tflite`` graphs (``pack --litert``) through LiteRT's interpreter
+(the ``ai-edge-litert`` package, an optional device dependency: ``pip install ai-edge-litert``).
+
+The same closed world as the ONNX graphs: each file is read once by :func:`bundle.read_graph`
+(bare name, regular file, no symlink, sha256 checked on the bytes) and the *same bytes* go to the
+interpreter (``model_content``), never the path. A ``.tflite`` FlatBuffer holds its weights (LiteRT
+has no external-data tensors to refuse). :class:`LiteRTSession` gives an interpreter the few
+methods of an onnxruntime session the device code calls (``get_inputs``, ``run``,
+``get_providers``), so every check runs unchanged; the graphs are converted at a fixed batch, so
+a batch runs as that many fixed-size calls (the streaming use a phone makes of them). onnxruntime's
+per-run time limit (ortrun) cannot stop an interpreter call: LiteRT has no cancellation flag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..errors import EdgeddError
+
+PACKAGE = "ai-edge-litert"
+TFLITE_IDENTIFIER = b"TFL3"  # the FlatBuffer file identifier of a .tflite model, bytes 4..8
+
+
+def interpreter_class():
+    """LiteRT's Interpreter, or one line saying how to install it."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as e:
+        raise EdgeddError(f"--runtime litert needs the {PACKAGE} package ({e})", f"pip install {PACKAGE}, or use --runtime onnx") from None
+    return Interpreter
+
+
+class LiteRTSession:
+    """One ``.tflite`` graph behind an onnxruntime-session-like interface (one input, one output)."""
+
+    def __init__(self, data: bytes, name: str, threads: int | None = None):
+        Interpreter = interpreter_class()
+        if data[4:8] != TFLITE_IDENTIFIER:
+            raise EdgeddError(f"{name} is not a LiteRT (.tflite) model", "the bundle was altered; re-copy it or re-run edgedd pack")
+        try:
+            self.interp = Interpreter(model_content=data, num_threads=threads)
+            self.interp.allocate_tensors()
+            self._in, self._out = self.interp.get_input_details(), self.interp.get_output_details()
+        except Exception as e:  # LiteRT's own errors (ValueError, RuntimeError)
+            raise EdgeddError(f"LiteRT cannot load {name} ({type(e).__name__})", f"check the {PACKAGE} version (see the bundle's meta)") from None
+        if len(self._in) != 1 or len(self._out) != 1:
+            raise EdgeddError(f"{name} has {len(self._in)} inputs and {len(self._out)} outputs, not one each",
+                              "the bundle was altered; re-copy it or re-run edgedd pack")
+        self.batch = int(self._in[0]["shape"][0])
+        self.name = name
+
+    def get_inputs(self):
+        return [SimpleNamespace(name=self._in[0]["name"], shape=list(self._in[0]["shape"]))]
+
+    def get_providers(self) -> list[str]:
+        return ["LiteRT interpreter"]
+
+    def run(self, _outputs, feeds: dict, _options=None) -> list[np.ndarray]:
+        (x,) = feeds.values()
+        want = tuple(self._in[0]["shape"][1:])
+        if tuple(x.shape[1:]) != want:
+            raise EdgeddError(f"{self.name} takes inputs of shape {want}, got {tuple(x.shape[1:])}", "report this as a bug")
+        out = []
+        for s in range(0, len(x), self.batch):  # fixed-size calls; the last one padded with zeros
+            chunk = x[s : s + self.batch]
+            n = len(chunk)
+            if n < self.batch:
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *want), chunk.dtype)])
+            self.interp.set_tensor(self._in[0]["index"], np.ascontiguousarray(chunk, np.float32))
+            self.interp.invoke()
+            out.append(np.array(self.interp.get_tensor(self._out[0]["index"]))[:n])
+        y = np.concatenate(out) if out else np.zeros((0, *self._out[0]["shape"][1:]), np.float32)
+        if not np.isfinite(y).all():
+            raise EdgeddError(f"LiteRT gave non-finite outputs for {self.name}", "the bundle may be altered; re-copy it or re-run edgedd pack")
+        return [y]
+
+
+def open_litert(directory: Path, a, graphs: dict, int8: bool):
+    """A :class:`Bundle` whose sessions are LiteRT interpreters over the verified ``.tflite`` bytes."""
+    from .bundle import ROLES, Bundle, onnx_sha256, read_graph
+
+    b = Bundle(directory, a, providers=["LiteRT interpreter"], variant="int8" if int8 else "fp32", runtime="litert", entries=graphs)
+    for role in ROLES:
+        g = graphs.get(role)
+        if not g:
+            raise EdgeddError(f"artifact in {directory} lists no LiteRT {role} graph", "re-run edgedd pack --litert")
+        b.sessions[role] = LiteRTSession(read_graph(directory, role, g), str(directory / g["file"]))
+        b.graph_sha256[role] = onnx_sha256(a.meta, role, int8) or g["sha256"]
+        b.graph_files[role] = directory / g["file"]
+    return b
