@@ -292,7 +292,7 @@ def _mobile_graphs(graphs: dict, validation: dict, model_b_cpu, info_b: Backbone
         entries = {}
         for role, (f, _) in graphs.items():
             name = f[: -len(".onnx")] + ".ort"
-            entries[role] = {"file": name, "sha256": hashlib.sha256(ort_files[name]).hexdigest(), "onnx": f,
+            entries[role] = {"file": name, "sha256": hashlib.sha256(ort_files[name]).hexdigest(), "onnx": f, **({"batch": n} if role.endswith("_static") else {}),
                              "parity": parity(ort_files[name], model_b_cpu if role in ("backbone", "backbone_static") else _onnx_fn(graphs[role][1]),
                                               _input_shape(graphs[role][1]), f"{name} (ORT format)", batches=(n,) if role.endswith("_static") else PARITY_BATCHES)}
             out["files"][f"ort:{role}"] = (name, ort_files[name])
