@@ -28,11 +28,17 @@ def _litert():
     return litert_torch
 
 
+def _content(model) -> bytes:
+    """The .tflite bytes of a converted model (``LiteRTModel.model_content``)."""
+    content = model.model_content
+    return bytes(content() if callable(content) else content)
+
+
 def convert(module: torch.nn.Module, sample: torch.Tensor, name: str) -> bytes:
     """fp32 ``module`` traced at ``sample``'s shape -> .tflite bytes."""
     litert_torch = _litert()
     try:
-        return bytes(litert_torch.convert(module.eval(), (sample,)).to_bytes())
+        return _content(litert_torch.convert(module.eval(), (sample,)))
     except Exception as e:
         raise EdgeddError(f"litert-torch cannot convert the {name} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
                           "pack without --litert (the ONNX graphs do not need it)") from e
@@ -54,7 +60,7 @@ def convert_int8(module: torch.nn.Module, sample: torch.Tensor, calibration: np.
             for s in range(0, len(calibration) - b + 1, b):
                 prepared(torch.from_numpy(calibration[s : s + b]))
         quantized = convert_pt2e(prepared, fold_quantize=False)
-        return bytes(litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)).to_bytes())
+        return _content(litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)))
     except EdgeddError:
         raise
     except Exception as e:
