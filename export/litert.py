@@ -50,6 +50,7 @@ def convert_int8(module: torch.nn.Module, sample: torch.Tensor, calibration: np.
     try:
         from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
         from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e import move_exported_model_to_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
@@ -60,6 +61,7 @@ def convert_int8(module: torch.nn.Module, sample: torch.Tensor, calibration: np.
             for s in range(0, len(calibration) - b + 1, b):
                 prepared(torch.from_numpy(calibration[s : s + b]))
         quantized = convert_pt2e(prepared, fold_quantize=False)
+        move_exported_model_to_eval(quantized)
         return _content(litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)))
     except EdgeddError:
         raise
@@ -70,14 +72,9 @@ def convert_int8(module: torch.nn.Module, sample: torch.Tensor, calibration: np.
 
 def parity(data: bytes, torch_fn, sample: torch.Tensor, name: str, tol: float = 1e-3) -> dict:
     """max |LiteRT - torch| / (1 + max |torch|) on ``sample``; raises above ``tol`` (None: record only)."""
-    from ai_edge_litert.interpreter import Interpreter
+    from edgedd.device.litert import LiteRTSession  # the device's own runner: float in, float out
 
-    interp = Interpreter(model_content=data)
-    interp.allocate_tensors()
-    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
-    interp.set_tensor(inp["index"], sample.numpy().astype(np.float32))
-    interp.invoke()
-    got = interp.get_tensor(out["index"])
+    got = LiteRTSession(data, name).run(None, {"x": sample.numpy()})[0]
     with torch.no_grad():
         ref = torch_fn(sample).float().numpy()
     err = float(np.abs(got - ref).max() / (1.0 + np.abs(ref).max()))

@@ -324,14 +324,18 @@ def _litert_graphs(model_b_cpu, info_b: BackboneInfo, w_p, b_p, w_c, b_c, calib,
     made = {"backbone": ("backbone.tflite", litert.convert(model_b_cpu, x, "backbone"), model_b_cpu, x, 1e-3),
             "projector": ("projector.tflite", litert.convert(pj, torch.randn(n, w_p.shape[1], generator=g), "projector"), pj, None, 1e-3),
             "classifier": ("classifier.tflite", litert.convert(cl, torch.randn(n, w_c.shape[1], generator=g), "classifier"), cl, None, 1e-3)}
-    if config.int8 and calib is not None:
-        made["backbone_int8"] = ("backbone.int8.tflite", litert.convert_int8(model_b_cpu, x, calib, "backbone"), model_b_cpu, x, None)
+    skipped = None
+    if config.int8 and calib is not None:  # where LiteRT's quantiser takes the backbone; else recorded, the rest still ships
+        try:
+            made["backbone_int8"] = ("backbone.int8.tflite", litert.convert_int8(model_b_cpu, x, calib, "backbone"), model_b_cpu, x, None)
+        except EdgeddError as e:
+            skipped = e.problem
     out, entries = {}, {}
     for role, (f, data, fn, sample, tol) in made.items():
         sample = sample if sample is not None else torch.randn(n, fn.in_features, generator=g)
         entries[role] = {"file": f, "sha256": hashlib.sha256(data).hexdigest(), "batch": n, "parity": litert.parity(data, fn, sample, f, tol)}
         out[f"litert:{role}"] = (f, data)
-    out["litert:meta"] = (None, {"graphs": entries, "converter": f"litert-torch {litert.version()}"})
+    out["litert:meta"] = (None, {"graphs": entries, "converter": f"litert-torch {litert.version()}", **({"int8_skipped": skipped} if skipped else {})})
     return out
 
 

@@ -139,3 +139,19 @@ def test_ort_scan_refuses_what_it_cannot_walk(ort_bundle):
             uses_external_data(bytes(b))
         except Malformed:
             pass
+
+
+def test_litert_graphs_run_like_onnx(packed, tmp_path):
+    """pack --litert where litert-torch is installed (the [litert] extra): every .tflite within 1e-3 of
+    torch, hashed, and --runtime litert predicts as --runtime onnx does. Skipped without it."""
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_litert")
+    out = tmp_path / "bundle"
+    pack(packed["run"], out, config=PackConfig(views=8, projector_epochs=100, litert=True, expect_images=0), device="cpu")
+    meta = art.read(out / art.ARTIFACT_FILE).meta
+    for role, g in meta["litert"]["graphs"].items():
+        data = (out / g["file"]).read_bytes()
+        assert data[4:8] == b"TFL3" and hashlib.sha256(data).hexdigest() == g["sha256"] and g["parity"]["max_rel_error"] <= 1e-3
+    images = list(art.read(out / art.ARTIFACT_FILE)["synthetic.images"].transpose(0, 2, 3, 1))
+    p_onnx, p_lite = Bundle.open(out).probabilities(images), Bundle.open(out, runtime="litert").probabilities(images)
+    np.testing.assert_array_equal(p_onnx.argmax(1), p_lite.argmax(1))

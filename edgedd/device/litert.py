@@ -69,13 +69,32 @@ class LiteRTSession:
             n = len(chunk)
             if n < self.batch:
                 chunk = np.concatenate([chunk, np.zeros((self.batch - n, *want), chunk.dtype)])
-            self.interp.set_tensor(self._in[0]["index"], np.ascontiguousarray(chunk, np.float32))
+            self.interp.set_tensor(self._in[0]["index"], _to_input(np.ascontiguousarray(chunk, np.float32), self._in[0]))
             self.interp.invoke()
-            out.append(np.array(self.interp.get_tensor(self._out[0]["index"]))[:n])
+            out.append(_from_output(np.array(self.interp.get_tensor(self._out[0]["index"])), self._out[0])[:n])
         y = np.concatenate(out) if out else np.zeros((0, *self._out[0]["shape"][1:]), np.float32)
         if not np.isfinite(y).all():
             raise EdgeddError(f"LiteRT gave non-finite outputs for {self.name}", "the bundle may be altered; re-copy it or re-run edgedd pack")
         return [y]
+
+
+def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """A float batch as the graph's input: itself, or quantised (q = round(x / scale) + zero_point,
+    clipped to the integer type) where the converter made the input integer (an int8 graph)."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return x.astype(dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _from_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    """The graph's output as float32: dequantised, (q - zero_point) * scale, where it is integer."""
+    if y.dtype.kind == "f":
+        return y.astype(np.float32)
+    scale, zero = detail["quantization"]
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
 def open_litert(directory: Path, a, graphs: dict, int8: bool):

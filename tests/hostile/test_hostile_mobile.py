@@ -107,6 +107,13 @@ def test_tflite_names_and_hashes_hold_without_litert(bundle, tmp_path):
     fake = b"\x1c\x00\x00\x00TFL3" + bytes(64)
     for role in ("backbone", "projector", "classifier"):
         _swap(bundle, "litert", role, f"{role}.tflite", fake)
+    try:
+        import ai_edge_litert  # noqa: F401
+
+        why = "LiteRT cannot load"  # correct hashes, not a model: refused in one line by the interpreter's load
+    except ImportError:
+        why = "needs the ai-edge-litert package"  # the device install without the optional package
+    one_line_error(_check(bundle, "--runtime", "litert"), why)
     (bundle / "backbone.tflite").write_bytes(fake[:-1] + b"\x01")
     one_line_error(_check(bundle, "--runtime", "litert"), "sha256 mismatch")
     _swap(bundle, "litert", "backbone", "../backbone.tflite")
