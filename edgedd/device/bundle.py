@@ -18,7 +18,7 @@ from ..errors import EdgeddError
 from ..paths import require_dir, require_file
 from . import artifact as art
 from .finetune import load_finetuned
-from .infer import classify, softmax, top_indices
+from .infer import BATCH, classify, softmax, top_indices
 from .inputs import as_image_list, edge_canvas, is_image_list, prepare_canvases
 from .mobile import available_providers
 from .onnx_scan import Malformed, uses_external_data
@@ -27,6 +27,7 @@ from .ort_scan import Malformed as OrtMalformed, is_ort_format, uses_external_da
 # A graph's file name must be a bare name inside the bundle: one rule, the schema's (checked on
 # every read of the artifact; read_graph checks it again before touching the file system).
 from .schema import GRAPH_NAME
+from .sidecar import MAX_THREADS, read_settings
 
 
 ROLES = ("backbone", "projector", "classifier")
@@ -59,22 +60,30 @@ class Bundle:
     sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
     providers: list[str] = field(default_factory=list)
     variant: str = "fp32"  # which backbone the sessions run: "fp32" or "int8"
-    runtime: str = "onnx"  # which of the bundle's graph sets the sessions run (RUNTIMES)
-    static_batch: int | None = None  # the batch of sessions["backbone_static"], the fixed-shape backbone, where the bundle has one
-    entries: dict = field(default_factory=dict)  # role -> the artifact's entry of the graph set in use (fp32 roles included under --int8)
     graph_sha256: dict[str, str] = field(default_factory=dict)
     graph_files: dict[str, Path] = field(default_factory=dict)  # role -> the file each session was loaded from (for errors)
     # The device-fitted projector (W, b) that Bundle.open found for this variant; None: the packed projector graph.
     projector: tuple[np.ndarray, np.ndarray] | None = None
+    projector_file: Path | None = None  # the sidecar it came from
+    projector_kind: str = "packed"  # "packed", "fit" (deploy-check) or "adapt"
+    threads: int | None = None  # onnxruntime intra-op threads of the sessions; None: onnxruntime's default
+    runtime: str = "onnx"  # which of the bundle's graph sets the sessions run (RUNTIMES)
+    static_batch: int | None = None  # the batch of sessions["backbone_static"], the fixed-shape backbone, where the bundle has one
+    entries: dict = field(default_factory=dict)  # role -> the artifact's entry of the graph set in use (fp32 roles included under --int8)
 
     @classmethod
-    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None, runtime: str = "onnx") -> Bundle:
+    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None,
+             runtime: str = "onnx") -> Bundle:
         """Verify the bundle, open its sessions (``int8``: the int8 backbone) and load the fitted projector.
 
+        ``threads``: onnxruntime intra-op threads; None uses the count deploy-check measured for
+        this variant (``runtime.<variant>.json``, see edgedd.device.sidecar), else onnxruntime's default.
         Raises EdgeddError (one line with the fix) for a bundle that does not verify, a missing
-        int8 backbone, or a fitted projector that is damaged or was fitted on the other variant.
+        int8 backbone, or a sidecar that is damaged or was written for another artifact or variant.
         """
-        b = open_bundle(directory, int8=int8, providers=providers, runtime=runtime)
+        if threads is not None and not (isinstance(threads, int) and 1 <= threads <= MAX_THREADS):
+            raise EdgeddError(f"threads is {threads!r}", f"pass a whole number from 1 to {MAX_THREADS}, or None for the measured setting")
+        b = open_bundle(directory, int8=int8, providers=providers, threads=threads, stored_threads=threads is None, runtime=runtime)
         b.projector = load_finetuned(b)
         return b
 
@@ -104,11 +113,16 @@ class Bundle:
         return prepare_canvases(self, np.stack(canvases).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
 
     def probabilities(self, images) -> np.ndarray:
-        """Softmax class probabilities, (n, classes) float32, for one image or a list."""
-        x = self.inputs(images)
-        if not len(x):
-            return np.zeros((0, len(self.class_names)), np.float32)
-        return softmax(classify(self, x, self.projector))
+        """Softmax class probabilities, (n, classes) float32, for one image or a list.
+
+        A list is decoded, run and scored :data:`edgedd.device.infer.BATCH` images at a time, so
+        memory grows with the batch, not with the list; a graph that answers wrongly for any
+        batch raises before anything is returned."""
+        items = as_image_list(images)
+        prob = np.zeros((len(items), len(self.class_names)), np.float32)
+        for s in range(0, len(items), BATCH):
+            prob[s : s + BATCH] = softmax(classify(self, self.inputs(items[s : s + BATCH]), self.projector))
+        return prob
 
     def predict(self, images, top_k: int = 5) -> list:
         """The ``top_k`` most probable (label, prob), best first: a list for one image, a list of
@@ -181,7 +195,16 @@ def graph_entries(directory: Path, meta: dict, runtime: str, int8: bool) -> dict
     return {k: v for k, v in graphs.items() if v}
 
 
-def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None, runtime: str = "onnx") -> Bundle:
+def onnx_sha256(meta: dict, role: str, int8: bool) -> str | None:
+    """The sha256 the artifact records for ``role``'s ONNX graph (the int8 one's under ``int8``): the
+    network whatever the runtime (an .ort or .tflite file is a conversion of it), what sidecars bind to."""
+    if int8 and role.startswith("backbone"):
+        role = role.replace("backbone", "backbone_int8", 1)
+    return (meta["onnx"].get(role) or {}).get("sha256")
+
+
+def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None,
+                stored_threads: bool = False, runtime: str = "onnx") -> Bundle:
     """Read and verify the artifact, check every graph file's sha256, open the sessions.
 
     A bundle is a closed world: each graph is read once, hashed, and the *same bytes* go to
@@ -195,57 +218,67 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
     directory = require_dir(directory, "bundle", "pass the --out directory of edgedd pack")
     a = art.read(require_file(directory / art.ARTIFACT_FILE, "artifact", "pass a bundle directory made by edgedd pack"))
     graphs = graph_entries(directory, a.meta, runtime, int8)
-    if runtime == "litert":
-        from .litert import open_litert
-
-        return open_litert(directory, a, graphs, int8)
-    chosen = choose_providers(providers)
-    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32", runtime=runtime, entries=graphs)
+    chosen = ["LiteRT interpreter"] if runtime == "litert" else choose_providers(providers)
+    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32", threads=threads, runtime=runtime, entries=graphs)
+    data = {}
     for role in ROLES + ("backbone_static",):
         g = graphs.get(role)
         if not g:
             if role == "backbone_static":  # bundles of format < 1.4 have none
                 continue
             raise EdgeddError(f"artifact in {directory} lists no {role} graph", "re-run edgedd pack")
-        b.sessions[role] = load_session(directory, role, g, chosen, runtime)
-        # the ONNX graph's sha256 names the network whatever the runtime (an .ort file is a conversion of it):
-        # what a fitted projector is bound to (finetune)
+        data[role] = read_graph(directory, role, g)  # every graph verified before any sidecar is read
         b.graph_sha256[role] = onnx_sha256(a.meta, role, int8) or g["sha256"]
         b.graph_files[role] = directory / g["file"]
+    if stored_threads:  # deploy-check's measured setting for this variant (bound to these graphs' hashes)
+        settings = read_settings(b)
+        b.threads = settings["intra_op_threads"] if settings else None
+    for role in list(data):
+        b.sessions[role] = session_from_bytes(directory / graphs[role]["file"], data.pop(role), chosen, b.threads, runtime)
     static = a.meta["onnx"].get("backbone_int8_static" if int8 else "backbone_static") or {}
     b.static_batch = static.get("batch") if "backbone_static" in b.sessions else None
     return b
 
 
-def onnx_sha256(meta: dict, role: str, int8: bool) -> str | None:
-    """The sha256 the artifact records for ``role``'s ONNX graph (the int8 one's under ``int8``)."""
-    if int8 and role.startswith("backbone"):
-        role = role.replace("backbone", "backbone_int8", 1)
-    return (meta["onnx"].get(role) or {}).get("sha256")
+def open_sessions(b: Bundle, threads: int | None) -> None:
+    """(Re)open ``b``'s sessions (the fixed-shape backbone's too) from their verified bytes with ``threads`` intra-op threads."""
+    roles = ROLES + (("backbone_static",) if "backbone_static" in b.sessions else ())
+    b.sessions = {role: load_session(b.directory, role, b.entries[role], b.providers, threads, b.runtime) for role in roles}
+    b.threads = threads
 
 
-def load_session(directory: Path, role: str, entry, providers: list[str], runtime: str = "onnx") -> ort.InferenceSession:
-    """One verified graph (:func:`read_graph`: the hashed bytes, no external data) as an onnxruntime
-    session; ``runtime`` "ort": an ORT-format file, "onnx": an ONNX one (each refused as the other,
-    so a file is always checked by the walker of its own format)."""
-    data = read_graph(directory, role, entry)
-    name = entry["file"]
+def load_session(directory: Path, role: str, entry, providers: list[str], threads: int | None = None, runtime: str = "onnx"):
+    """One verified graph (:func:`read_graph`: the hashed bytes, no external data) as a session of ``runtime``."""
+    return session_from_bytes(directory / entry["file"], read_graph(directory, role, entry), providers, threads, runtime)
+
+
+def session_from_bytes(path: Path, data: bytes, providers: list[str], threads: int | None = None, runtime: str = "onnx"):
+    """A session on a graph's verified bytes (``path`` names it in errors); ``threads``: intra-op threads (None: default).
+
+    ``runtime`` "ort": an ORT-format file, "onnx": an ONNX one (each refused as the other, so a file is
+    always checked by the walker of its own format); "litert": a .tflite file (edgedd.device.litert)."""
+    if runtime == "litert":
+        from .litert import LiteRTSession
+
+        return LiteRTSession(data, str(path), threads)
     kind = "ORT-format" if runtime == "ort" else "ONNX"
     try:
         if is_ort_format(data) != (runtime == "ort"):
             raise Malformed("the other format")
         external = ort_uses_external_data(data) if runtime == "ort" else uses_external_data(data)
     except (Malformed, OrtMalformed):  # refused too: what this walker cannot read, it cannot vouch for
-        raise EdgeddError(f"{directory / name} is not a valid {kind} model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
+        raise EdgeddError(f"{path} is not a valid {kind} model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
     if external:
-        raise EdgeddError(f"{directory / name} keeps tensors in external files, which a bundle never does",
+        raise EdgeddError(f"{path} keeps tensors in external files, which a bundle never does",
                           "the bundle was altered; re-copy it or re-run edgedd pack")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     # an ORT-format file's saved runtime optimisations are replayed only when asked for, which
     # onnxruntime advises for trusted models only: never asked for here (the graph still runs as converted)
+    if threads:
+        opts.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=providers)
     except Exception as e:  # onnxruntime's own exception types
-        raise EdgeddError(f"onnxruntime cannot load {directory / name} ({type(e).__name__})",
+        raise EdgeddError(f"onnxruntime cannot load {path} ({type(e).__name__})",
                           "check the onnxruntime version (see the bundle's meta)") from None

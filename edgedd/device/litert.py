@@ -95,18 +95,3 @@ def _from_output(y: np.ndarray, detail: dict) -> np.ndarray:
         return y.astype(np.float32)
     scale, zero = detail["quantization"]
     return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
-
-
-def open_litert(directory: Path, a, graphs: dict, int8: bool):
-    """A :class:`Bundle` whose sessions are LiteRT interpreters over the verified ``.tflite`` bytes."""
-    from .bundle import ROLES, Bundle, onnx_sha256, read_graph
-
-    b = Bundle(directory, a, providers=["LiteRT interpreter"], variant="int8" if int8 else "fp32", runtime="litert", entries=graphs)
-    for role in ROLES:
-        g = graphs.get(role)
-        if not g:
-            raise EdgeddError(f"artifact in {directory} lists no LiteRT {role} graph", "re-run edgedd pack --litert")
-        b.sessions[role] = LiteRTSession(read_graph(directory, role, g), str(directory / g["file"]))
-        b.graph_sha256[role] = onnx_sha256(a.meta, role, int8) or g["sha256"]
-        b.graph_files[role] = directory / g["file"]
-    return b
