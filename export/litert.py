@@ -12,6 +12,9 @@ and deploy-check --runtime litert --int8 judges it on the device like the ONNX i
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import numpy as np
 import torch
 
@@ -28,6 +31,11 @@ def _litert():
     return litert_torch
 
 
+def _progress_to_stderr():
+    """litert-torch prints its conversion progress on stdout, which edgedd keeps for results (--json)."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def _content(model) -> bytes:
     """The .tflite bytes of a converted model (``LiteRTModel.model_content``)."""
     content = model.model_content
@@ -38,7 +46,8 @@ def convert(module: torch.nn.Module, sample: torch.Tensor, name: str) -> bytes:
     """fp32 ``module`` traced at ``sample``'s shape -> .tflite bytes."""
     litert_torch = _litert()
     try:
-        return _content(litert_torch.convert(module.eval(), (sample,)))
+        with _progress_to_stderr():
+            return _content(litert_torch.convert(module.eval(), (sample,)))
     except Exception as e:
         raise EdgeddError(f"litert-torch cannot convert the {name} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
                           "pack without --litert (the ONNX graphs do not need it)") from e
@@ -62,7 +71,8 @@ def convert_int8(module: torch.nn.Module, sample: torch.Tensor, calibration: np.
                 prepared(torch.from_numpy(calibration[s : s + b]))
         quantized = convert_pt2e(prepared, fold_quantize=False)
         move_exported_model_to_eval(quantized)
-        return _content(litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)))
+        with _progress_to_stderr():
+            return _content(litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)))
     except EdgeddError:
         raise
     except Exception as e:
