@@ -18,6 +18,7 @@ import re
 import numpy as np
 
 from ..images import INTERPOLATIONS
+from ..paths import MAX_CLASS_NAME_CHARS
 from .ridge import PRIORS, recorded_prior
 
 # A graph's file name, from the artifact's metadata: a bare name inside the bundle, nothing else
@@ -25,7 +26,14 @@ from .ridge import PRIORS, recorded_prior
 GRAPH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_SIDE = 2048  # edge input / resize size: beyond any real backbone, and bounds the memory of one image
 SHA256 = re.compile(r"[0-9a-f]{64}")
-GRAPH_ROLES = ("backbone", "projector", "classifier")  # required; "backbone_int8" optional
+# A class name is printed by predict, inspect and deploy-check: the ImageFolder scan's cap, longer
+# than any folder name a file system allows (255 bytes), so no packed dataset reaches it.
+MAX_CLASS_NAME = MAX_CLASS_NAME_CHARS
+GRAPH_ROLES = ("backbone", "projector", "classifier")  # required
+OPTIONAL_ROLES = ("backbone_int8", "backbone_static", "backbone_int8_static")
+STATIC_BATCH_MAX = 4096
+# the other runtimes' sections: role -> graph file, each with its sha256 (format 1.4)
+RUNTIME_SECTIONS = ("ort", "litert")
 # deploy-check's figures from the host, by key name: image counts (..._images, ..._count) and top-1
 # fractions (any other key with "top1" in it: synthetic_top1_ridge, golden_heldout_top1, ...); any may be null
 FRACTION_WORD, COUNT_SUFFIXES = "top1", ("_images", "_count")
@@ -90,6 +98,8 @@ def _check(meta: dict, tensors: dict) -> None:
     names = meta.get("class_names")
     _need(isinstance(names, list) and len(names) >= 1 and all(isinstance(c, str) and c for c in names),
           "class_names is not a list of non-empty strings")
+    longest = max(len(n) for n in names)
+    _need(longest <= MAX_CLASS_NAME, f"a class name is {longest} characters long, more than {MAX_CLASS_NAME}")
     _need(len(set(names)) == len(names), "class_names has duplicates")
     c = len(names)
     for part in ("distill", "edge"):
@@ -98,6 +108,9 @@ def _check(meta: dict, tensors: dict) -> None:
     pp = _preprocess(_dict(edge, "preprocess", "edge."))
     d_b = _size(edge, "features", "edge.")
     _graphs(_dict(meta, "onnx", ""))
+    for section in RUNTIME_SECTIONS:
+        if meta.get(section) is not None:
+            _runtime_section(_dict(meta, section, ""), section)
     for d in (meta, meta.get("reference", {})):
         _need(isinstance(d, dict), "reference is not an object")
         _host_figures(d)
@@ -140,16 +153,29 @@ def _preprocess(pp: dict) -> dict:
     return pp
 
 
-def _graphs(onnx: dict) -> None:
-    for role in GRAPH_ROLES + ("backbone_int8",):
+def _graphs(onnx: dict, where: str = "onnx", roles: tuple = GRAPH_ROLES) -> None:
+    for role in roles + OPTIONAL_ROLES:
         g = onnx.get(role)
-        if g is None and role not in GRAPH_ROLES:
+        if g is None and role not in roles:
             continue
-        _need(isinstance(g, dict), f"onnx.{role} is not an object")
-        # one message whatever the name, so a crafted artifact learns nothing about what exists outside
-        _need(isinstance(g.get("file"), str) and GRAPH_NAME.fullmatch(g["file"]) is not None,
-              f"it names its {role} graph by something other than a file name inside the bundle")
-        _need(isinstance(g.get("sha256"), str) and SHA256.fullmatch(g["sha256"]) is not None, f"onnx.{role}.sha256 is not a sha256")
+        _file_entry(g, f"{where}.{role}", role)
+        if role.endswith("_static"):
+            _size(g, "batch", f"{where}.{role}.", 1, STATIC_BATCH_MAX)
+
+
+def _file_entry(g, where: str, role: str) -> None:
+    _need(isinstance(g, dict), f"{where} is not an object")
+    # one message whatever the name, so a crafted artifact learns nothing about what exists outside
+    _need(isinstance(g.get("file"), str) and GRAPH_NAME.fullmatch(g["file"]) is not None,
+          f"it names its {role} graph by something other than a file name inside the bundle")
+    _need(isinstance(g.get("sha256"), str) and SHA256.fullmatch(g["sha256"]) is not None, f"{where}.sha256 is not a sha256")
+
+
+def _runtime_section(sec: dict, name: str) -> None:
+    """ort / litert: graphs by role (the three required roles, the optional ones) and, for ort, the operator config."""
+    _graphs(_dict(sec, "graphs", f"{name}."), f"{name}.graphs", GRAPH_ROLES)
+    if name == "ort":
+        _file_entry(sec.get("required_operators"), "ort.required_operators", "required-operators config")
 
 
 def _host_figures(d: dict) -> None:
