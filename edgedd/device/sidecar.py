@@ -47,6 +47,12 @@ def settings_path(directory: str | os.PathLike, variant: str) -> Path:
     return Path(directory) / f"runtime.{variant}.json"
 
 
+def device_files() -> frozenset[str]:
+    """Every name the device may write beside a bundle (so pack --overwrite counts them as the bundle's own)."""
+    names = {LEGACY_FILE} | {f"runtime.{v}.json" for v in VARIANTS}
+    return frozenset(names | {f"projector.{k}.{v}.safetensors" for k in KINDS for v in VARIANTS})
+
+
 def binding(b: Bundle) -> dict[str, str]:
     """What every sidecar records and must match on load: this artifact, this backbone graph."""
     return {"artifact_sha256": b.artifact.file_sha256, "backbone": b.variant, "backbone_sha256": b.graph_sha256["backbone"]}
