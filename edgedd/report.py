@@ -72,7 +72,7 @@ def _read_json_object(path: Path, what: str) -> dict:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise EdgeddError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting past the parser's limit
         raise EdgeddError(f"{what} {path} is not readable JSON ({type(e).__name__})") from None
     if not isinstance(obj, dict):
         raise EdgeddError(f"{what} {path} is not a JSON object")

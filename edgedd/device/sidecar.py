@@ -108,7 +108,7 @@ def read_settings(b: Bundle) -> dict | None:
         raise bad("too large")
     try:
         s = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting past the parser's limit, well under the size cap
         raise bad("damaged") from None
     if not isinstance(s, dict):
         raise bad("not a JSON object")
