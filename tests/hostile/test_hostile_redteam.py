@@ -1,0 +1,36 @@
+"""Cases a red-team pass found outside the suites by topic: a data set too small for a held-out
+slice, and graphs with outputs a bundle never has."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from edgedd.device import schema
+
+
+def test_a_run_without_a_held_out_slice_packs_a_bundle_the_device_accepts():
+    from export.edge_path import expectations
+
+    # what stage I records when every class is too small to hold images out (3 images a class)
+    run = SimpleNamespace(stage1={"golden": {"heldout_images": 0, "heldout_top1": float("nan")}})
+    ref, held = expectations(run, None, None, None, None, None, None, max_images=0)
+    assert held is None and ref["golden_heldout_images"] is None and ref["golden_heldout_top1"] is None
+    schema._host_figures(ref)  # before: "golden_heldout_images is 0, not a positive integer or null" on every device command
+
+
+def test_a_report_on_a_run_with_a_non_utf8_class_name(packed, tmp_path):
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from edgedd.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(packed["run"], run)
+    meta = json.loads((run / "synthetic.json").read_text())
+    meta["class_names"][0] = "\udcff\udcfeclass"  # a class folder named by the bytes ff fe, as os.fsdecode holds it
+    (run / "synthetic.json").write_text(json.dumps(meta))
+    r = CliRunner().invoke(app, ["report", str(run), "-o", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output  # before: UnicodeEncodeError traceback, no page
+    assert "\\udcff\\udcfeclass" in (tmp_path / "r.html").read_text(encoding="utf-8")
