@@ -349,6 +349,6 @@ def write_report(run: str | Path, eval: dict | str | Path | None = None, deploy_
     path = Path(out) if out is not None else Path(run) / REPORT_FILE
     if path.is_dir():
         raise EdgeddError(f"--out {path} is a directory", "pass a file path, e.g. report.html")
-    data = page.encode("utf-8")
+    data = page.encode("utf-8", errors="backslashreplace")  # a non-UTF-8 class or file name (lone surrogates) shown escaped
     atomic.write_bytes(path, data)  # an OSError becomes one line naming the path (atomic.os_error)
     return {"report": str(path), "bytes": len(data), **holds}
