@@ -117,6 +117,8 @@ def read_settings(b: Bundle) -> dict | None:
     t = s.get("intra_op_threads")
     if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= MAX_THREADS:
         raise bad(f"intra_op_threads is {str(t)[:20]}, not a count from 1 to {MAX_THREADS}")
+    if t > (os.cpu_count() or 1):  # deploy-check tries 1 .. this device's CPU count: more was measured elsewhere (or
+        return None  # forged), and every thread past the cores spins, so predict would crawl; ignored like a stale file
     return s
 
 

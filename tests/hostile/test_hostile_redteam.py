@@ -34,3 +34,23 @@ def test_a_report_on_a_run_with_a_non_utf8_class_name(packed, tmp_path):
     r = CliRunner().invoke(app, ["report", str(run), "-o", str(tmp_path / "r.html")])
     assert r.exit_code == 0, r.output  # before: UnicodeEncodeError traceback, no page
     assert "\\udcff\\udcfeclass" in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_stored_threads_beyond_this_devices_cpus_are_ignored(bundle, packed, monkeypatch):
+    import json
+    import os
+
+    from typer.testing import CliRunner
+
+    from edgedd.cli import app
+    from edgedd.device import artifact as art
+    from edgedd.device import runtime
+
+    image = str(next((packed["heldout"] / "square").iterdir()))
+    a = art.read(bundle / art.ARTIFACT_FILE)
+    body = {"artifact_sha256": a.file_sha256, "backbone": "fp32", "backbone_sha256": a.meta["onnx"]["backbone"]["sha256"]}
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    for threads, used in ((2, 2), (3, None), (1024, None)):  # before: 1024 was used, and predict took minutes on 2 cores
+        runtime.settings_path(bundle, "fp32").write_text(json.dumps({**body, "intra_op_threads": threads}))
+        r = CliRunner().invoke(app, ["predict", str(bundle), image, "--json"])
+        assert r.exit_code == 0 and r.stderr == "" and json.loads(r.stdout)["threads"] == used, (threads, r.stderr)
