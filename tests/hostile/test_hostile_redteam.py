@@ -54,3 +54,34 @@ def test_stored_threads_beyond_this_devices_cpus_are_ignored(bundle, packed, mon
         runtime.settings_path(bundle, "fp32").write_text(json.dumps({**body, "intra_op_threads": threads}))
         r = CliRunner().invoke(app, ["predict", str(bundle), image, "--json"])
         assert r.exit_code == 0 and r.stderr == "" and json.loads(r.stdout)["threads"] == used, (threads, r.stderr)
+
+
+def _extra_output(bundle):
+    import hashlib
+
+    import onnx
+    from _crafted import resign
+    from onnx import TensorProto, helper
+
+    path = bundle / "backbone.onnx"
+    m = onnx.load_model_from_string(path.read_bytes())
+    m.graph.node.append(helper.make_node("Identity", [m.graph.output[0].name], ["extra"]))
+    extra = helper.make_tensor_value_info("extra", TensorProto.FLOAT, None)
+    m.graph.output.append(extra)
+    data = m.SerializeToString()
+    path.write_bytes(data)
+    resign(bundle, lambda meta: meta["onnx"]["backbone"].__setitem__("sha256", hashlib.sha256(data).hexdigest()))
+
+
+def test_a_graph_with_an_extra_output_is_refused(bundle, packed):
+    from _crafted import one_line_error
+    from typer.testing import CliRunner
+
+    from edgedd.cli import app
+
+    for p in [*bundle.glob("projector.*.safetensors"), *bundle.glob("runtime.*.json")]:
+        p.unlink()
+    image = str(next((packed["heldout"] / "square").iterdir()))
+    _extra_output(bundle)  # before: accepted, the second output computed and dropped on every run
+    for argv in (["predict", str(bundle), image], ["deploy-check", str(bundle)]):
+        one_line_error(CliRunner().invoke(app, argv), "backbone.onnx has 1 input(s) and 2 output(s)")
