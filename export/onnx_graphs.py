@@ -139,9 +139,9 @@ class _DropPreprocessAdvice:
 INT8_MODE = "static-qdq-per-channel"
 CALIBRATION_BATCH = 16
 # How many calibration inputs: MinMax keeps every intermediate tensor of every calibration input
-# until it computes the ranges (measured: ~27 MB per 224-px input for EfficientNet-Lite0), so the
-# count is bounded by pixels as well: 64 inputs at 224 px (what bench/lite_int8.py measured),
-# up to 256 at small sizes.
+# until it computes the ranges (tens of MB per 224-px input for EfficientNet-Lite0; bench/RESULTS.md,
+# bench/lite_int8.py), so the count is bounded by pixels as well: 64 inputs at 224 px, up to 256 at
+# small sizes.
 CALIBRATION_MAX = 256
 CALIBRATION_PIXELS = 64 * 224 * 224
 

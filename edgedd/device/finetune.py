@@ -24,6 +24,7 @@ import numpy as np
 
 from ..atomic import write_bytes
 from ..errors import EdgeddError
+from .graphs import load_session
 from .infer import backbone_features
 from .render import normalize, render_views
 from .ridge import fit_ridge as fit_projector_ridge, mse, objective, recorded_prior, select_ridge
@@ -91,7 +92,6 @@ def fit_features(b: Bundle, x_in: np.ndarray) -> np.ndarray:
         return backbone_features(b, x_in)
     from dataclasses import replace
 
-    from .bundle import load_session
 
     entry = b.meta["onnx"]["backbone"]  # the verified artifact's entry for the fp32 graph; its bytes are hashed on reading
     fp32 = replace(b, variant="fp32", sessions=dict(b.sessions, backbone=load_session(b.directory, "backbone", entry, b.providers)),
