@@ -208,6 +208,9 @@ class PackConfig:
     int8_max_drop: float = 0.05
     seed: int = 0
     expect_images: int = 1000  # real held-out images behind the expected edge top-1 (bounds pack's time); 0: none
+    static_batch: int = 1  # the batch size of the fixed-shape backbone graphs (export.mobile) written beside the dynamic ones
+    ort: bool = False  # also write ORT-format (.ort) graphs and the required-operators config of an ORT Mobile minimal build
+    litert: bool = False  # also write LiteRT (.tflite) graphs, converted with litert-torch (the [litert] extra)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

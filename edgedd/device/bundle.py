@@ -17,10 +17,14 @@ from .finetune import load_finetuned
 from .graphs import load_session, read_graph, session_from_bytes
 from .infer import BATCH, classify, softmax, top_indices
 from .inputs import as_image_list, edge_canvas, is_image_list, prepare_canvases
+from .mobile import available_providers
 from .sidecar import MAX_THREADS, read_settings
 
 
 ROLES = ("backbone", "projector", "classifier")
+# --runtime: where the graphs come from. onnx: the .onnx files; ort: the ORT-format files of pack --ort
+# (both through onnxruntime); litert: the .tflite files of pack --litert (edgedd.device.litert)
+RUNTIMES = ("onnx", "ort", "litert")
 
 
 @dataclass
@@ -53,9 +57,13 @@ class Bundle:
     projector_file: Path | None = None  # the sidecar it came from
     projector_kind: str = "packed"  # "packed", "fit" (deploy-check) or "adapt"
     threads: int | None = None  # onnxruntime intra-op threads of the sessions; None: onnxruntime's default
+    runtime: str = "onnx"  # which of the bundle's graph sets the sessions run (RUNTIMES)
+    static_batch: int | None = None  # the batch of sessions["backbone_static"], the fixed-shape backbone, where the bundle has one
+    entries: dict = field(default_factory=dict)  # role -> the artifact's entry of the graph set in use (fp32 roles included under --int8)
 
     @classmethod
-    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None) -> Bundle:
+    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None,
+             runtime: str = "onnx") -> Bundle:
         """Verify the bundle, open its sessions (``int8``: the int8 backbone) and load the fitted projector.
 
         ``threads``: onnxruntime intra-op threads; None uses the count deploy-check measured for
@@ -65,7 +73,7 @@ class Bundle:
         """
         if threads is not None and not (isinstance(threads, int) and 1 <= threads <= MAX_THREADS):
             raise EdgeddError(f"threads is {threads!r}", f"pass a whole number from 1 to {MAX_THREADS}, or None for the measured setting")
-        b = open_bundle(directory, int8=int8, providers=providers, threads=threads, stored_threads=threads is None)
+        b = open_bundle(directory, int8=int8, providers=providers, threads=threads, stored_threads=threads is None, runtime=runtime)
         b.projector = load_finetuned(b)
         return b
 
@@ -114,45 +122,86 @@ class Bundle:
         return rows if is_image_list(images) else rows[0]
 
 
-def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None,
-                stored_threads: bool = False) -> Bundle:
-    """Read and verify the artifact, check every ONNX file's sha256, open the sessions.
 
-    A bundle is a closed world: each graph is read once, hashed, and the *same bytes* go to
-    onnxruntime (never re-opened by path, so swapping a file afterwards changes nothing), and a
-    graph whose tensors live in external files is refused (see onnx_scan).
-    """
-    directory = require_dir(directory, "bundle", "pass the --out directory of edgedd pack")
-    a = art.read(require_file(directory / art.ARTIFACT_FILE, "artifact", "pass a bundle directory made by edgedd pack"))
-    graphs = a.meta.get("onnx")
+def choose_providers(providers: list[str] | None) -> list[str]:
+    """The execution providers to use: ``providers`` (each must be present: one line naming the
+    ones that are, otherwise), or every provider this onnxruntime has."""
+    available = available_providers()
+    missing = [p for p in providers or [] if p not in available]
+    if missing:
+        raise EdgeddError(f"execution provider {missing[0]} is not in this onnxruntime (it has {', '.join(available)})",
+                          "pick one of those with --provider, or install an onnxruntime build that has it")
+    return list(providers or available) or ["CPUExecutionProvider"]
+
+
+def graph_entries(directory: Path, meta: dict, runtime: str, int8: bool) -> dict:
+    """role -> the artifact's entry of each graph of the chosen set; with ``int8`` the int8 backbones
+    take the backbone roles, and the fp32 ones stay under backbone_fp32 / backbone_fp32_static."""
+    if runtime == "onnx":
+        graphs = meta.get("onnx")
+    else:
+        section = meta.get(runtime)
+        graphs = section.get("graphs") if isinstance(section, dict) else None
+        if graphs is None:
+            flag = {"ort": "--ort", "litert": "--litert"}[runtime]
+            raise EdgeddError(f"bundle {directory} has no {runtime} graphs", f"re-pack it on the host with edgedd pack {flag}, or use --runtime onnx")
     graphs = dict(graphs) if isinstance(graphs, dict) else {}
     if int8:
         if "backbone_int8" not in graphs:
             raise EdgeddError(f"bundle {directory} has no int8 backbone", "re-pack it on the host with edgedd pack --int8, or run without --int8")
-        graphs["backbone"] = graphs["backbone_int8"]
-    available = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]  # remote-only EP
-    chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
-    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32", threads=threads)
+        graphs["backbone_fp32"], graphs["backbone_fp32_static"] = graphs["backbone"], graphs.pop("backbone_static", None)
+        graphs["backbone"], graphs["backbone_static"] = graphs["backbone_int8"], graphs.get("backbone_int8_static")
+    return {k: v for k, v in graphs.items() if v}
+
+
+def onnx_sha256(meta: dict, role: str, int8: bool) -> str | None:
+    """The sha256 the artifact records for ``role``'s ONNX graph (the int8 one's under ``int8``): the
+    network whatever the runtime (an .ort or .tflite file is a conversion of it), what sidecars bind to."""
+    if int8 and role.startswith("backbone"):
+        role = role.replace("backbone", "backbone_int8", 1)
+    return (meta["onnx"].get(role) or {}).get("sha256")
+
+
+def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None,
+                stored_threads: bool = False, runtime: str = "onnx") -> Bundle:
+    """Read and verify the artifact, check every graph file's sha256, open the sessions.
+
+    A bundle is a closed world: each graph is read once, hashed, and the *same bytes* go to
+    the runtime (never re-opened by path, so swapping a file afterwards changes nothing), and a
+    graph whose tensors live in external files is refused (see onnx_scan, ort_scan).
+    The fixed-shape backbone, where the bundle has one, opens as ``sessions["backbone_static"]``:
+    infer runs batches of exactly its size through it.
+    """
+    if runtime not in RUNTIMES:
+        raise EdgeddError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}", "pick one of those")
+    directory = require_dir(directory, "bundle", "pass the --out directory of edgedd pack")
+    a = art.read(require_file(directory / art.ARTIFACT_FILE, "artifact", "pass a bundle directory made by edgedd pack"))
+    graphs = graph_entries(directory, a.meta, runtime, int8)
+    chosen = ["LiteRT interpreter"] if runtime == "litert" else choose_providers(providers)
+    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32", threads=threads, runtime=runtime, entries=graphs)
     data = {}
-    for role in ROLES:
+    for role in ROLES + ("backbone_static",):
         g = graphs.get(role)
         if not g:
+            if role == "backbone_static":  # bundles of format < 1.4 have none
+                continue
             raise EdgeddError(f"artifact in {directory} lists no {role} graph", "re-run edgedd pack")
         data[role] = read_graph(directory, role, g)  # every graph verified before any sidecar is read
-        b.graph_sha256[role] = g["sha256"]
+        b.graph_sha256[role] = onnx_sha256(a.meta, role, int8) or g["sha256"]
         b.graph_files[role] = directory / g["file"]
     if stored_threads:  # deploy-check's measured setting for this variant (bound to these graphs' hashes)
         settings = read_settings(b)
         b.threads = settings["intra_op_threads"] if settings else None
-    for role in ROLES:
-        b.sessions[role] = session_from_bytes(directory / graphs[role]["file"], data.pop(role), chosen, b.threads)
+    for role in list(data):
+        b.sessions[role] = session_from_bytes(directory / graphs[role]["file"], data.pop(role), chosen, b.threads, runtime)
+    static = a.meta["onnx"].get("backbone_int8_static" if int8 else "backbone_static") or {}
+    b.static_batch = static.get("batch") if "backbone_static" in b.sessions else None
     return b
 
 
 def open_sessions(b: Bundle, threads: int | None) -> None:
-    """(Re)open ``b``'s three sessions from their verified bytes with ``threads`` intra-op threads."""
-    graphs = dict(b.meta["onnx"])
-    if b.variant == "int8":
-        graphs["backbone"] = graphs["backbone_int8"]
-    b.sessions = {role: load_session(b.directory, role, graphs[role], b.providers, threads) for role in ROLES}
+    """(Re)open ``b``'s sessions (the fixed-shape backbone's too) from their verified bytes with ``threads`` intra-op threads."""
+    roles = ROLES + (("backbone_static",) if "backbone_static" in b.sessions else ())
+    b.sessions = {role: load_session(b.directory, role, b.entries[role], b.providers, threads, b.runtime) for role in roles}
     b.threads = threads
+

@@ -93,9 +93,12 @@ def fit_features(b: Bundle, x_in: np.ndarray) -> np.ndarray:
     from dataclasses import replace
 
 
-    entry = b.meta["onnx"]["backbone"]  # the verified artifact's entry for the fp32 graph; its bytes are hashed on reading
-    fp32 = replace(b, variant="fp32", sessions=dict(b.sessions, backbone=load_session(b.directory, "backbone", entry, b.providers)),
-                   graph_files=dict(b.graph_files, backbone=b.directory / entry["file"]))
+    entry = b.entries.get("backbone_fp32") or b.meta["onnx"]["backbone"]  # the verified artifact's entry; its bytes are hashed on reading
+    runtime = b.runtime if "backbone_fp32" in b.entries else "onnx"
+    sessions = {k: v for k, v in b.sessions.items() if k != "backbone_static"}  # the int8 one: batches go to the fp32 graph
+    session = load_session(b.directory, "backbone", entry, b.providers, b.threads, runtime)
+    fp32 = replace(b, variant="fp32", sessions=dict(sessions, backbone=session),
+                   graph_files=dict(b.graph_files, backbone=b.directory / entry["file"]), static_batch=None)
     return backbone_features(fp32, x_in)
 
 

@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from ..errors import EdgeddError
 from .onnx_scan import Malformed, uses_external_data
+from .ort_scan import Malformed as OrtMalformed, is_ort_format, uses_external_data as ort_uses_external_data
 
 # A graph's file name must be a bare name inside the bundle: one rule, the schema's (checked on
 # every read of the artifact; read_graph checks it again before touching the file system).
@@ -55,22 +56,34 @@ def read_graph(directory: Path, role: str, entry) -> bytes:
     return data
 
 
-def load_session(directory: Path, role: str, entry, providers: list[str], threads: int | None = None) -> ort.InferenceSession:
-    """One verified graph (:func:`read_graph`: the hashed bytes, no external data) as an onnxruntime session."""
-    return session_from_bytes(directory / entry["file"], read_graph(directory, role, entry), providers, threads)
+def load_session(directory: Path, role: str, entry, providers: list[str], threads: int | None = None, runtime: str = "onnx"):
+    """One verified graph (:func:`read_graph`: the hashed bytes, no external data) as a session of ``runtime``."""
+    return session_from_bytes(directory / entry["file"], read_graph(directory, role, entry), providers, threads, runtime)
 
 
-def session_from_bytes(path: Path, data: bytes, providers: list[str], threads: int | None = None) -> ort.InferenceSession:
-    """A session on a graph's verified bytes (``path`` names it in errors); ``threads``: intra-op threads (None: default)."""
+def session_from_bytes(path: Path, data: bytes, providers: list[str], threads: int | None = None, runtime: str = "onnx"):
+    """A session on a graph's verified bytes (``path`` names it in errors); ``threads``: intra-op threads (None: default).
+
+    ``runtime`` "ort": an ORT-format file, "onnx": an ONNX one (each refused as the other, so a file is
+    always checked by the walker of its own format); "litert": a .tflite file (edgedd.device.litert)."""
+    if runtime == "litert":
+        from .litert import LiteRTSession
+
+        return LiteRTSession(data, str(path), threads)
+    kind = "ORT-format" if runtime == "ort" else "ONNX"
     try:
-        external = uses_external_data(data)
-    except Malformed:  # refused too: what this walker cannot read, it cannot vouch for
-        raise EdgeddError(f"{path} is not a valid ONNX model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
+        if is_ort_format(data) != (runtime == "ort"):
+            raise Malformed("the other format")
+        external = ort_uses_external_data(data) if runtime == "ort" else uses_external_data(data)
+    except (Malformed, OrtMalformed):  # refused too: what this walker cannot read, it cannot vouch for
+        raise EdgeddError(f"{path} is not a valid {kind} model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
     if external:
         raise EdgeddError(f"{path} keeps tensors in external files, which a bundle never does",
                           "the bundle was altered; re-copy it or re-run edgedd pack")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # an ORT-format file's saved runtime optimisations are replayed only when asked for, which
+    # onnxruntime advises for trusted models only: never asked for here (the graph still runs as converted)
     if threads:
         opts.intra_op_num_threads = threads
     try:
