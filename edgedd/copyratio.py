@@ -80,7 +80,7 @@ def summarise(synthetic: dict[str, np.ndarray], references: dict[str, np.ndarray
     """The copy-ratio figures of one synthetic set: per space the scale, min / median / max ratio
     and how many images lie under ``NEAR_COPY`` (docs/JSON.md, ``copy_ratio``)."""
     out: dict = {"definition": "nearest real training image / median real-to-nearest-other-real distance",
-                 "near_copy_below": NEAR_COPY, "canvas": canvas, "reference_images": 0}
+                 "near_copy_below": NEAR_COPY, "canvas": canvas, "reference_images": 0, "spaces": {}}
     for space, d in synthetic.items():
         ref = references[space]
         out["reference_images"] = int(len(ref))
@@ -92,21 +92,29 @@ def summarise(synthetic: dict[str, np.ndarray], references: dict[str, np.ndarray
                           "below": below, "share_below": below / len(r), "ratios": [round(float(v), 4) for v in r]})
         else:
             entry.update({"min": None, "median": None, "max": None, "below": None, "share_below": None, "ratios": None})
-        out[space] = entry
+        out["spaces"][space] = entry
     return out
 
 
-def headline(cr: dict | None, space: str = "pixels") -> str:
+def headline(cr, space: str = "pixels") -> str:
     """One line for people: "copy ratio median 0.31 (pixels), 100/100 images < 0.5: near-copies of
     training images" (or "not recorded")."""
-    e = (cr or {}).get(space) or {}
+    try:
+        return _headline(cr, space)
+    except (AttributeError, KeyError, TypeError, ValueError):  # inspect reads an artifact's metadata before any schema check
+        return "copy ratio unreadable"
+
+
+def _headline(cr: dict | None, space: str) -> str:
+    spaces = (cr or {}).get("spaces") or {}
+    e = spaces.get(space) or {}
     if e.get("median") is None:
         return "copy ratio not recorded" if not e else f"copy ratio not defined ({space}: the training set has no two distinct images)"
     n, below, cut = e["images"], e["below"], (cr or {}).get("near_copy_below", NEAR_COPY)
     verdict = ("near-copies of training images" if below == n else f"{below} near-copies of training images" if below
                else "no near-copies of training images")
     line = f"copy ratio median {e['median']:.2f} ({space}), {below}/{n} images < {cut:g}: {verdict}"
-    f = (cr or {}).get("features") or {}
+    f = spaces.get("features") or {}
     if space == "pixels" and f.get("median") is not None:
         line += f"; phi_A median {f['median']:.2f}, {f['below']}/{f['images']} < {cut:g}"
     return line

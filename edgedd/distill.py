@@ -12,7 +12,7 @@ in one run directory, whose file names and writing are ``edgedd.rundir``'s:
     stage1.json                    how Stage I was made
     checkpoint.safetensors         while running: pyramid, Adam state, RNG state, step
     previews/step_XXXXXX.png       the synthetic images every ``preview_every`` steps
-    metrics.jsonl                  one line per Stage II step: loss, resolution, time, flow cosine every N (edgedd.metrics)
+    metrics.jsonl                  one line per Stage II step: loss, resolution, time, flow cosine every iterations // 10 (edgedd.metrics)
     synthetic.safetensors          the result: images in [0, 1] (N, 3, R, R) and labels
     synthetic.json                 class names, preprocessing and config of the result
     initial.safetensors            the starting set: the step-0 images (real draws or decoded noise)
@@ -264,11 +264,11 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
 
 
 def _look(plan: Plan, loop: stage2.Loop, flow_real: torch.Tensor) -> float | None:
-    """The preview (every ``preview_every`` steps) and the flow cosine (every ``flow_every`` and
-    at the end) after ``loop.step`` steps; the flow cosine (rank 0) or None."""
+    """The preview (every ``preview_every`` steps) and the flow cosine (every ``flow_every(iterations)``
+    steps and at the end) after ``loop.step`` steps; the flow cosine (rank 0) or None."""
     done, cfg, every = loop.step, plan.cfg, plan.options.preview_every
     preview_due = every and done % every == 0 and done < cfg.iterations
-    fc_due = done % flow_every(every) == 0 or done == cfg.iterations
+    fc_due = done % flow_every(cfg.iterations) == 0 or done == cfg.iterations
     if not (preview_due or fc_due):
         return None
     with torch.no_grad():

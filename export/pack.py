@@ -309,6 +309,9 @@ def _metadata(run, info_b: BackboneInfo, d_b: int, graphs: dict, validation: dic
         "reference": ref,
         "views": {"augment": to_dict(AugmentConfig()), "noise": False},
     }
+    cr = run.summary.get("copy_ratio")
+    if isinstance(cr, dict):  # format 1.4: how close the shipped images are to training images (no per-image list)
+        meta["copy_ratio"] = {**cr, "spaces": {k: {kk: vv for kk, vv in v.items() if kk != "ratios"} for k, v in cr.get("spaces", {}).items()}}
     if config.int8:
         meta["onnx"]["backbone_int8"]["quantization"] = {"mode": INT8_MODE, "calibration_inputs": len(calib),
                                                          "calibration_data": f"synthetic views, evenly spaced of {views_total}"}

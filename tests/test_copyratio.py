@@ -41,16 +41,17 @@ def test_degenerate_scale_gives_no_ratio():
     assert ratios(np.array([0.1]), np.array([np.inf]))[0] is None  # one real image: no nearest other
     assert ratios(np.array([0.1]), np.array([0.0, 0.0]))[0] is None  # all real images equal
     cr = summarise({"pixels": np.array([0.1])}, {"pixels": np.array([np.inf])})
-    assert cr["pixels"]["median"] is None and "not defined" in headline(cr)
+    assert cr["spaces"]["pixels"]["median"] is None and "not defined" in headline(cr)
 
 
 def test_summary_counts_near_copies_and_headline_says_so():
     cr = summarise({"pixels": np.array([0.0, 0.1, 2.0]), "features": np.array([1.0, 1.0, 1.0])},
                    {"pixels": np.array([1.0, 1.0, 1.0]), "features": np.array([0.5, 0.5])})
-    assert cr["pixels"]["below"] == 2 and cr["pixels"]["median"] == pytest.approx(0.1)
-    assert cr["features"]["below"] == 0 and cr["features"]["median"] == pytest.approx(2.0)
+    assert cr["spaces"]["pixels"]["below"] == 2 and cr["spaces"]["pixels"]["median"] == pytest.approx(0.1)
+    assert cr["spaces"]["features"]["below"] == 0 and cr["spaces"]["features"]["median"] == pytest.approx(2.0)
     assert "2/3 images < 0.5" in headline(cr) and "2 near-copies" in headline(cr)
     assert headline(None) == "copy ratio not recorded"
+    assert headline({"spaces": {"pixels": {"median": "x"}}}) == "copy ratio unreadable"  # crafted metadata: no traceback
 
 
 def test_copies_of_training_images_read_as_copies_and_noise_does_not(image_folder, tiny_backbone):
@@ -68,8 +69,8 @@ def test_copies_of_training_images_read_as_copies_and_noise_does_not(image_folde
             "shifted": torch.roll(real, shifts=(11, 13), dims=(2, 3)).flip(3)}
     r = measure(model, info, source, sets, seed=0, device=torch.device("cpu"), batch_size=5, amp=False, progress=False)
     for space in ("pixels", "features"):
-        assert r["copies"][space]["max"] < NEAR_COPY and r["copies"][space]["below"] == len(real)
-        assert r["noise"][space]["min"] >= 1 and r["noise"][space]["below"] == 0
-    assert r["shifted"]["pixels"]["min"] >= 1  # moved and mirrored: no longer a copy pixel by pixel
+        assert r["copies"]["spaces"][space]["max"] < NEAR_COPY and r["copies"]["spaces"][space]["below"] == len(real)
+        assert r["noise"]["spaces"][space]["min"] >= 1 and r["noise"]["spaces"][space]["below"] == 0
+    assert r["shifted"]["spaces"]["pixels"]["min"] >= 1  # moved and mirrored: no longer a copy pixel by pixel
     assert r["copies"]["reference_images"] == len(source)
     assert "near-copies of training images" in headline(r["copies"]) and "no near-copies" in headline(r["noise"])

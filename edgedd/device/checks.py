@@ -56,7 +56,8 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
     syn = top1(head(b, syn_f, projector), labels)
     _synthetic_check(checks, b, before, syn, len(labels), fine_tune, int8)
     report = {"ok": True, "checks": checks, "synthetic_top1": syn, "synthetic_top1_packed_projector": before,
-              "int8": int8, "providers": b.providers, "bundle": str(b.directory)}
+              "int8": int8, "providers": b.providers, "bundle": str(b.directory),
+              "copy_ratio": b.meta.get("copy_ratio")}  # what the shipped images are (format 1.4; None before)
     if data is not None:
         x, y, skipped = load_labelled_folder(b, data)
         _data_accuracy_check(checks, report, b, x, y, skipped, projector, min_accuracy)
