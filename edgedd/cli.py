@@ -175,13 +175,13 @@ def evaluation_table(r: dict) -> str:
     rows += [(f"baseline: {b}", v) for b, v in r.get("baselines", {}).items()]
     head = (f"{r['method']} on {r['backbone']}, evaluated with {r['eval_backbone']}; IPC {r['ipc']}; "
             f"{r['test_images']} test images; {r.get('protocol', 'reference')} protocol; flow cosine {r['flow_cosine']:.3f}")
-    lines = [head, f"  {'':<28} {'top-1':>15} {'top-5':>7}  seeds  train loss (start -> end)"]
+    lines = [head, f"  {'':<30} {'top-1':>15} {'top-5':>7}  seeds  train loss (start -> end)"]
     for name, v in rows:
         loss = ""
         if "train_loss_final" in v:
             loss = f"{sum(v['train_loss_start']) / len(v['seeds']):.4g} -> {sum(v['train_loss_final']) / len(v['seeds']):.4g}"
             loss += "  STALLED: did not train" if v["stalled"] else ""
-        lines.append(f"  {name:<28} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  {len(v['seeds']):>5}  {loss}")
+        lines.append(f"  {name:<30} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  {len(v['seeds']):>5}  {loss}")
     if "stage2_gain" in r:
         lines.append("  stage-II gain (final - starting set, top-1): "
                      + ", ".join(f"{m} {100 * g:+.2f}" for m, g in r["stage2_gain"].items()))
