@@ -318,13 +318,15 @@ def _results(plan: Plan, s1: Stage1Result, s2: Stage2Result) -> dict | None:
 
 def _copy_ratios(plan: Plan, images: torch.Tensor) -> dict:
     """``copy_ratio`` of the result and ``copy_ratio_start`` of the starting set (edgedd.copyratio),
-    in one streaming pass over the training data."""
+    in one streaming pass over the training data, and the pass's wall time."""
     sets = {"copy_ratio": images}
     if (plan.out / rundir.INITIAL).exists():
         sets["copy_ratio_start"] = rundir.read_tensors(plan.out, rundir.INITIAL)["images"].float()
-    return copies.measure(plan.model, plan.info, plan.source, sets, seed=plan.cfg.seed, device=plan.device,
-                          batch_size=plan.stage1_config.batch_size, num_workers=plan.workers, amp=plan.cfg.amp,
-                          progress=plan.options.progress)
+    t = time.perf_counter()
+    out = copies.measure(plan.model, plan.info, plan.source, sets, seed=plan.cfg.seed, device=plan.device,
+                         batch_size=plan.stage1_config.batch_size, num_workers=plan.workers, amp=plan.cfg.amp,
+                         progress=plan.options.progress)
+    return {**out, "copy_ratio_seconds": time.perf_counter() - t}
 
 
 def _summary(plan: Plan, s1: Stage1Result, s2: Stage2Result, *, flow_cosine: float, landing: dict) -> dict:

@@ -193,7 +193,7 @@ def test_evaluate_through_the_cli(image_folder, tmp_path):
     assert set(res["starting_set"]) == {"normal", "ci"}
     for m in ("normal", "ci"):
         assert res["stage2_gain"][m] == pytest.approx(res["modes"][m]["top1_mean"] - res["starting_set"][m]["top1_mean"])
-    assert res["copy_ratio"]["spaces"]["pixels"]["images"] == 6
+    assert res["copy_ratio"]["spaces"]["pixels"]["images"] == 3 * res["ipc"]
     for v in [*res["modes"].values(), *res["baselines"].values(), *res["starting_set"].values()]:
         assert set(v) == {"top1_mean", "top1_std", "top5_mean", "seeds", "train_loss_start", "train_loss_final", "train_steps", "stalled"}
         assert len(v["seeds"]) == 2 and len(v["train_loss_final"]) == 2

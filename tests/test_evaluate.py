@@ -50,6 +50,7 @@ def tiny(tmp_path_factory):
     shutil.copytree(run, real)
     images, labels, _ = next(iter(canvas_loader(open_dataset(str(data)), 32, "bicubic", 100, 0)))
     (real / "synthetic.safetensors").write_bytes(torch_serialize({"images": images.float() / 255, "labels": labels}))
+    (real / "initial.safetensors").unlink()  # not this set's starting set
     return {"root": root, "data": data, "test": test, "run": run, "real": real}
 
 
