@@ -12,7 +12,8 @@ from .copyratio import NEAR_COPY, headline
 CSS = """
 .classes{display:flex;flex-direction:column;gap:6px} .classrow{display:flex;align-items:center;gap:8px}
 .classrow .cname{min-width:7em;max-width:10em;font-weight:600;overflow-wrap:anywhere;text-align:right}
-.classrow .tiles{display:flex;flex-wrap:wrap;gap:4px} .classrow img{image-rendering:pixelated;display:block;border:1px solid #ccc}
+.classrow .tiles{display:flex;flex-wrap:wrap;gap:4px;flex:1;min-width:0}
+.classrow img{image-rendering:pixelated;display:block;border:1px solid #ccc;flex:1 1 0;min-width:32px;max-width:96px;height:auto}
 .warn{color:#8a4b00;font-weight:600}
 """
 
@@ -23,8 +24,8 @@ def esc(x) -> str:
 
 def synthetic_rows(uris: list[str], labels: list[int], names: list[str]) -> str:
     """The images as one row per class, in class order, the class name first: a class's images are
-    read side by side (how alike they are) and the classes down the page. ``uris``: one PNG data URI
-    per image."""
+    read side by side (how alike they are) and the classes down the page; tiles shrink (down to 32
+    CSS pixels) to keep a class on one line, then wrap. ``uris``: one PNG data URI per image."""
     by_class: dict[int, list[str]] = {}
     for uri, y in zip(uris, labels):
         by_class.setdefault(int(y), []).append(uri)
