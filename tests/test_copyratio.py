@@ -74,3 +74,16 @@ def test_copies_of_training_images_read_as_copies_and_noise_does_not(image_folde
     assert r["shifted"]["spaces"]["pixels"]["min"] >= 1  # moved and mirrored: no longer a copy pixel by pixel
     assert r["copies"]["reference_images"] == len(source)
     assert "near-copies of training images" in headline(r["copies"]) and "no near-copies" in headline(r["noise"])
+
+
+def test_the_artifact_check_refuses_what_pack_must_not_ship():
+    from edgedd.device.schema import copy_ratio_problem
+
+    good = summarise({"pixels": np.array([0.1, 0.2]), "features": np.array([1.0, 2.0])},
+                     {"pixels": np.array([1.0]), "features": np.array([1.0])})
+    good["spaces"] = {k: {kk: vv for kk, vv in v.items() if kk != "ratios"} for k, v in good["spaces"].items()}
+    assert copy_ratio_problem(good, 2) is None
+    assert "images" in copy_ratio_problem(good, 3)  # not this set's figures
+    assert copy_ratio_problem([1], 2) is not None and copy_ratio_problem({"spaces": []}, 2) is not None
+    bad = {**good, "spaces": {"pixels": {**good["spaces"]["pixels"], "median": -1.0}}}
+    assert "median" in copy_ratio_problem(bad, 2)

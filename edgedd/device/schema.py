@@ -165,6 +165,15 @@ def _host_figures(d: dict) -> None:
             _need(_is_number(v) and 0 <= v <= 1, f"{key} is {_show(v)}, not a fraction in [0, 1] or null")
 
 
+def copy_ratio_problem(cr, n: int) -> str | None:
+    """Why ``cr`` is not a valid artifact ``copy_ratio`` for N images, or None (pack checks what it copies from summary.json)."""
+    try:
+        _copy_ratio(cr if isinstance(cr, dict) else _dict({"copy_ratio": cr}, "copy_ratio", ""), n)
+    except Invalid as e:
+        return str(e)
+    return None
+
+
 def _copy_ratio(cr: dict, n: int) -> None:
     """Format 1.4's optional ``copy_ratio`` (edgedd.copyratio): per space the figures of the N shipped
     images; ratios and distances finite and >= 0, counts within [0, N]; nulls where undefined."""
