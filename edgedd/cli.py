@@ -21,6 +21,7 @@ from . import cli_device
 from .cli_app import HOST_MODULES, _need_host, _print_json, _result, app, handle_errors
 from .config import (CROP_SAMPLERS, EVAL_MODES, FLOW_DENOMINATORS, INITS, LGM_AUGS_PER_BATCH, CONVERGED_VIEW_CACHE, MAX_RESOLUTION,
                      METHODS, RECIPES, AugmentConfig, DistillConfig, EvalConfig, PackConfig, RunOptions, StageIConfig)
+from .copyratio import headline
 from .terminal import say as _say
 
 __all__ = ["app", "main"]
@@ -150,6 +151,7 @@ def evaluate(
     view_cache: Optional[int] = typer.Option(EVAL.view_cache, min=0, help=f"Views per image cached [default: {CONVERGED_VIEW_CACHE} converged, 0 reference]; 0: fresh views every batch (exact reference protocol)."),
     baselines: bool = typer.Option(False, "--baselines", help="Also evaluate random real, centroids, neighbours and the full-data probe."),
     train_data: Optional[str] = typer.Option(None, help="Training set for the baselines [default: the run's]."),
+    starting_set: bool = typer.Option(True, "--starting-set/--no-starting-set", help="Also score the run's step-0 images (its starting set) and report the stage-II gain."),
     device: str = typer.Option(EVAL.device, help="auto, cpu, cuda, cuda:N or mps."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -160,7 +162,7 @@ def evaluate(
 
     r = evaluate_run(run_dir, test_data, modes=tuple(m.value for m in mode), eval_backbone=eval_backbone, eval_weights=eval_weights,
                      eval_crop_res=eval_crop_res, config=EvalConfig(protocol=protocol.value, epochs=epochs, seeds=seeds, view_cache=view_cache, device=device),
-                     baselines=baselines, train_data=train_data, progress=not quiet)
+                     baselines=baselines, train_data=train_data, progress=not quiet, starting_set=starting_set)
     if json_out:
         _print_json("evaluate", r)
     else:
@@ -169,16 +171,21 @@ def evaluate(
 
 def evaluation_table(r: dict) -> str:
     rows = [(f"{r['method']} ({m})", v) for m, v in r["modes"].items()]
+    rows += [(f"starting set, step 0 ({m})", v) for m, v in r.get("starting_set", {}).items()]
     rows += [(f"baseline: {b}", v) for b, v in r.get("baselines", {}).items()]
     head = (f"{r['method']} on {r['backbone']}, evaluated with {r['eval_backbone']}; IPC {r['ipc']}; "
             f"{r['test_images']} test images; {r.get('protocol', 'reference')} protocol; flow cosine {r['flow_cosine']:.3f}")
-    lines = [head, f"  {'':<24} {'top-1':>15} {'top-5':>7}  seeds  train loss (start -> end)"]
+    lines = [head, f"  {'':<30} {'top-1':>15} {'top-5':>7}  seeds  train loss (start -> end)"]
     for name, v in rows:
         loss = ""
         if "train_loss_final" in v:
             loss = f"{sum(v['train_loss_start']) / len(v['seeds']):.4g} -> {sum(v['train_loss_final']) / len(v['seeds']):.4g}"
             loss += "  STALLED: did not train" if v["stalled"] else ""
-        lines.append(f"  {name:<24} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  {len(v['seeds']):>5}  {loss}")
+        lines.append(f"  {name:<30} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  {len(v['seeds']):>5}  {loss}")
+    if "stage2_gain" in r:
+        lines.append("  stage-II gain (final - starting set, top-1): "
+                     + ", ".join(f"{m} {100 * g:+.2f}" for m, g in r["stage2_gain"].items()))
+    lines.append(f"  synthetic set: {headline(r.get('copy_ratio'))}")
     if "landing" in r:
         ld = r["landing"]
         lines.append(f"  synthetic features (phi_A): centre offset {ld['centre_offset_mean']:.2f} inter-centre distances, "
@@ -303,6 +310,7 @@ def human_summary(s: dict) -> str:
         f"flow cosine {s['flow_cosine']:.3f}",
         f"  synthetic features: centre offset {s['landing']['centre_offset_mean']:.2f} inter-centre distances, norm ratio "
         f"{s['landing']['norm_ratio']:.2f}, golden top-1 {100 * s['landing']['golden_top1_centre_view']:.0f}% (centre view)",
+        f"  synthetic set: {headline(s.get('copy_ratio'))}",
         f"  wrote {s['out']}/synthetic.safetensors and {s['out']}/preview.png",
     ]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import typer
 
 from .cli_app import EXIT_CHECK_FAILED, Streamed, _print_json, _result, handle_errors
+from .copyratio import headline
 from .terminal import printable, say as _say
 
 _COMMANDS: list[tuple[Optional[str], dict, Callable]] = []
@@ -85,6 +86,7 @@ def deploy_check(
         width = max(len(c["name"]) for c in r["checks"])
         lines = [f"  {CHECK_WORD[c['ok']]}  {c['name']:<{width}}  {c['detail']}" for c in r["checks"]]
         rss = r.get("peak_rss_mb")
+        lines.append(f"synthetic set: {headline(r.get('copy_ratio'))}")
         lines.append(f"deploy-check {'PASSED' if r['ok'] else 'FAILED'}: synthetic top-1 {r['synthetic_top1']:.1%}"
                      + (f", data top-1 {r['data_top1']:.1%}" if "data_top1" in r else "")
                      + f", p50 {r['latency_ms_p50']:.2f} ms" + (f", peak RSS {rss:.0f} MB" if rss is not None else ""))
@@ -169,6 +171,7 @@ def inspect(
     _result(f"{printable(r['file'])}  format {r['format']}  sha256 {r['sha256'][:16]}…")
     _result(f"classes ({r['classes']}): {', '.join(printable(str(c)) for c in r['class_names'][:20])}{' …' if r['classes'] > 20 else ''}")
     _result(f"distilled with {r['distill']['backbone']['name']}, edge backbone {r['edge']['backbone']['name']}")
+    _result(f"synthetic set: {headline(r.get('copy_ratio'))}")
     for k, v in r["tensors"].items():
         _result(f"  {k:<20} {v['dtype']:<8} {tuple(v['shape'])}")
     for role, g in (r["onnx"] or {}).items():

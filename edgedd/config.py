@@ -25,7 +25,8 @@ FLOW_DENOMINATORS = ("classes", "reference")
 CROP_SAMPLERS = ("torchvision", "reference")
 INITS = ("noise", "real")  # how the synthetic pyramid starts (edgedd.synthetic)
 EVAL_MODES = ("normal", "ci", "kd")  # edgedd.evaluate: fresh probe, classifier inheritance, KD
-BASELINES = ("random", "centroids", "neighbors", "full")  # edgedd.baselines: real-image sets
+BASELINES = ("random", "centroids", "neighbors", "kcentre", "herding", "full")  # edgedd.baselines: real-image sets
+SELECTED = len(BASELINES) - 1  # the baselines trained with the normal protocol (all but full)
 # --augs-per-batch when not given: DistillConfig.augs_per_batch, except for --method lgm (LGM's reference value)
 LGM_AUGS_PER_BATCH = 10
 # EvalConfig.view_cache when not given, under the converged protocol (the reference protocol: 0)

@@ -63,7 +63,8 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
     _synthetic_check(checks, b, before, syn, len(labels), fine_tune, int8)
     report = {"ok": True, "checks": checks, "synthetic_top1": syn, "synthetic_top1_packed_projector": before,
               "int8": int8, "providers": b.providers, "runtime": b.runtime, "providers_available": engine["available"],
-              "providers_used": engine["used"], "static_batch": b.static_batch, "mobile_readiness": mobile, "bundle": str(b.directory)}
+              "providers_used": engine["used"], "static_batch": b.static_batch, "mobile_readiness": mobile, "bundle": str(b.directory),
+              "copy_ratio": b.meta.get("copy_ratio")}  # what the shipped images are (format 1.5; None before)
     if data is not None:
         y = _data_accuracy_check(checks, report, b, LabelledFolder(b, data), projector, min_accuracy)
         _chance_check(checks, report, len(b.class_names), y)
