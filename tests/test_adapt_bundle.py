@@ -75,3 +75,21 @@ def test_one_class_and_unknown_classes_are_refused(packed, tmp_path):
     shutil.copy(next((packed["heldout"] / "square").iterdir()), tmp_path / "odd" / "zebra" / "z.png")
     with pytest.raises(EdgeddError, match="not classes of this bundle"):
         adapt_bundle(b, tmp_path / "odd")
+
+
+def test_adapt_cli_writes_its_sidecar_and_refuses_bad_folders(packed, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgedd.cli import app
+
+    bundle = tmp_path / "b"
+    shutil.copytree(packed["bundle"], bundle)
+    r = CliRunner().invoke(app, ["adapt", str(bundle), "--data", str(packed["heldout"]), "--json"], env={"EDGEDD_PROGRESS": "0"})
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert (bundle / rep["sidecar"]).is_file() and rep["images"] == 18 and rep["used"] in ("adapted", "views only")
+    shutil.copytree(packed["heldout"] / "square", tmp_path / "one" / "square")
+    r = CliRunner().invoke(app, ["adapt", str(bundle), "--data", str(tmp_path / "one")], env={"EDGEDD_PROGRESS": "0"})
+    assert r.exit_code == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

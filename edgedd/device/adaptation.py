@@ -58,3 +58,35 @@ def adapt_bundle(b: Bundle, data: str | Path) -> dict:
               "views": int(n * k),
               "seconds": time.perf_counter() - t0}
     return {"weight": weight, "bias": bias, "report": report, "views_fit": views}
+
+
+ADAPTED_FILE = "projector.adapt.{variant}.safetensors"  # one per backbone variant, beside the bundle
+
+
+def save_adapted(b: Bundle, result: dict) -> Path:
+    """Write the adapted projector for ``b``'s variant, bound to the artifact and to the backbone graph
+    (validated on load as every fitted projector is: edgedd.device.finetune.load_finetuned)."""
+    from ..atomic import write_bytes
+    from ..stio import serialize as save
+
+    r = result["report"]
+    meta = {"artifact_sha256": b.artifact.file_sha256, "backbone": b.variant, "backbone_sha256": b.graph_sha256["backbone"],
+            "method": "adapt (views + local images, closed form)", "fit_features": "fp32 backbone", "used": r["used"],
+            "ridge": repr(r["ridge"] if r["used"] == "adapted" else r["view_ridge"]), "local_weight": repr(r["local_weight"]),
+            "views": str(r["views"]), "local_images": str(r["images"])}
+    path = b.directory / ADAPTED_FILE.format(variant=b.variant)
+    write_bytes(path, save({"weight": result["weight"], "bias": result["bias"]}, metadata=meta))
+    return path
+
+
+def adapt(directory: str | Path, data: str | Path, int8: bool = False) -> dict:
+    """``edgedd adapt``: open (and verify) the bundle, adapt its projector to ``data``, write the
+    sidecar; the report (docs/JSON.md, edgedd.adapt/1)."""
+    from .bundle import open_bundle
+    from .checks import peak_rss_mb
+
+    b = open_bundle(directory, int8=int8)
+    result = adapt_bundle(b, data)
+    result["report"]["sidecar"] = save_adapted(b, result).name
+    result["report"]["peak_rss_mb"] = peak_rss_mb()
+    return result["report"]

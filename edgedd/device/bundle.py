@@ -109,6 +109,17 @@ class Bundle:
         rows = [[(self.class_names[i], float(row[i])) for i in top_indices(row, top_k)] for row in prob]
         return rows if is_image_list(images) else rows[0]
 
+    def adapt(self, data: str | Path) -> dict:
+        """Adapt the projector to this device's labelled ImageFolder ``data`` (``edgedd adapt``: the
+        views and the local images, closed form, the views-only fit kept unless adapting wins held
+        out); writes the adapt sidecar for this variant, uses it from now on, returns the report."""
+        from .adaptation import adapt_bundle, save_adapted
+
+        result = adapt_bundle(self, data)
+        result["report"]["sidecar"] = save_adapted(self, result).name
+        self.projector = (result["weight"], result["bias"])
+        return result["report"]
+
 
 def read_graph(directory: Path, role: str, entry) -> bytes:
     """The verified bytes of one graph: bare name checked first, file read once, sha256 on those bytes.
