@@ -93,3 +93,36 @@ def test_adapt_cli_writes_its_sidecar_and_refuses_bad_folders(packed, tmp_path):
     shutil.copytree(packed["heldout"] / "square", tmp_path / "one" / "square")
     r = CliRunner().invoke(app, ["adapt", str(bundle), "--data", str(tmp_path / "one")], env={"EDGEDD_PROGRESS": "0"})
     assert r.exit_code == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_adapted_sidecar_is_bound_used_and_scored(packed, tmp_path):
+    """predict and Bundle.open use the adapt sidecar of their variant; deploy-check scores it beside
+    the views-only fit and the report page shows both; a forged or moved one is refused."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from edgedd import Bundle
+    from edgedd.device.checks import deploy_check
+    from edgedd.report import deploy_section
+
+    bundle = tmp_path / "b"
+    shutil.copytree(packed["bundle"], bundle)
+    rep = Bundle.open(bundle).adapt(packed["heldout"])
+    path = bundle / rep["sidecar"]
+    assert path.name == "projector.adapt.fp32.safetensors"
+    b = Bundle.open(bundle)
+    assert b.projector_kind == "adapt" and b.projector_file == path
+    dc = deploy_check(bundle, data=packed["heldout"])
+    assert dc["projector"] == "adapt" and "data_top1_before_adapt" in dc
+    assert [c["ok"] for c in dc["checks"] if c["name"] == "adapted"] == [True]
+    assert "before" in deploy_section(dc) and "after" in deploy_section(dc)
+    with safe_open(str(path), framework="numpy") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={**meta, "artifact_sha256": "0" * 64})  # bound to another artifact
+    with pytest.raises(EdgeddError, match="another artifact"):
+        Bundle.open(bundle)
+    dc = deploy_check(bundle, data=packed["heldout"])
+    assert dc["projector"] == "fit" and [c["ok"] for c in dc["checks"] if c["name"] == "adapted"] == [False] and not dc["ok"]
+    save_file(tensors, str(path), metadata={**meta, "backbone": "int8"})  # an int8 adaptation, renamed as the fp32 one
+    with pytest.raises(EdgeddError, match="int8 backbone"):
+        Bundle.open(bundle)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import EdgeddError
 from .adapt import MAX_LOCAL_IMAGES, adapt_fit
-from .accuracy import load_labelled_folder
+from .accuracy import LabelledFolder
 from .finetune import fit_features, fit_on_features, view_inputs
 from .infer import backbone_features
 from .ridge import recorded_prior
@@ -22,21 +22,20 @@ if TYPE_CHECKING:
 
 def local_features(b: Bundle, directory: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
     """phi_B of a local labelled folder (untrusted: at most MAX_LOCAL_IMAGES images, two classes or
-    more; unreadable files skipped and counted), with its labels and the count skipped."""
-    from ..images import scan_image_folder
-    from ..paths import require_dir
-
-    if not str(directory).startswith("embedded:"):  # the loader says why an embedded set cannot be read here
-        src = scan_image_folder(require_dir(directory, "--data", "pass a local ImageFolder (one sub-folder per class)"), min_classes=1)
-        if len(src.paths) > MAX_LOCAL_IMAGES:
-            raise EdgeddError(f"--data {directory} holds {len(src.paths)} images, more than adapt reads ({MAX_LOCAL_IMAGES})",
-                              "adapt needs a few labelled images per class (5 to 50); pass a smaller folder")
-    x, y, skipped = load_labelled_folder(b, directory)
-    present = np.unique(y)
+    more; read a batch at a time, unreadable files skipped and counted), its labels, the count skipped."""
+    folder = LabelledFolder(b, directory)
+    if len(folder.paths) > MAX_LOCAL_IMAGES:
+        raise EdgeddError(f"--data {directory} holds {len(folder.paths)} images, more than adapt reads ({MAX_LOCAL_IMAGES})",
+                          "adapt needs a few labelled images per class (5 to 50); pass a smaller folder")
+    parts = [(backbone_features(b, x), y) for x, y in folder.batches()]
+    if not parts:
+        raise folder.no_images()
+    feats, labels = np.concatenate([f for f, _ in parts]), np.concatenate([y for _, y in parts])
+    present = np.unique(labels)
     if len(present) < 2:
         raise EdgeddError(f"--data {directory} holds readable images of {len(present)} class",
                           "adapt needs labelled images of at least two of the bundle's classes, one sub-folder each")
-    return backbone_features(b, x), y, skipped
+    return feats, labels, folder.skipped
 
 
 def adapt_bundle(b: Bundle, data: str | Path) -> dict:
@@ -60,21 +59,19 @@ def adapt_bundle(b: Bundle, data: str | Path) -> dict:
     return {"weight": weight, "bias": bias, "report": report, "views_fit": views}
 
 
-ADAPTED_FILE = "projector.adapt.{variant}.safetensors"  # one per backbone variant, beside the bundle
-
-
 def save_adapted(b: Bundle, result: dict) -> Path:
-    """Write the adapted projector for ``b``'s variant, bound to the artifact and to the backbone graph
-    (validated on load as every fitted projector is: edgedd.device.finetune.load_finetuned)."""
+    """Write the adapted projector as ``b``'s adapt sidecar for its variant (edgedd.device.sidecar:
+    bound to the artifact and the backbone graph, validated on load like every fitted projector,
+    preferred over deploy-check's fit by predict and Bundle.open)."""
     from ..atomic import write_bytes
     from ..stio import serialize as save
+    from .sidecar import binding, sidecar_path
 
     r = result["report"]
-    meta = {"artifact_sha256": b.artifact.file_sha256, "backbone": b.variant, "backbone_sha256": b.graph_sha256["backbone"],
-            "method": "adapt (views + local images, closed form)", "fit_features": "fp32 backbone", "used": r["used"],
+    meta = {**binding(b), "method": "adapt (views + local images, closed form)", "fit_features": "fp32 backbone", "used": r["used"],
             "ridge": repr(r["ridge"] if r["used"] == "adapted" else r["view_ridge"]), "local_weight": repr(r["local_weight"]),
             "views": str(r["views"]), "local_images": str(r["images"])}
-    path = b.directory / ADAPTED_FILE.format(variant=b.variant)
+    path = sidecar_path(b.directory, b.variant, "adapt")
     write_bytes(path, save({"weight": result["weight"], "bias": result["bias"]}, metadata=meta))
     return path
 

@@ -129,8 +129,9 @@ class Bundle:
         from .adaptation import adapt_bundle, save_adapted
 
         result = adapt_bundle(self, data)
-        result["report"]["sidecar"] = save_adapted(self, result).name
-        self.projector = (result["weight"], result["bias"])
+        path = save_adapted(self, result)
+        result["report"]["sidecar"] = path.name
+        self.projector, self.projector_file, self.projector_kind = (result["weight"], result["bias"]), path, "adapt"
         return result["report"]
 
 
