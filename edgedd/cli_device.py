@@ -203,8 +203,9 @@ than noise. The result is written beside the bundle for this backbone variant (f
 """)
 @handle_errors
 def adapt(
-    bundle: Path = typer.Argument(..., help="Bundle directory made by edgedd pack."),
-    data: Path = typer.Option(..., help="A local labelled ImageFolder (class folders named as in the bundle): this device's own images."),
+    # Plain strings, as predict's: edgedd.paths says which of missing / not a folder / denied, with the fix.
+    bundle: str = typer.Argument(..., help="Bundle directory made by edgedd pack."),
+    data: str = typer.Option(..., help="A local labelled ImageFolder (class folders named as in the bundle): this device's own images."),
     int8: bool = typer.Option(False, "--int8", help="Adapt the projector of the bundle's int8 backbone."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
