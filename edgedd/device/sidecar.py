@@ -91,7 +91,9 @@ def find_projector(b: Bundle) -> Found | None:
 
 
 def read_settings(b: Bundle) -> dict | None:
-    """The runtime settings deploy-check stored for ``b``'s variant, validated; None if there are none."""
+    """The runtime settings deploy-check stored for ``b``'s variant, validated; None if there are none
+    or they were measured for another artifact or backbone graph (a speed hint, unlike a projector,
+    changes no answer: a stale one is ignored, not refused)."""
     path = settings_path(b.directory, b.variant)
     if not os.path.lexists(path):
         return None
@@ -108,8 +110,10 @@ def read_settings(b: Bundle) -> dict | None:
         s = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise bad("damaged") from None
-    if not isinstance(s, dict) or any(s.get(k) != v for k, v in binding(b).items()):
-        raise bad("measured for another artifact or backbone")
+    if not isinstance(s, dict):
+        raise bad("not a JSON object")
+    if any(s.get(k) != v for k, v in binding(b).items()):  # measured for a bundle since re-packed: not this one's, ignored
+        return None
     t = s.get("intra_op_threads")
     if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= MAX_THREADS:
         raise bad(f"intra_op_threads is {str(t)[:20]}, not a count from 1 to {MAX_THREADS}")

@@ -26,7 +26,10 @@ from edgedd.errors import EdgeddError
 
 
 def _wrap_output(bundle, role: str, nodes_for, key: str | None = None) -> str:
-    """Append ``nodes_for(raw, out)`` -> (nodes, initializers) after ``role``'s graph output and re-sign."""
+    """Append ``nodes_for(raw, out)`` -> (nodes, initializers) after ``role``'s graph output and re-sign
+    (the device's sidecars, which an earlier test's deploy-check may have left in the shared bundle, removed)."""
+    for p in [*bundle.glob("projector.*.safetensors"), *bundle.glob("runtime.*.json")]:
+        p.unlink()
     key = key or role
     a = runtime.open_bundle(bundle).meta["onnx"][key]
     path = bundle / a["file"]
@@ -83,6 +86,19 @@ def test_a_backbone_answering_one_row_for_three_images(bundle, packed):
     name = _wrap_output(bundle, "backbone", _slice(0, 1))
     d = runtime.open_bundle(bundle).meta["edge"]["features"]
     _refused_everywhere(bundle, packed, [f"backbone graph {bundle / name} returned shape (1, {d}) for "], ["for 3 input row(s)"])
+
+
+def test_a_backbone_dropping_rows_only_in_larger_batches_stops_deploy_check_data(bundle, packed):
+    """Right for deploy-check's own small batches (self-test, synthetic set), wrong for --data's:
+    before, a matmul traceback in the data path."""
+    a = runtime.open_bundle(bundle).artifact
+    k = max(len(a["selftest.inputs"]), len(a["synthetic.images"]))
+    n = sum(1 for p in packed["heldout"].rglob("*") if p.is_file())
+    assert k < n <= infer.BATCH
+    name = _wrap_output(bundle, "backbone", _slice(0, k))
+    for extra in ([], ["--json"]):
+        r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(packed["heldout"]), "--no-fine-tune", *extra])
+        one_line_error(r, f"backbone graph {bundle / name} returned shape ({k}, ", f"for {n} input row(s)")
 
 
 def test_a_backbone_answering_nan(bundle, packed):

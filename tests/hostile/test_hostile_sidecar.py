@@ -71,12 +71,29 @@ def test_a_damaged_or_odd_sidecar(bundle, packed, name):
     one_line_error(CliRunner().invoke(app, ["predict", str(bundle), image]), "not a regular file")
 
 
-@pytest.mark.parametrize("body", ["{", "[]", '{"intra_op_threads": 4}', "x" * 5000])
+def _settings(bundle, **changes) -> str:
+    a = art.read(bundle / art.ARTIFACT_FILE)
+    return json.dumps({"artifact_sha256": a.file_sha256, "backbone": "fp32", "backbone_sha256": a.meta["onnx"]["backbone"]["sha256"],
+                       "intra_op_threads": 1, **changes})
+
+
+@pytest.mark.parametrize("body", ["{", "[]", "x" * 5000, "threads 0", "threads true", "threads 1e9"])
 def test_damaged_runtime_settings_are_refused(bundle, packed, body):
     image = str(next((packed["heldout"] / "square").iterdir()))
+    if body.startswith("threads "):
+        body = _settings(bundle, intra_op_threads=json.loads(body.split()[1]))
     runtime.settings_path(bundle, "fp32").write_text(body)
     one_line_error(CliRunner().invoke(app, ["predict", str(bundle), image]), "not valid runtime settings", "--threads")
     assert CliRunner().invoke(app, ["predict", str(bundle), image, "--threads", "1"]).exit_code == 0  # the override needs no settings
+
+
+def test_runtime_settings_are_used_and_a_stale_file_is_ignored(bundle, packed):
+    image = str(next((packed["heldout"] / "square").iterdir()))
+    for body, threads in ((_settings(bundle, intra_op_threads=2), 2), (_settings(bundle, artifact_sha256="0" * 64, intra_op_threads=2), None),
+                          (_settings(bundle, backbone_sha256="0" * 64, intra_op_threads=2), None)):
+        runtime.settings_path(bundle, "fp32").write_text(body)
+        r = CliRunner().invoke(app, ["predict", str(bundle), image, "--json"])
+        assert r.exit_code == 0 and r.stderr == "" and json.loads(r.stdout)["threads"] == threads, (r.stderr, body)
 
 
 def test_an_honest_sidecar_is_used(bundle, packed):
