@@ -101,7 +101,7 @@ def run_variant(path, int8, train, test, ks, draws, unlabelled):
             rows.append(row)
             print(f"{path.name} {'int8' if int8 else 'fp32'} k={k} draw {d}: " + ", ".join(
                 f"{c} {100 * row[c]:.1f}" for c in ("ci", "probe", "adapt", "adapt_pl", "ci_align") if c in row)
-                + f" ({row['used']}, r {row['ridge']:g}, w {row["local_weight"]:g}, {row['wins']}/{row['losses']})", file=sys.stderr, flush=True)
+                + f" ({row['used']}, r {row['ridge']:g}, w {row['local_weight']:g}, {row['wins']}/{row['losses']})", file=sys.stderr, flush=True)
     return rows
 
 
