@@ -109,7 +109,7 @@ def table(results):
     cols = ["ci", "probe", "adapt"] + (["adapt_pl", "ci_align"] if any("adapt_pl" in r for res in results.values() for r in res) else [])
     lines = ["| bundle | backbone | k | CI alone | probe on k local | adapt | "
              + ("adapt + pseudo-labels | CI + mean alignment | " if "adapt_pl" in cols else "")
-             + "adapt kept (of draws) |", "|---" * (5 + len(cols)) + "|"]
+             + "adapt kept (of draws) |", "|---" * (4 + len(cols)) + "|"]
     for (name, var), rows in results.items():
         for k in sorted({r["k"] for r in rows}):
             rs = [r for r in rows if r["k"] == k]
