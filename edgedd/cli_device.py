@@ -226,9 +226,12 @@ def adapt(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Adapt the projector to a few labelled images of this device (no torch), and keep the better fit."""
-    from .device.adaptation import adapt as run
+    from .device.adaptation import adapt_and_save
+    from .device.bundle import open_bundle
+    from .device.checks import peak_rss_mb
 
-    r = run(bundle, data, int8=int8)
+    r = adapt_and_save(open_bundle(bundle, int8=int8), data)["report"]
+    r["peak_rss_mb"] = peak_rss_mb()
     if r["skipped_images"]:
         _say(f"warning: skipped {r['skipped_images']} unreadable image(s) in {printable(str(data))}")
     if json_out:

@@ -76,14 +76,10 @@ def save_adapted(b: Bundle, result: dict) -> Path:
     return path
 
 
-def adapt(directory: str | Path, data: str | Path, int8: bool = False) -> dict:
-    """``edgedd adapt``: open (and verify) the bundle, adapt its projector to ``data``, write the
-    sidecar; the report (docs/JSON.md, edgedd.adapt/1)."""
-    from .bundle import open_bundle
-    from .checks import peak_rss_mb
-
-    b = open_bundle(directory, int8=int8)
+def adapt_and_save(b: Bundle, data: str | Path) -> dict:
+    """``edgedd adapt`` and ``Bundle.adapt``: :func:`adapt_bundle`, then :func:`save_adapted`; the
+    result with the report's ``sidecar`` (the file's name) and ``path``."""
     result = adapt_bundle(b, data)
-    result["report"]["sidecar"] = save_adapted(b, result).name
-    result["report"]["peak_rss_mb"] = peak_rss_mb()
-    return result["report"]
+    result["path"] = save_adapted(b, result)
+    result["report"]["sidecar"] = result["path"].name
+    return result

@@ -125,12 +125,10 @@ class Bundle:
         """Adapt the projector to this device's labelled ImageFolder ``data`` (``edgedd adapt``: the
         views and the local images, closed form, the views-only fit kept unless adapting wins held
         out); writes the adapt sidecar for this variant, uses it from now on, returns the report."""
-        from .adaptation import adapt_bundle, save_adapted
+        from .adaptation import adapt_and_save
 
-        result = adapt_bundle(self, data)
-        path = save_adapted(self, result)
-        result["report"]["sidecar"] = path.name
-        self.projector, self.projector_file, self.projector_kind = (result["weight"], result["bias"]), path, "adapt"
+        result = adapt_and_save(self, data)
+        self.projector, self.projector_file, self.projector_kind = (result["weight"], result["bias"]), result["path"], "adapt"
         return result["report"]
 
 
