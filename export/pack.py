@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from edgedd import __version__
+from edgedd.device.sidecar import device_files
 from edgedd.atomic import check_replaceable, make_temp_dir, real_out, remove_stale_temp_dirs, replace_dir, sha256_file, write_bytes
 from edgedd.augment import normalize, render_views, sample_views
 from edgedd.backbones import BackboneInfo, load_backbone, resolve_device
@@ -62,8 +63,7 @@ from .projector import train_projector
 BUNDLE_FILES = {art.ARTIFACT_FILE, "backbone.onnx", "projector.onnx", "classifier.onnx", "backbone.int8.onnx",
                 "backbone.static.onnx", "backbone.int8.static.onnx", "backbone.ort", "projector.ort", "classifier.ort",
                 "backbone.int8.ort", "backbone.static.ort", "backbone.int8.static.ort", ORT_CONFIG_FILE,
-                "backbone.tflite", "backbone.int8.tflite", "projector.tflite", "classifier.tflite",
-                "projector.finetuned.safetensors"}
+                "backbone.tflite", "backbone.int8.tflite", "projector.tflite", "classifier.tflite"} | device_files()
 
 
 def _is_artifact(path: Path) -> bool:
