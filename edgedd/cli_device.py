@@ -205,3 +205,43 @@ def export_data(
         _print_json("export-data", r)
     else:
         _result(f"wrote {r['images']} images of {r['classes']} classes from {r['source']} to {r['out']}")
+
+
+@command(epilog="""Examples:
+
+\b
+  edgedd adapt bundles/mnist --data my_digits/
+  edgedd adapt bundles/effnet --data labelled/ --int8 --json
+
+--data is an ImageFolder of this device's own labelled images (a few per class, one sub-folder per
+class named as in the bundle; at most 2,000 images). The projector is fitted from the synthetic views
+and these images together; cross-validation over the images chooses the weight between the two, and
+the views-only fit (deploy-check's) is kept when adapting does not win on held-out images by more
+than noise. The result is written beside the bundle for this backbone variant (fp32, or int8 with
+--int8) and used by predict and deploy-check. Exit codes: 0 done, 1 the bundle or data could not be used.
+""")
+@handle_errors
+def adapt(
+    # Plain strings, as predict's: edgedd.paths says which of missing / not a folder / denied, with the fix.
+    bundle: str = typer.Argument(..., help="Bundle directory made by edgedd pack."),
+    data: str = typer.Option(..., help="A local labelled ImageFolder (class folders named as in the bundle): this device's own images."),
+    int8: bool = typer.Option(False, "--int8", help="Adapt the projector of the bundle's int8 backbone."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Adapt the projector to a few labelled images of this device (no torch), and keep the better fit."""
+    from .device.adaptation import adapt_and_save
+    from .device.bundle import open_bundle
+    from .device.checks import peak_rss_mb
+
+    r = adapt_and_save(open_bundle(bundle, int8=int8), data)["report"]
+    r["peak_rss_mb"] = peak_rss_mb()
+    if r["skipped_images"]:
+        _say(f"warning: skipped {r['skipped_images']} unreadable image(s) in {printable(str(data))}")
+    if json_out:
+        _print_json("adapt", r)
+        return
+    held = (f"held out ({r['folds']} folds{'' if r['grouped_folds'] else ', one image each'}): adapted {r['cv_top1_adapted']:.1%}, "
+            f"views only {r['cv_top1_views_only']:.1%} (right where the other was wrong: {r['wins']} vs {r['losses']})")
+    kept = (f"adapted fit kept (ridge {r['ridge']:g}, local weight {r['local_weight']:g})" if r["used"] == "adapted"
+            else f"views-only fit kept: {r['why_not_adapted']}")
+    _result(f"adapt: {r['images']} local images of {r['classes']} classes; {held}\n{kept}; wrote {r['sidecar']}")

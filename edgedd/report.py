@@ -266,6 +266,8 @@ def deploy_section(dc: dict) -> str:
     verdict = "PASSED" if dc.get("ok") else "FAILED"
     line = (f"synthetic top-1 {_pct(dc.get('synthetic_top1'))}"
             + (f", data top-1 {_pct(dc.get('data_top1'))} (chance {_pct(dc.get('chance_top1'))})" if "data_top1" in dc else "")
+            + (f"; adapted to local images (edgedd adapt): data top-1 {_pct(dc['data_top1_before_adapt'])} before, "
+               f"{_pct(dc.get('data_top1'))} after" if "data_top1_before_adapt" in dc else "")
             + f"; batch-1 latency p50 {_num(dc.get('latency_ms_p50'), '.2f')} ms, p95 {_num(dc.get('latency_ms_p95'), '.2f')} ms"
             + (f"; peak RSS {_num(dc.get('peak_rss_mb'), '.0f')} MB" if dc.get("peak_rss_mb") is not None else "")
             + f"; {'int8' if dc.get('int8') else 'fp32'} backbone on {', '.join(map(str, dc.get('providers') or []))}")
