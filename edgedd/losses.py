@@ -108,3 +108,19 @@ def anchor_loss(z: torch.Tensor, flow_real: torch.Tensor, centres_real: torch.Te
     m = class_centres(z, mu.shape[0])
     anchor = (m - mu).pow(2).sum(dim=1).mean() / centre_separation(mu)
     return sfm_loss(z, flow_real, mode) + beta * anchor
+
+
+def subcentre_loss(z: torch.Tensor, flow_real: torch.Tensor, centres_real: torch.Tensor, targets: torch.Tensor, beta: float, gamma: float,
+                   mode: str = "classes") -> torch.Tensor:
+    """``sfm_sub``: equation (3) plus gamma times the scale-free per-image term
+
+        gamma * (1 / N) sum_i ||z_i - s_i||^2 / d2                                            (4)
+
+    with s_i image i's own target (one of IPC k-means sub-centres of its class, edgedd.subcentres).
+    (3) sees only each class's mean, so any arrangement of a class's images around it scores the
+    same and they collapse onto one prototype; (4) is 0 only when every image sits on its own
+    sub-centre, so the IPC images spread over the class as the real features do."""
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    t = targets.to(z.dtype)
+    per_image = (z - t).pow(2).sum(dim=1).mean() / centre_separation(centres_real.to(z.dtype))
+    return anchor_loss(z, flow_real, centres_real, beta, mode) + gamma * per_image

@@ -28,7 +28,7 @@ from .distributed import Dist, on_all_ranks
 from .errors import EdgeddError
 from .images import LabelledImages
 from .lgm import StepBatches, lgm_loss, random_head
-from .losses import anchor_loss, decouple_loss, sfm_loss, synthetic_flow
+from .losses import anchor_loss, decouple_loss, sfm_loss, subcentre_loss, synthetic_flow
 from .memory import PhaseMemory
 from .rng import numpy_generator, torch_generator
 from .synthetic import Pyramid, extension_steps
@@ -75,19 +75,41 @@ def view_features(model, images: torch.Tensor, cfg: DistillConfig, info: Backbon
     return z.float().view(a, n, -1)
 
 
-def feature_loss(z: torch.Tensor, cfg: DistillConfig, flow_real: torch.Tensor, centres_real: torch.Tensor) -> torch.Tensor:
-    """SFM / sfm_anchor / sfm_decouple loss of the (N, D) per-image features."""
+def feature_loss(z: torch.Tensor, cfg: DistillConfig, flow_real: torch.Tensor, centres_real: torch.Tensor,
+                 targets: torch.Tensor | None = None) -> torch.Tensor:
+    """SFM / sfm_anchor / sfm_sub / sfm_decouple loss of the (N, D) per-image features
+    (``targets``: sfm_sub's per-image sub-centres, edgedd.subcentres)."""
     if cfg.method == "sfm":
         return sfm_loss(z, flow_real, cfg.flow_denominator)
     if cfg.method == "sfm_anchor":
         return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator)
+    if cfg.method == "sfm_sub":
+        if targets is None:
+            raise EdgeddError("--method sfm_sub needs its per-image sub-centres", "build them with edgedd.subcentres (stage2.step_function does)")
+        return subcentre_loss(z, flow_real, centres_real, targets.to(z.device), cfg.beta, cfg.gamma, cfg.flow_denominator)
     return decouple_loss(z, centres_real, cfg.alpha)
 
 
-def sfm_step_loss(model, images, cfg, info, gen, flow_real, centres_real) -> torch.Tensor:
+def sfm_step_loss(model, images, cfg, info, gen, flow_real, centres_real, targets=None) -> torch.Tensor:
     """One pass: features of the A views averaged per image, then the loss (graph kept). The plain
     reference the tests and benchmarks hold the chunked / sharded step (``edgedd.chunked``) to."""
-    return feature_loss(view_features(model, images, cfg, info, gen).mean(0), cfg, flow_real, centres_real)
+    return feature_loss(view_features(model, images, cfg, info, gen).mean(0), cfg, flow_real, centres_real, targets)
+
+
+def sub_targets(model, info: BackboneInfo, cfg: DistillConfig, source: LabelledImages, device, num_workers: int) -> torch.Tensor:
+    """``sfm_sub``'s fixed (N, D) targets (edgedd.subcentres): IPC k-means sub-centres per class of
+    the real centre-crop features, matched to the step-0 images (``--init real``: the real images
+    drawn, recomputed here so a resumed run gets the same targets; ``noise``: their features say
+    nothing yet, so image i of a class takes centre i)."""
+    from .subcentres import centre_crop_features, subcentre_targets
+
+    feats, labels = centre_crop_features(model, info, source, device, num_workers=num_workers, amp=cfg.amp)
+    pp, z0 = info.preprocess, None
+    if cfg.init == "real":
+        x0 = real_init_images(source, cfg.ipc, cfg.syn_res, pp.interpolation, cfg.seed)
+        z0 = torch.cat([encode(model, center_crop(x0[s:s + 64].to(device), pp.input_size), pp, amp=cfg.amp).double().cpu()
+                        for s in range(0, x0.shape[0], 64)]).numpy()
+    return subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed)
 
 
 def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:
@@ -181,9 +203,10 @@ def step_function(*, loop: Loop, model, info: BackboneInfo, cfg: DistillConfig, 
 
         return lgm_step, 0
     chunk = auto_chunk_size(model, loop.pyr, cfg, info, device, _autocast(device, cfg.amp)) if chunk_size is None else chunk_size
+    targets = sub_targets(model, info, cfg, source, device, num_workers).to(device) if cfg.method == "sfm_sub" else None
 
     def sfm_step(loop: Loop) -> torch.Tensor:
-        return chunked_step(model, loop.pyr, cfg, info, loop.gen, lambda z: feature_loss(z, cfg, flow_real, centres_real),
+        return chunked_step(model, loop.pyr, cfg, info, loop.gen, lambda z: feature_loss(z, cfg, flow_real, centres_real, targets),
                             chunk, _autocast(device, cfg.amp), group)
 
     return sfm_step, chunk

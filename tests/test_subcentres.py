@@ -1,0 +1,99 @@
+"""sfm_sub: the per-image sub-centre loss (value and gradient), the k-means sub-centres and their
+one-to-one matching (deterministic, right on a toy), and a tiny end-to-end distill."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgedd.losses import anchor_loss, centre_separation, class_centres, flow, subcentre_loss
+from edgedd.subcentres import greedy_match, kmeans, subcentre_targets
+
+
+def _toy(c=3, ipc=4, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(c * ipc, d, generator=g, dtype=torch.float64)
+    t = torch.randn(c * ipc, d, generator=g, dtype=torch.float64)
+    mu = torch.randn(c, d, generator=g, dtype=torch.float64) * 3
+    return z, t, mu
+
+
+def test_subcentre_loss_value_is_anchor_plus_per_image_term():
+    z, t, mu = _toy()
+    got = subcentre_loss(z, flow(mu), mu, t, beta=2.0, gamma=3.0)
+    per_image = ((z - t) ** 2).sum(1).mean() / centre_separation(mu)
+    torch.testing.assert_close(got, anchor_loss(z, flow(mu), mu, 2.0) + 3.0 * per_image)
+    assert (got - anchor_loss(z, flow(mu), mu, 2.0)).item() > 0.1  # the term is there
+
+
+def test_subcentre_loss_zero_only_on_the_targets_and_gradient_points_at_them():
+    z, t, mu = _toy()
+    mu_t = class_centres(t, 3)  # targets whose class means are the real centres: the loss's zero
+    assert abs(subcentre_loss(t, flow(mu_t), mu_t, t, 10.0, 10.0).item()) < 1e-10
+    # the class means match but the images do not sit on their own targets: anchored SFM is 0, sfm_sub is not
+    shuffled = t.view(3, 4, -1).flip(1).reshape(12, -1)
+    assert abs(anchor_loss(shuffled, flow(mu_t), mu_t, 10.0).item()) < 1e-10
+    assert subcentre_loss(shuffled, flow(mu_t), mu_t, t, 10.0, 10.0).item() > 0.1
+    # the per-image term's gradient (beta = 0 and a matched flow isolate it) is 2 gamma (z_i - s_i) / (N d2)
+    x = shuffled.clone().requires_grad_(True)
+    subcentre_loss(x, flow(mu_t), mu_t, t, 0.0, 5.0).backward()
+    expect = 2 * 5.0 * (shuffled - t) / (12 * centre_separation(mu_t))
+    torch.testing.assert_close(x.grad, expect, atol=1e-8, rtol=1e-6)  # the flow cosine is flat at its optimum
+
+
+def test_kmeans_finds_separated_clusters_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    means = np.array([[0.0, 0.0], [6.0, 6.0], [0.0, 6.0]])
+    x = np.concatenate([rng.normal(m, 0.2, (30, 2)) for m in means])
+    a, b = kmeans(x, 3, (0, 1)), kmeans(x, 3, (0, 1))
+    np.testing.assert_array_equal(a, b)
+    # every true mean has a centre within 0.2, each centre the mean of its own cluster's points
+    near = np.linalg.norm(a[:, None] - means[None], axis=2)
+    assert sorted(near.argmin(1).tolist()) == [0, 1, 2] and near.min(1).max() < 0.2
+    # fewer rows than centres: the rows repeat
+    np.testing.assert_array_equal(kmeans(x[:2], 3, (0,)), x[[0, 1, 0]])
+
+
+def test_greedy_match_is_one_to_one_and_takes_the_nearest():
+    cent = np.array([[0.0, 0.0], [5.0, 5.0], [0.0, 5.0]])
+    z = np.array([[0.1, 4.9], [0.2, 0.1], [4.0, 4.0]])
+    np.testing.assert_array_equal(greedy_match(z, cent), [2, 0, 1])
+    # two rows nearest the same centre: the closer one keeps it, the other takes what is left
+    perm = greedy_match(np.array([[0.0, 0.1], [0.0, 0.3], [9.0, 9.0]]), cent)
+    assert perm[0] == 0 and sorted(perm.tolist()) == [0, 1, 2]
+
+
+def test_subcentre_targets_class_major_and_matched():
+    rng = np.random.default_rng(1)
+    feats = np.concatenate([rng.normal(m, 0.1, (10, 2)) for m in ([0, 0], [0, 4], [10, 0], [10, 4])])
+    labels = np.repeat([0, 0, 1, 1], 10)  # class 0: two clusters near x = 0; class 1: two near x = 10
+    z0 = np.array([[0, 4.0], [0, 0.0], [10, 0.0], [10, 4.0]])
+    t = subcentre_targets(feats, labels, z0, 2, 2, seed=0).numpy()
+    assert t.shape == (4, 2)
+    np.testing.assert_allclose(t, z0, atol=0.1)  # each image got the sub-centre it started nearest
+
+
+def test_tiny_distill_with_sfm_sub(image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import tiny_distill_args
+    from edgedd.cli import app
+
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--ipc", "2", "--iterations", "4", "--method", "sfm_sub",
+                                                  "--gamma", "5", "--json"))
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["method"] == "sfm_sub" and s["config"]["gamma"] == 5.0
+    assert np.isfinite(s["final_loss"]) and s["final_loss"] > 0
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan"])
+def test_bad_gamma_is_one_line(image_folder, tmp_path, bad):
+    from typer.testing import CliRunner
+
+    from conftest import tiny_distill_args
+    from edgedd.cli import app
+
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--method", "sfm_sub", "--gamma", bad))
+    assert r.exit_code in (1, 2) and "Traceback" not in r.output
