@@ -71,8 +71,11 @@ def validate(cfg: DistillConfig) -> None:
             raise EdgeddError(f"--{name.replace('_', '-')} must be at most {MAX_RESOLUTION} (got {getattr(cfg, name)})", "pass a resolution in pixels, e.g. 224")
     if not (cfg.beta >= 0 and math.isfinite(cfg.beta)):
         raise EdgeddError(f"--beta must be a finite value >= 0 (got {cfg.beta})", "pass e.g. 1.0 (0 is plain SFM)")
-    if not (cfg.gamma >= 0 and math.isfinite(cfg.gamma)):
-        raise EdgeddError(f"--gamma must be a finite value >= 0 (got {cfg.gamma})", "pass e.g. 10.0 (0 is anchored SFM)")
+    for name in ("gamma", "kappa"):
+        if not (getattr(cfg, name) >= 0 and math.isfinite(getattr(cfg, name))):
+            raise EdgeddError(f"--{name} must be a finite value >= 0 (got {getattr(cfg, name)})", "pass e.g. 10.0 (0 is anchored SFM)")
+    if not (cfg.probe_ridge > 0 and math.isfinite(cfg.probe_ridge)):
+        raise EdgeddError(f"probe_ridge must be a finite value > 0 (got {cfg.probe_ridge})", "pass e.g. 1e-2")
     if not 0 <= cfg.alpha <= 1:
         raise EdgeddError(f"--alpha must lie in [0, 1] (got {cfg.alpha})", "pass a value between 0 and 1")
     # finite, and at most MAX_LR: far larger steps overflow Adam's float32 update (a traceback at 1e38)

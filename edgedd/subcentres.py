@@ -27,6 +27,11 @@ from .data import canvas_loader
 from .images import LabelledImages
 from .rng import numpy_generator
 
+# sfm_probe matches a probe's predictions on at most this many real centre-crop features (a random
+# subset past it): its memory and per-step cost grow with them, and a few thousand already pin a
+# linear head of a few hundred to a few thousand inputs.
+PROBE_MAX_REAL = 10_000
+
 
 @torch.no_grad()
 def centre_crop_features(model, info: BackboneInfo, source: LabelledImages, device, batch_size: int = 64, num_workers: int = 0,

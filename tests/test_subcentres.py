@@ -97,3 +97,43 @@ def test_bad_gamma_is_one_line(image_folder, tmp_path, bad):
 
     r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--method", "sfm_sub", "--gamma", bad))
     assert r.exit_code in (1, 2) and "Traceback" not in r.output
+
+
+def test_ridge_probe_loss_is_the_kernel_ridge_error_and_rewards_separable_sets():
+    from edgedd.losses import ridge_probe_loss
+
+    g = torch.Generator().manual_seed(0)
+    c, ipc, d = 3, 4, 5
+    means = torch.randn(c, d, generator=g, dtype=torch.float64) * 4
+    real_y = torch.arange(c).repeat_interleave(20)
+    real = means[real_y] + torch.randn(60, d, generator=g, dtype=torch.float64)
+    good = means.repeat_interleave(ipc, 0) + 0.3 * torch.randn(c * ipc, d, generator=g, dtype=torch.float64)
+    bad = means[(torch.arange(c).repeat_interleave(ipc) + 1) % c]  # every image sits on the next class's mean
+    lg, lb = ridge_probe_loss(good, real, real_y, c, 1e-2), ridge_probe_loss(bad, real, real_y, c, 1e-2)
+    assert lg.item() < 0.5 < lb.item()
+    # the value is the primal ridge fit's: W = (X^T X + lam I)^-1 X^T Y equals the dual form (5)
+    mean, sd = real.mean(0, keepdim=True), real.std(0, keepdim=True)
+    x = torch.cat([(good - mean) / sd, torch.ones(12, 1, dtype=torch.float64)], 1)
+    r = torch.cat([(real - mean) / sd, torch.ones(60, 1, dtype=torch.float64)], 1)
+    y = torch.nn.functional.one_hot(torch.arange(c).repeat_interleave(ipc), c).double() - 1 / c
+    lam = 1e-2 * (x * x).sum(1).mean()
+    w = torch.linalg.solve(x.T @ x + lam * torch.eye(d + 1, dtype=torch.float64), x.T @ y)
+    ry = torch.nn.functional.one_hot(real_y, c).double() - 1 / c
+    torch.testing.assert_close(lg, (r @ w - ry).pow(2).sum(1).mean())
+    # and it is differentiable in the synthetic features
+    z = good.clone().requires_grad_(True)
+    ridge_probe_loss(z, real, real_y, c, 1e-2).backward()
+    assert z.grad.abs().max() > 0
+
+
+def test_tiny_distill_with_sfm_probe(image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import tiny_distill_args
+    from edgedd.cli import app
+
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--ipc", "2", "--iterations", "4", "--method", "sfm_probe",
+                                                  "--kappa", "3", "--json"))
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["method"] == "sfm_probe" and s["config"]["kappa"] == 3.0 and np.isfinite(s["final_loss"])
