@@ -137,3 +137,41 @@ def test_tiny_distill_with_sfm_probe(image_folder, tmp_path):
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["method"] == "sfm_probe" and s["config"]["kappa"] == 3.0 and np.isfinite(s["final_loss"])
+
+
+@pytest.mark.parametrize("method", ["sfm_sub", "sfm_probe"])
+def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
+    from edgedd.backbones import backbone_autocast
+    from edgedd.chunked import chunked_step
+    from edgedd.config import DistillConfig
+    from edgedd.stage2 import RealTargets, feature_loss, sfm_step_loss
+    from edgedd.synthetic import Pyramid
+
+    model, info = tiny_backbone
+    c, ipc, d = 3, 2, info.num_features
+    cfg = DistillConfig(method=method, ipc=ipc, augs_per_batch=2, syn_res=32, crop_res=32)
+    g = torch.Generator().manual_seed(0)
+    pyr = Pyramid.init(c * ipc, 32, g)
+    for _ in range(3):
+        pyr.extend(g)
+    centres = torch.randn(c, d, generator=g)
+    targets = RealTargets(sub=torch.randn(c * ipc, d, generator=g), real=torch.randn(30, d, generator=g), real_labels=torch.arange(c).repeat(10))
+
+    def grads(fn):
+        for lv in pyr.levels:
+            lv.grad = None
+        loss = fn(torch.Generator().manual_seed(42))
+        return loss.item(), [lv.grad.clone() for lv in pyr.levels]
+
+    def one_pass(gen):
+        loss = sfm_step_loss(model, pyr.decode(), cfg, info, gen, flow(centres), centres, targets)
+        loss.backward()
+        return loss
+
+    l1, g1 = grads(one_pass)
+    l2, g2 = grads(lambda gen: chunked_step(model, pyr, cfg, info, gen, lambda z: feature_loss(z, cfg, flow(centres), centres, targets), 5,
+                                            backbone_autocast(torch.device("cpu"), False)))
+    assert abs(l1 - l2) < 1e-5 * max(1.0, abs(l1))
+    for a, b in zip(g1, g2):
+        assert a.abs().max() > 0
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
