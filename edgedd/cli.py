@@ -68,6 +68,8 @@ def distill(
     kappa: float = typer.Option(DISTILL.kappa, min=0.0, help="sfm_probe: weight of the ridge-probe term."),
     flow_denominator: FlowDenominator = typer.Option(FlowDenominator(DISTILL.flow_denominator), help="'reference' reproduces the reference code's N-1."),
     crop_sampler: CropSampler = typer.Option(CropSampler(DISTILL.augment.crop_sampler), help="Crop boxes of the synthetic views: torchvision's (inside the image) or the reference code's (up to 1.155x wide, zero padding past the edge)."),
+    crop_min: float = typer.Option(DISTILL.augment.crop_scale[0], min=0.0, max=1.0, help="Smallest area share of the loss's random-resized crops (the reference's 0.08; up to 1 = whole image)."),
+    noise_p: float = typer.Option(DISTILL.augment.noise_p, min=0.0, max=1.0, help="Probability of the loss's additive noise per view (the reference's 0.5)."),
     extend_every: int = typer.Option(DISTILL.extend_every, min=1, help="Pyramid extension interval (shortened for short runs)."),
     seed: int = typer.Option(DISTILL.seed, help="Seed of every random draw in the run."),
     device: str = typer.Option(RUN.device, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
@@ -100,7 +102,7 @@ def distill(
         config=DistillConfig(
             method=method.value, ipc=ipc, init=init.value, iterations=iterations, lr=lr, augs_per_batch=augs_per_batch or default_augs,
             alpha=alpha, beta=beta, gamma=gamma, kappa=kappa, flow_denominator=flow_denominator.value, extend_every=extend_every, seed=seed,
-            augment=AugmentConfig(crop_sampler=crop_sampler.value),
+            augment=AugmentConfig(crop_sampler=crop_sampler.value, crop_scale=(crop_min, DISTILL.augment.crop_scale[1]), noise_p=noise_p),
         ),
         stage1_config=StageIConfig(batch_size=batch_size, golden_views=golden_views, golden_recipe=golden_recipe.value,
                                   golden_epochs=golden_epochs, seed=seed),

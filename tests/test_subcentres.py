@@ -175,3 +175,17 @@ def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
     for a, b in zip(g1, g2):
         assert a.abs().max() > 0
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_augmentation_options_reach_the_config(image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import tiny_distill_args
+    from edgedd.cli import app
+
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--iterations", "2", "--crop-min", "0.25", "--noise-p", "0", "--json"))
+    assert r.exit_code == 0, r.stderr
+    aug = json.loads(r.stdout)["config"]["augment"]
+    assert aug["crop_scale"] == [0.25, 1.0] and aug["noise_p"] == 0.0
+    bad = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "b", "--crop-min", "0"))
+    assert bad.exit_code == 1 and "crop area" in bad.output and "Traceback" not in bad.output
