@@ -18,7 +18,9 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import math
 import os
+import sys
 import warnings
 
 import typer
@@ -51,7 +53,43 @@ def _result(msg: str) -> None:
 
 def _print_json(command: str, obj: dict) -> None:
     """One JSON object on stdout, tagged with its documented shape (docs/JSON.md)."""
-    print(json.dumps({"schema": f"edgedd.{command}/{JSON_SCHEMA_VERSION}", **obj}, indent=2, sort_keys=True), flush=True)
+    # Strict JSON (RFC 8259 has no NaN/Infinity tokens): a number that is not finite is printed as null.
+    # json.dump writes chunk by chunk, so a Streamed list is printed without being held in memory.
+    out = _finite({"schema": f"edgedd.{command}/{JSON_SCHEMA_VERSION}", **obj})
+    json.dump(out, sys.stdout, indent=2, sort_keys=True, allow_nan=False)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+class Streamed(list):
+    """A JSON array whose ``n`` items ``make()`` produces when it is printed, one at a time (the
+    answer is computed before printing starts; only its formatting is deferred)."""
+
+    def __init__(self, make, n: int):
+        super().__init__()
+        self._make, self._n = make, n
+
+    def __iter__(self):
+        return (_finite(item) for item in self._make())
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+
+def _finite(obj):
+    """``obj`` with every non-finite float replaced by None (dicts, lists and tuples walked)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Streamed):
+        return obj  # walked as it is printed
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 HOST_MODULES = ("torch", "timm")

@@ -43,6 +43,7 @@ from .distributed import Dist, on_all_ranks, setup, shard, teardown
 from .errors import EdgeddError
 from .fidelity import synthetic_landing
 from .images import LabelledImages, open_dataset
+from .paths import refuse_overlap
 from .losses import flow
 from .memory import PhaseMemory
 from .metrics import flow_every
@@ -110,6 +111,7 @@ def distill(
     t_start = time.perf_counter()
     out = Path(out)
     validate(replace(config, syn_res=1 if syn_res is None else syn_res, crop_res=1 if crop_res is None else crop_res))
+    refuse_overlap(out, "--out", data, "the data directory")  # the run would become a class of its own data
     source: LabelledImages = open_dataset(data)  # cheap input checks before any model work
     check_model_name(backbone)
     if options.use_cache:  # a cache directory that is a file or read-only: one line now, not a traceback after Stage I

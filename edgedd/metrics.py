@@ -30,22 +30,89 @@ def _number(v):
     return v if isinstance(v, int) or (isinstance(v, float) and math.isfinite(v)) else None
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The well-formed lines of a metrics file (objects with an integer ``step``); a torn or foreign
-    line is skipped, a missing file reads as no lines."""
-    rows = []
+# A line edgedd writes is about 100 bytes; a longer one is not edgedd's, and is skipped unread past
+# this many bytes, so one huge line cannot fill memory.
+MAX_LINE_BYTES = 64 * 1024
+# Points kept per curve by read_metrics_sampled: between this and twice this (stride sampling).
+MAX_POINTS = 2000
+
+
+def _reject(line: bytes) -> tuple[dict | None, str]:
+    """(the row, "") or (None, why it is skipped: "not JSON", "NaN/Infinity" or "not a metrics row")."""
+    def no_constants(name):  # JSON has no NaN/Infinity; Python's json would read them as floats
+        raise ValueError(name)
+
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        row = json.loads(line.decode("utf-8", errors="replace"), parse_constant=no_constants)
+    except ValueError as e:
+        return None, "NaN/Infinity" if str(e) in ("NaN", "Infinity", "-Infinity") else "not JSON"
+    if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row.get("step"), bool):
+        return row, ""
+    return None, "not a metrics row"
+
+
+def _rows(path: Path, skipped: dict[str, int]):
+    """Each well-formed row of ``path`` in file order; every other line counted in ``skipped`` by
+    reason. Reads at most MAX_LINE_BYTES + 1 bytes of a line at a time: memory is one line's cap."""
+    try:
+        f = open(path, "rb")
     except FileNotFoundError:
-        return rows
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row.get("step"), bool):
-            rows.append(row)
-    return rows
+        return
+    with f:
+        while line := f.readline(MAX_LINE_BYTES + 1):
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                    pass  # the rest of the too-long line, dropped chunk by chunk
+                skipped["too long"] = skipped.get("too long", 0) + 1
+                continue
+            if not line.strip():
+                continue
+            row, why = _reject(line)
+            if row is None:
+                skipped[why] = skipped.get(why, 0) + 1
+            else:
+                yield row
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Every well-formed line of a metrics file (objects with an integer ``step``); a torn, foreign,
+    too long or non-finite line is skipped, a missing file reads as no lines."""
+    return list(_rows(Path(path), {}))
+
+
+class _Stride:
+    """Every ``stride``-th item of a stream, the stride doubling (and every other kept item dropped)
+    whenever 2 x ``cap`` are kept: between ``cap`` and 2 x ``cap`` evenly spaced items, whatever the
+    stream's length, plus always the last one seen."""
+
+    def __init__(self, cap: int):
+        self.cap, self.stride, self.seen, self.kept, self.last = cap, 1, 0, [], None
+
+    def add(self, item) -> None:
+        if self.seen % self.stride == 0:
+            self.kept.append(item)
+            if len(self.kept) >= 2 * self.cap:
+                self.kept, self.stride = self.kept[::2], 2 * self.stride
+        self.seen += 1
+        self.last = item
+
+    def items(self) -> list:
+        return self.kept + ([self.last] if self.kept and self.last is not self.kept[-1] else [])
+
+
+def read_metrics_sampled(path: str | Path, max_points: int = MAX_POINTS) -> tuple[list[dict], int, dict[str, int]]:
+    """For plotting a run of any length in bounded memory: (rows, well-formed lines, skipped lines
+    by reason). The rows are an evenly strided sample of at most about 2 x ``max_points`` of all
+    rows, merged in file order with as many of the (sparse) rows that carry a flow cosine, so
+    neither curve loses its shape."""
+    skipped: dict[str, int] = {}
+    every, flow = _Stride(max_points), _Stride(max_points)
+    for i, row in enumerate(_rows(Path(path), skipped)):
+        every.add((i, row))
+        if "flow_cosine" in row:
+            flow.add((i, row))
+    merged = dict(every.items() + flow.items())  # by line number: a row in both is kept once
+    return [merged[i] for i in sorted(merged)], every.seen, skipped
 
 
 class MetricsLog:

@@ -13,6 +13,10 @@ from pathlib import Path
 
 from .errors import EdgeddError
 
+# The longest class name the ImageFolder scan accepts and a bundle's artifact may hold (its schema
+# checks the same constant): a name is shown in every answer, so a megabyte-long one is refused.
+MAX_CLASS_NAME_CHARS = 256
+
 PERMISSION_FIX = "make it readable (chmod/chown) or run as a user who can read it"
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
@@ -81,3 +85,21 @@ def open_regular(path: str | os.PathLike):
     except BaseException:
         os.close(fd)
         raise
+
+
+def refuse_overlap(out: str | os.PathLike, out_what: str, data: str | os.PathLike, data_what: str) -> None:
+    """Refuse an output directory that is the data directory, lies inside it or holds it.
+
+    Inside: the next scan of the data would take the output for a class (or count its images twice);
+    holding it: replacing the output (--overwrite) would delete the data. Compared as real paths,
+    symlinks resolved, so a link to the data is caught; ``data`` that is no directory (an
+    ``embedded:`` name, a missing path: its own check reports it) is not compared.
+    """
+    if not os.path.isdir(data):
+        return
+    o, d = Path(os.path.realpath(out)), Path(os.path.realpath(data))
+    if o == d or o.is_relative_to(d):
+        raise EdgeddError(f"{out_what} {out} is inside {data_what} {data}",
+                          f"write it outside {data}: a scan of the data would take it for a class")
+    if d.is_relative_to(o):
+        raise EdgeddError(f"{data_what} {data} is inside {out_what} {out}", f"write {out_what} somewhere that does not hold the data")

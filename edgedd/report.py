@@ -24,7 +24,7 @@ import numpy as np
 
 from . import atomic
 from .errors import EdgeddError
-from .metrics import METRICS_FILE, read_metrics
+from .metrics import METRICS_FILE, read_metrics_sampled
 
 REPORT_FILE = "report.html"
 MIN_TILE = 96  # pixels: small synthetic images are upscaled (nearest) so they can be seen
@@ -114,6 +114,18 @@ def load_run(run: str | Path) -> tuple[dict, np.ndarray, np.ndarray, list[str]]:
     if images.ndim != 4 or images.shape[1] != 3 or labels.shape != (images.shape[0],) or (labels.size and labels.max() >= len(names)):
         raise EdgeddError(f"{run}/synthetic.safetensors does not match synthetic.json", "rerun edgedd distill with --overwrite")
     return summary, images, labels, names
+
+
+def _metrics(path: Path) -> tuple[list[dict], int]:
+    """metrics.jsonl sampled for the curves (bounded memory, edgedd.metrics.read_metrics_sampled) and
+    its well-formed line count; the lines skipped are counted in one warning."""
+    from .terminal import say
+
+    rows, steps, skipped = read_metrics_sampled(path)
+    if skipped:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+        say(f"warning: {path}: skipped {sum(skipped.values())} line(s) the curves cannot use ({why})")
+    return rows, steps
 
 
 # ----------------------------------------------------------------------------- pieces of the page
@@ -289,7 +301,7 @@ def render_report(run: str | Path, eval: dict | str | Path | None = None, deploy
         from .device.runtime import inspect
 
         info = inspect(bundle)
-    rows = read_metrics(run / METRICS_FILE)
+    rows, steps = _metrics(run / METRICS_FILE)
 
     title = f"edgedd report: {summary.get('method')} on {(summary.get('backbone') or {}).get('name')}, IPC {summary.get('ipc')}"
     parts = [f"<h1>{esc(title)}</h1>", f'<p class="note">run {esc(run)}</p>']
@@ -322,7 +334,7 @@ def render_report(run: str | Path, eval: dict | str | Path | None = None, deploy
 
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(p for p in parts if p) + "\n</body></html>\n")
-    holds = {"run": str(run), "images": len(tiles), "classes": len(names), "plots": plots, "metrics_steps": len(rows),
+    holds = {"run": str(run), "images": len(tiles), "classes": len(names), "plots": plots, "metrics_steps": steps,
              "evaluation": ev is not None, "deploy_check": dc is not None, "bundle": None if bundle is None else str(bundle)}
     return page, holds
 

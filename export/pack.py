@@ -42,6 +42,7 @@ from edgedd.device import artifact as art
 from edgedd.device.ridge import fit_ridge as fit_projector_ridge, projector_prior, select_ridge
 from edgedd.errors import EdgeddError
 from edgedd.lock import lock
+from edgedd.paths import refuse_overlap
 from edgedd.rundir import load_run
 from edgedd.rng import torch_generator
 
@@ -101,6 +102,9 @@ def pack(
     run_dir, out = Path(run_dir), real_out(out)  # --out a symlink: the bundle it points to is replaced
     _check_out(out, overwrite)  # before any model work, so a refusal costs nothing
     run = load_run(run_dir)
+    data = (run.summary.get("dataset") or {}).get("name")
+    if isinstance(data, str):  # a bundle inside the training data would be scanned as one of its classes
+        refuse_overlap(out, "--out", data, "the run's training data")
     # One pack per bundle at a time, for the whole command. The lock file is a sibling of the
     # bundle (.NAME.edgedd.lock, beside pack's .NAME.<pid>.tmp-* directories), not inside it:
     # the bundle directory itself is replaced by a rename at the end.

@@ -168,7 +168,7 @@ def test_traceback_env_var(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, name", [([], "root"), (["distill"], "distill"), (["deploy-check"], "deploy_check"),
-                                        (["export-data"], "export_data"), (["report"], "report")])
+                                        (["export-data"], "export_data"), (["report"], "report"), (["predict"], "predict")])
 def test_help_snapshot(args, name):
     r = run([*args, "--help"], prog_name="edgedd", terminal_width=100, env={"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"})
     assert r.exit_code == 0

@@ -108,7 +108,7 @@ def test_json_md_parses_into_every_commands_schema():
 
 def test_schema_checker_can_fail():
     schema = documented_schemas()["edgedd.predict/1"]
-    good = {"schema": "edgedd.predict/1", "bundle": "b", "int8": False, "projector": "packed",
+    good = {"schema": "edgedd.predict/1", "bundle": "b", "int8": False, "projector": "packed", "projector_file": None, "threads": None,
             "predictions": [{"image": "x.png", "top": [{"label": "a", "index": 0, "prob": 0.5}]}]}
     assert schema_problems(good, schema) == []
     extra = json.loads(json.dumps(good))

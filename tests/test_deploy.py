@@ -28,7 +28,9 @@ def test_deploy_check_json_contract(packed, tmp_path):
     for k in ("synthetic_top1", "data_top1", "latency_ms_p50", "latency_ms_p95", "peak_rss_mb"):
         assert isinstance(rep[k], float), k
     assert rep["latency_ms_p50"] <= rep["latency_ms_p95"]
-    assert (bundle / runtime.FINETUNED_FILE).is_file()
+    assert runtime.sidecar_path(bundle, "fp32", "fit").is_file() and not (bundle / runtime.FINETUNED_FILE).exists()
+    assert rep["latency_ms_p95"] <= rep["latency_ms_p99"] and rep["threads"] in [t["threads"] for t in rep["latency_threads"]]
+    assert runtime.settings_path(bundle, "fp32").is_file()
     assert r.stderr == ""  # --json: the report alone, on stdout
     human = CliRunner().invoke(app, ["deploy-check", str(bundle)])
     assert human.exit_code == 0 and "deploy-check PASSED" in human.stdout and human.stderr == ""
@@ -211,21 +213,36 @@ def test_predict_int8_and_the_projector_bound_to_its_variant(packed, tmp_path):
     int8_probs = [t["prob"] for t in json.loads(predict("--int8").stdout)["predictions"][0]["top"]]
     assert fp32_probs != int8_probs  # another backbone graph really ran
 
-    # fitted on fp32 features: predict uses it, predict --int8 refuses it and names the fix
+    # the demo's order: deploy-check fp32, then --int8; each variant keeps its own fit (one sidecar per variant)
     assert CliRunner().invoke(app, ["deploy-check", str(bundle)]).exit_code == 0  # the packed bundle passes every check
     assert json.loads(predict().stdout)["projector"] == "device-fitted"
-    err = _one_line(predict("--int8"))
-    assert "fitted for the fp32 backbone, this run uses int8" in err and "run edgedd deploy-check --int8" in err, err
-    with pytest.raises(EdgeddError, match="fitted for the fp32 backbone"):
-        runtime.Bundle.open(bundle, int8=True)
-
-    # and vice versa
+    assert json.loads(predict("--int8").stdout)["projector"] == "packed"  # no int8 fit yet: the fp32 one is not used for it
     assert CliRunner().invoke(app, ["deploy-check", str(bundle), "--int8"]).exit_code == 0
-    r = predict("--int8")
-    assert r.exit_code == 0 and json.loads(r.stdout)["projector"] == "device-fitted", r.stderr
-    err = _one_line(predict())
-    assert "fitted for the int8 backbone, this run uses fp32" in err and "run edgedd deploy-check on this bundle" in err, err
-    assert runtime.Bundle.open(bundle, int8=True).projector is not None
+    for extra, int8 in (((), False), (("--int8",), True)):
+        r = predict(*extra)
+        assert r.exit_code == 0, r.stderr
+        out = json.loads(r.stdout)
+        variant = "int8" if int8 else "fp32"
+        assert (out["projector"], out["projector_file"]) == ("device-fitted", f"projector.fit.{variant}.safetensors")
+        b = runtime.Bundle.open(bundle, int8=int8)
+        assert b.projector is not None and b.projector_file == runtime.sidecar_path(bundle, variant, "fit")
+        assert b.threads == json.loads(runtime.settings_path(bundle, variant).read_text())["intra_op_threads"] == out["threads"]
+    assert runtime.Bundle.open(bundle, threads=1).threads == 1  # --threads / threads= overrides the stored count
+
+    # an adapt sidecar of a variant is preferred over its fit (a copy of the fit stands in for one here)
+    import shutil as sh
+
+    sh.copy(runtime.sidecar_path(bundle, "fp32", "fit"), runtime.sidecar_path(bundle, "fp32", "adapt"))
+    assert json.loads(predict().stdout)["projector"] == "device-adapted"
+    assert runtime.Bundle.open(bundle).projector_kind == "adapt" and runtime.Bundle.open(bundle, int8=True).projector_kind == "fit"
+    runtime.sidecar_path(bundle, "fp32", "adapt").unlink()
+
+    # an older edgedd's single sidecar serves the variant it records, and only that one
+    sh.move(runtime.sidecar_path(bundle, "int8", "fit"), bundle / runtime.FINETUNED_FILE)
+    assert runtime.Bundle.open(bundle, int8=True).projector_file == bundle / runtime.FINETUNED_FILE
+    assert runtime.Bundle.open(bundle).projector_file == runtime.sidecar_path(bundle, "fp32", "fit")
+    runtime.sidecar_path(bundle, "fp32", "fit").unlink()
+    assert runtime.Bundle.open(bundle).projector is None  # the int8 legacy file is not the fp32 fit
 
     # an int8 fit written by an older edgedd (no fit_features: fitted on int8 view features) still
     # loads, with one warning naming the refit

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import EdgeddError
 from ..images import EMBEDDED_PREFIX, UNREADABLE_IMAGE, load_canvas, scan_image_folder
 from ..paths import require_dir
+from .infer import BATCH
 from .inputs import prepare_canvases
 
 if TYPE_CHECKING:
@@ -21,29 +22,52 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean()) if len(labels) else float("nan")
 
 
+class LabelledFolder:
+    """A local labelled ImageFolder, scanned and checked against the bundle's classes, read in
+    batches (:meth:`batches`: decode, preprocess, yield, drop), so memory is bounded by the batch."""
+
+    def __init__(self, b: Bundle, directory: str | Path):
+        if str(directory).startswith(EMBEDDED_PREFIX):
+            raise EdgeddError(f"--data {directory} is an embedded dataset, which a device cannot read (it ships with the host install)",
+                              f"on the host run: edgedd export-data {directory} DIR, copy DIR to this device and pass --data DIR")
+        src = scan_image_folder(require_dir(directory, "--data", "pass a local ImageFolder (one sub-folder per class, named after the "
+                                            "bundle's classes); edgedd export-data on the host writes one from any dataset"), min_classes=1)
+        unknown = [c for c in src.class_names if c not in b.class_names]
+        if unknown:
+            raise EdgeddError(f"--data class folder(s) {', '.join(unknown[:5])} are not classes of this bundle",
+                              f"use folders named after the bundle's classes ({', '.join(b.class_names[:10])}…)")
+        index = {c: i for i, c in enumerate(b.class_names)}
+        self.bundle, self.directory, self.paths = b, directory, src.paths
+        self.labels = np.asarray([index[src.class_names[label]] for label in src.labels], dtype=np.int64)
+        self.skipped = 0  # unreadable images met so far (skipped and counted)
+
+    def batches(self, batch: int = BATCH):
+        """(edge inputs, labels) for up to ``batch`` readable images at a time; unreadable ones are counted in ``skipped``."""
+        pp = self.bundle.edge_preprocess
+        self.skipped = 0
+        for s in range(0, len(self.paths), batch):
+            xs, ys = [], []
+            for path, label in zip(self.paths[s : s + batch], self.labels[s : s + batch]):
+                try:
+                    xs.append(load_canvas(path, pp["resize_size"], pp["interpolation"]).transpose(2, 0, 1))
+                    ys.append(label)
+                except UNREADABLE_IMAGE:  # incl. decompression bombs and MemoryError: skipped and counted
+                    self.skipped += 1
+            if xs:
+                yield prepare_canvases(self.bundle, np.stack(xs).astype(np.float32) / 255.0), np.asarray(ys, dtype=np.int64)
+
+    def no_images(self) -> EdgeddError:
+        return EdgeddError(f"no readable images in {self.directory}", "pass a folder of images")
+
+
 def load_labelled_folder(b: Bundle, directory: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """A local ImageFolder, preprocessed for the edge backbone; labels mapped by class name."""
-    if str(directory).startswith(EMBEDDED_PREFIX):
-        raise EdgeddError(f"--data {directory} is an embedded dataset, which a device cannot read (it ships with the host install)",
-                          f"on the host run: edgedd export-data {directory} DIR, copy DIR to this device and pass --data DIR")
-    src = scan_image_folder(require_dir(directory, "--data", "pass a local ImageFolder (one sub-folder per class, named after the bundle's "
-                                        "classes); edgedd export-data on the host writes one from any dataset"), min_classes=1)
-    unknown = [c for c in src.class_names if c not in b.class_names]
-    if unknown:
-        raise EdgeddError(f"--data class folder(s) {', '.join(unknown[:5])} are not classes of this bundle",
-                          f"use folders named after the bundle's classes ({', '.join(b.class_names[:10])}…)")
-    index = {c: i for i, c in enumerate(b.class_names)}
-    pp = b.edge_preprocess
-    xs, ys, skipped = [], [], 0
-    for path, label in zip(src.paths, src.labels):
-        try:
-            xs.append(load_canvas(path, pp["resize_size"], pp["interpolation"]).transpose(2, 0, 1))
-            ys.append(index[src.class_names[label]])
-        except UNREADABLE_IMAGE:  # incl. decompression bombs and MemoryError: skipped and counted
-            skipped += 1
-    if not xs:
-        raise EdgeddError(f"no readable images in {directory}", "pass a folder of images")
-    return prepare_canvases(b, np.stack(xs).astype(np.float32) / 255.0), np.asarray(ys), skipped
+    """A local ImageFolder, preprocessed for the edge backbone, all at once (memory grows with the
+    folder: deploy-check streams it through :class:`LabelledFolder` instead)."""
+    folder = LabelledFolder(b, directory)
+    parts = list(folder.batches())
+    if not parts:
+        raise folder.no_images()
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]), folder.skipped
 
 
 CHANCE_ALPHA = 0.00135  # one-sided tail probability of 3 sigma

@@ -18,13 +18,14 @@ from ..errors import EdgeddError
 from ..paths import require_dir, require_file
 from . import artifact as art
 from .finetune import load_finetuned
-from .infer import classify, softmax, top_indices
+from .infer import BATCH, classify, softmax, top_indices
 from .inputs import as_image_list, edge_canvas, is_image_list, prepare_canvases
 from .onnx_scan import Malformed, uses_external_data
 
 # A graph's file name must be a bare name inside the bundle: one rule, the schema's (checked on
 # every read of the artifact; read_graph checks it again before touching the file system).
 from .schema import GRAPH_NAME
+from .sidecar import MAX_THREADS, read_settings
 
 
 ROLES = ("backbone", "projector", "classifier")
@@ -58,15 +59,22 @@ class Bundle:
     graph_files: dict[str, Path] = field(default_factory=dict)  # role -> the file each session was loaded from (for errors)
     # The device-fitted projector (W, b) that Bundle.open found for this variant; None: the packed projector graph.
     projector: tuple[np.ndarray, np.ndarray] | None = None
+    projector_file: Path | None = None  # the sidecar it came from
+    projector_kind: str = "packed"  # "packed", "fit" (deploy-check) or "adapt"
+    threads: int | None = None  # onnxruntime intra-op threads of the sessions; None: onnxruntime's default
 
     @classmethod
-    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None) -> Bundle:
+    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None) -> Bundle:
         """Verify the bundle, open its sessions (``int8``: the int8 backbone) and load the fitted projector.
 
+        ``threads``: onnxruntime intra-op threads; None uses the count deploy-check measured for
+        this variant (``runtime.<variant>.json``, see edgedd.device.sidecar), else onnxruntime's default.
         Raises EdgeddError (one line with the fix) for a bundle that does not verify, a missing
-        int8 backbone, or a fitted projector that is damaged or was fitted on the other variant.
+        int8 backbone, or a sidecar that is damaged or was written for another artifact or variant.
         """
-        b = open_bundle(directory, int8=int8, providers=providers)
+        if threads is not None and not (isinstance(threads, int) and 1 <= threads <= MAX_THREADS):
+            raise EdgeddError(f"threads is {threads!r}", f"pass a whole number from 1 to {MAX_THREADS}, or None for the measured setting")
+        b = open_bundle(directory, int8=int8, providers=providers, threads=threads, stored_threads=threads is None)
         b.projector = load_finetuned(b)
         return b
 
@@ -96,11 +104,16 @@ class Bundle:
         return prepare_canvases(self, np.stack(canvases).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
 
     def probabilities(self, images) -> np.ndarray:
-        """Softmax class probabilities, (n, classes) float32, for one image or a list."""
-        x = self.inputs(images)
-        if not len(x):
-            return np.zeros((0, len(self.class_names)), np.float32)
-        return softmax(classify(self, x, self.projector))
+        """Softmax class probabilities, (n, classes) float32, for one image or a list.
+
+        A list is decoded, run and scored :data:`edgedd.device.infer.BATCH` images at a time, so
+        memory grows with the batch, not with the list; a graph that answers wrongly for any
+        batch raises before anything is returned."""
+        items = as_image_list(images)
+        prob = np.zeros((len(items), len(self.class_names)), np.float32)
+        for s in range(0, len(items), BATCH):
+            prob[s : s + BATCH] = softmax(classify(self, self.inputs(items[s : s + BATCH]), self.projector))
+        return prob
 
     def predict(self, images, top_k: int = 5) -> list:
         """The ``top_k`` most probable (label, prob), best first: a list for one image, a list of
@@ -142,7 +155,8 @@ def read_graph(directory: Path, role: str, entry) -> bytes:
     return data
 
 
-def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None) -> Bundle:
+def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None,
+                stored_threads: bool = False) -> Bundle:
     """Read and verify the artifact, check every ONNX file's sha256, open the sessions.
 
     A bundle is a closed world: each graph is read once, hashed, and the *same bytes* go to
@@ -159,32 +173,52 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
         graphs["backbone"] = graphs["backbone_int8"]
     available = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]  # remote-only EP
     chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
-    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32")
+    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32", threads=threads)
+    data = {}
     for role in ROLES:
         g = graphs.get(role)
         if not g:
             raise EdgeddError(f"artifact in {directory} lists no {role} graph", "re-run edgedd pack")
-        b.sessions[role] = load_session(directory, role, g, chosen)
+        data[role] = read_graph(directory, role, g)  # every graph verified before any sidecar is read
         b.graph_sha256[role] = g["sha256"]
         b.graph_files[role] = directory / g["file"]
+    if stored_threads:  # deploy-check's measured setting for this variant (bound to these graphs' hashes)
+        settings = read_settings(b)
+        b.threads = settings["intra_op_threads"] if settings else None
+    for role in ROLES:
+        b.sessions[role] = session_from_bytes(directory / graphs[role]["file"], data.pop(role), chosen, b.threads)
     return b
 
 
-def load_session(directory: Path, role: str, entry, providers: list[str]) -> ort.InferenceSession:
+def open_sessions(b: Bundle, threads: int | None) -> None:
+    """(Re)open ``b``'s three sessions from their verified bytes with ``threads`` intra-op threads."""
+    graphs = dict(b.meta["onnx"])
+    if b.variant == "int8":
+        graphs["backbone"] = graphs["backbone_int8"]
+    b.sessions = {role: load_session(b.directory, role, graphs[role], b.providers, threads) for role in ROLES}
+    b.threads = threads
+
+
+def load_session(directory: Path, role: str, entry, providers: list[str], threads: int | None = None) -> ort.InferenceSession:
     """One verified graph (:func:`read_graph`: the hashed bytes, no external data) as an onnxruntime session."""
-    data = read_graph(directory, role, entry)
-    name = entry["file"]
+    return session_from_bytes(directory / entry["file"], read_graph(directory, role, entry), providers, threads)
+
+
+def session_from_bytes(path: Path, data: bytes, providers: list[str], threads: int | None = None) -> ort.InferenceSession:
+    """A session on a graph's verified bytes (``path`` names it in errors); ``threads``: intra-op threads (None: default)."""
     try:
         external = uses_external_data(data)
     except Malformed:  # refused too: what this walker cannot read, it cannot vouch for
-        raise EdgeddError(f"{directory / name} is not a valid ONNX model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
+        raise EdgeddError(f"{path} is not a valid ONNX model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
     if external:
-        raise EdgeddError(f"{directory / name} keeps tensors in external files, which a bundle never does",
+        raise EdgeddError(f"{path} keeps tensors in external files, which a bundle never does",
                           "the bundle was altered; re-copy it or re-run edgedd pack")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=providers)
     except Exception as e:  # onnxruntime's own exception types
-        raise EdgeddError(f"onnxruntime cannot load {directory / name} ({type(e).__name__})",
+        raise EdgeddError(f"onnxruntime cannot load {path} ({type(e).__name__})",
                           "check the onnxruntime version (see the bundle's meta)") from None

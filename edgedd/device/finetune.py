@@ -17,7 +17,6 @@ with lam = ridge * trace(Xc^T Xc) / D_B (scale-free).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,13 +27,13 @@ from ..errors import EdgeddError
 from .infer import backbone_features
 from .render import normalize, render_views
 from .ridge import fit_ridge as fit_projector_ridge, mse, objective, recorded_prior, select_ridge
+from .sidecar import LEGACY_FILE, VARIANTS, binding, find_projector, refit_command, sidecar_path
 
 if TYPE_CHECKING:
     from .bundle import Bundle
 
 
-FINETUNED_FILE = "projector.finetuned.safetensors"
-VARIANTS = ("fp32", "int8")  # the backbone graphs a bundle can hold ("int8" only if packed with --int8)
+FINETUNED_FILE = LEGACY_FILE  # the one sidecar of older edgedd versions; now one per variant (edgedd.device.sidecar)
 
 
 def synthetic_pixels(b: Bundle) -> np.ndarray:
@@ -113,34 +112,41 @@ def projector_problem(b: Bundle, w, bias) -> str | None:
     return None
 
 
-def save_finetuned(b: Bundle, ft: dict) -> Path:
-    """Write the device-fitted projector, bound to the artifact and to the backbone graph it was fitted on."""
+def save_finetuned(b: Bundle, ft: dict, kind: str = "fit") -> Path:
+    """Write the device-fitted projector for ``b``'s variant (:func:`sidecar_path`), bound to the
+    artifact and to the backbone graph it was fitted on; other variants' sidecars are untouched."""
     from ..stio import serialize as save
 
-    meta = {"artifact_sha256": b.artifact.file_sha256, "backbone": b.variant, "backbone_sha256": b.graph_sha256["backbone"],
-            "method": "ridge (closed form)", "fit_features": "fp32 backbone", "ridge": repr(ft["ridge"]), "views": str(ft["views"]),
-            "mse_before": repr(ft["mse_before"]), "mse_after": repr(ft["mse_after"])}
-    path = b.directory / FINETUNED_FILE
+    meta = {**binding(b), "method": "ridge (closed form)", "fit_features": "fp32 backbone", "ridge": repr(ft["ridge"]),
+            "views": str(ft["views"]), "mse_before": repr(ft["mse_before"]), "mse_after": repr(ft["mse_after"])}
+    path = sidecar_path(b.directory, b.variant, kind)
     write_bytes(path, save({"weight": ft["weight"], "bias": ft["bias"]}, metadata=meta))
     return path
 
 
 def load_finetuned(b: Bundle) -> tuple[np.ndarray, np.ndarray] | None:
-    """The device-fitted projector, if one was written for *this* artifact and *this* backbone.
+    """The device-fitted projector for *this* artifact and *this* backbone variant, or None.
 
-    Validated, not trusted: anything on disk could have written it. Raises EdgeddError naming
-    what is wrong (damaged, fitted for another artifact or backbone, wrong dtype or shape, not
-    finite); None if there is no such file.
+    The file is chosen by :func:`edgedd.device.sidecar.find_projector` (an ``adapt`` sidecar
+    before the ``fit`` one); it is recorded in ``b.projector_file`` and ``b.projector_kind``.
     """
-    from safetensors import safe_open
-
-    path = b.directory / FINETUNED_FILE
-    if not os.path.lexists(path):
+    found = find_projector(b)
+    if found is None:
         return None
+    w, bias = load_projector_file(b, found.path)
+    b.projector_file, b.projector_kind = found.path, found.kind
+    return w, bias
+
+
+def load_projector_file(b: Bundle, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One projector sidecar, validated, not trusted: anything on disk could have written it.
+    Raises EdgeddError naming what is wrong (damaged, fitted for another artifact or backbone,
+    wrong dtype or shape, not finite)."""
+    from safetensors import safe_open
 
     def bad(what: str) -> EdgeddError:
         return EdgeddError(f"{path} is not a valid fitted projector for this bundle ({what})",
-                           "delete it and run edgedd deploy-check again" + (" --int8" if b.variant == "int8" else ""))
+                           f"delete it and run {refit_command(b.variant)} again")
 
     if path.is_symlink() or not path.is_file():
         raise bad("not a regular file")
@@ -161,10 +167,9 @@ def load_finetuned(b: Bundle) -> tuple[np.ndarray, np.ndarray] | None:
     if md.get("artifact_sha256") != b.artifact.file_sha256:
         raise bad("fitted for another artifact")
     fitted_on = md.get("backbone")
-    if fitted_on in VARIANTS and fitted_on != b.variant:  # the other variant's fit: say how to get this one's
+    if fitted_on in VARIANTS and fitted_on != b.variant:  # a file renamed or forged across variants
         raise EdgeddError(f"{path} is not a valid fitted projector for this bundle (fitted for the {fitted_on} backbone, this run uses {b.variant})",
-                          f"run edgedd deploy-check{' --int8' if b.variant == 'int8' else ''} on this bundle to fit it for the {b.variant} "
-                          f"backbone (it replaces the {fitted_on} fit), or run with{'out' if b.variant == 'int8' else ''} --int8")
+                          f"delete it and run {refit_command(b.variant)} on this bundle to fit it for the {b.variant} backbone")
     if fitted_on != b.variant:
         raise bad(f"fitted for the {fitted_on or 'unknown'} backbone, this run uses {b.variant}")
     if md.get("backbone_sha256") != b.graph_sha256["backbone"]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from ..paths import require_file
 from . import artifact as art
@@ -12,14 +15,19 @@ from .infer import top_indices
 
 def predict_files(b: Bundle, images: list[str], topk: int = 5) -> list[dict]:
     """``edgedd predict``'s answer: per image file, the ``topk`` labels with index and probability."""
-    prob = b.probabilities([str(p) for p in images])
-    return [{"image": str(p), "top": [{"label": b.class_names[i], "index": int(i), "prob": float(row[i])} for i in top_indices(row, topk)]}
-            for p, row in zip(images, prob)]
+    return list(prediction_rows(b, images, b.probabilities([str(p) for p in images]), topk))
 
 
-def predict(directory: str | Path, images: list[str], topk: int = 5, int8: bool = False) -> list[dict]:
+def prediction_rows(b: Bundle, images: list[str], prob: np.ndarray, topk: int = 5) -> Iterator[dict]:
+    """:func:`predict_files`'s rows from probabilities already computed (and checked), one at a time:
+    the CLI prints them as they come, so the answer's memory is ``prob``'s (n x classes), not n dicts."""
+    for p, row in zip(images, prob):
+        yield {"image": str(p), "top": [{"label": b.class_names[i], "index": int(i), "prob": float(row[i])} for i in top_indices(row, topk)]}
+
+
+def predict(directory: str | Path, images: list[str], topk: int = 5, int8: bool = False, threads: int | None = None) -> list[dict]:
     """Open (and verify) the bundle, then :func:`predict_files`."""
-    return predict_files(Bundle.open(directory, int8=int8), images, topk)
+    return predict_files(Bundle.open(directory, int8=int8, threads=threads), images, topk)
 
 
 def inspect(path: str | Path) -> dict:

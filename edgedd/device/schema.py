@@ -18,6 +18,7 @@ import re
 import numpy as np
 
 from ..images import INTERPOLATIONS
+from ..paths import MAX_CLASS_NAME_CHARS
 from .ridge import PRIORS, recorded_prior
 
 # A graph's file name, from the artifact's metadata: a bare name inside the bundle, nothing else
@@ -25,6 +26,9 @@ from .ridge import PRIORS, recorded_prior
 GRAPH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_SIDE = 2048  # edge input / resize size: beyond any real backbone, and bounds the memory of one image
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# A class name is printed by predict, inspect and deploy-check: the ImageFolder scan's cap, longer
+# than any folder name a file system allows (255 bytes), so no packed dataset reaches it.
+MAX_CLASS_NAME = MAX_CLASS_NAME_CHARS
 GRAPH_ROLES = ("backbone", "projector", "classifier")  # required; "backbone_int8" optional
 # deploy-check's figures from the host, by key name: image counts (..._images, ..._count) and top-1
 # fractions (any other key with "top1" in it: synthetic_top1_ridge, golden_heldout_top1, ...); any may be null
@@ -90,6 +94,8 @@ def _check(meta: dict, tensors: dict) -> None:
     names = meta.get("class_names")
     _need(isinstance(names, list) and len(names) >= 1 and all(isinstance(c, str) and c for c in names),
           "class_names is not a list of non-empty strings")
+    longest = max(len(n) for n in names)
+    _need(longest <= MAX_CLASS_NAME, f"a class name is {longest} characters long, more than {MAX_CLASS_NAME}")
     _need(len(set(names)) == len(names), "class_names has duplicates")
     c = len(names)
     for part in ("distill", "edge"):

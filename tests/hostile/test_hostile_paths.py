@@ -124,9 +124,9 @@ def test_an_output_under_a_file_is_one_line(packed, tmp_path):
 
 def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_half_written(bundle, packed, tmp_path):
     fsize = [(resource.RLIMIT_FSIZE, 4096)]  # every write past 4 KiB fails with EFBIG, as on a full disk
-    (bundle / "projector.finetuned.safetensors").unlink(missing_ok=True)
+    (bundle / "projector.fit.fp32.safetensors").unlink(missing_ok=True)
     before = sorted(p.name for p in bundle.iterdir())
-    one_line_error_proc(run_cli(["deploy-check", bundle], limits=fsize), "projector.finetuned.safetensors", "File too large", "free space")
+    one_line_error_proc(run_cli(["deploy-check", bundle], limits=fsize), "projector.fit.fp32.safetensors", "File too large", "free space")
     assert sorted(p.name for p in bundle.iterdir()) == before  # no fit, no temporary
     out = tmp_path / "export"
     one_line_error_proc(run_cli(["export-data", packed["heldout"], out], limits=[(resource.RLIMIT_FSIZE, 64)]), str(out), "free space")

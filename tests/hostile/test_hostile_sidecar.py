@@ -1,4 +1,5 @@
-"""The fitted-projector sidecar (projector.finetuned.safetensors) is validated, not trusted."""
+"""The fitted-projector sidecars (projector.fit.<variant>.safetensors, and an older edgedd's
+projector.finetuned.safetensors) are validated, not trusted."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _forge(bundle, weight=None, bias=None, **meta_changes):
             "method": "ridge (closed form)"}
     meta.update(meta_changes)
     tensors = {"weight": w0.copy() if weight is None else weight(w0), "bias": b0.copy() if bias is None else bias(b0)}
-    (bundle / runtime.FINETUNED_FILE).write_bytes(serialize(tensors, metadata=meta))
+    runtime.sidecar_path(bundle, "fp32", "fit").write_bytes(serialize(tensors, metadata=meta))
 
 
 def _nan(w):
@@ -60,13 +61,39 @@ def test_a_forged_sidecar_is_refused_by_predict_and_flagged_by_deploy_check(bund
     assert [c["name"] for c in rep["checks"] if not c["ok"]] == ["fine-tune"], rep["checks"]
 
 
-def test_a_damaged_or_odd_sidecar(bundle, packed):
+@pytest.mark.parametrize("name", [runtime.FINETUNED_FILE, "projector.fit.fp32.safetensors", "projector.adapt.fp32.safetensors"])
+def test_a_damaged_or_odd_sidecar(bundle, packed, name):
     image = str(next((packed["heldout"] / "square").iterdir()))
-    (bundle / runtime.FINETUNED_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-    one_line_error(CliRunner().invoke(app, ["predict", str(bundle), image]), "not a valid fitted projector")
-    (bundle / runtime.FINETUNED_FILE).unlink()
-    (bundle / runtime.FINETUNED_FILE).mkdir()
+    (bundle / name).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    one_line_error(CliRunner().invoke(app, ["predict", str(bundle), image]), "not a valid fitted projector", name)
+    (bundle / name).unlink()
+    (bundle / name).mkdir()
     one_line_error(CliRunner().invoke(app, ["predict", str(bundle), image]), "not a regular file")
+
+
+def _settings(bundle, **changes) -> str:
+    a = art.read(bundle / art.ARTIFACT_FILE)
+    return json.dumps({"artifact_sha256": a.file_sha256, "backbone": "fp32", "backbone_sha256": a.meta["onnx"]["backbone"]["sha256"],
+                       "intra_op_threads": 1, **changes})
+
+
+@pytest.mark.parametrize("body", ["{", "[]", "x" * 5000, "threads 0", "threads true", "threads 1e9"])
+def test_damaged_runtime_settings_are_refused(bundle, packed, body):
+    image = str(next((packed["heldout"] / "square").iterdir()))
+    if body.startswith("threads "):
+        body = _settings(bundle, intra_op_threads=json.loads(body.split()[1]))
+    runtime.settings_path(bundle, "fp32").write_text(body)
+    one_line_error(CliRunner().invoke(app, ["predict", str(bundle), image]), "not valid runtime settings", "--threads")
+    assert CliRunner().invoke(app, ["predict", str(bundle), image, "--threads", "1"]).exit_code == 0  # the override needs no settings
+
+
+def test_runtime_settings_are_used_and_a_stale_file_is_ignored(bundle, packed):
+    image = str(next((packed["heldout"] / "square").iterdir()))
+    for body, threads in ((_settings(bundle, intra_op_threads=2), 2), (_settings(bundle, artifact_sha256="0" * 64, intra_op_threads=2), None),
+                          (_settings(bundle, backbone_sha256="0" * 64, intra_op_threads=2), None)):
+        runtime.settings_path(bundle, "fp32").write_text(body)
+        r = CliRunner().invoke(app, ["predict", str(bundle), image, "--json"])
+        assert r.exit_code == 0 and r.stderr == "" and json.loads(r.stdout)["threads"] == threads, (r.stderr, body)
 
 
 def test_an_honest_sidecar_is_used(bundle, packed):
@@ -84,6 +111,6 @@ def test_deploy_check_writes_the_sidecar_only_when_the_fit_passes(bundle):
     assert r.exit_code == 3 and "Traceback" not in r.output
     ft = next(c for c in json.loads(r.stdout)["checks"] if c["name"] == "fine-tune")
     assert not ft["ok"] and "not written" in ft["detail"]
-    assert not (bundle / runtime.FINETUNED_FILE).exists()
+    assert not runtime.sidecar_path(bundle, "fp32", "fit").exists()
     assert CliRunner().invoke(app, ["deploy-check", str(bundle)]).exit_code == 0
-    assert (bundle / runtime.FINETUNED_FILE).is_file()
+    assert runtime.sidecar_path(bundle, "fp32", "fit").is_file()
