@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgedd-installed
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install lint test test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -23,7 +23,13 @@ PYTEST_WORKERS ?= auto
 PYTEST = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests -n $(PYTEST_WORKERS) $(1); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test: $(STAMP)
+# The linter and the formatter's check (pyproject.toml's [tool.ruff]) run first: a tree that does not
+# pass them fails `make test` (CI) in a second, before the suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	@$(call PYTEST,)
 
 # The inner loop: everything but the tests marked slow (pyproject.toml's markers), which `make test` runs too.

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The README's "ImageNet hosts" table: EfficientNet-Lite1/Lite2 hosts at IPC 1 and 10 (64 px,
+# docs/RESULTS.md's "ImageNet hosts" table: EfficientNet-Lite1/Lite2 hosts at IPC 1 and 10 (64 px,
 # real init, 100 steps, one golden view), each evaluated through A, Lite0 and the edge CNN
 # (examples/cross_matrix.py: CI and normal, 2 seeds), then packed with --int8 for A and for Lite0
 # and deploy-checked (fp32 and int8) on the 1,000 embedded test digits; and the host-vit runs
-# (RUNS_VIT, made as in the README's first cross table) on the device path, A and Lite0 @ 96.
+# (RUNS_VIT, made as in docs/RESULTS.md's first cross table) on the device path, A and Lite0 @ 96.
 # Existing runs and matrix cells are reused. About 40 min on 2 CPU cores from an empty cache.
 #
 #   bash bench/cross_device.sh            # writes bench/results/cross/ and bench/results/cross/int8/

@@ -49,10 +49,6 @@ from .timm_rules import REFERENCE_CROP, REFERENCE_SYN, clip_projection_width, di
 __all__ = [
     "WEIGHT_SOURCES", "SHIPPED_PREFIX", "BackboneInfo", "check_model_name", "state_dict_sha256",
     "load_backbone",
-    # re-exported: edgedd.backbone_host, edgedd.hub, edgedd.timm_rules
-    "backbone_autocast", "encode", "output_width", "plain_attention", "resolve_device", "resolve_preprocess",
-    "HUB_PROBE_TIMEOUT_S", "check_hub_reachable", "hub_offline", "hub_weights_file",
-    "REFERENCE_CROP", "REFERENCE_SYN", "clip_projection_width", "distill_resolution",
 ]
 
 WEIGHT_SOURCES = ("hub", "random", "shipped")

@@ -19,7 +19,8 @@ import torch
 from .augment import center_crop
 from .encoders import Encoder, TrainPass, load_canvases, make_sampler, train_pass
 from .errors import EdgeddError
-from .evaluate import BASELINES, EvalConfig, fit_probe, summarise
+from .config import BASELINES, EvalConfig
+from .probes import fit_probe, summarise
 from .images import LabelledImages
 from .progress import Progress
 from .rng import seed_for, torch_generator

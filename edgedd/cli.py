@@ -211,6 +211,9 @@ def pack(
     int8_max_drop: float = typer.Option(PACK.int8_max_drop, min=0.0, max=1.0, help="Refuse the int8 backbone above this top-1 drop on the real held-out images (on the synthetic set without them)."),
     seed: int = typer.Option(PACK.seed, help="Seed of the views and the projector training."),
     expect_images: int = typer.Option(PACK.expect_images, min=0, help="Classify at most this many of the golden classifier's held-out training images on the edge path and record the top-1 deploy-check --data expects; 0 records none (deploy-check then skips that check)."),
+    static_batch: int = typer.Option(PACK.static_batch, "--static-batch", min=1, max=4096, help="Batch size of the fixed-shape backbone graph written beside the dynamic one (what NNAPI / CoreML take whole; the device runs batches of this size through it)."),
+    ort: bool = typer.Option(PACK.ort, "--ort", help="Also write every graph in ORT format (.ort) and the required-operators config of an ORT Mobile minimal build."),
+    litert: bool = typer.Option(PACK.litert, "--litert", help="Also write LiteRT (.tflite) graphs, converted with litert-torch (pip install edgedd[litert])."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -221,7 +224,7 @@ def pack(
 
     r = run(run_dir, out, edge_backbone, edge_weights, edge_crop_res,
             PackConfig(views=views, projector_recipe=projector_recipe.value, projector_epochs=projector_epochs, int8=int8, int8_max_drop=int8_max_drop, seed=seed,
-                       expect_images=expect_images),
+                       expect_images=expect_images, static_batch=static_batch, ort=ort, litert=litert),
             device=device, overwrite=overwrite)
     if json_out:
         _print_json("pack", r)
@@ -229,10 +232,20 @@ def pack(
     ref = r["reference"]
     _result(f"packed {r['synthetic_images']} images ({r['classes']} classes) for {r['edge_backbone']} "
          f"(distilled on {r['distill_backbone']}) into {r['bundle']}\n"
-         f"  graphs checked and within {max(v['max_rel_error'] for v in r['validation'].values()):.1e} of torch at batch 1 and 3\n"
-         f"  synthetic-set top-1: torch projector {ref['synthetic_top1']:.1%}, closed-form projector {ref['synthetic_top1_ridge']:.1%}"
+         f"  graphs checked and within {max(v['max_rel_error'] for v in r['validation'].values()):.1e} of torch at batch 1 and 3"
+         f" (the fixed-shape backbone at batch {static_batch})\n" + _mobile_line(r.get("mobile_readiness") or {})
+         + f"  synthetic-set top-1: torch projector {ref['synthetic_top1']:.1%}, closed-form projector {ref['synthetic_top1_ridge']:.1%}"
          + (f", int8 backbone {ref['int8_synthetic_top1_packed_projector']:.1%}" if "int8_synthetic_top1_packed_projector" in ref else "")
          + "\n" + _expectation_line(ref))
+
+
+def _mobile_line(m: dict) -> str:
+    """onnxruntime's mobile checker on the fixed-shape backbone, as pack recorded it."""
+    if not m.get("available"):
+        return ""
+    return "  mobile readiness (onnxruntime's checker): " + "; ".join(
+        f"{name} {v['supported_nodes']}/{v['nodes']} nodes in {v['partitions']} partition{'s' if v['partitions'] != 1 else ''}"
+        for name, v in m["targets"].items()) + "\n"
 
 
 def _expectation_line(ref: dict) -> str:

@@ -64,6 +64,8 @@ def deploy_check(
     min_data_top1: Optional[float] = typer.Option(None, "--min-data-top1", min=0.0, max=1.0, hidden=True),  # old name of --min-accuracy
     margin: float = typer.Option(0.05, min=0.0, max=1.0, help="Fail if --data top-1 falls more than this below the top-1 pack expected on real held-out images (or 3 standard errors, if more)."),
     ridge: Optional[float] = typer.Option(None, min=0.0, help="Relative ridge strength of the projector fit [default: chosen by cross-validation over the synthetic images]."),
+    runtime: str = typer.Option("onnx", "--runtime", help="Which graphs run: onnx (the .onnx files), ort (the ORT-format files of pack --ort), litert (the .tflite files of pack --litert, through ai-edge-litert)."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="The onnxruntime execution provider to use, e.g. CPUExecutionProvider [default: every one this onnxruntime has]."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Verify a bundle on this device, fine-tune its projector, measure accuracy and latency."""
@@ -74,7 +76,9 @@ def deploy_check(
     floor = min_accuracy if min_accuracy is not None else min_data_top1
     if floor is not None and data is None:
         raise typer.BadParameter("needs --data: the floor applies to accuracy on a labelled ImageFolder", param_hint="--min-accuracy")
-    r = run(bundle, data=data, fine_tune=fine_tune, max_latency_ms=max_latency_ms, int8=int8, ridge=ridge, min_accuracy=floor, margin=margin)
+    _check_runtime(runtime, provider)
+    r = run(bundle, data=data, fine_tune=fine_tune, max_latency_ms=max_latency_ms, int8=int8, ridge=ridge, min_accuracy=floor, margin=margin,
+            runtime=runtime, providers=[provider] if provider else None)
     if json_out:
         _print_json("deploy-check", r)
     else:
@@ -87,6 +91,15 @@ def deploy_check(
         _result("\n".join(lines))
     if not r["ok"]:
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _check_runtime(runtime: str, provider: str | None) -> None:
+    from .device.bundle import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise typer.BadParameter(f"{runtime!r} is not one of {', '.join(RUNTIMES)}", param_hint="--runtime")
+    if provider is not None and runtime == "litert":
+        raise typer.BadParameter("--provider picks an onnxruntime execution provider; --runtime litert runs no onnxruntime", param_hint="--provider")
 
 
 @command(epilog="""Examples:
@@ -109,6 +122,8 @@ def predict(
     images: list[str] = typer.Argument(..., help="Image files to classify."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Labels to show per image."),
     int8: bool = typer.Option(False, "--int8", help="Use the bundle's int8 backbone (packed with pack --int8)."),
+    runtime: str = typer.Option("onnx", "--runtime", help="Which graphs run: onnx, ort (pack --ort) or litert (pack --litert); see deploy-check."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="The onnxruntime execution provider to use [default: every one this onnxruntime has]."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024, help="onnxruntime intra-op threads [default: the count deploy-check measured for this variant, else onnxruntime's]."),
     json_out: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
 ) -> None:
@@ -116,7 +131,8 @@ def predict(
     from .device.predict import prediction_rows
     from .device.runtime import Bundle
 
-    b = Bundle.open(bundle, int8=int8, threads=threads)
+    _check_runtime(runtime, provider)
+    b = Bundle.open(bundle, int8=int8, threads=threads, runtime=runtime, providers=[provider] if provider else None)
     prob = b.probabilities(images)  # every batch run and checked before anything is printed
 
     def rows():

@@ -25,6 +25,7 @@ FLOW_DENOMINATORS = ("classes", "reference")
 CROP_SAMPLERS = ("torchvision", "reference")
 INITS = ("noise", "real")  # how the synthetic pyramid starts (edgedd.synthetic)
 EVAL_MODES = ("normal", "ci", "kd")  # edgedd.evaluate: fresh probe, classifier inheritance, KD
+BASELINES = ("random", "centroids", "neighbors", "full")  # edgedd.baselines: real-image sets
 # --augs-per-batch when not given: DistillConfig.augs_per_batch, except for --method lgm (LGM's reference value)
 LGM_AUGS_PER_BATCH = 10
 # EvalConfig.view_cache when not given, under the converged protocol (the reference protocol: 0)
@@ -116,7 +117,7 @@ MAX_RESOLUTION = 2048
 class DistillConfig:
     """Stage II: Statistical Flow Matching."""
 
-    method: str = "sfm_anchor"  # edgedd's default (README, "Methods compared"); "sfm" is the paper's
+    method: str = "sfm_anchor"  # edgedd's default (docs/RESULTS.md, "Methods compared"); "sfm" is the paper's
     ipc: int = 1
     init: str = "real"  # edgedd's default: random real images per class (synthetic.py); "noise": the reference's 1x1 noise pyramid
     iterations: int = 5000
@@ -126,7 +127,7 @@ class DistillConfig:
     augs_per_batch: int = 1  # LGM's reference value is LGM_AUGS_PER_BATCH (the CLI picks it for --method lgm)
     extend_every: int = 200
     alpha: float = 0.5  # sfm_decouple: alpha * MSE(target) + (1 - alpha) * MSE(non-target)
-    beta: float = 10.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss); README: how 10 was chosen
+    beta: float = 10.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss); docs/RESULTS.md: how 10 was chosen
     gamma: float = 10.0  # sfm_sub: weight of the per-image sub-centre term (losses.subcentre_loss)
     kappa: float = 10.0  # sfm_probe: weight of the ridge-probe term (losses.ridge_probe_loss)
     probe_ridge: float = 1e-2  # sfm_probe: the probe's relative ridge lam / mean diag(X X^T) (losses eq. 5)
@@ -210,6 +211,9 @@ class PackConfig:
     int8_max_drop: float = 0.05
     seed: int = 0
     expect_images: int = 1000  # real held-out images behind the expected edge top-1 (bounds pack's time); 0: none
+    static_batch: int = 1  # the batch size of the fixed-shape backbone graphs (export.mobile) written beside the dynamic ones
+    ort: bool = False  # also write ORT-format (.ort) graphs and the required-operators config of an ORT Mobile minimal build
+    litert: bool = False  # also write LiteRT (.tflite) graphs, converted with litert-torch (the [litert] extra)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

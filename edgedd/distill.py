@@ -49,7 +49,8 @@ from .memory import PhaseMemory
 from .metrics import flow_every
 from .progress import Progress, progress_allowed
 from .stage1_files import Stage1, save_stage1
-from .statistics import CACHE_ENV, cache_root, stage1_cached
+from .paths import CACHE_ENV, cache_root
+from .statistics import stage1_cached
 from .terminal import say
 
 MAX_LR = 1e3  # the pyramid's logits saturate the sigmoid long before: no useful lr comes near it

@@ -1,7 +1,7 @@
 """An exclusive lock on an output, held for a whole ``distill`` or ``pack``.
 
-Two processes writing one run directory both finished "successfully" and left a mix of both runs
-(issue 13, item 7). The lock is ``fcntl.flock`` on a lock file, taken without waiting: a second
+Without it, two processes writing one run directory could both finish "successfully" and leave a
+mix of both runs. The lock is ``fcntl.flock`` on a lock file, taken without waiting: a second
 process fails at once and names the holder's pid. The kernel drops a flock when its holder exits,
 ``kill -9`` included, so a lock file left behind never blocks anyone.
 

@@ -44,6 +44,8 @@ def _reject(line: bytes) -> tuple[dict | None, str]:
 
     try:
         row = json.loads(line.decode("utf-8", errors="replace"), parse_constant=no_constants)
+    except RecursionError:  # nesting deeper than the parser's recursion limit: a crafted line
+        return None, "not JSON"
     except ValueError as e:
         return None, "NaN/Infinity" if str(e) in ("NaN", "Infinity", "-Infinity") else "not JSON"
     if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row.get("step"), bool):

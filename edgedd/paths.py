@@ -13,6 +13,14 @@ from pathlib import Path
 
 from .errors import EdgeddError
 
+CACHE_ENV = "EDGEDD_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """``$EDGEDD_CACHE_DIR``, else ``~/.cache/edgedd`` (Stage I entries and converted zoo weights)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgedd")
+
+
 # The longest class name the ImageFolder scan accepts and a bundle's artifact may hold (its schema
 # checks the same constant): a name is shown in every answer, so a megabyte-long one is refused.
 MAX_CLASS_NAME_CHARS = 256

@@ -72,7 +72,7 @@ def _read_json_object(path: Path, what: str) -> dict:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise EdgeddError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting past the parser's limit
         raise EdgeddError(f"{what} {path} is not readable JSON ({type(e).__name__})") from None
     if not isinstance(obj, dict):
         raise EdgeddError(f"{what} {path} is not a JSON object")
@@ -349,6 +349,6 @@ def write_report(run: str | Path, eval: dict | str | Path | None = None, deploy_
     path = Path(out) if out is not None else Path(run) / REPORT_FILE
     if path.is_dir():
         raise EdgeddError(f"--out {path} is a directory", "pass a file path, e.g. report.html")
-    data = page.encode("utf-8")
+    data = page.encode("utf-8", errors="backslashreplace")  # a non-UTF-8 class or file name (lone surrogates) shown escaped
     atomic.write_bytes(path, data)  # an OSError becomes one line naming the path (atomic.os_error)
     return {"report": str(path), "bytes": len(data), **holds}

@@ -119,7 +119,7 @@ def load_run(run_dir: str | Path) -> Run:
     if missing:
         raise EdgeddError(f"{run_dir} is not a finished edgedd run (missing {', '.join(missing)})", "finish it with edgedd distill --resume")
     # A damaged or edited run directory is one line, never a traceback or a NaN that evaluate
-    # reports and pack ships (issue 13): each file parsed, its tensors checked for what distill writes.
+    # reports and pack ships: each file parsed, its tensors checked for what distill writes.
     meta, summary, identity = (_json(run_dir, f) for f in (SYNTHETIC_JSON, SUMMARY, RUN_JSON))
     golden_bytes = _read(run_dir, GOLDEN_FILE)  # read once: checked against stage1.json, then parsed
     syn, golden = _tensors(run_dir, SYNTHETIC), _tensors(run_dir, GOLDEN_FILE, golden_bytes)

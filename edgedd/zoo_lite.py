@@ -12,9 +12,9 @@ check on every one, and writes them once as safetensors into edgedd's cache
 (classifier.weight/bias) is kept in that file but never loaded as part of the backbone: the
 backbone gives pooled features (num_classes=0); tests use the classifier to check the weights.
 
-Their model cards sit beside the SimCLR models' in ``edgedd/weights/``; :mod:`edgedd.zoo` is the
-registry of both kinds (``edgedd/*`` names, cards, :func:`edgedd.zoo.create`) and re-exports the
-names here.
+Their model cards sit beside the SimCLR models' in ``edgedd/weights/`` (read through
+:mod:`edgedd.cards`); :mod:`edgedd.zoo` is the registry of both kinds (``edgedd/*`` names, cards,
+:func:`edgedd.zoo.create`) and imports this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def source_file(name: str) -> tuple[Path, str]:
 
 
 def _cache_file(entry: PackagedBackbone) -> Path:
-    from .statistics import cache_root
+    from .paths import cache_root
 
     return cache_root() / "zoo" / f"{entry.arch}-{entry.source_sha256}.safetensors"
 
@@ -147,7 +147,7 @@ def packaged_weights(name: str) -> Path:
 
     from . import atomic
     from .errors import EdgeddError
-    from .zoo import card  # the registry's card reader (edgedd.zoo imports this module at its top)
+    from .cards import read_card
 
     entry = _packaged(name)
     source, version = source_file(name)
@@ -158,7 +158,7 @@ def packaged_weights(name: str) -> Path:
     path = _cache_file(entry)
     if path.is_file():
         try:
-            want = card(name)["weights"]["converted_sha256"]
+            want = read_card(entry.file)["weights"]["converted_sha256"]
         except (FileNotFoundError, KeyError):
             want = None
         if want is None or atomic.sha256_file(path) == want:

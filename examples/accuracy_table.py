@@ -1,4 +1,4 @@
-"""SFM vs LGM on the embedded default, as in the README's accuracy table.
+"""SFM vs LGM on the embedded default, as in docs/RESULTS.md's earlier accuracy table.
 
 For each IPC: distill with SFM and with LGM (same backbone, iterations, seed), evaluate each on
 embedded:mnist/test in `normal` and `ci` modes over several seeds, with the baselines once per
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--view-cache", type=int, default=16)
     ap.add_argument("--protocol", default="reference", choices=("reference", "converged"),
-                    help="golden recipe and evaluation protocol (reference: METHOD.md's, the README's earlier table)")
+                    help="golden recipe and evaluation protocol (reference: METHOD.md's, docs/RESULTS.md's earlier table)")
     ap.add_argument("--out", default="runs/accuracy")
     a = ap.parse_args()
     out = Path(a.out)

@@ -1,4 +1,4 @@
-"""The method sweep of the README: every matching loss under one evaluation protocol fixed in advance.
+"""The method sweep of docs/RESULTS.md ("Methods compared"): every matching loss under one evaluation protocol fixed in advance.
 
 For each IPC, method and distillation seed: distill embedded:mnist with the shipped edgedd/host-vit,
 then evaluate on embedded:mnist/test (normal and CI, 3 evaluation seeds, the converged protocol:

@@ -104,14 +104,16 @@ def check(data: bytes, name: str) -> None:
         raise EdgeddError(f"the exported {name} graph fails onnx.checker ({str(e).splitlines()[0][:200]})", "report this as a bug") from e
 
 
-def parity(data: bytes, torch_fn, input_shape: tuple[int, ...], name: str, tol: float = 1e-4, seed: int = 0) -> dict:
-    """max |ORT - torch| / (1 + max |torch|) at two batch sizes; raises above ``tol``."""
+def parity(data: bytes, torch_fn, input_shape: tuple[int, ...], name: str, tol: float = 1e-4, seed: int = 0,
+           batches: tuple[int, ...] = PARITY_BATCHES) -> dict:
+    """max |ORT - torch| / (1 + max |torch|) at each batch size (a static graph: its own); raises above ``tol``.
+    ``data``: an ONNX or an ORT-format graph (onnxruntime reads both from bytes)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     g = torch_generator("parity", seed)
     worst = 0.0
-    for b in PARITY_BATCHES:
+    for b in batches:
         x = torch.randn(b, *input_shape, generator=g)
         with torch.no_grad():
             ref = torch_fn(x).float().numpy()
@@ -121,7 +123,7 @@ def parity(data: bytes, torch_fn, input_shape: tuple[int, ...], name: str, tol: 
         worst = max(worst, float(np.abs(got - ref).max() / (1.0 + np.abs(ref).max())))
     if worst > tol:
         raise EdgeddError(f"the {name} graph differs from torch by {worst:.2e} (tolerance {tol:g})", "report this as a bug")
-    return {"batches": list(PARITY_BATCHES), "max_rel_error": worst}
+    return {"batches": list(batches), "max_rel_error": worst}
 
 
 class _DropPreprocessAdvice:
@@ -139,9 +141,9 @@ class _DropPreprocessAdvice:
 INT8_MODE = "static-qdq-per-channel"
 CALIBRATION_BATCH = 16
 # How many calibration inputs: MinMax keeps every intermediate tensor of every calibration input
-# until it computes the ranges (measured: ~27 MB per 224-px input for EfficientNet-Lite0), so the
-# count is bounded by pixels as well: 64 inputs at 224 px (what bench/lite_int8.py measured),
-# up to 256 at small sizes.
+# until it computes the ranges (tens of MB per 224-px input for EfficientNet-Lite0; bench/RESULTS.md,
+# bench/lite_int8.py), so the count is bounded by pixels as well: 64 inputs at 224 px, up to 256 at
+# small sizes.
 CALIBRATION_MAX = 256
 CALIBRATION_PIXELS = 64 * 224 * 224
 

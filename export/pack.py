@@ -9,6 +9,10 @@ Bundle layout (docs/ARTIFACT.md):
     classifier.onnx               golden classifier: D_A -> C
     backbone.int8.onnx            with --int8: phi_B quantised to int8 (static, QDQ, per-channel weights,
                                   calibrated on the synthetic views)
+    backbone.static.onnx          phi_B with its batch axis fixed (--static-batch, default 1): what a
+    backbone.int8.static.onnx     phone accelerator takes whole (export/mobile.py); the int8 one with --int8
+    *.ort, required_operators.config   with --ort: every graph above in ORT format, and the operators
+                                  an ORT Mobile minimal build needs for them
 
 Steps, one function each, in the order :func:`_pack` calls them: load the run and re-create its
 distillation backbone A (the weights hash must match the run's) and the edge backbone B
@@ -20,7 +24,8 @@ measure the top-1 the device should reach on real images (the edge path on the g
 held-out slice of the training data, deploy-check's ``expected``; edge_path.py); export
 and validate the three graphs (:func:`_export_graphs`); write the self-test (:func:`_selftest`);
 with --int8, refuse a quantised backbone whose top-1 on those held-out images (the synthetic set
-without them) drops by more than ``int8_max_drop`` (:func:`_int8_gate`). The bundle appears atomically (built in a temporary
+without them) drops by more than ``int8_max_drop`` (:func:`_int8_gate`); add the fixed-shape
+backbones, their mobile-readiness figures and, with --ort, the ORT-format files (:func:`_mobile_graphs`). The bundle appears atomically (built in a temporary
 sibling directory, then renamed; :func:`_write_bundle`).
 """
 
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 
 from edgedd import __version__
+from edgedd.device.sidecar import device_files
 from edgedd.atomic import check_replaceable, make_temp_dir, real_out, remove_stale_temp_dirs, replace_dir, sha256_file, write_bytes
 from edgedd.augment import normalize, render_views, sample_views
 from edgedd.backbones import BackboneInfo, load_backbone, resolve_device
@@ -47,14 +53,17 @@ from edgedd.rundir import load_run
 from edgedd.rng import torch_generator
 
 from .edge_path import edge_inputs, edge_top1, expectations, features, onnx_features
-from .onnx_graphs import INT8_MODE, OPSET, calibration_count, check, cpu_copy, export_backbone, linear_graph, parity, quantize_int8
+from .onnx_graphs import INT8_MODE, OPSET, PARITY_BATCHES, calibration_count, check, cpu_copy, export_backbone, linear_graph, parity, quantize_int8
+from .mobile import ORT_CONFIG_FILE, static_batch, to_ort
 from .projector import train_projector
 
 
 # What pack writes into a bundle (and deploy-check adds): --overwrite may replace a directory
 # holding only these, so it can never delete a user's own files.
 BUNDLE_FILES = {art.ARTIFACT_FILE, "backbone.onnx", "projector.onnx", "classifier.onnx", "backbone.int8.onnx",
-                "projector.finetuned.safetensors"}
+                "backbone.static.onnx", "backbone.int8.static.onnx", "backbone.ort", "projector.ort", "classifier.ort",
+                "backbone.int8.ort", "backbone.static.ort", "backbone.int8.static.ort", ORT_CONFIG_FILE,
+                "backbone.tflite", "backbone.int8.tflite", "projector.tflite", "classifier.tflite"} | device_files()
 
 
 def _is_artifact(path: Path) -> bool:
@@ -136,6 +145,11 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     if config.int8:
         graphs["backbone_int8"] = ("backbone.int8.onnx", _int8_gate(graphs["backbone"][1], calib, pix, labels, info_b, w_p, b_p, w_c, b_c,
                                                                      ref, config, heldout))
+    mobile = _mobile_graphs(graphs, validation, model_b_cpu, info_b, config)
+    if config.litert:
+        lite = _litert_graphs(model_b_cpu, info_b, w_p, b_p, w_c, b_c, calib, config)
+        mobile["meta"]["litert"] = lite.pop("litert:meta")[1]
+        mobile["files"].update(lite)
 
     d_a = targets.shape[1]
     tensors = {
@@ -149,11 +163,17 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
         "selftest.inputs": st_in.numpy(), "selftest.features": st_f.numpy(), "selftest.logits": st_l.numpy(),
     }
     meta = _metadata(run, info_b, feats_b.shape[1], graphs, validation, config, ref, calib, len(feats_b))
-    _write_bundle(out, overwrite, graphs, tensors, meta)
+    meta["onnx"]["backbone_static"]["mobile"] = mobile.pop("readiness")
+    for role in ("backbone_static", "backbone_int8_static"):
+        if role in meta["onnx"]:
+            meta["onnx"][role]["batch"] = config.static_batch
+    meta.update(mobile.pop("meta"))
+    _write_bundle(out, overwrite, graphs | mobile["files"], tensors, meta)
     return {
         "bundle": str(out),
         "artifact_sha256": sha256_file(out / art.ARTIFACT_FILE),
-        "files": {f: (out / f).stat().st_size for f, _ in graphs.values()} | {art.ARTIFACT_FILE: (out / art.ARTIFACT_FILE).stat().st_size},
+        "files": {f: (out / f).stat().st_size for f, _ in (graphs | mobile["files"]).values()} | {art.ARTIFACT_FILE: (out / art.ARTIFACT_FILE).stat().st_size},
+        "mobile_readiness": meta["onnx"]["backbone_static"]["mobile"],
         "distill_backbone": info_a.name,
         "edge_backbone": info_b.name,
         "synthetic_images": n,
@@ -249,6 +269,93 @@ def _export_graphs(model_b, info_a: BackboneInfo, info_b: BackboneInfo, w_p, b_p
         validation[name] = parity(data, fn, shape, name)
     graphs = {"backbone": ("backbone.onnx", bb), "projector": ("projector.onnx", pj), "classifier": ("classifier.onnx", cl)}
     return graphs, validation, model_b_cpu
+
+
+# An int8 .ort graph against the int8 .onnx one: the .onnx runs with onnxruntime's fused int8 kernels
+# (QLinearConv), the .ort as converted (QDQ pairs around float kernels; its saved runtime optimisations
+# are never replayed, see docs/MOBILE.md), so each activation may round to the neighbouring step.
+ORT_INT8_TOL = 0.1
+
+
+def _mobile_graphs(graphs: dict, validation: dict, model_b_cpu, info_b: BackboneInfo, config: PackConfig) -> dict:
+    """The fixed-shape backbones (added to ``graphs``, their parity to ``validation``), onnxruntime's
+    mobile-readiness figures for the fp32 one, and with --ort the ORT-format files (every graph,
+    each parity-checked against torch as its .onnx was) and the required-operators config.
+    Returns {"readiness", "meta": artifact metadata beyond "onnx", "files": role -> (file, bytes)}."""
+    from edgedd.device.mobile import readiness
+
+    s, n = info_b.preprocess.input_size, config.static_batch
+    fp32 = static_batch(graphs["backbone"][1], n)
+    check(fp32, "static backbone")
+    validation["backbone_static"] = parity(fp32, model_b_cpu, (3, s, s), "static backbone", batches=(n,))
+    graphs["backbone_static"] = ("backbone.static.onnx", fp32)
+    if "backbone_int8" in graphs:  # int8 is not within 1e-3 of torch: the static copy must match the dynamic int8 graph instead
+        q = static_batch(graphs["backbone_int8"][1], n)
+        check(q, "static int8 backbone")
+        validation["backbone_int8_static"] = parity(q, _onnx_fn(graphs["backbone_int8"][1]), (3, s, s), "static int8 backbone", batches=(n,))
+        graphs["backbone_int8_static"] = ("backbone.int8.static.onnx", q)
+    out = {"readiness": readiness(fp32), "meta": {}, "files": {}}
+    if not out["readiness"].get("available"):
+        raise EdgeddError(f"onnxruntime's mobile checker is not usable here ({out['readiness']['reason']})", "install the host requirements (onnx)")
+    if config.ort:
+        ort_files, ort_config = to_ort({f: d for f, d in graphs.values()})
+        entries = {}
+        for role, (f, _) in graphs.items():
+            name = f[: -len(".onnx")] + ".ort"
+            entries[role] = {"file": name, "sha256": hashlib.sha256(ort_files[name]).hexdigest(), "onnx": f, **({"batch": n} if role.endswith("_static") else {}),
+                             "parity": parity(ort_files[name], model_b_cpu if role in ("backbone", "backbone_static") else _onnx_fn(graphs[role][1]),
+                                              _input_shape(graphs[role][1]), f"{name} (ORT format)", batches=(n,) if role.endswith("_static") else PARITY_BATCHES,
+                                              tol=ORT_INT8_TOL if "int8" in role else 1e-4)}
+            out["files"][f"ort:{role}"] = (name, ort_files[name])
+        out["files"]["ort:config"] = (ORT_CONFIG_FILE, ort_config)
+        out["meta"]["ort"] = {"graphs": entries, "required_operators": {"file": ORT_CONFIG_FILE, "sha256": hashlib.sha256(ort_config).hexdigest()},
+                              "optimization_style": "runtime", "target_platform": "arm"}
+    return out
+
+
+def _litert_graphs(model_b_cpu, info_b: BackboneInfo, w_p, b_p, w_c, b_c, calib, config: PackConfig) -> dict:
+    """pack --litert: backbone (and with --int8 its int8 twin), projector and classifier as .tflite
+    at the fixed batch, each checked against torch with LiteRT's interpreter (export/litert.py).
+    Returns role -> (file, bytes), plus "litert:meta" -> (None, the artifact's litert section)."""
+    from . import litert
+
+    s, n = info_b.preprocess.input_size, config.static_batch
+    g = torch_generator("litert-parity", config.seed)
+    x = torch.randn(n, 3, s, s, generator=g)
+    pj, cl = torch.nn.Linear(*reversed(w_p.shape)), torch.nn.Linear(*reversed(w_c.shape))
+    with torch.no_grad():
+        pj.weight.copy_(w_p), pj.bias.copy_(b_p), cl.weight.copy_(w_c), cl.bias.copy_(b_c)
+    made = {"backbone": ("backbone.tflite", litert.convert(model_b_cpu, x, "backbone"), model_b_cpu, x, 1e-3),
+            "projector": ("projector.tflite", litert.convert(pj, torch.randn(n, w_p.shape[1], generator=g), "projector"), pj, None, 1e-3),
+            "classifier": ("classifier.tflite", litert.convert(cl, torch.randn(n, w_c.shape[1], generator=g), "classifier"), cl, None, 1e-3)}
+    skipped = None
+    if config.int8 and calib is not None:  # where LiteRT's quantiser takes the backbone; else recorded, the rest still ships
+        try:
+            made["backbone_int8"] = ("backbone.int8.tflite", litert.convert_int8(model_b_cpu, x, calib, "backbone"), model_b_cpu, x, None)
+        except EdgeddError as e:
+            skipped = e.problem
+    out, entries = {}, {}
+    for role, (f, data, fn, sample, tol) in made.items():
+        sample = sample if sample is not None else torch.randn(n, fn.in_features, generator=g)
+        entries[role] = {"file": f, "sha256": hashlib.sha256(data).hexdigest(), "batch": n, "parity": litert.parity(data, fn, sample, f, tol)}
+        out[f"litert:{role}"] = (f, data)
+    out["litert:meta"] = (None, {"graphs": entries, "converter": f"litert-torch {litert.version()}", **({"int8_skipped": skipped} if skipped else {})})
+    return out
+
+
+def _onnx_fn(data: bytes):
+    """A graph as a torch-in, torch-out function (onnxruntime, CPU): the reference a derived graph is checked against."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+
+
+def _input_shape(data: bytes) -> tuple[int, ...]:
+    """A graph's input shape without the batch axis."""
+    import onnxruntime as ort
+
+    return tuple(ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()[0].shape[1:])
 
 
 def _selftest(pix: torch.Tensor, model_b_cpu, info_b: BackboneInfo, w_p, b_p, w_c, b_c, count: int, dev):

@@ -97,6 +97,34 @@ def packed(tmp_path_factory):
     return {"data": data, "heldout": heldout, "run": run, "bundle": bundle, "result": result, "root": root}
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Tiny CLI distills built once for the tests that only read them (or copy them first): a
+    finished 2-step run and a run stopped after 2 of 4 steps, on a made-up folder. Tests that
+    write into a run directory copy it (``copy_run``)."""
+    from typer.testing import CliRunner
+
+    from edgedd.cli import app
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    old = {k: os.environ.get(k) for k in ("EDGEDD_CACHE_DIR", "EDGEDD_PROGRESS")}
+    os.environ.update(EDGEDD_CACHE_DIR=str(root / "cache"), EDGEDD_PROGRESS="0")
+    try:
+        data = make_image_folder(root / "data")
+        for out, extra in ((root / "run", ("--iterations", "2")), (root / "half", ("--iterations", "4", "--stop-after", "2"))):
+            r = CliRunner().invoke(app, tiny_distill_args(data, out, *extra))
+            assert r.exit_code == 0, r.output
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return {"data": data, "run": root / "run", "half": root / "half"}
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest
+
+
 # ----------------------------------------------------------------------------- tests/hostile/
 
 

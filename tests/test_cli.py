@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from conftest import make_image_folder, tiny_distill_args
+from conftest import copy_run, make_image_folder, tiny_distill_args
 from edgedd.cli import app
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -140,9 +140,8 @@ def test_ipc_zero_is_a_usage_error(image_folder, tmp_path):
     assert r.exit_code == 2 and "--ipc" in r.stderr and "Traceback" not in r.output
 
 
-def test_out_dir_with_a_different_run(image_folder, tmp_path):
-    out = tmp_path / "o"
-    assert run(tiny_distill_args(image_folder, out, "--iterations", "2")).exit_code == 0
+def test_out_dir_with_a_different_run(tiny_run, tmp_path):
+    image_folder, out = tiny_run["data"], copy_run(tiny_run["run"], tmp_path / "o")  # made by the same arguments
     before = (out / "synthetic.safetensors").read_bytes()
     assert_clean_error(run(tiny_distill_args(image_folder, out, "--iterations", "2", "--ipc", "2")), 1, "already holds a different run", "distill.ipc", "--overwrite")
     assert (out / "synthetic.safetensors").read_bytes() == before  # untouched
@@ -178,9 +177,8 @@ def test_help_snapshot(args, name):
     assert r.stdout == path.read_text(), "--help changed; review and rerun with EDGEDD_UPDATE_SNAPSHOTS=1"
 
 
-def test_evaluate_through_the_cli(image_folder, tmp_path):
-    out = tmp_path / "run"
-    assert run(tiny_distill_args(image_folder, out, "--iterations", "3")).exit_code == 0
+def test_evaluate_through_the_cli(tiny_run, tmp_path):
+    image_folder, out = tiny_run["data"], tiny_run["run"]  # evaluate only reads the run
     held = make_image_folder(tmp_path / "held", seed=3)
     r = run(["evaluate", str(out), "--test-data", str(held), "--mode", "normal", "--mode", "ci", "--seeds", "2", "--epochs", "5",
              "--baselines", "--train-data", str(image_folder), "--json", "-q"])

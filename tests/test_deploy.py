@@ -22,7 +22,7 @@ def test_deploy_check_json_contract(packed, tmp_path):
     assert r.exit_code == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["ok"] is True and rep["schema"] == "edgedd.deploy-check/1"
-    assert [c["name"] for c in rep["checks"]] == ["integrity", "graphs", "self-test", "fine-tune", "synthetic accuracy", "data accuracy",
+    assert [c["name"] for c in rep["checks"]] == ["integrity", "graphs", "mobile readiness", "self-test", "fine-tune", "synthetic accuracy", "data accuracy",
                                                   "above chance", "expected", "latency"]
     assert all(set(c) == {"name", "ok", "detail"} for c in rep["checks"])
     for k in ("synthetic_top1", "data_top1", "latency_ms_p50", "latency_ms_p95", "peak_rss_mb"):

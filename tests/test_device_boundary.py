@@ -19,6 +19,9 @@ from edgedd.device import DEVICE_MODULES
 
 ROOT = Path(edgedd.__file__).parent
 DEVICE_PACKAGES = {"numpy", "onnxruntime", "safetensors", "typer", "PIL"}  # pyproject's base dependencies (pillow is PIL)
+# Optional device packages: package -> the one device module that may import it, lazily (inside a
+# function, so every other device path works without it). ai_edge_litert: --runtime litert.
+OPTIONAL_DEVICE_PACKAGES = {"ai_edge_litert": "edgedd.device.litert"}
 
 # edgedd.cli's host commands and the host module each imports (lazily, inside the command): exactly these.
 CLI_HOST_IMPORTS = {
@@ -116,6 +119,9 @@ def test_device_modules_import_only_the_device_side():
                     cli_host.add((function, target))
                 else:
                     problems.append(f"{where} imports {target}, which is not in edgedd.device.DEVICE_MODULES")
+            elif top in OPTIONAL_DEVICE_PACKAGES:
+                if name != OPTIONAL_DEVICE_PACKAGES[top] or function is None:
+                    problems.append(f"{where} imports {target}: an optional device package, only {OPTIONAL_DEVICE_PACKAGES[top]} may, inside a function")
             elif top not in sys.stdlib_module_names and top not in DEVICE_PACKAGES:
                 problems.append(f"{where} imports {target}: not the standard library nor a device package ({', '.join(sorted(DEVICE_PACKAGES))})")
     assert not problems, "the device side imports beyond its boundary:\n  " + "\n  ".join(problems)
@@ -158,3 +164,13 @@ def test_the_checker_sees_lazy_imports(tmp_path):
     src.write_text("from . import artifact\nfrom ..data import x\ndef f():\n    def g():\n        import torch.nn\n")
     found = {(f, t) for f, t, _ in imports_of("edgedd.device.m", src)}
     assert found == {(None, "edgedd.device.artifact"), (None, "edgedd.data"), ("f", "torch.nn")}
+
+
+def test_the_new_runtime_modules_are_on_the_device_side():
+    """--runtime ort / litert, the mobile checker and the .ort walker live under edgedd.device, so the
+    rule above covers them (and the LiteRT package is imported only lazily, by its one module)."""
+    files = device_files()
+    for name in ("edgedd.device.mobile", "edgedd.device.ort_scan", "edgedd.device.litert"):
+        assert name in files
+    lazy = [(f, t) for f, t, _ in imports_of("edgedd.device.litert", files["edgedd.device.litert"]) if t.startswith("ai_edge_litert")]
+    assert lazy and all(f is not None for f, _ in lazy)

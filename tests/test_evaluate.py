@@ -20,7 +20,9 @@ from edgedd.data import canvas_loader
 from edgedd.images import open_dataset
 from edgedd.distill import RunOptions, distill
 from edgedd.errors import EdgeddError
-from edgedd.evaluate import BASELINES, CachedViews, EvalConfig, evaluate_run, fit_projector, load_encoders, load_run
+from edgedd.config import BASELINES
+from edgedd.evaluate import CachedViews, EvalConfig, evaluate_run, load_encoders, load_run
+from edgedd.probes import fit_projector
 from edgedd.rng import torch_generator
 from edgedd.stio import torch_serialize
 

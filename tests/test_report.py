@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_image_folder, tiny_distill_args
+from conftest import copy_run, make_image_folder, tiny_distill_args
 from edgedd.cli import app
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -217,9 +217,8 @@ def test_report_with_deploy_check_and_bundle(packed, tmp_path):
     assert write_report(packed["run"], deploy_check=dc, bundle=packed["bundle"], out=tmp_path / "r2.html")["images"] == out["images"]
 
 
-def test_report_refusals_are_one_line(image_folder, tmp_path):
-    half = tmp_path / "half"
-    assert invoke(tiny_distill_args(image_folder, half, "--iterations", "4", "--stop-after", "2")).exit_code == 0
+def test_report_refusals_are_one_line(tiny_run, tmp_path):
+    half, run = tiny_run["half"], tiny_run["run"]  # read only: every call here is refused before writing
     for argv, needle in (
         (["report", str(half)], "is not a finished edgedd run"),
         (["report", str(tmp_path / "nope")], "does not exist"),
@@ -228,8 +227,6 @@ def test_report_refusals_are_one_line(image_folder, tmp_path):
         assert r.exit_code == 1 and r.stdout == "", (argv, r.stdout)
         assert r.stderr.startswith("error: ") and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (half / "report.html").exists()
-    run = tmp_path / "run"
-    assert invoke(tiny_distill_args(image_folder, run, "--iterations", "2")).exit_code == 0
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "other.json").write_text(json.dumps({"schema": "edgedd.predict/1", "predictions": []}))
     for opt, f, needle in (("--eval", "bad.json", "not readable JSON"), ("--eval", "other.json", "not an edgedd.evaluate/1 result"),
@@ -239,12 +236,11 @@ def test_report_refusals_are_one_line(image_folder, tmp_path):
     assert not (run / "report.html").exists()
 
 
-def test_report_without_metrics_still_renders(image_folder, tmp_path):
+def test_report_without_metrics_still_renders(tiny_run, tmp_path):
     """A run made before metrics.jsonl existed: images and summary, a note instead of the curves."""
     from edgedd.report import write_report
 
-    run = tmp_path / "run"
-    assert invoke(tiny_distill_args(image_folder, run, "--iterations", "2")).exit_code == 0
+    run = copy_run(tiny_run["run"], tmp_path / "run")
     (run / "metrics.jsonl").unlink()
     out = write_report(run)
     assert out["plots"] == [] and out["metrics_steps"] == 0 and Path(out["report"]) == run / "report.html"

@@ -4,10 +4,6 @@ onnxruntime sessions loaded from those same bytes. :class:`Bundle` is the device
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,18 +14,17 @@ from ..errors import EdgeddError
 from ..paths import require_dir, require_file
 from . import artifact as art
 from .finetune import load_finetuned
+from .graphs import load_session, read_graph, session_from_bytes
 from .infer import BATCH, classify, softmax, top_indices
 from .inputs import as_image_list, edge_canvas, is_image_list, prepare_canvases
-from .onnx_scan import Malformed, uses_external_data
-
-# A graph's file name must be a bare name inside the bundle: one rule, the schema's (checked on
-# every read of the artifact; read_graph checks it again before touching the file system).
-from .schema import GRAPH_NAME
+from .mobile import available_providers
 from .sidecar import MAX_THREADS, read_settings
 
 
 ROLES = ("backbone", "projector", "classifier")
-MAX_GRAPH_BYTES = 2**31  # protobuf's own limit: no valid self-contained graph is larger (a bundle refuses external data)
+# --runtime: where the graphs come from. onnx: the .onnx files; ort: the ORT-format files of pack --ort
+# (both through onnxruntime); litert: the .tflite files of pack --litert (edgedd.device.litert)
+RUNTIMES = ("onnx", "ort", "litert")
 
 
 @dataclass
@@ -62,9 +57,13 @@ class Bundle:
     projector_file: Path | None = None  # the sidecar it came from
     projector_kind: str = "packed"  # "packed", "fit" (deploy-check) or "adapt"
     threads: int | None = None  # onnxruntime intra-op threads of the sessions; None: onnxruntime's default
+    runtime: str = "onnx"  # which of the bundle's graph sets the sessions run (RUNTIMES)
+    static_batch: int | None = None  # the batch of sessions["backbone_static"], the fixed-shape backbone, where the bundle has one
+    entries: dict = field(default_factory=dict)  # role -> the artifact's entry of the graph set in use (fp32 roles included under --int8)
 
     @classmethod
-    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None) -> Bundle:
+    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None,
+             runtime: str = "onnx") -> Bundle:
         """Verify the bundle, open its sessions (``int8``: the int8 backbone) and load the fitted projector.
 
         ``threads``: onnxruntime intra-op threads; None uses the count deploy-check measured for
@@ -74,7 +73,7 @@ class Bundle:
         """
         if threads is not None and not (isinstance(threads, int) and 1 <= threads <= MAX_THREADS):
             raise EdgeddError(f"threads is {threads!r}", f"pass a whole number from 1 to {MAX_THREADS}, or None for the measured setting")
-        b = open_bundle(directory, int8=int8, providers=providers, threads=threads, stored_threads=threads is None)
+        b = open_bundle(directory, int8=int8, providers=providers, threads=threads, stored_threads=threads is None, runtime=runtime)
         b.projector = load_finetuned(b)
         return b
 
@@ -123,102 +122,86 @@ class Bundle:
         return rows if is_image_list(images) else rows[0]
 
 
-def read_graph(directory: Path, role: str, entry) -> bytes:
-    """The verified bytes of one graph: bare name checked first, file read once, sha256 on those bytes.
 
-    Every name that is not a bare file name gets the same message, without touching the file
-    system, so a crafted artifact learns nothing about what exists outside the bundle. The file
-    is opened without following a symlink and must be a regular file (a FIFO would hang).
-    """
-    name = entry.get("file") if isinstance(entry, dict) else None
-    if not isinstance(name, str) or not GRAPH_NAME.fullmatch(name):
-        raise EdgeddError(f"the artifact in {directory} names its {role} graph by something other than a file name inside the bundle",
-                          "the bundle was altered; re-copy it or re-run edgedd pack")
-    path = directory / name
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        raise EdgeddError(f"bundle {directory} is missing {name}", "copy the whole bundle directory") from None
-    except OSError as e:  # ELOOP: a symlink, which could lead outside the bundle; EACCES; ...
-        why = "a symbolic link" if e.errno == errno.ELOOP else os.strerror(e.errno) if e.errno else type(e).__name__
-        raise EdgeddError(f"cannot read {path} ({why})", "graph files must be readable regular files inside the bundle; re-copy it") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise EdgeddError(f"{path} is not a regular file", "graph files must be regular files inside the bundle; re-copy it")
-        if st.st_size > MAX_GRAPH_BYTES:  # refused from its size, before reading it into memory
-            raise EdgeddError(f"{path} is {st.st_size} bytes, more than an ONNX graph can be (2 GiB)",
-                              "the bundle was altered; re-copy it or re-run edgedd pack")
-        data = f.read()
-    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-        raise EdgeddError(f"{path} does not match the artifact (sha256 mismatch)", "the bundle was altered or mixed up; re-copy it")
-    return data
+def choose_providers(providers: list[str] | None) -> list[str]:
+    """The execution providers to use: ``providers`` (each must be present: one line naming the
+    ones that are, otherwise), or every provider this onnxruntime has."""
+    available = available_providers()
+    missing = [p for p in providers or [] if p not in available]
+    if missing:
+        raise EdgeddError(f"execution provider {missing[0]} is not in this onnxruntime (it has {', '.join(available)})",
+                          "pick one of those with --provider, or install an onnxruntime build that has it")
+    return list(providers or available) or ["CPUExecutionProvider"]
 
 
-def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None,
-                stored_threads: bool = False) -> Bundle:
-    """Read and verify the artifact, check every ONNX file's sha256, open the sessions.
-
-    A bundle is a closed world: each graph is read once, hashed, and the *same bytes* go to
-    onnxruntime (never re-opened by path, so swapping a file afterwards changes nothing), and a
-    graph whose tensors live in external files is refused (see onnx_scan).
-    """
-    directory = require_dir(directory, "bundle", "pass the --out directory of edgedd pack")
-    a = art.read(require_file(directory / art.ARTIFACT_FILE, "artifact", "pass a bundle directory made by edgedd pack"))
-    graphs = a.meta.get("onnx")
+def graph_entries(directory: Path, meta: dict, runtime: str, int8: bool) -> dict:
+    """role -> the artifact's entry of each graph of the chosen set; with ``int8`` the int8 backbones
+    take the backbone roles, and the fp32 ones stay under backbone_fp32 / backbone_fp32_static."""
+    if runtime == "onnx":
+        graphs = meta.get("onnx")
+    else:
+        section = meta.get(runtime)
+        graphs = section.get("graphs") if isinstance(section, dict) else None
+        if graphs is None:
+            flag = {"ort": "--ort", "litert": "--litert"}[runtime]
+            raise EdgeddError(f"bundle {directory} has no {runtime} graphs", f"re-pack it on the host with edgedd pack {flag}, or use --runtime onnx")
     graphs = dict(graphs) if isinstance(graphs, dict) else {}
     if int8:
         if "backbone_int8" not in graphs:
             raise EdgeddError(f"bundle {directory} has no int8 backbone", "re-pack it on the host with edgedd pack --int8, or run without --int8")
-        graphs["backbone"] = graphs["backbone_int8"]
-    available = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]  # remote-only EP
-    chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
-    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32", threads=threads)
+        graphs["backbone_fp32"], graphs["backbone_fp32_static"] = graphs["backbone"], graphs.pop("backbone_static", None)
+        graphs["backbone"], graphs["backbone_static"] = graphs["backbone_int8"], graphs.get("backbone_int8_static")
+    return {k: v for k, v in graphs.items() if v}
+
+
+def onnx_sha256(meta: dict, role: str, int8: bool) -> str | None:
+    """The sha256 the artifact records for ``role``'s ONNX graph (the int8 one's under ``int8``): the
+    network whatever the runtime (an .ort or .tflite file is a conversion of it), what sidecars bind to."""
+    if int8 and role.startswith("backbone"):
+        role = role.replace("backbone", "backbone_int8", 1)
+    return (meta["onnx"].get(role) or {}).get("sha256")
+
+
+def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None,
+                stored_threads: bool = False, runtime: str = "onnx") -> Bundle:
+    """Read and verify the artifact, check every graph file's sha256, open the sessions.
+
+    A bundle is a closed world: each graph is read once, hashed, and the *same bytes* go to
+    the runtime (never re-opened by path, so swapping a file afterwards changes nothing), and a
+    graph whose tensors live in external files is refused (see onnx_scan, ort_scan).
+    The fixed-shape backbone, where the bundle has one, opens as ``sessions["backbone_static"]``:
+    infer runs batches of exactly its size through it.
+    """
+    if runtime not in RUNTIMES:
+        raise EdgeddError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}", "pick one of those")
+    directory = require_dir(directory, "bundle", "pass the --out directory of edgedd pack")
+    a = art.read(require_file(directory / art.ARTIFACT_FILE, "artifact", "pass a bundle directory made by edgedd pack"))
+    graphs = graph_entries(directory, a.meta, runtime, int8)
+    chosen = ["LiteRT interpreter"] if runtime == "litert" else choose_providers(providers)
+    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32", threads=threads, runtime=runtime, entries=graphs)
     data = {}
-    for role in ROLES:
+    for role in ROLES + ("backbone_static",):
         g = graphs.get(role)
         if not g:
+            if role == "backbone_static":  # bundles of format < 1.4 have none
+                continue
             raise EdgeddError(f"artifact in {directory} lists no {role} graph", "re-run edgedd pack")
         data[role] = read_graph(directory, role, g)  # every graph verified before any sidecar is read
-        b.graph_sha256[role] = g["sha256"]
+        b.graph_sha256[role] = onnx_sha256(a.meta, role, int8) or g["sha256"]
         b.graph_files[role] = directory / g["file"]
     if stored_threads:  # deploy-check's measured setting for this variant (bound to these graphs' hashes)
         settings = read_settings(b)
         b.threads = settings["intra_op_threads"] if settings else None
-    for role in ROLES:
-        b.sessions[role] = session_from_bytes(directory / graphs[role]["file"], data.pop(role), chosen, b.threads)
+    for role in list(data):
+        b.sessions[role] = session_from_bytes(directory / graphs[role]["file"], data.pop(role), chosen, b.threads, runtime)
+    static = a.meta["onnx"].get("backbone_int8_static" if int8 else "backbone_static") or {}
+    b.static_batch = static.get("batch") if "backbone_static" in b.sessions else None
     return b
 
 
 def open_sessions(b: Bundle, threads: int | None) -> None:
-    """(Re)open ``b``'s three sessions from their verified bytes with ``threads`` intra-op threads."""
-    graphs = dict(b.meta["onnx"])
-    if b.variant == "int8":
-        graphs["backbone"] = graphs["backbone_int8"]
-    b.sessions = {role: load_session(b.directory, role, graphs[role], b.providers, threads) for role in ROLES}
+    """(Re)open ``b``'s sessions (the fixed-shape backbone's too) from their verified bytes with ``threads`` intra-op threads."""
+    roles = ROLES + (("backbone_static",) if "backbone_static" in b.sessions else ())
+    b.sessions = {role: load_session(b.directory, role, b.entries[role], b.providers, threads, b.runtime) for role in roles}
     b.threads = threads
 
-
-def load_session(directory: Path, role: str, entry, providers: list[str], threads: int | None = None) -> ort.InferenceSession:
-    """One verified graph (:func:`read_graph`: the hashed bytes, no external data) as an onnxruntime session."""
-    return session_from_bytes(directory / entry["file"], read_graph(directory, role, entry), providers, threads)
-
-
-def session_from_bytes(path: Path, data: bytes, providers: list[str], threads: int | None = None) -> ort.InferenceSession:
-    """A session on a graph's verified bytes (``path`` names it in errors); ``threads``: intra-op threads (None: default)."""
-    try:
-        external = uses_external_data(data)
-    except Malformed:  # refused too: what this walker cannot read, it cannot vouch for
-        raise EdgeddError(f"{path} is not a valid ONNX model", "the bundle was altered; re-copy it or re-run edgedd pack") from None
-    if external:
-        raise EdgeddError(f"{path} keeps tensors in external files, which a bundle never does",
-                          "the bundle was altered; re-copy it or re-run edgedd pack")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(data, sess_options=opts, providers=providers)
-    except Exception as e:  # onnxruntime's own exception types
-        raise EdgeddError(f"onnxruntime cannot load {path} ({type(e).__name__})",
-                          "check the onnxruntime version (see the bundle's meta)") from None

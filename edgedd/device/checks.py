@@ -31,7 +31,8 @@ SYNTHETIC_SLACK = 0.05  # device vs host top-1 on the synthetic set, same projec
 
 def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tune: bool = True, max_latency_ms: float | None = None,
                  int8: bool = False, ridge: float | None = None, tolerance: float = 1e-3, min_accuracy: float | None = None,
-                 min_data_top1: float | None = None, margin: float = EXPECTED_MARGIN) -> dict:
+                 min_data_top1: float | None = None, margin: float = EXPECTED_MARGIN, runtime: str = "onnx",
+                 providers: list[str] | None = None) -> dict:
     """Every check the issue lists; integrity and file problems raise (nothing else can run).
 
     With ``data``: "data accuracy" fails below ``min_accuracy`` (``min_data_top1`` is its old name)
@@ -44,10 +45,14 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
         min_accuracy = min_data_top1
     if min_accuracy is not None and data is None:
         raise EdgeddError("a minimum accuracy needs labelled data to measure it on", "pass --data DIR with --min-accuracy")
-    b = open_bundle(directory, int8=int8)
+    b = open_bundle(directory, int8=int8, providers=providers, runtime=runtime)
     checks: list[dict] = []
     _check(checks, "integrity", True, f"format {b.meta['format']}, sha256 verified, {len(b.artifact.tensors)} tensors")
-    _check(checks, "graphs", True, f"{', '.join(ROLES)} loaded on {', '.join(b.providers)}" + (" (int8 backbone)" if int8 else ""))
+    engine = _engine(b)
+    _check(checks, "graphs", True, f"{', '.join(ROLES)}" + (" and the fixed-shape backbone" if b.static_batch else "")
+           + f" ({b.runtime}) loaded on {', '.join(engine['used'])}" + (" (int8 backbone)" if int8 else "")
+           + (f"; present: {', '.join(engine['available'])}" if engine["available"] != engine["used"] else ""))
+    mobile = mobile_check(checks, b)
     _self_test_check(checks, b, int8, tolerance)
     labels = b.artifact["synthetic.labels"]
     syn_x = prepare_canvases(b, synthetic_pixels(b))
@@ -57,7 +62,8 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
     syn = top1(head(b, syn_f, projector), labels)
     _synthetic_check(checks, b, before, syn, len(labels), fine_tune, int8)
     report = {"ok": True, "checks": checks, "synthetic_top1": syn, "synthetic_top1_packed_projector": before,
-              "int8": int8, "providers": b.providers, "bundle": str(b.directory)}
+              "int8": int8, "providers": b.providers, "runtime": b.runtime, "providers_available": engine["available"],
+              "providers_used": engine["used"], "static_batch": b.static_batch, "mobile_readiness": mobile, "bundle": str(b.directory)}
     if data is not None:
         y = _data_accuracy_check(checks, report, b, LabelledFolder(b, data), projector, min_accuracy)
         _chance_check(checks, report, len(b.class_names), y)
@@ -66,6 +72,38 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
     report["peak_rss_mb"] = peak_rss_mb()
     report["ok"] = all(c["ok"] is not False for c in checks)  # a skipped check (None) fails nothing
     return report
+
+
+def _engine(b: Bundle) -> dict:
+    """The execution providers present and the ones onnxruntime assigned to the backbone session (LiteRT: its interpreter)."""
+    if b.runtime == "litert":
+        return {"available": ["LiteRT interpreter"], "used": ["LiteRT interpreter"]}
+    from .mobile import available_providers
+
+    return {"available": available_providers(), "used": list(b.sessions["backbone"].get_providers())}
+
+
+def mobile_check(checks: list, b: Bundle) -> dict:
+    """mobile readiness: how much of the fixed-shape backbone NNAPI and CoreML would take, as onnxruntime's
+    mobile checker computes it: here where it is importable (the host install), else as pack recorded it."""
+    from .graphs import read_graph
+    from .mobile import readiness
+
+    entry = b.meta["onnx"].get("backbone_int8_static" if b.variant == "int8" else "backbone_static")
+    if not entry:
+        _check(checks, "mobile readiness", None, "skipped: the bundle has no fixed-shape backbone (packed by an edgedd before format 1.4); re-pack it")
+        return {"source": None}
+    here = readiness(read_graph(b.directory, "fixed-shape backbone", entry))  # the hashed bytes, as every graph
+    figures, source = (here, "here") if here.get("available") else (b.meta["onnx"].get("backbone_static", {}).get("mobile") or {}, "pack (fp32)")
+    out = {"source": source if figures.get("available") else None, "targets": figures.get("targets"), "here": here}
+    if not figures.get("available"):
+        _check(checks, "mobile readiness", None, f"skipped: {here.get('reason')}, and the bundle records no figures")
+        return out
+    t = figures["targets"]
+    _check(checks, "mobile readiness", True, "; ".join(f"{name} {v['supported_nodes']}/{v['nodes']} nodes in {v['partitions']} partition"
+                                                       + ("s" if v["partitions"] != 1 else "") for name, v in t.items())
+           + f" (onnxruntime's checker, {'on this device' if source == 'here' else 'as pack recorded it: ' + here.get('reason', '')})")
+    return out
 
 
 def _check(checks: list, name: str, ok: bool | None, detail: str) -> bool | None:

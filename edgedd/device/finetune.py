@@ -24,6 +24,7 @@ import numpy as np
 
 from ..atomic import write_bytes
 from ..errors import EdgeddError
+from .graphs import load_session
 from .infer import backbone_features
 from .render import normalize, render_views
 from .ridge import fit_ridge as fit_projector_ridge, mse, objective, recorded_prior, select_ridge
@@ -91,11 +92,13 @@ def fit_features(b: Bundle, x_in: np.ndarray) -> np.ndarray:
         return backbone_features(b, x_in)
     from dataclasses import replace
 
-    from .bundle import load_session
 
-    entry = b.meta["onnx"]["backbone"]  # the verified artifact's entry for the fp32 graph; its bytes are hashed on reading
-    fp32 = replace(b, variant="fp32", sessions=dict(b.sessions, backbone=load_session(b.directory, "backbone", entry, b.providers)),
-                   graph_files=dict(b.graph_files, backbone=b.directory / entry["file"]))
+    entry = b.entries.get("backbone_fp32") or b.meta["onnx"]["backbone"]  # the verified artifact's entry; its bytes are hashed on reading
+    runtime = b.runtime if "backbone_fp32" in b.entries else "onnx"
+    sessions = {k: v for k, v in b.sessions.items() if k != "backbone_static"}  # the int8 one: batches go to the fp32 graph
+    session = load_session(b.directory, "backbone", entry, b.providers, b.threads, runtime)
+    fp32 = replace(b, variant="fp32", sessions=dict(sessions, backbone=session),
+                   graph_files=dict(b.graph_files, backbone=b.directory / entry["file"]), static_batch=None)
     return backbone_features(fp32, x_in)
 
 

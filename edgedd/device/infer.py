@@ -27,7 +27,7 @@ ALTERED = "the bundle was altered or mis-packed; re-copy it or re-run edgedd pac
 
 def expected_width(b: Bundle, role: str) -> int:
     """The output width the artifact promises for ``role``'s graph."""
-    if role == "backbone":
+    if role.startswith("backbone"):  # the dynamic and the fixed-shape one
         return int(b.meta["edge"]["features"])
     if role == "projector":
         return int(b.artifact["projector.weight"].shape[0])
@@ -66,10 +66,16 @@ def run_checked(b: Bundle, role: str, x: np.ndarray) -> np.ndarray:
 
 
 def backbone_features(b: Bundle, images: np.ndarray, batch: int = BATCH) -> np.ndarray:
-    """images: normalised (n, 3, S, S) float32 at the edge input size."""
+    """images: normalised (n, 3, S, S) float32 at the edge input size. A batch of exactly the
+    fixed-shape backbone's size (batch 1: a single image, as a camera loop sends) runs through that
+    graph, the one a phone accelerator takes whole; other batches through the dynamic one."""
     if not len(images):
         return np.zeros((0, expected_width(b, "backbone")), np.float32)
-    return np.concatenate([run_checked(b, "backbone", images[s : s + batch]) for s in range(0, len(images), batch)])
+    return np.concatenate([run_checked(b, _backbone_role(b, len(x)), x) for x in (images[s : s + batch] for s in range(0, len(images), batch))])
+
+
+def _backbone_role(b: Bundle, n: int) -> str:
+    return "backbone_static" if n == getattr(b, "static_batch", None) and "backbone_static" in b.sessions else "backbone"
 
 
 def classify(b: Bundle, images: np.ndarray, projector: tuple[np.ndarray, np.ndarray] | None = None, batch: int = BATCH) -> np.ndarray:

@@ -16,7 +16,8 @@ The public face of the device side; each idea lives in its own module, read in t
 from __future__ import annotations
 
 from .accuracy import CHANCE_ALPHA, EXPECTED_MARGIN, LabelledFolder, allowed_drop, chance_bound, load_labelled_folder, top1
-from .bundle import ROLES, Bundle, open_bundle, read_graph
+from .bundle import ROLES, Bundle, open_bundle
+from .graphs import read_graph
 from .checks import SYNTHETIC_SLACK, deploy_check, peak_rss_mb
 from .finetune import (FINETUNED_FILE, fine_tune_projector, fit_projector_ridge, load_finetuned, projector_problem, save_finetuned,
                        synthetic_pixels, view_inputs)

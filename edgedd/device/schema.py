@@ -29,7 +29,11 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 # A class name is printed by predict, inspect and deploy-check: the ImageFolder scan's cap, longer
 # than any folder name a file system allows (255 bytes), so no packed dataset reaches it.
 MAX_CLASS_NAME = MAX_CLASS_NAME_CHARS
-GRAPH_ROLES = ("backbone", "projector", "classifier")  # required; "backbone_int8" optional
+GRAPH_ROLES = ("backbone", "projector", "classifier")  # required
+OPTIONAL_ROLES = ("backbone_int8", "backbone_static", "backbone_int8_static")
+STATIC_BATCH_MAX = 4096
+# the other runtimes' sections: role -> graph file, each with its sha256 (format 1.4)
+RUNTIME_SECTIONS = ("ort", "litert")
 # deploy-check's figures from the host, by key name: image counts (..._images, ..._count) and top-1
 # fractions (any other key with "top1" in it: synthetic_top1_ridge, golden_heldout_top1, ...); any may be null
 FRACTION_WORD, COUNT_SUFFIXES = "top1", ("_images", "_count")
@@ -104,6 +108,9 @@ def _check(meta: dict, tensors: dict) -> None:
     pp = _preprocess(_dict(edge, "preprocess", "edge."))
     d_b = _size(edge, "features", "edge.")
     _graphs(_dict(meta, "onnx", ""))
+    for section in RUNTIME_SECTIONS:
+        if meta.get(section) is not None:
+            _runtime_section(_dict(meta, section, ""), section)
     for d in (meta, meta.get("reference", {})):
         _need(isinstance(d, dict), "reference is not an object")
         _host_figures(d)
@@ -146,16 +153,29 @@ def _preprocess(pp: dict) -> dict:
     return pp
 
 
-def _graphs(onnx: dict) -> None:
-    for role in GRAPH_ROLES + ("backbone_int8",):
+def _graphs(onnx: dict, where: str = "onnx", roles: tuple = GRAPH_ROLES) -> None:
+    for role in roles + OPTIONAL_ROLES:
         g = onnx.get(role)
-        if g is None and role not in GRAPH_ROLES:
+        if g is None and role not in roles:
             continue
-        _need(isinstance(g, dict), f"onnx.{role} is not an object")
-        # one message whatever the name, so a crafted artifact learns nothing about what exists outside
-        _need(isinstance(g.get("file"), str) and GRAPH_NAME.fullmatch(g["file"]) is not None,
-              f"it names its {role} graph by something other than a file name inside the bundle")
-        _need(isinstance(g.get("sha256"), str) and SHA256.fullmatch(g["sha256"]) is not None, f"onnx.{role}.sha256 is not a sha256")
+        _file_entry(g, f"{where}.{role}", role)
+        if role.endswith("_static"):
+            _size(g, "batch", f"{where}.{role}.", 1, STATIC_BATCH_MAX)
+
+
+def _file_entry(g, where: str, role: str) -> None:
+    _need(isinstance(g, dict), f"{where} is not an object")
+    # one message whatever the name, so a crafted artifact learns nothing about what exists outside
+    _need(isinstance(g.get("file"), str) and GRAPH_NAME.fullmatch(g["file"]) is not None,
+          f"it names its {role} graph by something other than a file name inside the bundle")
+    _need(isinstance(g.get("sha256"), str) and SHA256.fullmatch(g["sha256"]) is not None, f"{where}.sha256 is not a sha256")
+
+
+def _runtime_section(sec: dict, name: str) -> None:
+    """ort / litert: graphs by role (the three required roles, the optional ones) and, for ort, the operator config."""
+    _graphs(_dict(sec, "graphs", f"{name}."), f"{name}.graphs", GRAPH_ROLES)
+    if name == "ort":
+        _file_entry(sec.get("required_operators"), "ort.required_operators", "required-operators config")
 
 
 def _host_figures(d: dict) -> None:

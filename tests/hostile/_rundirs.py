@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from edgedd.cli import app
-from edgedd.statistics import cache_root
+from edgedd.paths import cache_root
 from edgedd.stio import torch_serialize
 
 ITERATIONS = 4

@@ -95,13 +95,14 @@ def test_each_graph_is_read_once_and_the_same_bytes_go_to_onnxruntime(bundle, mo
     monkeypatch.setattr(ort, "InferenceSession", lambda model, **kw: got.append(model) or real(model, **kw))
     with opened:
         b = runtime.open_bundle(bundle)
-    assert all(isinstance(m, bytes) for m in got) and len(got) == 3
-    for role, model in zip(runtime.ROLES, got):
+    assert all(isinstance(m, bytes) for m in got) and len(got) == 4  # the three roles and the fixed-shape backbone
+    for role, model in zip(runtime.ROLES + ("backbone_static",), got):
         assert hashlib.sha256(model).hexdigest() == b.meta["onnx"][role]["sha256"]
-    for f in ("backbone.onnx", "projector.onnx", "classifier.onnx"):  # once each, never again by path
+    for f in ("backbone.onnx", "projector.onnx", "classifier.onnx", "backbone.static.onnx"):  # once each, never again by path
         assert sum(p.endswith(f) for p in opened.seen) == 1, (f, opened.seen)
     # swapping a file after the check changes nothing: the sessions hold the hashed bytes
     shutil.copy(bundle / "classifier.onnx", bundle / "backbone.onnx")
+    shutil.copy(bundle / "classifier.onnx", bundle / "backbone.static.onnx")
     x = np.zeros((1, 3, 32, 32), np.float32)
     assert runtime.backbone_features(b, x).shape[1] == b.artifact["projector.weight"].shape[1]
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from edgedd import stage2
 from edgedd.cli import app
-from edgedd.statistics import cache_root
+from edgedd.paths import cache_root
 
 
 @pytest.mark.parametrize("lr", ["inf", "-inf", "nan", "0", "-1", "1e38"])
