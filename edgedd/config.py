@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("sfm", "sfm_anchor", "sfm_decouple", "lgm")
+METHODS = ("sfm", "sfm_anchor", "sfm_sub", "sfm_probe", "sfm_decouple", "lgm")
 # How a linear head is fitted (edgedd.heads): the golden classifier, the evaluation protocol and
 # pack's projector each choose one of these.
 RECIPES = ("converged", "reference")
@@ -129,6 +129,9 @@ class DistillConfig:
     extend_every: int = 200
     alpha: float = 0.5  # sfm_decouple: alpha * MSE(target) + (1 - alpha) * MSE(non-target)
     beta: float = 10.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss); docs/RESULTS.md: how 10 was chosen
+    gamma: float = 10.0  # sfm_sub: weight of the per-image sub-centre term (losses.subcentre_loss)
+    kappa: float = 10.0  # sfm_probe: weight of the ridge-probe term (losses.ridge_probe_loss)
+    probe_ridge: float = 1e-2  # sfm_probe: the probe's relative ridge lam / mean diag(X X^T) (losses eq. 5)
     flow_denominator: str = "classes"  # "reference" reproduces the reference code's (N - 1)
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only; CPU always runs fp32

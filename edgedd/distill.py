@@ -74,6 +74,16 @@ def validate(cfg: DistillConfig) -> None:
             raise EdgeddError(f"--{name.replace('_', '-')} must be at most {MAX_RESOLUTION} (got {getattr(cfg, name)})", "pass a resolution in pixels, e.g. 224")
     if not (cfg.beta >= 0 and math.isfinite(cfg.beta)):
         raise EdgeddError(f"--beta must be a finite value >= 0 (got {cfg.beta})", "pass e.g. 1.0 (0 is plain SFM)")
+    for name in ("gamma", "kappa"):
+        if not (getattr(cfg, name) >= 0 and math.isfinite(getattr(cfg, name))):
+            raise EdgeddError(f"--{name} must be a finite value >= 0 (got {getattr(cfg, name)})", "pass e.g. 10.0 (0 is anchored SFM)")
+    lo, hi = cfg.augment.crop_scale
+    if not (0 < lo <= hi <= 1):
+        raise EdgeddError(f"the crop area range must satisfy 0 < min <= max <= 1 (got {lo}, {hi})", "pass e.g. --crop-min 0.25")
+    if not 0 <= cfg.augment.noise_p <= 1:
+        raise EdgeddError(f"--noise-p must lie in [0, 1] (got {cfg.augment.noise_p})", "pass a probability, e.g. 0")
+    if not (cfg.probe_ridge > 0 and math.isfinite(cfg.probe_ridge)):
+        raise EdgeddError(f"probe_ridge must be a finite value > 0 (got {cfg.probe_ridge})", "pass e.g. 1e-2")
     if not 0 <= cfg.alpha <= 1:
         raise EdgeddError(f"--alpha must lie in [0, 1] (got {cfg.alpha})", "pass a value between 0 and 1")
     # finite, and at most MAX_LR: far larger steps overflow Adam's float32 update (a traceback at 1e38)
