@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgedd-installed
 
-.PHONY: install lint test test-fast demo bench clean
+.PHONY: install lint test test-fast demo bench clean screenshot
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ test-fast: $(STAMP)
 # everything on one HTML page in runs/demo/report.html (edgedd report).
 demo: $(STAMP)
 	$(PY) examples/demo.py --out runs/demo
+
+# docs/img/report.png from runs/demo/report.html (make demo first): headless Chromium (apt-get install chromium)
+screenshot: $(STAMP)
+	$(PY) examples/report_screenshot.py runs/demo/report.html -o docs/img/report.png
 
 bench: $(STAMP)
 	$(PY) bench/stage1_throughput.py

@@ -1,8 +1,9 @@
 """The real-image baselines of ``edgedd evaluate --baselines`` (the table in :mod:`edgedd.evaluate`'s
 docstring): which real training images each baseline picks, and their training and scoring.
 
-* :func:`select_random`, :func:`select_centroids`, :func:`select_neighbors`: the selections, as
-  positions into the training pass (phi_A centre-crop features for centroids and neighbors);
+* :func:`select_random`, :func:`select_centroids`, :func:`select_neighbors`, :func:`select_kcentre`,
+  :func:`select_herding`: the selections, as positions into the training pass (phi_A centre-crop
+  features for all but random);
 * :class:`BaselineSets`, :func:`baseline_sets`: the training pass and the chosen canvases;
 * :func:`run_baselines`: each baseline per seed (``normal`` probe, or Stage I's recipe for
   ``full``), summarised as the modes are.
@@ -60,12 +61,53 @@ def select_neighbors(feats: torch.Tensor, labels: torch.Tensor, syn_feats: torch
     return torch.stack(out)
 
 
+def select_kcentre(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int, gen: torch.Generator) -> torch.Tensor:
+    """Per class a k-centre coreset of min(IPC, n_c) images (greedy farthest point, Sener and
+    Savarese): a first image drawn from ``gen``, then repeatedly the image whose Euclidean distance
+    to its nearest chosen one is largest, s_{k+1} = argmax_x min_j ||phi_A(x) - phi_A(s_j)||."""
+    out = []
+    for c in range(num_classes):
+        pool = torch.nonzero(labels == c).flatten()
+        if len(pool) == 0:
+            continue
+        f = feats[pool].double()
+        chosen = [int(torch.randint(len(pool), (1,), generator=gen))]
+        nearest = (f - f[chosen[0]]).norm(dim=1)
+        for _ in range(min(ipc, len(pool)) - 1):
+            nearest[chosen] = -1.0  # never pick an image twice (duplicates sit at distance 0)
+            nxt = int(torch.argmax(nearest))
+            chosen.append(nxt)
+            nearest = torch.minimum(nearest, (f - f[nxt]).norm(dim=1))
+        out.append(pool[torch.tensor(chosen)])
+    return torch.cat(out)
+
+
+def select_herding(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int) -> torch.Tensor:
+    """Per class min(IPC, n_c) images by herding (Welling; Rebuffi et al.'s iCaRL selection): the
+    k-th pick brings the mean of the chosen phi_A features closest to the class mean mu_c,
+    s_k = argmin_x ||mu_c - (x + sum_{j<k} s_j) / k||, without replacement."""
+    out = []
+    for c in range(num_classes):
+        pool = torch.nonzero(labels == c).flatten()
+        f = feats[pool].double()
+        mu, total, chosen = f.mean(0), torch.zeros(f.shape[1], dtype=torch.float64), []
+        for k in range(1, min(ipc, len(pool)) + 1):
+            d = (mu - (f + total) / k).norm(dim=1)
+            d[chosen] = float("inf")
+            nxt = int(torch.argmin(d))
+            chosen.append(nxt)
+            total += f[nxt]
+        out.append(pool[torch.tensor(chosen, dtype=torch.long)])
+    return torch.cat(out)
+
+
 @dataclass
 class BaselineSets:
     """What the baselines train on: the real canvases fixed by phi_A, and the means to draw more."""
 
-    fixed: dict[str, tuple[torch.Tensor, torch.Tensor]]  # centroids, neighbors: canvases in [0, 1], labels
+    fixed: dict[str, tuple[torch.Tensor, torch.Tensor]]  # centroids, neighbors, herding: canvases in [0, 1], labels
     draw_random: Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # seed -> canvases, labels
+    draw_kcentre: Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # seed -> canvases, labels (its first pick is seeded)
     full: TrainPass
 
 
@@ -82,8 +124,10 @@ def baseline_sets(run: Run, train: LabelledImages, train_map: np.ndarray, enc_a:
 
     return BaselineSets(
         fixed={"centroids": real(select_centroids(tp.feats_a, tp.labels, centres, run.ipc)),
-               "neighbors": real(select_neighbors(tp.feats_a, tp.labels, syn_a, run.labels))},
+               "neighbors": real(select_neighbors(tp.feats_a, tp.labels, syn_a, run.labels)),
+               "herding": real(select_herding(tp.feats_a, tp.labels, run.num_classes, run.ipc))},
         draw_random=lambda seed: real(select_random(tp.labels, run.num_classes, run.ipc, torch_generator("random-baseline", seed))),
+        draw_kcentre=lambda seed: real(select_kcentre(tp.feats_a, tp.labels, run.num_classes, run.ipc, torch_generator("kcentre-baseline", seed))),
         full=tp,
     )
 
@@ -100,8 +144,7 @@ def run_baselines(sets: BaselineSets, run: Run, enc_b: Encoder, cfg: EvalConfig,
     fits: dict[str, list] = {b: [] for b in BASELINES}
     s1 = run.stage1_config()
     for seed in range(cfg.seeds):
-        x, y = sets.draw_random(seed)
-        for name, (x, y) in [("random", (x, y)), *sets.fixed.items()]:
+        for name, (x, y) in [("random", sets.draw_random(seed)), ("kcentre", sets.draw_kcentre(seed)), *sets.fixed.items()]:
             sc, rep = normal_probe(x, y, seed, f"{name}/{seed}")
             out[name].append(sc)
             fits[name].append(rep)

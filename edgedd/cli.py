@@ -21,6 +21,7 @@ from . import cli_device
 from .cli_app import HOST_MODULES, _need_host, _print_json, _result, app, handle_errors
 from .config import (CROP_SAMPLERS, EVAL_MODES, FLOW_DENOMINATORS, INITS, LGM_AUGS_PER_BATCH, CONVERGED_VIEW_CACHE, MAX_RESOLUTION,
                      METHODS, RECIPES, AugmentConfig, DistillConfig, EvalConfig, PackConfig, RunOptions, StageIConfig)
+from .copyratio import headline
 from .terminal import say as _say
 
 __all__ = ["app", "main"]
@@ -54,7 +55,7 @@ def distill(
     backbone: str = typer.Option(..., "--backbone", "-b", help="timm model name (e.g. vit_small_patch14_dinov2.lvd142m) or a shipped edgedd/host-vit, edgedd/edge-cnn."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
     weights: str = typer.Option("hub", help="'hub' (pretrained: online, or packaged for edgedd/* backbones), a local .safetensors file, or 'random'."),
-    method: Method = typer.Option(Method(DISTILL.method), help="Matching loss: SFM with a centre anchor (edgedd's default), SFM (the paper's), the decoupled ablation, or the LGM baseline."),
+    method: Method = typer.Option(Method(DISTILL.method), help="Matching loss: SFM with a centre anchor (edgedd's default), SFM (the paper's), anchored SFM with per-image sub-centre targets, anchored SFM with a ridge-probe term, the decoupled ablation, or the LGM baseline."),
     ipc: int = typer.Option(DISTILL.ipc, min=1, help="Synthetic images per class."),
     init: Init = typer.Option(Init(DISTILL.init), help="Start from random real images of each class (edgedd's default: other backbones can read the result) or from noise (the reference)."),
     iterations: int = typer.Option(DISTILL.iterations, min=1, help="Distillation steps."),
@@ -64,12 +65,16 @@ def distill(
     augs_per_batch: Optional[int] = typer.Option(None, min=1, help=f"Augmented views per image per step [default: {DISTILL.augs_per_batch}; lgm: {LGM_AUGS_PER_BATCH}]."),
     alpha: float = typer.Option(DISTILL.alpha, min=0.0, max=1.0, help="sfm_decouple: weight of target-centre matching."),
     beta: float = typer.Option(DISTILL.beta, min=0.0, help="sfm_anchor: weight of the centre anchor (0 = plain SFM)."),
+    gamma: float = typer.Option(DISTILL.gamma, min=0.0, help="sfm_sub: weight of the per-image sub-centre term."),
+    kappa: float = typer.Option(DISTILL.kappa, min=0.0, help="sfm_probe: weight of the ridge-probe term."),
     flow_denominator: FlowDenominator = typer.Option(FlowDenominator(DISTILL.flow_denominator), help="'reference' reproduces the reference code's N-1."),
     surrogate: Optional[list[str]] = typer.Option(None, help="Projector-aware term: a surrogate edge backbone B' (name or name@input_size, not A), repeatable; the set is also trained so that the projector fitted on it through B' classifies real training images."),
     surrogate_weight: float = typer.Option(DISTILL.surrogate_weight, min=0.0, help="Weight of the projector-aware term."),
     surrogate_views: int = typer.Option(DISTILL.surrogate_views, min=1, help="Views per synthetic image in the projector-aware term."),
     surrogate_real: int = typer.Option(DISTILL.surrogate_real, min=1, help="Real training images per step the projector-aware term is scored on."),
     crop_sampler: CropSampler = typer.Option(CropSampler(DISTILL.augment.crop_sampler), help="Crop boxes of the synthetic views: torchvision's (inside the image) or the reference code's (up to 1.155x wide, zero padding past the edge)."),
+    crop_min: float = typer.Option(DISTILL.augment.crop_scale[0], min=0.0, max=1.0, help="Smallest area share of the loss's random-resized crops (the reference's 0.08; up to 1 = whole image)."),
+    noise_p: float = typer.Option(DISTILL.augment.noise_p, min=0.0, max=1.0, help="Probability of the loss's additive noise per view (the reference's 0.5)."),
     extend_every: int = typer.Option(DISTILL.extend_every, min=1, help="Pyramid extension interval (shortened for short runs)."),
     seed: int = typer.Option(DISTILL.seed, help="Seed of every random draw in the run."),
     device: str = typer.Option(RUN.device, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
@@ -101,9 +106,9 @@ def distill(
         data=data, backbone=backbone, out=out, weights=weights,
         config=DistillConfig(
             method=method.value, ipc=ipc, init=init.value, iterations=iterations, lr=lr, augs_per_batch=augs_per_batch or default_augs,
-            alpha=alpha, beta=beta, flow_denominator=flow_denominator.value, extend_every=extend_every, seed=seed,
-            augment=AugmentConfig(crop_sampler=crop_sampler.value), surrogates=tuple(surrogate or ()), surrogate_weight=surrogate_weight,
-            surrogate_views=surrogate_views, surrogate_real=surrogate_real,
+            alpha=alpha, beta=beta, gamma=gamma, kappa=kappa, flow_denominator=flow_denominator.value, extend_every=extend_every, seed=seed,
+            augment=AugmentConfig(crop_sampler=crop_sampler.value, crop_scale=(crop_min, DISTILL.augment.crop_scale[1]), noise_p=noise_p),
+            surrogates=tuple(surrogate or ()), surrogate_weight=surrogate_weight, surrogate_views=surrogate_views, surrogate_real=surrogate_real,
         ),
         stage1_config=StageIConfig(batch_size=batch_size, golden_views=golden_views, golden_recipe=golden_recipe.value,
                                   golden_epochs=golden_epochs, seed=seed),
@@ -155,6 +160,7 @@ def evaluate(
     view_cache: Optional[int] = typer.Option(EVAL.view_cache, min=0, help=f"Views per image cached [default: {CONVERGED_VIEW_CACHE} converged, 0 reference]; 0: fresh views every batch (exact reference protocol)."),
     baselines: bool = typer.Option(False, "--baselines", help="Also evaluate random real, centroids, neighbours and the full-data probe."),
     train_data: Optional[str] = typer.Option(None, help="Training set for the baselines [default: the run's]."),
+    starting_set: bool = typer.Option(True, "--starting-set/--no-starting-set", help="Also score the run's step-0 images (its starting set) and report the stage-II gain."),
     device: str = typer.Option(EVAL.device, help="auto, cpu, cuda, cuda:N or mps."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -165,7 +171,7 @@ def evaluate(
 
     r = evaluate_run(run_dir, test_data, modes=tuple(m.value for m in mode), eval_backbone=eval_backbone, eval_weights=eval_weights,
                      eval_crop_res=eval_crop_res, config=EvalConfig(protocol=protocol.value, epochs=epochs, seeds=seeds, view_cache=view_cache, device=device),
-                     baselines=baselines, train_data=train_data, progress=not quiet)
+                     baselines=baselines, train_data=train_data, progress=not quiet, starting_set=starting_set)
     if json_out:
         _print_json("evaluate", r)
     else:
@@ -174,16 +180,21 @@ def evaluate(
 
 def evaluation_table(r: dict) -> str:
     rows = [(f"{r['method']} ({m})", v) for m, v in r["modes"].items()]
+    rows += [(f"starting set, step 0 ({m})", v) for m, v in r.get("starting_set", {}).items()]
     rows += [(f"baseline: {b}", v) for b, v in r.get("baselines", {}).items()]
     head = (f"{r['method']} on {r['backbone']}, evaluated with {r['eval_backbone']}; IPC {r['ipc']}; "
             f"{r['test_images']} test images; {r.get('protocol', 'reference')} protocol; flow cosine {r['flow_cosine']:.3f}")
-    lines = [head, f"  {'':<24} {'top-1':>15} {'top-5':>7}  seeds  train loss (start -> end)"]
+    lines = [head, f"  {'':<30} {'top-1':>15} {'top-5':>7}  seeds  train loss (start -> end)"]
     for name, v in rows:
         loss = ""
         if "train_loss_final" in v:
             loss = f"{sum(v['train_loss_start']) / len(v['seeds']):.4g} -> {sum(v['train_loss_final']) / len(v['seeds']):.4g}"
             loss += "  STALLED: did not train" if v["stalled"] else ""
-        lines.append(f"  {name:<24} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  {len(v['seeds']):>5}  {loss}")
+        lines.append(f"  {name:<30} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  {len(v['seeds']):>5}  {loss}")
+    if "stage2_gain" in r:
+        lines.append("  stage-II gain (final - starting set, top-1): "
+                     + ", ".join(f"{m} {100 * g:+.2f}" for m, g in r["stage2_gain"].items()))
+    lines.append(f"  synthetic set: {headline(r.get('copy_ratio'))}")
     if "landing" in r:
         ld = r["landing"]
         lines.append(f"  synthetic features (phi_A): centre offset {ld['centre_offset_mean']:.2f} inter-centre distances, "
@@ -308,6 +319,7 @@ def human_summary(s: dict) -> str:
         f"flow cosine {s['flow_cosine']:.3f}",
         f"  synthetic features: centre offset {s['landing']['centre_offset_mean']:.2f} inter-centre distances, norm ratio "
         f"{s['landing']['norm_ratio']:.2f}, golden top-1 {100 * s['landing']['golden_top1_centre_view']:.0f}% (centre view)",
+        f"  synthetic set: {headline(s.get('copy_ratio'))}",
         f"  wrote {s['out']}/synthetic.safetensors and {s['out']}/preview.png",
     ]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import typer
 
 from .cli_app import EXIT_CHECK_FAILED, Streamed, _print_json, _result, handle_errors
+from .copyratio import headline
 from .terminal import printable, say as _say
 
 _COMMANDS: list[tuple[Optional[str], dict, Callable]] = []
@@ -85,6 +86,7 @@ def deploy_check(
         width = max(len(c["name"]) for c in r["checks"])
         lines = [f"  {CHECK_WORD[c['ok']]}  {c['name']:<{width}}  {c['detail']}" for c in r["checks"]]
         rss = r.get("peak_rss_mb")
+        lines.append(f"synthetic set: {headline(r.get('copy_ratio'))}")
         lines.append(f"deploy-check {'PASSED' if r['ok'] else 'FAILED'}: synthetic top-1 {r['synthetic_top1']:.1%}"
                      + (f", data top-1 {r['data_top1']:.1%}" if "data_top1" in r else "")
                      + f", p50 {r['latency_ms_p50']:.2f} ms" + (f", peak RSS {rss:.0f} MB" if rss is not None else ""))
@@ -169,6 +171,7 @@ def inspect(
     _result(f"{printable(r['file'])}  format {r['format']}  sha256 {r['sha256'][:16]}…")
     _result(f"classes ({r['classes']}): {', '.join(printable(str(c)) for c in r['class_names'][:20])}{' …' if r['classes'] > 20 else ''}")
     _result(f"distilled with {r['distill']['backbone']['name']}, edge backbone {r['edge']['backbone']['name']}")
+    _result(f"synthetic set: {headline(r.get('copy_ratio'))}")
     for k, v in r["tensors"].items():
         _result(f"  {k:<20} {v['dtype']:<8} {tuple(v['shape'])}")
     for role, g in (r["onnx"] or {}).items():
@@ -202,3 +205,43 @@ def export_data(
         _print_json("export-data", r)
     else:
         _result(f"wrote {r['images']} images of {r['classes']} classes from {r['source']} to {r['out']}")
+
+
+@command(epilog="""Examples:
+
+\b
+  edgedd adapt bundles/mnist --data my_digits/
+  edgedd adapt bundles/effnet --data labelled/ --int8 --json
+
+--data is an ImageFolder of this device's own labelled images (a few per class, one sub-folder per
+class named as in the bundle; at most 2,000 images). The projector is fitted from the synthetic views
+and these images together; cross-validation over the images chooses the weight between the two, and
+the views-only fit (deploy-check's) is kept when adapting does not win on held-out images by more
+than noise. The result is written beside the bundle for this backbone variant (fp32, or int8 with
+--int8) and used by predict and deploy-check. Exit codes: 0 done, 1 the bundle or data could not be used.
+""")
+@handle_errors
+def adapt(
+    # Plain strings, as predict's: edgedd.paths says which of missing / not a folder / denied, with the fix.
+    bundle: str = typer.Argument(..., help="Bundle directory made by edgedd pack."),
+    data: str = typer.Option(..., help="A local labelled ImageFolder (class folders named as in the bundle): this device's own images."),
+    int8: bool = typer.Option(False, "--int8", help="Adapt the projector of the bundle's int8 backbone."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Adapt the projector to a few labelled images of this device (no torch), and keep the better fit."""
+    from .device.adaptation import adapt_and_save
+    from .device.bundle import open_bundle
+    from .device.checks import peak_rss_mb
+
+    r = adapt_and_save(open_bundle(bundle, int8=int8), data)["report"]
+    r["peak_rss_mb"] = peak_rss_mb()
+    if r["skipped_images"]:
+        _say(f"warning: skipped {r['skipped_images']} unreadable image(s) in {printable(str(data))}")
+    if json_out:
+        _print_json("adapt", r)
+        return
+    held = (f"held out ({r['folds']} folds{'' if r['grouped_folds'] else ', one image each'}): adapted {r['cv_top1_adapted']:.1%}, "
+            f"views only {r['cv_top1_views_only']:.1%} (right where the other was wrong: {r['wins']} vs {r['losses']})")
+    kept = (f"adapted fit kept (ridge {r['ridge']:g}, local weight {r['local_weight']:g})" if r["used"] == "adapted"
+            else f"views-only fit kept: {r['why_not_adapted']}")
+    _result(f"adapt: {r['images']} local images of {r['classes']} classes; {held}\n{kept}; wrote {r['sidecar']}")

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("sfm", "sfm_anchor", "sfm_decouple", "lgm")
+METHODS = ("sfm", "sfm_anchor", "sfm_sub", "sfm_probe", "sfm_decouple", "lgm")
 # How a linear head is fitted (edgedd.heads): the golden classifier, the evaluation protocol and
 # pack's projector each choose one of these.
 RECIPES = ("converged", "reference")
@@ -25,7 +25,8 @@ FLOW_DENOMINATORS = ("classes", "reference")
 CROP_SAMPLERS = ("torchvision", "reference")
 INITS = ("noise", "real")  # how the synthetic pyramid starts (edgedd.synthetic)
 EVAL_MODES = ("normal", "ci", "kd")  # edgedd.evaluate: fresh probe, classifier inheritance, KD
-BASELINES = ("random", "centroids", "neighbors", "full")  # edgedd.baselines: real-image sets
+BASELINES = ("random", "centroids", "neighbors", "kcentre", "herding", "full")  # edgedd.baselines: real-image sets
+SELECTED = len(BASELINES) - 1  # the baselines trained with the normal protocol (all but full)
 # --augs-per-batch when not given: DistillConfig.augs_per_batch, except for --method lgm (LGM's reference value)
 LGM_AUGS_PER_BATCH = 10
 # EvalConfig.view_cache when not given, under the converged protocol (the reference protocol: 0)
@@ -128,6 +129,9 @@ class DistillConfig:
     extend_every: int = 200
     alpha: float = 0.5  # sfm_decouple: alpha * MSE(target) + (1 - alpha) * MSE(non-target)
     beta: float = 10.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss); docs/RESULTS.md: how 10 was chosen
+    gamma: float = 10.0  # sfm_sub: weight of the per-image sub-centre term (losses.subcentre_loss)
+    kappa: float = 10.0  # sfm_probe: weight of the ridge-probe term (losses.ridge_probe_loss)
+    probe_ridge: float = 1e-2  # sfm_probe: the probe's relative ridge lam / mean diag(X X^T) (losses eq. 5)
     flow_denominator: str = "classes"  # "reference" reproduces the reference code's (N - 1)
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only; CPU always runs fp32

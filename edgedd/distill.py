@@ -12,9 +12,10 @@ in one run directory, whose file names and writing are ``edgedd.rundir``'s:
     stage1.json                    how Stage I was made
     checkpoint.safetensors         while running: pyramid, Adam state, RNG state, step
     previews/step_XXXXXX.png       the synthetic images every ``preview_every`` steps
-    metrics.jsonl                  one line per Stage II step: loss, resolution, time, flow cosine every N (edgedd.metrics)
+    metrics.jsonl                  one line per Stage II step: loss, resolution, time, flow cosine every iterations // 10 (edgedd.metrics)
     synthetic.safetensors          the result: images in [0, 1] (N, 3, R, R) and labels
     synthetic.json                 class names, preprocessing and config of the result
+    initial.safetensors            the starting set: the step-0 images (real draws or decoded noise)
     preview.png                    the final grid
     summary.json                   figures of the run; written last, marks it finished
     .edgedd.lock                   while a distill runs: its lock (edgedd.lock), removed at the end
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, atomic, projector_aware, rundir, stage2
+from . import __version__, atomic, copies, projector_aware, rundir, stage2
 from .backbones import BackboneInfo, check_model_name, distill_resolution, encode, load_backbone, resolve_device
 from .checkpoint import save_checkpoint
 from .config import CROP_SAMPLERS, INITS, MAX_RESOLUTION, METHODS, FLOW_DENOMINATORS, DistillConfig, RunOptions, StageIConfig, fingerprint, to_dict
@@ -73,6 +74,16 @@ def validate(cfg: DistillConfig) -> None:
             raise EdgeddError(f"--{name.replace('_', '-')} must be at most {MAX_RESOLUTION} (got {getattr(cfg, name)})", "pass a resolution in pixels, e.g. 224")
     if not (cfg.beta >= 0 and math.isfinite(cfg.beta)):
         raise EdgeddError(f"--beta must be a finite value >= 0 (got {cfg.beta})", "pass e.g. 1.0 (0 is plain SFM)")
+    for name in ("gamma", "kappa"):
+        if not (getattr(cfg, name) >= 0 and math.isfinite(getattr(cfg, name))):
+            raise EdgeddError(f"--{name} must be a finite value >= 0 (got {getattr(cfg, name)})", "pass e.g. 10.0 (0 is anchored SFM)")
+    lo, hi = cfg.augment.crop_scale
+    if not (0 < lo <= hi <= 1):
+        raise EdgeddError(f"the crop area range must satisfy 0 < min <= max <= 1 (got {lo}, {hi})", "pass e.g. --crop-min 0.25")
+    if not 0 <= cfg.augment.noise_p <= 1:
+        raise EdgeddError(f"--noise-p must lie in [0, 1] (got {cfg.augment.noise_p})", "pass a probability, e.g. 0")
+    if not (cfg.probe_ridge > 0 and math.isfinite(cfg.probe_ridge)):
+        raise EdgeddError(f"probe_ridge must be a finite value > 0 (got {cfg.probe_ridge})", "pass e.g. 1e-2")
     if not 0 <= cfg.alpha <= 1:
         raise EdgeddError(f"--alpha must lie in [0, 1] (got {cfg.alpha})", "pass a value between 0 and 1")
     # finite, and at most MAX_LR: far larger steps overflow Adam's float32 update (a traceback at 1e38)
@@ -245,6 +256,11 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
     loop = stage2.start(cfg=cfg, source=plan.source, interpolation=plan.info.preprocess.interpolation, device=device, group=group,
                         rows=shard(plan.n, group.rank, group.world), total=plan.n, checkpoint=ckpt if found else None, run_fp=plan.run_fp)
     start = loop.step
+    if start == 0:  # the starting set, for evaluate's stage-II gain and the copy ratio (a resumed run keeps it)
+        with torch.no_grad():
+            initial = group.rows_to_main(loop.pyr.decode().detach().float(), plan.n)
+        if main:
+            rundir.write_initial(plan.out, images=initial, labels=torch.arange(plan.num_classes).repeat_interleave(cfg.ipc))
     step, chunk = stage2.step_function(loop=loop, model=plan.model, info=plan.info, cfg=cfg, source=plan.source, device=device, group=group,
                                        flow_real=flow_real, centres_real=centres_real, chunk_size=o.chunk_size, num_workers=plan.workers)
     if cfg.surrogates:  # plus the projector-aware term (edgedd.projector_aware)
@@ -269,11 +285,11 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
 
 
 def _look(plan: Plan, loop: stage2.Loop, flow_real: torch.Tensor) -> float | None:
-    """The preview (every ``preview_every`` steps) and the flow cosine (every ``flow_every`` and
-    at the end) after ``loop.step`` steps; the flow cosine (rank 0) or None."""
+    """The preview (every ``preview_every`` steps) and the flow cosine (every ``flow_every(iterations)``
+    steps and at the end) after ``loop.step`` steps; the flow cosine (rank 0) or None."""
     done, cfg, every = loop.step, plan.cfg, plan.options.preview_every
     preview_due = every and done % every == 0 and done < cfg.iterations
-    fc_due = done % flow_every(every) == 0 or done == cfg.iterations
+    fc_due = done % flow_every(cfg.iterations) == 0 or done == cfg.iterations
     if not (preview_due or fc_due):
         return None
     with torch.no_grad():
@@ -316,8 +332,22 @@ def _results(plan: Plan, s1: Stage1Result, s2: Stage2Result) -> dict | None:
         "pixels": "float32 in [0, 1], not normalised; (N, 3, syn_res, syn_res), class-major",
     })
     summary = _summary(plan, s1, s2, flow_cosine=fcos, landing=lands)
+    summary.update(_copy_ratios(plan, images))
     rundir.write_summary(plan.out, summary)  # marks the run finished
     return summary
+
+
+def _copy_ratios(plan: Plan, images: torch.Tensor) -> dict:
+    """``copy_ratio`` of the result and ``copy_ratio_start`` of the starting set (edgedd.copyratio),
+    in one streaming pass over the training data, and the pass's wall time."""
+    sets = {"copy_ratio": images}
+    if (plan.out / rundir.INITIAL).exists():
+        sets["copy_ratio_start"] = rundir.read_tensors(plan.out, rundir.INITIAL)["images"].float()
+    t = time.perf_counter()
+    out = copies.measure(plan.model, plan.info, plan.source, sets, seed=plan.cfg.seed, device=plan.device,
+                         batch_size=plan.stage1_config.batch_size, num_workers=plan.workers, amp=plan.cfg.amp,
+                         progress=plan.options.progress)
+    return {**out, "copy_ratio_seconds": time.perf_counter() - t}
 
 
 def _summary(plan: Plan, s1: Stage1Result, s2: Stage2Result, *, flow_cosine: float, landing: dict) -> dict:

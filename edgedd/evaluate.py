@@ -49,6 +49,10 @@ Baselines (``baselines=True``), each trained with the ``normal`` protocol on phi
 ``neighbors``  for each synthetic image the nearest real image of its class in phi_A centre-crop
                feature space by cosine similarity, as the reference code (duplicates kept: one
                real image per synthetic image)
+``kcentre``    per class a k-centre coreset in phi_A centre-crop features: greedy farthest point from a
+               first image drawn per seed (Sener and Savarese)
+``herding``    per class the IPC images picked greedily so that their mean phi_A feature tracks mu_c
+               (Welling; iCaRL's exemplar selection)
 ``full``       the golden classifier's own recipe (``statistics.train_golden`` with the run's
                Stage I config) on phi_B of the whole training set: centre view + K views per image
 
@@ -66,7 +70,7 @@ import numpy as np
 import torch
 
 from .backbones import resolve_device
-from .config import EVAL_MODES, RECIPES, EvalConfig, to_dict
+from .config import EVAL_MODES, RECIPES, SELECTED, EvalConfig, to_dict
 from .encoders import CachedViews, Encoder, FreshViews, load_encoders, make_sampler, test_features
 from .images import LabelledImages, open_dataset
 from .paths import refuse_overlap
@@ -75,7 +79,7 @@ from .fidelity import synthetic_landing
 from .probes import fit_probe, fit_projector, summarise, topk_accuracy
 from .progress import Progress
 from .rng import torch_generator
-from .rundir import Run, load_run
+from .rundir import Run, load_initial, load_run
 
 MODES = EVAL_MODES
 def validate_config(cfg: EvalConfig) -> None:
@@ -139,14 +143,17 @@ def evaluate_run(
     baselines: bool = False,
     train_data: str | None = None,
     progress: bool = True,
+    starting_set: bool = True,
 ) -> dict:
-    """Evaluate a run's synthetic set in each mode (and the baselines); see the module docstring."""
+    """Evaluate a run's synthetic set in each mode (and the baselines; and, with ``starting_set``,
+    the run's step-0 images, when it stored them); see the module docstring."""
     modes = _check_modes(modes)
     validate_config(config)
     for data, what in ((test_data, "the test data"), (train_data, "the training data")):
         if data is not None:  # a run inside a data directory would be scanned as one of its classes
             refuse_overlap(run_dir, "run directory", data, what)
     run = load_run(run_dir)
+    initial = load_initial(run) if starting_set else None
     test = open_dataset(test_data)
     test_map = _label_map(test, run.class_names, "test data")
     if baselines:
@@ -169,10 +176,15 @@ def evaluate_run(
         with torch.no_grad():
             return topk_accuracy(head(x_test), y_test)
 
-    with Progress(_progress_total(config, modes, baselines), "evaluate", enabled=None if progress else False) as bar:
+    total = _progress_total(config, modes, baselines) + (config.seeds * len(modes) * (1 if config.protocol == "converged" else config.epochs)
+                                                         if initial is not None else 0)
+    with Progress(total, "evaluate", enabled=None if progress else False) as bar:
         images = run.images.to(device)
         summaries = _synthetic_modes(run, images, modes, enc_a, enc_b, golden, config, device, score, bar)
         out = _result(run, enc_b, config, summaries, len(y_test))
+        if initial is not None:  # the same protocol, seeds and views on the images Stage II started from
+            out["starting_set"] = _synthetic_modes(run, initial.to(device), modes, enc_a, enc_b, golden, config, device, score, bar)
+            out["stage2_gain"] = {m: summaries[m]["top1_mean"] - out["starting_set"][m]["top1_mean"] for m in modes}
         if enc_a is not None and run.centres is not None:
             out["landing"] = synthetic_landing(enc_a, images, enc_a.input_size, run.labels, run.centres, run.golden_weight, run.golden_bias,
                                                seed=int(run.config.get("seed", 0)))
@@ -207,7 +219,7 @@ def _progress_total(config: EvalConfig, modes: tuple[str, ...], baselines: bool)
     per_fit = 1 if config.protocol == "converged" else config.epochs
     total = config.seeds * len(modes) * per_fit
     if baselines:
-        total += config.seeds * (3 * per_fit + 1)
+        total += config.seeds * (SELECTED * per_fit + 1)
     return total
 
 
@@ -245,6 +257,8 @@ def _result(run: Run, enc_b: Encoder, config: EvalConfig, summaries: dict[str, d
         "ipc": run.ipc,
         "protocol": config.protocol,
         "flow_cosine": run.summary.get("flow_cosine"),
+        "copy_ratio": run.summary.get("copy_ratio"),  # computed by distill (edgedd.copyratio); None for older runs
+        "copy_ratio_start": run.summary.get("copy_ratio_start"),
         "modes": summaries,
         "config": to_dict(config),
         "test_images": int(test_images),

@@ -108,3 +108,49 @@ def anchor_loss(z: torch.Tensor, flow_real: torch.Tensor, centres_real: torch.Te
     m = class_centres(z, mu.shape[0])
     anchor = (m - mu).pow(2).sum(dim=1).mean() / centre_separation(mu)
     return sfm_loss(z, flow_real, mode) + beta * anchor
+
+
+def subcentre_loss(z: torch.Tensor, flow_real: torch.Tensor, centres_real: torch.Tensor, targets: torch.Tensor, beta: float, gamma: float,
+                   mode: str = "classes") -> torch.Tensor:
+    """``sfm_sub``: equation (3) plus gamma times the scale-free per-image term
+
+        gamma * (1 / N) sum_i ||z_i - s_i||^2 / d2                                            (4)
+
+    with s_i image i's own target (one of IPC k-means sub-centres of its class, edgedd.subcentres).
+    (3) sees only each class's mean, so any arrangement of a class's images around it scores the
+    same and they collapse onto one prototype; (4) is 0 only when every image sits on its own
+    sub-centre, so the IPC images spread over the class as the real features do."""
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    t = targets.to(z.dtype)
+    per_image = (z - t).pow(2).sum(dim=1).mean() / centre_separation(centres_real.to(z.dtype))
+    return anchor_loss(z, flow_real, centres_real, beta, mode) + gamma * per_image
+
+
+def ridge_probe_loss(z: torch.Tensor, real: torch.Tensor, real_labels: torch.Tensor, num_classes: int, ridge: float) -> torch.Tensor:
+    """``sfm_probe``'s term: how well a ridge probe fitted on the synthetic features classifies real ones.
+
+    With X = [standardised z, 1] (N x (D + 1)) and targets Y (one-hot, centred: Y - 1/C), the
+    probe in its kernel (dual) form and its squared error on the real features R (standardised with
+    the same constants, labels y):
+
+        W = X^T (X X^T + lam I)^-1 Y,   lam = ridge * trace(X X^T) / N                      (5)
+        L_probe = (1 / n) sum_j ||[R_j, 1] W - Y_{y_j}||^2
+
+    An N x N solve (N synthetic images), differentiable in z: the images move so that what a linear
+    head learns from them holds on the real data, the quantity the normal probe measures. The real
+    features are constants (one no-grad pass before Stage II). Standardising by the real features'
+    mean and sd keeps lam's meaning across backbones."""
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    real = real.to(z.dtype)
+    mean, sd = real.mean(0, keepdim=True), real.std(0, keepdim=True).clamp_min(1e-6)
+    n, c = z.shape[0], num_classes
+    one = torch.ones(n, 1, dtype=z.dtype, device=z.device)
+    x = torch.cat([(z - mean) / sd, one], 1)
+    r = torch.cat([(real - mean) / sd, torch.ones(real.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
+    y_syn = F.one_hot(torch.arange(c, device=z.device).repeat_interleave(n // c), c).to(z.dtype) - 1 / c
+    y_real = F.one_hot(real_labels.to(z.device), c).to(z.dtype) - 1 / c
+    k = x @ x.T
+    lam = ridge * k.diagonal().mean()
+    alpha = torch.linalg.solve(k + lam * torch.eye(n, dtype=z.dtype, device=z.device), y_syn)
+    pred = (r @ x.T) @ alpha
+    return (pred - y_real).pow(2).sum(1).mean()

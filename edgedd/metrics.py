@@ -1,8 +1,8 @@
 """``RUN/metrics.jsonl``: the Stage II history, one JSON object per line (docs/JSON.md).
 
 One line per step, ``{"step", "loss", "resolution", "seconds"}``, and on every ``flow_every``-th
-step and the last one also ``"flow_cosine"``. Only rank 0 writes it, appending and flushing each
-line, so a killed run leaves every finished step's line (and at most one torn last line). A resumed
+step and the last one also ``"flow_cosine"`` (at least ``FLOW_POINTS`` figures in any run).
+Only rank 0 writes it, appending and flushing each line, so a killed run leaves every finished step's line (and at most one torn last line). A resumed
 run first drops the lines past its checkpoint (and any torn line), rewriting the file atomically,
 so the file always describes the steps the checkpoint holds. Standard library only: the report
 reads it without torch.
@@ -17,12 +17,14 @@ from pathlib import Path
 from . import atomic
 
 METRICS_FILE = "metrics.jsonl"
-DEFAULT_FLOW_EVERY = 500
+FLOW_POINTS = 10  # flow-cosine figures per run: a curve even for a 100-step demo
 
 
-def flow_every(preview_every: int) -> int:
-    """Steps between flow-cosine figures: the preview interval, or 500 without previews."""
-    return preview_every if preview_every and preview_every > 0 else DEFAULT_FLOW_EVERY
+def flow_every(iterations: int) -> int:
+    """Steps between flow-cosine figures: max(1, iterations // FLOW_POINTS), so every run has at
+    least FLOW_POINTS of them (one no-grad centre-crop forward of the synthetic set each: a
+    fraction of one step's cost, which runs augs_per_batch views with a graph)."""
+    return max(1, iterations // FLOW_POINTS)
 
 
 def _number(v):
@@ -44,6 +46,8 @@ def _reject(line: bytes) -> tuple[dict | None, str]:
 
     try:
         row = json.loads(line.decode("utf-8", errors="replace"), parse_constant=no_constants)
+    except RecursionError:  # nesting deeper than the parser's recursion limit: a crafted line
+        return None, "not JSON"
     except ValueError as e:
         return None, "NaN/Infinity" if str(e) in ("NaN", "Infinity", "-Infinity") else "not JSON"
     if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row.get("step"), bool):

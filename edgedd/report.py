@@ -1,6 +1,6 @@
 """``edgedd report``: one self-contained HTML page about a finished run.
 
-The page holds the synthetic images (one tile each, its class name under it), the loss and
+The page holds the synthetic images (one row per class, its name first), the loss and
 flow-cosine curves from ``RUN/metrics.jsonl`` (matplotlib, Agg, no display), the run's summary
 and, when given, the accuracy table of an ``edgedd evaluate --json`` result, the deploy-check
 report of an ``edgedd deploy-check --json`` result and what a bundle's artifact records. Every
@@ -25,6 +25,7 @@ import numpy as np
 from . import atomic
 from .errors import EdgeddError
 from .metrics import METRICS_FILE, read_metrics_sampled
+from .report_parts import CSS as PARTS_CSS, copy_ratio_section, gain_line, starting_set_rows, synthetic_rows
 
 REPORT_FILE = "report.html"
 MIN_TILE = 96  # pixels: small synthetic images are upscaled (nearest) so they can be seen
@@ -72,7 +73,7 @@ def _read_json_object(path: Path, what: str) -> dict:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise EdgeddError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting past the parser's limit
         raise EdgeddError(f"{what} {path} is not readable JSON ({type(e).__name__})") from None
     if not isinstance(obj, dict):
         raise EdgeddError(f"{what} {path} is not a JSON object")
@@ -237,6 +238,7 @@ def eval_section(r: dict) -> str:
     head = ["set", "top-1 (mean ± std)", "top-5", "seeds", "training loss (start → final)", ""]
     rows = []
     entries = [(f"{r.get('method')} ({m})", v) for m, v in r["modes"].items()]
+    entries += starting_set_rows(r)
     entries += [(f"baseline: {b}", v) for b, v in (r.get("baselines") or {}).items()]
     for name, v in entries:
         seeds = v.get("seeds") or []
@@ -252,7 +254,7 @@ def eval_section(r: dict) -> str:
     intro = (f"{r.get('method')} on {r.get('backbone')}, evaluated with {r.get('eval_backbone')}; IPC {r.get('ipc')}; "
              f"{r.get('test_images')} test images; {r.get('protocol', 'reference')} protocol. Top-1 and top-5 in %.")
     return ("<h2>Accuracy</h2>\n" + f"<p>{esc(intro)}</p>\n" + _table(head, rows, {1, 2, 3})
-            + "\n" + landing_section(r.get("landing")))
+            + "\n" + gain_line(r) + "\n" + landing_section(r.get("landing")))
 
 
 def deploy_section(dc: dict) -> str:
@@ -264,6 +266,8 @@ def deploy_section(dc: dict) -> str:
     verdict = "PASSED" if dc.get("ok") else "FAILED"
     line = (f"synthetic top-1 {_pct(dc.get('synthetic_top1'))}"
             + (f", data top-1 {_pct(dc.get('data_top1'))} (chance {_pct(dc.get('chance_top1'))})" if "data_top1" in dc else "")
+            + (f"; adapted to local images (edgedd adapt): data top-1 {_pct(dc['data_top1_before_adapt'])} before, "
+               f"{_pct(dc.get('data_top1'))} after" if "data_top1_before_adapt" in dc else "")
             + f"; batch-1 latency p50 {_num(dc.get('latency_ms_p50'), '.2f')} ms, p95 {_num(dc.get('latency_ms_p95'), '.2f')} ms"
             + (f"; peak RSS {_num(dc.get('peak_rss_mb'), '.0f')} MB" if dc.get("peak_rss_mb") is not None else "")
             + f"; {'int8' if dc.get('int8') else 'fp32'} backbone on {', '.join(map(str, dc.get('providers') or []))}")
@@ -306,10 +310,10 @@ def render_report(run: str | Path, eval: dict | str | Path | None = None, deploy
     title = f"edgedd report: {summary.get('method')} on {(summary.get('backbone') or {}).get('name')}, IPC {summary.get('ipc')}"
     parts = [f"<h1>{esc(title)}</h1>", f'<p class="note">run {esc(run)}</p>']
 
-    tiles = [f'<figure class="tile"><img class="tile" src="{png_data_uri(png)}" alt="{esc(names[y])}" title="{esc(names[y])}">'
-             f"<figcaption>{esc(names[y])}</figcaption></figure>" for png, y in zip(tile_pngs(images), labels.tolist())]
+    tiles = [png_data_uri(png) for png in tile_pngs(images)]
     parts.append(f"<h2>Synthetic images ({len(tiles)}, {len(names)} classes)</h2>")
-    parts.append('<div class="grid" id="synthetic">\n' + "\n".join(tiles) + "\n</div>")
+    parts.append(synthetic_rows(tiles, labels.tolist(), names))
+    parts.append(copy_ratio_section(summary))
 
     plots = []
     parts.append("<h2>Stage II</h2>")
@@ -333,7 +337,7 @@ def render_report(run: str | Path, eval: dict | str | Path | None = None, deploy
         parts.append(bundle_section(info))
 
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(p for p in parts if p) + "\n</body></html>\n")
+            f"<title>{esc(title)}</title><style>{CSS}{PARTS_CSS}</style></head>\n<body>\n" + "\n".join(p for p in parts if p) + "\n</body></html>\n")
     holds = {"run": str(run), "images": len(tiles), "classes": len(names), "plots": plots, "metrics_steps": steps,
              "evaluation": ev is not None, "deploy_check": dc is not None, "bundle": None if bundle is None else str(bundle)}
     return page, holds
@@ -349,6 +353,6 @@ def write_report(run: str | Path, eval: dict | str | Path | None = None, deploy_
     path = Path(out) if out is not None else Path(run) / REPORT_FILE
     if path.is_dir():
         raise EdgeddError(f"--out {path} is a directory", "pass a file path, e.g. report.html")
-    data = page.encode("utf-8")
+    data = page.encode("utf-8", errors="backslashreplace")  # a non-UTF-8 class or file name (lone surrogates) shown escaped
     atomic.write_bytes(path, data)  # an OSError becomes one line naming the path (atomic.os_error)
     return {"report": str(path), "bytes": len(data), **holds}

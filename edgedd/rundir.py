@@ -39,6 +39,7 @@ STAGE1_JSON = "stage1.json"  # Stage I: how it was made, with the two files' sha
 CHECKPOINT = "checkpoint.safetensors"  # while running: Stage II's whole state
 PREVIEWS = "previews"  # a folder: step_XXXXXX.png every preview_every steps
 SYNTHETIC = "synthetic.safetensors"  # the result: images and labels
+INITIAL = "initial.safetensors"  # the starting set: Stage II's step-0 images and labels (evaluate scores it)
 SYNTHETIC_JSON = "synthetic.json"  # class names, preprocessing and config of the result
 PREVIEW = "preview.png"  # the final grid
 SUMMARY = "summary.json"  # figures of the run; written last, marks it finished
@@ -301,6 +302,31 @@ def write_result(out: Path, *, images: torch.Tensor, labels: torch.Tensor, meta:
     ))
     atomic.write_json(out / SYNTHETIC_JSON, meta)
     write_grid(out / PREVIEW, images.numpy(), len(meta["class_names"]))
+
+
+def write_initial(out: Path, *, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """initial.safetensors: the decoded step-0 images (the real images drawn by --init real, or the
+    decoded noise), written once when a fresh Stage II starts (a resumed run keeps it)."""
+    atomic.write_bytes(out / INITIAL, save({"images": images.contiguous(), "labels": labels}, metadata={"format": str(RUN_FORMAT)}))
+
+
+def read_tensors(run_dir: Path, name: str) -> dict:
+    """The tensors of one safetensors file of the run directory (damaged: one line)."""
+    return _tensors(Path(run_dir), name)
+
+
+def load_initial(run: Run) -> torch.Tensor | None:
+    """The run's starting set (N, 3, R, R), or None for a run made before it was stored; refused
+    when damaged or not the shape and labels of the result."""
+    if not (run.directory / INITIAL).exists():
+        return None
+    t = _tensors(run.directory, INITIAL)
+    images, labels = t.get("images"), t.get("labels")
+    if images is None or not images.is_floating_point() or tuple(images.shape) != tuple(run.images.shape) or not torch.isfinite(images).all():
+        raise _damaged(run.directory, f"{INITIAL} has no finite images of the result's shape {tuple(run.images.shape)}")
+    if labels is None or not torch.equal(labels.long(), run.labels):
+        raise _damaged(run.directory, f"{INITIAL} has not the result's labels")
+    return images.float()
 
 
 def write_summary(out: Path, summary: dict) -> None:

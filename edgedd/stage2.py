@@ -28,7 +28,7 @@ from .distributed import Dist, on_all_ranks
 from .errors import EdgeddError
 from .images import LabelledImages
 from .lgm import StepBatches, lgm_loss, random_head
-from .losses import anchor_loss, decouple_loss, sfm_loss, synthetic_flow
+from .losses import anchor_loss, decouple_loss, ridge_probe_loss, sfm_loss, subcentre_loss, synthetic_flow
 from .memory import PhaseMemory
 from .rng import numpy_generator, torch_generator
 from .synthetic import Pyramid, extension_steps
@@ -75,19 +75,57 @@ def view_features(model, images: torch.Tensor, cfg: DistillConfig, info: Backbon
     return z.float().view(a, n, -1)
 
 
-def feature_loss(z: torch.Tensor, cfg: DistillConfig, flow_real: torch.Tensor, centres_real: torch.Tensor) -> torch.Tensor:
-    """SFM / sfm_anchor / sfm_decouple loss of the (N, D) per-image features."""
+@dataclass(frozen=True)
+class RealTargets:
+    """What sfm_sub and sfm_probe match besides Stage I's centres: sfm_sub's (N, D) per-image
+    sub-centres, sfm_probe's (n, D) real centre-crop features and their labels (edgedd.subcentres)."""
+
+    sub: torch.Tensor | None = None
+    real: torch.Tensor | None = None
+    real_labels: torch.Tensor | None = None
+
+
+def feature_loss(z: torch.Tensor, cfg: DistillConfig, flow_real: torch.Tensor, centres_real: torch.Tensor,
+                 targets: RealTargets | None = None) -> torch.Tensor:
+    """SFM / sfm_anchor / sfm_sub / sfm_probe / sfm_decouple loss of the (N, D) per-image features."""
     if cfg.method == "sfm":
         return sfm_loss(z, flow_real, cfg.flow_denominator)
     if cfg.method == "sfm_anchor":
         return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator)
+    if cfg.method in ("sfm_sub", "sfm_probe"):
+        if targets is None:
+            raise EdgeddError(f"--method {cfg.method} needs its real targets", "build them with stage2.real_targets (stage2.step_function does)")
+        if cfg.method == "sfm_sub":
+            return subcentre_loss(z, flow_real, centres_real, targets.sub.to(z.device), cfg.beta, cfg.gamma, cfg.flow_denominator)
+        return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator) + cfg.kappa * ridge_probe_loss(
+            z, targets.real.to(z.device), targets.real_labels, centres_real.shape[0], cfg.probe_ridge)
     return decouple_loss(z, centres_real, cfg.alpha)
 
 
-def sfm_step_loss(model, images, cfg, info, gen, flow_real, centres_real) -> torch.Tensor:
+def sfm_step_loss(model, images, cfg, info, gen, flow_real, centres_real, targets=None) -> torch.Tensor:
     """One pass: features of the A views averaged per image, then the loss (graph kept). The plain
     reference the tests and benchmarks hold the chunked / sharded step (``edgedd.chunked``) to."""
-    return feature_loss(view_features(model, images, cfg, info, gen).mean(0), cfg, flow_real, centres_real)
+    return feature_loss(view_features(model, images, cfg, info, gen).mean(0), cfg, flow_real, centres_real, targets)
+
+
+def real_targets(model, info: BackboneInfo, cfg: DistillConfig, source: LabelledImages, device, num_workers: int) -> RealTargets:
+    """sfm_sub's and sfm_probe's fixed targets from one no-grad pass over the training images'
+    centre crops (edgedd.subcentres). sfm_sub: IPC k-means sub-centres per class matched to the
+    step-0 images (``--init real``: the real images drawn, recomputed here so a resumed run gets the
+    same targets; ``noise``: their features say nothing yet, so image i of a class takes centre i).
+    sfm_probe: at most ``PROBE_MAX_REAL`` of the features, drawn by the seed."""
+    from .subcentres import PROBE_MAX_REAL, centre_crop_features, subcentre_targets
+
+    feats, labels = centre_crop_features(model, info, source, device, num_workers=num_workers, amp=cfg.amp)
+    if cfg.method == "sfm_probe":
+        keep = np.sort(numpy_generator("probe-real", cfg.seed).permutation(len(feats))[:PROBE_MAX_REAL])
+        return RealTargets(real=torch.from_numpy(feats[keep]).float().to(device), real_labels=torch.from_numpy(labels[keep]).to(device))
+    pp, z0 = info.preprocess, None
+    if cfg.init == "real":
+        x0 = real_init_images(source, cfg.ipc, cfg.syn_res, pp.interpolation, cfg.seed)
+        z0 = torch.cat([encode(model, center_crop(x0[s:s + 64].to(device), pp.input_size), pp, amp=cfg.amp).double().cpu()
+                        for s in range(0, x0.shape[0], 64)]).numpy()
+    return RealTargets(sub=subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device))
 
 
 def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:
@@ -181,9 +219,10 @@ def step_function(*, loop: Loop, model, info: BackboneInfo, cfg: DistillConfig, 
 
         return lgm_step, 0
     chunk = auto_chunk_size(model, loop.pyr, cfg, info, device, _autocast(device, cfg.amp)) if chunk_size is None else chunk_size
+    targets = real_targets(model, info, cfg, source, device, num_workers) if cfg.method in ("sfm_sub", "sfm_probe") else None
 
     def sfm_step(loop: Loop) -> torch.Tensor:
-        return chunked_step(model, loop.pyr, cfg, info, loop.gen, lambda z: feature_loss(z, cfg, flow_real, centres_real),
+        return chunked_step(model, loop.pyr, cfg, info, loop.gen, lambda z: feature_loss(z, cfg, flow_real, centres_real, targets),
                             chunk, _autocast(device, cfg.amp), group)
 
     return sfm_step, chunk

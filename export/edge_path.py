@@ -104,7 +104,9 @@ def expectations(run: Run, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c, ma
     edge expectation is null with the reason, and pack warns once: a bundle is still useful.
     """
     golden = run.stage1.get("golden") or {}
-    out = {"golden_heldout_top1": _finite_or_none(golden.get("heldout_top1")), "golden_heldout_images": golden.get("heldout_images"),
+    # a data set too small for a held-out slice records 0 images and a NaN top-1: both null here, as
+    # the artifact schema allows (a count of 0 is refused on the device)
+    out = {"golden_heldout_top1": _finite_or_none(golden.get("heldout_top1")), "golden_heldout_images": golden.get("heldout_images") or None,
            "expected_edge_top1": None, "expected_edge_images": None, "expected_edge_data": None, "expected_edge_missing": None}
     if max_images <= 0:
         out["expected_edge_missing"] = "not measured (pack --expect-images 0)"

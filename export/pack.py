@@ -39,12 +39,14 @@ import numpy as np
 import torch
 
 from edgedd import __version__
+from edgedd.device.sidecar import device_files
 from edgedd.atomic import check_replaceable, make_temp_dir, real_out, remove_stale_temp_dirs, replace_dir, sha256_file, write_bytes
 from edgedd.augment import normalize, render_views, sample_views
 from edgedd.backbones import BackboneInfo, load_backbone, resolve_device
 from edgedd.config import AugmentConfig, PackConfig, to_dict
 from edgedd.device import artifact as art
 from edgedd.device.ridge import fit_ridge as fit_projector_ridge, projector_prior, select_ridge
+from edgedd.device.schema import copy_ratio_problem
 from edgedd.errors import EdgeddError
 from edgedd.lock import lock
 from edgedd.paths import refuse_overlap
@@ -62,8 +64,7 @@ from .projector import train_projector
 BUNDLE_FILES = {art.ARTIFACT_FILE, "backbone.onnx", "projector.onnx", "classifier.onnx", "backbone.int8.onnx",
                 "backbone.static.onnx", "backbone.int8.static.onnx", "backbone.ort", "projector.ort", "classifier.ort",
                 "backbone.int8.ort", "backbone.static.ort", "backbone.int8.static.ort", ORT_CONFIG_FILE,
-                "backbone.tflite", "backbone.int8.tflite", "projector.tflite", "classifier.tflite",
-                "projector.finetuned.safetensors"}
+                "backbone.tflite", "backbone.int8.tflite", "projector.tflite", "classifier.tflite"} | device_files()
 
 
 def _is_artifact(path: Path) -> bool:
@@ -420,10 +421,23 @@ def _metadata(run, info_b: BackboneInfo, d_b: int, graphs: dict, validation: dic
         "reference": ref,
         "views": {"augment": to_dict(AugmentConfig()), "noise": False},
     }
+    cr = _copy_ratio(run)
+    if cr is not None:  # format 1.5: how close the shipped images are to training images
+        meta["copy_ratio"] = cr
     if config.int8:
         meta["onnx"]["backbone_int8"]["quantization"] = {"mode": INT8_MODE, "calibration_inputs": len(calib),
                                                          "calibration_data": f"synthetic views, evenly spaced of {views_total}"}
     return meta
+
+
+def _copy_ratio(run) -> dict | None:
+    """The run's copy ratio without the per-image list, or None when summary.json has none (older
+    runs) or one the artifact schema would refuse (an edited summary: the bundle ships without it)."""
+    cr = run.summary.get("copy_ratio")
+    if not isinstance(cr, dict) or not isinstance(cr.get("spaces"), dict):
+        return None
+    out = {**cr, "spaces": {k: ({kk: vv for kk, vv in v.items() if kk != "ratios"} if isinstance(v, dict) else v) for k, v in cr["spaces"].items()}}
+    return out if copy_ratio_problem(out, len(run.labels)) is None else None
 
 
 def _write_bundle(out: Path, overwrite: bool, graphs: dict, tensors: dict, meta: dict) -> None:

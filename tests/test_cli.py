@@ -167,7 +167,8 @@ def test_traceback_env_var(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, name", [([], "root"), (["distill"], "distill"), (["deploy-check"], "deploy_check"),
-                                        (["export-data"], "export_data"), (["report"], "report"), (["predict"], "predict")])
+                                        (["export-data"], "export_data"), (["report"], "report"), (["predict"], "predict"),
+                                        (["adapt"], "adapt")])
 def test_help_snapshot(args, name):
     r = run([*args, "--help"], prog_name="edgedd", terminal_width=100, env={"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"})
     assert r.exit_code == 0
@@ -186,13 +187,21 @@ def test_evaluate_through_the_cli(tiny_run, tmp_path):
     res = json.loads(r.stdout)
     assert {"method", "backbone", "eval_backbone", "ipc", "protocol", "flow_cosine", "modes", "baselines", "landing", "golden"} <= set(res)
     assert res["protocol"] == "converged"
-    assert set(res["modes"]) == {"normal", "ci"} and set(res["baselines"]) == {"random", "centroids", "neighbors", "full"}
-    for v in [*res["modes"].values(), *res["baselines"].values()]:
+    assert set(res["modes"]) == {"normal", "ci"} and set(res["baselines"]) == {"random", "centroids", "neighbors", "kcentre", "herding", "full"}
+    # the starting set: the same modes, seeds and protocol; the gain is final - start
+    assert set(res["starting_set"]) == {"normal", "ci"}
+    for m in ("normal", "ci"):
+        assert res["stage2_gain"][m] == pytest.approx(res["modes"][m]["top1_mean"] - res["starting_set"][m]["top1_mean"])
+    assert res["copy_ratio"]["spaces"]["pixels"]["images"] == 3 * res["ipc"]
+    for v in [*res["modes"].values(), *res["baselines"].values(), *res["starting_set"].values()]:
         assert set(v) == {"top1_mean", "top1_std", "top5_mean", "seeds", "train_loss_start", "train_loss_final", "train_steps", "stalled"}
         assert len(v["seeds"]) == 2 and len(v["train_loss_final"]) == 2
     assert res["schema"] == "edgedd.evaluate/1" and r.stderr == ""
     human = run(["evaluate", str(out), "--test-data", str(held), "--mode", "normal", "--seeds", "1", "--epochs", "2", "-q"])
     assert human.exit_code == 0 and "train loss (start -> end)" in human.stdout and human.stderr == ""
+    assert "starting set, step 0 (normal)" in human.stdout and "stage-II gain" in human.stdout and "copy ratio median" in human.stdout
+    without = run(["evaluate", str(out), "--test-data", str(held), "--seeds", "1", "--no-starting-set", "--json", "-q"])
+    assert without.exit_code == 0 and "starting_set" not in json.loads(without.stdout)
     bad = run(["evaluate", str(out), "--test-data", str(tmp_path / "missing"), "-q"])
     assert bad.exit_code == 1 and bad.stderr.startswith("error: ")
 

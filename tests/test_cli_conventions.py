@@ -19,7 +19,7 @@ from conftest import tiny_distill_args
 from edgedd.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["distill", "evaluate", "pack", "deploy-check", "predict", "inspect", "export-data", "report"]
+COMMANDS = ["distill", "evaluate", "pack", "deploy-check", "predict", "inspect", "export-data", "report", "adapt"]
 HOST_COMMANDS = {"distill", "evaluate", "pack", "report"}
 
 
@@ -102,7 +102,7 @@ def schema_problems(obj: dict, schema: dict[str, tuple[set[str], bool]]) -> list
 def test_json_md_parses_into_every_commands_schema():
     s = documented_schemas()
     assert set(s) == {"edgedd.distill/1", "edgedd.distill/1 (stopped)", "edgedd.evaluate/1", "edgedd.pack/1", "edgedd.deploy-check/1",
-                      "edgedd.predict/1", "edgedd.inspect/1", "edgedd.export-data/1", "edgedd.report/1"}
+                      "edgedd.predict/1", "edgedd.inspect/1", "edgedd.export-data/1", "edgedd.report/1", "edgedd.adapt/1"}
     assert all(len(t) >= 5 and t["schema"] == ({"string"}, False) for t in s.values())
 
 
@@ -137,6 +137,7 @@ def test_every_command_json_matches_docs_and_stderr_stays_empty(packed, image_fo
                      "--baselines", "--train-data", str(image_folder)],
         "pack": ["pack", str(run), "--out", str(bundle), "--int8", "--int8-max-drop", "1", "--projector-epochs", "20"],
         "deploy-check": ["deploy-check", str(bundle), "--data", str(held)],
+        "adapt": ["adapt", str(bundle), "--data", str(held)],
         "predict": ["predict", str(bundle), img, str(sorted((held / "circle").iterdir())[0])],
         "inspect": ["inspect", str(bundle)],
         "export-data": ["export-data", str(held), str(tmp_path / "exported")],
@@ -155,7 +156,7 @@ def test_every_command_json_matches_docs_and_stderr_stays_empty(packed, image_fo
         assert schema_problems(out, schemas[section]) == [], name
     # the same commands without --json: text results on stdout, stderr still empty
     shutil.rmtree(tmp_path / "exported")
-    for name in ("deploy-check", "predict", "inspect", "export-data", "report"):
+    for name in ("deploy-check", "adapt", "predict", "inspect", "export-data", "report"):
         r = invoke(argvs[name])
         assert r.exit_code in (0, 3) and r.stdout.strip() and r.stderr == "", (name, r.stderr)
 

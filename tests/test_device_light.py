@@ -26,9 +26,11 @@ def test_device_commands_run_without_torch(packed, tmp_path):
         ["inspect", str(bundle)],
         ["deploy-check", str(bundle), "--no-fine-tune"],
         ["export-data", str(packed["heldout"]), str(tmp_path / "exported")],  # an ImageFolder source needs no host install
+        ["adapt", str(bundle), "--data", str(packed["heldout"])],
     ]
     result, r = run_cli_blocked(argvs)
-    assert result["codes"] == [0, 0, 0, 0, 0] and result["heavy"] == [], r.stderr
+    assert result["codes"] == [0, 0, 0, 0, 0, 0] and result["heavy"] == [], r.stderr
+    assert "edgedd.device.adapt" in result["edgedd"] and "edgedd.device.adaptation" in result["edgedd"]
     assert [m for m in result["edgedd"] if not _device_module(m)] == []  # e.g. edgedd.data (lazy torch) stays out
     assert "edgedd.images" in result["edgedd"] and "edgedd.device.runtime" in result["edgedd"]
     assert sorted(p.name for p in (tmp_path / "exported").iterdir() if not p.name.startswith(".")) == ["circle", "square", "stripes"]

@@ -52,6 +52,7 @@ def tiny(tmp_path_factory):
     shutil.copytree(run, real)
     images, labels, _ = next(iter(canvas_loader(open_dataset(str(data)), 32, "bicubic", 100, 0)))
     (real / "synthetic.safetensors").write_bytes(torch_serialize({"images": images.float() / 255, "labels": labels}))
+    (real / "initial.safetensors").unlink()  # not this set's starting set
     return {"root": root, "data": data, "test": test, "run": run, "real": real}
 
 
@@ -74,7 +75,7 @@ def test_same_seed_same_numbers(tiny):
 def test_json_contract_with_baselines(tiny):
     r = evaluate_run(tiny["run"], str(tiny["test"]), modes=("normal", "ci", "kd"), config=FAST, baselines=True, progress=False)
     assert set(r) == {"method", "backbone", "eval_backbone", "ipc", "protocol", "flow_cosine", "modes", "baselines", "config", "test_images",
-                      "golden", "landing"}
+                      "golden", "landing", "copy_ratio", "copy_ratio_start", "starting_set", "stage2_gain"}
     assert r["protocol"] == "reference" and r["golden"]["recipe"] == "reference"
     assert set(r["landing"]) >= {"centre_offset_mean", "norm_ratio", "golden_top1_centre_view", "golden_top1_augmented_views"}
     summary = json.loads((tiny["run"] / "summary.json").read_text())
@@ -82,8 +83,9 @@ def test_json_contract_with_baselines(tiny):
     assert r["flow_cosine"] == summary["flow_cosine"]
     assert r["config"] == to_dict(FAST) and r["test_images"] == 18
     assert set(r["modes"]) == {"normal", "ci", "kd"} and set(r["baselines"]) == set(BASELINES)
-    for block in list(r["modes"].values()) + list(r["baselines"].values()):
+    for block in list(r["modes"].values()) + list(r["baselines"].values()) + list(r["starting_set"].values()):
         _check_block(block, FAST.seeds)
+    assert r["copy_ratio"] == summary["copy_ratio"] and set(r["starting_set"]) == set(r["modes"])
     # three classes: top-5 is top-3, always a hit
     assert r["modes"]["normal"]["top5_mean"] == 1.0
     # real-image baselines on these colour-coded classes are far above chance even this short

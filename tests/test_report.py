@@ -105,7 +105,7 @@ def test_metrics_jsonl_every_step_and_consistent_after_resume(image_folder, tmp_
         rows = metrics(run)
         assert [m["step"] for m in rows] == list(range(1, 10))
         assert all(set(m) <= {"step", "loss", "resolution", "seconds", "flow_cosine"} for m in rows)
-        assert [m["step"] for m in rows if "flow_cosine" in m] == [3, 6, 9]
+        assert [m["step"] for m in rows if "flow_cosine" in m] == list(range(1, 10))  # 9 steps: every one (at least 10 points)
         assert all(-1 <= m["flow_cosine"] <= 1 for m in rows if "flow_cosine" in m)
         res = [m["resolution"] for m in rows]
         assert res == sorted(res) and res[-1] == 32
@@ -116,14 +116,19 @@ def test_metrics_jsonl_every_step_and_consistent_after_resume(image_folder, tmp_
         assert rows[-1]["flow_cosine"] == pytest.approx(s["flow_cosine"], abs=1e-6)
     # the flow-cosine forwards draw nothing from the run's generator: resumed == uninterrupted
     assert (whole / "synthetic.safetensors").read_bytes() == (cut / "synthetic.safetensors").read_bytes()
+    assert (whole / "initial.safetensors").read_bytes() == (cut / "initial.safetensors").read_bytes()  # kept on resume
+    assert json.loads((cut / "summary.json").read_text())["copy_ratio_start"] == json.loads((whole / "summary.json").read_text())["copy_ratio_start"]
     assert [m["loss"] for m in metrics(whole)] == [m["loss"] for m in metrics(cut)]
     assert not list(cut.glob(".*.tmp"))
 
 
-def test_metrics_flow_every_500_without_previews():
+def test_metrics_flow_cosine_at_least_ten_times_in_any_run():
     from edgedd.metrics import flow_every
 
-    assert flow_every(0) == 500 and flow_every(7) == 7
+    for iterations in (1, 7, 10, 100, 1001, 5000):
+        points = [s for s in range(1, iterations + 1) if s % flow_every(iterations) == 0 or s == iterations]
+        assert len(points) >= min(10, iterations) and points[-1] == iterations
+    assert flow_every(100) == 10 and flow_every(3) == 1
 
 
 # ----------------------------------------------------------------------------- edgedd report
@@ -155,15 +160,19 @@ def test_report_html_is_self_contained_with_images_plots_table_and_escaped_names
     assert out["bytes"] == len(text.encode("utf-8")) and not list(run.glob(".*.tmp"))
     page = check_self_contained(text)
 
-    # the image grid: one tile per synthetic image, class-major, its class name under it
+    # the images: one row per class, its name at the head of the row, one tile per synthetic image, class-major
     tiles = page.imgs("tile")
     assert [a["alt"] for a in tiles] == [EVIL, EVIL, "a&b", "a&b", "plain", "plain"]
     from PIL import Image
     import io
 
     assert all(Image.open(io.BytesIO(decoded_png(a["src"]))).size == (96, 96) for a in tiles)  # 32 px, upscaled x3
-    assert sum(t.strip() == EVIL for t in page.text) == 2  # the two captions, as text
-    assert ("div", {"class": "grid", "id": "synthetic"}) in page.tags
+    assert sum(t.strip() == EVIL for t in page.text) == 1  # the row's head, as text
+    assert ("div", {"class": "grid classes", "id": "synthetic"}) in page.tags
+    assert sum(a.get("class") == "classrow" for _, a in page.tags) == 3
+    # what the set holds: the copy ratio's line and table (the result and its starting set, both spaces)
+    assert any("copy ratio median" in t for t in page.text)
+    assert {row[0] for row in page.rows if len(row) == 7} >= {"result", "starting set (step 0)"}
     # the two plots, real PNGs of a plot's size
     plots = {a["id"]: a for a in page.imgs("plot")}
     assert set(plots) == {"plot-loss", "plot-flow_cosine"}
@@ -179,8 +188,9 @@ def test_report_html_is_self_contained_with_images_plots_table_and_escaped_names
         row = names[f"sfm_anchor ({m})"]
         assert row[1] == f"{100 * res['modes'][m]['top1_mean']:.2f} ± {100 * res['modes'][m]['top1_std']:.2f}"
         assert row[3] == "2"
-    for b in ("random", "centroids", "neighbors", "full"):
+    for b in ("random", "centroids", "neighbors", "kcentre", "herding", "full"):
         assert f"baseline: {b}" in names
+    assert "starting set, step 0 (normal)" in names and any("stage-II gain" in t for t in page.text)
     # the run's summary and the landing figures
     assert names["method"][1] == "sfm_anchor" and names["images per class (IPC)"][1] == "2" and names["steps"][1] == "6"
     assert names["golden classifier"][1].startswith("converged recipe; held-out top-1")

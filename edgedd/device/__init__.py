@@ -26,5 +26,6 @@ DEVICE_MODULES = (
     "edgedd.atomic",
     "edgedd.stio",
     "edgedd.images",
+    "edgedd.copyratio",  # numpy only: the copy ratio's figures and the one line inspect and deploy-check print
     "edgedd.device",  # and every module under it
 )

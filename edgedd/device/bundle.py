@@ -121,6 +121,16 @@ class Bundle:
         rows = [[(self.class_names[i], float(row[i])) for i in top_indices(row, top_k)] for row in prob]
         return rows if is_image_list(images) else rows[0]
 
+    def adapt(self, data: str | Path) -> dict:
+        """Adapt the projector to this device's labelled ImageFolder ``data`` (``edgedd adapt``: the
+        views and the local images, closed form, the views-only fit kept unless adapting wins held
+        out); writes the adapt sidecar for this variant, uses it from now on, returns the report."""
+        from .adaptation import adapt_and_save
+
+        result = adapt_and_save(self, data)
+        self.projector, self.projector_file, self.projector_kind = (result["weight"], result["bias"]), result["path"], "adapt"
+        return result["report"]
+
 
 
 def choose_providers(providers: list[str] | None) -> list[str]:

@@ -6,6 +6,7 @@ and adds its figures to the report; integrity and file problems raise (nothing e
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -15,11 +16,11 @@ import numpy as np
 from ..errors import EdgeddError
 from .accuracy import EXPECTED_MARGIN, LabelledFolder, allowed_drop, chance_bound, top1
 from .bundle import ROLES, Bundle, open_bundle
-from .finetune import fine_tune_projector, load_finetuned, projector_problem, save_finetuned, synthetic_pixels
+from .finetune import fine_tune_projector, load_finetuned, load_projector_file, projector_problem, save_finetuned, synthetic_pixels
 from .infer import backbone_features, head
 from .inputs import prepare_canvases
 from .latency import thread_trial
-from .sidecar import write_settings
+from .sidecar import sidecar_path, write_settings
 
 try:  # Unix only; peak RSS is then not reported
     import resource
@@ -61,11 +62,17 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
     projector = _fine_tune_check(checks, b, ridge) if fine_tune else _fitted_projector_check(checks, b)
     syn = top1(head(b, syn_f, projector), labels)
     _synthetic_check(checks, b, before, syn, len(labels), fine_tune, int8)
-    report = {"ok": True, "checks": checks, "synthetic_top1": syn, "synthetic_top1_packed_projector": before,
+    kind = b.projector_kind if projector is not None and not fine_tune else "fit" if projector is not None else "packed"
+    views_fit = None
+    if fine_tune:  # the projector edgedd adapt wrote for this variant is the one predict uses: score that one
+        projector, views_fit = _adapted_check(checks, b, projector)
+        kind = "adapt" if views_fit is not None else kind
+    report = {"ok": True, "checks": checks, "synthetic_top1": syn, "synthetic_top1_packed_projector": before, "projector": kind,
               "int8": int8, "providers": b.providers, "runtime": b.runtime, "providers_available": engine["available"],
-              "providers_used": engine["used"], "static_batch": b.static_batch, "mobile_readiness": mobile, "bundle": str(b.directory)}
+              "providers_used": engine["used"], "static_batch": b.static_batch, "mobile_readiness": mobile, "bundle": str(b.directory),
+              "copy_ratio": b.meta.get("copy_ratio")}  # what the shipped images are (format 1.5; None before)
     if data is not None:
-        y = _data_accuracy_check(checks, report, b, LabelledFolder(b, data), projector, min_accuracy)
+        y = _data_accuracy_check(checks, report, b, LabelledFolder(b, data), projector, min_accuracy, views_fit)
         _chance_check(checks, report, len(b.class_names), y)
         _expected_check(checks, report, b.meta.get("reference") or {}, len(y), margin, int8)
     _latency_check(checks, report, b, syn_x[:1], projector, max_latency_ms)
@@ -155,6 +162,21 @@ def _fitted_projector_check(checks: list, b: Bundle) -> tuple[np.ndarray, np.nda
     return projector
 
 
+def _adapted_check(checks: list, b: Bundle, fitted) -> tuple:
+    """adapted: when ``edgedd adapt`` wrote a projector for this variant, it is the one in use (predict
+    prefers it) and ``fitted`` (the views-only fit) is scored beside it. Returns (in use, views-only or None)."""
+    path = sidecar_path(b.directory, b.variant, "adapt")
+    if not os.path.lexists(path):
+        return fitted, None
+    try:
+        adapted = load_projector_file(b, path)
+    except EdgeddError as e:  # predict refuses it too: a failed check, and the views-only fit is scored
+        _check(checks, "adapted", False, f"ignored: {e.problem}; delete it or run edgedd adapt{' --int8' if b.variant == 'int8' else ''} again")
+        return fitted, None
+    _check(checks, "adapted", True, f"using {path.name} (edgedd adapt, {b.variant} backbone); the views-only fit is scored beside it")
+    return adapted, fitted
+
+
 def _synthetic_check(checks: list, b: Bundle, before: float, syn: float, n: int, fine_tune: bool, int8: bool) -> None:
     """synthetic accuracy: ``before`` with the packed projector, ``syn`` with the one in use, on ``n`` images."""
     # Parity with the host: the device must reproduce the host's synthetic-set figure for the same
@@ -171,23 +193,30 @@ def _synthetic_check(checks: list, b: Bundle, before: float, syn: float, n: int,
     _check(checks, "synthetic accuracy", ok, detail + f"; parity within {slack:.0%}")
 
 
-def _data_accuracy_check(checks: list, report: dict, b: Bundle, folder: LabelledFolder, projector, min_accuracy: float | None) -> np.ndarray:
-    """data accuracy: --data top-1 with the projector in use (and the packed one, for comparison),
-    streamed a batch at a time: only the predicted labels are kept. Returns the labels."""
-    ys, pred, pred_packed = [], [], []
+def _data_accuracy_check(checks: list, report: dict, b: Bundle, folder: LabelledFolder, projector, min_accuracy: float | None,
+                         views_fit=None) -> np.ndarray:
+    """data accuracy: --data top-1 with the projector in use (and the packed one, and with an adapted
+    projector in use the views-only fit, for comparison), streamed a batch at a time: only the
+    predicted labels are kept. Returns the labels."""
+    ys, pred, pred_packed, pred_views = [], [], [], []
     for x, y in folder.batches():
-        f = backbone_features(b, x)  # once for both projectors
+        f = backbone_features(b, x)  # once for every projector
         pred.append(head(b, f, projector).argmax(1))
         pred_packed.append(head(b, f).argmax(1))
+        if views_fit is not None:
+            pred_views.append(head(b, f, views_fit).argmax(1))
         ys.append(y)
     if not ys:
         raise folder.no_images()
     y, skipped = np.concatenate(ys), folder.skipped
     report["data_top1"] = float((np.concatenate(pred) == y).mean())
     report["data_top1_packed_projector"] = float((np.concatenate(pred_packed) == y).mean())
+    if views_fit is not None:
+        report["data_top1_before_adapt"] = float((np.concatenate(pred_views) == y).mean())
     need = min_accuracy if min_accuracy is not None else 0.0
     _check(checks, "data accuracy", report["data_top1"] >= need,
            f"top-1 {report['data_top1']:.1%} on {len(y)} images" + (f" ({skipped} unreadable skipped)" if skipped else "")
+           + (f" with the adapted projector, {report['data_top1_before_adapt']:.1%} before adapt" if views_fit is not None else "")
            + f"; packed projector {report['data_top1_packed_projector']:.1%}" + (f"; need {need:.1%}" if min_accuracy is not None else ""))
     return y
 

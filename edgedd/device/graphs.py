@@ -87,7 +87,12 @@ def session_from_bytes(path: Path, data: bytes, providers: list[str], threads: i
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(data, sess_options=opts, providers=providers)
+        sess = ort.InferenceSession(data, sess_options=opts, providers=providers)
     except Exception as e:  # onnxruntime's own exception types
         raise EdgeddError(f"onnxruntime cannot load {path} ({type(e).__name__})",
                           "check the onnxruntime version (see the bundle's meta)") from None
+    n_in, n_out = len(sess.get_inputs()), len(sess.get_outputs())
+    if (n_in, n_out) != (1, 1):  # pack writes one of each; a hidden extra output would be computed on every run
+        raise EdgeddError(f"{path} has {n_in} input(s) and {n_out} output(s), not one of each as every bundle graph",
+                          "the bundle was altered; re-copy it or re-run edgedd pack")
+    return sess

@@ -47,4 +47,5 @@ def inspect(path: str | Path) -> dict:
         "edge": a.meta.get("edge"),
         "onnx": a.meta.get("onnx"),
         "reference": a.meta.get("reference"),
+        "copy_ratio": a.meta.get("copy_ratio"),
     }

@@ -135,6 +135,8 @@ def _check(meta: dict, tensors: dict) -> None:
           "targets.boxes are not boxes (x0 < x1, y0 < y1, within [-1, 2])")
     flips = _tensor(tensors, "targets.flips", np.uint8, (n, k))
     _need(bool((flips <= 1).all()), "targets.flips are not all 0 or 1")
+    if meta.get("copy_ratio") is not None:
+        _copy_ratio(_dict(meta, "copy_ratio", ""), n)
     s = pp["input_size"]
     t = _tensor(tensors, "selftest.inputs", np.float32, (None, 3, s, s)).shape[0]
     _tensor(tensors, "selftest.features", np.float32, (t, d_b))
@@ -187,3 +189,29 @@ def _host_figures(d: dict) -> None:
             _need(_is_int(v) and v >= 1, f"{key} is {_show(v)}, not a positive integer or null")
         elif FRACTION_WORD in key:
             _need(_is_number(v) and 0 <= v <= 1, f"{key} is {_show(v)}, not a fraction in [0, 1] or null")
+
+
+def copy_ratio_problem(cr, n: int) -> str | None:
+    """Why ``cr`` is not a valid artifact ``copy_ratio`` for N images, or None (pack checks what it copies from summary.json)."""
+    try:
+        _copy_ratio(cr if isinstance(cr, dict) else _dict({"copy_ratio": cr}, "copy_ratio", ""), n)
+    except Invalid as e:
+        return str(e)
+    return None
+
+
+def _copy_ratio(cr: dict, n: int) -> None:
+    """Format 1.5's optional ``copy_ratio`` (edgedd.copyratio): per space the figures of the N shipped
+    images; ratios and distances finite and >= 0, counts within [0, N]; nulls where undefined."""
+    spaces = _dict(cr, "spaces", "copy_ratio.")
+    for space in ("pixels", "features"):
+        if spaces.get(space) is None:
+            continue
+        e, where = _dict(spaces, space, "copy_ratio.spaces."), f"copy_ratio.spaces.{space}."
+        _need(e.get("images") == n and _is_int(e.get("images")), f"{where}images is {_show(e.get('images'))}, not the {n} synthetic images")
+        for key in ("median_real_nearest", "min", "median", "max"):
+            v = e.get(key)
+            _need(v is None or (_is_number(v) and v >= 0), f"{where}{key} is {_show(v)}, not a finite number >= 0 or null")
+        below, share = e.get("below"), e.get("share_below")
+        _need(below is None or (_is_int(below) and 0 <= below <= n), f"{where}below is {_show(below)}, not a count in [0, {n}] or null")
+        _need(share is None or (_is_number(share) and 0 <= share <= 1), f"{where}share_below is {_show(share)}, not a fraction in [0, 1] or null")

@@ -47,6 +47,12 @@ def settings_path(directory: str | os.PathLike, variant: str) -> Path:
     return Path(directory) / f"runtime.{variant}.json"
 
 
+def device_files() -> frozenset[str]:
+    """Every name the device may write beside a bundle (so pack --overwrite counts them as the bundle's own)."""
+    names = {LEGACY_FILE} | {f"runtime.{v}.json" for v in VARIANTS}
+    return frozenset(names | {f"projector.{k}.{v}.safetensors" for k in KINDS for v in VARIANTS})
+
+
 def binding(b: Bundle) -> dict[str, str]:
     """What every sidecar records and must match on load: this artifact, this backbone graph."""
     return {"artifact_sha256": b.artifact.file_sha256, "backbone": b.variant, "backbone_sha256": b.graph_sha256["backbone"]}
@@ -108,7 +114,7 @@ def read_settings(b: Bundle) -> dict | None:
         raise bad("too large")
     try:
         s = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting past the parser's limit, well under the size cap
         raise bad("damaged") from None
     if not isinstance(s, dict):
         raise bad("not a JSON object")
@@ -117,6 +123,8 @@ def read_settings(b: Bundle) -> dict | None:
     t = s.get("intra_op_threads")
     if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= MAX_THREADS:
         raise bad(f"intra_op_threads is {str(t)[:20]}, not a count from 1 to {MAX_THREADS}")
+    if t > (os.cpu_count() or 1):  # deploy-check tries 1 .. this device's CPU count: more was measured elsewhere (or
+        return None  # forged), and every thread past the cores spins, so predict would crawl; ignored like a stale file
     return s
 
 

@@ -298,6 +298,12 @@ SCHEMA_CASES = {  # case: (edit of (meta, tensors), words of the refusal)
     "golden held-out top-1 negative": (_set("reference.golden_heldout_top1", -0.1), "golden_heldout_top1"),
     "expected edge image count 0": (_set("reference.expected_edge_images", 0), "expected_edge_images"),
     "reference a list": (_set("reference", [1]), "reference"),
+    "copy ratio a list": (_set("copy_ratio", [1]), "copy_ratio"),
+    "copy ratio spaces a string": (_set("copy_ratio.spaces", "pixels"), "copy_ratio.spaces"),
+    "copy ratio median negative": (_set("copy_ratio.spaces.pixels.median", -0.1), "copy_ratio.spaces.pixels.median"),
+    "copy ratio median NaN-like string": (_set("copy_ratio.spaces.features.max", "nan"), "copy_ratio.spaces.features.max"),
+    "copy ratio more near-copies than images": (_set("copy_ratio.spaces.pixels.below", 10**6), "copy_ratio.spaces.pixels.below"),
+    "copy ratio of another set": (_set("copy_ratio.spaces.pixels.images", 999), "copy_ratio.spaces.pixels.images"),
 }
 
 
@@ -315,6 +321,25 @@ def test_a_consistent_bundle_with_malformed_metadata_is_refused_alike(bundle, pa
     lines = {one_line_error(CliRunner().invoke(app, argv), "verifies but does not hold a valid bundle", words)
              for argv in (["deploy-check", str(bundle)], ["predict", str(bundle), image], ["inspect", str(bundle)])}
     assert len({line.replace(str(path), "P") for line in lines}) == 1, lines  # the same refusal in every command
+
+
+def test_the_copy_ratio_is_optional_and_printed(bundle):
+    """Format 1.4's copy_ratio: an artifact without it (older packers) still loads; with it, inspect
+    prints one line on what the shipped images are."""
+    path = bundle / art.ARTIFACT_FILE
+    a = art.load(path)
+    assert a.meta["copy_ratio"]["spaces"]["pixels"]["images"] == len(a.tensors["synthetic.labels"])
+    assert "ratios" not in a.meta["copy_ratio"]["spaces"]["pixels"]  # the per-image list stays in the run
+    r = CliRunner().invoke(app, ["inspect", str(bundle)])
+    assert r.exit_code == 0 and "synthetic set: copy ratio median" in r.stdout, r.stderr
+    r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--json"])
+    assert r.exit_code in (0, 3) and json.loads(r.stdout)["copy_ratio"] == a.meta["copy_ratio"], r.stderr
+    r = CliRunner().invoke(app, ["deploy-check", str(bundle)])
+    assert r.exit_code in (0, 3) and "synthetic set: copy ratio median" in r.stdout, r.stderr
+    meta = {k: v for k, v in a.meta.items() if k != "copy_ratio"}
+    art.write(path, a.tensors, meta)
+    r = CliRunner().invoke(app, ["inspect", str(bundle)])
+    assert r.exit_code == 0 and "synthetic set: copy ratio not recorded" in r.stdout, r.stderr
 
 
 def test_the_optional_host_figures_are_accepted_null_or_in_range(bundle):

@@ -64,3 +64,19 @@ def test_overwrite_replaces_a_bundle_and_removes_a_killed_packs_temporaries(pack
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in packed["bundle"].iterdir() if "finetuned" not in p.name)
     assert (out / art.ARTIFACT_FILE).read_bytes() == (packed["bundle"] / art.ARTIFACT_FILE).read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".b.notes", live.name, "b"])
+
+
+def test_an_edited_copy_ratio_in_summary_ships_no_copy_ratio(packed, tmp_path):
+    """summary.json is the user's file: a copy ratio the artifact schema would refuse is left out of
+    the bundle (older artifacts have none either), never a traceback or an unloadable bundle."""
+    import json
+
+    run = tmp_path / "run"
+    shutil.copytree(packed["run"], run)
+    s = json.loads((run / "summary.json").read_text())
+    s["copy_ratio"]["spaces"]["pixels"]["median"] = -5
+    (run / "summary.json").write_text(json.dumps(s))
+    r = CliRunner().invoke(app, ["pack", str(run), "--out", str(tmp_path / "b"), "--projector-epochs", "20"])
+    assert r.exit_code == 0, r.stderr
+    assert "copy_ratio" not in art.read(tmp_path / "b" / art.ARTIFACT_FILE).meta
+    assert "copy_ratio" in art.read(packed["bundle"] / art.ARTIFACT_FILE).meta  # the unedited run's bundle has it

@@ -216,3 +216,30 @@ def test_a_damaged_run_json_on_resume_is_one_line(image_folder, tmp_path):
     one_line_error(distill(image_folder, out, "--resume"), "already holds a different run")
     (out / "run.json").write_text('{"identity": 5}')
     one_line_error(distill(image_folder, out, "--resume"), "already holds a different run")
+
+
+INITIAL_DAMAGE = {
+    "truncated": (lambda r: _truncate(r / "initial.safetensors"), "initial.safetensors is not a valid safetensors file"),
+    "another shape": (lambda r: rewrite(r / "initial.safetensors", lambda t: t.update(images=t["images"][:1].contiguous())), "initial.safetensors has no finite images"),
+    "NaN": (lambda r: rewrite(r / "initial.safetensors", lambda t: t["images"].view(-1).__setitem__(0, float("nan"))), "initial.safetensors has no finite images"),
+    "labels shuffled": (lambda r: rewrite(r / "initial.safetensors", lambda t: t.update(labels=t["labels"].flip(0).contiguous())), "initial.safetensors has not the result's labels"),
+}
+
+
+@pytest.mark.parametrize("case", list(INITIAL_DAMAGE))
+def test_a_damaged_starting_set_is_one_line_for_evaluate(case, finished, packed):
+    damage, words = INITIAL_DAMAGE[case]
+    damage(finished)
+    r = CliRunner().invoke(app, ["evaluate", str(finished), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q"])
+    one_line_error(r, f"run directory {finished} is damaged", words)
+    r = CliRunner().invoke(app, ["evaluate", str(finished), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q", "--no-starting-set"])
+    assert r.exit_code == 0, r.stderr
+
+
+def test_a_run_without_a_starting_set_evaluates_without_it(finished, packed):
+    """Runs made before initial.safetensors existed: no starting-set rows, no gain, no error."""
+    (finished / "initial.safetensors").unlink()
+    r = CliRunner().invoke(app, ["evaluate", str(finished), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q", "--json"])
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert "starting_set" not in out and "stage2_gain" not in out and out["copy_ratio"] is not None

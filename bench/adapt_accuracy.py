@@ -1,0 +1,144 @@
+"""On-device adaptation (edgedd.device.adapt) against its two alternatives, on the device path.
+
+For each bundle and backbone variant (fp32, and int8 when packed): k labelled local images per
+class drawn from a training ImageFolder (several draws), scored on a test ImageFolder:
+
+    CI alone   today's deploy-check fit (ridge on the synthetic views, strength by their CV)
+    probe      a ridge probe on phi_B of the k local images alone (one-hot targets, strength by
+               grouped CV over them; 1.0 with one image per class)
+    adapt      edgedd.device.adapt.adapt_fit: the views and the local images, (lam, w) by grouped CV
+               over the local images, the views-only fit kept when adapting does not win
+    adapt+pl   (with --unlabelled N) adapt with N more unlabelled training images pseudo-labelled by
+               the CI fit (the most confident half), added as local images
+    CI+align   (with --unlabelled N) the CI fit with phi_B's mean over the local and unlabelled
+               images moved onto the views' mean (a bias change; feature-statistics alignment)
+
+    python bench/adapt_accuracy.py BUNDLE... --train mnist_train --test mnist_test [--int8] [--json out.json]
+
+Every backbone pass runs once per variant (pool and test features), then the draws reuse them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgedd.device.accuracy import load_labelled_folder, top1
+from edgedd.device.adapt import adapt_fit, local_folds
+from edgedd.device.bundle import open_bundle
+from edgedd.device.checks import peak_rss_mb
+from edgedd.device.finetune import fit_features, fit_on_features, view_inputs
+from edgedd.device.infer import backbone_features, head
+from edgedd.device.ridge import RIDGE_GRID, fit_ridge
+
+
+def probe(xl, yl, classes, grid=RIDGE_GRID):
+    """Ridge probe phi_B -> one-hot on the local images alone; strength by grouped CV (1.0 for k = 1)."""
+    onehot = np.eye(classes, dtype=np.float64)[yl]
+    fold, grouped = local_folds(yl)
+    r = 1.0
+    if grouped:
+        def cv(r):
+            right = 0
+            for k in np.unique(fold):
+                w, b = fit_ridge(xl[fold != k], onehot[fold != k], r)
+                right += int(((xl[fold == k] @ w.T + b).argmax(1) == yl[fold == k]).sum())
+            return right
+        r = max(grid, key=lambda g: (cv(g), g))
+    return fit_ridge(xl, onehot, r)
+
+
+def draw(labels, k, seed):
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.choice(np.flatnonzero(labels == c), k, replace=False) for c in np.unique(labels)])
+
+
+def run_variant(path, int8, train, test, ks, draws, unlabelled):
+    b = open_bundle(path, int8=int8)
+    a = b.artifact
+    x_in, yv = view_inputs(b)
+    fv = fit_features(b, x_in)
+    n, kv = a["targets.boxes"].shape[:2]
+    vlab = np.repeat(a["synthetic.labels"], kv)
+    t0 = time.perf_counter()
+    ci = fit_on_features(b, fv, yv)
+    t_ci = time.perf_counter() - t0
+    xt, yt, _ = load_labelled_folder(b, test)
+    ft = backbone_features(b, xt)
+    xp, yp, _ = load_labelled_folder(b, train)
+    fp = backbone_features(b, xp)
+    wc, bc = a["classifier.weight"], a["classifier.bias"]
+    prior = b.meta.get("reference", {}).get("projector_prior", "none")
+    ci_top1 = top1(head(b, ft, (ci["weight"], ci["bias"])), yt)
+    ci_pool = head(b, fp, (ci["weight"], ci["bias"]))
+    rows = []
+    for k in ks:
+        for d in range(draws):
+            idx = draw(yp, k, 1000 * k + d)
+            pw, pb = probe(fp[idx].astype(np.float64), yp[idx], len(b.class_names))
+            t0 = time.perf_counter()
+            ad = adapt_fit(fv, yv, vlab, wc, bc, fp[idx], yp[idx], prior, ci["ridge"])
+            t_ad = time.perf_counter() - t0
+            row = {"k": k, "draw": d, "ci": ci_top1, "probe": top1(ft @ pw.T + pb, yt),
+                   "adapt": top1(head(b, ft, (ad["weight"], ad["bias"])), yt), "used": ad["used"], "ridge": ad["ridge"],
+                   "local_weight": ad["local_weight"], "wins": ad["wins"], "losses": ad["losses"], "adapt_s": t_ad, "ci_fit_s": t_ci}
+            if unlabelled:
+                rest = np.setdiff1d(np.arange(len(yp)), idx)
+                u = u0 = np.random.default_rng(7 + d).choice(rest, unlabelled, replace=False)
+                conf = np.sort(ci_pool[u], 1)[:, -1] - np.sort(ci_pool[u], 1)[:, -2]
+                u = u[conf >= np.median(conf)]
+                ad2 = adapt_fit(fv, yv, vlab, wc, bc, np.concatenate([fp[idx], fp[u]]),
+                                np.concatenate([yp[idx], ci_pool[u].argmax(1)]), prior, ci["ridge"])
+                row["adapt_pl"] = top1(head(b, ft, (ad2["weight"], ad2["bias"])), yt)
+                # feature-statistics alignment: the unlabelled images' mean phi_B moved onto the views' mean
+                shift = fp[np.concatenate([idx, u0])].mean(0) - fv.mean(0)
+                row["ci_align"] = top1(head(b, ft, (ci["weight"], ci["bias"] - ci["weight"] @ shift)), yt)
+            rows.append(row)
+            print(f"{path.name} {'int8' if int8 else 'fp32'} k={k} draw {d}: " + ", ".join(
+                f"{c} {100 * row[c]:.1f}" for c in ("ci", "probe", "adapt", "adapt_pl", "ci_align") if c in row)
+                + f" ({row['used']}, r {row['ridge']:g}, w {row['local_weight']:g}, {row['wins']}/{row['losses']})", file=sys.stderr, flush=True)
+    return rows
+
+
+def table(results):
+    cols = ["ci", "probe", "adapt"] + (["adapt_pl", "ci_align"] if any("adapt_pl" in r for res in results.values() for r in res) else [])
+    lines = ["| bundle | backbone | k | CI alone | probe on k local | adapt | "
+             + ("adapt + pseudo-labels | CI + mean alignment | " if "adapt_pl" in cols else "")
+             + "adapt kept (of draws) |", "|---" * (4 + len(cols)) + "|"]
+    for (name, var), rows in results.items():
+        for k in sorted({r["k"] for r in rows}):
+            rs = [r for r in rows if r["k"] == k]
+            cell = [f"{100 * np.mean([r[c] for r in rs]):.1f} ± {100 * np.std([r[c] for r in rs]):.1f}" for c in cols]
+            kept = sum(r["used"] == "adapted" for r in rs)
+            lines.append(f"| {name} | {var} | {k} | " + " | ".join(cell) + f" | {kept}/{len(rs)} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument("--train", required=True, type=Path, help="ImageFolder the local images are drawn from")
+    ap.add_argument("--test", required=True, type=Path)
+    ap.add_argument("--k", type=int, nargs="+", default=[1, 5, 10])
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--int8", action="store_true", help="also the int8 backbone")
+    ap.add_argument("--unlabelled", type=int, default=0, help="also adapt with this many pseudo-labelled images")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    results = {}
+    for path in a.bundles:
+        for int8 in (False, True) if a.int8 else (False,):
+            results[(path.name, "int8" if int8 else "fp32")] = run_variant(path, int8, a.train, a.test, a.k, a.draws, a.unlabelled)
+    print(table(results))
+    if a.json:
+        a.json.write_text(json.dumps({"results": {f"{n}/{v}": r for (n, v), r in results.items()}, "peak_rss_mb": peak_rss_mb(),
+                                      "command": " ".join(sys.argv)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

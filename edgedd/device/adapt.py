@@ -1,0 +1,201 @@
+"""On-device adaptation: the projector fitted from the synthetic views *and* a few local labelled
+images, in closed form (numpy only). METHOD.md, "Adapting to local images", states the rule.
+
+The objective, for the projector P(f) = W f + p (D_B -> D_A) and the golden classifier (W_c, b_c):
+
+    min_P  sum_v ||P(x_v) - y_v||^2 + lam ||W||^2                                         (views, as (3))
+         + w sum_i ||W_c P(x_i) + b_c - t_{c_i}||^2                                          (local)   (5)
+
+x_v, y_v: phi_B and phi_A of the stored synthetic views (y_v - x_v under the identity prior, as
+(4)); x_i: phi_B of local image i with label c_i; t_c: the golden classifier's mean logits over the
+views of class c, i.e. the label said in the golden classifier's own logit scale.
+
+Why it stays closed form and small. Write P = P0 + Delta, P0 the views-only ridge fit (today's).
+The views term's excess over P0 is tr(Delta H Delta^T), H = [X 1]^T [X 1] + lam diag(I, 0); the
+local term sees Delta only through W_c Delta. Setting the gradient to zero gives
+
+    Delta = W_c^T B [X_l 1]^T H^-1,       B (C x n)
+
+so the logits of local image j move by S B K e_j with S = W_c W_c^T (C x C) and the kernel
+K_ij = (x_i - m)^T (Xc^T Xc + lam I)^-1 (x_j - m) + 1/N_v (n x n; m the views' mean feature),
+and B solves the Sylvester equation  B + w S B K = w (T - Z)  (Z: logits of P0). With S = Q diag(s) Q^T
+and K = U diag(k) U^T it is elementwise: (Q^T B U)_ab = w (Q^T (T - Z) U)_ab / (1 + w s_a k_b).
+One eigendecomposition of Xc^T Xc (D_B x D_B) serves every strength; each fold and weight then costs
+an n x n eigendecomposition and a few small products.
+
+Choosing w and lam, and keeping the better. Grouped cross-validation over the *local* images (round
+robin within each class, F = min(5, smallest class), every class in every training fold): each
+candidate (lam, w) is fitted on F-1 folds and predicts the held-out fold; the candidate with the
+most held-out images right wins (ties: the smaller w, then lower held-out logit error). It is kept
+only if, on those same held-out predictions, it is right where the views-only fit is wrong more
+often than the reverse by more than one standard deviation of a fair coin (wins - losses >
+sqrt(wins + losses)) and is right on more held-out images than chance reaches at 3 sigma (labels
+that say nothing about the images can still be fitted better than a fit that ignores them);
+otherwise the views-only fit stays and the report says why. With one image
+per class no split keeps every class: then each image is held out alone (its class absent from the
+fit), so the check can only see harm to it or help through the other classes - a deliberately
+conservative fallback that keeps the views-only fit unless the others' images help.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .accuracy import chance_bound
+from .ridge import FOLDS, RIDGE_GRID, fit_ridge, image_folds, residual
+
+WEIGHT_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # w relative to the local term's natural scale (see _Problem.w_scale)
+MAX_LOCAL_IMAGES = 2000  # the local term is n x n; adaptation is for a few images per class
+
+
+class _Problem:
+    """What every candidate shares: the views' eigenbasis and the local images in it."""
+
+    def __init__(self, xv, yv, view_labels, wc, bc, xl, yl, prior):
+        xv = xv.astype(np.float64)
+        self.prior = prior
+        yres = residual(xv, yv.astype(np.float64), prior)
+        self.mx, self.my = xv.mean(0), yres.mean(0)
+        xc, yc = xv - self.mx, yres - self.my
+        self.nv, self.d = xc.shape
+        s, self.v = np.linalg.eigh(xc.T @ xc)
+        self.s = np.clip(s, 0.0, None)
+        self.scale = max(float(self.s.sum()), 1e-12) / self.d  # tr(Xc^T Xc) / D_B, as in (3)
+        self.wc, self.bc = wc.astype(np.float64), bc.astype(np.float64)
+        self.m = self.wc @ (yc.T @ (xc @ self.v))  # (C, D_B): W_c Yc^T Xc V, the P0 logits' slope in the eigenbasis
+        xl = xl.astype(np.float64)
+        self.zv = (xl - self.mx) @ self.v  # local images in the eigenbasis
+        base = self.my @ self.wc.T + self.bc
+        self.z_const = base + (xl @ self.wc.T if prior == "identity" else 0.0)  # the identity prior adds W_c x
+        gl = yv.astype(np.float64) @ self.wc.T + self.bc  # golden logits of the views
+        c = len(bc)
+        self.t_class = np.stack([gl[view_labels == k].mean(0) if (view_labels == k).any() else gl.mean(0) for k in range(c)])
+        self.yl = yl
+        self.t = self.t_class[yl]
+        sig, self.q = np.linalg.eigh(self.wc @ self.wc.T)
+        self.sig = np.clip(sig, 0.0, None)
+
+    def lam(self, r: float) -> float:
+        return r * self.scale
+
+    def logits0(self, r: float) -> np.ndarray:
+        """Logits of the local images through P0 at relative strength r (the views-only fit)."""
+        return self.z_const + (self.zv / (self.s + self.lam(r))) @ self.m.T
+
+    def kernel(self, r: float) -> np.ndarray:
+        return (self.zv / (self.s + self.lam(r))) @ self.zv.T + 1.0 / self.nv
+
+    def w_scale(self, kern: np.ndarray) -> float:
+        """1 / (mean eigenvalue of S * mean diagonal of K): w = relative weight * this, so that a
+        relative weight of 1 makes the local term's pull comparable to the views' (scale-free)."""
+        return 1.0 / max(float(self.sig.mean()) * float(np.mean(np.diag(kern))), 1e-12)
+
+
+def solve_dual(sig, q, kern, resid, w) -> np.ndarray:
+    """B (C, n) of the Sylvester equation B + w S B K = w R, R (C, n) (S = Q diag(sig) Q^T), elementwise in the eigenbases."""
+    kap, u = np.linalg.eigh(kern)
+    kap = np.clip(kap, 0.0, None)
+    rp = q.T @ resid @ u
+    bp = w * rp / (1.0 + w * np.outer(sig, kap))
+    return q @ bp @ u.T
+
+
+def local_folds(labels: np.ndarray, folds: int = FOLDS) -> tuple[np.ndarray, bool]:
+    """Fold of each local image and whether every class stays in every training fold (False: one
+    image per class somewhere, each image is then its own fold)."""
+    f = min(folds, int(np.bincount(labels)[np.unique(labels)].min()))
+    if f >= 2:
+        return image_folds(labels, f), True
+    return np.arange(len(labels)), False
+
+
+def cross_validate(p: _Problem, r_grid, w_grid, fold: np.ndarray) -> dict:
+    """Held-out logits of every candidate (r, w) over the folds: {(r, w): (n, C) logits}."""
+    n = len(p.yl)
+    out = {}
+    for r in r_grid:
+        z, kern = p.logits0(r), p.kernel(r)
+        ws = p.w_scale(kern)
+        for w in w_grid:
+            out[(r, w)] = np.empty((n, p.t.shape[1]))
+        for k in np.unique(fold):
+            tr, te = fold != k, fold == k
+            kt = kern[np.ix_(tr, tr)]
+            for w in w_grid:
+                b = solve_dual(p.sig, p.q, kt, (p.t - z)[tr].T, w * ws)
+                out[(r, w)][te] = z[te] + ((p.wc @ (p.wc.T @ b)) @ kern[np.ix_(tr, te)]).T
+    return out
+
+
+def _choose(p: _Problem, cv: dict, base: np.ndarray) -> tuple[tuple, dict]:
+    """The candidate with most held-out images right (ties: smaller w, then lower logit error), and
+    its paired comparison with the views-only fit ``base`` on the same held-out images."""
+    def key(c):
+        lg = cv[c]
+        return (-int((lg.argmax(1) == p.yl).sum()), c[1], float(((lg - p.t) ** 2).mean()))
+
+    best = min(cv, key=key)
+    right_a, right_b = cv[best].argmax(1) == p.yl, base.argmax(1) == p.yl
+    wins, losses = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    return best, {"wins": wins, "losses": losses, "cv_top1_adapted": float(right_a.mean()), "cv_top1_views_only": float(right_b.mean())}
+
+
+def keep_adapted(wins: int, losses: int) -> bool:
+    """The adapted fit replaces the views-only one only when it wins on held-out images by more than
+    a fair coin's one standard deviation: wins - losses > sqrt(wins + losses)."""
+    return wins - losses > math.sqrt(wins + losses)
+
+
+def verdict(cmp: dict, labels: np.ndarray, classes: int) -> str | None:
+    """Why the adapted fit is not kept, or None when it is: it must beat the views-only fit
+    (:func:`keep_adapted`) and chance at 3 sigma on the held-out images (labels that say nothing
+    about the images can still be fitted, and beat a views-only fit that ignores them)."""
+    n = len(labels)
+    if not keep_adapted(cmp["wins"], cmp["losses"]):
+        return (f"held out, adapting was right on {cmp['wins']} image(s) the views-only fit got wrong and wrong on "
+                f"{cmp['losses']} it got right: not more than noise")
+    chance = max(1.0 / classes, float(np.bincount(labels).max()) / n)
+    k = chance_bound(n, chance)
+    right = int(round(cmp["cv_top1_adapted"] * n))
+    if k is None or right < k:
+        return (f"held out, adapting was right on {right}/{n} local images, not above chance ({chance:.0%}) at 3 sigma"
+                + ("" if k is None else f" (needs {k})") + ": the labels may not match the images")
+    return None
+
+
+def adapt_fit(xv, yv, view_labels, wc, bc, xl, yl, prior: str = "none", view_ridge: float = 1e-3,
+              r_grid=RIDGE_GRID, w_grid=WEIGHT_GRID) -> dict:
+    """Fit (5) and choose (lam, w) by grouped cross-validation over the local images; keep the better.
+
+    xv (N_v, D_B) / yv (N_v, D_A): phi_B and phi_A of the views; view_labels (N_v,) their classes;
+    wc (C, D_A), bc (C,): the golden classifier; xl (n, D_B), yl (n,): the local images' phi_B and
+    labels; ``view_ridge``: today's views-only strength (edgedd.device.ridge.select_ridge), the
+    fit that is kept when adapting does not win. Returns weight, bias (float32) and the report."""
+    yl = np.asarray(yl, dtype=np.int64)
+    p = _Problem(xv, yv, np.asarray(view_labels), wc, bc, xl, yl, prior)
+    fold, grouped = local_folds(yl)
+    r_grid = tuple(sorted(set(r_grid) | {view_ridge}))
+    cv = cross_validate(p, r_grid, w_grid, fold)
+    (r, w), cmp = _choose(p, cv, p.logits0(view_ridge))
+    why = verdict(cmp, yl, len(bc))
+    kept = why is None
+    report = {"used": "adapted" if kept else "views only", "why_not_adapted": why, "images": int(len(yl)), "classes": int(len(np.unique(yl))),
+              "folds": int(len(np.unique(fold))), "grouped_folds": grouped, "view_ridge": float(view_ridge),
+              "ridge": float(r), "local_weight": float(w), **cmp}
+    if not kept:
+        wt, b = fit_ridge(xv, yv, view_ridge, prior)
+        return {"weight": wt, "bias": b, **report}
+    wt, b = fit_ridge(xv, yv, r, prior)
+    dw, db = delta(p, r, w)
+    return {"weight": (wt + dw).astype(np.float32), "bias": (b + db).astype(np.float32), **report}
+
+
+def delta(p: _Problem, r: float, w: float) -> tuple[np.ndarray, np.ndarray]:
+    """Delta = W_c^T B [X_l 1]^T H^-1 fitted on every local image, as a weight (D_A, D_B) and a bias."""
+    kern = p.kernel(r)
+    b = solve_dual(p.sig, p.q, kern, (p.t - p.logits0(r)).T, w * p.w_scale(kern))
+    tm = ((p.zv / (p.s + p.lam(r))) @ p.v.T)  # (n, D_B): (x_i - m)^T Hc^-1
+    left = p.wc.T @ b  # (D_A, n)
+    return left @ tm, left @ (1.0 / p.nv - tm @ p.mx)

@@ -1,0 +1,99 @@
+"""edgedd.device.adapt: the closed form against a direct solve, and the keep-the-better rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgedd.device.adapt import _Problem, adapt_fit, delta, keep_adapted, local_folds, verdict
+from edgedd.device.ridge import fit_ridge
+
+
+def _direct(xv, yv, xl, t, wc, bc, lam, w, prior):
+    """(5) solved as one linear system in vec([W p]) (small sizes only)."""
+    nv, db = xv.shape
+    da = yv.shape[1]
+    x1, l1 = np.hstack([xv, np.ones((nv, 1))]), np.hstack([xl, np.ones((len(xl), 1))])
+    yres = yv - xv if prior == "identity" else yv
+    e = np.eye(db + 1)
+    e[-1, -1] = 0
+    shift = xl @ wc.T if prior == "identity" else 0.0
+    rhs = yres.T @ x1 + w * wc.T @ (t - bc - shift).T @ l1
+    m = np.kron(x1.T @ x1 + lam * e, np.eye(da)) + w * np.kron(l1.T @ l1, wc.T @ wc)
+    th = np.linalg.solve(m, rhs.reshape(-1, order="F")).reshape(da, db + 1, order="F")
+    return th[:, :db] + (np.eye(da) if prior == "identity" else 0.0), th[:, db]
+
+
+@pytest.mark.parametrize("prior", ["none", "identity"])
+def test_closed_form_matches_direct_solve(prior):
+    rng = np.random.default_rng(0)
+    nv, db, c, n = 60, 12, 4, 15
+    da = db if prior == "identity" else 9
+    xv, yv, vl = rng.normal(size=(nv, db)), rng.normal(size=(nv, da)), rng.integers(0, c, nv)
+    wc, bc, xl, yl = rng.normal(size=(c, da)), rng.normal(size=c), rng.normal(size=(n, db)), rng.integers(0, c, n)
+    p = _Problem(xv, yv, vl, wc, bc, xl, yl, prior)
+    r, wrel = 0.1, 2.0
+    w0, b0 = fit_ridge(xv, yv, r, prior)
+    assert np.allclose(p.logits0(r), (xl @ w0.T.astype(np.float64) + b0) @ wc.T + bc, atol=1e-4)
+    dw, db_ = delta(p, r, wrel)
+    want_w, want_b = _direct(xv, yv, xl, p.t, wc, bc, p.lam(r), wrel * p.w_scale(p.kernel(r)), prior)
+    assert np.allclose(w0 + dw, want_w, atol=1e-4) and np.allclose(b0 + db_, want_b, atol=1e-4)
+
+
+def _domain(rng, n_per, means, mix, noise):
+    """Images of each class in A-space (class means + noise) and their phi_B = mix(A) + noise."""
+    a = np.concatenate([means[c] + 0.6 * rng.normal(size=(n_per, means.shape[1])) for c in range(len(means))])
+    y = np.repeat(np.arange(len(means)), n_per)
+    return a, a @ mix.T + noise * rng.normal(size=(len(a), mix.shape[0])), y
+
+
+def _world(seed=0):
+    """Views from one domain; the device's local and test images from a shifted one (its B differs)."""
+    rng = np.random.default_rng(seed)
+    c, da, db = 5, 16, 24
+    means = 1.0 * rng.normal(size=(c, da))
+    mix = rng.normal(size=(db, da)) / np.sqrt(da)
+    ya, xv, vl = _domain(rng, 4, means, mix, 0.1)
+    shift = mix + 1.5 * rng.normal(size=(db, da)) / np.sqrt(da)  # the local domain maps A-space differently
+    _, xl, yl = _domain(rng, 8, means, shift, 0.1)
+    _, xt, yt = _domain(rng, 60, means, shift, 0.1)
+    wc, bc = means.astype(np.float64), -0.5 * (means**2).sum(1)  # nearest class mean in A-space
+    return dict(xv=xv, yv=ya, vl=vl, wc=wc, bc=bc, xl=xl, yl=yl, xt=xt, yt=yt)
+
+
+def _top1(fit, w):
+    return float((((w["xt"] @ fit["weight"].T.astype(np.float64) + fit["bias"]) @ w["wc"].T + w["bc"]).argmax(1) == w["yt"]).mean())
+
+
+def test_adapt_helps_on_a_shifted_domain_and_is_kept():
+    w = _world()
+    ad = adapt_fit(w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"], w["yl"], view_ridge=0.1)
+    base = adapt_fit(w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"], w["yl"], view_ridge=0.1, w_grid=(1e-9,))
+    assert ad["used"] == "adapted" and ad["wins"] > ad["losses"]
+    assert _top1(ad, w) > _top1(base, w) + 0.05
+
+
+def test_mislabelled_local_images_fall_back_to_the_views_only_fit():
+    w = _world()
+    wrong = np.random.default_rng(3).permutation(w["yl"])  # labels shuffled: nothing to learn
+    ad = adapt_fit(w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"], wrong, view_ridge=0.1)
+    assert ad["used"] == "views only" and "chance" in ad["why_not_adapted"]
+    w0, b0 = fit_ridge(w["xv"], w["yv"], 0.1)
+    assert np.array_equal(ad["weight"], w0) and np.array_equal(ad["bias"], b0)
+
+
+def test_one_image_per_class_is_held_out_alone():
+    fold, grouped = local_folds(np.array([0, 1, 2, 2]))
+    assert not grouped and len(np.unique(fold)) == 4
+    fold, grouped = local_folds(np.array([0, 0, 1, 1, 1]))
+    assert grouped and len(np.unique(fold)) == 2
+
+
+def test_keep_rule_needs_more_than_a_coin():
+    assert not keep_adapted(1, 0) and not keep_adapted(3, 1) and keep_adapted(5, 1) and not keep_adapted(0, 0)
+
+
+def test_a_win_below_chance_is_not_kept():
+    labels = np.repeat(np.arange(5), 8)
+    assert "chance" in verdict({"wins": 9, "losses": 1, "cv_top1_adapted": 0.3}, labels, 5)
+    assert verdict({"wins": 9, "losses": 1, "cv_top1_adapted": 0.9}, labels, 5) is None

@@ -1,0 +1,191 @@
+"""sfm_sub: the per-image sub-centre loss (value and gradient), the k-means sub-centres and their
+one-to-one matching (deterministic, right on a toy), and a tiny end-to-end distill."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgedd.losses import anchor_loss, centre_separation, class_centres, flow, subcentre_loss
+from edgedd.subcentres import greedy_match, kmeans, subcentre_targets
+
+
+def _toy(c=3, ipc=4, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(c * ipc, d, generator=g, dtype=torch.float64)
+    t = torch.randn(c * ipc, d, generator=g, dtype=torch.float64)
+    mu = torch.randn(c, d, generator=g, dtype=torch.float64) * 3
+    return z, t, mu
+
+
+def test_subcentre_loss_value_is_anchor_plus_per_image_term():
+    z, t, mu = _toy()
+    got = subcentre_loss(z, flow(mu), mu, t, beta=2.0, gamma=3.0)
+    per_image = ((z - t) ** 2).sum(1).mean() / centre_separation(mu)
+    torch.testing.assert_close(got, anchor_loss(z, flow(mu), mu, 2.0) + 3.0 * per_image)
+    assert (got - anchor_loss(z, flow(mu), mu, 2.0)).item() > 0.1  # the term is there
+
+
+def test_subcentre_loss_zero_only_on_the_targets_and_gradient_points_at_them():
+    z, t, mu = _toy()
+    mu_t = class_centres(t, 3)  # targets whose class means are the real centres: the loss's zero
+    assert abs(subcentre_loss(t, flow(mu_t), mu_t, t, 10.0, 10.0).item()) < 1e-10
+    # the class means match but the images do not sit on their own targets: anchored SFM is 0, sfm_sub is not
+    shuffled = t.view(3, 4, -1).flip(1).reshape(12, -1)
+    assert abs(anchor_loss(shuffled, flow(mu_t), mu_t, 10.0).item()) < 1e-10
+    assert subcentre_loss(shuffled, flow(mu_t), mu_t, t, 10.0, 10.0).item() > 0.1
+    # the per-image term's gradient (beta = 0 and a matched flow isolate it) is 2 gamma (z_i - s_i) / (N d2)
+    x = shuffled.clone().requires_grad_(True)
+    subcentre_loss(x, flow(mu_t), mu_t, t, 0.0, 5.0).backward()
+    expect = 2 * 5.0 * (shuffled - t) / (12 * centre_separation(mu_t))
+    torch.testing.assert_close(x.grad, expect, atol=1e-8, rtol=1e-6)  # the flow cosine is flat at its optimum
+
+
+def test_kmeans_finds_separated_clusters_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    means = np.array([[0.0, 0.0], [6.0, 6.0], [0.0, 6.0]])
+    x = np.concatenate([rng.normal(m, 0.2, (30, 2)) for m in means])
+    a, b = kmeans(x, 3, (0, 1)), kmeans(x, 3, (0, 1))
+    np.testing.assert_array_equal(a, b)
+    # every true mean has a centre within 0.2, each centre the mean of its own cluster's points
+    near = np.linalg.norm(a[:, None] - means[None], axis=2)
+    assert sorted(near.argmin(1).tolist()) == [0, 1, 2] and near.min(1).max() < 0.2
+    # fewer rows than centres: the rows repeat
+    np.testing.assert_array_equal(kmeans(x[:2], 3, (0,)), x[[0, 1, 0]])
+
+
+def test_greedy_match_is_one_to_one_and_takes_the_nearest():
+    cent = np.array([[0.0, 0.0], [5.0, 5.0], [0.0, 5.0]])
+    z = np.array([[0.1, 4.9], [0.2, 0.1], [4.0, 4.0]])
+    np.testing.assert_array_equal(greedy_match(z, cent), [2, 0, 1])
+    # two rows nearest the same centre: the closer one keeps it, the other takes what is left
+    perm = greedy_match(np.array([[0.0, 0.1], [0.0, 0.3], [9.0, 9.0]]), cent)
+    assert perm[0] == 0 and sorted(perm.tolist()) == [0, 1, 2]
+
+
+def test_subcentre_targets_class_major_and_matched():
+    rng = np.random.default_rng(1)
+    feats = np.concatenate([rng.normal(m, 0.1, (10, 2)) for m in ([0, 0], [0, 4], [10, 0], [10, 4])])
+    labels = np.repeat([0, 0, 1, 1], 10)  # class 0: two clusters near x = 0; class 1: two near x = 10
+    z0 = np.array([[0, 4.0], [0, 0.0], [10, 0.0], [10, 4.0]])
+    t = subcentre_targets(feats, labels, z0, 2, 2, seed=0).numpy()
+    assert t.shape == (4, 2)
+    np.testing.assert_allclose(t, z0, atol=0.1)  # each image got the sub-centre it started nearest
+
+
+def test_tiny_distill_with_sfm_sub(image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import tiny_distill_args
+    from edgedd.cli import app
+
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--ipc", "2", "--iterations", "4", "--method", "sfm_sub",
+                                                  "--gamma", "5", "--json"))
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["method"] == "sfm_sub" and s["config"]["gamma"] == 5.0
+    assert np.isfinite(s["final_loss"]) and s["final_loss"] > 0
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan"])
+def test_bad_gamma_is_one_line(image_folder, tmp_path, bad):
+    from typer.testing import CliRunner
+
+    from conftest import tiny_distill_args
+    from edgedd.cli import app
+
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--method", "sfm_sub", "--gamma", bad))
+    assert r.exit_code in (1, 2) and "Traceback" not in r.output
+
+
+def test_ridge_probe_loss_is_the_kernel_ridge_error_and_rewards_separable_sets():
+    from edgedd.losses import ridge_probe_loss
+
+    g = torch.Generator().manual_seed(0)
+    c, ipc, d = 3, 4, 5
+    means = torch.randn(c, d, generator=g, dtype=torch.float64) * 4
+    real_y = torch.arange(c).repeat_interleave(20)
+    real = means[real_y] + torch.randn(60, d, generator=g, dtype=torch.float64)
+    good = means.repeat_interleave(ipc, 0) + 0.3 * torch.randn(c * ipc, d, generator=g, dtype=torch.float64)
+    bad = means[(torch.arange(c).repeat_interleave(ipc) + 1) % c]  # every image sits on the next class's mean
+    lg, lb = ridge_probe_loss(good, real, real_y, c, 1e-2), ridge_probe_loss(bad, real, real_y, c, 1e-2)
+    assert lg.item() < 0.5 < lb.item()
+    # the value is the primal ridge fit's: W = (X^T X + lam I)^-1 X^T Y equals the dual form (5)
+    mean, sd = real.mean(0, keepdim=True), real.std(0, keepdim=True)
+    x = torch.cat([(good - mean) / sd, torch.ones(12, 1, dtype=torch.float64)], 1)
+    r = torch.cat([(real - mean) / sd, torch.ones(60, 1, dtype=torch.float64)], 1)
+    y = torch.nn.functional.one_hot(torch.arange(c).repeat_interleave(ipc), c).double() - 1 / c
+    lam = 1e-2 * (x * x).sum(1).mean()
+    w = torch.linalg.solve(x.T @ x + lam * torch.eye(d + 1, dtype=torch.float64), x.T @ y)
+    ry = torch.nn.functional.one_hot(real_y, c).double() - 1 / c
+    torch.testing.assert_close(lg, (r @ w - ry).pow(2).sum(1).mean())
+    # and it is differentiable in the synthetic features
+    z = good.clone().requires_grad_(True)
+    ridge_probe_loss(z, real, real_y, c, 1e-2).backward()
+    assert z.grad.abs().max() > 0
+
+
+def test_tiny_distill_with_sfm_probe(image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import tiny_distill_args
+    from edgedd.cli import app
+
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--ipc", "2", "--iterations", "4", "--method", "sfm_probe",
+                                                  "--kappa", "3", "--json"))
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["method"] == "sfm_probe" and s["config"]["kappa"] == 3.0 and np.isfinite(s["final_loss"])
+
+
+@pytest.mark.parametrize("method", ["sfm_sub", "sfm_probe"])
+def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
+    from edgedd.backbones import backbone_autocast
+    from edgedd.chunked import chunked_step
+    from edgedd.config import DistillConfig
+    from edgedd.stage2 import RealTargets, feature_loss, sfm_step_loss
+    from edgedd.synthetic import Pyramid
+
+    model, info = tiny_backbone
+    c, ipc, d = 3, 2, info.num_features
+    cfg = DistillConfig(method=method, ipc=ipc, augs_per_batch=2, syn_res=32, crop_res=32)
+    g = torch.Generator().manual_seed(0)
+    pyr = Pyramid.init(c * ipc, 32, g)
+    for _ in range(3):
+        pyr.extend(g)
+    centres = torch.randn(c, d, generator=g)
+    targets = RealTargets(sub=torch.randn(c * ipc, d, generator=g), real=torch.randn(30, d, generator=g), real_labels=torch.arange(c).repeat(10))
+
+    def grads(fn):
+        for lv in pyr.levels:
+            lv.grad = None
+        loss = fn(torch.Generator().manual_seed(42))
+        return loss.item(), [lv.grad.clone() for lv in pyr.levels]
+
+    def one_pass(gen):
+        loss = sfm_step_loss(model, pyr.decode(), cfg, info, gen, flow(centres), centres, targets)
+        loss.backward()
+        return loss
+
+    l1, g1 = grads(one_pass)
+    l2, g2 = grads(lambda gen: chunked_step(model, pyr, cfg, info, gen, lambda z: feature_loss(z, cfg, flow(centres), centres, targets), 5,
+                                            backbone_autocast(torch.device("cpu"), False)))
+    assert abs(l1 - l2) < 1e-5 * max(1.0, abs(l1))
+    for a, b in zip(g1, g2):
+        assert a.abs().max() > 0
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_augmentation_options_reach_the_config(image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import tiny_distill_args
+    from edgedd.cli import app
+
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--iterations", "2", "--crop-min", "0.25", "--noise-p", "0", "--json"))
+    assert r.exit_code == 0, r.stderr
+    aug = json.loads(r.stdout)["config"]["augment"]
+    assert aug["crop_scale"] == [0.25, 1.0] and aug["noise_p"] == 0.0
+    bad = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "b", "--crop-min", "0"))
+    assert bad.exit_code == 1 and "crop area" in bad.output and "Traceback" not in bad.output
