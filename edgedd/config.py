@@ -136,6 +136,14 @@ class DistillConfig:
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only; CPU always runs fp32
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Projector-aware distillation (edgedd.projector_aware): surrogate edge backbones B' ("name" or
+    # "name@input_size"); none: off. Their term's weight, views per image, the relative ridge
+    # strengths it averages over, and the real images per step it is scored on.
+    surrogates: tuple[str, ...] = ()
+    surrogate_weight: float = 1.0
+    surrogate_views: int = 1
+    surrogate_ridge: tuple[float, ...] = (0.1, 1.0)
+    surrogate_real: int = 1000
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, atomic, copies, rundir, stage2
+from . import __version__, atomic, copies, projector_aware, rundir, stage2
 from .backbones import BackboneInfo, check_model_name, distill_resolution, encode, load_backbone, resolve_device
 from .checkpoint import save_checkpoint
 from .config import CROP_SAMPLERS, INITS, MAX_RESOLUTION, METHODS, FLOW_DENOMINATORS, DistillConfig, RunOptions, StageIConfig, fingerprint, to_dict
@@ -89,6 +89,7 @@ def validate(cfg: DistillConfig) -> None:
     # finite, and at most MAX_LR: far larger steps overflow Adam's float32 update (a traceback at 1e38)
     if not (0 < cfg.lr <= MAX_LR):
         raise EdgeddError(f"--lr must be a finite value in (0, {MAX_LR:g}] (got {cfg.lr})", "pass a positive learning rate, e.g. 2e-3")
+    projector_aware.validate(cfg)
 
 
 def distill(
@@ -177,6 +178,9 @@ def _plan(*, out: Path, source: LabelledImages, backbone: str, weights: str, con
     if group.enabled and config.method == "lgm":
         raise on_all_ranks(EdgeddError("--method lgm runs on one process (its loss needs the whole real batch and synthetic set)",
                                        "launch it without torchrun, or use --method sfm"))
+    if group.enabled and config.surrogates:
+        raise on_all_ranks(EdgeddError("--surrogate runs on one process (its projector is fitted on the whole synthetic set)",
+                                       "launch it without torchrun"))
     # reference-faithful sizes unless overridden or impossible (the rule: edgedd.backbones.distill_resolution)
     crop_res, syn_res, size_rule = distill_resolution(backbone, crop_res, syn_res)
     model, info = load_backbone(backbone, weights, input_size=crop_res, resize_size=syn_res, device=device, seed=config.seed)
@@ -234,6 +238,7 @@ class Stage2Result:
     memory: dict  # the phase's peak (edgedd.memory)
     chunk: int
     flow_real: torch.Tensor
+    extra: dict | None = None  # the projector-aware term's summary (edgedd.projector_aware), when on
 
     @property
     def sec_per_iter(self) -> float | None:
@@ -258,6 +263,8 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
             rundir.write_initial(plan.out, images=initial, labels=torch.arange(plan.num_classes).repeat_interleave(cfg.ipc))
     step, chunk = stage2.step_function(loop=loop, model=plan.model, info=plan.info, cfg=cfg, source=plan.source, device=device, group=group,
                                        flow_real=flow_real, centres_real=centres_real, chunk_size=o.chunk_size, num_workers=plan.workers)
+    if cfg.surrogates:  # plus the projector-aware term (edgedd.projector_aware)
+        step = projector_aware.ProjectorAware(step, plan.model, plan.info, cfg, plan.source, (s1.stats.weight, s1.stats.bias), device, plan.workers)
     stop = cfg.iterations if o.stop_after is None else min(cfg.iterations, start + o.stop_after)
     memory = PhaseMemory(device)
     memory.start()
@@ -273,7 +280,8 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
                 save_checkpoint(ckpt, step=loop.step, pyr=loop.pyr, opt=loop.opt, gen=loop.gen, run_fp=plan.run_fp, loss=loop.loss, group=group)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return Stage2Result(loop, start, stop, time.perf_counter() - t2, memory.peak_mb(), chunk, flow_real)
+    return Stage2Result(loop, start, stop, time.perf_counter() - t2, memory.peak_mb(), chunk, flow_real,
+                        step.summary() if isinstance(step, projector_aware.ProjectorAware) else None)
 
 
 def _look(plan: Plan, loop: stage2.Loop, flow_real: torch.Tensor) -> float | None:
@@ -368,6 +376,7 @@ def _summary(plan: Plan, s1: Stage1Result, s2: Stage2Result, *, flow_cosine: flo
         "stage2_memory": s2.memory,
         "stage2_step_memory": s2.loop.step_memory,
         "chunk_size": s2.chunk,
+        "projector_aware": s2.extra,
         "ranks": plan.group.world,
         "total_seconds": time.perf_counter() - plan.t_start,
         "device": str(plan.device),

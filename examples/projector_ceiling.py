@@ -10,6 +10,10 @@ would record) on B's and A's features of
 
 * IPC real images per class (the synthetic set's budget; ``--draws`` random draws, centre crops), and
 * all 4,000 training images,
+* and, with ``--synthetic RUN`` (repeatable, runs distilled through the host), the run's own IPC
+  synthetic images per class (their centre crops as the device renders them; the run's host must
+  be the ``--host`` given, at the same input size): what the synthetic set teaches the projector
+  against what the same number of real images does,
 
 then top-1 on the 1,000 test digits. B's own full-data probe (the same recipe on phi_B) is the
 column every CI figure is compared with. Run:
@@ -29,12 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgedd.augment import center_crop
+from edgedd.augment import center_crop, eval_view
 from edgedd.backbones import encode, load_backbone
 from edgedd.config import StageIConfig
 from edgedd.data import canvas_loader
 from edgedd.device.ridge import fit_ridge, projector_prior, select_ridge
 from edgedd.images import open_dataset
+from edgedd.rundir import load_run
 from edgedd.statistics import train_golden
 
 SPECS = ("edgedd/host-vit", "edgedd/efficientnet-lite1@96", "edgedd/efficientnet-lite0@96")
@@ -51,6 +56,16 @@ def features(spec: str, data: str) -> tuple[np.ndarray, np.ndarray, str]:
         feats.append(encode(model, center_crop(images.float().div_(255), pp.input_size), pp).numpy())
         labels.append(y.numpy())
     return np.concatenate(feats), np.concatenate(labels), info.weights_sha256
+
+
+@torch.no_grad()
+def synthetic_features(spec: str, run_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """phi of a run's synthetic images: the canvas resized to the backbone's resize size, centre crop."""
+    name, _, res = spec.partition("@")
+    model, info = load_backbone(name, "hub", input_size=int(res) if res else None, device="cpu", seed=0)
+    run = load_run(run_dir)
+    x = eval_view(run.images, info.preprocess.resize_size, info.preprocess.input_size)
+    return encode(model, x, info.preprocess).numpy(), run.labels.numpy()
 
 
 def golden(feats: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -75,6 +90,7 @@ def main() -> None:
     ap.add_argument("--edge", default="edgedd/efficientnet-lite0@96", help="backbone B")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--synthetic", action="append", default=[], help="a run distilled through --host (one host only): fit P on its images")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cross/ceiling.json"))
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -105,6 +121,12 @@ def main() -> None:
             f"ci_real_ipc{a.ipc}": [ci_top1(xb, xa, d, y, "none", tb, y_te, g[:2]) for d in draws],
             "ci_real_all": ci_top1(xb, xa, np.arange(len(y)), y, "none", tb, y_te, g[:2]),
         }
+        for run_dir in a.synthetic:
+            sb, ys = synthetic_features(a.edge, run_dir)
+            sa, _ = synthetic_features(spec, run_dir)
+            xs, xa_s = np.concatenate([xb, sb]), np.concatenate([xa, sa])
+            idx = np.arange(len(y), len(y) + len(ys))
+            row.setdefault("ci_synthetic", []).append({"run": run_dir, **ci_top1(xs, xa_s, idx, np.concatenate([y, ys]), "none", tb, y_te, g[:2])})
         if prior == "identity":
             row[f"ci_real_ipc{a.ipc}_identity_prior"] = [ci_top1(xb, xa, d, y, prior, tb, y_te, g[:2]) for d in draws]
         rows.append(row)
@@ -121,6 +143,8 @@ def main() -> None:
             extra = f"; identity prior {100 * np.mean(idp):.1f} ± {100 * np.std(idp):.1f}"
         print(f"| `{r['host']}` | `{r['edge']}` | {100 * r['host_golden_top1']:.1f} | {100 * r['edge_probe_top1']:.1f} | "
               f"{100 * np.mean(ipc):.1f} ± {100 * np.std(ipc):.1f}{extra} | {100 * r['ci_real_all']['top1']:.1f} |")
+        for c in r.get("ci_synthetic", []):
+            print(f"| `{r['host']}` | `{r['edge']}` | | | synthetic `{c['run']}`: {100 * c['top1']:.1f} (r = {c['ridge']:g}) | |")
 
 
 if __name__ == "__main__":
