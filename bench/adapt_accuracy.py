@@ -43,12 +43,14 @@ def probe(xl, yl, classes, grid=RIDGE_GRID):
     fold, grouped = local_folds(yl)
     r = 1.0
     if grouped:
+
         def cv(r):
             right = 0
             for k in np.unique(fold):
                 w, b = fit_ridge(xl[fold != k], onehot[fold != k], r)
                 right += int(((xl[fold == k] @ w.T + b).argmax(1) == yl[fold == k]).sum())
             return right
+
         r = max(grid, key=lambda g: (cv(g), g))
     return fit_ridge(xl, onehot, r)
 
@@ -84,32 +86,63 @@ def run_variant(path, int8, train, test, ks, draws, unlabelled):
             t0 = time.perf_counter()
             ad = adapt_fit(fv, yv, vlab, wc, bc, fp[idx], yp[idx], prior, ci["ridge"])
             t_ad = time.perf_counter() - t0
-            row = {"k": k, "draw": d, "ci": ci_top1, "probe": top1(ft @ pw.T + pb, yt),
-                   "adapt": top1(head(b, ft, (ad["weight"], ad["bias"])), yt), "used": ad["used"], "ridge": ad["ridge"],
-                   "local_weight": ad["local_weight"], "wins": ad["wins"], "losses": ad["losses"], "adapt_s": t_ad, "ci_fit_s": t_ci}
+            row = {
+                "k": k,
+                "draw": d,
+                "ci": ci_top1,
+                "probe": top1(ft @ pw.T + pb, yt),
+                "adapt": top1(head(b, ft, (ad["weight"], ad["bias"])), yt),
+                "used": ad["used"],
+                "ridge": ad["ridge"],
+                "local_weight": ad["local_weight"],
+                "wins": ad["wins"],
+                "losses": ad["losses"],
+                "adapt_s": t_ad,
+                "ci_fit_s": t_ci,
+            }
             if unlabelled:
                 rest = np.setdiff1d(np.arange(len(yp)), idx)
                 u = u0 = np.random.default_rng(7 + d).choice(rest, unlabelled, replace=False)
                 conf = np.sort(ci_pool[u], 1)[:, -1] - np.sort(ci_pool[u], 1)[:, -2]
                 u = u[conf >= np.median(conf)]
-                ad2 = adapt_fit(fv, yv, vlab, wc, bc, np.concatenate([fp[idx], fp[u]]),
-                                np.concatenate([yp[idx], ci_pool[u].argmax(1)]), prior, ci["ridge"])
+                ad2 = adapt_fit(
+                    fv,
+                    yv,
+                    vlab,
+                    wc,
+                    bc,
+                    np.concatenate([fp[idx], fp[u]]),
+                    np.concatenate([yp[idx], ci_pool[u].argmax(1)]),
+                    prior,
+                    ci["ridge"],
+                )
                 row["adapt_pl"] = top1(head(b, ft, (ad2["weight"], ad2["bias"])), yt)
                 # feature-statistics alignment: the unlabelled images' mean phi_B moved onto the views' mean
                 shift = fp[np.concatenate([idx, u0])].mean(0) - fv.mean(0)
                 row["ci_align"] = top1(head(b, ft, (ci["weight"], ci["bias"] - ci["weight"] @ shift)), yt)
             rows.append(row)
-            print(f"{path.name} {'int8' if int8 else 'fp32'} k={k} draw {d}: " + ", ".join(
-                f"{c} {100 * row[c]:.1f}" for c in ("ci", "probe", "adapt", "adapt_pl", "ci_align") if c in row)
-                + f" ({row['used']}, r {row['ridge']:g}, w {row['local_weight']:g}, {row['wins']}/{row['losses']})", file=sys.stderr, flush=True)
+            print(
+                f"{path.name} {'int8' if int8 else 'fp32'} k={k} draw {d}: "
+                + ", ".join(
+                    f"{c} {100 * row[c]:.1f}" for c in ("ci", "probe", "adapt", "adapt_pl", "ci_align") if c in row
+                )
+                + f" ({row['used']}, r {row['ridge']:g}, w {row['local_weight']:g}, {row['wins']}/{row['losses']})",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 
 def table(results):
-    cols = ["ci", "probe", "adapt"] + (["adapt_pl", "ci_align"] if any("adapt_pl" in r for res in results.values() for r in res) else [])
-    lines = ["| bundle | backbone | k | CI alone | probe on k local | adapt | "
-             + ("adapt + pseudo-labels | CI + mean alignment | " if "adapt_pl" in cols else "")
-             + "adapt kept (of draws) |", "|---" * (4 + len(cols)) + "|"]
+    cols = ["ci", "probe", "adapt"] + (
+        ["adapt_pl", "ci_align"] if any("adapt_pl" in r for res in results.values() for r in res) else []
+    )
+    lines = [
+        "| bundle | backbone | k | CI alone | probe on k local | adapt | "
+        + ("adapt + pseudo-labels | CI + mean alignment | " if "adapt_pl" in cols else "")
+        + "adapt kept (of draws) |",
+        "|---" * (4 + len(cols)) + "|",
+    ]
     for (name, var), rows in results.items():
         for k in sorted({r["k"] for r in rows}):
             rs = [r for r in rows if r["k"] == k]
@@ -133,11 +166,21 @@ def main():
     results = {}
     for path in a.bundles:
         for int8 in (False, True) if a.int8 else (False,):
-            results[(path.name, "int8" if int8 else "fp32")] = run_variant(path, int8, a.train, a.test, a.k, a.draws, a.unlabelled)
+            results[(path.name, "int8" if int8 else "fp32")] = run_variant(
+                path, int8, a.train, a.test, a.k, a.draws, a.unlabelled
+            )
     print(table(results))
     if a.json:
-        a.json.write_text(json.dumps({"results": {f"{n}/{v}": r for (n, v), r in results.items()}, "peak_rss_mb": peak_rss_mb(),
-                                      "command": " ".join(sys.argv)}, indent=1))
+        a.json.write_text(
+            json.dumps(
+                {
+                    "results": {f"{n}/{v}": r for (n, v), r in results.items()},
+                    "peak_rss_mb": peak_rss_mb(),
+                    "command": " ".join(sys.argv),
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -43,13 +43,19 @@ def main():
     rows = {"fit": [], "adapt": []}
     for _ in range(a.repeats):
         for what in rows:
-            out = subprocess.run([sys.executable, "-c", CHILD, what, str(a.bundle), "1" if a.int8 else "0", str(a.data)],
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, what, str(a.bundle), "1" if a.int8 else "0", str(a.data)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             rows[what].append(json.loads(out.strip().splitlines()[-1]))
     print("| step | seconds (median) | peak RSS MB (max) |\n|---|---|---|")
     for what, rs in rows.items():
         s = sorted(r["seconds"] for r in rs)[len(rs) // 2]
-        print(f"| {'deploy-check fit' if what == 'fit' else 'adapt'} | {s:.2f} | {max(r['peak_rss_mb'] for r in rs):.0f} |")
+        print(
+            f"| {'deploy-check fit' if what == 'fit' else 'adapt'} | {s:.2f} | {max(r['peak_rss_mb'] for r in rs):.0f} |"
+        )
     if a.json:
         a.json.write_text(json.dumps({"rows": rows, "command": " ".join(sys.argv)}, indent=1))
 

@@ -21,8 +21,8 @@ from pathlib import Path
 def main() -> None:
     import torch
 
-    from edgedd.config import DistillConfig
-    from edgedd.distill import RunOptions, distill
+    from edgedd.core.config import DistillConfig
+    from edgedd.distillation.pipeline import RunOptions, distill
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="edgedd/host-vit")
@@ -37,18 +37,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.repeats):
             for method in times:
-                s = distill(a.data, a.backbone, Path(tmp) / f"{method}_{r}", config=DistillConfig(method=method, ipc=a.ipc, iterations=a.iterations),
-                            options=RunOptions(progress=False, preview_every=0, checkpoint_every=0), overwrite=True)
+                s = distill(
+                    a.data,
+                    a.backbone,
+                    Path(tmp) / f"{method}_{r}",
+                    config=DistillConfig(method=method, ipc=a.ipc, iterations=a.iterations),
+                    options=RunOptions(progress=False, preview_every=0, checkpoint_every=0),
+                    overwrite=True,
+                )
                 times[method].append(s["sec_per_iter"])
     ratios = [b / s for s, b in zip(times["sfm"], times["sfm_anchor"])]
-    out = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads", "ipc": a.ipc,
-           "iterations": a.iterations, "sec_per_iter": times, "ratio_anchor_over_sfm_median": statistics.median(ratios), "ratios": ratios}
+    out = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "ipc": a.ipc,
+        "iterations": a.iterations,
+        "sec_per_iter": times,
+        "ratio_anchor_over_sfm_median": statistics.median(ratios),
+        "ratios": ratios,
+    }
     if a.json:
         print(json.dumps(out, indent=2))
     else:
         for m, t in times.items():
             print(f"{m:<11} s/step median {statistics.median(t):.4f}  ({', '.join(f'{x:.4f}' for x in t)})")
-        print(f"anchored / SFM: median {out['ratio_anchor_over_sfm_median']:.3f} (per pair {', '.join(f'{x:.3f}' for x in ratios)})")
+        print(
+            f"anchored / SFM: median {out['ratio_anchor_over_sfm_median']:.3f} (per pair {', '.join(f'{x:.3f}' for x in ratios)})"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Peak memory and time of one SFM step against N: the one-pass step vs the chunked step.
 
 Each (N, step) pair runs in a fresh process: one warm-up step, then the measured step, with the
-working memory taken by edgedd.memory.PhaseMemory (CUDA: max_memory_allocated; CPU: resident
+working memory taken by edgedd.host.memory.PhaseMemory (CUDA: max_memory_allocated; CPU: resident
 high-water mark minus the RSS before the step). The chunked step's peak should stay flat in N
 (set by --chunk), the one-pass step's should grow linearly.
 
@@ -22,14 +22,15 @@ import time
 def worker(mode: str, n: int, a) -> dict:
     import torch
 
-    from edgedd.backbones import load_backbone, resolve_device
-    from edgedd.chunked import chunked_step
-    from edgedd.config import DistillConfig
-    from edgedd.backbones import backbone_autocast as _autocast
-    from edgedd.stage2 import feature_loss, sfm_step_loss
-    from edgedd.losses import flow
-    from edgedd.memory import PhaseMemory
-    from edgedd.synthetic import Pyramid
+    from edgedd.backbones.forward import backbone_autocast as _autocast
+    from edgedd.backbones.forward import resolve_device
+    from edgedd.backbones.loader import load_backbone
+    from edgedd.core.config import DistillConfig
+    from edgedd.distillation.chunked import chunked_step
+    from edgedd.distillation.losses import flow
+    from edgedd.distillation.pyramid import Pyramid
+    from edgedd.distillation.stage2 import feature_loss, sfm_step_loss
+    from edgedd.host.memory import PhaseMemory
 
     dev = resolve_device(a.device)
     model, info = load_backbone(a.backbone, "random", input_size=a.crop_res, resize_size=a.crop_res, device=dev)
@@ -79,9 +80,22 @@ def main() -> None:
     for n in [int(x) for x in a.ns.split(",")]:
         row = {"n": n}
         for mode in ("one_pass", "chunked"):
-            cmd = [sys.executable, __file__, "--worker", mode, str(n), "--backbone", a.backbone, "--crop-res", str(a.crop_res),
-                   "--chunk", str(a.chunk), "--device", a.device]
-            from edgedd.memory import MEASURE_ENV
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                mode,
+                str(n),
+                "--backbone",
+                a.backbone,
+                "--crop-res",
+                str(a.crop_res),
+                "--chunk",
+                str(a.chunk),
+                "--device",
+                a.device,
+            ]
+            from edgedd.host.memory import MEASURE_ENV
 
             r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MEASURE_ENV})
             if r.returncode:
@@ -90,10 +104,18 @@ def main() -> None:
             row[f"{mode}_peak_mb"], row[f"{mode}_sec"], row["device"] = w["peak_mb"], w["sec"], w["device"]
         rows.append(row)
         if not a.json:
-            print(f"N={n:>5}  one-pass {row['one_pass_peak_mb']:>8.1f} MB {row['one_pass_sec']:>7.3f} s   "
-                  f"chunked({a.chunk}) {row['chunked_peak_mb']:>8.1f} MB {row['chunked_sec']:>7.3f} s", flush=True)
-    res = {"backbone": a.backbone, "crop_res": a.crop_res, "chunk": a.chunk, "rows": rows,
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+            print(
+                f"N={n:>5}  one-pass {row['one_pass_peak_mb']:>8.1f} MB {row['one_pass_sec']:>7.3f} s   "
+                f"chunked({a.chunk}) {row['chunked_peak_mb']:>8.1f} MB {row['chunked_sec']:>7.3f} s",
+                flush=True,
+            )
+    res = {
+        "backbone": a.backbone,
+        "crop_res": a.crop_res,
+        "chunk": a.chunk,
+        "rows": rows,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
     if a.json:
         print(json.dumps(res, indent=2))
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgedd.data import CanvasDataset
-from edgedd.images import open_dataset
-from edgedd.rundir import load_run
+from edgedd.core.images import open_dataset
+from edgedd.distillation.rundir import load_run
+from edgedd.host.data import CanvasDataset
 
 
 def real_pixels(data: str, size: int) -> np.ndarray:
@@ -53,9 +53,15 @@ def main() -> None:
         x = load_run(r).images.mean(1, keepdim=True)
         x = F.interpolate(x, size=(a.size, a.size), mode="area").flatten(1).numpy()
         d = nearest(x, real)
-        out["runs"][r] = {"median": float(np.median(d)), "mean": float(d.mean()), "ratio_median": float(np.median(d) / med),
-                          "share_below_p10": float((d < p10).mean())}
-        print(f"{r}: nearest real median {np.median(d):.3f} (ratio {np.median(d) / med:.2f}), below p10: {100 * (d < p10).mean():.0f}%")
+        out["runs"][r] = {
+            "median": float(np.median(d)),
+            "mean": float(d.mean()),
+            "ratio_median": float(np.median(d) / med),
+            "share_below_p10": float((d < p10).mean()),
+        }
+        print(
+            f"{r}: nearest real median {np.median(d):.3f} (ratio {np.median(d) / med:.2f}), below p10: {100 * (d < p10).mean():.0f}%"
+        )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -22,12 +22,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edgedd.augment import sample_views
-from edgedd.backbones import load_backbone
-from edgedd.config import AugmentConfig
+from edgedd.backbones.loader import load_backbone
+from edgedd.core.config import AugmentConfig
 from edgedd.device.render import normalize, render_views
-from edgedd.device.ridge import fit_ridge as fit_projector_ridge, select_ridge
+from edgedd.device.ridge import fit_ridge as fit_projector_ridge
+from edgedd.device.ridge import select_ridge
 from edgedd.export.onnx_graphs import export_backbone
+from edgedd.host.augment import sample_views
 
 
 def _median_time(fn, repeats):
@@ -88,21 +89,40 @@ def main() -> None:
     t_ort = _median_time(lambda: sess.run(None, {"images": xb}), a.repeats)
 
     r = {
-        "backbone": a.backbone, "input_size": pp.input_size, "features": info.num_features,
-        "images": n, "views": k, "fit_views": n * k, "target_dim": a.target_dim, "batch": a.batch, "threads": threads,
-        "render_s": t1 - t0, "backbone_s": t2 - t1, "ridge_cv_s": t_cv - t2, "ridge_s": t3 - t_cv, "projector_fit_total_s": t3 - t0,
-        "torch_images_per_s": a.batch / t_torch, "ort_images_per_s": a.batch / t_ort, "ort_over_torch": t_torch / t_ort,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__, "onnxruntime": ort.__version__,
+        "backbone": a.backbone,
+        "input_size": pp.input_size,
+        "features": info.num_features,
+        "images": n,
+        "views": k,
+        "fit_views": n * k,
+        "target_dim": a.target_dim,
+        "batch": a.batch,
+        "threads": threads,
+        "render_s": t1 - t0,
+        "backbone_s": t2 - t1,
+        "ridge_cv_s": t_cv - t2,
+        "ridge_s": t3 - t_cv,
+        "projector_fit_total_s": t3 - t0,
+        "torch_images_per_s": a.batch / t_torch,
+        "ort_images_per_s": a.batch / t_ort,
+        "ort_over_torch": t_torch / t_ort,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
     }
     if a.json:
         print(json.dumps(r, indent=2))
         return
     print(f"edge backbone {a.backbone} @ {pp.input_size}px, D_B={info.num_features}, {threads} threads")
-    print(f"projector fit, {n * k} views ({n} images x {k}): render {r['render_s']:.2f}s + backbone (ORT) {r['backbone_s']:.2f}s "
-          f"+ ridge choice (5-fold CV) {r['ridge_cv_s']:.3f}s + ridge solve {r['ridge_s']:.3f}s = {r['projector_fit_total_s']:.2f}s; "
-          f"CV / backbone = {r['ridge_cv_s'] / r['backbone_s']:.3f}")
-    print(f"inference, batch {a.batch}: torch {r['torch_images_per_s']:.1f} img/s, onnxruntime {r['ort_images_per_s']:.1f} img/s, "
-          f"ORT/torch = {r['ort_over_torch']:.2f}x")
+    print(
+        f"projector fit, {n * k} views ({n} images x {k}): render {r['render_s']:.2f}s + backbone (ORT) {r['backbone_s']:.2f}s "
+        f"+ ridge choice (5-fold CV) {r['ridge_cv_s']:.3f}s + ridge solve {r['ridge_s']:.3f}s = {r['projector_fit_total_s']:.2f}s; "
+        f"CV / backbone = {r['ridge_cv_s'] / r['backbone_s']:.3f}"
+    )
+    print(
+        f"inference, batch {a.batch}: torch {r['torch_images_per_s']:.1f} img/s, onnxruntime {r['ort_images_per_s']:.1f} img/s, "
+        f"ORT/torch = {r['ort_over_torch']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -38,15 +38,23 @@ def build_bundle(work: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import make_image_folder
 
-    from edgedd.config import DistillConfig, StageIConfig
-    from edgedd.distill import RunOptions, distill
+    from edgedd.core.config import DistillConfig, StageIConfig
+    from edgedd.distillation.pipeline import RunOptions, distill
     from edgedd.export.pack import PackConfig, pack
 
     os.environ.setdefault("EDGEDD_CACHE_DIR", str(work / "cache"))
     data = make_image_folder(work / "data")
-    distill(str(data), "test_vit", work / "run", weights="random", config=DistillConfig(ipc=2, iterations=30),
-            stage1_config=StageIConfig(golden_views=4, golden_epochs=10, golden_lr=1e-2),
-            options=RunOptions(device="cpu", num_workers=0, progress=False), crop_res=32, syn_res=32)
+    distill(
+        str(data),
+        "test_vit",
+        work / "run",
+        weights="random",
+        config=DistillConfig(ipc=2, iterations=30),
+        stage1_config=StageIConfig(golden_views=4, golden_epochs=10, golden_lr=1e-2),
+        options=RunOptions(device="cpu", num_workers=0, progress=False),
+        crop_res=32,
+        syn_res=32,
+    )
     pack(work / "run", bundle, config=PackConfig(views=8, projector_epochs=100), device="cpu")
     return bundle
 
@@ -73,8 +81,10 @@ def write_images(work: Path, n: int) -> tuple[Path, list[str]]:
     return root, files
 
 
-MEASURE = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True); "
-           "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, p.stderr.strip()[-200:].replace(chr(10), ' '))")
+MEASURE = (
+    "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True); "
+    "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, p.stderr.strip()[-200:].replace(chr(10), ' '))"
+)
 
 
 def peak_rss(tree: str | None, argv: list[str]) -> tuple[int, float, str]:
@@ -82,17 +92,23 @@ def peak_rss(tree: str | None, argv: list[str]) -> tuple[int, float, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEDD_PROGRESS": "0"}
     if tree:
         env["PYTHONPATH"] = tree
-    out = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "edgedd", *argv], capture_output=True, text=True,
-                         env=env, cwd="/", check=True).stdout.split(" ", 2)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, sys.executable, "-m", "edgedd", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        check=True,
+    ).stdout.split(" ", 2)
     return int(out[0]), float(out[1]), out[2].strip()
 
 
 def latency_table(bundle: Path, runs: int = 200, rounds: int = 5) -> dict:
     """Batch-1 latency at the default thread pool and at 1 and 2 intra-op threads, interleaved ``rounds`` times."""
     from edgedd.device.bundle import open_bundle, open_sessions
-    from edgedd.device.latency import latency_ms
-    from edgedd.device.inputs import prepare_canvases
     from edgedd.device.finetune import synthetic_pixels
+    from edgedd.device.inputs import prepare_canvases
+    from edgedd.device.latency import latency_ms
 
     b = open_bundle(bundle)
     x1 = prepare_canvases(b, synthetic_pixels(b))[:1]
@@ -108,21 +124,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 5000, 15000])
-    ap.add_argument("--tree", action="append", default=[], help="NAME=PATH of an edgedd source tree to measure (repeatable)")
+    ap.add_argument(
+        "--tree", action="append", default=[], help="NAME=PATH of an edgedd source tree to measure (repeatable)"
+    )
     ap.add_argument("--skip-rss", action="store_true")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     bundle = build_bundle(args.work)
     trees = [t.split("=", 1) for t in args.tree] + [["after", str(ROOT)]]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     rows = []
     for n in [] if args.skip_rss else args.sizes:
         folder, files = write_images(args.work, n)
         for name, tree in trees:
             pr = peak_rss(tree, ["predict", str(bundle), *files])
             dc = peak_rss(tree, ["deploy-check", str(bundle), "--data", str(folder), "--no-fine-tune", "--json"])
-            rows.append({"tree": name, "images": n, "predict_rc": pr[0], "predict_mb": pr[1], "deploy_rc": dc[0], "deploy_mb": dc[1]})
-            print(json.dumps(rows[-1]), pr[2][:120] if pr[0] else "", dc[2][:120] if dc[0] not in (0, 3) else "", flush=True)
+            rows.append(
+                {
+                    "tree": name,
+                    "images": n,
+                    "predict_rc": pr[0],
+                    "predict_mb": pr[1],
+                    "deploy_rc": dc[0],
+                    "deploy_mb": dc[1],
+                }
+            )
+            print(
+                json.dumps(rows[-1]),
+                pr[2][:120] if pr[0] else "",
+                dc[2][:120] if dc[0] not in (0, 3) else "",
+                flush=True,
+            )
     lat = latency_table(bundle)
     print("latency ms (p50, p95, p99), batch 1:", json.dumps(lat))
 

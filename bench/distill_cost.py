@@ -6,7 +6,7 @@ state); the figures come from the run's summary.json:
   sec_per_iter, wall_s  : Stage II only (Stage I is shared and cached)
   peak_mem_mb           : Stage II working memory: CUDA max_memory_allocated over the phase, or on
                           CPU the resident high-water mark during the phase minus the RSS just
-                          before its first step (edgedd/memory.py). It includes the synthetic set's
+                          before its first step (edgedd/host/memory.py). It includes the synthetic set's
                           own state (pyramid levels and Adam moments, the same for both methods),
                           which is created inside the phase as the pyramid grows from 1x1
   step_mem_mb           : the working memory of one full-resolution step once that state exists
@@ -35,10 +35,41 @@ from pathlib import Path
 
 
 def run_method(method: str, augs: int, a, out: Path, env) -> dict:
-    cmd = [sys.executable, "-m", "edgedd", "distill", a.data, "--backbone", a.backbone, "--weights", a.weights,
-           "--method", method, "--augs-per-batch", str(augs), "--ipc", str(a.ipc), "--iterations", str(a.iterations),
-           "--crop-res", str(a.crop_res), "--syn-res", str(a.syn_res), "--device", a.device, "--seed", "0",
-           "--checkpoint-every", "0", "--preview-every", "0", "--out", str(out), "--json", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgedd",
+        "distill",
+        a.data,
+        "--backbone",
+        a.backbone,
+        "--weights",
+        a.weights,
+        "--method",
+        method,
+        "--augs-per-batch",
+        str(augs),
+        "--ipc",
+        str(a.ipc),
+        "--iterations",
+        str(a.iterations),
+        "--crop-res",
+        str(a.crop_res),
+        "--syn-res",
+        str(a.syn_res),
+        "--device",
+        a.device,
+        "--seed",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--preview-every",
+        "0",
+        "--out",
+        str(out),
+        "--json",
+        "-q",
+    ]
     if method == "sfm":
         cmd += ["--chunk-size", "0"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -46,9 +77,18 @@ def run_method(method: str, augs: int, a, out: Path, env) -> dict:
         sys.exit(f"{method} failed:\n{r.stderr[-2000:]}")
     s = json.loads(r.stdout)
     mem, step_mem = s["stage2_memory"], s.get("stage2_step_memory") or {}
-    return {"method": method, "augs_per_batch": augs, "sec_per_iter": s["sec_per_iter"], "wall_s": s["stage2_seconds"],
-            "peak_mem_mb": mem["working_mb"], "step_mem_mb": step_mem.get("working_mb"), "memory_kind": mem["kind"],
-            "device": s["device"], "final_loss": s["final_loss"], "flow_cosine": s["flow_cosine"]}
+    return {
+        "method": method,
+        "augs_per_batch": augs,
+        "sec_per_iter": s["sec_per_iter"],
+        "wall_s": s["stage2_seconds"],
+        "peak_mem_mb": mem["working_mb"],
+        "step_mem_mb": step_mem.get("working_mb"),
+        "memory_kind": mem["kind"],
+        "device": s["device"],
+        "final_loss": s["final_loss"],
+        "flow_cosine": s["flow_cosine"],
+    }
 
 
 def ratio(lgm: float | None, sfm: float | None) -> float | None:
@@ -60,7 +100,9 @@ def main() -> None:
     ap.add_argument("--data", default="embedded:mnist")
     ap.add_argument("--backbone", default="vit_tiny_patch16_224")
     ap.add_argument("--weights", default="random")
-    ap.add_argument("--data-limit", type=int, default=500, help="evenly spaced subset of --data written as an ImageFolder (0: all)")
+    ap.add_argument(
+        "--data-limit", type=int, default=500, help="evenly spaced subset of --data written as an ImageFolder (0: all)"
+    )
     ap.add_argument("--crop-res", type=int, default=224)
     ap.add_argument("--syn-res", type=int, default=256)
     ap.add_argument("--ipc", type=int, default=1)
@@ -70,14 +112,14 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    from edgedd.memory import MEASURE_ENV
+    from edgedd.host.memory import MEASURE_ENV
 
     env = dict(os.environ, EDGEDD_PROGRESS="0", **MEASURE_ENV)
     spec = a.data
     with tempfile.TemporaryDirectory() as tmp:
         env.setdefault("EDGEDD_CACHE_DIR", str(Path(tmp) / "cache"))
         if a.data_limit:
-            from edgedd.images import write_image_folder
+            from edgedd.core.images import write_image_folder
 
             a.data = str(write_image_folder(a.data, Path(tmp) / "data", limit=a.data_limit))
         # warm the Stage I cache first so neither timed run pays for it
@@ -85,8 +127,15 @@ def main() -> None:
         sfm = run_method("sfm", a.sfm_augs, a, Path(tmp) / "sfm", env)
         lgm = run_method("lgm", a.lgm_augs, a, Path(tmp) / "lgm", env)
     res = {
-        "backbone": a.backbone, "data": spec, "data_limit": a.data_limit or None, "ipc": a.ipc, "iterations": a.iterations, "crop_res": a.crop_res, "syn_res": a.syn_res,
-        "sfm": sfm, "lgm": lgm,
+        "backbone": a.backbone,
+        "data": spec,
+        "data_limit": a.data_limit or None,
+        "ipc": a.ipc,
+        "iterations": a.iterations,
+        "crop_res": a.crop_res,
+        "syn_res": a.syn_res,
+        "sfm": sfm,
+        "lgm": lgm,
         "time_ratio": lgm["sec_per_iter"] / sfm["sec_per_iter"],
         "memory_ratio": ratio(lgm["peak_mem_mb"], sfm["peak_mem_mb"]),
         "step_memory_ratio": ratio(lgm["step_mem_mb"], sfm["step_mem_mb"]),
@@ -95,17 +144,25 @@ def main() -> None:
     if a.json:
         print(json.dumps(res, indent=2))
         return
-    print(f"{a.backbone} @ {a.crop_res}px (syn {a.syn_res}px), {spec}{f' ({a.data_limit} images)' if a.data_limit else ''}, IPC {a.ipc}, {a.iterations} iterations, device {sfm['device']}")
-    print(f"{'method':<6} {'augs':>4} {'s/iter':>9} {'wall s':>8} {'phase MB':>9} {'step MB':>9}  ({sfm['memory_kind']})")
+    print(
+        f"{a.backbone} @ {a.crop_res}px (syn {a.syn_res}px), {spec}{f' ({a.data_limit} images)' if a.data_limit else ''}, IPC {a.ipc}, {a.iterations} iterations, device {sfm['device']}"
+    )
+    print(
+        f"{'method':<6} {'augs':>4} {'s/iter':>9} {'wall s':>8} {'phase MB':>9} {'step MB':>9}  ({sfm['memory_kind']})"
+    )
     nan = float("nan")
     for m in (sfm, lgm):
-        print(f"{m['method']:<6} {m['augs_per_batch']:>4} {m['sec_per_iter']:>9.3f} {m['wall_s']:>8.2f} "
-              f"{m['peak_mem_mb'] or nan:>9.1f} {m['step_mem_mb'] or nan:>9.1f}")
+        print(
+            f"{m['method']:<6} {m['augs_per_batch']:>4} {m['sec_per_iter']:>9.3f} {m['wall_s']:>8.2f} "
+            f"{m['peak_mem_mb'] or nan:>9.1f} {m['step_mem_mb'] or nan:>9.1f}"
+        )
 
     def x(r):
         return f"{r:.1f}x" if r else "n/a"
 
-    print(f"LGM / SFM: time {res['time_ratio']:.1f}x, memory {x(res['memory_ratio'])} (phase), {x(res['step_memory_ratio'])} (step)")
+    print(
+        f"LGM / SFM: time {res['time_ratio']:.1f}x, memory {x(res['memory_ratio'])} (phase), {x(res['step_memory_ratio'])} (step)"
+    )
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgedd.core.images import open_dataset
 from edgedd.device.bundle import open_bundle
 from edgedd.device.finetune import fit_on_features, view_inputs
 from edgedd.device.infer import backbone_features
 from edgedd.device.ridge import recorded_prior
-from edgedd.images import open_dataset
 
 
 def fit(b, feats: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -62,11 +62,22 @@ def measure(path: Path, test, idx: np.ndarray) -> dict:
 
     w32, c32, r32 = fit(b32, v32, y)
     w8, c8, r8 = fit(b8, v8, y)
-    return {"bundle": str(path), "host": b32.meta["distill"]["backbone"]["name"], "edge": b32.meta["edge"]["backbone"]["name"],
-            "edge_input_size": b32.edge_preprocess["input_size"], "synthetic_images": int(len(b32.artifact["synthetic.labels"])),
-            "views": int(len(y)), "prior": recorded_prior(b32.meta), "ridge_fp32_views": r32, "ridge_int8_views": r8,
-            "fp32_graph_fp32_views": top1(t32, w32, c32), "int8_graph_int8_views": top1(t8, w8, c8),
-            "int8_graph_fp32_views": top1(t8, w32, c32), "cosine_views": cosine(v8, v32), "cosine_test": cosine(t8, t32)}
+    return {
+        "bundle": str(path),
+        "host": b32.meta["distill"]["backbone"]["name"],
+        "edge": b32.meta["edge"]["backbone"]["name"],
+        "edge_input_size": b32.edge_preprocess["input_size"],
+        "synthetic_images": int(len(b32.artifact["synthetic.labels"])),
+        "views": int(len(y)),
+        "prior": recorded_prior(b32.meta),
+        "ridge_fp32_views": r32,
+        "ridge_int8_views": r8,
+        "fp32_graph_fp32_views": top1(t32, w32, c32),
+        "int8_graph_int8_views": top1(t8, w8, c8),
+        "int8_graph_fp32_views": top1(t8, w32, c32),
+        "cosine_views": cosine(v8, v32),
+        "cosine_test": cosine(t8, t32),
+    }
 
 
 def main() -> None:
@@ -82,18 +93,27 @@ def main() -> None:
     for p in a.bundles:
         rows.append(measure(p, test, idx))
         print(f"  {p} done", file=sys.stderr, flush=True)
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs; top-1 on {len(idx)} embedded:mnist/test digits; P fitted by deploy-check's rule")
-    print("| bundle | host A -> edge B | IPC | fp32 graph, P on fp32 views | int8 graph, P on int8 views (before) | "
-          "int8 graph, P on fp32 views (now) | now - before | cosine int8/fp32 views / test |")
+    print(
+        f"{platform.machine()}, {os.cpu_count()} CPUs; top-1 on {len(idx)} embedded:mnist/test digits; P fitted by deploy-check's rule"
+    )
+    print(
+        "| bundle | host A -> edge B | IPC | fp32 graph, P on fp32 views | int8 graph, P on int8 views (before) | "
+        "int8 graph, P on fp32 views (now) | now - before | cosine int8/fp32 views / test |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ipc = r["synthetic_images"] // 10  # the embedded digits have 10 classes
-        print(f"| {Path(r['bundle']).name} | {r['host'].split('/')[-1]} -> {r['edge'].split('/')[-1]}@{r['edge_input_size']} | {ipc} | "
-              f"{100 * r['fp32_graph_fp32_views']:.1f} | {100 * r['int8_graph_int8_views']:.1f} | {100 * r['int8_graph_fp32_views']:.1f} | "
-              f"{100 * (r['int8_graph_fp32_views'] - r['int8_graph_int8_views']):+.1f} | {r['cosine_views']:.3f} / {r['cosine_test']:.3f} |")
+        print(
+            f"| {Path(r['bundle']).name} | {r['host'].split('/')[-1]} -> {r['edge'].split('/')[-1]}@{r['edge_input_size']} | {ipc} | "
+            f"{100 * r['fp32_graph_fp32_views']:.1f} | {100 * r['int8_graph_int8_views']:.1f} | {100 * r['int8_graph_fp32_views']:.1f} | "
+            f"{100 * (r['int8_graph_fp32_views'] - r['int8_graph_int8_views']):+.1f} | {r['cosine_views']:.3f} / {r['cosine_test']:.3f} |"
+        )
     print(f"total {time.perf_counter() - t0:.0f} s")
     if a.json:
-        a.json.write_text(json.dumps({"command": "python bench/int8_device_fit.py " + " ".join(sys.argv[1:]), "rows": rows}, indent=2) + "\n")
+        a.json.write_text(
+            json.dumps({"command": "python bench/int8_device_fit.py " + " ".join(sys.argv[1:]), "rows": rows}, indent=2)
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

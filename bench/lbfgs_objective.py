@@ -1,7 +1,7 @@
 """The L-BFGS probe objective: a standardised copy of the rows vs the standardisation folded into
 the weights, side by side in one run.
 
-``edgedd.heads.fit_lbfgs`` fits a linear head on standardised inputs x' = (x - m) / sd. Once it
+``edgedd.host.heads.fit_lbfgs`` fits a linear head on standardised inputs x' = (x - m) / sd. Once it
 built x' at every loss evaluation (an n x D copy: 92 MB for 18,000 x 1,280 EfficientNet
 features); now it evaluates the same logits as x (W'/sd)^T + (b' - (W'/sd) m), so only the D x C
 weights are rescaled. This times one loss + gradient evaluation each way (the unit L-BFGS repeats
@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=18_000, help="3,600 images x 5 views: Stage I's golden fit on embedded:mnist")
+    ap.add_argument(
+        "--rows", type=int, default=18_000, help="3,600 images x 5 views: Stage I's golden fit on embedded:mnist"
+    )
     ap.add_argument("--dim", type=int, default=1280, help="EfficientNet-Lite's feature width")
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=20)
@@ -40,7 +42,7 @@ def main() -> None:
         loss.backward()
         return float(loss.detach())
 
-    def folded() -> float:  # now (edgedd.heads.fit_lbfgs)
+    def folded() -> float:  # now (edgedd.host.heads.fit_lbfgs)
         w_raw = w / sd
         loss = F.cross_entropy(x @ w_raw.T + (b - w_raw @ mean), y)
         loss.backward()
@@ -63,10 +65,14 @@ def main() -> None:
     agree = abs(l_copy - l_fold), float((w.grad - g_copy).abs().max())
 
     med = {k: v[len(v) // 2] * 1e3 for k, v in times.items()}
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {a.rows} x {a.dim} rows, {a.classes} classes")
-    print(f"one loss + gradient, median of {a.repeats}: copy {med['copy']:.1f} ms, folded {med['folded']:.1f} ms, "
-          f"ratio {med['copy'] / med['folded']:.2f}x (min {times['copy'][0] * 1e3:.1f} / {times['folded'][0] * 1e3:.1f} ms)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {a.rows} x {a.dim} rows, {a.classes} classes"
+    )
+    print(
+        f"one loss + gradient, median of {a.repeats}: copy {med['copy']:.1f} ms, folded {med['folded']:.1f} ms, "
+        f"ratio {med['copy'] / med['folded']:.2f}x (min {times['copy'][0] * 1e3:.1f} / {times['folded'][0] * 1e3:.1f} ms)"
+    )
     print(f"agreement: |loss difference| {agree[0]:.2e}, max |gradient difference| {agree[1]:.2e}")
 
 

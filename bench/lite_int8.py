@@ -16,7 +16,7 @@ batch-1 latency p50 (each run a different embedded:mnist/test image; the same im
 feature cosine int8 vs fp32), batch-32 throughput (small size only: dynamic int8 at the full sizes
 takes ~20-50 s per batch of 32 here), graph sizes.
 
-Accuracy (small size only): a ridge classifier (edgedd.device.runtime.fit_projector_ridge on one-hot
+Accuracy (small size only): a ridge classifier (edgedd.device.ridge.fit_ridge on one-hot
 labels, the device's own closed form) fitted on **fp32** features of --train-images embedded:mnist
 training images (evenly spaced), then applied to fp32 / int8 (/ dyn) features of --test-images
 embedded:mnist/test images (evenly spaced): top-1 of each, and how many test images change their
@@ -47,13 +47,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edgedd import zoo
-from edgedd.augment import center_crop, normalize
-from edgedd.backbones import load_backbone
-from edgedd.data import canvas_loader
-from edgedd.images import open_dataset
-from edgedd.device.runtime import fit_projector_ridge
+from edgedd.backbones import zoo
+from edgedd.backbones.loader import load_backbone
+from edgedd.core.images import open_dataset
+from edgedd.device.ridge import fit_ridge as fit_projector_ridge
 from edgedd.export.onnx_graphs import calibration_count, export_backbone, quantize_int8
+from edgedd.host.augment import center_crop, normalize
+from edgedd.host.data import canvas_loader
 
 VARIANTS = ("fp32", "int8", "dyn")
 
@@ -72,8 +72,10 @@ def evenly(n_total: int, n: int) -> np.ndarray:
 def model_inputs(source, idx: np.ndarray, pp) -> np.ndarray:
     """edgedd's host preprocessing (canvas at resize_size, centre crop, normalise) as ORT input."""
     sub = dataclasses.replace(source, labels=source.labels[idx], pixels=source.pixels[idx])
-    out = [normalize(center_crop(images.float() / 255, pp.input_size), pp.mean, pp.std).numpy()
-           for images, _, _ in canvas_loader(sub, pp.resize_size, pp.interpolation, 256, 0)]
+    out = [
+        normalize(center_crop(images.float() / 255, pp.input_size), pp.mean, pp.std).numpy()
+        for images, _, _ in canvas_loader(sub, pp.resize_size, pp.interpolation, 256, 0)
+    ]
     return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
 
@@ -125,7 +127,9 @@ def interleaved(sessions: dict, inputs, runs: int, budget_s: float, min_runs: in
     return times, {n: np.concatenate(o) for n, o in outs.items()}
 
 
-def probe(sess: dict, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, classes: int) -> dict:
+def probe(
+    sess: dict, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, classes: int
+) -> dict:
     """Ridge classifier fitted on fp32 features, scored on each variant's test features; and, for
     the int8 variants, refitted on their own training features: what the quantised features still hold."""
     onehot = np.eye(classes, dtype=np.float32)[y_train]
@@ -140,8 +144,13 @@ def probe(sess: dict, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarr
     for n in sess:
         if n != "fp32":
             c = cosine(f["fp32"], f[n])
-            out[n] = {"top1": float((pred(n, "fp32") == y_test).mean()), "changed_answers": int((pred(n, "fp32") != p32).sum()),
-                      "top1_refit": float((pred(n, n) == y_test).mean()), "cosine_mean": float(c.mean()), "cosine_min": float(c.min())}
+            out[n] = {
+                "top1": float((pred(n, "fp32") == y_test).mean()),
+                "changed_answers": int((pred(n, "fp32") != p32).sum()),
+                "top1_refit": float((pred(n, n) == y_test).mean()),
+                "cosine_mean": float(c.mean()),
+                "cosine_min": float(c.min()),
+            }
     return out
 
 
@@ -165,41 +174,81 @@ def cell(name: str, size: int, a, data: dict, small: bool) -> dict:
     prep_s = time.perf_counter() - t0
 
     times, outs = interleaved(sess, lambda r: x_test[r % len(x_test)][None], a.runs, a.cell_budget_s)
-    r = {"model": name, "input_size": size, "prep_s": prep_s, "calib_images": min(n_calib, len(x_train)),
-         "quantize_s": quantize_s, "mb": {n: len(g) / 1e6 for n, g in graphs.items()},
-         "batch1": {n: {"runs": len(t), "p50_ms": 1e3 * statistics.median(t)} for n, t in times.items()}}
+    r = {
+        "model": name,
+        "input_size": size,
+        "prep_s": prep_s,
+        "calib_images": min(n_calib, len(x_train)),
+        "quantize_s": quantize_s,
+        "mb": {n: len(g) / 1e6 for n, g in graphs.items()},
+        "batch1": {n: {"runs": len(t), "p50_ms": 1e3 * statistics.median(t)} for n, t in times.items()},
+    }
     for n in graphs:
         if n != "fp32":
             c = cosine(outs["fp32"], outs[n])
-            r["batch1"][n].update(speedup=r["batch1"]["fp32"]["p50_ms"] / r["batch1"][n]["p50_ms"],
-                                  cosine_mean=float(c.mean()), cosine_min=float(c.min()))
+            r["batch1"][n].update(
+                speedup=r["batch1"]["fp32"]["p50_ms"] / r["batch1"][n]["p50_ms"],
+                cosine_mean=float(c.mean()),
+                cosine_min=float(c.min()),
+            )
     if small:
         xb = x_test[: a.batch]
         times, _ = interleaved(sess, lambda r: xb, a.repeats, float("inf"), min_runs=a.repeats)
         r["batch32"] = {n: {"runs": len(t), "images_per_s": a.batch / statistics.median(t)} for n, t in times.items()}
         for n in graphs:
             r["batch32"][n]["speedup"] = r["batch32"][n]["images_per_s"] / r["batch32"]["fp32"]["images_per_s"]
-        r["probe"] = probe(sess, x_train, data["train"].labels[data["train_idx"]], x_test, data["test"].labels[data["test_idx"]],
-                           data["train"].num_classes)
+        r["probe"] = probe(
+            sess,
+            x_train,
+            data["train"].labels[data["train_idx"]],
+            x_test,
+            data["test"].labels[data["test_idx"]],
+            data["train"].num_classes,
+        )
     r["seconds"] = time.perf_counter() - t0
     return r
 
 
 def table(rows: list[dict]) -> str:
     q = [n for n in VARIANTS[1:] if n in rows[0]["mb"]]
-    head = ("model   px  MB fp32/" + "/".join(q) + " | b1 p50 ms fp32 " + " ".join(f"{n} (x)" for n in q)
-            + " | cos " + "/".join(q) + " | b32 img/s fp32 " + " ".join(f"{n} (x)" for n in q) + " | probe top-1 fp32 " + " ".join(q))
+    head = (
+        "model   px  MB fp32/"
+        + "/".join(q)
+        + " | b1 p50 ms fp32 "
+        + " ".join(f"{n} (x)" for n in q)
+        + " | cos "
+        + "/".join(q)
+        + " | b32 img/s fp32 "
+        + " ".join(f"{n} (x)" for n in q)
+        + " | probe top-1 fp32 "
+        + " ".join(q)
+    )
     lines = [head]
     for r in rows:
         b1, b32, p = r["batch1"], r.get("batch32"), r.get("probe")
-        s = (f"{r['model'].split('-')[-1]:<6} {r['input_size']:>4}  " + "/".join(f"{r['mb'][n]:.1f}" for n in ("fp32", *q))
-             + f" | {b1['fp32']['p50_ms']:7.1f} " + " ".join(f"{b1[n]['p50_ms']:7.1f} ({b1[n]['speedup']:.2f})" for n in q)
-             + f" [n={b1['fp32']['runs']}] | " + "/".join(f"{b1[n]['cosine_mean']:.3f}" for n in q))
-        s += (f" | {b32['fp32']['images_per_s']:6.1f} " + " ".join(f"{b32[n]['images_per_s']:6.1f} ({b32[n]['speedup']:.2f})" for n in q)
-              if b32 else " | -")
-        s += (f" | {100 * p['fp32_top1']:.1f} " + " ".join(f"{100 * p[n]['top1']:.1f} ({p[n]['changed_answers']} changed, "
-                                                            f"refit {100 * p[n]['top1_refit']:.1f})" for n in q)
-              if p else " | -")
+        s = (
+            f"{r['model'].split('-')[-1]:<6} {r['input_size']:>4}  "
+            + "/".join(f"{r['mb'][n]:.1f}" for n in ("fp32", *q))
+            + f" | {b1['fp32']['p50_ms']:7.1f} "
+            + " ".join(f"{b1[n]['p50_ms']:7.1f} ({b1[n]['speedup']:.2f})" for n in q)
+            + f" [n={b1['fp32']['runs']}] | "
+            + "/".join(f"{b1[n]['cosine_mean']:.3f}" for n in q)
+        )
+        s += (
+            f" | {b32['fp32']['images_per_s']:6.1f} "
+            + " ".join(f"{b32[n]['images_per_s']:6.1f} ({b32[n]['speedup']:.2f})" for n in q)
+            if b32
+            else " | -"
+        )
+        s += (
+            f" | {100 * p['fp32_top1']:.1f} "
+            + " ".join(
+                f"{100 * p[n]['top1']:.1f} ({p[n]['changed_answers']} changed, refit {100 * p[n]['top1_refit']:.1f})"
+                for n in q
+            )
+            if p
+            else " | -"
+        )
         lines.append(s)
     return "\n".join(lines)
 
@@ -207,16 +256,26 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["lite0", "lite1", "lite2"])
-    ap.add_argument("--small", type=int, default=96, help="the small input size (also where accuracy and batch-32 are measured)")
-    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch's; OMP_NUM_THREADS)")
+    ap.add_argument(
+        "--small", type=int, default=96, help="the small input size (also where accuracy and batch-32 are measured)"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch's; OMP_NUM_THREADS)"
+    )
     ap.add_argument("--runs", type=int, default=30, help="batch-1 rounds per cell (fewer if --cell-budget-s runs out)")
-    ap.add_argument("--cell-budget-s", type=float, default=12.0, help="stop batch-1 rounds after this long (at least 5 rounds)")
+    ap.add_argument(
+        "--cell-budget-s", type=float, default=12.0, help="stop batch-1 rounds after this long (at least 5 rounds)"
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="batch-32 rounds (small size only)")
     ap.add_argument("--train-images", type=int, default=1000)
     ap.add_argument("--test-images", type=int, default=500)
-    ap.add_argument("--calib", type=int, default=None, help="int8 calibration images [default: pack's cap, calibration_count(size)]")
-    ap.add_argument("--dynamic", action="store_true", help="also measure the dynamic int8 pack --int8 shipped before (slow)")
+    ap.add_argument(
+        "--calib", type=int, default=None, help="int8 calibration images [default: pack's cap, calibration_count(size)]"
+    )
+    ap.add_argument(
+        "--dynamic", action="store_true", help="also measure the dynamic int8 pack --int8 shipped before (slow)"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "lite_int8.json"))
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -224,25 +283,44 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     train, test = open_dataset("embedded:mnist"), open_dataset("embedded:mnist/test")
-    data = {"train": train, "test": test, "train_idx": evenly(len(train), a.train_images), "test_idx": evenly(len(test), a.test_images)}
+    data = {
+        "train": train,
+        "test": test,
+        "train_idx": evenly(len(train), a.train_images),
+        "test_idx": evenly(len(test), a.test_images),
+    }
     rows = []
     for m in a.models:
         name = f"edgedd/efficientnet-{m}"
         for size, small in ((a.small, True), (zoo.preprocess(name)["input_size"], False)):
             rows.append(cell(name, size, a, data, small))
             print(f"  {name} @ {size}px done in {rows[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
-    out = {"command": "python bench/lite_int8.py " + " ".join(sys.argv[1:]), "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
-           "threads": {"onnxruntime_intra_op": a.threads, "inter_op": 1, "torch": torch.get_num_threads(), "OMP_NUM_THREADS": a.threads},
-           "onnxruntime": ort.__version__, "torch": torch.__version__, "train_images": len(data["train_idx"]),
-           "test_images": len(data["test_idx"]), "calib_images": a.calib or "calibration_count(size)", "rows": rows,
-           "total_s": time.perf_counter() - t0}
+    out = {
+        "command": "python bench/lite_int8.py " + " ".join(sys.argv[1:]),
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
+        "threads": {
+            "onnxruntime_intra_op": a.threads,
+            "inter_op": 1,
+            "torch": torch.get_num_threads(),
+            "OMP_NUM_THREADS": a.threads,
+        },
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+        "train_images": len(data["train_idx"]),
+        "test_images": len(data["test_idx"]),
+        "calib_images": a.calib or "calibration_count(size)",
+        "rows": rows,
+        "total_s": time.perf_counter() - t0,
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
     if a.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"{out['machine']}; onnxruntime {out['onnxruntime']}, intra-op threads {a.threads}, inter-op 1; "
-          f"probe: ridge on fp32 features of {out['train_images']} train images, scored on {out['test_images']} test images")
+    print(
+        f"{out['machine']}; onnxruntime {out['onnxruntime']}, intra-op threads {a.threads}, inter-op 1; "
+        f"probe: ridge on fp32 features of {out['train_images']} train images, scored on {out['test_images']} test images"
+    )
     print("(x) = speed-up over fp32 (> 1 is faster); cos = mean feature cosine vs fp32 on the batch-1 images")
     print(table(rows))
     print(f"total {out['total_s']:.0f} s; JSON: {a.out}")

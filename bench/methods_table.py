@@ -54,34 +54,65 @@ def _atomic_json(path: Path, obj: dict) -> None:
 
 def run_cell(a, label: str, cfg, ipc: int, seed: int, results: Path) -> dict:
     """One distill + evaluate; the cell's figures (the whole evaluate result kept too)."""
-    from edgedd.config import EvalConfig, RunOptions, StageIConfig
-    from edgedd.distill import distill
-    from edgedd.evaluate import evaluate_run as evaluate
+    from edgedd.core.config import EvalConfig, RunOptions, StageIConfig
+    from edgedd.distillation.pipeline import distill
+    from edgedd.evaluation.evaluate import evaluate_run as evaluate
 
     run = results / "runs" / f"{label}_ipc{ipc}_seed{seed}"
     t0 = time.perf_counter()
-    s = distill(a.data, a.backbone, run, weights=a.weights, config=replace(cfg, ipc=ipc, seed=seed, iterations=a.iterations or cfg.iterations),
-                stage1_config=StageIConfig(golden_views=a.golden_views), options=RunOptions(progress=not a.quiet, device=a.device),
-                overwrite=True, crop_res=a.crop_res or None)
+    s = distill(
+        a.data,
+        a.backbone,
+        run,
+        weights=a.weights,
+        config=replace(cfg, ipc=ipc, seed=seed, iterations=a.iterations or cfg.iterations),
+        stage1_config=StageIConfig(golden_views=a.golden_views),
+        options=RunOptions(progress=not a.quiet, device=a.device),
+        overwrite=True,
+        crop_res=a.crop_res or None,
+    )
     t1 = time.perf_counter()
-    ev = evaluate(run, a.test_data, modes=tuple(a.modes), config=EvalConfig(protocol=a.protocol, seeds=a.eval_seeds, device=a.device),
-                  progress=not a.quiet)
+    ev = evaluate(
+        run,
+        a.test_data,
+        modes=tuple(a.modes),
+        config=EvalConfig(protocol=a.protocol, seeds=a.eval_seeds, device=a.device),
+        progress=not a.quiet,
+    )
     cr = (s.get("copy_ratio") or {}).get("spaces", {})
-    return {"variant": label, "method": cfg.method, "ipc": ipc, "seed": seed, "config": s["config"], "run": str(run),
-            "final_loss": s["final_loss"], "flow_cosine": s["flow_cosine"], "landing_offset": s["landing"]["centre_offset_mean"],
-            "copy_ratio": {k: {kk: v.get(kk) for kk in ("min", "median", "max", "below", "images")} for k, v in cr.items()},
-            "top1": {m: ev["modes"][m]["top1_mean"] for m in ev["modes"]},
-            "start_top1": {m: v["top1_mean"] for m, v in (ev.get("starting_set") or {}).items()},
-            "stage2_gain": ev.get("stage2_gain"), "distill_seconds": t1 - t0, "evaluate_seconds": time.perf_counter() - t1,
-            "evaluate": ev}
+    return {
+        "variant": label,
+        "method": cfg.method,
+        "ipc": ipc,
+        "seed": seed,
+        "config": s["config"],
+        "run": str(run),
+        "final_loss": s["final_loss"],
+        "flow_cosine": s["flow_cosine"],
+        "landing_offset": s["landing"]["centre_offset_mean"],
+        "copy_ratio": {k: {kk: v.get(kk) for kk in ("min", "median", "max", "below", "images")} for k, v in cr.items()},
+        "top1": {m: ev["modes"][m]["top1_mean"] for m in ev["modes"]},
+        "start_top1": {m: v["top1_mean"] for m, v in (ev.get("starting_set") or {}).items()},
+        "stage2_gain": ev.get("stage2_gain"),
+        "distill_seconds": t1 - t0,
+        "evaluate_seconds": time.perf_counter() - t1,
+        "evaluate": ev,
+    }
 
 
 def run_baselines(a, cell: dict, results: Path) -> dict:
-    from edgedd.config import EvalConfig
-    from edgedd.evaluate import evaluate_run as evaluate
+    from edgedd.core.config import EvalConfig
+    from edgedd.evaluation.evaluate import evaluate_run as evaluate
 
-    ev = evaluate(cell["run"], a.test_data, modes=("normal",), config=EvalConfig(protocol=a.protocol, seeds=a.eval_seeds, device=a.device),
-                  baselines=True, starting_set=False, progress=not a.quiet)
+    ev = evaluate(
+        cell["run"],
+        a.test_data,
+        modes=("normal",),
+        config=EvalConfig(protocol=a.protocol, seeds=a.eval_seeds, device=a.device),
+        baselines=True,
+        starting_set=False,
+        progress=not a.quiet,
+    )
     return {"ipc": cell["ipc"], "baselines": ev["baselines"], "run": cell["run"]}
 
 
@@ -94,10 +125,14 @@ def _pm(xs: list[float]) -> str:
 
 def table(cells: list[dict], baselines: dict[int, dict], a) -> str:
     """One markdown table: a row per (variant, IPC), then a row per (baseline, IPC)."""
-    lines = [f"{a.backbone} ({a.crop_res or 'default'} px), {a.data} -> {a.test_data}; {a.protocol} protocol, {a.eval_seeds} eval seeds; "
-             f"cells in {a.results}", "",
-             "| set | IPC | distill seeds | normal top-1 | CI top-1 | Stage II final loss | copy ratio (pixels: median; < 0.5) "
-             "| stage-II gain (normal) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{a.backbone} ({a.crop_res or 'default'} px), {a.data} -> {a.test_data}; {a.protocol} protocol, {a.eval_seeds} eval seeds; "
+        f"cells in {a.results}",
+        "",
+        "| set | IPC | distill seeds | normal top-1 | CI top-1 | Stage II final loss | copy ratio (pixels: median; < 0.5) "
+        "| stage-II gain (normal) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     groups: dict[tuple[str, int], list[dict]] = {}
     for c in cells:
         groups.setdefault((c["variant"], c["ipc"]), []).append(c)
@@ -106,10 +141,12 @@ def table(cells: list[dict], baselines: dict[int, dict], a) -> str:
         med = [p["median"] for p in pix if p.get("median") is not None]
         below = f"{sum(p.get('below') or 0 for p in pix)}/{sum(p.get('images') or 0 for p in pix)}"
         gains = [c["stage2_gain"]["normal"] for c in cs if (c.get("stage2_gain") or {}).get("normal") is not None]
-        lines.append(f"| {label} ({cs[0]['method']}) | {ipc} | {len(cs)} | {_pm([c['top1']['normal'] for c in cs if 'normal' in c['top1']])} "
-                     f"| {_pm([c['top1']['ci'] for c in cs if 'ci' in c['top1']])} | {statistics.mean(c['final_loss'] for c in cs):.4g} "
-                     f"| {statistics.median(med) if med else float('nan'):.2f}; {below} "
-                     f"| {(f'{100 * statistics.mean(gains):+.1f}') if gains else '–'} |")
+        lines.append(
+            f"| {label} ({cs[0]['method']}) | {ipc} | {len(cs)} | {_pm([c['top1']['normal'] for c in cs if 'normal' in c['top1']])} "
+            f"| {_pm([c['top1']['ci'] for c in cs if 'ci' in c['top1']])} | {statistics.mean(c['final_loss'] for c in cs):.4g} "
+            f"| {statistics.median(med) if med else float('nan'):.2f}; {below} "
+            f"| {(f'{100 * statistics.mean(gains):+.1f}') if gains else '–'} |"
+        )
     for ipc, b in sorted(baselines.items()):
         for name in ("random", "centroids", "kcentre", "herding", "full"):
             v = b["baselines"].get(name)
@@ -125,10 +162,17 @@ def main() -> None:
     ap.add_argument("--backbone", default="edgedd/efficientnet-lite0")
     ap.add_argument("--weights", default="hub")
     ap.add_argument("--crop-res", type=int, default=64, help="A's input size (0: the backbone's own)")
-    ap.add_argument("--variant", action="append", default=None, help="label=method[,field=value...] (repeatable) [default: default=sfm_anchor, sfm=sfm]")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        help="label=method[,field=value...] (repeatable) [default: default=sfm_anchor, sfm=sfm]",
+    )
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="distillation seeds")
-    ap.add_argument("--iterations", type=int, default=None, help="Stage II steps [default: the variant's / DistillConfig's]")
+    ap.add_argument(
+        "--iterations", type=int, default=None, help="Stage II steps [default: the variant's / DistillConfig's]"
+    )
     ap.add_argument("--golden-views", type=int, default=1)
     ap.add_argument("--modes", nargs="+", default=["normal", "ci"])
     ap.add_argument("--protocol", default="converged")
@@ -142,7 +186,7 @@ def main() -> None:
 
     import torch
 
-    from edgedd.config import DistillConfig
+    from edgedd.core.config import DistillConfig
 
     if a.threads:
         torch.set_num_threads(a.threads)

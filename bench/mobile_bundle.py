@@ -26,11 +26,11 @@ def main() -> None:
     ap.add_argument("--runtimes", default="onnx,ort,litert")
     a = ap.parse_args()
 
+    from edgedd.core.errors import EdgeddError
     from edgedd.device.accuracy import load_labelled_folder
     from edgedd.device.bundle import open_bundle
     from edgedd.device.infer import classify
     from edgedd.device.mobile import readiness
-    from edgedd.errors import EdgeddError
 
     opened = {}
     for rt in a.runtimes.split(","):
@@ -47,7 +47,10 @@ def main() -> None:
         pred = classify(b, x).argmax(1)
         answers[(rt, int8)] = pred
         base = answers.get(("onnx", int8), pred)
-        out["runtimes"][f"{rt}{'-int8' if int8 else ''}"] = {"top1": float((pred == y).mean()), "agree_with_onnx": float((pred == base).mean())}
+        out["runtimes"][f"{rt}{'-int8' if int8 else ''}"] = {
+            "top1": float((pred == y).mean()),
+            "agree_with_onnx": float((pred == base).mean()),
+        }
     times = {k: [] for k in opened}
     x1 = x[:1]
     for k, b in opened.items():  # warm-up
@@ -59,10 +62,14 @@ def main() -> None:
             classify(b, x1)
             times[k].append((time.perf_counter() - s) * 1000)
     for (rt, int8), t in times.items():
-        out["runtimes"][f"{rt}{'-int8' if int8 else ''}"].update(p50_ms=float(np.percentile(t, 50)), p95_ms=float(np.percentile(t, 95)))
+        out["runtimes"][f"{rt}{'-int8' if int8 else ''}"].update(
+            p50_ms=float(np.percentile(t, 50)), p95_ms=float(np.percentile(t, 95))
+        )
     for name in ("backbone.onnx", "backbone.static.onnx"):
         r = readiness(open(f"{a.bundle}/{name}", "rb").read())
-        out[f"mobile {name}"] = {k: f"{v['supported_nodes']}/{v['nodes']} in {v['partitions']}" for k, v in r.get("targets", {}).items()} or r
+        out[f"mobile {name}"] = {
+            k: f"{v['supported_nodes']}/{v['nodes']} in {v['partitions']}" for k, v in r.get("targets", {}).items()
+        } or r
     print(json.dumps(out, indent=1))
 
 

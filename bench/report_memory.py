@@ -44,10 +44,16 @@ def _write_cases(run: Path, scratch: Path) -> dict[str, Path]:
 def _peak_mb(edgedd: str, run: Path) -> tuple[float, int]:
     """A fresh grandchild per measurement: ru_maxrss of RUSAGE_CHILDREN is a maximum over all
     children so far, so each one is measured from its own short-lived parent."""
-    code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)")
-    out = subprocess.run([sys.executable, "-c", code, edgedd, "report", str(run), "--out", str(run / "r.html")],
-                         capture_output=True, text=True, check=True).stdout.split()
+    code = (
+        "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, edgedd, "report", str(run), "--out", str(run / "r.html")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return int(out[0]) / 1024, int(out[1])
 
 
@@ -65,8 +71,10 @@ def main() -> None:
         print("|---|---|---|")
         for name, d in cases.items():
             old, new = _peak_mb(a.old, d), _peak_mb(a.new, d)
-            print(f"| {name} ({os.path.getsize(d / 'metrics.jsonl') / 1e6:.1f} MB) | {old[0]:.0f}, {old[1]} | {new[0]:.0f}, {new[1]} |",
-                  flush=True)
+            print(
+                f"| {name} ({os.path.getsize(d / 'metrics.jsonl') / 1e6:.1f} MB) | {old[0]:.0f}, {old[1]} | {new[0]:.0f}, {new[1]} |",
+                flush=True,
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """Stage I throughput vs the bare backbone forward, measured side by side in one run.
 
-Stage I (``edgedd.statistics.extract_features``) streams a labelled dataset through a DataLoader
+Stage I (``edgedd.distillation.stage1.extract_features``) streams a labelled dataset through a DataLoader
 (decode + resize to a square canvas in worker processes), then on the compute device takes each
 image's centre crop plus K = ``golden_views`` random-resized-crop views, runs ONE backbone forward
 over the (1 + K) * B crops of a batch, accumulates float64 class sums and writes the view
@@ -59,13 +59,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgedd.augment import center_crop, normalize, render_views, sample_views
-from edgedd.backbones import load_backbone, resolve_device
-from edgedd.config import AugmentConfig, StageIConfig
-from edgedd.data import CanvasDataset
-from edgedd.images import open_dataset
-from edgedd.statistics import _autocast, extract_features
-
+from edgedd.backbones.forward import resolve_device
+from edgedd.backbones.loader import load_backbone
+from edgedd.core.config import AugmentConfig, StageIConfig
+from edgedd.core.images import open_dataset
+from edgedd.distillation.stage1 import _autocast, extract_features
+from edgedd.host.augment import center_crop, normalize, render_views, sample_views
+from edgedd.host.data import CanvasDataset
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -248,7 +248,9 @@ def stage1_once(model, info, source, cfg, device, num_workers, tmpdir: Path) -> 
     feature_file = tmpdir / "views.npy"
     sync(device)
     with CpuMeter() as m:
-        out = extract_features(timed, info, source, cfg, device, feature_file, num_workers=num_workers, strict_images=False, progress=False)
+        out = extract_features(
+            timed, info, source, cfg, device, feature_file, num_workers=num_workers, strict_images=False, progress=False
+        )
         sync(device)
     m.in_forward = timed.seconds
     del out
@@ -260,15 +262,23 @@ def stage1_once(model, info, source, cfg, device, num_workers, tmpdir: Path) -> 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default="vit_small_patch16_224", help="timm model name, random init (default vit_small_patch16_224)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--backbone",
+        default="vit_small_patch16_224",
+        help="timm model name, random init (default vit_small_patch16_224)",
+    )
     p.add_argument("--data", default="embedded:mnist", help="ImageFolder path or embedded:mnist (default)")
     p.add_argument("--images", type=int, default=24, help="images per timed Stage I run (default 24)")
     p.add_argument("--batch-size", type=int, default=8, help="Stage I batch size B (default 8)")
     p.add_argument("--golden-views", type=int, default=4, help="K augmented views per image (default 4)")
     p.add_argument("--crop-res", type=int, default=224, help="backbone input size (default 224)")
     p.add_argument("--canvas-res", type=int, default=None, help="canvas (resize) size; default round(crop / 0.875)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for Stage I (default 0: best on 2 CPU cores)")
+    p.add_argument(
+        "--num-workers", type=int, default=0, help="DataLoader workers for Stage I (default 0: best on 2 CPU cores)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of each side, medians reported (default 5)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
@@ -291,7 +301,9 @@ def main(argv=None) -> int:
     per_forward = (1 + k) * args.batch_size
     total_crops = (1 + k) * n
 
-    log(f"building {total_crops} crops ({1 + k} per image, {info.preprocess.input_size}px from a {canvas}px canvas) ...")
+    log(
+        f"building {total_crops} crops ({1 + k} per image, {info.preprocess.input_size}px from a {canvas}px canvas) ..."
+    )
     crops = build_crops(info, source, cfg, device)
 
     s1_runs: list[CpuMeter] = []
@@ -313,16 +325,21 @@ def main(argv=None) -> int:
             bare_runs.append(b)
             fa = "" if a.foreign_cores is None else f", foreign load {a.foreign_cores:.2f}"
             fb = "" if b.foreign_cores is None else f", foreign load {b.foreign_cores:.2f}"
-            log(f"  repeat {r + 1}/{args.repeats}: stage I {a.wall:.2f} s (in forward {a.in_forward:.2f} s, "
+            log(
+                f"  repeat {r + 1}/{args.repeats}: stage I {a.wall:.2f} s (in forward {a.in_forward:.2f} s, "
                 f"own cores {a.own_cores:.2f}{fa}), bare {b.wall:.2f} s (own cores {b.own_cores:.2f}{fb}), "
-                f"ratio {b.wall / a.wall:.3f}")
+                f"ratio {b.wall / a.wall:.3f}"
+            )
 
     med = stats.median
     paired = [b.wall / a.wall for a, b in zip(s1_runs, bare_runs)]
     foreign = [x.foreign_cores for x in s1_runs + bare_runs if x.foreign_cores is not None]
     # A repeat is clean when neither side shared the machine with another job (measured, Linux).
-    clean = [i for i, (a, b) in enumerate(zip(s1_runs, bare_runs))
-             if (a.foreign_cores or 0.0) <= FOREIGN_LIMIT and (b.foreign_cores or 0.0) <= FOREIGN_LIMIT]
+    clean = [
+        i
+        for i, (a, b) in enumerate(zip(s1_runs, bare_runs))
+        if (a.foreign_cores or 0.0) <= FOREIGN_LIMIT and (b.foreign_cores or 0.0) <= FOREIGN_LIMIT
+    ]
     use = clean or list(range(len(s1_runs)))
     contended = len(clean) < len(s1_runs)
     s1 = med(s1_runs[i].wall for i in use)
@@ -379,27 +396,39 @@ def main(argv=None) -> int:
     m = result["machine"]
     print()
     print(f"Stage I throughput vs bare backbone forward  ({args.backbone}, random init, device {device})")
-    print(f"  machine : {m['cpu_model']}, {m['cpu_cores_usable']} cores, {m['ram_gib']} GiB RAM, torch {m['torch']}, "
-          f"{result['torch_threads']} intra-op threads")
-    print(f"  workload: {n} images x {1 + k} crops ({info.preprocess.input_size}px, canvas {canvas}px) = {total_crops} crops, "
-          f"B={args.batch_size} -> {per_forward} crops per forward, num_workers={args.num_workers}, "
-          f"{args.repeats} repeats")
+    print(
+        f"  machine : {m['cpu_model']}, {m['cpu_cores_usable']} cores, {m['ram_gib']} GiB RAM, torch {m['torch']}, "
+        f"{result['torch_threads']} intra-op threads"
+    )
+    print(
+        f"  workload: {n} images x {1 + k} crops ({info.preprocess.input_size}px, canvas {canvas}px) = {total_crops} crops, "
+        f"B={args.batch_size} -> {per_forward} crops per forward, num_workers={args.num_workers}, "
+        f"{args.repeats} repeats"
+    )
     print()
     print(f"  {'':28s} {'seconds':>9s} {'images/s':>10s} {'forwards/s':>11s}")
     print(f"  {'stage I (extract_features)':28s} {s1:9.2f} {n / s1:10.2f} {total_crops / s1:11.2f}")
     print(f"  {'bare backbone forward':28s} {bare:9.2f} {n / bare:10.2f} {total_crops / bare:11.2f}")
     print()
-    print(f"  stage I split (medians): {s1f:.2f} s inside the backbone forward, {s1o:.3f} s outside it "
-          f"(loader, view rendering, normalise, float64 sums, memmap) = {s1o / s1:.1%} of its wall time")
+    print(
+        f"  stage I split (medians): {s1f:.2f} s inside the backbone forward, {s1o:.3f} s outside it "
+        f"(loader, view rendering, normalise, float64 sums, memmap) = {s1o / s1:.1%} of its wall time"
+    )
     marks = ", ".join(f"{x:.3f}" + ("" if i in clean else "*") for i, x in enumerate(paired))
     print(f"  ratio per repeat: {marks}  (median of those used {result['ratio_paired_median']:.3f})")
-    print(f"  ratio (bare / stage I, medians) = {bare / s1:.3f}   (target >= 0.9: {'met' if bare / s1 >= 0.9 else 'NOT met'})")
+    print(
+        f"  ratio (bare / stage I, medians) = {bare / s1:.3f}   (target >= 0.9: {'met' if bare / s1 >= 0.9 else 'NOT met'})"
+    )
     if contended and clean:
-        print(f"  note: {len(s1_runs) - len(clean)} repeat(s) marked * shared the CPU with another job "
-              f"(> {FOREIGN_LIMIT} foreign cores) and are left out of the medians; {len(clean)} clean repeat(s) used")
+        print(
+            f"  note: {len(s1_runs) - len(clean)} repeat(s) marked * shared the CPU with another job "
+            f"(> {FOREIGN_LIMIT} foreign cores) and are left out of the medians; {len(clean)} clean repeat(s) used"
+        )
     elif contended:
-        print(f"  WARNING: every repeat shared the CPU with another job (up to {max(foreign):.2f} foreign cores); "
-              "the figures above use them all and are not a clean measurement: rerun on a quiet machine")
+        print(
+            f"  WARNING: every repeat shared the CPU with another job (up to {max(foreign):.2f} foreign cores); "
+            "the figures above use them all and are not a clean measurement: rerun on a quiet machine"
+        )
     return 0
 
 

@@ -41,21 +41,26 @@ def copy_ratio(images: np.ndarray, train_pixels: np.ndarray) -> dict:
     rr.fill_diagonal_(float("inf"))
     median = float(rr.min(1).values.median())
     ratio = d.min(1).values / median
-    return {"median_real_nearest_other_rms": median, "ratio_median": float(ratio.median()), "ratio_min": float(ratio.min()),
-            "share_under_0_5": float((ratio < 0.5).double().mean()), "share_at_least_1": float((ratio >= 1).double().mean())}
+    return {
+        "median_real_nearest_other_rms": median,
+        "ratio_median": float(ratio.median()),
+        "ratio_min": float(ratio.min()),
+        "share_under_0_5": float((ratio < 0.5).double().mean()),
+        "share_at_least_1": float((ratio >= 1).double().mean()),
+    }
 
 
 def start_figures(out: Path, cfg, crop: int | None) -> dict:
     """Flow cosine and landing of the step-0 images (--init real: the same seed's real draw)."""
     import torch
 
-    from edgedd import stage2
-    from edgedd.backbones import encode
-    from edgedd.fidelity import synthetic_landing
-    from edgedd.images import open_dataset
-    from edgedd.losses import flow
-    from edgedd.rundir import load_run
-    from edgedd.stage1_files import load_stage1
+    from edgedd.backbones.forward import encode
+    from edgedd.core.images import open_dataset
+    from edgedd.distillation import stage2
+    from edgedd.distillation.fidelity import synthetic_landing
+    from edgedd.distillation.losses import flow
+    from edgedd.distillation.rundir import load_run
+    from edgedd.distillation.stage1_files import load_stage1
 
     run = load_run(out)
     pp = run.preprocess
@@ -65,7 +70,16 @@ def start_figures(out: Path, cfg, crop: int | None) -> dict:
     s1 = load_stage1(out)
     labels = torch.arange(source.num_classes).repeat_interleave(cfg.ipc)
     fc = stage2.flow_cosine(model, x0, info, flow(s1.centres).float(), source.num_classes, False)
-    lands = synthetic_landing(lambda x: encode(model, x, pp, amp=False), x0, pp.input_size, labels, s1.centres, s1.weight, s1.bias, seed=cfg.seed)
+    lands = synthetic_landing(
+        lambda x: encode(model, x, pp, amp=False),
+        x0,
+        pp.input_size,
+        labels,
+        s1.centres,
+        s1.weight,
+        s1.bias,
+        seed=cfg.seed,
+    )
     return {"flow_cosine": fc, "landing": lands}
 
 
@@ -73,10 +87,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from edgedd.config import AugmentConfig, DistillConfig, EvalConfig, StageIConfig
-    from edgedd.distill import RunOptions, distill
-    from edgedd.evaluate import evaluate_run
-    from edgedd.images import open_dataset
+    from edgedd.core.config import AugmentConfig, DistillConfig, EvalConfig, StageIConfig
+    from edgedd.core.images import open_dataset
+    from edgedd.distillation.pipeline import RunOptions, distill
+    from edgedd.evaluation.evaluate import evaluate_run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
@@ -96,12 +110,29 @@ def main() -> None:
     a = ap.parse_args()
     os.environ.setdefault("EDGEDD_PROGRESS", "0")
     crop = 64 if "efficientnet-lite" in a.backbone else None  # the demo's host size
-    cfg = DistillConfig(method=a.method, ipc=a.ipc, iterations=a.iterations, lr=a.lr, init=a.init, seed=a.seed, gamma=a.gamma, kappa=a.kappa,
-                        augment=AugmentConfig(crop_scale=tuple(a.crop_scale), noise_p=a.noise_p))
+    cfg = DistillConfig(
+        method=a.method,
+        ipc=a.ipc,
+        iterations=a.iterations,
+        lr=a.lr,
+        init=a.init,
+        seed=a.seed,
+        gamma=a.gamma,
+        kappa=a.kappa,
+        augment=AugmentConfig(crop_scale=tuple(a.crop_scale), noise_p=a.noise_p),
+    )
     out = Path(a.out) / a.name
     t0 = time.perf_counter()
-    s = distill("embedded:mnist", a.backbone, out, config=cfg, stage1_config=StageIConfig(golden_views=1),  # the demo's Stage I
-                options=RunOptions(progress=False, checkpoint_every=0, preview_every=0), overwrite=True, crop_res=crop)
+    s = distill(
+        "embedded:mnist",
+        a.backbone,
+        out,
+        config=cfg,
+        stage1_config=StageIConfig(golden_views=1),  # the demo's Stage I
+        options=RunOptions(progress=False, checkpoint_every=0, preview_every=0),
+        overwrite=True,
+        crop_res=crop,
+    )
     t_distill = time.perf_counter() - t0
     ev = evaluate_run(out, "embedded:mnist/test", modes=("normal",), config=EvalConfig(seeds=2), progress=False)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -110,16 +141,27 @@ def main() -> None:
     images = load_file(str(out / "synthetic.safetensors"))["images"]
     n = ev["modes"]["normal"]
     rec = {
-        "name": a.name, "command": "python bench/stage2_methods.py " + " ".join(os.sys.argv[1:]), "backbone": a.backbone,
-        "config": s["config"], "normal_top1_mean": n["top1_mean"], "normal_top1_std": n["top1_std"],
-        "first_loss": lines[0]["loss"], "final_loss": s["final_loss"], "flow_cosine": s["flow_cosine"], "landing": s["landing"],
+        "name": a.name,
+        "command": "python bench/stage2_methods.py " + " ".join(os.sys.argv[1:]),
+        "backbone": a.backbone,
+        "config": s["config"],
+        "normal_top1_mean": n["top1_mean"],
+        "normal_top1_std": n["top1_std"],
+        "first_loss": lines[0]["loss"],
+        "final_loss": s["final_loss"],
+        "flow_cosine": s["flow_cosine"],
+        "landing": s["landing"],
         "start": start_figures(out, cfg, crop) if a.init == "real" else None,
         "copy_ratio_pixels": copy_ratio(images, open_dataset("embedded:mnist").pixels),
-        "distill_seconds": t_distill, "stage2_seconds": s["stage2_seconds"], "loss_curve": [ln["loss"] for ln in lines],
+        "distill_seconds": t_distill,
+        "stage2_seconds": s["stage2_seconds"],
+        "loss_curve": [ln["loss"] for ln in lines],
     }
     Path(a.json_dir).mkdir(parents=True, exist_ok=True)
     (Path(a.json_dir) / f"{a.name}.json").write_text(json.dumps(rec, indent=1))
-    brief = {k: rec[k] for k in ("name", "normal_top1_mean", "normal_top1_std", "first_loss", "final_loss", "flow_cosine")}
+    brief = {
+        k: rec[k] for k in ("name", "normal_top1_mean", "normal_top1_std", "first_loss", "final_loss", "flow_cosine")
+    }
     brief["centre_offset"] = rec["landing"].get("centre_offset_mean")
     print(json.dumps(brief))
 

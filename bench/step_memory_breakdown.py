@@ -22,8 +22,8 @@ import sys
 def saved_bytes(model, info, pyr, cfg, gen) -> dict:
     """MB autograd saves in decode / augment / backbone for the step's views of the set
     (``stage2.view_features``: the path LGM's step and the one-pass SFM step take)."""
-    from edgedd.stage2 import view_features
-    from edgedd.memory import SavedTensors
+    from edgedd.distillation.stage2 import view_features
+    from edgedd.host.memory import SavedTensors
 
     saved = SavedTensors(exclude=model.parameters())
     hook = model.register_forward_pre_hook(lambda *_: setattr(saved, "stage", "backbone"))
@@ -42,12 +42,12 @@ def first_vs_later_step(model, info, pyr, cfg, gen) -> dict:
     """RSS the first SFM step of a process leaves behind vs a later one (Adam moments + lazy init)."""
     import torch
 
-    from edgedd.chunked import chunked_step
-    from edgedd.backbones import backbone_autocast as _autocast
-    from edgedd.checkpoint import adam as _adam
-    from edgedd.stage2 import feature_loss
-    from edgedd.losses import flow
-    from edgedd.memory import PhaseMemory
+    from edgedd.backbones.forward import backbone_autocast as _autocast
+    from edgedd.distillation.checkpoint import adam as _adam
+    from edgedd.distillation.chunked import chunked_step
+    from edgedd.distillation.losses import flow
+    from edgedd.distillation.stage2 import feature_loss
+    from edgedd.host.memory import PhaseMemory
 
     dev = pyr.levels[0].device
     centres = torch.randn(pyr.levels[0].shape[0], info.num_features, generator=gen, device=dev)  # IPC 1
@@ -58,13 +58,17 @@ def first_vs_later_step(model, info, pyr, cfg, gen) -> dict:
         m = PhaseMemory(dev)
         m.start()
         opt.zero_grad(set_to_none=True)
-        chunked_step(model, pyr, cfg, info, gen, lambda z: feature_loss(z, cfg, f_real, centres), 0, _autocast(dev, False))
+        chunked_step(
+            model, pyr, cfg, info, gen, lambda z: feature_loss(z, cfg, f_real, centres), 0, _autocast(dev, False)
+        )
         opt.step()
         rows.append(m.peak_mb())
     before = [r["before_mb"] for r in rows]
-    return {"step_working_mb": [r["working_mb"] for r in rows],
-            "rss_left_by_first_step_mb": None if None in before else before[1] - before[0],
-            "rss_left_by_second_step_mb": None if None in before else before[2] - before[1]}
+    return {
+        "step_working_mb": [r["working_mb"] for r in rows],
+        "rss_left_by_first_step_mb": None if None in before else before[1] - before[0],
+        "rss_left_by_second_step_mb": None if None in before else before[2] - before[1],
+    }
 
 
 def main() -> None:
@@ -75,15 +79,15 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    from edgedd.memory import MEASURE_ENV
+    from edgedd.host.memory import MEASURE_ENV
 
     if any(os.environ.get(k) != v for k, v in MEASURE_ENV.items()):  # malloc settings act at process start
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MEASURE_ENV})
     import torch
 
-    from edgedd.backbones import load_backbone
-    from edgedd.config import DistillConfig
-    from edgedd.synthetic import Pyramid
+    from edgedd.backbones.loader import load_backbone
+    from edgedd.core.config import DistillConfig
+    from edgedd.distillation.pyramid import Pyramid
 
     dev = torch.device("cpu")
     model, info = load_backbone(a.backbone, "random", input_size=a.crop_res, resize_size=a.syn_res, device=dev, seed=0)
@@ -93,33 +97,53 @@ def main() -> None:
     while not pyr.full:
         pyr.extend(gen)
     level_mb = sum(lv.numel() * lv.element_size() for lv in pyr.levels) / 2**20
-    res = {"backbone": a.backbone, "crop_res": a.crop_res, "syn_res": a.syn_res, "images": n,
-           "state_mb": {"levels": level_mb, "adam_moments": 2 * level_mb, "level_grads": level_mb},
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"}
+    res = {
+        "backbone": a.backbone,
+        "crop_res": a.crop_res,
+        "syn_res": a.syn_res,
+        "images": n,
+        "state_mb": {"levels": level_mb, "adam_moments": 2 * level_mb, "level_grads": level_mb},
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+    }
     cfg = DistillConfig(ipc=1, syn_res=a.syn_res, crop_res=a.crop_res, augs_per_batch=1)
     res["sfm_steps"] = first_vs_later_step(model, info, pyr, cfg, gen)  # first: the process's first steps
     for method, augs in (("sfm", 1), ("lgm", 10)):
         cfg = DistillConfig(ipc=1, syn_res=a.syn_res, crop_res=a.crop_res, augs_per_batch=augs)
         s = saved_bytes(model, info, pyr, cfg, gen)
-        res[method] = {"augs_per_batch": augs, "saved_mb": s, "saved_total_mb": sum(s.values()),
-                       "backbone_mb_per_view": s["backbone"] / (n * augs)}
+        res[method] = {
+            "augs_per_batch": augs,
+            "saved_mb": s,
+            "saved_total_mb": sum(s.values()),
+            "backbone_mb_per_view": s["backbone"] / (n * augs),
+        }
     if a.json:
         print(json.dumps(res, indent=2))
         return
     print(f"{a.backbone} @ {a.crop_res} px, synthetic {a.syn_res} px, {n} images (IPC 1)")
     st = res["state_mb"]
-    print(f"synthetic set state: levels {st['levels']:.1f} MB, Adam moments {st['adam_moments']:.1f} MB, level grads {st['level_grads']:.1f} MB")
-    print(f"{'method':<6} {'views':>5} {'decode':>8} {'augment':>8} {'backbone':>9} {'total':>8} {'backbone/view':>14}  (saved for backward, MB)")
+    print(
+        f"synthetic set state: levels {st['levels']:.1f} MB, Adam moments {st['adam_moments']:.1f} MB, level grads {st['level_grads']:.1f} MB"
+    )
+    print(
+        f"{'method':<6} {'views':>5} {'decode':>8} {'augment':>8} {'backbone':>9} {'total':>8} {'backbone/view':>14}  (saved for backward, MB)"
+    )
     for m in ("sfm", "lgm"):
         r = res[m]
         s = r["saved_mb"]
-        print(f"{m:<6} {n * r['augs_per_batch']:>5} {s['decode']:>8.1f} {s['augment']:>8.1f} {s['backbone']:>9.1f} "
-              f"{r['saved_total_mb']:>8.1f} {r['backbone_mb_per_view']:>14.2f}")
+        print(
+            f"{m:<6} {n * r['augs_per_batch']:>5} {s['decode']:>8.1f} {s['augment']:>8.1f} {s['backbone']:>9.1f} "
+            f"{r['saved_total_mb']:>8.1f} {r['backbone_mb_per_view']:>14.2f}"
+        )
     sw = res["sfm_steps"]
-    print("SFM step working MB, steps 1-3 of a process: " + ", ".join(f"{w:.1f}" for w in sw["step_working_mb"] if w is not None))
+    print(
+        "SFM step working MB, steps 1-3 of a process: "
+        + ", ".join(f"{w:.1f}" for w in sw["step_working_mb"] if w is not None)
+    )
     if sw["rss_left_by_first_step_mb"] is not None:
-        print(f"RSS left behind: first step {sw['rss_left_by_first_step_mb']:.1f} MB "
-              f"(Adam moments {st['adam_moments']:.1f} MB + lazy framework allocations), second {sw['rss_left_by_second_step_mb']:.1f} MB")
+        print(
+            f"RSS left behind: first step {sw['rss_left_by_first_step_mb']:.1f} MB "
+            f"(Adam moments {st['adam_moments']:.1f} MB + lazy framework allocations), second {sw['rss_left_by_second_step_mb']:.1f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -24,20 +24,27 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
     import numpy as np
     import torch
 
-    from edgedd.augment import center_crop, render_views, sample_views
-    from edgedd.backbones import encode, load_backbone, resolve_device
-    from edgedd.config import AugmentConfig, StageIConfig
-    from edgedd.data import CanvasDataset
-    from edgedd.images import open_dataset
-    from edgedd.rundir import load_run
-    from edgedd.heads import new_probe
-    from edgedd.statistics import train_golden
-    from edgedd.rng import torch_generator
+    from edgedd.backbones.forward import encode, resolve_device
+    from edgedd.backbones.loader import load_backbone
+    from edgedd.core.config import AugmentConfig, StageIConfig
+    from edgedd.core.images import open_dataset
+    from edgedd.distillation.rundir import load_run
+    from edgedd.distillation.stage1 import train_golden
+    from edgedd.host.augment import center_crop, render_views, sample_views
+    from edgedd.host.data import CanvasDataset
+    from edgedd.host.heads import new_probe
+    from edgedd.host.rng import torch_generator
 
     device = resolve_device(device_name)
     run = load_run(run_dir)
     info0 = run.summary["backbone"]
-    model, info = load_backbone(info0["name"], "hub", input_size=run.preprocess.input_size, resize_size=run.preprocess.resize_size, device=device)
+    model, info = load_backbone(
+        info0["name"],
+        "hub",
+        input_size=run.preprocess.input_size,
+        resize_size=run.preprocess.resize_size,
+        device=device,
+    )
     pp = info.preprocess
     train, test = open_dataset(run.summary["dataset"]["name"]), open_dataset(test_data)
 
@@ -55,18 +62,24 @@ def golden_compare(run_dir, test_data: str, seeds: int, views: int, device_name:
     aug = AugmentConfig()
     out = {"cached": [], "exact": [], "views": views}
     for seed in range(seeds):
-        cfg = StageIConfig(golden_views=views, golden_recipe="reference", seed=seed)  # METHOD.md's recipe: what the shortcut is for
+        cfg = StageIConfig(
+            golden_views=views, golden_recipe="reference", seed=seed
+        )  # METHOD.md's recipe: what the shortcut is for
         g = torch.Generator().manual_seed(1000 + seed)
         # cached: slot 0 centre crop, slots 1..K views drawn once (Stage I's layout)
         t = time.perf_counter()
-        slots = [feats(center_crop(xtr, pp.input_size))] + [feats(render_views(xtr, sample_views(len(xtr), aug, g), pp.input_size)) for _ in range(views)]
+        slots = [feats(center_crop(xtr, pp.input_size))] + [
+            feats(render_views(xtr, sample_views(len(xtr), aug, g), pp.input_size)) for _ in range(views)
+        ]
         bank = torch.stack(slots, 1).cpu().numpy()
         w, b, _ = train_golden(bank, ytr.numpy(), train.num_classes, cfg, device, progress=False)
         acc = float(((z_test.cpu() @ w.T + b).argmax(1) == yte).float().mean())
         out["cached"].append({"seed": seed, "top1": acc, "seconds": time.perf_counter() - t})
         # exact: the same probe, optimiser and schedule; each epoch a fresh view per image through the backbone
         t = time.perf_counter()
-        gen = torch_generator("golden-reference", cfg.seed)  # the reference recipe's streams (edgedd.statistics)
+        gen = torch_generator(
+            "golden-reference", cfg.seed
+        )  # the reference recipe's streams (edgedd.distillation.stage1)
         n = len(xtr)
         head = new_probe(info.num_features, train.num_classes, torch_generator("golden-init", cfg.seed), device)
         opt = torch.optim.Adam(head.parameters(), lr=cfg.resolved_golden_lr())
@@ -105,18 +118,34 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
-    from edgedd.evaluate import EvalConfig, evaluate_run
+    from edgedd.evaluation.evaluate import EvalConfig, evaluate_run
 
-    res = {"run": a.run_dir, "machine": platform.processor() or platform.machine(), "seeds": a.seeds, "epochs": a.epochs,
-           "command": " ".join(sys.argv)}
+    res = {
+        "run": a.run_dir,
+        "machine": platform.processor() or platform.machine(),
+        "seeds": a.seeds,
+        "epochs": a.epochs,
+        "command": " ".join(sys.argv),
+    }
     for name, v in (("exact", 0), ("cached", a.view_cache)):
         t = time.perf_counter()
-        ev = evaluate_run(a.run_dir, a.test_data, modes=("normal", "ci"),
-                          config=EvalConfig(epochs=a.epochs, seeds=a.seeds, view_cache=v, device=a.device), progress=False)
+        ev = evaluate_run(
+            a.run_dir,
+            a.test_data,
+            modes=("normal", "ci"),
+            config=EvalConfig(epochs=a.epochs, seeds=a.seeds, view_cache=v, device=a.device),
+            progress=False,
+        )
         res[name] = {"view_cache": v, "seconds": time.perf_counter() - t, "modes": ev["modes"]}
-        print(f"evaluate {name}: {json.dumps({m: round(100 * r['top1_mean'], 2) for m, r in ev['modes'].items()})} "
-              f"in {res[name]['seconds']:.0f}s", file=sys.stderr)
-    res["difference_pt"] = {m: 100 * (res["cached"]["modes"][m]["top1_mean"] - res["exact"]["modes"][m]["top1_mean"]) for m in ("normal", "ci")}
+        print(
+            f"evaluate {name}: {json.dumps({m: round(100 * r['top1_mean'], 2) for m, r in ev['modes'].items()})} "
+            f"in {res[name]['seconds']:.0f}s",
+            file=sys.stderr,
+        )
+    res["difference_pt"] = {
+        m: 100 * (res["cached"]["modes"][m]["top1_mean"] - res["exact"]["modes"][m]["top1_mean"])
+        for m in ("normal", "ci")
+    }
     if not a.skip_golden:
         res["golden"] = golden_compare(a.run_dir, a.test_data, a.seeds, a.golden_views, a.device)
     if a.json:
@@ -127,13 +156,17 @@ def main() -> None:
     print("|---|---|---|---|")
     for name in ("exact", "cached"):
         r = res[name]
-        print(f"| {name} (view cache {r['view_cache']}) | {pct(r['modes']['normal'])} | {pct(r['modes']['ci'])} | {r['seconds']:.0f} |")
+        print(
+            f"| {name} (view cache {r['view_cache']}) | {pct(r['modes']['normal'])} | {pct(r['modes']['ci'])} | {r['seconds']:.0f} |"
+        )
     print(f"| cached - exact (pt) | {res['difference_pt']['normal']:+.2f} | {res['difference_pt']['ci']:+.2f} | |")
     if "golden" in res:
         g = res["golden"]
-        print(f"\ngolden classifier, test top-1 over {a.seeds} seeds: cached {g['views']} views {100 * g['cached_mean']:.2f} ± "
-              f"{100 * g['cached_std']:.2f}, exact (fresh view every epoch) {100 * g['exact_mean']:.2f} ± {100 * g['exact_std']:.2f}, "
-              f"difference {g['difference_pt']:+.2f} pt")
+        print(
+            f"\ngolden classifier, test top-1 over {a.seeds} seeds: cached {g['views']} views {100 * g['cached_mean']:.2f} ± "
+            f"{100 * g['cached_std']:.2f}, exact (fresh view every epoch) {100 * g['exact_mean']:.2f} ± {100 * g['exact_std']:.2f}, "
+            f"difference {g['difference_pt']:+.2f} pt"
+        )
 
 
 if __name__ == "__main__":

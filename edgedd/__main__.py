@@ -1,3 +1,3 @@
-from .cli import main
+from edgedd.cli.host import main
 
 main()

@@ -21,9 +21,9 @@ import os
 import time
 from pathlib import Path
 
-from edgedd.config import DistillConfig, StageIConfig
-from edgedd.distill import RunOptions, distill
-from edgedd.evaluate import EvalConfig, evaluate_run
+from edgedd.core.config import DistillConfig, StageIConfig
+from edgedd.distillation.pipeline import RunOptions, distill
+from edgedd.evaluation.evaluate import EvalConfig, evaluate_run
 
 HOST, EDGE = "edgedd/host-vit", "edgedd/edge-cnn"
 
@@ -36,14 +36,23 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--view-cache", type=int, default=16)
-    ap.add_argument("--protocol", default="reference", choices=("reference", "converged"),
-                    help="golden recipe and evaluation protocol (reference: METHOD.md's, docs/RESULTS.md's earlier table)")
+    ap.add_argument(
+        "--protocol",
+        default="reference",
+        choices=("reference", "converged"),
+        help="golden recipe and evaluation protocol (reference: METHOD.md's, docs/RESULTS.md's earlier table)",
+    )
     ap.add_argument("--out", default="runs/accuracy")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = os.environ.get("EDGEDD_PROGRESS", "1") != "0"
-    ecfg = EvalConfig(protocol=a.protocol, epochs=a.epochs, seeds=a.seeds, view_cache=a.view_cache if a.protocol == "reference" else None)
+    ecfg = EvalConfig(
+        protocol=a.protocol,
+        epochs=a.epochs,
+        seeds=a.seeds,
+        view_cache=a.view_cache if a.protocol == "reference" else None,
+    )
     s1cfg = StageIConfig(golden_recipe=a.protocol)
     results = []
     ipcs = [int(x) for x in a.ipcs.split(",")]
@@ -55,22 +64,53 @@ def main() -> None:
         for method, augs in (("sfm", 1), ("lgm", a.lgm_augs)):
             run = out / f"{method}_ipc{ipc}"
             t = time.perf_counter()
-            s = distill("embedded:mnist", HOST, run, config=DistillConfig(method=method, ipc=ipc, iterations=iterations, augs_per_batch=augs),
-                        stage1_config=s1cfg, options=RunOptions(progress=progress), overwrite=True)
+            s = distill(
+                "embedded:mnist",
+                HOST,
+                run,
+                config=DistillConfig(method=method, ipc=ipc, iterations=iterations, augs_per_batch=augs),
+                stage1_config=s1cfg,
+                options=RunOptions(progress=progress),
+                overwrite=True,
+            )
             secs = time.perf_counter() - t
-            ev = evaluate_run(run, "embedded:mnist/test", modes=("normal", "ci"), config=ecfg, baselines=(method == "sfm"), progress=progress)
-            cross = evaluate_run(run, "embedded:mnist/test", modes=("normal", "ci"), eval_backbone=EDGE, config=ecfg, progress=progress)
-            results.append({"ipc": ipc, "method": method, "augs": augs, "iterations": iterations, "distill": s, "distill_seconds": secs, "eval": ev, "cross": cross})
+            ev = evaluate_run(
+                run,
+                "embedded:mnist/test",
+                modes=("normal", "ci"),
+                config=ecfg,
+                baselines=(method == "sfm"),
+                progress=progress,
+            )
+            cross = evaluate_run(
+                run, "embedded:mnist/test", modes=("normal", "ci"), eval_backbone=EDGE, config=ecfg, progress=progress
+            )
+            results.append(
+                {
+                    "ipc": ipc,
+                    "method": method,
+                    "augs": augs,
+                    "iterations": iterations,
+                    "distill": s,
+                    "distill_seconds": secs,
+                    "eval": ev,
+                    "cross": cross,
+                }
+            )
             (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
             print(f"done {method} ipc {ipc} in {secs:.0f}s", flush=True)
 
     pct = lambda v: f"{100 * v['top1_mean']:.1f} ± {100 * v['top1_std']:.1f}"  # noqa: E731
-    lines = [f"| IPC | rows (eval on embedded:mnist/test, {a.seeds} seeds) | `{HOST}` normal | `{HOST}` CI | `{EDGE}` normal | `{EDGE}` CI |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"| IPC | rows (eval on embedded:mnist/test, {a.seeds} seeds) | `{HOST}` normal | `{HOST}` CI | `{EDGE}` normal | `{EDGE}` CI |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         e, c = r["eval"]["modes"], r["cross"]["modes"]
-        lines.append(f"| {r['ipc']} | {r['method'].upper()} (augs {r['augs']}, {a.iterations} its, flow cos {r['distill']['flow_cosine']:.3f}) "
-                     f"| {pct(e['normal'])} | {pct(e['ci'])} | {pct(c['normal'])} | {pct(c['ci'])} |")
+        lines.append(
+            f"| {r['ipc']} | {r['method'].upper()} (augs {r['augs']}, {a.iterations} its, flow cos {r['distill']['flow_cosine']:.3f}) "
+            f"| {pct(e['normal'])} | {pct(e['ci'])} | {pct(c['normal'])} | {pct(c['ci'])} |"
+        )
         if "baselines" in r["eval"]:
             b = r["eval"]["baselines"]
             for name in ("random", "centroids", "neighbors"):

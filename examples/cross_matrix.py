@@ -16,16 +16,23 @@ import argparse
 import json
 from pathlib import Path
 
-from edgedd.evaluate import EvalConfig, evaluate_run
-from edgedd.rundir import load_run
+from edgedd.distillation.rundir import load_run
+from edgedd.evaluation.evaluate import EvalConfig, evaluate_run
 
 
 def cell(run: Path, spec: str, out: Path, seeds: int) -> dict:
     name, _, res = spec.partition("@")
     path = out / f"{run.name}__{name.replace('/', '_')}{'_' + res if res else ''}.json"
     if not path.exists():
-        r = evaluate_run(run, "embedded:mnist/test", modes=("normal", "ci"), eval_backbone=name, eval_crop_res=int(res) if res else None,
-                         config=EvalConfig(seeds=seeds), progress=True)
+        r = evaluate_run(
+            run,
+            "embedded:mnist/test",
+            modes=("normal", "ci"),
+            eval_backbone=name,
+            eval_crop_res=int(res) if res else None,
+            config=EvalConfig(seeds=seeds),
+            progress=True,
+        )
         path.write_text(json.dumps(r, indent=2, default=str))
     return json.loads(path.read_text())
 
@@ -44,8 +51,11 @@ def main() -> None:
     for run in a.runs:
         cfg = load_run(run).config
         cells = [cell(run, b, a.out, a.seeds)["modes"] for b in a.eval]
-        rows.append(f"| {cfg.get('method')} | {cfg.get('init', 'noise')} | {cfg.get('ipc')} | {cfg.get('iterations')} | "
-                    + " | ".join(f"{pct(m['ci'])} | {pct(m['normal'])}" for m in cells) + " |")
+        rows.append(
+            f"| {cfg.get('method')} | {cfg.get('init', 'noise')} | {cfg.get('ipc')} | {cfg.get('iterations')} | "
+            + " | ".join(f"{pct(m['ci'])} | {pct(m['normal'])}" for m in cells)
+            + " |"
+        )
     print("\n".join(rows))
 
 

@@ -3,7 +3,7 @@
     python examples/pretrain_ssl.py --model both --seed 0        # writes edgedd/weights/
 
 For each model (``host``: ``edgedd/host-vit``, ``edge``: ``edgedd/edge-cnn``, both defined in
-``edgedd/zoo.py``):
+``edgedd/backbones/zoo.py``):
 
 1. SimCLR on the 4,000 train images of ``embedded:mnist`` (labels never touch training): two
    augmented views per image (random resized crop, scale (0.4, 1), no flips; small rotation and
@@ -42,9 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from edgedd import zoo  # noqa: E402
-from edgedd.backbones import state_dict_sha256  # noqa: E402
-from edgedd.images import open_dataset, resize_center_crop  # noqa: E402
+from edgedd.backbones import zoo  # noqa: E402
+from edgedd.backbones.loader import state_dict_sha256  # noqa: E402
+from edgedd.core.images import open_dataset, resize_center_crop  # noqa: E402
 
 MODELS = {"host": "edgedd/host-vit", "edge": "edgedd/edge-cnn"}
 
@@ -55,8 +55,18 @@ RECIPES = {
 }
 TEMPERATURE = 0.2
 PROJ_HIDDEN, PROJ_OUT = 256, 128
-AUG = dict(crop_scale=(0.4, 1.0), crop_ratio=(3 / 4, 4 / 3), rotate_deg=15.0, shear_deg=10.0,
-           jitter_p=0.8, brightness=0.4, contrast=0.4, blur_p=0.3, blur_sigma=(0.1, 1.2), hflip=False)
+AUG = dict(
+    crop_scale=(0.4, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    rotate_deg=15.0,
+    shear_deg=10.0,
+    jitter_p=0.8,
+    brightness=0.4,
+    contrast=0.4,
+    blur_p=0.3,
+    blur_sigma=(0.1, 1.2),
+    hflip=False,
+)
 # The slice probe tests/test_zoo.py recomputes: every 4th train image, every 2nd test image.
 SLICE = dict(train_step=4, test_step=2, ridge_lambda=10.0)
 PROBE_LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -71,7 +81,7 @@ def canvases(spec: str, pp: dict) -> tuple[torch.Tensor, torch.Tensor]:
     size, crop = int(pp["resize_size"]), int(pp["input_size"])
     arr = np.stack([np.asarray(resize_center_crop(_pil(p), size, pp["interpolation"])) for p in ds.pixels])
     off = (size - crop) // 2
-    arr = arr[:, off:off + crop, off:off + crop]
+    arr = arr[:, off : off + crop, off : off + crop]
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
     return x, torch.from_numpy(ds.labels), ds.fingerprint
 
@@ -164,12 +174,27 @@ def param_groups(model: nn.Module, head: nn.Module, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train_simclr(model: nn.Module, x: torch.Tensor, pp: dict, *, epochs: int, batch_size: int, lr: float,
-                 weight_decay: float, warmup_epochs: int, seed: int, log) -> dict:
+def train_simclr(
+    model: nn.Module,
+    x: torch.Tensor,
+    pp: dict,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    warmup_epochs: int,
+    seed: int,
+    log,
+) -> dict:
     g = torch.Generator().manual_seed(seed)
     dim = int(model.num_features)
-    head = nn.Sequential(nn.Linear(dim, PROJ_HIDDEN), nn.BatchNorm1d(PROJ_HIDDEN), nn.ReLU(inplace=True),
-                         nn.Linear(PROJ_HIDDEN, PROJ_OUT))
+    head = nn.Sequential(
+        nn.Linear(dim, PROJ_HIDDEN),
+        nn.BatchNorm1d(PROJ_HIDDEN),
+        nn.ReLU(inplace=True),
+        nn.Linear(PROJ_HIDDEN, PROJ_OUT),
+    )
     opt = torch.optim.AdamW(param_groups(model, head, weight_decay), lr=lr, betas=(0.9, 0.999))
     n = x.shape[0]
     steps_per_epoch = n // batch_size  # drop_last: every batch has batch_size images
@@ -188,7 +213,7 @@ def train_simclr(model: nn.Module, x: torch.Tensor, pp: dict, *, epochs: int, ba
         perm = torch.randperm(n, generator=g)
         losses = []
         for i in range(steps_per_epoch):
-            xb = x[perm[i * batch_size:(i + 1) * batch_size]]
+            xb = x[perm[i * batch_size : (i + 1) * batch_size]]
             views = torch.cat([augment(xb, g), augment(xb, g)])
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
@@ -199,7 +224,9 @@ def train_simclr(model: nn.Module, x: torch.Tensor, pp: dict, *, epochs: int, ba
             losses.append(float(loss.detach()))
             step += 1
         curve.append(round(float(np.mean(losses)), 4))
-        log(f"  epoch {epoch + 1:3d}/{epochs}  loss {curve[-1]:.4f}  lr {lr_at(step - 1):.2e}  {time.perf_counter() - t0:6.1f}s")
+        log(
+            f"  epoch {epoch + 1:3d}/{epochs}  loss {curve[-1]:.4f}  lr {lr_at(step - 1):.2e}  {time.perf_counter() - t0:6.1f}s"
+        )
     model.eval()
     return {"loss_per_epoch": curve, "steps": total, "train_seconds": round(time.perf_counter() - t0, 1)}
 
@@ -210,7 +237,7 @@ def train_simclr(model: nn.Module, x: torch.Tensor, pp: dict, *, epochs: int, ba
 @torch.no_grad()
 def features(model: nn.Module, x: torch.Tensor, pp: dict, batch: int = 500) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(normalise(x[i:i + batch], pp)) for i in range(0, len(x), batch)]).double()
+    return torch.cat([model(normalise(x[i : i + batch], pp)) for i in range(0, len(x), batch)]).double()
 
 
 def _standardise(ftr: torch.Tensor, fte: torch.Tensor):
@@ -218,14 +245,22 @@ def _standardise(ftr: torch.Tensor, fte: torch.Tensor):
     return (ftr - mu) / sd, (fte - mu) / sd
 
 
-def _fit_logistic(x: torch.Tensor, y: torch.Tensor, lam: float, init: torch.Tensor | None = None,
-                  classes: int = 10) -> torch.Tensor:
+def _fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, lam: float, init: torch.Tensor | None = None, classes: int = 10
+) -> torch.Tensor:
     """argmin_W mean CE(x W + b, y) + lam/2 |W|^2 by L-BFGS (float32, at most 200 iterations)."""
     x = x.float()
     w0 = torch.zeros(x.shape[1] + 1, classes) if init is None else init.float().clone()
     w = w0.requires_grad_(True)
-    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, tolerance_grad=1e-6, tolerance_change=1e-9,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w],
+        lr=1.0,
+        max_iter=200,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -247,14 +282,18 @@ def logistic_probe(ftr, ytr, fte, yte, seed: int) -> dict:
     strongest penalty down), then refit on all train features."""
     xtr, xte = _standardise(ftr, fte)
     perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))
-    val, fit = perm[: len(xtr) // 5], perm[len(xtr) // 5:]
+    val, fit = perm[: len(xtr) // 5], perm[len(xtr) // 5 :]
     scores, w = {}, None
     for lam in sorted(PROBE_LAMBDAS, reverse=True):
         w = _fit_logistic(xtr[fit], ytr[fit], lam, init=w)
         scores[lam] = _top1(w, xtr[val], ytr[val])
     best = max(PROBE_LAMBDAS, key=lambda lam: (scores[lam], lam))  # ties: the stronger penalty
     w = _fit_logistic(xtr, ytr, best)
-    return {"top1": round(_top1(w, xte, yte), 4), "l2": best, "holdout_top1": {str(k): round(v, 4) for k, v in sorted(scores.items())}}
+    return {
+        "top1": round(_top1(w, xte, yte), 4),
+        "l2": best,
+        "holdout_top1": {str(k): round(v, 4) for k, v in sorted(scores.items())},
+    }
 
 
 def ridge_slice_probe(ftr, ytr, fte, yte, lam: float = SLICE["ridge_lambda"]) -> float:
@@ -280,64 +319,64 @@ def sha256_file(path: Path) -> str:
 def markdown_card(c: dict) -> str:
     a, t, p, pp, o = c["architecture"], c["training"], c["probe"], c["preprocess"], c.get("onnx", {})
     kw = ", ".join(f"{k}={v}" for k, v in a["kwargs"].items())
-    return f"""# {c['name']}
+    return f"""# {c["name"]}
 
-{a['description']}
+{a["description"]}
 
-Self-supervised (SimCLR, **no labels**) on the {t['data']['images']:,} train images of
-`{t['data']['dataset']}`; shipped with edgedd so it loads offline:
-`edgedd.backbones.load_backbone("{c['name']}")`.
+Self-supervised (SimCLR, **no labels**) on the {t["data"]["images"]:,} train images of
+`{t["data"]["dataset"]}`; shipped with edgedd so it loads offline:
+`edgedd.backbones.loader.load_backbone("{c["name"]}")`.
 
 | | |
 |---|---|
-| builder | `{a['builder']}({kw})` |
-| timm class | `{a['timm_class']}` |
-| parameters | {a['params']:,} |
-| pooled features | {a['num_features']} |
-| weights | `{c['weights']['file']}` ({c['weights']['bytes']:,} bytes, float32) |
-| file sha256 | `{c['weights']['file_sha256']}` |
-| weights_sha256 (edgedd) | `{c['weights']['weights_sha256']}` |
+| builder | `{a["builder"]}({kw})` |
+| timm class | `{a["timm_class"]}` |
+| parameters | {a["params"]:,} |
+| pooled features | {a["num_features"]} |
+| weights | `{c["weights"]["file"]}` ({c["weights"]["bytes"]:,} bytes, float32) |
+| file sha256 | `{c["weights"]["file_sha256"]}` |
+| weights_sha256 (edgedd) | `{c["weights"]["weights_sha256"]}` |
 
 ## Training
 
-- Objective: {t['objective']}, temperature {t['temperature']}; projection head {t['projection_head']} (discarded).
-- Augmentations: {t['augmentations_text']}.
-- Optimiser: {t['optimizer']}, lr {t['lr']}, weight decay {t['weight_decay']}, {t['schedule']}.
-- Epochs {t['epochs']}, batch size {t['batch_size']} (x2 views), {t['steps']} steps, seed {t['seed']}.
-- Wall time {t['wall_seconds']} s on {t['threads']} CPU threads ({t['machine']}); training alone {t['train_seconds']} s.
-- Loss per epoch: {', '.join(str(v) for v in t['loss_per_epoch'])}.
+- Objective: {t["objective"]}, temperature {t["temperature"]}; projection head {t["projection_head"]} (discarded).
+- Augmentations: {t["augmentations_text"]}.
+- Optimiser: {t["optimizer"]}, lr {t["lr"]}, weight decay {t["weight_decay"]}, {t["schedule"]}.
+- Epochs {t["epochs"]}, batch size {t["batch_size"]} (x2 views), {t["steps"]} steps, seed {t["seed"]}.
+- Wall time {t["wall_seconds"]} s on {t["threads"]} CPU threads ({t["machine"]}); training alone {t["train_seconds"]} s.
+- Loss per epoch: {", ".join(str(v) for v in t["loss_per_epoch"])}.
 
 ## Preprocessing
 
-input_size {pp['input_size']}, resize_size {pp['resize_size']} (crop_pct {pp['crop_pct']}),
-interpolation {pp['interpolation']}, mean {list(pp['mean'])}, std {list(pp['std'])}.
-The 28x28 digits are resized to 32x32 ({pp['interpolation']}) and used whole.
+input_size {pp["input_size"]}, resize_size {pp["resize_size"]} (crop_pct {pp["crop_pct"]}),
+interpolation {pp["interpolation"]}, mean {list(pp["mean"])}, std {list(pp["std"])}.
+The 28x28 digits are resized to 32x32 ({pp["interpolation"]}) and used whole.
 
 ## Linear probe (top-1 on `embedded:mnist/test`, 1,000 images)
 
-{p['protocol']}
+{p["protocol"]}
 
 | features | top-1 |
 |---|---|
-| this model (frozen) | **{p['model']['top1'] * 100:.1f}%** |
-| raw pixels | {p['raw_pixels']['top1'] * 100:.1f}% |
-| same architecture, random weights (seed {t['seed']}) | {p['random_weights']['top1'] * 100:.1f}% |
+| this model (frozen) | **{p["model"]["top1"] * 100:.1f}%** |
+| raw pixels | {p["raw_pixels"]["top1"] * 100:.1f}% |
+| same architecture, random weights (seed {t["seed"]}) | {p["random_weights"]["top1"] * 100:.1f}% |
 
-Slice probe used by `tests/test_zoo.py` ({p['slice']['protocol']}): model {p['slice']['model_top1'] * 100:.1f}%,
-random weights {p['slice']['random_weights_top1'] * 100:.1f}%.
+Slice probe used by `tests/test_zoo.py` ({p["slice"]["protocol"]}): model {p["slice"]["model_top1"] * 100:.1f}%,
+random weights {p["slice"]["random_weights_top1"] * 100:.1f}%.
 
 ## Export
 
-ONNX (torch.onnx.export, dynamo) via `edgedd.export.onnx_graphs.export_backbone`: {o.get('bytes', 'n/a')} bytes,
-onnxruntime parity max relative error {o.get('parity', {}).get('max_rel_error', float('nan')):.1e}.
+ONNX (torch.onnx.export, dynamo) via `edgedd.export.onnx_graphs.export_backbone`: {o.get("bytes", "n/a")} bytes,
+onnxruntime parity max relative error {o.get("parity", {}).get("max_rel_error", float("nan")):.1e}.
 
 ## Reproduce
 
 ```
-{c['command']}
+{c["command"]}
 ```
 
-torch {c['versions']['torch']}, timm {c['versions']['timm']}, Python {c['versions']['python']}.
+torch {c["versions"]["torch"]}, timm {c["versions"]["timm"]}, Python {c["versions"]["python"]}.
 """
 
 
@@ -365,8 +404,18 @@ def run_one(key: str, args, data, log) -> dict:
     model = zoo.create(name, pretrained=False)
     params = sum(p.numel() for p in model.parameters())
     log(f"{name}: {type(model).__module__}.{type(model).__name__}, {params:,} params, {recipe['epochs']} epochs")
-    hist = train_simclr(model, xtr, pp, epochs=recipe["epochs"], batch_size=args.batch_size, lr=recipe["lr"],
-                        weight_decay=recipe["weight_decay"], warmup_epochs=recipe["warmup_epochs"], seed=args.seed, log=log)
+    hist = train_simclr(
+        model,
+        xtr,
+        pp,
+        epochs=recipe["epochs"],
+        batch_size=args.batch_size,
+        lr=recipe["lr"],
+        weight_decay=recipe["weight_decay"],
+        warmup_epochs=recipe["warmup_epochs"],
+        seed=args.seed,
+        log=log,
+    )
 
     # probes: model, raw pixels, random weights (same seed => the same init the training started from)
     ftr, fte = features(model, xtr, pp), features(model, xte, pp)
@@ -383,19 +432,26 @@ def run_one(key: str, args, data, log) -> dict:
     }
     s_tr, s_te = slice(None, None, SLICE["train_step"]), slice(None, None, SLICE["test_step"])
     probe["slice"] = {
-        "protocol": (f"closed-form ridge classifier, lambda {SLICE['ridge_lambda']}, standardised features; "
-                     f"fit on embedded:mnist[::{SLICE['train_step']}] (1,000), top-1 on embedded:mnist/test[::{SLICE['test_step']}] (500)"),
+        "protocol": (
+            f"closed-form ridge classifier, lambda {SLICE['ridge_lambda']}, standardised features; "
+            f"fit on embedded:mnist[::{SLICE['train_step']}] (1,000), top-1 on embedded:mnist/test[::{SLICE['test_step']}] (500)"
+        ),
         **SLICE,
         "model_top1": ridge_slice_probe(ftr[s_tr], ytr[s_tr], fte[s_te], yte[s_te]),
         "random_weights_top1": ridge_slice_probe(rtr[s_tr], ytr[s_tr], rte[s_te], yte[s_te]),
     }
-    probe["protocol"] = ("multinomial logistic regression (L-BFGS, float32, <= 200 iterations) on standardised frozen pooled features of the "
-                         "centre 32x32 input; L2 chosen from " + ", ".join(f"{v:g}" for v in PROBE_LAMBDAS) +
-                         " on a seeded 20% hold-out of the train split, refit on all 4,000 train images; "
-                         "raw pixels: the normalised 32x32 input (one channel: R=G=B)")
-    log(f"  probe top-1: model {probe['model']['top1']:.4f}  raw pixels {probe['raw_pixels']['top1']:.4f}  "
+    probe["protocol"] = (
+        "multinomial logistic regression (L-BFGS, float32, <= 200 iterations) on standardised frozen pooled features of the "
+        "centre 32x32 input; L2 chosen from "
+        + ", ".join(f"{v:g}" for v in PROBE_LAMBDAS)
+        + " on a seeded 20% hold-out of the train split, refit on all 4,000 train images; "
+        "raw pixels: the normalised 32x32 input (one channel: R=G=B)"
+    )
+    log(
+        f"  probe top-1: model {probe['model']['top1']:.4f}  raw pixels {probe['raw_pixels']['top1']:.4f}  "
         f"random weights {probe['random_weights']['top1']:.4f}  (slice: {probe['slice']['model_top1']:.4f} / "
-        f"{probe['slice']['random_weights_top1']:.4f})")
+        f"{probe['slice']['random_weights_top1']:.4f})"
+    )
 
     # save: timm state dict (num_classes=0), then reload through the registry to hash what users get
     from safetensors.torch import save_file
@@ -420,8 +476,12 @@ def run_one(key: str, args, data, log) -> dict:
 
         data_onnx = export_backbone(reloaded, pp["input_size"], {"model": name})
         check(data_onnx, name)
-        onnx_info = {"exporter": "torch.onnx.export(dynamo=True)", "opset": OPSET, "bytes": len(data_onnx),
-                     "parity": parity(data_onnx, reloaded, (3, pp["input_size"], pp["input_size"]), name)}
+        onnx_info = {
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "opset": OPSET,
+            "bytes": len(data_onnx),
+            "parity": parity(data_onnx, reloaded, (3, pp["input_size"], pp["input_size"]), name),
+        }
         log(f"  onnx: {len(data_onnx):,} bytes, parity {onnx_info['parity']['max_rel_error']:.1e}")
     except Exception as e:  # recorded, not fatal: the weights are still valid
         onnx_info = {"error": f"{type(e).__name__}: {e}"[:300]}
@@ -454,10 +514,12 @@ def run_one(key: str, args, data, log) -> dict:
             "temperature": TEMPERATURE,
             "projection_head": f"Linear({int(model.num_features)},{PROJ_HIDDEN})-BatchNorm1d-ReLU-Linear({PROJ_HIDDEN},{PROJ_OUT})",
             "augmentations": {k: (list(v) if isinstance(v, tuple) else v) for k, v in AUG.items()},
-            "augmentations_text": (f"random resized crop scale {AUG['crop_scale']}, ratio 3/4-4/3, no flips; rotation "
-                                   f"+/-{AUG['rotate_deg']:g} deg, shear +/-{AUG['shear_deg']:g} deg; brightness/contrast "
-                                   f"+/-{AUG['brightness']:g}/{AUG['contrast']:g} (p {AUG['jitter_p']}); Gaussian blur sigma "
-                                   f"{AUG['blur_sigma']} (p {AUG['blur_p']})"),
+            "augmentations_text": (
+                f"random resized crop scale {AUG['crop_scale']}, ratio 3/4-4/3, no flips; rotation "
+                f"+/-{AUG['rotate_deg']:g} deg, shear +/-{AUG['shear_deg']:g} deg; brightness/contrast "
+                f"+/-{AUG['brightness']:g}/{AUG['contrast']:g} (p {AUG['jitter_p']}); Gaussian blur sigma "
+                f"{AUG['blur_sigma']} (p {AUG['blur_p']})"
+            ),
             "optimizer": "AdamW (no decay on norms, biases, pos_embed)",
             "lr": recipe["lr"],
             "weight_decay": recipe["weight_decay"],
@@ -474,12 +536,22 @@ def run_one(key: str, args, data, log) -> dict:
             "data": {"dataset": "embedded:mnist", "images": int(len(xtr)), "fingerprint": fp_tr, "labels_used": False},
         },
         "preprocess": {**pp, "mean": list(pp["mean"]), "std": list(pp["std"])},
-        "probe": {"test_set": "embedded:mnist/test", "test_images": int(len(xte)),
-                  "model": probe["model"], "raw_pixels": probe["raw_pixels"], "random_weights": probe["random_weights"],
-                  "slice": probe["slice"], "protocol": probe["protocol"]},
+        "probe": {
+            "test_set": "embedded:mnist/test",
+            "test_images": int(len(xte)),
+            "model": probe["model"],
+            "raw_pixels": probe["raw_pixels"],
+            "random_weights": probe["random_weights"],
+            "slice": probe["slice"],
+            "protocol": probe["protocol"],
+        },
         "onnx": onnx_info,
-        "versions": {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
-                     "numpy": np.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
         "command": args.command,
     }
     (out / f"{entry.file}.json").write_text(json.dumps(card, indent=2) + "\n")
@@ -489,9 +561,16 @@ def run_one(key: str, args, data, log) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", choices=("host", "edge", "both"), default="both")
-    ap.add_argument("--epochs", type=int, default=None, help="default: host %d, edge %d" % (RECIPES["host"]["epochs"], RECIPES["edge"]["epochs"]))
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="default: host %d, edge %d" % (RECIPES["host"]["epochs"], RECIPES["edge"]["epochs"]),
+    )
     ap.add_argument("--batch-size", type=int, default=128, help="images per step (each gives 2 views)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default per model)")
     ap.add_argument("--seed", type=int, default=0)

@@ -33,14 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgedd.augment import center_crop, eval_view
-from edgedd.backbones import encode, load_backbone
-from edgedd.config import StageIConfig
-from edgedd.data import canvas_loader
+from edgedd.backbones.forward import encode
+from edgedd.backbones.loader import load_backbone
+from edgedd.core.config import StageIConfig
+from edgedd.core.images import open_dataset
 from edgedd.device.ridge import fit_ridge, projector_prior, select_ridge
-from edgedd.images import open_dataset
-from edgedd.rundir import load_run
-from edgedd.statistics import train_golden
+from edgedd.distillation.rundir import load_run
+from edgedd.distillation.stage1 import train_golden
+from edgedd.host.augment import center_crop, eval_view
+from edgedd.host.data import canvas_loader
 
 SPECS = ("edgedd/host-vit", "edgedd/efficientnet-lite1@96", "edgedd/efficientnet-lite0@96")
 
@@ -69,7 +70,9 @@ def synthetic_features(spec: str, run_dir: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def golden(feats: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    w, b, rep = train_golden(torch.from_numpy(feats)[:, None], labels, 10, StageIConfig(golden_views=1), torch.device("cpu"), progress=False)
+    w, b, rep = train_golden(
+        torch.from_numpy(feats)[:, None], labels, 10, StageIConfig(golden_views=1), torch.device("cpu"), progress=False
+    )
     return w.numpy(), b.numpy(), rep
 
 
@@ -90,7 +93,12 @@ def main() -> None:
     ap.add_argument("--edge", default="edgedd/efficientnet-lite0@96", help="backbone B")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--draws", type=int, default=3)
-    ap.add_argument("--synthetic", action="append", default=[], help="a run distilled through --host (one host only): fit P on its images")
+    ap.add_argument(
+        "--synthetic",
+        action="append",
+        default=[],
+        help="a run distilled through --host (one host only): fit P on its images",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results/cross/ceiling.json"))
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -113,11 +121,18 @@ def main() -> None:
         g = golden(xa, y) if spec != a.edge else (wb, bb, rep_b)
         prior = projector_prior(sha_a, sha_b, xa.shape[1], xb.shape[1])  # what pack would record
         rng = np.random.default_rng(0)
-        draws = [np.concatenate([rng.choice(np.flatnonzero(y == c), a.ipc, replace=False) for c in range(10)]) for _ in range(a.draws)]
+        draws = [
+            np.concatenate([rng.choice(np.flatnonzero(y == c), a.ipc, replace=False) for c in range(10)])
+            for _ in range(a.draws)
+        ]
         row = {
-            "host": spec, "edge": a.edge, "prior": prior,
-            "host_golden_top1": top1(ta, y_te, g[0], g[1]), "host_golden_train_loss": g[2]["loss_final"],
-            "edge_probe_top1": top1(tb, y_te, wb, bb), "edge_probe_train_loss": rep_b["loss_final"],
+            "host": spec,
+            "edge": a.edge,
+            "prior": prior,
+            "host_golden_top1": top1(ta, y_te, g[0], g[1]),
+            "host_golden_train_loss": g[2]["loss_final"],
+            "edge_probe_top1": top1(tb, y_te, wb, bb),
+            "edge_probe_train_loss": rep_b["loss_final"],
             f"ci_real_ipc{a.ipc}": [ci_top1(xb, xa, d, y, "none", tb, y_te, g[:2]) for d in draws],
             "ci_real_all": ci_top1(xb, xa, np.arange(len(y)), y, "none", tb, y_te, g[:2]),
         }
@@ -126,25 +141,35 @@ def main() -> None:
             sa, _ = synthetic_features(spec, run_dir)
             xs, xa_s = np.concatenate([xb, sb]), np.concatenate([xa, sa])
             idx = np.arange(len(y), len(y) + len(ys))
-            row.setdefault("ci_synthetic", []).append({"run": run_dir, **ci_top1(xs, xa_s, idx, np.concatenate([y, ys]), "none", tb, y_te, g[:2])})
+            row.setdefault("ci_synthetic", []).append(
+                {"run": run_dir, **ci_top1(xs, xa_s, idx, np.concatenate([y, ys]), "none", tb, y_te, g[:2])}
+            )
         if prior == "identity":
             row[f"ci_real_ipc{a.ipc}_identity_prior"] = [ci_top1(xb, xa, d, y, prior, tb, y_te, g[:2]) for d in draws]
         rows.append(row)
         print(json.dumps(row), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"ipc": a.ipc, "draws": a.draws, "rows": rows, "seconds": time.perf_counter() - t0}, indent=2))
+    a.out.write_text(
+        json.dumps({"ipc": a.ipc, "draws": a.draws, "rows": rows, "seconds": time.perf_counter() - t0}, indent=2)
+    )
     k = f"ci_real_ipc{a.ipc}"
-    print(f"\n| host A | edge B | A's golden | B's probe | CI, {a.ipc} real/class (P fit on them) | CI, all 4,000 real |\n|---|---|---|---|---|---|")
+    print(
+        f"\n| host A | edge B | A's golden | B's probe | CI, {a.ipc} real/class (P fit on them) | CI, all 4,000 real |\n|---|---|---|---|---|---|"
+    )
     for r in rows:
         ipc = [c["top1"] for c in r[k]]
         extra = ""
         if f"{k}_identity_prior" in r:
             idp = [c["top1"] for c in r[f"{k}_identity_prior"]]
             extra = f"; identity prior {100 * np.mean(idp):.1f} ± {100 * np.std(idp):.1f}"
-        print(f"| `{r['host']}` | `{r['edge']}` | {100 * r['host_golden_top1']:.1f} | {100 * r['edge_probe_top1']:.1f} | "
-              f"{100 * np.mean(ipc):.1f} ± {100 * np.std(ipc):.1f}{extra} | {100 * r['ci_real_all']['top1']:.1f} |")
+        print(
+            f"| `{r['host']}` | `{r['edge']}` | {100 * r['host_golden_top1']:.1f} | {100 * r['edge_probe_top1']:.1f} | "
+            f"{100 * np.mean(ipc):.1f} ± {100 * np.std(ipc):.1f}{extra} | {100 * r['ci_real_all']['top1']:.1f} |"
+        )
         for c in r.get("ci_synthetic", []):
-            print(f"| `{r['host']}` | `{r['edge']}` | | | synthetic `{c['run']}`: {100 * c['top1']:.1f} (r = {c['ridge']:g}) | |")
+            print(
+                f"| `{r['host']}` | `{r['edge']}` | | | synthetic `{c['run']}`: {100 * c['top1']:.1f} (r = {c['ridge']:g}) | |"
+            )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,17 @@ def main() -> None:
         sys.exit(f"error: {a.page} does not exist. run make demo (or edgedd report RUN) first")
     with tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "shot.png"
-        cmd = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={tmp}/profile",
-               f"--window-size={a.width},{a.height}", f"--screenshot={shot}", a.page.resolve().as_uri()]
+        cmd = [
+            browser(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp}/profile",
+            f"--window-size={a.width},{a.height}",
+            f"--screenshot={shot}",
+            a.page.resolve().as_uri(),
+        ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
         img = trim_bottom(Image.open(shot))
     if a.scale_to and img.width > a.scale_to:

@@ -32,26 +32,47 @@ METHODS = {
 
 
 def run_one(name: str, ipc: int, iterations: int, seed: int, out: Path, progress: bool) -> dict:
-    from edgedd.config import DistillConfig, StageIConfig
-    from edgedd.distill import RunOptions, distill
-    from edgedd.evaluate import EvalConfig, evaluate_run
+    from edgedd.core.config import DistillConfig, StageIConfig
+    from edgedd.distillation.pipeline import RunOptions, distill
+    from edgedd.evaluation.evaluate import EvalConfig, evaluate_run
 
     run = out / "runs" / f"{name}_ipc{ipc}_s{seed}"
     t = time.perf_counter()
-    s = distill("embedded:mnist", HOST, run, config=DistillConfig(ipc=ipc, iterations=iterations, seed=seed, **METHODS[name]),
-                stage1_config=StageIConfig(), options=RunOptions(progress=progress, preview_every=0), overwrite=True)
+    s = distill(
+        "embedded:mnist",
+        HOST,
+        run,
+        config=DistillConfig(ipc=ipc, iterations=iterations, seed=seed, **METHODS[name]),
+        stage1_config=StageIConfig(),
+        options=RunOptions(progress=progress, preview_every=0),
+        overwrite=True,
+    )
     secs = time.perf_counter() - t
     ev = evaluate_run(run, "embedded:mnist/test", modes=("normal", "ci"), config=EvalConfig(), progress=progress)
-    return {"name": name, "ipc": ipc, "iterations": iterations, "seed": seed, "distill_seconds": secs,
-            "flow_cosine": s["flow_cosine"], "landing": s["landing"], "eval": ev}
+    return {
+        "name": name,
+        "ipc": ipc,
+        "iterations": iterations,
+        "seed": seed,
+        "distill_seconds": secs,
+        "flow_cosine": s["flow_cosine"],
+        "landing": s["landing"],
+        "eval": ev,
+    }
 
 
 def baselines(ipc: int, out: Path, progress: bool) -> dict:
     """Random real, centroids, full: evaluated on the seed-0 SFM run's training data (they do not depend on the method)."""
-    from edgedd.evaluate import EvalConfig, evaluate_run
+    from edgedd.evaluation.evaluate import EvalConfig, evaluate_run
 
-    ev = evaluate_run(out / "runs" / f"sfm_ipc{ipc}_s0", "embedded:mnist/test", modes=("normal",), config=EvalConfig(),
-                      baselines=True, progress=progress)
+    ev = evaluate_run(
+        out / "runs" / f"sfm_ipc{ipc}_s0",
+        "embedded:mnist/test",
+        modes=("normal",),
+        config=EvalConfig(),
+        baselines=True,
+        progress=progress,
+    )
     return {"name": "baselines", "ipc": ipc, "eval": ev}
 
 
@@ -59,8 +80,10 @@ def table(out: Path) -> str:
     import numpy as np
 
     rows = [json.loads(p.read_text()) for p in sorted((out / "json").glob("*.json"))]
-    lines = ["| IPC | method | steps | distill seeds | flow cos | centre offset | normal top-1 | CI top-1 | normal train loss |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| IPC | method | steps | distill seeds | flow cos | centre offset | normal top-1 | CI top-1 | normal train loss |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for ipc in sorted({r["ipc"] for r in rows}):
         for name in [*METHODS, "baselines"]:
             rs = [r for r in rows if r["ipc"] == ipc and r["name"] == name]
@@ -69,15 +92,18 @@ def table(out: Path) -> str:
             if name == "baselines":
                 b = rs[0]["eval"]["baselines"]
                 for k in ("random", "centroids", "neighbors", "full"):
-                    lines.append(f"| {ipc} | baseline: {k} | | | | | {100 * b[k]['top1_mean']:.1f} ± {100 * b[k]['top1_std']:.1f} | | "
-                                 f"{np.mean(b[k]['train_loss_final']):.3g} |")
+                    lines.append(
+                        f"| {ipc} | baseline: {k} | | | | | {100 * b[k]['top1_mean']:.1f} ± {100 * b[k]['top1_std']:.1f} | | "
+                        f"{np.mean(b[k]['train_loss_final']):.3g} |"
+                    )
                 continue
             m = lambda mode: [r["eval"]["modes"][mode]["top1_mean"] for r in rs]  # noqa: E731
             lines.append(
                 f"| {ipc} | {name} | {rs[0]['iterations']} | {len(rs)} | {np.mean([r['flow_cosine'] for r in rs]):.3f} "
                 f"| {np.mean([r['landing']['centre_offset_mean'] for r in rs]):.2f} "
                 f"| {100 * np.mean(m('normal')):.1f} ± {100 * np.std(m('normal')):.1f} | {100 * np.mean(m('ci')):.1f} ± {100 * np.std(m('ci')):.1f} "
-                f"| {np.mean([np.mean(r['eval']['modes']['normal']['train_loss_final']) for r in rs]):.3g} |")
+                f"| {np.mean([np.mean(r['eval']['modes']['normal']['train_loss_final']) for r in rs]):.3g} |"
+            )
     return "\n".join(lines)
 
 
@@ -99,10 +125,15 @@ def main() -> None:
             for seed in [int(s) for s in a.seeds.split(",")]:
                 r = run_one(name, a.ipc, a.iterations, seed, out, progress)
                 (out / "json" / f"{name}_ipc{a.ipc}_s{seed}.json").write_text(json.dumps(r, indent=1, default=str))
-                print(f"done {name} ipc {a.ipc} seed {seed}: normal {r['eval']['modes']['normal']['top1_mean']:.3f} "
-                      f"ci {r['eval']['modes']['ci']['top1_mean']:.3f} ({r['distill_seconds']:.0f} s)", flush=True)
+                print(
+                    f"done {name} ipc {a.ipc} seed {seed}: normal {r['eval']['modes']['normal']['top1_mean']:.3f} "
+                    f"ci {r['eval']['modes']['ci']['top1_mean']:.3f} ({r['distill_seconds']:.0f} s)",
+                    flush=True,
+                )
         if a.baselines:
-            (out / "json" / f"baselines_ipc{a.ipc}.json").write_text(json.dumps(baselines(a.ipc, out, progress), indent=1, default=str))
+            (out / "json" / f"baselines_ipc{a.ipc}.json").write_text(
+                json.dumps(baselines(a.ipc, out, progress), indent=1, default=str)
+            )
     print(table(out))
 
 

@@ -16,13 +16,14 @@ import warnings
 import numpy as np
 import torch
 
-from edgedd.augment import eval_view, normalize
-from edgedd.backbones import BackboneInfo, encode
-from edgedd.data import canvas_loader
-from edgedd.errors import EdgeddError
-from edgedd.rundir import Run
-from edgedd.stage1_files import STAGE1_FORMAT
-from edgedd.statistics import holdout_split
+from edgedd.backbones.forward import encode
+from edgedd.backbones.loader import BackboneInfo
+from edgedd.core.errors import EdgeddError
+from edgedd.distillation.rundir import Run
+from edgedd.distillation.stage1 import holdout_split
+from edgedd.distillation.stage1_files import STAGE1_FORMAT
+from edgedd.host.augment import eval_view, normalize
+from edgedd.host.data import canvas_loader
 
 
 @torch.no_grad()
@@ -35,7 +36,6 @@ def edge_inputs(canvases: torch.Tensor, info: BackboneInfo) -> torch.Tensor:
     return eval_view(canvases, info.preprocess.resize_size, info.preprocess.input_size)
 
 
-
 def _finite_or_none(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and x == x else None  # NaN: an empty held-out slice
 
@@ -43,7 +43,7 @@ def _finite_or_none(x) -> float | None:
 def heldout_images(run: Run) -> tuple[object, np.ndarray]:
     """The run's training data and the indices of the golden classifier's held-out slice in it.
 
-    The slice is Stage I's (edgedd.statistics.holdout_split, same fraction and seed), taken over
+    The slice is Stage I's (edgedd.distillation.stage1.holdout_split, same fraction and seed), taken over
     the images Stage I could read: its split indexes those, so the ones it skipped as unreadable
     are left out first. Raises EdgeddError when the data cannot be opened or no longer matches.
     """
@@ -51,24 +51,30 @@ def heldout_images(run: Run) -> tuple[object, np.ndarray]:
     read = np.arange(len(source))
     skipped = run.stage1.get("skipped_images") or []
     if skipped and source.paths is not None:
-        # messages are "<path>: <error>" (edgedd.data.CanvasDataset)
+        # messages are "<path>: <error>" (edgedd.host.data.CanvasDataset)
         unreadable = {m.split(": ", 1)[0] for m in skipped}
         read = np.asarray([i for i, p in enumerate(source.paths) if p not in unreadable], dtype=np.int64)
     used = run.stage1.get("images_used")
     if used is not None and used != len(read):
         raise EdgeddError(f"cannot tell which {used} of the {len(source)} training images Stage I read")
     if run.stage1.get("format") != STAGE1_FORMAT:  # older Stage I: another slice, or a golden classifier refitted on it
-        raise EdgeddError(f"its Stage I (format {run.stage1.get('format')}, this edgedd writes {STAGE1_FORMAT}) drew or trained on "
-                          "the held-out slice differently")
+        raise EdgeddError(
+            f"its Stage I (format {run.stage1.get('format')}, this edgedd writes {STAGE1_FORMAT}) drew or trained on "
+            "the held-out slice differently"
+        )
     cfg = run.stage1_config()
     if cfg.golden_recipe != "converged":  # the reference recipe trains on every image: nothing is held out
-        raise EdgeddError(f"its golden classifier ({cfg.golden_recipe} recipe) trained on every image, none is held out")
+        raise EdgeddError(
+            f"its golden classifier ({cfg.golden_recipe} recipe) trained on every image, none is held out"
+        )
     _, held = holdout_split(source.labels[read], cfg.golden_holdout, cfg.seed)  # as train_golden draws it
     return source, read[held]
 
 
 @torch.no_grad()
-def edge_top1(source, idx: np.ndarray, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c, session=None) -> tuple[float, int]:
+def edge_top1(
+    source, idx: np.ndarray, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c, session=None
+) -> tuple[float, int]:
     """Top-1 of phi_B -> packed projector -> golden classifier on the images ``idx`` of ``source``,
     preprocessed as the device does (edgedd.device.accuracy.load_labelled_folder: canvas at the
     resize size, centre crop, normalise). Unreadable images are left out. Returns (top-1, images).
@@ -81,7 +87,11 @@ def edge_top1(source, idx: np.ndarray, model_b, info_b: BackboneInfo, w_p, b_p, 
         if not len(labels):
             continue
         x = edge_inputs(canvases.to(dev).float().div(255), info_b)
-        f = features(model_b, x, info_b).cpu() if session is None else onnx_features(session, normalize(x, pp.mean, pp.std))
+        f = (
+            features(model_b, x, info_b).cpu()
+            if session is None
+            else onnx_features(session, normalize(x, pp.mean, pp.std))
+        )
         correct += int((((f @ w_p.T + b_p) @ w_c.T + b_c).argmax(1) == labels).sum())
         seen += len(labels)
     return (correct / seen if seen else float("nan")), seen
@@ -90,10 +100,14 @@ def edge_top1(source, idx: np.ndarray, model_b, info_b: BackboneInfo, w_p, b_p, 
 def onnx_features(session, x: torch.Tensor) -> torch.Tensor:
     """phi_B of normalised edge inputs through an onnxruntime session (the int8 backbone), 64 at a time."""
     xn, name = x.cpu().numpy(), session.get_inputs()[0].name
-    return torch.from_numpy(np.concatenate([session.run(None, {name: xn[i : i + 64]})[0] for i in range(0, len(xn), 64)]))
+    return torch.from_numpy(
+        np.concatenate([session.run(None, {name: xn[i : i + 64]})[0] for i in range(0, len(xn), 64)])
+    )
 
 
-def expectations(run: Run, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c, max_images: int) -> tuple[dict, tuple | None]:
+def expectations(
+    run: Run, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c, max_images: int
+) -> tuple[dict, tuple | None]:
     """What the host expects on real images, for the artifact's ``reference`` (docs/ARTIFACT.md):
     the golden classifier's held-out top-1 (stage1.json) and the edge path's top-1 on at most
     ``max_images`` of that held-out slice, the figure deploy-check --data compares against.
@@ -106,8 +120,14 @@ def expectations(run: Run, model_b, info_b: BackboneInfo, w_p, b_p, w_c, b_c, ma
     golden = run.stage1.get("golden") or {}
     # a data set too small for a held-out slice records 0 images and a NaN top-1: both null here, as
     # the artifact schema allows (a count of 0 is refused on the device)
-    out = {"golden_heldout_top1": _finite_or_none(golden.get("heldout_top1")), "golden_heldout_images": golden.get("heldout_images") or None,
-           "expected_edge_top1": None, "expected_edge_images": None, "expected_edge_data": None, "expected_edge_missing": None}
+    out = {
+        "golden_heldout_top1": _finite_or_none(golden.get("heldout_top1")),
+        "golden_heldout_images": golden.get("heldout_images") or None,
+        "expected_edge_top1": None,
+        "expected_edge_images": None,
+        "expected_edge_data": None,
+        "expected_edge_missing": None,
+    }
     if max_images <= 0:
         out["expected_edge_missing"] = "not measured (pack --expect-images 0)"
         return out, None

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import torch
 
-from edgedd.errors import EdgeddError
+from edgedd.core.errors import EdgeddError
 
 EXTRA = "pip install 'edgedd[litert]' (litert-torch)"
 
@@ -27,7 +27,10 @@ def _litert():
     try:
         import litert_torch
     except Exception as e:  # ImportError, or what its own imports raise on an unsupported torch
-        raise EdgeddError(f"pack --litert needs the litert-torch package ({type(e).__name__}: {str(e)[:160]})", EXTRA + ", or pack without --litert") from None
+        raise EdgeddError(
+            f"pack --litert needs the litert-torch package ({type(e).__name__}: {str(e)[:160]})",
+            EXTRA + ", or pack without --litert",
+        ) from None
     return litert_torch
 
 
@@ -49,8 +52,10 @@ def convert(module: torch.nn.Module, sample: torch.Tensor, name: str) -> bytes:
         with _progress_to_stderr():
             return _content(litert_torch.convert(module.eval(), (sample,)))
     except Exception as e:
-        raise EdgeddError(f"litert-torch cannot convert the {name} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
-                          "pack without --litert (the ONNX graphs do not need it)") from e
+        raise EdgeddError(
+            f"litert-torch cannot convert the {name} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+            "pack without --litert (the ONNX graphs do not need it)",
+        ) from e
 
 
 def convert_int8(module: torch.nn.Module, sample: torch.Tensor, calibration: np.ndarray, name: str) -> bytes:
@@ -72,12 +77,16 @@ def convert_int8(module: torch.nn.Module, sample: torch.Tensor, calibration: np.
         quantized = convert_pt2e(prepared, fold_quantize=False)
         move_exported_model_to_eval(quantized)
         with _progress_to_stderr():
-            return _content(litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)))
+            return _content(
+                litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+            )
     except EdgeddError:
         raise
     except Exception as e:
-        raise EdgeddError(f"litert-torch cannot quantise the {name} to int8 ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
-                          "pack without --int8 or without --litert") from e
+        raise EdgeddError(
+            f"litert-torch cannot quantise the {name} to int8 ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+            "pack without --int8 or without --litert",
+        ) from e
 
 
 def parity(data: bytes, torch_fn, sample: torch.Tensor, name: str, tol: float = 1e-3) -> dict:
@@ -89,7 +98,10 @@ def parity(data: bytes, torch_fn, sample: torch.Tensor, name: str, tol: float = 
         ref = torch_fn(sample).float().numpy()
     err = float(np.abs(got - ref).max() / (1.0 + np.abs(ref).max()))
     if tol is not None and err > tol:
-        raise EdgeddError(f"the LiteRT {name} differs from torch by {err:.2e} (tolerance {tol:g})", "pack without --litert, or report this as a bug")
+        raise EdgeddError(
+            f"the LiteRT {name} differs from torch by {err:.2e} (tolerance {tol:g})",
+            "pack without --litert, or report this as a bug",
+        )
     return {"batches": [len(sample)], "max_rel_error": err}
 
 

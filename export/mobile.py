@@ -22,7 +22,7 @@ from pathlib import Path
 
 import onnx
 
-from edgedd.errors import EdgeddError
+from edgedd.core.errors import EdgeddError
 
 ORT_CONFIG_FILE = "required_operators.config"
 
@@ -35,7 +35,9 @@ def static_batch(data: bytes, batch: int) -> bytes:
     inp = model.graph.input[0]
     shape = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
     if not shape or any(s is None for s in shape[1:]):
-        raise EdgeddError(f"the graph's input has shape {shape}; only its batch axis may be dynamic", "report this as a bug")
+        raise EdgeddError(
+            f"the graph's input has shape {shape}; only its batch axis may be dynamic", "report this as a bug"
+        )
     make_input_shape_fixed(model.graph, inp.name, [batch, *shape[1:]])
     fix_output_shapes(model)
     for meta in model.metadata_props:  # a batch-N graph says so in its metadata
@@ -61,20 +63,32 @@ def to_ort(graphs: dict[str, bytes]) -> tuple[dict[str, bytes], bytes]:
             (src / name).write_bytes(data)
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                convert_onnx_models_to_ort(src, output_dir=dst, optimization_styles=[OptimizationStyle.Runtime], target_platform="arm")
+                convert_onnx_models_to_ort(
+                    src, output_dir=dst, optimization_styles=[OptimizationStyle.Runtime], target_platform="arm"
+                )
         except Exception as e:
-            raise EdgeddError(f"onnxruntime cannot convert the graphs to ORT format ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
-                              "pack without --ort, or report this as a bug") from e
+            raise EdgeddError(
+                f"onnxruntime cannot convert the graphs to ORT format ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                "pack without --ort, or report this as a bug",
+            ) from e
         out = {}
         for name in graphs:
             made = dst / (name[: -len(".onnx")] + ".with_runtime_opt.ort")
             if not made.is_file():
-                raise EdgeddError(f"onnxruntime's ORT converter wrote no file for {name} ({log.getvalue().strip().splitlines()[-1:]})",
-                                  "pack without --ort, or report this as a bug")
+                raise EdgeddError(
+                    f"onnxruntime's ORT converter wrote no file for {name} ({log.getvalue().strip().splitlines()[-1:]})",
+                    "pack without --ort, or report this as a bug",
+                )
             out[name[: -len(".onnx")] + ".ort"] = made.read_bytes()
         configs = sorted(dst.glob("*.config"))
         if len(configs) != 1:
-            raise EdgeddError(f"onnxruntime's ORT converter wrote {len(configs)} required-operators configs, not one", "report this as a bug")
+            raise EdgeddError(
+                f"onnxruntime's ORT converter wrote {len(configs)} required-operators configs, not one",
+                "report this as a bug",
+            )
         # the config names the files it was generated from by their temporary paths: keep the bare names
-        lines = [f"# - {Path(line[4:]).name}" if line.startswith("# - ") else line for line in configs[0].read_text().splitlines()]
+        lines = [
+            f"# - {Path(line[4:]).name}" if line.startswith("# - ") else line
+            for line in configs[0].read_text().splitlines()
+        ]
         return out, ("\n".join(lines) + "\n").encode()

@@ -21,9 +21,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgedd.backbones import plain_attention
-from edgedd.errors import EdgeddError
-from edgedd.rng import torch_generator
+from edgedd.backbones.forward import plain_attention
+from edgedd.core.errors import EdgeddError
+from edgedd.host.rng import torch_generator
 
 OPSET = 18
 PARITY_BATCHES = (1, 3)
@@ -33,7 +33,11 @@ def _with_metadata(model: onnx.ModelProto, meta: dict) -> onnx.ModelProto:
     del model.metadata_props[:]
     for k in sorted(meta):
         v = meta[k]
-        model.metadata_props.append(onnx.StringStringEntryProto(key=f"edgedd.{k}", value=v if isinstance(v, str) else json.dumps(v, sort_keys=True)))
+        model.metadata_props.append(
+            onnx.StringStringEntryProto(
+                key=f"edgedd.{k}", value=v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+            )
+        )
     model.producer_name, model.producer_version = "edgedd", str(meta.get("version", ""))
     return model
 
@@ -71,12 +75,21 @@ def export_backbone(model: torch.nn.Module, input_size: int, meta: dict) -> byte
         warnings.simplefilter("ignore")
         try:
             prog = torch.onnx.export(
-                model, (x,), dynamo=True, opset_version=OPSET, input_names=["images"], output_names=["features"],
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},), verbose=False, optimize=True,
+                model,
+                (x,),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+                verbose=False,
+                optimize=True,
             )
         except Exception as e:
-            raise EdgeddError(f"cannot export {meta.get('model')} to ONNX ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                              "pick an edge backbone that torch.export supports (e.g. a timm ViT or ResNet)") from e
+            raise EdgeddError(
+                f"cannot export {meta.get('model')} to ONNX ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                "pick an edge backbone that torch.export supports (e.g. a timm ViT or ResNet)",
+            ) from e
     proto = _with_metadata(_strip_nondeterminism(prog.model_proto), meta)
     return proto.SerializeToString(deterministic=True)
 
@@ -86,11 +99,14 @@ def linear_graph(weight: np.ndarray, bias: np.ndarray, input_name: str, output_n
     d_out, d_in = weight.shape
     node = helper.make_node("Gemm", [input_name, "weight", "bias"], [output_name], transB=1)
     graph = helper.make_graph(
-        [node], meta.get("role", "linear"),
+        [node],
+        meta.get("role", "linear"),
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", d_in])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", d_out])],
-        initializer=[numpy_helper.from_array(np.ascontiguousarray(weight, np.float32), "weight"),
-                     numpy_helper.from_array(np.ascontiguousarray(bias, np.float32), "bias")],
+        initializer=[
+            numpy_helper.from_array(np.ascontiguousarray(weight, np.float32), "weight"),
+            numpy_helper.from_array(np.ascontiguousarray(bias, np.float32), "bias"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
@@ -101,11 +117,20 @@ def check(data: bytes, name: str) -> None:
     try:
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     except Exception as e:
-        raise EdgeddError(f"the exported {name} graph fails onnx.checker ({str(e).splitlines()[0][:200]})", "report this as a bug") from e
+        raise EdgeddError(
+            f"the exported {name} graph fails onnx.checker ({str(e).splitlines()[0][:200]})", "report this as a bug"
+        ) from e
 
 
-def parity(data: bytes, torch_fn, input_shape: tuple[int, ...], name: str, tol: float = 1e-4, seed: int = 0,
-           batches: tuple[int, ...] = PARITY_BATCHES) -> dict:
+def parity(
+    data: bytes,
+    torch_fn,
+    input_shape: tuple[int, ...],
+    name: str,
+    tol: float = 1e-4,
+    seed: int = 0,
+    batches: tuple[int, ...] = PARITY_BATCHES,
+) -> dict:
     """max |ORT - torch| / (1 + max |torch|) at each batch size (a static graph: its own); raises above ``tol``.
     ``data``: an ONNX or an ORT-format graph (onnxruntime reads both from bytes)."""
     import onnxruntime as ort
@@ -119,10 +144,14 @@ def parity(data: bytes, torch_fn, input_shape: tuple[int, ...], name: str, tol: 
             ref = torch_fn(x).float().numpy()
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         if got.shape != ref.shape:
-            raise EdgeddError(f"the {name} graph gives shape {got.shape} for batch {b}, torch {ref.shape}", "report this as a bug")
+            raise EdgeddError(
+                f"the {name} graph gives shape {got.shape} for batch {b}, torch {ref.shape}", "report this as a bug"
+            )
         worst = max(worst, float(np.abs(got - ref).max() / (1.0 + np.abs(ref).max())))
     if worst > tol:
-        raise EdgeddError(f"the {name} graph differs from torch by {worst:.2e} (tolerance {tol:g})", "report this as a bug")
+        raise EdgeddError(
+            f"the {name} graph differs from torch by {worst:.2e} (tolerance {tol:g})", "report this as a bug"
+        )
     return {"batches": list(batches), "max_rel_error": worst}
 
 
@@ -177,7 +206,9 @@ def quantize_int8(data: bytes, calibration: np.ndarray) -> bytes:
 
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
     if calibration.ndim < 2 or not len(calibration) or not np.isfinite(calibration).all():
-        raise EdgeddError(f"int8 calibration needs a batch of finite inputs, got shape {calibration.shape}", "report this as a bug")
+        raise EdgeddError(
+            f"int8 calibration needs a batch of finite inputs, got shape {calibration.shape}", "report this as a bug"
+        )
     source = onnx.load_from_string(data)
     input_name = source.graph.input[0].name
 
@@ -203,14 +234,23 @@ def quantize_int8(data: bytes, calibration: np.ndarray) -> bytes:
             # shape inference + graph optimisation (BatchNorm folding): ranges are then calibrated
             # on the tensors the quantised graph really has
             quant_pre_process(str(src), str(pre))
-            quantize_static(str(pre), str(dst), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+            quantize_static(
+                str(pre),
+                str(dst),
+                Batches(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+            )
             model = onnx.load(str(dst))
     finally:
         root.removeFilter(drop)
         root.handlers[:] = handlers
     meta = {p.key: p.value for p in source.metadata_props}
-    meta["edgedd.quantization"] = json.dumps({"mode": INT8_MODE, "calibration_inputs": len(calibration)}, sort_keys=True)
+    meta["edgedd.quantization"] = json.dumps(
+        {"mode": INT8_MODE, "calibration_inputs": len(calibration)}, sort_keys=True
+    )
     del model.metadata_props[:]
     for k in sorted(meta):
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=meta[k]))

@@ -39,32 +39,68 @@ import numpy as np
 import torch
 
 from edgedd import __version__
-from edgedd.device.sidecar import device_files
-from edgedd.atomic import check_replaceable, make_temp_dir, real_out, remove_stale_temp_dirs, replace_dir, sha256_file, write_bytes
-from edgedd.augment import normalize, render_views, sample_views
-from edgedd.backbones import BackboneInfo, load_backbone, resolve_device
-from edgedd.config import AugmentConfig, PackConfig, to_dict
+from edgedd.backbones.forward import resolve_device
+from edgedd.backbones.loader import BackboneInfo, load_backbone
+from edgedd.core.atomic import (
+    check_replaceable,
+    make_temp_dir,
+    real_out,
+    remove_stale_temp_dirs,
+    replace_dir,
+    sha256_file,
+    write_bytes,
+)
+from edgedd.core.config import AugmentConfig, PackConfig, to_dict
+from edgedd.core.errors import EdgeddError
+from edgedd.core.lock import lock
+from edgedd.core.paths import refuse_overlap
 from edgedd.device import artifact as art
-from edgedd.device.ridge import fit_ridge as fit_projector_ridge, projector_prior, select_ridge
+from edgedd.device.ridge import fit_ridge as fit_projector_ridge
+from edgedd.device.ridge import projector_prior, select_ridge
 from edgedd.device.schema import copy_ratio_problem
-from edgedd.errors import EdgeddError
-from edgedd.lock import lock
-from edgedd.paths import refuse_overlap
-from edgedd.rundir import load_run
-from edgedd.rng import torch_generator
+from edgedd.device.sidecar import device_files
+from edgedd.distillation.rundir import load_run
+from edgedd.host.augment import normalize, render_views, sample_views
+from edgedd.host.rng import torch_generator
 
 from .edge_path import edge_inputs, edge_top1, expectations, features, onnx_features
-from .onnx_graphs import INT8_MODE, OPSET, PARITY_BATCHES, calibration_count, check, cpu_copy, export_backbone, linear_graph, parity, quantize_int8
 from .mobile import ORT_CONFIG_FILE, static_batch, to_ort
+from .onnx_graphs import (
+    INT8_MODE,
+    OPSET,
+    PARITY_BATCHES,
+    calibration_count,
+    check,
+    cpu_copy,
+    export_backbone,
+    linear_graph,
+    parity,
+    quantize_int8,
+)
 from .projector import train_projector
-
 
 # What pack writes into a bundle (and deploy-check adds): --overwrite may replace a directory
 # holding only these, so it can never delete a user's own files.
-BUNDLE_FILES = {art.ARTIFACT_FILE, "backbone.onnx", "projector.onnx", "classifier.onnx", "backbone.int8.onnx",
-                "backbone.static.onnx", "backbone.int8.static.onnx", "backbone.ort", "projector.ort", "classifier.ort",
-                "backbone.int8.ort", "backbone.static.ort", "backbone.int8.static.ort", ORT_CONFIG_FILE,
-                "backbone.tflite", "backbone.int8.tflite", "projector.tflite", "classifier.tflite"} | device_files()
+BUNDLE_FILES = {
+    art.ARTIFACT_FILE,
+    "backbone.onnx",
+    "projector.onnx",
+    "classifier.onnx",
+    "backbone.int8.onnx",
+    "backbone.static.onnx",
+    "backbone.int8.static.onnx",
+    "backbone.ort",
+    "projector.ort",
+    "classifier.ort",
+    "backbone.int8.ort",
+    "backbone.static.ort",
+    "backbone.int8.static.ort",
+    ORT_CONFIG_FILE,
+    "backbone.tflite",
+    "backbone.int8.tflite",
+    "projector.tflite",
+    "classifier.tflite",
+} | device_files()
 
 
 def _is_artifact(path: Path) -> bool:
@@ -90,12 +126,20 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def _not_a_bundle(out: Path) -> tuple[str, str] | None:
     """Why --overwrite must not replace the non-empty ``out`` (None: it holds a bundle and nothing else)."""
     if not _is_artifact(out / art.ARTIFACT_FILE):
-        return (f"--out {out} is not empty and holds no edgedd bundle (no {art.ARTIFACT_FILE}), so --overwrite will not replace it",
-                "choose another --out, or empty that directory yourself")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+        return (
+            f"--out {out} is not empty and holds no edgedd bundle (no {art.ARTIFACT_FILE}), so --overwrite will not replace it",
+            "choose another --out, or empty that directory yourself",
+        )
+    foreign = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in BUNDLE_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+    )
     if foreign:
-        return (f"--out {out} holds a bundle plus other files ({', '.join(foreign[:3])}), so --overwrite will not replace it",
-                "move those files out, or choose another --out")
+        return (
+            f"--out {out} holds a bundle plus other files ({', '.join(foreign[:3])}), so --overwrite will not replace it",
+            "move those files out, or choose another --out",
+        )
     return None
 
 
@@ -121,16 +165,22 @@ def pack(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise EdgeddError(f"cannot create the parent of --out {out} ({e.strerror or type(e).__name__})", "choose a writable location") from None
+        raise EdgeddError(
+            f"cannot create the parent of --out {out} ({e.strerror or type(e).__name__})", "choose a writable location"
+        ) from None
     with lock(out.parent / f".{out.name}.edgedd.lock", f"--out {out}"):
         _check_out(out, overwrite)  # again, now that no other pack can change it
         return _pack(run, out, edge_backbone, edge_weights, edge_crop_res, config, device, overwrite)
 
 
-def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: PackConfig, device: str, overwrite: bool) -> dict:
+def _pack(
+    run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: PackConfig, device: str, overwrite: bool
+) -> dict:
     images, labels = run.images, run.labels
     dev = resolve_device(device)
-    model_a, info_a, model_b, info_b = _load_backbones(run, edge_backbone, edge_weights, edge_crop_res, config.seed, dev)
+    model_a, info_a, model_b, info_b = _load_backbones(
+        run, edge_backbone, edge_weights, edge_crop_res, config.seed, dev
+    )
 
     # pixels as the device will see them
     pix_u8 = torch.round(images.clamp(0, 1) * 255).to(torch.uint8)
@@ -144,8 +194,10 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     graphs, validation, model_b_cpu = _export_graphs(model_b, info_a, info_b, w_p, b_p, w_c, b_c)
     st_in, st_f, st_l = _selftest(pix, model_b_cpu, info_b, w_p, b_p, w_c, b_c, config.selftest_images, dev)
     if config.int8:
-        graphs["backbone_int8"] = ("backbone.int8.onnx", _int8_gate(graphs["backbone"][1], calib, pix, labels, info_b, w_p, b_p, w_c, b_c,
-                                                                     ref, config, heldout))
+        graphs["backbone_int8"] = (
+            "backbone.int8.onnx",
+            _int8_gate(graphs["backbone"][1], calib, pix, labels, info_b, w_p, b_p, w_c, b_c, ref, config, heldout),
+        )
     mobile = _mobile_graphs(graphs, validation, model_b_cpu, info_b, config)
     if config.litert:
         lite = _litert_graphs(model_b_cpu, info_b, w_p, b_p, w_c, b_c, calib, config)
@@ -156,12 +208,16 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     tensors = {
         "synthetic.images": pix_u8.cpu().numpy(),
         "synthetic.labels": labels.numpy().astype(np.int64),
-        "classifier.weight": w_c.numpy(), "classifier.bias": b_c.numpy(),
-        "projector.weight": w_p.numpy(), "projector.bias": b_p.numpy(),
+        "classifier.weight": w_c.numpy(),
+        "classifier.bias": b_c.numpy(),
+        "projector.weight": w_p.numpy(),
+        "projector.bias": b_p.numpy(),
         "targets.features": targets.cpu().view(n, config.views, d_a).numpy(),
         "targets.boxes": views.boxes.cpu().view(n, config.views, 4).numpy(),
         "targets.flips": views.flips.cpu().view(n, config.views).numpy().astype(np.uint8),
-        "selftest.inputs": st_in.numpy(), "selftest.features": st_f.numpy(), "selftest.logits": st_l.numpy(),
+        "selftest.inputs": st_in.numpy(),
+        "selftest.features": st_f.numpy(),
+        "selftest.logits": st_l.numpy(),
     }
     meta = _metadata(run, info_b, feats_b.shape[1], graphs, validation, config, ref, calib, len(feats_b))
     meta["onnx"]["backbone_static"]["mobile"] = mobile.pop("readiness")
@@ -173,7 +229,8 @@ def _pack(run, out: Path, edge_backbone, edge_weights, edge_crop_res, config: Pa
     return {
         "bundle": str(out),
         "artifact_sha256": sha256_file(out / art.ARTIFACT_FILE),
-        "files": {f: (out / f).stat().st_size for f, _ in (graphs | mobile["files"]).values()} | {art.ARTIFACT_FILE: (out / art.ARTIFACT_FILE).stat().st_size},
+        "files": {f: (out / f).stat().st_size for f, _ in (graphs | mobile["files"]).values()}
+        | {art.ARTIFACT_FILE: (out / art.ARTIFACT_FILE).stat().st_size},
         "mobile_readiness": meta["onnx"]["backbone_static"]["mobile"],
         "distill_backbone": info_a.name,
         "edge_backbone": info_b.name,
@@ -191,15 +248,23 @@ def _load_backbones(run, edge_backbone, edge_weights, edge_crop_res, seed: int, 
     a_info = run.backbone
     a_pp = a_info["preprocess"]
     model_a, info_a = run.load_backbone(dev)
-    same = edge_backbone is None or (edge_backbone == info_a.name and edge_weights in (None, a_info["weights"]) and edge_crop_res in (None, a_pp["input_size"]))
+    same = edge_backbone is None or (
+        edge_backbone == info_a.name
+        and edge_weights in (None, a_info["weights"])
+        and edge_crop_res in (None, a_pp["input_size"])
+    )
     if same:
         model_b, info_b = model_a, info_a
     else:
-        model_b, info_b = load_backbone(edge_backbone, edge_weights or "hub", input_size=edge_crop_res, device=dev, seed=seed)
+        model_b, info_b = load_backbone(
+            edge_backbone, edge_weights or "hub", input_size=edge_crop_res, device=dev, seed=seed
+        )
     return model_a, info_a, model_b, info_b
 
 
-def _render_targets(pix: torch.Tensor, model_a, info_a: BackboneInfo, model_b, info_b: BackboneInfo, config: PackConfig, dev):
+def _render_targets(
+    pix: torch.Tensor, model_a, info_a: BackboneInfo, model_b, info_b: BackboneInfo, config: PackConfig, dev
+):
     """K views per image: boxes + flips, targets phi_A, inputs phi_B; with --int8 also the
     calibration inputs. Returns views, targets (n K, D_A), feats_b (n K, D_B), calib (or None)."""
     n = pix.shape[0]
@@ -211,14 +276,26 @@ def _render_targets(pix: torch.Tensor, model_a, info_a: BackboneInfo, model_b, i
     feats_b = features(model_b, x_b, info_b)
     calib = None
     if config.int8:  # calibrate int8 on these very inputs: evenly spaced views, normalised as the graph's input
-        pick = torch.from_numpy(np.linspace(0, len(x_b) - 1, min(len(x_b), calibration_count(x_b.shape[-1]))).round().astype(np.int64))
+        pick = torch.from_numpy(
+            np.linspace(0, len(x_b) - 1, min(len(x_b), calibration_count(x_b.shape[-1]))).round().astype(np.int64)
+        )
         calib = normalize(x_b[pick.to(x_b.device)], info_b.preprocess.mean, info_b.preprocess.std).cpu().numpy()
     del x_b
     return views, targets, feats_b, calib
 
 
-def _fit_projector(pix: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, feats_b: torch.Tensor, model_b, info_a: BackboneInfo,
-                   info_b: BackboneInfo, w_c, b_c, config: PackConfig):
+def _fit_projector(
+    pix: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor,
+    feats_b: torch.Tensor,
+    model_b,
+    info_a: BackboneInfo,
+    info_b: BackboneInfo,
+    w_c,
+    b_c,
+    config: PackConfig,
+):
     """The packed projector P: D_B -> D_A and the reference figures on the synthetic set (the
     artifact's ``reference``, before the expectations). Returns w_p, b_p, reference."""
     n = pix.shape[0]
@@ -226,10 +303,18 @@ def _fit_projector(pix: torch.Tensor, labels: torch.Tensor, targets: torch.Tenso
     # what the fit shrinks towards: I when B has A's weights (int8 or another resolution of the same
     # network), else 0; and the strength the device's fit would pick on these views (edgedd.device.ridge)
     prior = projector_prior(info_a.weights_sha256, info_b.weights_sha256, d_a, d_b)
-    ridge, ridge_scores = select_ridge(feats_b.cpu().numpy(), targets.cpu().numpy(), np.repeat(np.arange(n), config.views), labels.numpy(),
-                                       prior=prior)
-    w_p, b_p, projector_fit = train_projector(feats_b.cpu().view(n, config.views, d_b), targets.cpu().view(n, config.views, d_a),
-                                              config.projector_epochs, config.seed, config.projector_recipe, ridge, prior)
+    ridge, ridge_scores = select_ridge(
+        feats_b.cpu().numpy(), targets.cpu().numpy(), np.repeat(np.arange(n), config.views), labels.numpy(), prior=prior
+    )
+    w_p, b_p, projector_fit = train_projector(
+        feats_b.cpu().view(n, config.views, d_b),
+        targets.cpu().view(n, config.views, d_a),
+        config.projector_epochs,
+        config.seed,
+        config.projector_recipe,
+        ridge,
+        prior,
+    )
 
     # reference figures on the synthetic set: torch projector vs the device's closed-form fit
     eval_b = features(model_b, edge_inputs(pix, info_b), info_b).cpu()
@@ -255,9 +340,25 @@ def _export_graphs(model_b, info_a: BackboneInfo, info_b: BackboneInfo, w_p, b_p
     d_a, d_b = w_p.shape
     pp_b = to_dict(info_b.preprocess)
     common = {"version": __version__, "opset": str(OPSET)}
-    bb = export_backbone(model_b, info_b.preprocess.input_size, dict(common, role="backbone", model=info_b.name, weights_sha256=info_b.weights_sha256, preprocess=pp_b))
-    pj = linear_graph(w_p.numpy(), b_p.numpy(), "features", "projected", dict(common, role="projector", model=f"{info_b.name}->{info_a.name}"))
-    cl = linear_graph(w_c.numpy(), b_c.numpy(), "projected", "logits", dict(common, role="classifier", model=f"golden:{info_a.name}", classes=str(w_c.shape[0])))
+    bb = export_backbone(
+        model_b,
+        info_b.preprocess.input_size,
+        dict(common, role="backbone", model=info_b.name, weights_sha256=info_b.weights_sha256, preprocess=pp_b),
+    )
+    pj = linear_graph(
+        w_p.numpy(),
+        b_p.numpy(),
+        "features",
+        "projected",
+        dict(common, role="projector", model=f"{info_b.name}->{info_a.name}"),
+    )
+    cl = linear_graph(
+        w_c.numpy(),
+        b_c.numpy(),
+        "projected",
+        "logits",
+        dict(common, role="classifier", model=f"golden:{info_a.name}", classes=str(w_c.shape[0])),
+    )
     s = info_b.preprocess.input_size
     model_b_cpu = cpu_copy(model_b)  # ORT runs on the CPU in fp32; model_b stays on dev
     validation = {}
@@ -268,7 +369,11 @@ def _export_graphs(model_b, info_a: BackboneInfo, info_b: BackboneInfo, w_p, b_p
     ]:
         check(data, name)
         validation[name] = parity(data, fn, shape, name)
-    graphs = {"backbone": ("backbone.onnx", bb), "projector": ("projector.onnx", pj), "classifier": ("classifier.onnx", cl)}
+    graphs = {
+        "backbone": ("backbone.onnx", bb),
+        "projector": ("projector.onnx", pj),
+        "classifier": ("classifier.onnx", cl),
+    }
     return graphs, validation, model_b_cpu
 
 
@@ -290,27 +395,48 @@ def _mobile_graphs(graphs: dict, validation: dict, model_b_cpu, info_b: Backbone
     check(fp32, "static backbone")
     validation["backbone_static"] = parity(fp32, model_b_cpu, (3, s, s), "static backbone", batches=(n,))
     graphs["backbone_static"] = ("backbone.static.onnx", fp32)
-    if "backbone_int8" in graphs:  # int8 is not within 1e-3 of torch: the static copy must match the dynamic int8 graph instead
+    if (
+        "backbone_int8" in graphs
+    ):  # int8 is not within 1e-3 of torch: the static copy must match the dynamic int8 graph instead
         q = static_batch(graphs["backbone_int8"][1], n)
         check(q, "static int8 backbone")
-        validation["backbone_int8_static"] = parity(q, _onnx_fn(graphs["backbone_int8"][1]), (3, s, s), "static int8 backbone", batches=(n,))
+        validation["backbone_int8_static"] = parity(
+            q, _onnx_fn(graphs["backbone_int8"][1]), (3, s, s), "static int8 backbone", batches=(n,)
+        )
         graphs["backbone_int8_static"] = ("backbone.int8.static.onnx", q)
     out = {"readiness": readiness(fp32), "meta": {}, "files": {}}
     if not out["readiness"].get("available"):
-        raise EdgeddError(f"onnxruntime's mobile checker is not usable here ({out['readiness']['reason']})", "install the host requirements (onnx)")
+        raise EdgeddError(
+            f"onnxruntime's mobile checker is not usable here ({out['readiness']['reason']})",
+            "install the host requirements (onnx)",
+        )
     if config.ort:
         ort_files, ort_config = to_ort({f: d for f, d in graphs.values()})
         entries = {}
         for role, (f, _) in graphs.items():
             name = f[: -len(".onnx")] + ".ort"
-            entries[role] = {"file": name, "sha256": hashlib.sha256(ort_files[name]).hexdigest(), "onnx": f, **({"batch": n} if role.endswith("_static") else {}),
-                             "parity": parity(ort_files[name], model_b_cpu if role in ("backbone", "backbone_static") else _onnx_fn(graphs[role][1]),
-                                              _input_shape(graphs[role][1]), f"{name} (ORT format)", batches=(n,) if role.endswith("_static") else PARITY_BATCHES,
-                                              tol=ORT_INT8_TOL if "int8" in role else 1e-4)}
+            entries[role] = {
+                "file": name,
+                "sha256": hashlib.sha256(ort_files[name]).hexdigest(),
+                "onnx": f,
+                **({"batch": n} if role.endswith("_static") else {}),
+                "parity": parity(
+                    ort_files[name],
+                    model_b_cpu if role in ("backbone", "backbone_static") else _onnx_fn(graphs[role][1]),
+                    _input_shape(graphs[role][1]),
+                    f"{name} (ORT format)",
+                    batches=(n,) if role.endswith("_static") else PARITY_BATCHES,
+                    tol=ORT_INT8_TOL if "int8" in role else 1e-4,
+                ),
+            }
             out["files"][f"ort:{role}"] = (name, ort_files[name])
         out["files"]["ort:config"] = (ORT_CONFIG_FILE, ort_config)
-        out["meta"]["ort"] = {"graphs": entries, "required_operators": {"file": ORT_CONFIG_FILE, "sha256": hashlib.sha256(ort_config).hexdigest()},
-                              "optimization_style": "runtime", "target_platform": "arm"}
+        out["meta"]["ort"] = {
+            "graphs": entries,
+            "required_operators": {"file": ORT_CONFIG_FILE, "sha256": hashlib.sha256(ort_config).hexdigest()},
+            "optimization_style": "runtime",
+            "target_platform": "arm",
+        }
     return out
 
 
@@ -326,21 +452,55 @@ def _litert_graphs(model_b_cpu, info_b: BackboneInfo, w_p, b_p, w_c, b_c, calib,
     pj, cl = torch.nn.Linear(*reversed(w_p.shape)), torch.nn.Linear(*reversed(w_c.shape))
     with torch.no_grad():
         pj.weight.copy_(w_p), pj.bias.copy_(b_p), cl.weight.copy_(w_c), cl.bias.copy_(b_c)
-    made = {"backbone": ("backbone.tflite", litert.convert(model_b_cpu, x, "backbone"), model_b_cpu, x, 1e-3),
-            "projector": ("projector.tflite", litert.convert(pj, torch.randn(n, w_p.shape[1], generator=g), "projector"), pj, None, 1e-3),
-            "classifier": ("classifier.tflite", litert.convert(cl, torch.randn(n, w_c.shape[1], generator=g), "classifier"), cl, None, 1e-3)}
+    made = {
+        "backbone": ("backbone.tflite", litert.convert(model_b_cpu, x, "backbone"), model_b_cpu, x, 1e-3),
+        "projector": (
+            "projector.tflite",
+            litert.convert(pj, torch.randn(n, w_p.shape[1], generator=g), "projector"),
+            pj,
+            None,
+            1e-3,
+        ),
+        "classifier": (
+            "classifier.tflite",
+            litert.convert(cl, torch.randn(n, w_c.shape[1], generator=g), "classifier"),
+            cl,
+            None,
+            1e-3,
+        ),
+    }
     skipped = None
-    if config.int8 and calib is not None:  # where LiteRT's quantiser takes the backbone; else recorded, the rest still ships
+    if (
+        config.int8 and calib is not None
+    ):  # where LiteRT's quantiser takes the backbone; else recorded, the rest still ships
         try:
-            made["backbone_int8"] = ("backbone.int8.tflite", litert.convert_int8(model_b_cpu, x, calib, "backbone"), model_b_cpu, x, None)
+            made["backbone_int8"] = (
+                "backbone.int8.tflite",
+                litert.convert_int8(model_b_cpu, x, calib, "backbone"),
+                model_b_cpu,
+                x,
+                None,
+            )
         except EdgeddError as e:
             skipped = e.problem
     out, entries = {}, {}
     for role, (f, data, fn, sample, tol) in made.items():
         sample = sample if sample is not None else torch.randn(n, fn.in_features, generator=g)
-        entries[role] = {"file": f, "sha256": hashlib.sha256(data).hexdigest(), "batch": n, "parity": litert.parity(data, fn, sample, f, tol)}
+        entries[role] = {
+            "file": f,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "batch": n,
+            "parity": litert.parity(data, fn, sample, f, tol),
+        }
         out[f"litert:{role}"] = (f, data)
-    out["litert:meta"] = (None, {"graphs": entries, "converter": f"litert-torch {litert.version()}", **({"int8_skipped": skipped} if skipped else {})})
+    out["litert:meta"] = (
+        None,
+        {
+            "graphs": entries,
+            "converter": f"litert-torch {litert.version()}",
+            **({"int8_skipped": skipped} if skipped else {}),
+        },
+    )
     return out
 
 
@@ -372,8 +532,20 @@ def _selftest(pix: torch.Tensor, model_b_cpu, info_b: BackboneInfo, w_p, b_p, w_
     return st_in, st_f, st_l
 
 
-def _int8_gate(bb: bytes, calib: np.ndarray, pix: torch.Tensor, labels: torch.Tensor, info_b: BackboneInfo, w_p, b_p, w_c, b_c,
-               ref: dict, config: PackConfig, heldout: tuple | None = None) -> bytes:
+def _int8_gate(
+    bb: bytes,
+    calib: np.ndarray,
+    pix: torch.Tensor,
+    labels: torch.Tensor,
+    info_b: BackboneInfo,
+    w_p,
+    b_p,
+    w_c,
+    b_c,
+    ref: dict,
+    config: PackConfig,
+    heldout: tuple | None = None,
+) -> bytes:
     """The int8 backbone, refused when its top-1 through the packed projector drops by more than
     ``int8_max_drop``: on the real held-out images the fp32 expectation was measured on
     (``heldout``, recorded as ``int8_expected_edge_top1``), or, without them, on the synthetic set.
@@ -391,9 +563,13 @@ def _int8_gate(bb: bytes, calib: np.ndarray, pix: torch.Tensor, labels: torch.Te
     sess = ort.InferenceSession(q, providers=["CPUExecutionProvider"])
     xe = normalize(edge_inputs(pix, info_b), info_b.preprocess.mean, info_b.preprocess.std).cpu()
     fq = onnx_features(sess, xe).numpy()
-    top_q = float((((fq @ w_p.numpy().T + b_p.numpy()) @ w_c.numpy().T + b_c.numpy()).argmax(1) == labels.numpy()).mean())
+    top_q = float(
+        (((fq @ w_p.numpy().T + b_p.numpy()) @ w_c.numpy().T + b_c.numpy()).argmax(1) == labels.numpy()).mean()
+    )
     ref["int8_synthetic_top1_packed_projector"] = top_q
-    top_r, seen = edge_top1(*heldout, None, info_b, w_p, b_p, w_c, b_c, session=sess) if heldout is not None else (None, 0)
+    top_r, seen = (
+        edge_top1(*heldout, None, info_b, w_p, b_p, w_c, b_c, session=sess) if heldout is not None else (None, 0)
+    )
     if seen:  # none readable any more (the files went away since the fp32 pass): the synthetic set decides
         ref.update(int8_expected_edge_top1=top_r, int8_expected_edge_images=seen)
         before, after, on = ref["expected_edge_top1"], top_r, f"top-1 on {seen} held-out real images"
@@ -408,15 +584,32 @@ def _int8_gate(bb: bytes, calib: np.ndarray, pix: torch.Tensor, labels: torch.Te
     return q
 
 
-def _metadata(run, info_b: BackboneInfo, d_b: int, graphs: dict, validation: dict, config: PackConfig, ref: dict, calib, views_total: int) -> dict:
+def _metadata(
+    run,
+    info_b: BackboneInfo,
+    d_b: int,
+    graphs: dict,
+    validation: dict,
+    config: PackConfig,
+    ref: dict,
+    calib,
+    views_total: int,
+) -> dict:
     """The artifact's metadata (docs/ARTIFACT.md)."""
     meta = {
         "edgedd": __version__,
         "class_names": run.class_names,
         "distill": {"backbone": run.backbone, "config": run.config, "run_fingerprint": run.identity.get("fingerprint")},
         "edge": {"backbone": info_b.to_dict(), "preprocess": to_dict(info_b.preprocess), "features": d_b},
-        "onnx": {role: {"file": f, "sha256": hashlib.sha256(d).hexdigest(), "opset": OPSET,
-                        **({"parity": validation[role]} if role in validation else {})} for role, (f, d) in graphs.items()},
+        "onnx": {
+            role: {
+                "file": f,
+                "sha256": hashlib.sha256(d).hexdigest(),
+                "opset": OPSET,
+                **({"parity": validation[role]} if role in validation else {}),
+            }
+            for role, (f, d) in graphs.items()
+        },
         "pack": to_dict(config),
         "reference": ref,
         "views": {"augment": to_dict(AugmentConfig()), "noise": False},
@@ -425,8 +618,11 @@ def _metadata(run, info_b: BackboneInfo, d_b: int, graphs: dict, validation: dic
     if cr is not None:  # format 1.5: how close the shipped images are to training images
         meta["copy_ratio"] = cr
     if config.int8:
-        meta["onnx"]["backbone_int8"]["quantization"] = {"mode": INT8_MODE, "calibration_inputs": len(calib),
-                                                         "calibration_data": f"synthetic views, evenly spaced of {views_total}"}
+        meta["onnx"]["backbone_int8"]["quantization"] = {
+            "mode": INT8_MODE,
+            "calibration_inputs": len(calib),
+            "calibration_data": f"synthetic views, evenly spaced of {views_total}",
+        }
     return meta
 
 
@@ -436,7 +632,13 @@ def _copy_ratio(run) -> dict | None:
     cr = run.summary.get("copy_ratio")
     if not isinstance(cr, dict) or not isinstance(cr.get("spaces"), dict):
         return None
-    out = {**cr, "spaces": {k: ({kk: vv for kk, vv in v.items() if kk != "ratios"} if isinstance(v, dict) else v) for k, v in cr["spaces"].items()}}
+    out = {
+        **cr,
+        "spaces": {
+            k: ({kk: vv for kk, vv in v.items() if kk != "ratios"} if isinstance(v, dict) else v)
+            for k, v in cr["spaces"].items()
+        },
+    }
     return out if copy_ratio_problem(out, len(run.labels)) is None else None
 
 

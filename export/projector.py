@@ -1,5 +1,5 @@
 """The host's Classifier-Inheritance projector for a bundle (METHOD.md, Stage III), fitted by
-edgedd's one linear-head trainer (``edgedd.heads``).
+edgedd's one linear-head trainer (``edgedd.host.heads``).
 
 P = Linear(D_B, D_A) fitted by MSE(P(phi_B(v)), phi_A(v)) on the K cached flip + RRC views v of
 every synthetic image (labels unused): the views the device re-renders for its own fit.
@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from edgedd.config import RECIPES
+from edgedd.core.config import RECIPES
+from edgedd.core.errors import EdgeddError
 from edgedd.device.ridge import DEFAULT_RIDGE
-from edgedd.errors import EdgeddError
-from edgedd.heads import fit_ridge, mse_loss, new_projector, train_reference
-from edgedd.rng import torch_generator
-
+from edgedd.host.heads import fit_ridge, mse_loss, new_projector, train_reference
+from edgedd.host.rng import torch_generator
 
 
 class _Views:
@@ -37,8 +36,15 @@ class _Views:
         return tuple(f[idx, view] for f in self.feats)
 
 
-def train_projector(feats_b: torch.Tensor, targets_a: torch.Tensor, epochs: int = 1000, seed: int = 0,
-                    recipe: str = "converged", ridge: float = DEFAULT_RIDGE, prior: str = "none") -> tuple[torch.Tensor, torch.Tensor, dict]:
+def train_projector(
+    feats_b: torch.Tensor,
+    targets_a: torch.Tensor,
+    epochs: int = 1000,
+    seed: int = 0,
+    recipe: str = "converged",
+    ridge: float = DEFAULT_RIDGE,
+    prior: str = "none",
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """feats_b (N, K, D_B), targets_a (N, K, D_A) -> weight (D_A, D_B), bias (D_A,), Fit.report().
     ``prior`` (edgedd.device.ridge): what the converged fit shrinks towards; the reference recipe
     is METHOD.md's Adam from a random start, as written (no prior)."""

@@ -24,9 +24,11 @@ sys.meta_path.insert(0, _Block())
 
 # Runs `edgedd ARGV` for each ARGV in the JSON list argv[1]; prints RESULT {codes, heavy, edgedd}: the exit
 # codes, the blocked packages that got imported anyway (none, unless the blocker failed) and the edgedd modules loaded.
-_CLI = PRELUDE + r"""
+_CLI = (
+    PRELUDE
+    + r"""
 import json
-from edgedd.cli import main
+from edgedd.cli.host import main
 
 codes = []
 for argv in json.loads(sys.argv[1]):
@@ -39,11 +41,14 @@ for argv in json.loads(sys.argv[1]):
 print("RESULT " + json.dumps({"codes": codes, "heavy": sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED)),
                               "edgedd": sorted(m for m in sys.modules if m.split(".")[0] == "edgedd")}))
 """
+)
 
 
 def run_blocked(code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -c PRELUDE+code *args``: the code runs with the host packages unimportable."""
-    return subprocess.run([sys.executable, "-c", PRELUDE + code, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", PRELUDE + code, *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def run_cli_blocked(argvs: list[list[str]], timeout: float = 300) -> tuple[dict, subprocess.CompletedProcess]:

@@ -26,10 +26,20 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("EDGEDD_TRACEBACK", raising=False)
 
 
-def make_image_folder(root: Path, classes=("circle", "square", "stripes"), per_class: int = 6, size=(40, 30), seed: int = 0) -> Path:
+def make_image_folder(
+    root: Path, classes=("circle", "square", "stripes"), per_class: int = 6, size=(40, 30), seed: int = 0
+) -> Path:
     """Per class a distinct colour and pattern, in several formats and colour modes."""
     rng = np.random.default_rng(seed)
-    formats = [("png", "RGB"), ("jpg", "RGB"), ("png", "L"), ("bmp", "RGB"), ("webp", "RGB"), ("png", "RGBA"), ("png", "P")]
+    formats = [
+        ("png", "RGB"),
+        ("jpg", "RGB"),
+        ("png", "L"),
+        ("bmp", "RGB"),
+        ("webp", "RGB"),
+        ("png", "RGBA"),
+        ("png", "P"),
+    ]
     for ci, name in enumerate(classes):
         d = root / name
         d.mkdir(parents=True, exist_ok=True)
@@ -59,24 +69,43 @@ def image_folder(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from edgedd.backbones import load_backbone
+    from edgedd.backbones.loader import load_backbone
 
     return load_backbone(TINY["name"], TINY["weights"], input_size=TINY["input_size"], resize_size=TINY["resize_size"])
 
 
 def tiny_distill_args(data, out, *extra) -> list[str]:
     return [
-        "distill", str(data), "--backbone", "test_vit", "--weights", "random", "--out", str(out),
-        "--crop-res", "32", "--syn-res", "32", "--num-workers", "0", "--golden-epochs", "2",
-        "--golden-views", "2", "--preview-every", "0", "-q", *extra,
+        "distill",
+        str(data),
+        "--backbone",
+        "test_vit",
+        "--weights",
+        "random",
+        "--out",
+        str(out),
+        "--crop-res",
+        "32",
+        "--syn-res",
+        "32",
+        "--num-workers",
+        "0",
+        "--golden-epochs",
+        "2",
+        "--golden-views",
+        "2",
+        "--preview-every",
+        "0",
+        "-q",
+        *extra,
     ]
 
 
 @pytest.fixture(scope="session")
 def packed(tmp_path_factory):
     """A distilled run on the made-up folder and its bundle (same backbone), built once."""
-    from edgedd.config import DistillConfig, StageIConfig
-    from edgedd.distill import RunOptions, distill
+    from edgedd.core.config import DistillConfig, StageIConfig
+    from edgedd.distillation.pipeline import RunOptions, distill
     from edgedd.export.pack import PackConfig, pack
 
     root = tmp_path_factory.mktemp("packed")
@@ -86,9 +115,17 @@ def packed(tmp_path_factory):
         data = make_image_folder(root / "data")
         heldout = make_image_folder(root / "heldout", seed=1)
         run = root / "run"
-        distill(str(data), "test_vit", run, weights="random", config=DistillConfig(ipc=2, iterations=30),
-                stage1_config=StageIConfig(golden_views=4, golden_epochs=10, golden_lr=1e-2),
-                options=RunOptions(device="cpu", num_workers=0, progress=False), crop_res=32, syn_res=32)
+        distill(
+            str(data),
+            "test_vit",
+            run,
+            weights="random",
+            config=DistillConfig(ipc=2, iterations=30),
+            stage1_config=StageIConfig(golden_views=4, golden_epochs=10, golden_lr=1e-2),
+            options=RunOptions(device="cpu", num_workers=0, progress=False),
+            crop_res=32,
+            syn_res=32,
+        )
         bundle = root / "bundle"
         result = pack(run, bundle, config=PackConfig(views=8, projector_epochs=100), device="cpu")
     finally:
@@ -104,14 +141,17 @@ def tiny_run(tmp_path_factory):
     write into a run directory copy it (``copy_run``)."""
     from typer.testing import CliRunner
 
-    from edgedd.cli import app
+    from edgedd.cli.host import app
 
     root = tmp_path_factory.mktemp("tiny_run")
     old = {k: os.environ.get(k) for k in ("EDGEDD_CACHE_DIR", "EDGEDD_PROGRESS")}
     os.environ.update(EDGEDD_CACHE_DIR=str(root / "cache"), EDGEDD_PROGRESS="0")
     try:
         data = make_image_folder(root / "data")
-        for out, extra in ((root / "run", ("--iterations", "2")), (root / "half", ("--iterations", "4", "--stop-after", "2"))):
+        for out, extra in (
+            (root / "run", ("--iterations", "2")),
+            (root / "half", ("--iterations", "4", "--stop-after", "2")),
+        ):
             r = CliRunner().invoke(app, tiny_distill_args(data, out, *extra))
             assert r.exit_code == 0, r.output
     finally:

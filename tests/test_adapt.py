@@ -62,7 +62,11 @@ def _world(seed=0):
 
 
 def _top1(fit, w):
-    return float((((w["xt"] @ fit["weight"].T.astype(np.float64) + fit["bias"]) @ w["wc"].T + w["bc"]).argmax(1) == w["yt"]).mean())
+    return float(
+        (
+            ((w["xt"] @ fit["weight"].T.astype(np.float64) + fit["bias"]) @ w["wc"].T + w["bc"]).argmax(1) == w["yt"]
+        ).mean()
+    )
 
 
 def test_adapt_helps_on_a_shifted_domain_and_is_kept():

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgedd.core.errors import EdgeddError
 from edgedd.device.adaptation import adapt_bundle
 from edgedd.device.bundle import open_bundle
 from edgedd.device.finetune import fine_tune_projector, synthetic_pixels
 from edgedd.device.infer import backbone_features, head
 from edgedd.device.inputs import prepare_canvases
-from edgedd.errors import EdgeddError
 
 
 def _synthetic_folder(b, root):
@@ -38,7 +38,10 @@ def test_synthetic_images_as_local_images_change_nothing_harmful(packed, tmp_pat
     assert after >= before and np.isfinite(r["weight"]).all()
     hx, hy = _heldout_inputs(b, packed)
     hf = backbone_features(b, hx)
-    held, held_views = (float((head(b, hf, p).argmax(1) == hy).mean()) for p in ((r["weight"], r["bias"]), (views["weight"], views["bias"])))
+    held, held_views = (
+        float((head(b, hf, p).argmax(1) == hy).mean())
+        for p in ((r["weight"], r["bias"]), (views["weight"], views["bias"]))
+    )
     assert held >= held_views - 0.2  # real held-out images: not harmed beyond a few of its 18 images
     assert r["report"]["used"] in ("adapted", "views only") and r["report"]["images"] == len(labels)
 
@@ -82,17 +85,24 @@ def test_adapt_cli_writes_its_sidecar_and_refuses_bad_folders(packed, tmp_path):
 
     from typer.testing import CliRunner
 
-    from edgedd.cli import app
+    from edgedd.cli.host import app
 
     bundle = tmp_path / "b"
     shutil.copytree(packed["bundle"], bundle)
-    r = CliRunner().invoke(app, ["adapt", str(bundle), "--data", str(packed["heldout"]), "--json"], env={"EDGEDD_PROGRESS": "0"})
+    r = CliRunner().invoke(
+        app, ["adapt", str(bundle), "--data", str(packed["heldout"]), "--json"], env={"EDGEDD_PROGRESS": "0"}
+    )
     assert r.exit_code == 0, r.stderr
     rep = json.loads(r.stdout)
     assert (bundle / rep["sidecar"]).is_file() and rep["images"] == 18 and rep["used"] in ("adapted", "views only")
     shutil.copytree(packed["heldout"] / "square", tmp_path / "one" / "square")
     r = CliRunner().invoke(app, ["adapt", str(bundle), "--data", str(tmp_path / "one")], env={"EDGEDD_PROGRESS": "0"})
-    assert r.exit_code == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert (
+        r.exit_code == 1
+        and r.stderr.startswith("error: ")
+        and len(r.stderr.strip().splitlines()) == 1
+        and "Traceback" not in r.stderr
+    )
 
 
 def test_adapted_sidecar_is_bound_used_and_scored(packed, tmp_path):
@@ -103,7 +113,7 @@ def test_adapted_sidecar_is_bound_used_and_scored(packed, tmp_path):
 
     from edgedd import Bundle
     from edgedd.device.checks import deploy_check
-    from edgedd.report import deploy_section
+    from edgedd.evaluation.report import deploy_section
 
     bundle = tmp_path / "b"
     shutil.copytree(packed["bundle"], bundle)
@@ -122,7 +132,11 @@ def test_adapted_sidecar_is_bound_used_and_scored(packed, tmp_path):
     with pytest.raises(EdgeddError, match="another artifact"):
         Bundle.open(bundle)
     dc = deploy_check(bundle, data=packed["heldout"])
-    assert dc["projector"] == "fit" and [c["ok"] for c in dc["checks"] if c["name"] == "adapted"] == [False] and not dc["ok"]
+    assert (
+        dc["projector"] == "fit"
+        and [c["ok"] for c in dc["checks"] if c["name"] == "adapted"] == [False]
+        and not dc["ok"]
+    )
     save_file(tensors, str(path), metadata={**meta, "backbone": "int8"})  # an int8 adaptation, renamed as the fp32 one
     with pytest.raises(EdgeddError, match="int8 backbone"):
         Bundle.open(bundle)

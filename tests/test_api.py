@@ -15,9 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import edgedd
-from edgedd.cli import app
-from edgedd.device import runtime
-from edgedd.errors import EdgeddError
+from edgedd.cli.host import app
+from edgedd.core.errors import EdgeddError
+from edgedd.device import bundle, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,16 +54,28 @@ def test_api_md_example_runs_as_written(image_folder, tmp_path, monkeypatch):
 
 
 def test_package_exports():
-    assert sorted(edgedd.__all__) == sorted(["Bundle", "DistillConfig", "EvalConfig", "PackConfig", "RunOptions", "StageIConfig",
-                                             "__version__", "distill", "evaluate", "pack"])
+    assert sorted(edgedd.__all__) == sorted(
+        [
+            "Bundle",
+            "DistillConfig",
+            "EvalConfig",
+            "PackConfig",
+            "RunOptions",
+            "StageIConfig",
+            "__version__",
+            "distill",
+            "evaluate",
+            "pack",
+        ]
+    )
     for name in edgedd.__all__:
         assert getattr(edgedd, name) is not None and name in dir(edgedd)
-    from edgedd.distill import RunOptions, distill
-    from edgedd.evaluate import evaluate_run
+    from edgedd.distillation.pipeline import RunOptions, distill
+    from edgedd.evaluation.evaluate import evaluate_run
     from edgedd.export.pack import pack
 
-    assert edgedd.RunOptions is RunOptions and edgedd.pack is pack and edgedd.Bundle is runtime.Bundle
-    assert callable(edgedd.distill) and edgedd.distill.distill is distill  # the module, callable as its function
+    assert edgedd.RunOptions is RunOptions and edgedd.pack is pack and edgedd.Bundle is bundle.Bundle
+    assert edgedd.distill is distill  # the function (its module: edgedd.distill)
     import inspect
 
     assert inspect.signature(edgedd.evaluate) == inspect.signature(evaluate_run)
@@ -71,11 +83,13 @@ def test_package_exports():
         edgedd.no_such_name  # noqa: B018
 
 
-def test_callable_modules_forward(monkeypatch):
-    import edgedd.evaluate as ev
+def test_api_names_are_the_functions():
+    """No module is callable: edgedd.distill and edgedd.evaluate are the functions themselves."""
+    import types
 
-    monkeypatch.setattr(ev, "evaluate_run", lambda *a, **k: ("evaluate_run", a, k))
-    assert edgedd.evaluate("run", "test", modes=("ci",)) == ("evaluate_run", ("run", "test"), {"modes": ("ci",)})
+    from edgedd.evaluation.evaluate import evaluate_run
+
+    assert edgedd.evaluate is evaluate_run and not isinstance(edgedd.distill, types.ModuleType)
 
 
 @pytest.fixture
@@ -90,7 +104,7 @@ def test_bundle_predicts_like_the_cli_for_every_kind_of_input(bundle_dir, packed
     files = [sorted((packed["heldout"] / c).iterdir())[i] for c in ("circle", "square", "stripes") for i in (0, 3)]
     b = edgedd.Bundle.open(bundle_dir)
     assert b.projector is not None and b.classes == ["circle", "square", "stripes"]
-    cli = runtime.predict(bundle_dir, [str(f) for f in files], topk=3)
+    cli = predict.predict(bundle_dir, [str(f) for f in files], topk=3)
     want = [[(t["label"], t["prob"]) for t in item["top"]] for item in cli]
     assert b.predict([str(f) for f in files], top_k=3) == want
     assert b.predict(files, top_k=3) == want  # pathlib paths
@@ -113,8 +127,12 @@ def test_bundle_predicts_like_the_cli_for_every_kind_of_input(bundle_dir, packed
 
 def test_bundle_refuses_what_is_not_an_image(bundle_dir, tmp_path):
     b = edgedd.Bundle.open(bundle_dir)
-    for bad, words in ((np.zeros((8, 8, 3), np.float32), "not an RGB image"), (np.zeros((8, 8), np.uint8), "not an RGB image"),
-                       (42, "cannot classify a int"), (tmp_path / "missing.png", "does not exist")):
+    for bad, words in (
+        (np.zeros((8, 8, 3), np.float32), "not an RGB image"),
+        (np.zeros((8, 8), np.uint8), "not an RGB image"),
+        (42, "cannot classify a int"),
+        (tmp_path / "missing.png", "does not exist"),
+    ):
         with pytest.raises(EdgeddError, match=words):
             b.predict(bad)
     with pytest.raises(EdgeddError, match="top_k"):

@@ -1,16 +1,14 @@
-"""The crop samplers of edgedd.augment: torchvision's (the default) and the reference code's."""
+"""The crop samplers of edgedd.host.augment: torchvision's (the default) and the reference code's."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from edgedd.augment import render_views, sample_views
-from edgedd.config import AugmentConfig
-from edgedd.distill import validate
-from edgedd.config import DistillConfig
-from edgedd.errors import EdgeddError
-
-import pytest
+from edgedd.core.config import AugmentConfig, DistillConfig
+from edgedd.core.errors import EdgeddError
+from edgedd.distillation.pipeline import validate
+from edgedd.host.augment import render_views, sample_views
 
 DRAWS = 100_000
 
@@ -44,7 +42,7 @@ def test_default_sampler_is_unchanged_and_stays_inside():
 
 def test_reference_boxes_past_the_edge_render_zeros():
     img = torch.ones(1, 3, 16, 16)
-    from edgedd.augment import Views
+    from edgedd.host.augment import Views
 
     inside = render_views(img, Views(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([False]), "zeros"), 8)
     assert torch.allclose(inside, torch.ones_like(inside))
@@ -63,13 +61,15 @@ def test_distill_cli_takes_crop_sampler_reference(image_folder, tmp_path):
     """--crop-sampler reference reaches Stage II and is recorded with the run's config."""
     import json
 
+    from conftest import tiny_distill_args
     from typer.testing import CliRunner
 
-    from conftest import tiny_distill_args
-    from edgedd.cli import app
+    from edgedd.cli.host import app
 
     out = tmp_path / "run"
-    r = CliRunner().invoke(app, tiny_distill_args(image_folder, out, "--iterations", "4", "--crop-sampler", "reference"))
+    r = CliRunner().invoke(
+        app, tiny_distill_args(image_folder, out, "--iterations", "4", "--crop-sampler", "reference")
+    )
     assert r.exit_code == 0, r.stderr
     assert json.loads((out / "run.json").read_text())["identity"]["distill"]["augment"]["crop_sampler"] == "reference"
     r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "bad", "--crop-sampler", "kornia"))
@@ -82,8 +82,8 @@ def test_eval_view_is_what_the_device_makes_of_a_canvas(side, resize, crop):
     it is the device's: edgedd.device.render's resize + centre crop in numpy, to float rounding."""
     import numpy as np
 
-    from edgedd.augment import eval_view
     from edgedd.device.render import center_crop, resize_square
+    from edgedd.host.augment import eval_view
 
     x = torch.rand(3, 3, side, side, generator=torch.Generator().manual_seed(side))
     host = eval_view(x, resize, crop)

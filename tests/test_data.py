@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgedd.data import CanvasDataset
-from edgedd.images import load_canvas, open_dataset, to_rgb
-from edgedd.errors import EdgeddError
+from edgedd.core.errors import EdgeddError
+from edgedd.core.images import load_canvas, open_dataset, to_rgb
+from edgedd.host.data import CanvasDataset
 
 
 def test_image_folder_scan_order_and_formats(image_folder):
@@ -83,7 +83,7 @@ def test_corrupt_image_is_reported_by_name(tmp_path):
 
 
 def test_write_image_folder_round_trip(tmp_path):
-    from edgedd.images import write_image_folder
+    from edgedd.core.images import write_image_folder
 
     root = write_image_folder("embedded:mnist/test", tmp_path / "t", limit=30)
     back = open_dataset(root)

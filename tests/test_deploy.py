@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgedd.cli import app
-from edgedd.device import runtime
+from edgedd.cli.host import app
+from edgedd.device import accuracy, finetune, ridge, sidecar
+from edgedd.device import bundle as device_bundle
 from edgedd.device.render import render_views
-from edgedd.errors import EdgeddError
 
 
 def test_deploy_check_json_contract(packed, tmp_path):
@@ -22,15 +22,27 @@ def test_deploy_check_json_contract(packed, tmp_path):
     assert r.exit_code == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["ok"] is True and rep["schema"] == "edgedd.deploy-check/1"
-    assert [c["name"] for c in rep["checks"]] == ["integrity", "graphs", "mobile readiness", "self-test", "fine-tune", "synthetic accuracy", "data accuracy",
-                                                  "above chance", "expected", "latency"]
+    assert [c["name"] for c in rep["checks"]] == [
+        "integrity",
+        "graphs",
+        "mobile readiness",
+        "self-test",
+        "fine-tune",
+        "synthetic accuracy",
+        "data accuracy",
+        "above chance",
+        "expected",
+        "latency",
+    ]
     assert all(set(c) == {"name", "ok", "detail"} for c in rep["checks"])
     for k in ("synthetic_top1", "data_top1", "latency_ms_p50", "latency_ms_p95", "peak_rss_mb"):
         assert isinstance(rep[k], float), k
     assert rep["latency_ms_p50"] <= rep["latency_ms_p95"]
-    assert runtime.sidecar_path(bundle, "fp32", "fit").is_file() and not (bundle / runtime.FINETUNED_FILE).exists()
-    assert rep["latency_ms_p95"] <= rep["latency_ms_p99"] and rep["threads"] in [t["threads"] for t in rep["latency_threads"]]
-    assert runtime.settings_path(bundle, "fp32").is_file()
+    assert sidecar.sidecar_path(bundle, "fp32", "fit").is_file() and not (bundle / finetune.FINETUNED_FILE).exists()
+    assert rep["latency_ms_p95"] <= rep["latency_ms_p99"] and rep["threads"] in [
+        t["threads"] for t in rep["latency_threads"]
+    ]
+    assert sidecar.settings_path(bundle, "fp32").is_file()
     assert r.stderr == ""  # --json: the report alone, on stdout
     human = CliRunner().invoke(app, ["deploy-check", str(bundle)])
     assert human.exit_code == 0 and "deploy-check PASSED" in human.stdout and human.stderr == ""
@@ -56,7 +68,9 @@ def test_predict_uses_device_projector_and_inspect(packed, tmp_path):
     out = res["predictions"]
     assert len(out) == 2 and len(out[0]["top"]) == 2 and abs(sum(t["prob"] for t in out[0]["top"])) <= 1.0 + 1e-6
     assert CliRunner().invoke(app, ["deploy-check", str(bundle)]).exit_code == 0
-    (bundle / "edgedd.artifact.safetensors").write_bytes((bundle / "edgedd.artifact.safetensors").read_bytes())  # same bytes
+    (bundle / "edgedd.artifact.safetensors").write_bytes(
+        (bundle / "edgedd.artifact.safetensors").read_bytes()
+    )  # same bytes
     assert CliRunner().invoke(app, ["predict", str(bundle), str(imgs[0])]).exit_code == 0
     i = CliRunner().invoke(app, ["inspect", str(bundle), "--json"])
     assert i.exit_code == 0 and json.loads(i.stdout)["tensors"]["synthetic.images"]["dtype"] == "uint8"
@@ -67,11 +81,11 @@ def test_predict_uses_device_projector_and_inspect(packed, tmp_path):
 def test_ridge_recovers_identity_and_linear_maps():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 16)).astype(np.float32)
-    w, b = runtime.fit_projector_ridge(x, x, ridge=1e-6)
+    w, b = ridge.fit_ridge(x, x, ridge=1e-6)
     np.testing.assert_allclose(w, np.eye(16), atol=1e-4)
     np.testing.assert_allclose(b, 0, atol=1e-4)
     true_w, true_b = rng.normal(size=(8, 16)), rng.normal(size=8)
-    w, b = runtime.fit_projector_ridge(x, x @ true_w.T + true_b, ridge=1e-8)
+    w, b = ridge.fit_ridge(x, x @ true_w.T + true_b, ridge=1e-8)
     np.testing.assert_allclose(w, true_w, atol=1e-3)
     np.testing.assert_allclose(b, true_b, atol=1e-3)
 
@@ -79,14 +93,17 @@ def test_ridge_recovers_identity_and_linear_maps():
 def test_device_renders_the_views_the_host_rendered():
     import torch
 
-    from edgedd.augment import render_views as torch_render, sample_views
-    from edgedd.config import AugmentConfig
+    from edgedd.core.config import AugmentConfig
+    from edgedd.host.augment import render_views as torch_render
+    from edgedd.host.augment import sample_views
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(12, 3, 29, 29, generator=g)
     v = sample_views(12, AugmentConfig(), g)
     for out in (16, 40):
-        np.testing.assert_allclose(render_views(x.numpy(), v.boxes.numpy(), v.flips.numpy(), out), torch_render(x, v, out).numpy(), atol=2e-5)
+        np.testing.assert_allclose(
+            render_views(x.numpy(), v.boxes.numpy(), v.flips.numpy(), out), torch_render(x, v, out).numpy(), atol=2e-5
+        )
 
 
 # ----------------------------------------------------------------------------- accuracy can fail
@@ -111,9 +128,13 @@ def test_deploy_check_fails_at_chance_level(packed, tmp_path):
     good = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(packed["heldout"]), "--json"])
     assert good.exit_code == 0, good.stdout
     rep = json.loads(good.stdout)
-    assert _check(rep, "above chance")["ok"] and rep["data_top1"] > rep["chance_bound_top1"] > rep["chance_top1"] == 1 / 3
+    assert (
+        _check(rep, "above chance")["ok"] and rep["data_top1"] > rep["chance_bound_top1"] > rep["chance_top1"] == 1 / 3
+    )
     # every image under another class's name: the bundle is useless on this data
-    rotated = _relabelled(packed["heldout"], tmp_path / "rotated", {"circle": "square", "square": "stripes", "stripes": "circle"})
+    rotated = _relabelled(
+        packed["heldout"], tmp_path / "rotated", {"circle": "square", "square": "stripes", "stripes": "circle"}
+    )
     bad = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(rotated), "--json"])
     assert bad.exit_code == 3, bad.stdout
     rep = json.loads(bad.stdout)
@@ -134,17 +155,19 @@ def test_deploy_check_too_little_data_cannot_pass(packed, tmp_path):
             shutil.copy(f, small / c / f.name)
     r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(small), "--json"])
     rep = json.loads(r.stdout)
-    assert r.exit_code == 3 and rep["chance_bound_top1"] is None and "cannot tell" in _check(rep, "above chance")["detail"]
+    assert (
+        r.exit_code == 3 and rep["chance_bound_top1"] is None and "cannot tell" in _check(rep, "above chance")["detail"]
+    )
 
 
 def test_chance_bound_is_the_3_sigma_binomial_tail():
     from math import comb
 
     for n, p in [(18, 1 / 3), (100, 0.1), (40, 0.5)]:
-        k = runtime.chance_bound(n, p)
+        k = accuracy.chance_bound(n, p)
         tail = lambda k: sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))  # noqa: E731
-        assert tail(k) <= runtime.CHANCE_ALPHA < tail(k - 1)
-    assert runtime.chance_bound(9, 0.5) is None and runtime.chance_bound(10, 0.5) == 10
+        assert tail(k) <= accuracy.CHANCE_ALPHA < tail(k - 1)
+    assert accuracy.chance_bound(9, 0.5) is None and accuracy.chance_bound(10, 0.5) == 10
 
 
 def test_min_accuracy_floor_and_old_name(packed, tmp_path):
@@ -158,7 +181,9 @@ def test_min_accuracy_floor_and_old_name(packed, tmp_path):
     for flag in ("--min-accuracy", "--min-data-top1"):
         r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(data), flag, "0.95", "--json"])
         rep = json.loads(r.stdout)
-        assert r.exit_code == 3 and [c["name"] for c in rep["checks"] if not c["ok"]] == ["data accuracy"], rep["checks"]
+        assert r.exit_code == 3 and [c["name"] for c in rep["checks"] if not c["ok"]] == ["data accuracy"], rep[
+            "checks"
+        ]
     ok = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(data), "--min-accuracy", "0.5"])
     assert ok.exit_code == 0, ok.stdout
     usage = CliRunner().invoke(app, ["deploy-check", str(bundle), "--min-accuracy", "0.5"])
@@ -185,7 +210,10 @@ def test_deploy_check_data_names_export_data(packed, tmp_path):
 
 def _one_line(r) -> str:
     err = r.stderr.strip()
-    assert r.exit_code == 1 and r.stdout == "" and err.startswith("error: ") and "\n" not in err, (r.exit_code, r.output)
+    assert r.exit_code == 1 and r.stdout == "" and err.startswith("error: ") and "\n" not in err, (
+        r.exit_code,
+        r.output,
+    )
     return err
 
 
@@ -200,7 +228,12 @@ def test_predict_int8_and_the_projector_bound_to_its_variant(packed, tmp_path):
     from edgedd.export.pack import PackConfig, pack
 
     bundle = tmp_path / "q"
-    pack(packed["run"], bundle, config=PackConfig(views=8, projector_epochs=100, int8=True, int8_max_drop=1.0), device="cpu")
+    pack(
+        packed["run"],
+        bundle,
+        config=PackConfig(views=8, projector_epochs=100, int8=True, int8_max_drop=1.0),
+        device="cpu",
+    )
 
     def predict(*extra):
         return CliRunner().invoke(app, ["predict", str(bundle), img, "--json", *extra])
@@ -216,7 +249,9 @@ def test_predict_int8_and_the_projector_bound_to_its_variant(packed, tmp_path):
     # the demo's order: deploy-check fp32, then --int8; each variant keeps its own fit (one sidecar per variant)
     assert CliRunner().invoke(app, ["deploy-check", str(bundle)]).exit_code == 0  # the packed bundle passes every check
     assert json.loads(predict().stdout)["projector"] == "device-fitted"
-    assert json.loads(predict("--int8").stdout)["projector"] == "packed"  # no int8 fit yet: the fp32 one is not used for it
+    assert (
+        json.loads(predict("--int8").stdout)["projector"] == "packed"
+    )  # no int8 fit yet: the fp32 one is not used for it
     assert CliRunner().invoke(app, ["deploy-check", str(bundle), "--int8"]).exit_code == 0
     for extra, int8 in (((), False), (("--int8",), True)):
         r = predict(*extra)
@@ -224,37 +259,44 @@ def test_predict_int8_and_the_projector_bound_to_its_variant(packed, tmp_path):
         out = json.loads(r.stdout)
         variant = "int8" if int8 else "fp32"
         assert (out["projector"], out["projector_file"]) == ("device-fitted", f"projector.fit.{variant}.safetensors")
-        b = runtime.Bundle.open(bundle, int8=int8)
-        assert b.projector is not None and b.projector_file == runtime.sidecar_path(bundle, variant, "fit")
-        assert b.threads == json.loads(runtime.settings_path(bundle, variant).read_text())["intra_op_threads"] == out["threads"]
-    assert runtime.Bundle.open(bundle, threads=1).threads == 1  # --threads / threads= overrides the stored count
+        b = device_bundle.Bundle.open(bundle, int8=int8)
+        assert b.projector is not None and b.projector_file == sidecar.sidecar_path(bundle, variant, "fit")
+        assert (
+            b.threads
+            == json.loads(sidecar.settings_path(bundle, variant).read_text())["intra_op_threads"]
+            == out["threads"]
+        )
+    assert device_bundle.Bundle.open(bundle, threads=1).threads == 1  # --threads / threads= overrides the stored count
 
     # an adapt sidecar of a variant is preferred over its fit (a copy of the fit stands in for one here)
     import shutil as sh
 
-    sh.copy(runtime.sidecar_path(bundle, "fp32", "fit"), runtime.sidecar_path(bundle, "fp32", "adapt"))
+    sh.copy(sidecar.sidecar_path(bundle, "fp32", "fit"), sidecar.sidecar_path(bundle, "fp32", "adapt"))
     assert json.loads(predict().stdout)["projector"] == "device-adapted"
-    assert runtime.Bundle.open(bundle).projector_kind == "adapt" and runtime.Bundle.open(bundle, int8=True).projector_kind == "fit"
-    runtime.sidecar_path(bundle, "fp32", "adapt").unlink()
+    assert (
+        device_bundle.Bundle.open(bundle).projector_kind == "adapt"
+        and device_bundle.Bundle.open(bundle, int8=True).projector_kind == "fit"
+    )
+    sidecar.sidecar_path(bundle, "fp32", "adapt").unlink()
 
     # an older edgedd's single sidecar serves the variant it records, and only that one
-    sh.move(runtime.sidecar_path(bundle, "int8", "fit"), bundle / runtime.FINETUNED_FILE)
-    assert runtime.Bundle.open(bundle, int8=True).projector_file == bundle / runtime.FINETUNED_FILE
-    assert runtime.Bundle.open(bundle).projector_file == runtime.sidecar_path(bundle, "fp32", "fit")
-    runtime.sidecar_path(bundle, "fp32", "fit").unlink()
-    assert runtime.Bundle.open(bundle).projector is None  # the int8 legacy file is not the fp32 fit
+    sh.move(sidecar.sidecar_path(bundle, "int8", "fit"), bundle / finetune.FINETUNED_FILE)
+    assert device_bundle.Bundle.open(bundle, int8=True).projector_file == bundle / finetune.FINETUNED_FILE
+    assert device_bundle.Bundle.open(bundle).projector_file == sidecar.sidecar_path(bundle, "fp32", "fit")
+    sidecar.sidecar_path(bundle, "fp32", "fit").unlink()
+    assert device_bundle.Bundle.open(bundle).projector is None  # the int8 legacy file is not the fp32 fit
 
     # an int8 fit written by an older edgedd (no fit_features: fitted on int8 view features) still
     # loads, with one warning naming the refit
     from safetensors import safe_open
 
-    from edgedd.stio import serialize
+    from edgedd.core.stio import serialize
 
-    side = bundle / runtime.FINETUNED_FILE
+    side = bundle / finetune.FINETUNED_FILE
     with safe_open(str(side), framework="numpy") as f:
         md = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     assert md.pop("fit_features") == "fp32 backbone"
     side.write_bytes(serialize(tensors, metadata=md))
     with pytest.warns(UserWarning, match="older edgedd.*deploy-check --int8 again"):
-        assert runtime.Bundle.open(bundle, int8=True).projector is not None
+        assert device_bundle.Bundle.open(bundle, int8=True).projector is not None

@@ -1,7 +1,7 @@
-"""The device boundary, read from the source: every module of ``edgedd.device.DEVICE_MODULES`` imports
+"""The device boundary, read from the source: every module of ``edgedd.device.is_device_module`` imports
 only the standard library, the device install's packages and other modules of that list, at top
 level or lazily inside a function; nothing in them imports torch, timm, torchvision, onnx or
-matplotlib, even lazily. The one exception, listed here by name: edgedd.cli's host commands, which
+matplotlib, even lazily. The one exception, listed here by name: edgedd.cli.host's host commands, which
 import their host module inside the command after ``_need_host``. (tests/test_device_light.py runs
 the device commands with the host packages blocked: the same rule, seen at run time.)"""
 
@@ -15,27 +15,29 @@ import pytest
 from _blocker import BLOCKED
 
 import edgedd
-from edgedd.device import DEVICE_MODULES
+from edgedd.device import is_device_module
 
 ROOT = Path(edgedd.__file__).parent
-DEVICE_PACKAGES = {"numpy", "onnxruntime", "safetensors", "typer", "PIL"}  # pyproject's base dependencies (pillow is PIL)
+DEVICE_PACKAGES = {
+    "numpy",
+    "onnxruntime",
+    "safetensors",
+    "typer",
+    "PIL",
+}  # pyproject's base dependencies (pillow is PIL)
 # Optional device packages: package -> the one device module that may import it, lazily (inside a
 # function, so every other device path works without it). ai_edge_litert: --runtime litert.
 OPTIONAL_DEVICE_PACKAGES = {"ai_edge_litert": "edgedd.device.litert"}
 
-# edgedd.cli's host commands and the host module each imports (lazily, inside the command): exactly these.
+# edgedd.cli.host's host commands and the host module each imports (lazily, inside the command): exactly these.
 CLI_HOST_IMPORTS = {
-    ("distill", "edgedd.distill"),
-    ("evaluate", "edgedd.evaluate"),
+    ("distill", "edgedd.distillation.pipeline"),
+    ("evaluate", "edgedd.evaluation.evaluate"),
     ("pack", "edgedd.export.pack"),
-    ("report", "edgedd.report"),
+    ("report", "edgedd.evaluation.report"),
 }
 # edgedd/__init__'s lazy names (PEP 562) that load host modules; edgedd.Bundle and the configs do not.
-PACKAGE_HOST_NAMES = {"distill", "evaluate", "pack", "RunOptions", "EvalConfig", "PackConfig"}
-
-
-def is_device_module(name: str) -> bool:
-    return name in DEVICE_MODULES or name.startswith("edgedd.device.")
+PACKAGE_HOST_NAMES = {"distill", "evaluate", "pack"}
 
 
 def module_file(name: str) -> Path | None:
@@ -47,15 +49,15 @@ def module_file(name: str) -> Path | None:
 
 
 def device_files() -> dict[str, Path]:
-    """module name -> file, for every module of DEVICE_MODULES (edgedd.device: the package and every module in it)."""
+    """module name -> file, for every module of edgedd.device.is_device_module (edgedd.device: the package and every module in it)."""
     files = {}
-    for name in DEVICE_MODULES:
-        path = module_file(name)
-        assert path is not None, f"DEVICE_MODULES lists {name}, which is no module of {ROOT}"
-        files[name] = path
-    for p in sorted((ROOT / "device").glob("*.py")):
-        if p.name != "__init__.py":
-            files[f"edgedd.device.{p.stem}"] = p
+    for p in sorted(ROOT.rglob("*.py")):
+        parts = list(p.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        if is_device_module(".".join(parts)):
+            files[".".join(parts)] = p
+    assert {"edgedd", "edgedd.core.errors", "edgedd.device.bundle", "edgedd.cli.device"} <= set(files)
     return files
 
 
@@ -88,7 +90,9 @@ class Imports(ast.NodeVisitor):
             target = node.module
         for alias in node.names:  # `from . import artifact`: the submodule is what is imported
             sub = f"{target}.{alias.name}"
-            self.found.append((self.function, sub if sub.startswith("edgedd.") and module_file(sub) else target, node.lineno))
+            self.found.append(
+                (self.function, sub if sub.startswith("edgedd.") and module_file(sub) else target, node.lineno)
+            )
 
     def visit_Call(self, node):  # importlib.import_module("literal") / __import__("literal")
         f = node.func
@@ -115,40 +119,55 @@ def test_device_modules_import_only_the_device_side():
             elif top == "edgedd":
                 if is_device_module(target):
                     continue
-                if name == "edgedd.cli" and (function, target) in CLI_HOST_IMPORTS:
+                if name == "edgedd.cli.host" and (function, target) in CLI_HOST_IMPORTS:
                     cli_host.add((function, target))
                 else:
-                    problems.append(f"{where} imports {target}, which is not in edgedd.device.DEVICE_MODULES")
+                    problems.append(
+                        f"{where} imports {target}, which is not device-safe (edgedd.device.is_device_module)"
+                    )
             elif top in OPTIONAL_DEVICE_PACKAGES:
                 if name != OPTIONAL_DEVICE_PACKAGES[top] or function is None:
-                    problems.append(f"{where} imports {target}: an optional device package, only {OPTIONAL_DEVICE_PACKAGES[top]} may, inside a function")
+                    problems.append(
+                        f"{where} imports {target}: an optional device package, only {OPTIONAL_DEVICE_PACKAGES[top]} may, inside a function"
+                    )
             elif top not in sys.stdlib_module_names and top not in DEVICE_PACKAGES:
-                problems.append(f"{where} imports {target}: not the standard library nor a device package ({', '.join(sorted(DEVICE_PACKAGES))})")
+                problems.append(
+                    f"{where} imports {target}: not the standard library nor a device package ({', '.join(sorted(DEVICE_PACKAGES))})"
+                )
     assert not problems, "the device side imports beyond its boundary:\n  " + "\n  ".join(problems)
     assert cli_host == CLI_HOST_IMPORTS  # a listed host import that is gone: take it off the list
 
 
 def test_cli_host_imports_are_inside_host_commands():
-    """Each host import of edgedd.cli is inside a ``[host]`` command, after its ``_need_host`` call, and
+    """Each host import of edgedd.cli.host is inside a ``[host]`` command, after its ``_need_host`` call, and
     no other function of the CLI calls those commands."""
-    path = ROOT / "cli.py"
+    path = ROOT / "cli" / "host.py"
     tree = ast.parse(path.read_text())
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    host_import_line = {f: line for f, t, line in imports_of("edgedd.cli", path) if (f, t) in CLI_HOST_IMPORTS}
+    host_import_line = {f: line for f, t, line in imports_of("edgedd.cli.host", path) if (f, t) in CLI_HOST_IMPORTS}
     host = {f for f, _ in CLI_HOST_IMPORTS}
     for name in host:
         fn = functions[name]
         assert (ast.get_docstring(fn) or "").startswith("[host]"), f"cli.{name} is not marked [host]"
-        need = [n.lineno for n in ast.walk(fn) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "_need_host"]
-        assert need and min(need) < host_import_line[name], f"cli.{name} imports its host module before calling _need_host"
-    calls = {n.func.id for fn in functions.values() for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        need = [
+            n.lineno for n in ast.walk(fn) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "_need_host"
+        ]
+        assert need and min(need) < host_import_line[name], (
+            f"cli.{name} imports its host module before calling _need_host"
+        )
+    calls = {
+        n.func.id
+        for fn in functions.values()
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    }
     assert not calls & host, f"a CLI function calls the host command(s) {sorted(calls & host)}"
 
 
 def test_package_lazy_names():
     """``import edgedd`` imports nothing; of its lazy names only the listed host ones leave the device side."""
     assert {k for k, (module, _) in edgedd._LAZY.items() if not is_device_module(module)} == PACKAGE_HOST_NAMES
-    assert edgedd._LAZY["Bundle"][0] == "edgedd.device.runtime"
+    assert edgedd._LAZY["Bundle"][0] == "edgedd.device.bundle"
 
 
 def test_device_packages_are_the_base_install():
@@ -172,5 +191,9 @@ def test_the_new_runtime_modules_are_on_the_device_side():
     files = device_files()
     for name in ("edgedd.device.mobile", "edgedd.device.ort_scan", "edgedd.device.litert"):
         assert name in files
-    lazy = [(f, t) for f, t, _ in imports_of("edgedd.device.litert", files["edgedd.device.litert"]) if t.startswith("ai_edge_litert")]
+    lazy = [
+        (f, t)
+        for f, t, _ in imports_of("edgedd.device.litert", files["edgedd.device.litert"])
+        if t.startswith("ai_edge_litert")
+    ]
     assert lazy and all(f is not None for f, _ in lazy)

@@ -1,6 +1,6 @@
 """The device side never imports torch, timm, torchvision, onnx or matplotlib: deploy-check, predict,
 inspect, export-data (of an ImageFolder) and ``edgedd.Bundle`` run in a process where importing them
-raises (tests/_blocker.py), and load only edgedd modules of ``edgedd.device.DEVICE_MODULES``."""
+raises (tests/_blocker.py), and load only edgedd modules of ``edgedd.device.is_device_module``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ import shutil
 
 from _blocker import BLOCKED, run_blocked, run_cli_blocked
 
-from edgedd.device import DEVICE_MODULES
-
-
-def _device_module(name: str) -> bool:
-    return name in DEVICE_MODULES or name.startswith("edgedd.device.")
+from edgedd.device import is_device_module
 
 
 def test_device_commands_run_without_torch(packed, tmp_path):
@@ -25,15 +21,25 @@ def test_device_commands_run_without_torch(packed, tmp_path):
         ["predict", str(bundle), img, "--json"],
         ["inspect", str(bundle)],
         ["deploy-check", str(bundle), "--no-fine-tune"],
-        ["export-data", str(packed["heldout"]), str(tmp_path / "exported")],  # an ImageFolder source needs no host install
+        [
+            "export-data",
+            str(packed["heldout"]),
+            str(tmp_path / "exported"),
+        ],  # an ImageFolder source needs no host install
         ["adapt", str(bundle), "--data", str(packed["heldout"])],
     ]
     result, r = run_cli_blocked(argvs)
     assert result["codes"] == [0, 0, 0, 0, 0, 0] and result["heavy"] == [], r.stderr
     assert "edgedd.device.adapt" in result["edgedd"] and "edgedd.device.adaptation" in result["edgedd"]
-    assert [m for m in result["edgedd"] if not _device_module(m)] == []  # e.g. edgedd.data (lazy torch) stays out
-    assert "edgedd.images" in result["edgedd"] and "edgedd.device.runtime" in result["edgedd"]
-    assert sorted(p.name for p in (tmp_path / "exported").iterdir() if not p.name.startswith(".")) == ["circle", "square", "stripes"]
+    assert [
+        m for m in result["edgedd"] if not is_device_module(m)
+    ] == []  # e.g. edgedd.host.data (lazy torch) stays out
+    assert "edgedd.core.images" in result["edgedd"] and "edgedd.device.bundle" in result["edgedd"]
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir() if not p.name.startswith(".")) == [
+        "circle",
+        "square",
+        "stripes",
+    ]
     report, _ = json.JSONDecoder().raw_decode(r.stdout)  # the first --json object printed
     assert report["ok"] and "data_top1" in report
 
@@ -65,5 +71,5 @@ def test_python_api_on_a_device_imports_no_torch(packed, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["after_import"] == [] and out["heavy"] == [] and out["classes"] == ["circle", "square", "stripes"]
-    assert [m for m in out["edgedd"] if not _device_module(m)] == []
+    assert [m for m in out["edgedd"] if not is_device_module(m)] == []
     assert len(out["top"]) == 2 and out["top"][0][0] in out["classes"]

@@ -12,25 +12,33 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import make_image_folder
-from edgedd.augment import center_crop
-from edgedd.config import DistillConfig, StageIConfig, to_dict
-from edgedd.data import canvas_loader
-from edgedd.images import open_dataset
-from edgedd.distill import RunOptions, distill
-from edgedd.errors import EdgeddError
-from edgedd.config import BASELINES
-from edgedd.evaluate import CachedViews, EvalConfig, evaluate_run, load_encoders, load_run
-from edgedd.probes import fit_projector
-from edgedd.rng import torch_generator
-from edgedd.stio import torch_serialize
+
+from edgedd.core.config import BASELINES, DistillConfig, StageIConfig, to_dict
+from edgedd.core.errors import EdgeddError
+from edgedd.core.images import open_dataset
+from edgedd.core.stio import torch_serialize
+from edgedd.distillation.pipeline import RunOptions, distill
+from edgedd.evaluation.evaluate import CachedViews, EvalConfig, evaluate_run, load_encoders, load_run
+from edgedd.evaluation.probes import fit_projector
+from edgedd.host.augment import center_crop
+from edgedd.host.data import canvas_loader
+from edgedd.host.rng import torch_generator
 
 # The reference protocol, shortened. lr 1e-2 instead of 1e-3 * 6 / 256: thirty steps at the
 # protocol's rate leave every probe at its init.
 FAST = EvalConfig(protocol="reference", epochs=30, seeds=2, lr=1e-2, device="cpu")
 CONVERGED = EvalConfig(seeds=2, view_cache=8, device="cpu")
-MODE_KEYS = {"top1_mean", "top1_std", "top5_mean", "seeds", "train_loss_start", "train_loss_final", "train_steps", "stalled"}
+MODE_KEYS = {
+    "top1_mean",
+    "top1_std",
+    "top5_mean",
+    "seeds",
+    "train_loss_start",
+    "train_loss_final",
+    "train_steps",
+    "stalled",
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +52,17 @@ def tiny(tmp_path_factory):
         run = root / "run"
         # golden_lr 1e-2: with the default 5e-4, five epochs of 18 images leave the golden
         # classifier at chance and every CI figure below would be vacuous.
-        distill(str(data), "test_vit", run, weights="random", config=DistillConfig(ipc=2, iterations=20),
-                stage1_config=StageIConfig(golden_views=2, golden_recipe="reference", golden_epochs=5, golden_lr=1e-2),
-                options=RunOptions(device="cpu", num_workers=0, progress=False), crop_res=32, syn_res=32)
+        distill(
+            str(data),
+            "test_vit",
+            run,
+            weights="random",
+            config=DistillConfig(ipc=2, iterations=20),
+            stage1_config=StageIConfig(golden_views=2, golden_recipe="reference", golden_epochs=5, golden_lr=1e-2),
+            options=RunOptions(device="cpu", num_workers=0, progress=False),
+            crop_res=32,
+            syn_res=32,
+        )
     # the same run with the real training canvases in place of the synthetic images
     real = root / "real"
     shutil.copytree(run, real)
@@ -73,11 +89,34 @@ def test_same_seed_same_numbers(tiny):
 
 
 def test_json_contract_with_baselines(tiny):
-    r = evaluate_run(tiny["run"], str(tiny["test"]), modes=("normal", "ci", "kd"), config=FAST, baselines=True, progress=False)
-    assert set(r) == {"method", "backbone", "eval_backbone", "ipc", "protocol", "flow_cosine", "modes", "baselines", "config", "test_images",
-                      "golden", "landing", "copy_ratio", "copy_ratio_start", "starting_set", "stage2_gain"}
+    r = evaluate_run(
+        tiny["run"], str(tiny["test"]), modes=("normal", "ci", "kd"), config=FAST, baselines=True, progress=False
+    )
+    assert set(r) == {
+        "method",
+        "backbone",
+        "eval_backbone",
+        "ipc",
+        "protocol",
+        "flow_cosine",
+        "modes",
+        "baselines",
+        "config",
+        "test_images",
+        "golden",
+        "landing",
+        "copy_ratio",
+        "copy_ratio_start",
+        "starting_set",
+        "stage2_gain",
+    }
     assert r["protocol"] == "reference" and r["golden"]["recipe"] == "reference"
-    assert set(r["landing"]) >= {"centre_offset_mean", "norm_ratio", "golden_top1_centre_view", "golden_top1_augmented_views"}
+    assert set(r["landing"]) >= {
+        "centre_offset_mean",
+        "norm_ratio",
+        "golden_top1_centre_view",
+        "golden_top1_augmented_views",
+    }
     summary = json.loads((tiny["run"] / "summary.json").read_text())
     assert (r["method"], r["backbone"], r["eval_backbone"], r["ipc"]) == ("sfm_anchor", "test_vit", "test_vit", 2)
     assert r["flow_cosine"] == summary["flow_cosine"]
@@ -99,7 +138,9 @@ def test_projector_recovers_identity(protocol):
     there, the closed form (converged) is there."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(256, 16, generator=gen)
-    cfg = EvalConfig(protocol=protocol, epochs=500, batch=128, lr=1e-3, device="cpu", ridge=1e-3)  # a fixed strength: the fit itself
+    cfg = EvalConfig(
+        protocol=protocol, epochs=500, batch=128, lr=1e-3, device="cpu", ridge=1e-3
+    )  # a fixed strength: the fit itself
     fit = fit_projector(CachedViews((x[:, None], x[:, None])), cfg, torch_generator("test", 0), "cpu")
     assert (fit.head.weight - torch.eye(16)).norm() / 16**0.5 < 1e-2
     assert fit.head.bias.norm() < 1e-2
@@ -109,8 +150,13 @@ def test_projector_recovers_identity(protocol):
 def test_converged_protocol_trains_where_the_reference_stalls(tiny):
     """IPC 2 on 3 classes (N = 6): METHOD.md's lr 1e-3 * 6 / 256 for 30 epochs leaves the probe at
     its starting loss, and the result says so; the converged protocol fits it."""
-    ref = evaluate_run(tiny["real"], str(tiny["test"]), modes=("normal",), config=EvalConfig(protocol="reference", epochs=30, seeds=1,
-                       device="cpu"), progress=False)
+    ref = evaluate_run(
+        tiny["real"],
+        str(tiny["test"]),
+        modes=("normal",),
+        config=EvalConfig(protocol="reference", epochs=30, seeds=1, device="cpu"),
+        progress=False,
+    )
     conv = evaluate_run(tiny["real"], str(tiny["test"]), modes=("normal", "kd", "ci"), config=CONVERGED, progress=False)
     assert ref["modes"]["normal"]["stalled"] is True
     for mode, block in conv["modes"].items():
@@ -133,8 +179,16 @@ def test_ci_with_real_images_and_same_backbone_reproduces_golden(tiny):
 
 
 def test_cross_model_all_modes(tiny):
-    r = evaluate_run(tiny["run"], str(tiny["test"]), modes=("normal", "ci", "kd"), eval_backbone="test_efficientnet",
-                     eval_weights="random", eval_crop_res=32, config=FAST, progress=False)
+    r = evaluate_run(
+        tiny["run"],
+        str(tiny["test"]),
+        modes=("normal", "ci", "kd"),
+        eval_backbone="test_efficientnet",
+        eval_weights="random",
+        eval_crop_res=32,
+        config=FAST,
+        progress=False,
+    )
     assert r["backbone"] == "test_vit" and r["eval_backbone"] == "test_efficientnet"
     assert set(r["modes"]) == {"normal", "ci", "kd"}
     for block in r["modes"].values():
@@ -148,8 +202,13 @@ def test_view_cache_close_to_exact_protocol(tiny):
     # the tiny synthetic images leave every mode near chance, where any two numbers agree.
     base = EvalConfig(protocol="reference", epochs=30, seeds=2, lr=1e-3, device="cpu")
     exact = evaluate_run(tiny["real"], str(tiny["test"]), modes=("normal", "ci"), config=base, progress=False)
-    cached = evaluate_run(tiny["real"], str(tiny["test"]), modes=("normal", "ci"),
-                          config=EvalConfig(**{**to_dict(base), "view_cache": 8}), progress=False)
+    cached = evaluate_run(
+        tiny["real"],
+        str(tiny["test"]),
+        modes=("normal", "ci"),
+        config=EvalConfig(**{**to_dict(base), "view_cache": 8}),
+        progress=False,
+    )
     for mode in ("normal", "ci"):
         assert exact["modes"][mode]["top1_mean"] > 0.5
         assert abs(exact["modes"][mode]["top1_mean"] - cached["modes"][mode]["top1_mean"]) <= 0.15
@@ -189,7 +248,7 @@ def test_user_errors(tiny, tmp_path):
 def test_neighbors_by_cosine_not_euclidean():
     """The neighbours baseline picks by cosine (the reference code's): a long vector in the synthetic
     feature's direction wins over a short one that is closer in Euclidean distance."""
-    from edgedd.baselines import select_neighbors
+    from edgedd.evaluation.baselines import select_neighbors
 
     feats = torch.tensor([[0.5, 0.5], [10.0, 0.0], [0.0, 1.0], [0.0, 7.0]])
     labels = torch.tensor([0, 0, 1, 1])

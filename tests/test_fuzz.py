@@ -15,9 +15,9 @@ import struct
 import pytest
 from typer.testing import CliRunner
 
-from edgedd.cli import app
+from edgedd.cli.host import app
+from edgedd.core.errors import EdgeddError
 from edgedd.device import artifact as art
-from edgedd.errors import EdgeddError
 
 ART = "edgedd.artifact.safetensors"
 
@@ -48,8 +48,8 @@ def _cases(data: bytes):
         (b'"__metadata__"', b'"__metadatum"'),
         (b'"F32"', b'"F64"'),
         (b'"U8"', b'"I8"'),
-        (b'circle', b'CIRCLE'),
-        (b'test_vit', b'test_vix'),
+        (b"circle", b"CIRCLE"),
+        (b"test_vit", b"test_vix"),
         (b'"edgedd.sha256":"', b'"edgedd.sha256":"0'),
     ]
     for old, new in edits:
@@ -119,7 +119,9 @@ def _tensor_field(h, meta, rest, rng):  # a shape dim, an offset or the dtype of
     name = rng.choice([k for k in h if k != "__metadata__"])
     field = rng.choice(["shape", "data_offsets", "dtype"])
     if field == "dtype":
-        h[name]["dtype"] = rng.choice([d for d in ("F32", "F64", "F16", "I64", "I32", "U8", "I8", "BOOL", "X9") if d != h[name]["dtype"]])
+        h[name]["dtype"] = rng.choice(
+            [d for d in ("F32", "F64", "F16", "I64", "I32", "U8", "I8", "BOOL", "X9") if d != h[name]["dtype"]]
+        )
     elif h[name][field]:
         i = rng.randrange(len(h[name][field]))
         h[name][field][i] = max(0, _changed(h[name][field][i], rng)) if rng.random() < 0.9 else str(h[name][field][i])
@@ -226,8 +228,18 @@ def test_damaged_artifacts(packed, tmp_path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["missing backbone", "missing projector", "missing classifier", "swap backbone projector", "swap projector classifier",
-     "swap backbone classifier", "garbage backbone", "missing artifact", "bundle is a file", "foreign projector"],
+    [
+        "missing backbone",
+        "missing projector",
+        "missing classifier",
+        "swap backbone projector",
+        "swap projector classifier",
+        "swap backbone classifier",
+        "garbage backbone",
+        "missing artifact",
+        "bundle is a file",
+        "foreign projector",
+    ],
 )
 def test_damaged_bundles(packed, tmp_path, damage):
     bundle = tmp_path / "b"
@@ -263,4 +275,9 @@ def test_process_level_failure_has_no_traceback(packed, tmp_path):
     data[-5] ^= 0xFF
     (bundle / ART).write_bytes(bytes(data))
     r = subprocess.run([sys.executable, "-m", "edgedd", "deploy-check", str(bundle)], capture_output=True, text=True)
-    assert r.returncode == 1 and r.stderr.startswith("error: artifact") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 1
+        and r.stderr.startswith("error: artifact")
+        and r.stderr.count("\n") == 1
+        and "Traceback" not in r.stderr
+    )

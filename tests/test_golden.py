@@ -4,7 +4,7 @@ Every other numeric test compares two edgedd paths with each other (chunked vs o
 ranks vs one, resumed vs uninterrupted), so a change that moves both sides passes them. These
 compare against stored values instead, the way timm pins its models' outputs:
 
-    views.safetensors      edgedd.rng block draws and the view sampler across the 64-row block boundary
+    views.safetensors      edgedd.host.rng block draws and the view sampler across the 64-row block boundary
     pyramid.safetensors    Pyramid.init / extend / grow / decode / from_images from fixed seeds
     losses.safetensors     flow, sfm_loss (both denominators), anchor_loss, decouple_loss and their
                            gradients, on stored feature tensors (inputs stored beside the outputs)
@@ -32,8 +32,8 @@ import shutil
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -56,7 +56,9 @@ def golden(name: str, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, 
     path = GOLDEN / f"{name}.safetensors"
     ci, update = os.environ.get("CI"), os.environ.get(UPDATE)
     if ci and update:
-        pytest.fail(f"{UPDATE} is set under CI: goldens are regenerated on a developer's machine and committed, never in CI")
+        pytest.fail(
+            f"{UPDATE} is set under CI: goldens are regenerated on a developer's machine and committed, never in CI"
+        )
     if update or not path.exists():
         if ci:
             pytest.fail(f"golden {path} is missing; generate it locally with {UPDATE}=1 and commit it")
@@ -67,27 +69,39 @@ def golden(name: str, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, 
     return load_file(path)
 
 
-def assert_golden(name: str, actual: dict[str, torch.Tensor], stored: dict[str, torch.Tensor], atol: float, rtol: float = 0.0,
-                  keys: list[str] | None = None) -> None:
+def assert_golden(
+    name: str,
+    actual: dict[str, torch.Tensor],
+    stored: dict[str, torch.Tensor],
+    atol: float,
+    rtol: float = 0.0,
+    keys: list[str] | None = None,
+) -> None:
     """``actual`` equals the stored tensors (those named in ``keys``, default all) within atol + rtol * |stored|."""
     keys = sorted(stored) if keys is None else keys
     assert sorted(actual) == sorted(keys), f"golden {name}: tensors {sorted(actual)} != stored {sorted(keys)}"
     for k in keys:
         a, e = actual[k].detach().cpu(), stored[k]
-        assert a.dtype == e.dtype and a.shape == e.shape, f"golden {name}[{k}]: {a.dtype} {tuple(a.shape)} != stored {e.dtype} {tuple(e.shape)}"
+        assert a.dtype == e.dtype and a.shape == e.shape, (
+            f"golden {name}[{k}]: {a.dtype} {tuple(a.shape)} != stored {e.dtype} {tuple(e.shape)}"
+        )
         if e.is_floating_point():
-            torch.testing.assert_close(a, e, atol=atol, rtol=rtol, msg=lambda m, k=k: f"golden {name}[{k}] moved: {m}\n{HOW}")
+            torch.testing.assert_close(
+                a, e, atol=atol, rtol=rtol, msg=lambda m, k=k: f"golden {name}[{k}] moved: {m}\n{HOW}"
+            )
         else:
-            assert torch.equal(a, e), f"golden {name}[{k}] moved: {int((a != e).sum())} of {e.numel()} values differ\n{HOW}"
+            assert torch.equal(a, e), (
+                f"golden {name}[{k}] moved: {int((a != e).sum())} of {e.numel()} values differ\n{HOW}"
+            )
 
 
 # ----------------------------------------------------------------------------- 1. draws across the block boundary
 
 
 def make_views() -> dict[str, torch.Tensor]:
-    from edgedd.augment import StepDraws, sample_views
-    from edgedd.config import AugmentConfig
-    from edgedd.rng import BLOCK, draw_seed, randn_rows, splitmix64
+    from edgedd.core.config import AugmentConfig
+    from edgedd.host.augment import StepDraws, sample_views
+    from edgedd.host.rng import BLOCK, draw_seed, randn_rows, splitmix64
 
     assert BLOCK == 64  # what the rows below straddle
     out: dict[str, torch.Tensor] = {}
@@ -102,7 +116,11 @@ def make_views() -> dict[str, torch.Tensor]:
         out[f"sample_views_{sampler}.boxes"], out[f"sample_views_{sampler}.flips"] = v.boxes, v.flips
     draws = StepDraws.draw(torch.Generator().manual_seed(11), 130, AugmentConfig(), 8)
     p = draws.params(60, 70)
-    out["step_draws_60_70.boxes"], out["step_draws_60_70.flips"], out["step_draws_60_70.noise"] = p.views.boxes, p.views.flips, p.noise
+    out["step_draws_60_70.boxes"], out["step_draws_60_70.flips"], out["step_draws_60_70.noise"] = (
+        p.views.boxes,
+        p.views.flips,
+        p.noise,
+    )
     return out
 
 
@@ -112,7 +130,7 @@ def test_golden_view_draws():
     # integers (seeds, flips) exactly; float draws to 1e-6: any changed draw moves them by O(0.1)
     assert_golden("views", actual, stored, atol=1e-6, rtol=1e-6)
     # and rows 60..70 are what the whole draw holds there (the relative property the golden anchors)
-    from edgedd.rng import randn_rows
+    from edgedd.host.rng import randn_rows
 
     whole = randn_rows(int(stored["base_seed"]), 130, 0, 130, (3,), "cpu")
     assert torch.equal(whole[60:70], actual["randn_rows_60_70"])
@@ -122,7 +140,7 @@ def test_golden_view_draws():
 
 
 def make_pyramid() -> dict[str, torch.Tensor]:
-    from edgedd.synthetic import Pyramid, extension_steps
+    from edgedd.distillation.pyramid import Pyramid, extension_steps
 
     out: dict[str, torch.Tensor] = {}
     gen = torch.Generator().manual_seed(5)
@@ -161,11 +179,15 @@ def _loss_inputs() -> dict[str, torch.Tensor]:
 
 
 def loss_outputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from edgedd.losses import anchor_loss, centre_separation, decouple_loss, flow, sfm_loss, synthetic_flow
+    from edgedd.distillation.losses import anchor_loss, centre_separation, decouple_loss, flow, sfm_loss, synthetic_flow
 
     z0, mu = inputs["in.z"], inputs["in.centres_real"]
-    out = {"flow_real": flow(mu), "flow_syn": synthetic_flow(z0, 3), "flow_syn_reference": synthetic_flow(z0, 3, "reference"),
-           "centre_separation": centre_separation(mu)}
+    out = {
+        "flow_real": flow(mu),
+        "flow_syn": synthetic_flow(z0, 3),
+        "flow_syn_reference": synthetic_flow(z0, 3, "reference"),
+        "centre_separation": centre_separation(mu),
+    }
     f_real = out["flow_real"]
     for name, fn in {
         "sfm": lambda z: sfm_loss(z, f_real),
@@ -192,8 +214,17 @@ def test_golden_losses():
     inputs = {k: v for k, v in stored.items() if k.startswith("in.")}
     actual = {f"out.{k}": v for k, v in loss_outputs(inputs).items()}
     # float64 inputs: the outputs agree to rounding; float32 to its own
-    assert_golden("losses", {"out.sfm_float32": actual.pop("out.sfm_float32")}, stored, atol=1e-6, keys=["out.sfm_float32"])
-    assert_golden("losses", actual, stored, atol=1e-10, rtol=1e-9, keys=[k for k in sorted(stored) if k.startswith("out.") and "float32" not in k])
+    assert_golden(
+        "losses", {"out.sfm_float32": actual.pop("out.sfm_float32")}, stored, atol=1e-6, keys=["out.sfm_float32"]
+    )
+    assert_golden(
+        "losses",
+        actual,
+        stored,
+        atol=1e-10,
+        rtol=1e-9,
+        keys=[k for k in sorted(stored) if k.startswith("out.") and "float32" not in k],
+    )
 
 
 # ----------------------------------------------------------------------------- 4. five distill steps
@@ -221,7 +252,7 @@ def tiny_weights() -> Path:
     if not WEIGHTS.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{WEIGHTS} is missing; it is made once on a developer's machine and committed, never under CI")
-        from edgedd.backbones import load_backbone
+        from edgedd.backbones.loader import load_backbone
 
         model, _ = load_backbone("test_vit", "random", input_size=32, resize_size=32, seed=0)
         WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
@@ -231,25 +262,37 @@ def tiny_weights() -> Path:
 
 
 def run_tiny_distill(root: Path) -> Path:
-    from edgedd.config import DistillConfig, StageIConfig
-    from edgedd.distill import RunOptions, distill
+    from edgedd.core.config import DistillConfig, StageIConfig
+    from edgedd.distillation.pipeline import RunOptions, distill
 
     data = make_png_folder(root / "data")
     out = root / "run"
-    distill(str(data), "test_vit", out, weights=str(tiny_weights()),
-            config=DistillConfig(ipc=1, iterations=5, init="noise"),  # noise init: the 5 steps grow the pyramid 1 -> 32 px
-            stage1_config=StageIConfig(golden_views=2),
-            options=RunOptions(device="cpu", num_workers=0, progress=False, preview_every=0, checkpoint_every=0, use_cache=False),
-            crop_res=32, syn_res=32)
+    distill(
+        str(data),
+        "test_vit",
+        out,
+        weights=str(tiny_weights()),
+        config=DistillConfig(ipc=1, iterations=5, init="noise"),  # noise init: the 5 steps grow the pyramid 1 -> 32 px
+        stage1_config=StageIConfig(golden_views=2),
+        options=RunOptions(
+            device="cpu", num_workers=0, progress=False, preview_every=0, checkpoint_every=0, use_cache=False
+        ),
+        crop_res=32,
+        syn_res=32,
+    )
     return out
 
 
 def distill_outputs(out: Path) -> dict[str, torch.Tensor]:
     syn, stats = load_file(out / "synthetic.safetensors"), load_file(out / "stats.safetensors")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"images": syn["images"], "labels": syn["labels"], "centres": stats["centres"].float(),
-            "loss": torch.tensor([r["loss"] for r in rows], dtype=torch.float64),
-            "resolution": torch.tensor([r["resolution"] for r in rows], dtype=torch.int64)}
+    return {
+        "images": syn["images"],
+        "labels": syn["labels"],
+        "centres": stats["centres"].float(),
+        "loss": torch.tensor([r["loss"] for r in rows], dtype=torch.float64),
+        "resolution": torch.tensor([r["resolution"] for r in rows], dtype=torch.int64),
+    }
 
 
 def test_golden_tiny_distill(tmp_path):
@@ -261,7 +304,9 @@ def test_golden_tiny_distill(tmp_path):
     assert_golden("distill", {"centres": actual["centres"]}, stored, atol=1e-4, rtol=1e-4, keys=["centres"])
     # the losses (~75-165, float32: one ulp is 8e-6-1.5e-5) to 1e-5 relative
     assert_golden("distill", {"loss": actual["loss"]}, stored, atol=0, rtol=1e-5, keys=["loss"])
-    assert_golden("distill", {k: actual[k] for k in ("labels", "resolution")}, stored, atol=0, keys=["labels", "resolution"])
+    assert_golden(
+        "distill", {k: actual[k] for k in ("labels", "resolution")}, stored, atol=0, keys=["labels", "resolution"]
+    )
 
 
 # ----------------------------------------------------------------------------- 5. stio vs the safetensors library
@@ -271,7 +316,11 @@ STIO_CASES = {
     "float32_2d": {"a": np.arange(6, dtype=np.float32).reshape(2, 3) / 7},
     "float64_one": {"s": np.array([3.25])},
     "float16_and_int64": {"b": np.arange(3, dtype=np.int64) - 1, "w": np.linspace(-1, 1, 5).astype(np.float16)},
-    "int8_int16_int32_odd": {"x": np.arange(-3, 4, dtype=np.int32), "y": np.arange(5, dtype=np.int16), "z": np.arange(7, dtype=np.int8)},
+    "int8_int16_int32_odd": {
+        "x": np.arange(-3, 4, dtype=np.int32),
+        "y": np.arange(5, dtype=np.int16),
+        "z": np.arange(7, dtype=np.int8),
+    },
     "uint8_images": {"images": np.arange(2 * 3 * 5 * 5, dtype=np.uint8).reshape(2, 3, 5, 5)},
     "bool_and_empty_same_dtype": {"m": np.array([True, False, True])},
     "empty_float32": {"e": np.zeros((0, 4), np.float32), "f": np.ones((1, 4), np.float32)},
@@ -287,7 +336,7 @@ def test_stio_bytes_equal_the_safetensors_library(case):
     library's order here: it sorts by dtype alignment first, see test_stio_order_differs...)."""
     from safetensors.numpy import save
 
-    from edgedd.stio import serialize
+    from edgedd.core.stio import serialize
 
     tensors = STIO_CASES[case]
     assert serialize(tensors) == save(tensors)
@@ -298,7 +347,7 @@ def test_stio_order_differs_from_the_library_for_mixed_alignment():
     Both files hold the same tensors and the library reads edgedd's."""
     from safetensors.numpy import load, save
 
-    from edgedd.stio import serialize
+    from edgedd.core.stio import serialize
 
     tensors = {"a": np.arange(3, dtype=np.uint8), "b": np.arange(3, dtype=np.float64)}
     ours = serialize(tensors)
@@ -316,7 +365,9 @@ def test_format_1_0_artifact_opens_today():
 
     expected = json.loads((V1_0 / "expected.json").read_text())
     path = V1_0 / "edgedd.artifact.safetensors"
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == expected["file_sha256"], "the stored 1.0 artifact itself changed"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == expected["file_sha256"], (
+        "the stored 1.0 artifact itself changed"
+    )
     a = artifact.read(path)  # verified and schema-validated by today's reader
     assert a.meta["format"] == "1.0" and artifact.FORMAT != "1.0"
     assert a.file_sha256 == expected["file_sha256"]
@@ -332,7 +383,7 @@ def test_format_1_0_artifact_opens_today():
 
 def test_format_1_0_run_directory_loads_today():
     from edgedd.device import artifact
-    from edgedd.rundir import load_run
+    from edgedd.distillation.rundir import load_run
 
     expected = json.loads((V1_0 / "expected.json").read_text())
     run = load_run(V1_0 / "run")
@@ -344,7 +395,9 @@ def test_format_1_0_run_directory_loads_today():
     # the artifact was packed from this run: its images, labels and golden classifier are the run's
     a = artifact.read(V1_0 / "edgedd.artifact.safetensors")
     assert np.array_equal(a["synthetic.labels"], run.labels.numpy())
-    assert np.abs(a["synthetic.images"].astype(np.int16) - np.round(run.images.numpy() * 255).astype(np.int16)).max() <= 1
+    assert (
+        np.abs(a["synthetic.images"].astype(np.int16) - np.round(run.images.numpy() * 255).astype(np.int16)).max() <= 1
+    )
     np.testing.assert_array_equal(a["classifier.weight"], run.golden_weight.numpy())
     np.testing.assert_array_equal(a["classifier.bias"], run.golden_bias.numpy())
 
@@ -366,8 +419,8 @@ def make_v1_0(old_checkout: Path, python: str = sys.executable) -> None:
     script = f"""
 import os, json
 os.environ["EDGEDD_CACHE_DIR"] = {str(work / "cache")!r}; os.environ["EDGEDD_PROGRESS"] = "0"
-from edgedd.config import DistillConfig, StageIConfig
-from edgedd.distill import RunOptions, distill
+from edgedd.core.config import DistillConfig, StageIConfig
+from edgedd.distillation.pipeline import RunOptions, distill
 from edgedd.device import artifact
 from export.pack import PackConfig, pack
 assert artifact.FORMAT == "1.0", artifact.FORMAT
@@ -376,11 +429,20 @@ distill({str(data)!r}, "test_vit", {str(work / "run")!r}, weights={str(WEIGHTS)!
         crop_res=32, syn_res=32)
 pack({str(work / "run")!r}, {str(work / "bundle")!r}, config=PackConfig(views=4, selftest_images=2), device="cpu")
 """
-    subprocess.run([python, "-c", script], check=True, cwd=old_checkout, env={**os.environ, "PYTHONPATH": str(old_checkout)})
+    subprocess.run(
+        [python, "-c", script], check=True, cwd=old_checkout, env={**os.environ, "PYTHONPATH": str(old_checkout)}
+    )
     shutil.rmtree(V1_0, ignore_errors=True)
     (V1_0 / "run").mkdir(parents=True)
-    for f in ("synthetic.safetensors", "synthetic.json", "golden_classifier.safetensors", "stats.safetensors", "stage1.json",
-              "summary.json", "run.json"):
+    for f in (
+        "synthetic.safetensors",
+        "synthetic.json",
+        "golden_classifier.safetensors",
+        "stats.safetensors",
+        "stage1.json",
+        "summary.json",
+        "run.json",
+    ):
         shutil.copy2(work / "run" / f, V1_0 / "run" / f)
     shutil.copy2(work / "bundle" / "edgedd.artifact.safetensors", V1_0 / "edgedd.artifact.safetensors")
     from safetensors.numpy import load

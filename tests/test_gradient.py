@@ -3,10 +3,10 @@ real augmentation (fixed views and noise) and a real timm backbone, in float64."
 
 import torch
 
-from edgedd.augment import apply_augment, normalize, sample_augment
-from edgedd.config import AugmentConfig
-from edgedd.losses import flow, sfm_loss
-from edgedd.backbones import load_backbone
+from edgedd.backbones.loader import load_backbone
+from edgedd.core.config import AugmentConfig
+from edgedd.distillation.losses import flow, sfm_loss
+from edgedd.host.augment import apply_augment, normalize, sample_augment
 
 
 def test_sfm_pixel_gradient_matches_finite_difference():

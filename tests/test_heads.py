@@ -1,13 +1,13 @@
-"""The one linear-head trainer (edgedd.heads): the converged recipe reaches its optimum at small N
+"""The one linear-head trainer (edgedd.host.heads): the converged recipe reaches its optimum at small N
 where METHOD.md's reference recipe does not, and the closed-form projector is the device's fit."""
 
 import numpy as np
 import torch
 
-from edgedd.device.runtime import fit_projector_ridge
-from edgedd.heads import Fit, ce_loss, fit_lbfgs, fit_ridge, mse_loss, new_probe, new_projector, train_reference
-from edgedd.statistics import holdout_split, train_golden
-from edgedd.config import StageIConfig
+from edgedd.core.config import StageIConfig
+from edgedd.device.ridge import fit_ridge as fit_projector_ridge
+from edgedd.distillation.stage1 import holdout_split, train_golden
+from edgedd.host.heads import Fit, ce_loss, fit_lbfgs, fit_ridge, mse_loss, new_probe, new_projector, train_reference
 
 
 class _Cached:
@@ -37,8 +37,15 @@ def test_converged_reaches_low_loss_at_n10_where_reference_does_not():
     bound = 0.1  # the converged recipe's training CE must end below this; ln(10) = 2.30 is chance
     conv = fit_lbfgs(new_probe(32, 10, torch.Generator().manual_seed(0), "cpu"), (x,), ce_loss(y), l2=1e-3)
     batch = 10
-    ref = train_reference(new_probe(32, 10, torch.Generator().manual_seed(0), "cpu"), _Cached((x,)), ce_loss(y), epochs=1000,
-                          batch=batch, lr=1e-3 * batch / 256, gen=torch.Generator().manual_seed(0))
+    ref = train_reference(
+        new_probe(32, 10, torch.Generator().manual_seed(0), "cpu"),
+        _Cached((x,)),
+        ce_loss(y),
+        epochs=1000,
+        batch=batch,
+        lr=1e-3 * batch / 256,
+        gen=torch.Generator().manual_seed(0),
+    )
     assert conv.loss_final < bound, conv.report()
     assert ref.loss_final > 10 * bound, ref.report()  # METHOD.md's lr 3.9e-5 at N = 10: barely moves
     assert not conv.stalled
@@ -68,7 +75,9 @@ def test_chunked_lbfgs_equals_one_chunk():
     one = fit_lbfgs(new_probe(32, 10, torch.Generator().manual_seed(0), "cpu"), (x,), ce_loss(y), l2=1e-3)
     many = fit_lbfgs(new_probe(32, 10, torch.Generator().manual_seed(0), "cpu"), (x,), ce_loss(y), l2=1e-3, chunk=48)
     assert abs(one.loss_final - many.loss_final) < 1e-4
-    assert torch.allclose(one.head.weight, many.head.weight, atol=5e-3)  # float sums in another order: a few L-BFGS iterations apart
+    assert torch.allclose(
+        one.head.weight, many.head.weight, atol=5e-3
+    )  # float sums in another order: a few L-BFGS iterations apart
 
 
 def test_ridge_is_the_devices_fit_and_recovers_the_identity():
@@ -107,5 +116,7 @@ def test_golden_recipes():
     assert rep["recipe"] == "converged" and rep["inputs"] == "centre"
     assert rep["heldout_top1"] >= 0.9 and rep["train_top1_centre_crop"] >= 0.95
     assert rep["loss_final"] < 0.5 * rep["loss_start"] and len(rep["candidates"]) == 8
-    _, _, ref = train_golden(feats, labels, c, StageIConfig(golden_recipe="reference", golden_epochs=2), torch.device("cpu"), progress=False)
+    _, _, ref = train_golden(
+        feats, labels, c, StageIConfig(golden_recipe="reference", golden_epochs=2), torch.device("cpu"), progress=False
+    )
     assert ref["recipe"] == "reference" and ref["heldout_top1"] is None and "loss_final" in ref

@@ -5,12 +5,12 @@ import json
 
 import numpy as np
 import torch
+from conftest import tiny_distill_args
 from typer.testing import CliRunner
 
-from conftest import tiny_distill_args
-from edgedd.cli import app
-from edgedd.lgm import StepBatches, head_gradient, lgm_loss, random_head
-from edgedd.losses import class_centres, flow
+from edgedd.cli.host import app
+from edgedd.distillation.lgm import StepBatches, head_gradient, lgm_loss, random_head
+from edgedd.distillation.losses import class_centres, flow
 
 
 def _closed_form_grad(z, y, w, b):
@@ -69,8 +69,22 @@ def test_step_batches_are_resumable():
 
 
 def test_distill_lgm_through_the_cli(image_folder, tmp_path):
-    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "lgm", "--method", "lgm", "--iterations", "3", "--augs-per-batch", "2",
-                                                  "--init", "noise", "--json"))
+    r = CliRunner().invoke(
+        app,
+        tiny_distill_args(
+            image_folder,
+            tmp_path / "lgm",
+            "--method",
+            "lgm",
+            "--iterations",
+            "3",
+            "--augs-per-batch",
+            "2",
+            "--init",
+            "noise",
+            "--json",
+        ),
+    )
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["method"] == "lgm" and s["config"]["augs_per_batch"] == 2
@@ -81,5 +95,7 @@ def test_distill_lgm_through_the_cli(image_folder, tmp_path):
     assert step["step"] == 2 and step["kind"] == s["stage2_memory"]["kind"]
     if step["kind"] is not None:
         assert s["stage2_memory"]["peak_mb"] >= step["peak_mb"] and step["working_mb"] >= 0
-    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "lgm10", "--method", "lgm", "--iterations", "1", "--json"))
+    r = CliRunner().invoke(
+        app, tiny_distill_args(image_folder, tmp_path / "lgm10", "--method", "lgm", "--iterations", "1", "--json")
+    )
     assert json.loads(r.stdout)["config"]["augs_per_batch"] == 10  # LGM's reference default

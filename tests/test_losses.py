@@ -4,7 +4,15 @@ denominator is only equivalent at IPC = 1, and the decoupled ablation behaves li
 import pytest
 import torch
 
-from edgedd.losses import class_centres, decouple_loss, flow, sfm_loss, synthetic_flow, anchor_loss, centre_separation
+from edgedd.distillation.losses import (
+    anchor_loss,
+    centre_separation,
+    class_centres,
+    decouple_loss,
+    flow,
+    sfm_loss,
+    synthetic_flow,
+)
 
 
 def _features(c, ipc, d, seed=0):
@@ -87,7 +95,9 @@ def test_anchor_is_zero_on_the_real_centres_and_sees_a_common_shift():
 
 def test_anchor_is_scale_free():
     mu = _centres(seed=1)
-    z = mu.repeat_interleave(2, dim=0) + 0.3 * torch.randn(10, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    z = mu.repeat_interleave(2, dim=0) + 0.3 * torch.randn(
+        10, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
     a = anchor_loss(z, flow(mu), mu, beta=0.5)
     b = anchor_loss(10 * z, flow(10 * mu), 10 * mu, beta=0.5)
     assert abs(float(a - b)) < 1e-10

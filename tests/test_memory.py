@@ -1,11 +1,11 @@
-"""edgedd.memory: a step measured inside a phase must not lose the phase's own peak."""
+"""edgedd.host.memory: a step measured inside a phase must not lose the phase's own peak."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from edgedd.memory import PhaseMemory
+from edgedd.host.memory import PhaseMemory
 
 
 def _touch(mb: int) -> torch.Tensor:
@@ -31,7 +31,7 @@ def test_nested_step_keeps_the_phase_peak():
 
 
 def test_saved_tensors_counts_storages_by_stage_and_skips_excluded():
-    from edgedd.memory import SavedTensors
+    from edgedd.host.memory import SavedTensors
 
     x = torch.randn(256, 256, requires_grad=True)  # 0.25 MB
     w = torch.randn(256, 256)

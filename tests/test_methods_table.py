@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgedd.config import DistillConfig
+from edgedd.core.config import DistillConfig
 
 SCRIPT = Path(__file__).parent.parent / "bench" / "methods_table.py"
 
@@ -35,9 +35,17 @@ def test_cells_are_resumable_and_tabled(mt, tmp_path, monkeypatch, capsys):
 
     def fake_cell(a, label, cfg, ipc, seed, results):
         calls.append((label, ipc, seed))
-        return {"variant": label, "method": cfg.method, "ipc": ipc, "seed": seed, "run": str(results / label), "final_loss": 1.0 + seed,
-                "copy_ratio": {"pixels": {"median": 0.2, "below": 10, "images": 10}}, "top1": {"normal": 0.8 + 0.02 * seed, "ci": 0.9},
-                "stage2_gain": {"normal": 0.05}}
+        return {
+            "variant": label,
+            "method": cfg.method,
+            "ipc": ipc,
+            "seed": seed,
+            "run": str(results / label),
+            "final_loss": 1.0 + seed,
+            "copy_ratio": {"pixels": {"median": 0.2, "below": 10, "images": 10}},
+            "top1": {"normal": 0.8 + 0.02 * seed, "ci": 0.9},
+            "stage2_gain": {"normal": 0.05},
+        }
 
     def fake_baselines(a, cell, results):
         calls.append(("baselines", cell["ipc"]))
@@ -45,7 +53,19 @@ def test_cells_are_resumable_and_tabled(mt, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(mt, "run_cell", fake_cell)
     monkeypatch.setattr(mt, "run_baselines", fake_baselines)
-    argv = ["methods_table.py", "--results", str(tmp_path), "--ipc", "10", "--seeds", "0", "1", "--variant", "default=sfm_anchor", "-q"]
+    argv = [
+        "methods_table.py",
+        "--results",
+        str(tmp_path),
+        "--ipc",
+        "10",
+        "--seeds",
+        "0",
+        "1",
+        "--variant",
+        "default=sfm_anchor",
+        "-q",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     mt.main()
     assert calls == [("default", 10, 0), ("default", 10, 1), ("baselines", 10)]

@@ -12,14 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgedd.backbones import load_backbone
-from edgedd.cli import app
+from edgedd.backbones.loader import load_backbone
+from edgedd.cli.host import app
+from edgedd.core.errors import EdgeddError
 from edgedd.device import artifact as art
+from edgedd.device.bundle import Bundle
 from edgedd.device.infer import backbone_features
 from edgedd.device.mobile import readiness
 from edgedd.device.ort_scan import Malformed, uses_external_data
-from edgedd.device.runtime import Bundle
-from edgedd.errors import EdgeddError
 from edgedd.export.pack import PackConfig, pack
 
 
@@ -27,7 +27,9 @@ from edgedd.export.pack import PackConfig, pack
 def ort_bundle(packed, tmp_path_factory):
     """The session's run packed again with --ort and a fixed batch of 2."""
     out = tmp_path_factory.mktemp("ort") / "bundle"
-    result = pack(packed["run"], out, config=PackConfig(views=8, projector_epochs=100, ort=True, static_batch=2), device="cpu")
+    result = pack(
+        packed["run"], out, config=PackConfig(views=8, projector_epochs=100, ort=True, static_batch=2), device="cpu"
+    )
     return {"bundle": out, "result": result}
 
 
@@ -46,7 +48,9 @@ def test_static_backbone_is_fixed_and_within_tolerance_of_torch(packed):
     model = onnx.load_from_string(data)
     onnx.checker.check_model(model, full_check=True)
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == [1, 3, 32, 32] and not any(d.dim_param for v in model.graph.output for d in v.type.tensor_type.shape.dim)
+    assert dims == [1, 3, 32, 32] and not any(
+        d.dim_param for v in model.graph.output for d in v.type.tensor_type.shape.dim
+    )
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref = _torch_backbone()(x).numpy()
@@ -60,7 +64,9 @@ def test_mobile_readiness_is_onnxruntimes_and_fixed_shapes_help(packed):
     meta = art.read(b / art.ARTIFACT_FILE).meta
     recorded = meta["onnx"]["backbone_static"]["mobile"]
     assert recorded["available"] and set(recorded["targets"]) == {"NNAPI", "CoreML MLProgram", "CoreML NeuralNetwork"}
-    assert recorded == readiness((b / "backbone.static.onnx").read_bytes())  # what pack recorded is the checker's answer
+    assert recorded == readiness(
+        (b / "backbone.static.onnx").read_bytes()
+    )  # what pack recorded is the checker's answer
     dynamic = readiness((b / "backbone.onnx").read_bytes())["targets"]
     for name, t in recorded["targets"].items():  # (node counts differ: the checker optimises each graph first)
         assert t["supported_pct"] >= dynamic[name]["supported_pct"]
@@ -115,10 +121,14 @@ def test_batches_of_the_static_size_run_the_static_graph(ort_bundle):
 
 
 def test_deploy_check_reports_providers_and_readiness(packed):
-    r = CliRunner().invoke(app, ["deploy-check", str(packed["bundle"]), "--no-fine-tune", "--json", "--provider", "CPUExecutionProvider"])
+    r = CliRunner().invoke(
+        app, ["deploy-check", str(packed["bundle"]), "--no-fine-tune", "--json", "--provider", "CPUExecutionProvider"]
+    )
     assert r.exit_code in (0, 3), r.output[-500:]
     report = json.loads(r.stdout)
-    assert report["providers_used"] == ["CPUExecutionProvider"] and "CPUExecutionProvider" in report["providers_available"]
+    assert (
+        report["providers_used"] == ["CPUExecutionProvider"] and "CPUExecutionProvider" in report["providers_available"]
+    )
     assert report["runtime"] == "onnx" and report["static_batch"] == 1
     m = report["mobile_readiness"]
     assert m["source"] == "here" and m["targets"]["NNAPI"]["nodes"] > 0
@@ -149,7 +159,12 @@ def test_litert_graphs_run_like_onnx(packed, tmp_path):
     pytest.importorskip("ai_edge_litert")
     out = tmp_path / "bundle"
     try:
-        pack(packed["run"], out, config=PackConfig(views=8, projector_epochs=100, litert=True, expect_images=0), device="cpu")
+        pack(
+            packed["run"],
+            out,
+            config=PackConfig(views=8, projector_epochs=100, litert=True, expect_images=0),
+            device="cpu",
+        )
     except EdgeddError as e:
         # litert-torch 0.10 has no lowering for the bicubic antialiased resize timm's ViT uses on its position
         # embedding at another image size: refused in one line naming it, and nothing is written
@@ -159,7 +174,11 @@ def test_litert_graphs_run_like_onnx(packed, tmp_path):
     meta = art.read(out / art.ARTIFACT_FILE).meta
     for role, g in meta["litert"]["graphs"].items():
         data = (out / g["file"]).read_bytes()
-        assert data[4:8] == b"TFL3" and hashlib.sha256(data).hexdigest() == g["sha256"] and g["parity"]["max_rel_error"] <= 1e-3
+        assert (
+            data[4:8] == b"TFL3"
+            and hashlib.sha256(data).hexdigest() == g["sha256"]
+            and g["parity"]["max_rel_error"] <= 1e-3
+        )
     images = list(art.read(out / art.ARTIFACT_FILE)["synthetic.images"].transpose(0, 2, 3, 1))
     p_onnx, p_lite = Bundle.open(out).probabilities(images), Bundle.open(out, runtime="litert").probabilities(images)
     np.testing.assert_array_equal(p_onnx.argmax(1), p_lite.argmax(1))

@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from edgedd.backbones import load_backbone
-from edgedd.cli import app
-from edgedd.device import artifact as art, runtime
-from edgedd.errors import EdgeddError
+from edgedd.backbones.loader import load_backbone
+from edgedd.cli.host import app
+from edgedd.core.errors import EdgeddError
+from edgedd.device import artifact as art
+from edgedd.device import bundle, finetune
 from edgedd.export.pack import PackConfig, pack
 
 
@@ -45,7 +46,10 @@ def test_onnx_parity_with_torch(packed, batch):
         f = model(x)
     got_f = _sess(packed["bundle"] / "backbone.onnx").run(None, {"images": x.numpy()})[0]
     np.testing.assert_allclose(got_f, f.numpy(), rtol=1e-4, atol=1e-4)
-    w, b = torch.tensor(a["projector.weight"]), torch.tensor(a["projector.bias"])  # copies: artifact tensors are read-only
+    w, b = (
+        torch.tensor(a["projector.weight"]),
+        torch.tensor(a["projector.bias"]),
+    )  # copies: artifact tensors are read-only
     p = torch.nn.functional.linear(f, w, b)
     got_p = _sess(packed["bundle"] / "projector.onnx").run(None, {"features": f.numpy()})[0]
     np.testing.assert_allclose(got_p, p.numpy(), rtol=1e-5, atol=1e-5)
@@ -64,7 +68,7 @@ def test_artifact_contents(packed):
     assert a.meta["class_names"] == ["circle", "square", "stripes"]
     assert a.meta["edge"]["preprocess"]["mean"] and a.meta["distill"]["backbone"]["weights_sha256"]
     for g in a.meta["onnx"].values():
-        from edgedd.atomic import sha256_file
+        from edgedd.core.atomic import sha256_file
 
         assert sha256_file(packed["bundle"] / g["file"]) == g["sha256"]
 
@@ -90,7 +94,7 @@ def test_pack_is_byte_deterministic_and_never_moves_its_models(packed, tmp_path,
     """Pack exports and self-tests from CPU copies: the models it loaded on --device stay there
     (moving one, as pack once did with ``.cpu()`` then ``.to(dev)``, breaks --device cuda:
     the CPU self-test then meets a CUDA model). Every move goes through Module._apply."""
-    import edgedd.backbones as backbones
+    import edgedd.backbones.loader as backbones
     import edgedd.export.pack as pack_module
 
     loaded, moved = [], []
@@ -110,7 +114,11 @@ def test_pack_is_byte_deterministic_and_never_moves_its_models(packed, tmp_path,
     monkeypatch.setattr(torch.nn.Module, "_apply", watched_apply)
     pack(packed["run"], tmp_path / "again", config=PackConfig(views=8, projector_epochs=100), device="cpu")
     assert loaded and not moved
-    for f in sorted(p.name for p in packed["bundle"].iterdir() if p.suffix in (".onnx", ".safetensors") and "finetuned" not in p.name):
+    for f in sorted(
+        p.name
+        for p in packed["bundle"].iterdir()
+        if p.suffix in (".onnx", ".safetensors") and "finetuned" not in p.name
+    ):
         assert (tmp_path / "again" / f).read_bytes() == (packed["bundle"] / f).read_bytes(), f
 
 
@@ -146,8 +154,24 @@ def test_pack_refuses_bad_input(packed, tmp_path):
 def test_edge_backbone_differs_from_distillation_backbone(packed, tmp_path):
     """B != A: a smaller CNN edge backbone inherits the ViT's golden classifier."""
     out = tmp_path / "edge"
-    r = CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(out), "--edge-backbone", "test_efficientnet",
-                                 "--edge-weights", "random", "--edge-crop-res", "32", "--projector-epochs", "100", "--json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "pack",
+            str(packed["run"]),
+            "--out",
+            str(out),
+            "--edge-backbone",
+            "test_efficientnet",
+            "--edge-weights",
+            "random",
+            "--edge-crop-res",
+            "32",
+            "--projector-epochs",
+            "100",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["edge_backbone"] == "test_efficientnet" and res["distill_backbone"] == "test_vit"
@@ -158,11 +182,17 @@ def test_edge_backbone_differs_from_distillation_backbone(packed, tmp_path):
     # weakest ridge drops to chance depends on the draws; the failing path is test_deploy's.)
     chosen = CliRunner().invoke(app, ["deploy-check", str(out), "--data", str(packed["heldout"]), "--json"])
     rep = json.loads(chosen.stdout)
-    assert chosen.exit_code == 0 and rep["data_top1"] >= rep["chance_bound_top1"], rep["checks"]  # the bound: the least top-1 that passes
+    assert chosen.exit_code == 0 and rep["data_top1"] >= rep["chance_bound_top1"], rep[
+        "checks"
+    ]  # the bound: the least top-1 that passes
     assert "(cross-validated)" in next(c["detail"] for c in rep["checks"] if c["name"] == "fine-tune")
-    weak = CliRunner().invoke(app, ["deploy-check", str(out), "--data", str(packed["heldout"]), "--ridge", "0.001", "--json"])
+    weak = CliRunner().invoke(
+        app, ["deploy-check", str(out), "--data", str(packed["heldout"]), "--ridge", "0.001", "--json"]
+    )
     detail = next(c["detail"] for c in json.loads(weak.stdout)["checks"] if c["name"] == "fine-tune")
-    assert weak.exit_code in (0, 3) and detail.startswith("ridge 0.001 on ") and "cross-validated" not in detail, detail  # --ridge fixes it
+    assert weak.exit_code in (0, 3) and detail.startswith("ridge 0.001 on ") and "cross-validated" not in detail, (
+        detail
+    )  # --ridge fixes it
 
 
 def test_quantize_int8_is_byte_deterministic(packed):
@@ -180,17 +210,37 @@ def test_quantize_int8_is_byte_deterministic(packed):
 @pytest.mark.slow
 def test_int8_backbone_and_fine_tune(packed, tmp_path):
     out = tmp_path / "q"
-    r = CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(out), "--int8", "--int8-max-drop", "1.0",
-                                 "--projector-epochs", "100", "--json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "pack",
+            str(packed["run"]),
+            "--out",
+            str(out),
+            "--int8",
+            "--int8-max-drop",
+            "1.0",
+            "--projector-epochs",
+            "100",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     assert (out / "backbone.int8.onnx").stat().st_size < (out / "backbone.onnx").stat().st_size
     # static QDQ (QLinear kernels), not dynamic quantisation (ConvInteger/MatMulInteger: slow, distorting)
     ops = {n.op_type for n in onnx.load(str(out / "backbone.int8.onnx")).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and not ops & {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}, ops
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and not ops & {
+        "DynamicQuantizeLinear",
+        "ConvInteger",
+        "MatMulInteger",
+    }, ops
     a = art.read(out / art.ARTIFACT_FILE)
     # calibrated on every one of the 6 x 8 synthetic views (fewer than the cap)
-    assert a.meta["onnx"]["backbone_int8"]["quantization"] == {"mode": "static-qdq-per-channel", "calibration_inputs": 48,
-                                                               "calibration_data": "synthetic views, evenly spaced of 48"}
+    assert a.meta["onnx"]["backbone_int8"]["quantization"] == {
+        "mode": "static-qdq-per-channel",
+        "calibration_inputs": 48,
+        "calibration_data": "synthetic views, evenly spaced of 48",
+    }
     # features close to fp32 on the self-test images (measured cosine 0.9935-0.9972 calibrated on
     # noise-grown images, 0.974-0.985 on real-initialised ones; an unrelated image scores ~0.2)
     x = a["selftest.inputs"]
@@ -199,23 +249,43 @@ def test_int8_backbone_and_fine_tune(packed, tmp_path):
     assert (cos > 0.95).all(), cos
     # the int8 graph measured on the same real held-out images as the fp32 expectation (format 1.3)
     ref = a.meta["reference"]
-    assert ref["int8_expected_edge_images"] == ref["expected_edge_images"] > 0 and 0 <= ref["int8_expected_edge_top1"] <= 1
+    assert (
+        ref["int8_expected_edge_images"] == ref["expected_edge_images"] > 0 and 0 <= ref["int8_expected_edge_top1"] <= 1
+    )
     d = CliRunner().invoke(app, ["deploy-check", str(out), "--int8", "--data", str(packed["heldout"]), "--json"])
     rep = json.loads(d.stdout)
     ft = next(c for c in rep["checks"] if c["name"] == "fine-tune")
-    assert ft["ok"] and "the fp32 backbone's features" in ft["detail"], ft  # the closed-form fit lowers the target error
+    assert ft["ok"] and "the fp32 backbone's features" in ft["detail"], (
+        ft
+    )  # the closed-form fit lowers the target error
     assert {"synthetic_top1", "synthetic_top1_packed_projector", "data_top1", "data_top1_packed_projector"} <= set(rep)
     assert rep["expected_top1"] == ref["int8_expected_edge_top1"]  # --int8 is held to the int8 figure
     assert "(int8 backbone)" in next(c for c in rep["checks"] if c["name"] == "expected")["detail"]
     # the int8 device fits P on the fp32 graph's view features: the same projector as the fp32 fit
-    ft8 = runtime.fine_tune_projector(runtime.open_bundle(out, int8=True))
-    ft32 = runtime.fine_tune_projector(runtime.open_bundle(out))
+    ft8 = finetune.fine_tune_projector(bundle.open_bundle(out, int8=True))
+    ft32 = finetune.fine_tune_projector(bundle.open_bundle(out))
     np.testing.assert_array_equal(ft8["weight"], ft32["weight"])
     # a zero tolerance refuses the int8 graph unless it loses nothing at all on the real held-out images
-    strict = CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(tmp_path / "q0"), "--int8", "--int8-max-drop", "0",
-                                      "--projector-epochs", "100"])
+    strict = CliRunner().invoke(
+        app,
+        [
+            "pack",
+            str(packed["run"]),
+            "--out",
+            str(tmp_path / "q0"),
+            "--int8",
+            "--int8-max-drop",
+            "0",
+            "--projector-epochs",
+            "100",
+        ],
+    )
     assert strict.exit_code in (0, 1)
     if strict.exit_code == 1:
-        assert "int8 backbone loses" in strict.stderr and "held-out real images" in strict.stderr and not (tmp_path / "q0").exists()
+        assert (
+            "int8 backbone loses" in strict.stderr
+            and "held-out real images" in strict.stderr
+            and not (tmp_path / "q0").exists()
+        )
     else:  # the same int8 bytes from the same run (the bundle's sha256 must not move)
         assert (tmp_path / "q0" / "backbone.int8.onnx").read_bytes() == (out / "backbone.int8.onnx").read_bytes()

@@ -1,8 +1,9 @@
 """What a non-editable `pip install` gets: every sub-package is listed, export/ installs as
 edgedd.export (no top-level `export`), and the shipped weights are package data."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,16 +27,18 @@ def test_license_classifiers_and_typing_marker():
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
     classifiers = project["project"]["classifiers"]
     assert "Operating System :: POSIX" in classifiers and "Typing :: Typed" in classifiers
-    assert (ROOT / "edgedd" / "py.typed").is_file() and "py.typed" in project["tool"]["setuptools"]["package-data"]["edgedd"]
+    assert (ROOT / "edgedd" / "py.typed").is_file() and "py.typed" in project["tool"]["setuptools"]["package-data"][
+        "edgedd"
+    ]
 
 
 NO_POSIX = r"""
 import os, sys, tempfile
 sys.modules["resource"] = None  # a platform without the resource module
 del os.fchmod                   # ... and without fchmod
-from edgedd.atomic import write_bytes
-from edgedd.device import runtime
-assert runtime.peak_rss_mb() is None
+from edgedd.core.atomic import write_bytes
+from edgedd.device.checks import peak_rss_mb
+assert peak_rss_mb() is None
 with tempfile.TemporaryDirectory() as d:
     write_bytes(os.path.join(d, "f"), b"x")
     assert open(os.path.join(d, "f"), "rb").read() == b"x"

@@ -1,4 +1,4 @@
-"""Projector-aware distillation (edgedd.projector_aware): its ridge is the device's, its loss
+"""Projector-aware distillation (edgedd.distillation.projector_aware): its ridge is the device's, its loss
 reaches the images, and a distill with a surrogate runs end to end and records it."""
 
 from __future__ import annotations
@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from edgedd.config import DistillConfig, StageIConfig
+from edgedd.core.config import DistillConfig, StageIConfig
+from edgedd.core.errors import EdgeddError
 from edgedd.device.ridge import fit_ridge
-from edgedd.errors import EdgeddError
-from edgedd.projector_aware import Surrogate, inherited_ce, projector_loss, ridge_fit, validate
+from edgedd.distillation.projector_aware import Surrogate, inherited_ce, projector_loss, ridge_fit, validate
 
 
-@pytest.mark.parametrize("n,d_b,d_a,prior", [(30, 50, 20, "none"), (80, 40, 16, "none"), (24, 40, 40, "identity"), (90, 40, 40, "identity")])
+@pytest.mark.parametrize(
+    "n,d_b,d_a,prior", [(30, 50, 20, "none"), (80, 40, 16, "none"), (24, 40, 40, "identity"), (90, 40, 40, "identity")]
+)
 @pytest.mark.parametrize("r", [1e-3, 0.1, 1.0, 10.0])
 def test_torch_ridge_is_the_device_ridge(n, d_b, d_a, prior, r):
     rng = np.random.default_rng(n + d_b)
@@ -30,8 +32,13 @@ def test_torch_ridge_is_the_device_ridge(n, d_b, d_a, prior, r):
 
 def _tiny(dim: int, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
-                               torch.nn.Linear(32, dim)).requires_grad_(False)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, dim),
+    ).requires_grad_(False)
 
 
 def test_loss_gradient_reaches_the_images_and_follows_the_labels(tiny_backbone):
@@ -49,8 +56,19 @@ def test_loss_gradient_reaches_the_images_and_follows_the_labels(tiny_backbone):
     # one view per image is the centre crop: the projector, hence the loss over the whole pool, is
     # then the same whatever the generator draws
     one = DistillConfig(surrogates=("x",), surrogate_views=1, surrogate_real=40)
-    l1, l2 = (projector_loss(images, model_a, info, [Surrogate("x", model_b, info, real)], labels, (w, b), one,
-                             torch.Generator().manual_seed(s)) for s in (1, 2))
+    l1, l2 = (
+        projector_loss(
+            images,
+            model_a,
+            info,
+            [Surrogate("x", model_b, info, real)],
+            labels,
+            (w, b),
+            one,
+            torch.Generator().manual_seed(s),
+        )
+        for s in (1, 2)
+    )
     assert float(l1) == pytest.approx(float(l2), rel=1e-5)
     # the same projector, real labels permuted: a different loss (the labels reach it)
     x_syn, y_syn = torch.randn(18, 10), torch.randn(18, 12)
@@ -59,37 +77,67 @@ def test_loss_gradient_reaches_the_images_and_follows_the_labels(tiny_backbone):
     assert float(a) != pytest.approx(float(c))
 
 
-@pytest.mark.parametrize("field,value", [("surrogate_weight", float("nan")), ("surrogate_weight", -1.0), ("surrogate_views", 0),
-                                         ("surrogate_ridge", ()), ("surrogate_ridge", (0.0,)), ("surrogates", ("edgedd/edge-cnn@big",))])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("surrogate_weight", float("nan")),
+        ("surrogate_weight", -1.0),
+        ("surrogate_views", 0),
+        ("surrogate_ridge", ()),
+        ("surrogate_ridge", (0.0,)),
+        ("surrogates", ("edgedd/edge-cnn@big",)),
+    ],
+)
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(EdgeddError):
         validate(DistillConfig(**{field: value}))
 
 
 def test_distill_with_a_surrogate(image_folder, tmp_path):
-    from edgedd.distill import RunOptions, distill
+    from edgedd.distillation.pipeline import RunOptions, distill
 
     run = tmp_path / "run"
     cfg = DistillConfig(ipc=2, iterations=4, surrogates=("edgedd/edge-cnn@32",), surrogate_views=2, surrogate_real=12)
-    s = distill(str(image_folder), "test_vit", run, weights="random", config=cfg,
-                stage1_config=StageIConfig(golden_views=1, golden_epochs=2), crop_res=32, syn_res=32,
-                options=RunOptions(device="cpu", num_workers=0, progress=False, preview_every=0))
+    s = distill(
+        str(image_folder),
+        "test_vit",
+        run,
+        weights="random",
+        config=cfg,
+        stage1_config=StageIConfig(golden_views=1, golden_epochs=2),
+        crop_res=32,
+        syn_res=32,
+        options=RunOptions(device="cpu", num_workers=0, progress=False, preview_every=0),
+    )
     pa = s["projector_aware"]
     assert pa["surrogates"] == ["edgedd/edge-cnn@32"] and pa["steps"] == 4
     assert np.isfinite(pa["loss_first"]) and np.isfinite(pa["loss_last"])
     written = json.loads((run / "synthetic.json").read_text())["config"]
     assert written["surrogates"] == ["edgedd/edge-cnn@32"] and written["surrogate_weight"] == 1.0
     # without the term the summary says it was off
-    plain = distill(str(image_folder), "test_vit", tmp_path / "plain", weights="random", config=DistillConfig(ipc=2, iterations=4),
-                    stage1_config=StageIConfig(golden_views=1, golden_epochs=2), crop_res=32, syn_res=32,
-                    options=RunOptions(device="cpu", num_workers=0, progress=False, preview_every=0))
+    plain = distill(
+        str(image_folder),
+        "test_vit",
+        tmp_path / "plain",
+        weights="random",
+        config=DistillConfig(ipc=2, iterations=4),
+        stage1_config=StageIConfig(golden_views=1, golden_epochs=2),
+        crop_res=32,
+        syn_res=32,
+        options=RunOptions(device="cpu", num_workers=0, progress=False, preview_every=0),
+    )
     assert plain["projector_aware"] is None
 
 
 def test_the_distillation_backbone_is_no_surrogate(image_folder, tmp_path):
-    from edgedd.distill import RunOptions, distill
+    from edgedd.distillation.pipeline import RunOptions, distill
 
     with pytest.raises(EdgeddError, match="distillation backbone itself"):
-        distill(str(image_folder), "edgedd/edge-cnn", tmp_path / "run", config=DistillConfig(ipc=2, iterations=1, surrogates=("edgedd/edge-cnn",)),
-                stage1_config=StageIConfig(golden_views=1, golden_epochs=2),
-                options=RunOptions(device="cpu", num_workers=0, progress=False, preview_every=0))
+        distill(
+            str(image_folder),
+            "edgedd/edge-cnn",
+            tmp_path / "run",
+            config=DistillConfig(ipc=2, iterations=1, surrogates=("edgedd/edge-cnn",)),
+            stage1_config=StageIConfig(golden_views=1, golden_epochs=2),
+            options=RunOptions(device="cpu", num_workers=0, progress=False, preview_every=0),
+        )

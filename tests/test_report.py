@@ -9,10 +9,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import copy_run, make_image_folder, tiny_distill_args
 from typer.testing import CliRunner
 
-from conftest import copy_run, make_image_folder, tiny_distill_args
-from edgedd.cli import app
+from edgedd.cli.host import app
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)"  # a class folder name: user data, must reach the page as text
@@ -105,7 +105,9 @@ def test_metrics_jsonl_every_step_and_consistent_after_resume(image_folder, tmp_
         rows = metrics(run)
         assert [m["step"] for m in rows] == list(range(1, 10))
         assert all(set(m) <= {"step", "loss", "resolution", "seconds", "flow_cosine"} for m in rows)
-        assert [m["step"] for m in rows if "flow_cosine" in m] == list(range(1, 10))  # 9 steps: every one (at least 10 points)
+        assert [m["step"] for m in rows if "flow_cosine" in m] == list(
+            range(1, 10)
+        )  # 9 steps: every one (at least 10 points)
         assert all(-1 <= m["flow_cosine"] <= 1 for m in rows if "flow_cosine" in m)
         res = [m["resolution"] for m in rows]
         assert res == sorted(res) and res[-1] == 32
@@ -117,13 +119,16 @@ def test_metrics_jsonl_every_step_and_consistent_after_resume(image_folder, tmp_
     # the flow-cosine forwards draw nothing from the run's generator: resumed == uninterrupted
     assert (whole / "synthetic.safetensors").read_bytes() == (cut / "synthetic.safetensors").read_bytes()
     assert (whole / "initial.safetensors").read_bytes() == (cut / "initial.safetensors").read_bytes()  # kept on resume
-    assert json.loads((cut / "summary.json").read_text())["copy_ratio_start"] == json.loads((whole / "summary.json").read_text())["copy_ratio_start"]
+    assert (
+        json.loads((cut / "summary.json").read_text())["copy_ratio_start"]
+        == json.loads((whole / "summary.json").read_text())["copy_ratio_start"]
+    )
     assert [m["loss"] for m in metrics(whole)] == [m["loss"] for m in metrics(cut)]
     assert not list(cut.glob(".*.tmp"))
 
 
 def test_metrics_flow_cosine_at_least_ten_times_in_any_run():
-    from edgedd.metrics import flow_every
+    from edgedd.distillation.metrics import flow_every
 
     for iterations in (1, 7, 10, 100, 1001, 5000):
         points = [s for s in range(1, iterations + 1) if s % flow_every(iterations) == 0 or s == iterations]
@@ -146,8 +151,27 @@ def evil_run(tmp_path):
 def test_report_html_is_self_contained_with_images_plots_table_and_escaped_names(evil_run, tmp_path):
     data, run = evil_run
     held = make_image_folder(tmp_path / "held", classes=(EVIL, "a&b", "plain"), seed=5)
-    ev = invoke(["evaluate", str(run), "--test-data", str(held), "--mode", "normal", "--mode", "ci", "--seeds", "2", "--epochs", "2",
-                 "--baselines", "--train-data", str(data), "--json", "-q"])
+    ev = invoke(
+        [
+            "evaluate",
+            str(run),
+            "--test-data",
+            str(held),
+            "--mode",
+            "normal",
+            "--mode",
+            "ci",
+            "--seeds",
+            "2",
+            "--epochs",
+            "2",
+            "--baselines",
+            "--train-data",
+            str(data),
+            "--json",
+            "-q",
+        ]
+    )
     assert ev.exit_code == 0, ev.stderr
     (tmp_path / "eval.json").write_text(ev.stdout)
 
@@ -163,8 +187,9 @@ def test_report_html_is_self_contained_with_images_plots_table_and_escaped_names
     # the images: one row per class, its name at the head of the row, one tile per synthetic image, class-major
     tiles = page.imgs("tile")
     assert [a["alt"] for a in tiles] == [EVIL, EVIL, "a&b", "a&b", "plain", "plain"]
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert all(Image.open(io.BytesIO(decoded_png(a["src"]))).size == (96, 96) for a in tiles)  # 32 px, upscaled x3
     assert sum(t.strip() == EVIL for t in page.text) == 1  # the row's head, as text
@@ -198,7 +223,7 @@ def test_report_html_is_self_contained_with_images_plots_table_and_escaped_names
 
     # a stalled head is marked in its row
     res["modes"]["ci"]["stalled"] = True
-    from edgedd.report import write_report
+    from edgedd.evaluation.report import write_report
 
     write_report(run, eval=res, out=tmp_path / "stalled.html")
     page = Page((tmp_path / "stalled.html").read_text())
@@ -207,13 +232,24 @@ def test_report_html_is_self_contained_with_images_plots_table_and_escaped_names
 
 
 def test_report_with_deploy_check_and_bundle(packed, tmp_path):
-    from edgedd.device.runtime import deploy_check
-    from edgedd.report import write_report
+    from edgedd.device.checks import deploy_check
+    from edgedd.evaluation.report import write_report
 
     dc = deploy_check(packed["bundle"], data=packed["heldout"])
     (tmp_path / "check.json").write_text(json.dumps({"schema": "edgedd.deploy-check/1", **dc}))
-    r = invoke(["report", str(packed["run"]), "--deploy-check", str(tmp_path / "check.json"), "--bundle", str(packed["bundle"]),
-                "--out", str(tmp_path / "r.html"), "--json"])
+    r = invoke(
+        [
+            "report",
+            str(packed["run"]),
+            "--deploy-check",
+            str(tmp_path / "check.json"),
+            "--bundle",
+            str(packed["bundle"]),
+            "--out",
+            str(tmp_path / "r.html"),
+            "--json",
+        ]
+    )
     assert r.exit_code == 0 and r.stderr == "", r.stderr
     out = json.loads(r.stdout)
     assert out["deploy_check"] is True and out["bundle"] == str(packed["bundle"]) and out["evaluation"] is False
@@ -224,7 +260,10 @@ def test_report_with_deploy_check_and_bundle(packed, tmp_path):
     assert f"Deploy check: {'PASSED' if dc['ok'] else 'FAILED'}" in text
     assert "host: synthetic top-1, packed projector" in text and "edge backbone" in text
     # the library call with the result dict gives the same page
-    assert write_report(packed["run"], deploy_check=dc, bundle=packed["bundle"], out=tmp_path / "r2.html")["images"] == out["images"]
+    assert (
+        write_report(packed["run"], deploy_check=dc, bundle=packed["bundle"], out=tmp_path / "r2.html")["images"]
+        == out["images"]
+    )
 
 
 def test_report_refusals_are_one_line(tiny_run, tmp_path):
@@ -235,12 +274,17 @@ def test_report_refusals_are_one_line(tiny_run, tmp_path):
     ):
         r = invoke(argv)
         assert r.exit_code == 1 and r.stdout == "", (argv, r.stdout)
-        assert r.stderr.startswith("error: ") and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.stderr.startswith("error: ") and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (
+            r.stderr
+        )
     assert not (half / "report.html").exists()
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "other.json").write_text(json.dumps({"schema": "edgedd.predict/1", "predictions": []}))
-    for opt, f, needle in (("--eval", "bad.json", "not readable JSON"), ("--eval", "other.json", "not an edgedd.evaluate/1 result"),
-                           ("--deploy-check", "other.json", "not an edgedd.deploy-check/1 result")):
+    for opt, f, needle in (
+        ("--eval", "bad.json", "not readable JSON"),
+        ("--eval", "other.json", "not an edgedd.evaluate/1 result"),
+        ("--deploy-check", "other.json", "not an edgedd.deploy-check/1 result"),
+    ):
         r = invoke(["report", str(run), opt, str(tmp_path / f)])
         assert r.exit_code == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (run / "report.html").exists()
@@ -248,7 +292,7 @@ def test_report_refusals_are_one_line(tiny_run, tmp_path):
 
 def test_report_without_metrics_still_renders(tiny_run, tmp_path):
     """A run made before metrics.jsonl existed: images and summary, a note instead of the curves."""
-    from edgedd.report import write_report
+    from edgedd.evaluation.report import write_report
 
     run = copy_run(tiny_run["run"], tmp_path / "run")
     (run / "metrics.jsonl").unlink()

@@ -16,18 +16,33 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_distill_args
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import tiny_distill_args
-from edgedd.synthetic import extension_steps
+from edgedd.distillation.pyramid import extension_steps
 
 ITERATIONS, EXTEND_EVERY, SYN_RES = 60, 6, 32  # SYN_RES: tiny_distill_args' --syn-res
 
 
 def _cmd(data, out, *extra):
-    args = tiny_distill_args(data, out, "--ipc", "2", "--iterations", str(ITERATIONS), "--checkpoint-every", "5", "--seed", "7",
-                             "--init", "noise", "--extend-every", str(EXTEND_EVERY), *extra)
+    args = tiny_distill_args(
+        data,
+        out,
+        "--ipc",
+        "2",
+        "--iterations",
+        str(ITERATIONS),
+        "--checkpoint-every",
+        "5",
+        "--seed",
+        "7",
+        "--init",
+        "noise",
+        "--extend-every",
+        str(EXTEND_EVERY),
+        *extra,
+    )
     return [sys.executable, "-m", "edgedd", *args]
 
 
@@ -54,7 +69,9 @@ def _wait_for(path: Path, proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(image_folder, tmp_path):
     ref = tmp_path / "uninterrupted"
-    uninterrupted = subprocess.Popen(_cmd(image_folder, ref), env=_env())  # beside the killed runs: it shares nothing with them
+    uninterrupted = subprocess.Popen(
+        _cmd(image_folder, ref), env=_env()
+    )  # beside the killed runs: it shares nothing with them
     _wait_for(ref / "checkpoint.safetensors", uninterrupted)  # ... but Stage I's cache, written by then
 
     out = tmp_path / "killed"
@@ -83,7 +100,9 @@ def test_sigkill_and_resume_is_bit_identical(image_folder, tmp_path):
     ext = extension_steps(ITERATIONS, SYN_RES, EXTEND_EVERY)
     assert ext[0] < steps_at_kill[-1] < ext[-1], (ext, steps_at_kill)  # resumed grown, and still growing after
 
-    done = subprocess.run(_cmd(image_folder, out, "--resume", "--json"), env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _cmd(image_folder, out, "--resume", "--json"), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert uninterrupted.wait(timeout=300) == 0
@@ -96,15 +115,21 @@ def test_sigkill_and_resume_is_bit_identical(image_folder, tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_run(image_folder, tmp_path):
     """A checkpoint whose fingerprint does not match the run is refused, not silently used."""
-    from edgedd.checkpoint import adam, load_checkpoint, save_checkpoint
-    from edgedd.errors import EdgeddError
-    from edgedd.synthetic import Pyramid
+    from edgedd.core.errors import EdgeddError
+    from edgedd.distillation.checkpoint import adam, load_checkpoint, save_checkpoint
+    from edgedd.distillation.pyramid import Pyramid
 
     g = torch.Generator().manual_seed(0)
     pyr = Pyramid.init(2, 8, g)
-    save_checkpoint(tmp_path / "c.safetensors", step=3, pyr=pyr, opt=adam(pyr.levels, 1e-3), gen=g, run_fp="run-a", loss=0.5)
+    save_checkpoint(
+        tmp_path / "c.safetensors", step=3, pyr=pyr, opt=adam(pyr.levels, 1e-3), gen=g, run_fp="run-a", loss=0.5
+    )
     with pytest.raises(EdgeddError, match="belongs to another run"):
-        load_checkpoint(tmp_path / "c.safetensors", run_fp="run-b", syn_res=8, lr=1e-3, gen=torch.Generator(), device="cpu")
+        load_checkpoint(
+            tmp_path / "c.safetensors", run_fp="run-b", syn_res=8, lr=1e-3, gen=torch.Generator(), device="cpu"
+        )
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(EdgeddError, match="unreadable"):
-        load_checkpoint(tmp_path / "bad.safetensors", run_fp="run-a", syn_res=8, lr=1e-3, gen=torch.Generator(), device="cpu")
+        load_checkpoint(
+            tmp_path / "bad.safetensors", run_fp="run-a", syn_res=8, lr=1e-3, gen=torch.Generator(), device="cpu"
+        )

@@ -5,7 +5,15 @@ held-out error."""
 import numpy as np
 import pytest
 
-from edgedd.device.ridge import DEFAULT_RIDGE, RIDGE_GRID, _fold_predictions, fit_ridge, image_folds, objective, select_ridge
+from edgedd.device.ridge import (
+    DEFAULT_RIDGE,
+    RIDGE_GRID,
+    _fold_predictions,
+    fit_ridge,
+    image_folds,
+    objective,
+    select_ridge,
+)
 
 
 @pytest.mark.parametrize("n", [12, 60])  # fewer rows than features (dual), more (primal)
@@ -64,10 +72,14 @@ def test_a_single_image_per_class_keeps_the_default():
     first = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])  # the first image of each class
     keep = np.isin(image, first)
     remap = {int(i): j for j, i in enumerate(first)}
-    assert select_ridge(b[keep], a[keep], np.array([remap[int(i)] for i in image[keep]]), labels[first]) == (DEFAULT_RIDGE, {})
+    assert select_ridge(b[keep], a[keep], np.array([remap[int(i)] for i in image[keep]]), labels[first]) == (
+        DEFAULT_RIDGE,
+        {},
+    )
 
 
 # ----------------------------------------------------------------------------- the identity prior (eq. 4)
+
 
 def test_identity_prior_keeps_an_unchanged_backbone_exactly():
     """B = A: the targets are the inputs; with the prior P = I whatever the strength, while (3)
@@ -114,7 +126,8 @@ def test_identity_prior_cross_validates_on_the_residual_and_refuses_other_widths
 
 def test_torch_and_numpy_fits_agree_under_the_identity_prior():
     torch = pytest.importorskip("torch")
-    from edgedd.heads import fit_ridge as torch_fit, new_projector
+    from edgedd.host.heads import fit_ridge as torch_fit
+    from edgedd.host.heads import new_projector
 
     rng = np.random.default_rng(5)
     x = rng.normal(size=(10, 4, 16)).astype(np.float32)

@@ -6,18 +6,22 @@ import sys
 import numpy as np
 from safetensors.numpy import load
 
-from edgedd.stio import serialize
+from edgedd.core.stio import serialize
 
 SCRIPT = """
 import sys, numpy as np
-from edgedd.stio import serialize
+from edgedd.core.stio import serialize
 t = {n: np.arange(6, dtype=d).reshape(2, 3) for n, d in [("b", np.float32), ("a", np.uint8), ("c", np.int64), ("z", np.float64)]}
 sys.stdout.buffer.write(serialize(t, {k: k * 3 for k in "qwertyuiopasdfgh"}))
 """
 
 
 def test_readable_by_safetensors():
-    t = {"x": np.arange(12, dtype=np.float32).reshape(3, 4), "m": np.array([True, False]), "e": np.zeros((0, 2), np.float16)}
+    t = {
+        "x": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "m": np.array([True, False]),
+        "e": np.zeros((0, 2), np.float16),
+    }
     got = load(serialize(t, {"k": "v"}))
     assert set(got) == set(t)
     for k in t:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgedd.losses import anchor_loss, centre_separation, class_centres, flow, subcentre_loss
-from edgedd.subcentres import greedy_match, kmeans, subcentre_targets
+from edgedd.distillation.losses import anchor_loss, centre_separation, class_centres, flow, subcentre_loss
+from edgedd.distillation.subcentres import greedy_match, kmeans, subcentre_targets
 
 
 def _toy(c=3, ipc=4, d=6, seed=0):
@@ -75,13 +75,27 @@ def test_subcentre_targets_class_major_and_matched():
 
 
 def test_tiny_distill_with_sfm_sub(image_folder, tmp_path):
+    from conftest import tiny_distill_args
     from typer.testing import CliRunner
 
-    from conftest import tiny_distill_args
-    from edgedd.cli import app
+    from edgedd.cli.host import app
 
-    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--ipc", "2", "--iterations", "4", "--method", "sfm_sub",
-                                                  "--gamma", "5", "--json"))
+    r = CliRunner().invoke(
+        app,
+        tiny_distill_args(
+            image_folder,
+            tmp_path / "r",
+            "--ipc",
+            "2",
+            "--iterations",
+            "4",
+            "--method",
+            "sfm_sub",
+            "--gamma",
+            "5",
+            "--json",
+        ),
+    )
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["method"] == "sfm_sub" and s["config"]["gamma"] == 5.0
@@ -90,17 +104,17 @@ def test_tiny_distill_with_sfm_sub(image_folder, tmp_path):
 
 @pytest.mark.parametrize("bad", ["-1", "nan"])
 def test_bad_gamma_is_one_line(image_folder, tmp_path, bad):
+    from conftest import tiny_distill_args
     from typer.testing import CliRunner
 
-    from conftest import tiny_distill_args
-    from edgedd.cli import app
+    from edgedd.cli.host import app
 
     r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--method", "sfm_sub", "--gamma", bad))
     assert r.exit_code in (1, 2) and "Traceback" not in r.output
 
 
 def test_ridge_probe_loss_is_the_kernel_ridge_error_and_rewards_separable_sets():
-    from edgedd.losses import ridge_probe_loss
+    from edgedd.distillation.losses import ridge_probe_loss
 
     g = torch.Generator().manual_seed(0)
     c, ipc, d = 3, 4, 5
@@ -127,13 +141,27 @@ def test_ridge_probe_loss_is_the_kernel_ridge_error_and_rewards_separable_sets()
 
 
 def test_tiny_distill_with_sfm_probe(image_folder, tmp_path):
+    from conftest import tiny_distill_args
     from typer.testing import CliRunner
 
-    from conftest import tiny_distill_args
-    from edgedd.cli import app
+    from edgedd.cli.host import app
 
-    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--ipc", "2", "--iterations", "4", "--method", "sfm_probe",
-                                                  "--kappa", "3", "--json"))
+    r = CliRunner().invoke(
+        app,
+        tiny_distill_args(
+            image_folder,
+            tmp_path / "r",
+            "--ipc",
+            "2",
+            "--iterations",
+            "4",
+            "--method",
+            "sfm_probe",
+            "--kappa",
+            "3",
+            "--json",
+        ),
+    )
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["method"] == "sfm_probe" and s["config"]["kappa"] == 3.0 and np.isfinite(s["final_loss"])
@@ -141,11 +169,11 @@ def test_tiny_distill_with_sfm_probe(image_folder, tmp_path):
 
 @pytest.mark.parametrize("method", ["sfm_sub", "sfm_probe"])
 def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
-    from edgedd.backbones import backbone_autocast
-    from edgedd.chunked import chunked_step
-    from edgedd.config import DistillConfig
-    from edgedd.stage2 import RealTargets, feature_loss, sfm_step_loss
-    from edgedd.synthetic import Pyramid
+    from edgedd.backbones.forward import backbone_autocast
+    from edgedd.core.config import DistillConfig
+    from edgedd.distillation.chunked import chunked_step
+    from edgedd.distillation.pyramid import Pyramid
+    from edgedd.distillation.stage2 import RealTargets, feature_loss, sfm_step_loss
 
     model, info = tiny_backbone
     c, ipc, d = 3, 2, info.num_features
@@ -155,7 +183,11 @@ def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
     for _ in range(3):
         pyr.extend(g)
     centres = torch.randn(c, d, generator=g)
-    targets = RealTargets(sub=torch.randn(c * ipc, d, generator=g), real=torch.randn(30, d, generator=g), real_labels=torch.arange(c).repeat(10))
+    targets = RealTargets(
+        sub=torch.randn(c * ipc, d, generator=g),
+        real=torch.randn(30, d, generator=g),
+        real_labels=torch.arange(c).repeat(10),
+    )
 
     def grads(fn):
         for lv in pyr.levels:
@@ -169,8 +201,18 @@ def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
         return loss
 
     l1, g1 = grads(one_pass)
-    l2, g2 = grads(lambda gen: chunked_step(model, pyr, cfg, info, gen, lambda z: feature_loss(z, cfg, flow(centres), centres, targets), 5,
-                                            backbone_autocast(torch.device("cpu"), False)))
+    l2, g2 = grads(
+        lambda gen: chunked_step(
+            model,
+            pyr,
+            cfg,
+            info,
+            gen,
+            lambda z: feature_loss(z, cfg, flow(centres), centres, targets),
+            5,
+            backbone_autocast(torch.device("cpu"), False),
+        )
+    )
     assert abs(l1 - l2) < 1e-5 * max(1.0, abs(l1))
     for a, b in zip(g1, g2):
         assert a.abs().max() > 0
@@ -178,12 +220,17 @@ def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
 
 
 def test_loss_augmentation_options_reach_the_config(image_folder, tmp_path):
+    from conftest import tiny_distill_args
     from typer.testing import CliRunner
 
-    from conftest import tiny_distill_args
-    from edgedd.cli import app
+    from edgedd.cli.host import app
 
-    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "r", "--iterations", "2", "--crop-min", "0.25", "--noise-p", "0", "--json"))
+    r = CliRunner().invoke(
+        app,
+        tiny_distill_args(
+            image_folder, tmp_path / "r", "--iterations", "2", "--crop-min", "0.25", "--noise-p", "0", "--json"
+        ),
+    )
     assert r.exit_code == 0, r.stderr
     aug = json.loads(r.stdout)["config"]["augment"]
     assert aug["crop_scale"] == [0.25, 1.0] and aug["noise_p"] == 0.0

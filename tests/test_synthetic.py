@@ -2,7 +2,7 @@
 
 import torch
 
-from edgedd.synthetic import COLOR_DECORRELATION, Pyramid, decode, extension_steps, level_resolutions
+from edgedd.distillation.pyramid import COLOR_DECORRELATION, Pyramid, decode, extension_steps, level_resolutions
 
 
 def test_level_resolutions():

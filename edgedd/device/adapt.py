@@ -46,7 +46,15 @@ import numpy as np
 from .accuracy import chance_bound
 from .ridge import FOLDS, RIDGE_GRID, fit_ridge, image_folds, residual
 
-WEIGHT_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # w relative to the local term's natural scale (see _Problem.w_scale)
+WEIGHT_GRID = (
+    0.03,
+    0.1,
+    0.3,
+    1.0,
+    3.0,
+    10.0,
+    30.0,
+)  # w relative to the local term's natural scale (see _Problem.w_scale)
 MAX_LOCAL_IMAGES = 2000  # the local term is n x n; adaptation is for a few images per class
 
 
@@ -71,7 +79,9 @@ class _Problem:
         self.z_const = base + (xl @ self.wc.T if prior == "identity" else 0.0)  # the identity prior adds W_c x
         gl = yv.astype(np.float64) @ self.wc.T + self.bc  # golden logits of the views
         c = len(bc)
-        self.t_class = np.stack([gl[view_labels == k].mean(0) if (view_labels == k).any() else gl.mean(0) for k in range(c)])
+        self.t_class = np.stack(
+            [gl[view_labels == k].mean(0) if (view_labels == k).any() else gl.mean(0) for k in range(c)]
+        )
         self.yl = yl
         self.t = self.t_class[yl]
         sig, self.q = np.linalg.eigh(self.wc @ self.wc.T)
@@ -132,6 +142,7 @@ def cross_validate(p: _Problem, r_grid, w_grid, fold: np.ndarray) -> dict:
 def _choose(p: _Problem, cv: dict, base: np.ndarray) -> tuple[tuple, dict]:
     """The candidate with most held-out images right (ties: smaller w, then lower logit error), and
     its paired comparison with the views-only fit ``base`` on the same held-out images."""
+
     def key(c):
         lg = cv[c]
         return (-int((lg.argmax(1) == p.yl).sum()), c[1], float(((lg - p.t) ** 2).mean()))
@@ -139,7 +150,12 @@ def _choose(p: _Problem, cv: dict, base: np.ndarray) -> tuple[tuple, dict]:
     best = min(cv, key=key)
     right_a, right_b = cv[best].argmax(1) == p.yl, base.argmax(1) == p.yl
     wins, losses = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
-    return best, {"wins": wins, "losses": losses, "cv_top1_adapted": float(right_a.mean()), "cv_top1_views_only": float(right_b.mean())}
+    return best, {
+        "wins": wins,
+        "losses": losses,
+        "cv_top1_adapted": float(right_a.mean()),
+        "cv_top1_views_only": float(right_b.mean()),
+    }
 
 
 def keep_adapted(wins: int, losses: int) -> bool:
@@ -154,19 +170,35 @@ def verdict(cmp: dict, labels: np.ndarray, classes: int) -> str | None:
     about the images can still be fitted, and beat a views-only fit that ignores them)."""
     n = len(labels)
     if not keep_adapted(cmp["wins"], cmp["losses"]):
-        return (f"held out, adapting was right on {cmp['wins']} image(s) the views-only fit got wrong and wrong on "
-                f"{cmp['losses']} it got right: not more than noise")
+        return (
+            f"held out, adapting was right on {cmp['wins']} image(s) the views-only fit got wrong and wrong on "
+            f"{cmp['losses']} it got right: not more than noise"
+        )
     chance = max(1.0 / classes, float(np.bincount(labels).max()) / n)
     k = chance_bound(n, chance)
     right = int(round(cmp["cv_top1_adapted"] * n))
     if k is None or right < k:
-        return (f"held out, adapting was right on {right}/{n} local images, not above chance ({chance:.0%}) at 3 sigma"
-                + ("" if k is None else f" (needs {k})") + ": the labels may not match the images")
+        return (
+            f"held out, adapting was right on {right}/{n} local images, not above chance ({chance:.0%}) at 3 sigma"
+            + ("" if k is None else f" (needs {k})")
+            + ": the labels may not match the images"
+        )
     return None
 
 
-def adapt_fit(xv, yv, view_labels, wc, bc, xl, yl, prior: str = "none", view_ridge: float = 1e-3,
-              r_grid=RIDGE_GRID, w_grid=WEIGHT_GRID) -> dict:
+def adapt_fit(
+    xv,
+    yv,
+    view_labels,
+    wc,
+    bc,
+    xl,
+    yl,
+    prior: str = "none",
+    view_ridge: float = 1e-3,
+    r_grid=RIDGE_GRID,
+    w_grid=WEIGHT_GRID,
+) -> dict:
     """Fit (5) and choose (lam, w) by grouped cross-validation over the local images; keep the better.
 
     xv (N_v, D_B) / yv (N_v, D_A): phi_B and phi_A of the views; view_labels (N_v,) their classes;
@@ -181,9 +213,18 @@ def adapt_fit(xv, yv, view_labels, wc, bc, xl, yl, prior: str = "none", view_rid
     (r, w), cmp = _choose(p, cv, p.logits0(view_ridge))
     why = verdict(cmp, yl, len(bc))
     kept = why is None
-    report = {"used": "adapted" if kept else "views only", "why_not_adapted": why, "images": int(len(yl)), "classes": int(len(np.unique(yl))),
-              "folds": int(len(np.unique(fold))), "grouped_folds": grouped, "view_ridge": float(view_ridge),
-              "ridge": float(r), "local_weight": float(w), **cmp}
+    report = {
+        "used": "adapted" if kept else "views only",
+        "why_not_adapted": why,
+        "images": int(len(yl)),
+        "classes": int(len(np.unique(yl))),
+        "folds": int(len(np.unique(fold))),
+        "grouped_folds": grouped,
+        "view_ridge": float(view_ridge),
+        "ridge": float(r),
+        "local_weight": float(w),
+        **cmp,
+    }
     if not kept:
         wt, b = fit_ridge(xv, yv, view_ridge, prior)
         return {"weight": wt, "bias": b, **report}
@@ -196,6 +237,6 @@ def delta(p: _Problem, r: float, w: float) -> tuple[np.ndarray, np.ndarray]:
     """Delta = W_c^T B [X_l 1]^T H^-1 fitted on every local image, as a weight (D_A, D_B) and a bias."""
     kern = p.kernel(r)
     b = solve_dual(p.sig, p.q, kern, (p.t - p.logits0(r)).T, w * p.w_scale(kern))
-    tm = ((p.zv / (p.s + p.lam(r))) @ p.v.T)  # (n, D_B): (x_i - m)^T Hc^-1
+    tm = (p.zv / (p.s + p.lam(r))) @ p.v.T  # (n, D_B): (x_i - m)^T Hc^-1
     left = p.wc.T @ b  # (D_A, n)
     return left @ tm, left @ (1.0 / p.nv - tm @ p.mx)

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import EdgeddError
-from .adapt import MAX_LOCAL_IMAGES, adapt_fit
+from edgedd.core.errors import EdgeddError
+
 from .accuracy import LabelledFolder
+from .adapt import MAX_LOCAL_IMAGES, adapt_fit
 from .finetune import fit_features, fit_on_features, view_inputs
 from .infer import backbone_features
 from .ridge import recorded_prior
@@ -25,16 +26,20 @@ def local_features(b: Bundle, directory: str | Path) -> tuple[np.ndarray, np.nda
     more; read a batch at a time, unreadable files skipped and counted), its labels, the count skipped."""
     folder = LabelledFolder(b, directory)
     if len(folder.paths) > MAX_LOCAL_IMAGES:
-        raise EdgeddError(f"--data {directory} holds {len(folder.paths)} images, more than adapt reads ({MAX_LOCAL_IMAGES})",
-                          "adapt needs a few labelled images per class (5 to 50); pass a smaller folder")
+        raise EdgeddError(
+            f"--data {directory} holds {len(folder.paths)} images, more than adapt reads ({MAX_LOCAL_IMAGES})",
+            "adapt needs a few labelled images per class (5 to 50); pass a smaller folder",
+        )
     parts = [(backbone_features(b, x), y) for x, y in folder.batches()]
     if not parts:
         raise folder.no_images()
     feats, labels = np.concatenate([f for f, _ in parts]), np.concatenate([y for _, y in parts])
     present = np.unique(labels)
     if len(present) < 2:
-        raise EdgeddError(f"--data {directory} holds readable images of {len(present)} class",
-                          "adapt needs labelled images of at least two of the bundle's classes, one sub-folder each")
+        raise EdgeddError(
+            f"--data {directory} holds readable images of {len(present)} class",
+            "adapt needs labelled images of at least two of the bundle's classes, one sub-folder each",
+        )
     return feats, labels, folder.skipped
 
 
@@ -47,15 +52,31 @@ def adapt_bundle(b: Bundle, data: str | Path) -> dict:
     x_in, yv = view_inputs(b)
     fv = fit_features(b, x_in)
     n, k = a["targets.boxes"].shape[:2]
-    views = fit_on_features(b, fv, yv)  # deploy-check's fit: its strength, and the projector kept when adapting does not win
-    fit = adapt_fit(fv, yv, np.repeat(a["synthetic.labels"], k), a["classifier.weight"], a["classifier.bias"], xl, yl,
-                    recorded_prior(b.meta), views["ridge"])
+    views = fit_on_features(
+        b, fv, yv
+    )  # deploy-check's fit: its strength, and the projector kept when adapting does not win
+    fit = adapt_fit(
+        fv,
+        yv,
+        np.repeat(a["synthetic.labels"], k),
+        a["classifier.weight"],
+        a["classifier.bias"],
+        xl,
+        yl,
+        recorded_prior(b.meta),
+        views["ridge"],
+    )
     weight, bias = fit.pop("weight"), fit.pop("bias")
     names = b.class_names
-    report = {"bundle": str(b.directory), "int8": b.variant == "int8", **fit, "skipped_images": skipped,
-              "images_per_class": {names[c]: int((yl == c).sum()) for c in np.unique(yl)},
-              "views": int(n * k),
-              "seconds": time.perf_counter() - t0}
+    report = {
+        "bundle": str(b.directory),
+        "int8": b.variant == "int8",
+        **fit,
+        "skipped_images": skipped,
+        "images_per_class": {names[c]: int((yl == c).sum()) for c in np.unique(yl)},
+        "views": int(n * k),
+        "seconds": time.perf_counter() - t0,
+    }
     return {"weight": weight, "bias": bias, "report": report, "views_fit": views}
 
 
@@ -63,14 +84,22 @@ def save_adapted(b: Bundle, result: dict) -> Path:
     """Write the adapted projector as ``b``'s adapt sidecar for its variant (edgedd.device.sidecar:
     bound to the artifact and the backbone graph, validated on load like every fitted projector,
     preferred over deploy-check's fit by predict and Bundle.open)."""
-    from ..atomic import write_bytes
-    from ..stio import serialize as save
+    from edgedd.core.atomic import write_bytes
+    from edgedd.core.stio import serialize as save
+
     from .sidecar import binding, sidecar_path
 
     r = result["report"]
-    meta = {**binding(b), "method": "adapt (views + local images, closed form)", "fit_features": "fp32 backbone", "used": r["used"],
-            "ridge": repr(r["ridge"] if r["used"] == "adapted" else r["view_ridge"]), "local_weight": repr(r["local_weight"]),
-            "views": str(r["views"]), "local_images": str(r["images"])}
+    meta = {
+        **binding(b),
+        "method": "adapt (views + local images, closed form)",
+        "fit_features": "fp32 backbone",
+        "used": r["used"],
+        "ridge": repr(r["ridge"] if r["used"] == "adapted" else r["view_ridge"]),
+        "local_weight": repr(r["local_weight"]),
+        "views": str(r["views"]),
+        "local_images": str(r["images"]),
+    }
     path = sidecar_path(b.directory, b.variant, "adapt")
     write_bytes(path, save({"weight": result["weight"], "bias": result["bias"]}, metadata=meta))
     return path

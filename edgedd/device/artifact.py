@@ -2,7 +2,7 @@
 
 Integrity covers every byte of the file. The header must be exactly what the (deterministic)
 writer makes of its content, with exactly the three ``__metadata__`` keys below, and the tensors
-must fill the rest of the file exactly (``edgedd.stio.read_header``): so the header is a function
+must fill the rest of the file exactly (``edgedd.core.stio.read_header``): so the header is a function
 of the metadata and the tensors' names, dtypes and shapes. ``edgedd.sha256`` covers those and the
 tensor bytes: the canonical JSON of the metadata and, per tensor in name order, its name, dtype,
 shape and bytes. Readers refuse an unknown major version and any mismatch, so a changed byte
@@ -29,8 +29,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..errors import EdgeddError
-from ..stio import Malformed, read_header, strict_json
+from edgedd.core.errors import EdgeddError
+from edgedd.core.stio import Malformed, read_header, strict_json
 
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 5  # 1.1: reference holds the real-image expectations (golden_heldout_top1, expected_edge_top1);
@@ -38,7 +38,7 @@ FORMAT_MINOR = 5  # 1.1: reference holds the real-image expectations (golden_hel
 # (the int8 backbone on the same held-out images; pack's int8 gate is judged there); 1.4: the fixed-shape
 # backbones (onnx.backbone_static, onnx.backbone_int8_static, with their batch and mobile readiness) and
 # the optional "ort" (ORT format) and "litert" (.tflite) graph sections
-# 1.5: copy_ratio (the synthetic images' distance to the training data, edgedd.copyratio), optional
+# 1.5: copy_ratio (the synthetic images' distance to the training data, edgedd.core.copyratio), optional
 FORMAT = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 ARTIFACT_FILE = "edgedd.artifact.safetensors"
 # Bounds the header's JSON and with it the parser's memory (a few hundred MB for the most
@@ -73,22 +73,32 @@ def content_sha256(tensors: dict[str, np.ndarray], meta: dict) -> str:
 
 
 def to_bytes(tensors: dict[str, np.ndarray], meta: dict) -> bytes:
-    from ..stio import serialize
+    from edgedd.core.stio import serialize
 
     meta = dict(meta, format=FORMAT)
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     try:
         text = canonical_json(meta)
     except ValueError:  # a reader refuses NaN/Infinity (not JSON): refuse to write what cannot be read
-        raise EdgeddError("the artifact's metadata holds a NaN or infinite number", "re-run the step that produced it; a bundle carries finite figures only") from None
-    data = serialize(tensors, {"edgedd.format": FORMAT, "edgedd.meta": text, "edgedd.sha256": content_sha256(tensors, meta)})
+        raise EdgeddError(
+            "the artifact's metadata holds a NaN or infinite number",
+            "re-run the step that produced it; a bundle carries finite figures only",
+        ) from None
+    data = serialize(
+        tensors, {"edgedd.format": FORMAT, "edgedd.meta": text, "edgedd.sha256": content_sha256(tensors, meta)}
+    )
     if int.from_bytes(data[:8], "little") > MAX_HEADER:
-        raise EdgeddError(f"the artifact's header would exceed {MAX_HEADER >> 20} MiB, more than readers accept", "use shorter class names or fewer classes")
+        raise EdgeddError(
+            f"the artifact's header would exceed {MAX_HEADER >> 20} MiB, more than readers accept",
+            "use shorter class names or fewer classes",
+        )
     return data
 
 
 def _bad(path, what: str) -> EdgeddError:
-    return EdgeddError(f"artifact {path} is damaged or not an edgedd artifact ({what})", "re-copy the bundle or re-run edgedd pack")
+    return EdgeddError(
+        f"artifact {path} is damaged or not an edgedd artifact ({what})", "re-copy the bundle or re-run edgedd pack"
+    )
 
 
 def _check_tag(md: dict, path) -> str:
@@ -126,8 +136,10 @@ def _verified(f: BinaryIO, size: int, path) -> Artifact:
     try:
         data = np.empty(size - len(head), np.uint8)
     except MemoryError:
-        raise EdgeddError(f"artifact {path} holds {size - len(head)} bytes of tensors, more than this device can allocate",
-                          "free memory, or pack a smaller bundle") from None
+        raise EdgeddError(
+            f"artifact {path} holds {size - len(head)} bytes of tensors, more than this device can allocate",
+            "free memory, or pack a smaller bundle",
+        ) from None
     view, got = memoryview(data), 0
     while got < len(data):
         n = f.readinto(view[got : got + _CHUNK])
@@ -155,8 +167,10 @@ def _validated(a: Artifact, path) -> Artifact:
 
     why = problem(a.meta, a.tensors)
     if why:
-        raise EdgeddError(f"artifact {path} verifies but does not hold a valid bundle ({why})",
-                          "the packer that made it was faulty or altered; re-run edgedd pack with a released edgedd")
+        raise EdgeddError(
+            f"artifact {path} verifies but does not hold a valid bundle ({why})",
+            "the packer that made it was faulty or altered; re-run edgedd pack with a released edgedd",
+        )
     return a
 
 
@@ -172,8 +186,10 @@ def load(path: str | Path) -> Artifact:
                 raise _bad(path, "not a regular file")
             return _verified(f, st.st_size, path)
     except OSError as e:
-        raise EdgeddError(f"cannot read artifact {path} ({os.strerror(e.errno) if e.errno else type(e).__name__})",
-                          "check the file's permissions, or re-copy the bundle") from None
+        raise EdgeddError(
+            f"cannot read artifact {path} ({os.strerror(e.errno) if e.errno else type(e).__name__})",
+            "check the file's permissions, or re-copy the bundle",
+        ) from None
 
 
 def read(path: str | Path) -> Artifact:
@@ -190,7 +206,7 @@ def from_bytes(data: bytes, path: str = "<bytes>") -> Artifact:
 
 
 def write(path: str | Path, tensors: dict[str, np.ndarray], meta: dict) -> str:
-    from ..atomic import write_bytes
+    from edgedd.core.atomic import write_bytes
 
     data = to_bytes(tensors, meta)
     write_bytes(path, data)

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import EdgeddError
-from ..paths import require_dir, require_file
+from edgedd.core.errors import EdgeddError
+from edgedd.core.paths import require_dir, require_file
+
 from . import artifact as art
 from .finetune import load_finetuned
 from .graphs import load_session, read_graph, session_from_bytes
@@ -19,7 +20,6 @@ from .infer import BATCH, classify, softmax, top_indices
 from .inputs import as_image_list, edge_canvas, is_image_list, prepare_canvases
 from .mobile import available_providers
 from .sidecar import MAX_THREADS, read_settings
-
 
 ROLES = ("backbone", "projector", "classifier")
 # --runtime: where the graphs come from. onnx: the .onnx files; ort: the ORT-format files of pack --ort
@@ -51,19 +51,31 @@ class Bundle:
     providers: list[str] = field(default_factory=list)
     variant: str = "fp32"  # which backbone the sessions run: "fp32" or "int8"
     graph_sha256: dict[str, str] = field(default_factory=dict)
-    graph_files: dict[str, Path] = field(default_factory=dict)  # role -> the file each session was loaded from (for errors)
+    graph_files: dict[str, Path] = field(
+        default_factory=dict
+    )  # role -> the file each session was loaded from (for errors)
     # The device-fitted projector (W, b) that Bundle.open found for this variant; None: the packed projector graph.
     projector: tuple[np.ndarray, np.ndarray] | None = None
     projector_file: Path | None = None  # the sidecar it came from
     projector_kind: str = "packed"  # "packed", "fit" (deploy-check) or "adapt"
     threads: int | None = None  # onnxruntime intra-op threads of the sessions; None: onnxruntime's default
     runtime: str = "onnx"  # which of the bundle's graph sets the sessions run (RUNTIMES)
-    static_batch: int | None = None  # the batch of sessions["backbone_static"], the fixed-shape backbone, where the bundle has one
-    entries: dict = field(default_factory=dict)  # role -> the artifact's entry of the graph set in use (fp32 roles included under --int8)
+    static_batch: int | None = (
+        None  # the batch of sessions["backbone_static"], the fixed-shape backbone, where the bundle has one
+    )
+    entries: dict = field(
+        default_factory=dict
+    )  # role -> the artifact's entry of the graph set in use (fp32 roles included under --int8)
 
     @classmethod
-    def open(cls, directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None,
-             runtime: str = "onnx") -> Bundle:
+    def open(
+        cls,
+        directory: str | Path,
+        int8: bool = False,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        runtime: str = "onnx",
+    ) -> Bundle:
         """Verify the bundle, open its sessions (``int8``: the int8 backbone) and load the fitted projector.
 
         ``threads``: onnxruntime intra-op threads; None uses the count deploy-check measured for
@@ -72,8 +84,13 @@ class Bundle:
         int8 backbone, or a sidecar that is damaged or was written for another artifact or variant.
         """
         if threads is not None and not (isinstance(threads, int) and 1 <= threads <= MAX_THREADS):
-            raise EdgeddError(f"threads is {threads!r}", f"pass a whole number from 1 to {MAX_THREADS}, or None for the measured setting")
-        b = open_bundle(directory, int8=int8, providers=providers, threads=threads, stored_threads=threads is None, runtime=runtime)
+            raise EdgeddError(
+                f"threads is {threads!r}",
+                f"pass a whole number from 1 to {MAX_THREADS}, or None for the measured setting",
+            )
+        b = open_bundle(
+            directory, int8=int8, providers=providers, threads=threads, stored_threads=threads is None, runtime=runtime
+        )
         b.projector = load_finetuned(b)
         return b
 
@@ -128,9 +145,12 @@ class Bundle:
         from .adaptation import adapt_and_save
 
         result = adapt_and_save(self, data)
-        self.projector, self.projector_file, self.projector_kind = (result["weight"], result["bias"]), result["path"], "adapt"
+        self.projector, self.projector_file, self.projector_kind = (
+            (result["weight"], result["bias"]),
+            result["path"],
+            "adapt",
+        )
         return result["report"]
-
 
 
 def choose_providers(providers: list[str] | None) -> list[str]:
@@ -139,8 +159,10 @@ def choose_providers(providers: list[str] | None) -> list[str]:
     available = available_providers()
     missing = [p for p in providers or [] if p not in available]
     if missing:
-        raise EdgeddError(f"execution provider {missing[0]} is not in this onnxruntime (it has {', '.join(available)})",
-                          "pick one of those with --provider, or install an onnxruntime build that has it")
+        raise EdgeddError(
+            f"execution provider {missing[0]} is not in this onnxruntime (it has {', '.join(available)})",
+            "pick one of those with --provider, or install an onnxruntime build that has it",
+        )
     return list(providers or available) or ["CPUExecutionProvider"]
 
 
@@ -154,12 +176,21 @@ def graph_entries(directory: Path, meta: dict, runtime: str, int8: bool) -> dict
         graphs = section.get("graphs") if isinstance(section, dict) else None
         if graphs is None:
             flag = {"ort": "--ort", "litert": "--litert"}[runtime]
-            raise EdgeddError(f"bundle {directory} has no {runtime} graphs", f"re-pack it on the host with edgedd pack {flag}, or use --runtime onnx")
+            raise EdgeddError(
+                f"bundle {directory} has no {runtime} graphs",
+                f"re-pack it on the host with edgedd pack {flag}, or use --runtime onnx",
+            )
     graphs = dict(graphs) if isinstance(graphs, dict) else {}
     if int8:
         if "backbone_int8" not in graphs:
-            raise EdgeddError(f"bundle {directory} has no int8 backbone", "re-pack it on the host with edgedd pack --int8, or run without --int8")
-        graphs["backbone_fp32"], graphs["backbone_fp32_static"] = graphs["backbone"], graphs.pop("backbone_static", None)
+            raise EdgeddError(
+                f"bundle {directory} has no int8 backbone",
+                "re-pack it on the host with edgedd pack --int8, or run without --int8",
+            )
+        graphs["backbone_fp32"], graphs["backbone_fp32_static"] = (
+            graphs["backbone"],
+            graphs.pop("backbone_static", None),
+        )
         graphs["backbone"], graphs["backbone_static"] = graphs["backbone_int8"], graphs.get("backbone_int8_static")
     return {k: v for k, v in graphs.items() if v}
 
@@ -172,8 +203,14 @@ def onnx_sha256(meta: dict, role: str, int8: bool) -> str | None:
     return (meta["onnx"].get(role) or {}).get("sha256")
 
 
-def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] | None = None, threads: int | None = None,
-                stored_threads: bool = False, runtime: str = "onnx") -> Bundle:
+def open_bundle(
+    directory: str | Path,
+    int8: bool = False,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    stored_threads: bool = False,
+    runtime: str = "onnx",
+) -> Bundle:
     """Read and verify the artifact, check every graph file's sha256, open the sessions.
 
     A bundle is a closed world: each graph is read once, hashed, and the *same bytes* go to
@@ -188,7 +225,15 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
     a = art.read(require_file(directory / art.ARTIFACT_FILE, "artifact", "pass a bundle directory made by edgedd pack"))
     graphs = graph_entries(directory, a.meta, runtime, int8)
     chosen = ["LiteRT interpreter"] if runtime == "litert" else choose_providers(providers)
-    b = Bundle(directory, a, providers=chosen, variant="int8" if int8 else "fp32", threads=threads, runtime=runtime, entries=graphs)
+    b = Bundle(
+        directory,
+        a,
+        providers=chosen,
+        variant="int8" if int8 else "fp32",
+        threads=threads,
+        runtime=runtime,
+        entries=graphs,
+    )
     data = {}
     for role in ROLES + ("backbone_static",):
         g = graphs.get(role)
@@ -203,7 +248,9 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
         settings = read_settings(b)
         b.threads = settings["intra_op_threads"] if settings else None
     for role in list(data):
-        b.sessions[role] = session_from_bytes(directory / graphs[role]["file"], data.pop(role), chosen, b.threads, runtime)
+        b.sessions[role] = session_from_bytes(
+            directory / graphs[role]["file"], data.pop(role), chosen, b.threads, runtime
+        )
     static = a.meta["onnx"].get("backbone_int8_static" if int8 else "backbone_static") or {}
     b.static_batch = static.get("batch") if "backbone_static" in b.sessions else None
     return b
@@ -212,6 +259,7 @@ def open_bundle(directory: str | Path, int8: bool = False, providers: list[str] 
 def open_sessions(b: Bundle, threads: int | None) -> None:
     """(Re)open ``b``'s sessions (the fixed-shape backbone's too) from their verified bytes with ``threads`` intra-op threads."""
     roles = ROLES + (("backbone_static",) if "backbone_static" in b.sessions else ())
-    b.sessions = {role: load_session(b.directory, role, b.entries[role], b.providers, threads, b.runtime) for role in roles}
+    b.sessions = {
+        role: load_session(b.directory, role, b.entries[role], b.providers, threads, b.runtime) for role in roles
+    }
     b.threads = threads
-

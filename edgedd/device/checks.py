@@ -13,10 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeddError
+from edgedd.core.errors import EdgeddError
+
 from .accuracy import EXPECTED_MARGIN, LabelledFolder, allowed_drop, chance_bound, top1
 from .bundle import ROLES, Bundle, open_bundle
-from .finetune import fine_tune_projector, load_finetuned, load_projector_file, projector_problem, save_finetuned, synthetic_pixels
+from .finetune import (
+    fine_tune_projector,
+    load_finetuned,
+    load_projector_file,
+    projector_problem,
+    save_finetuned,
+    synthetic_pixels,
+)
 from .infer import backbone_features, head
 from .inputs import prepare_canvases
 from .latency import thread_trial
@@ -30,10 +38,20 @@ except ImportError:  # pragma: no cover - not POSIX
 SYNTHETIC_SLACK = 0.05  # device vs host top-1 on the synthetic set, same projector (at least one image)
 
 
-def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tune: bool = True, max_latency_ms: float | None = None,
-                 int8: bool = False, ridge: float | None = None, tolerance: float = 1e-3, min_accuracy: float | None = None,
-                 min_data_top1: float | None = None, margin: float = EXPECTED_MARGIN, runtime: str = "onnx",
-                 providers: list[str] | None = None) -> dict:
+def deploy_check(
+    directory: str | Path,
+    data: str | Path | None = None,
+    fine_tune: bool = True,
+    max_latency_ms: float | None = None,
+    int8: bool = False,
+    ridge: float | None = None,
+    tolerance: float = 1e-3,
+    min_accuracy: float | None = None,
+    min_data_top1: float | None = None,
+    margin: float = EXPECTED_MARGIN,
+    runtime: str = "onnx",
+    providers: list[str] | None = None,
+) -> dict:
     """Every check the issue lists; integrity and file problems raise (nothing else can run).
 
     With ``data``: "data accuracy" fails below ``min_accuracy`` (``min_data_top1`` is its old name)
@@ -45,14 +63,23 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
     if min_accuracy is None:
         min_accuracy = min_data_top1
     if min_accuracy is not None and data is None:
-        raise EdgeddError("a minimum accuracy needs labelled data to measure it on", "pass --data DIR with --min-accuracy")
+        raise EdgeddError(
+            "a minimum accuracy needs labelled data to measure it on", "pass --data DIR with --min-accuracy"
+        )
     b = open_bundle(directory, int8=int8, providers=providers, runtime=runtime)
     checks: list[dict] = []
     _check(checks, "integrity", True, f"format {b.meta['format']}, sha256 verified, {len(b.artifact.tensors)} tensors")
     engine = _engine(b)
-    _check(checks, "graphs", True, f"{', '.join(ROLES)}" + (" and the fixed-shape backbone" if b.static_batch else "")
-           + f" ({b.runtime}) loaded on {', '.join(engine['used'])}" + (" (int8 backbone)" if int8 else "")
-           + (f"; present: {', '.join(engine['available'])}" if engine["available"] != engine["used"] else ""))
+    _check(
+        checks,
+        "graphs",
+        True,
+        f"{', '.join(ROLES)}"
+        + (" and the fixed-shape backbone" if b.static_batch else "")
+        + f" ({b.runtime}) loaded on {', '.join(engine['used'])}"
+        + (" (int8 backbone)" if int8 else "")
+        + (f"; present: {', '.join(engine['available'])}" if engine["available"] != engine["used"] else ""),
+    )
     mobile = mobile_check(checks, b)
     _self_test_check(checks, b, int8, tolerance)
     labels = b.artifact["synthetic.labels"]
@@ -67,10 +94,22 @@ def deploy_check(directory: str | Path, data: str | Path | None = None, fine_tun
     if fine_tune:  # the projector edgedd adapt wrote for this variant is the one predict uses: score that one
         projector, views_fit = _adapted_check(checks, b, projector)
         kind = "adapt" if views_fit is not None else kind
-    report = {"ok": True, "checks": checks, "synthetic_top1": syn, "synthetic_top1_packed_projector": before, "projector": kind,
-              "int8": int8, "providers": b.providers, "runtime": b.runtime, "providers_available": engine["available"],
-              "providers_used": engine["used"], "static_batch": b.static_batch, "mobile_readiness": mobile, "bundle": str(b.directory),
-              "copy_ratio": b.meta.get("copy_ratio")}  # what the shipped images are (format 1.5; None before)
+    report = {
+        "ok": True,
+        "checks": checks,
+        "synthetic_top1": syn,
+        "synthetic_top1_packed_projector": before,
+        "projector": kind,
+        "int8": int8,
+        "providers": b.providers,
+        "runtime": b.runtime,
+        "providers_available": engine["available"],
+        "providers_used": engine["used"],
+        "static_batch": b.static_batch,
+        "mobile_readiness": mobile,
+        "bundle": str(b.directory),
+        "copy_ratio": b.meta.get("copy_ratio"),
+    }  # what the shipped images are (format 1.5; None before)
     if data is not None:
         y = _data_accuracy_check(checks, report, b, LabelledFolder(b, data), projector, min_accuracy, views_fit)
         _chance_check(checks, report, len(b.class_names), y)
@@ -98,18 +137,35 @@ def mobile_check(checks: list, b: Bundle) -> dict:
 
     entry = b.meta["onnx"].get("backbone_int8_static" if b.variant == "int8" else "backbone_static")
     if not entry:
-        _check(checks, "mobile readiness", None, "skipped: the bundle has no fixed-shape backbone (packed by an edgedd before format 1.4); re-pack it")
+        _check(
+            checks,
+            "mobile readiness",
+            None,
+            "skipped: the bundle has no fixed-shape backbone (packed by an edgedd before format 1.4); re-pack it",
+        )
         return {"source": None}
     here = readiness(read_graph(b.directory, "fixed-shape backbone", entry))  # the hashed bytes, as every graph
-    figures, source = (here, "here") if here.get("available") else (b.meta["onnx"].get("backbone_static", {}).get("mobile") or {}, "pack (fp32)")
+    figures, source = (
+        (here, "here")
+        if here.get("available")
+        else (b.meta["onnx"].get("backbone_static", {}).get("mobile") or {}, "pack (fp32)")
+    )
     out = {"source": source if figures.get("available") else None, "targets": figures.get("targets"), "here": here}
     if not figures.get("available"):
         _check(checks, "mobile readiness", None, f"skipped: {here.get('reason')}, and the bundle records no figures")
         return out
     t = figures["targets"]
-    _check(checks, "mobile readiness", True, "; ".join(f"{name} {v['supported_nodes']}/{v['nodes']} nodes in {v['partitions']} partition"
-                                                       + ("s" if v["partitions"] != 1 else "") for name, v in t.items())
-           + f" (onnxruntime's checker, {'on this device' if source == 'here' else 'as pack recorded it: ' + here.get('reason', '')})")
+    _check(
+        checks,
+        "mobile readiness",
+        True,
+        "; ".join(
+            f"{name} {v['supported_nodes']}/{v['nodes']} nodes in {v['partitions']} partition"
+            + ("s" if v["partitions"] != 1 else "")
+            for name, v in t.items()
+        )
+        + f" (onnxruntime's checker, {'on this device' if source == 'here' else 'as pack recorded it: ' + here.get('reason', '')})",
+    )
     return out
 
 
@@ -127,25 +183,47 @@ def _self_test_check(checks: list, b: Bundle, int8: bool, tolerance: float) -> N
     rel_f = float(np.abs(got_f - want_f).max() / (np.abs(want_f).max() + 1e-12))
     agree = float((got_l.argmax(1) == want_l.argmax(1)).mean())
     if int8:
-        _check(checks, "self-test", agree >= 0.5, f"int8 backbone: top-1 agreement with fp32 torch {agree:.0%}, feature rel. error {rel_f:.3g}")
+        _check(
+            checks,
+            "self-test",
+            agree >= 0.5,
+            f"int8 backbone: top-1 agreement with fp32 torch {agree:.0%}, feature rel. error {rel_f:.3g}",
+        )
     else:
-        _check(checks, "self-test", rel_f <= tolerance and agree == 1.0, f"feature rel. error {rel_f:.2e} (tol {tolerance:g}), top-1 agreement {agree:.0%}")
+        _check(
+            checks,
+            "self-test",
+            rel_f <= tolerance and agree == 1.0,
+            f"feature rel. error {rel_f:.2e} (tol {tolerance:g}), top-1 agreement {agree:.0%}",
+        )
 
 
 def _fine_tune_check(checks: list, b: Bundle, ridge: float | None) -> tuple[np.ndarray, np.ndarray]:
     """fine-tune: fit the projector on this device (edgedd.device.finetune) and write it if it passes."""
-    with np.errstate(all="ignore"):  # an absurd --ridge (inf) gives a non-finite fit: projector_problem says so, numpy need not
+    with np.errstate(
+        all="ignore"
+    ):  # an absurd --ridge (inf) gives a non-finite fit: projector_problem says so, numpy need not
         ft = fine_tune_projector(b, ridge)
     projector = (ft["weight"], ft["bias"])
     problem = projector_problem(b, *projector)
     # the closed-form fit minimises (3) (edgedd.device.finetune) at its strength: the packed projector cannot do better there
     fit_ok = problem is None and ft["objective_after"] <= ft["objective_before"] * 1.0001 + 1e-12
     # Only a fit that passes is written: predict trusts what this check let through.
-    written = f"wrote {save_finetuned(b, ft).name}" if fit_ok else f"not written ({problem or 'the fit does not lower the error'})"
-    _check(checks, "fine-tune", fit_ok, f"ridge {ft['ridge']:g}{' (cross-validated)' if ft['ridge_scores'] else ''} on {ft['views']} views"
-                                        + (" (the fp32 backbone's features)" if b.variant == "int8" else "") + ": "
-                                        f"target MSE {ft['mse_before']:.4g} -> {ft['mse_after']:.4g}; {written}"
-                                        + ("; the packed projector is used" if problem else ""))
+    written = (
+        f"wrote {save_finetuned(b, ft).name}"
+        if fit_ok
+        else f"not written ({problem or 'the fit does not lower the error'})"
+    )
+    _check(
+        checks,
+        "fine-tune",
+        fit_ok,
+        f"ridge {ft['ridge']:g}{' (cross-validated)' if ft['ridge_scores'] else ''} on {ft['views']} views"
+        + (" (the fp32 backbone's features)" if b.variant == "int8" else "")
+        + ": "
+        f"target MSE {ft['mse_before']:.4g} -> {ft['mse_after']:.4g}; {written}"
+        + ("; the packed projector is used" if problem else ""),
+    )
     return None if problem else projector  # a projector that is not finite cannot score anything
 
 
@@ -158,7 +236,12 @@ def _fitted_projector_check(checks: list, b: Bundle) -> tuple[np.ndarray, np.nda
         _check(checks, "fine-tune", False, f"ignored: {e.problem}; using the packed projector")
         return None
     if projector is not None:
-        _check(checks, "fine-tune", True, f"using {b.projector_file.name} ({b.projector_kind}, on this artifact's {b.variant} backbone)")
+        _check(
+            checks,
+            "fine-tune",
+            True,
+            f"using {b.projector_file.name} ({b.projector_kind}, on this artifact's {b.variant} backbone)",
+        )
     return projector
 
 
@@ -171,9 +254,19 @@ def _adapted_check(checks: list, b: Bundle, fitted) -> tuple:
     try:
         adapted = load_projector_file(b, path)
     except EdgeddError as e:  # predict refuses it too: a failed check, and the views-only fit is scored
-        _check(checks, "adapted", False, f"ignored: {e.problem}; delete it or run edgedd adapt{' --int8' if b.variant == 'int8' else ''} again")
+        _check(
+            checks,
+            "adapted",
+            False,
+            f"ignored: {e.problem}; delete it or run edgedd adapt{' --int8' if b.variant == 'int8' else ''} again",
+        )
         return fitted, None
-    _check(checks, "adapted", True, f"using {path.name} (edgedd adapt, {b.variant} backbone); the views-only fit is scored beside it")
+    _check(
+        checks,
+        "adapted",
+        True,
+        f"using {path.name} (edgedd adapt, {b.variant} backbone); the views-only fit is scored beside it",
+    )
     return adapted, fitted
 
 
@@ -183,7 +276,9 @@ def _synthetic_check(checks: list, b: Bundle, before: float, syn: float, n: int,
     # projector (packed: torch-trained; fine-tuned: the same closed-form fit on the same views).
     ref = b.meta.get("reference", {})
     slack = max(SYNTHETIC_SLACK, 1.01 / n)  # one image of a tiny set is not a regression
-    pairs = [("packed projector", before, ref.get("int8_synthetic_top1_packed_projector" if int8 else "synthetic_top1"))]
+    pairs = [
+        ("packed projector", before, ref.get("int8_synthetic_top1_packed_projector" if int8 else "synthetic_top1"))
+    ]
     if fine_tune and not int8:
         pairs.append(("device fit", syn, ref.get("synthetic_top1_ridge")))
     ok = all(r is None or abs(got - r) <= slack for _, got, r in pairs)
@@ -193,8 +288,9 @@ def _synthetic_check(checks: list, b: Bundle, before: float, syn: float, n: int,
     _check(checks, "synthetic accuracy", ok, detail + f"; parity within {slack:.0%}")
 
 
-def _data_accuracy_check(checks: list, report: dict, b: Bundle, folder: LabelledFolder, projector, min_accuracy: float | None,
-                         views_fit=None) -> np.ndarray:
+def _data_accuracy_check(
+    checks: list, report: dict, b: Bundle, folder: LabelledFolder, projector, min_accuracy: float | None, views_fit=None
+) -> np.ndarray:
     """data accuracy: --data top-1 with the projector in use (and the packed one, and with an adapted
     projector in use the views-only fit, for comparison), streamed a batch at a time: only the
     predicted labels are kept. Returns the labels."""
@@ -214,10 +310,20 @@ def _data_accuracy_check(checks: list, report: dict, b: Bundle, folder: Labelled
     if views_fit is not None:
         report["data_top1_before_adapt"] = float((np.concatenate(pred_views) == y).mean())
     need = min_accuracy if min_accuracy is not None else 0.0
-    _check(checks, "data accuracy", report["data_top1"] >= need,
-           f"top-1 {report['data_top1']:.1%} on {len(y)} images" + (f" ({skipped} unreadable skipped)" if skipped else "")
-           + (f" with the adapted projector, {report['data_top1_before_adapt']:.1%} before adapt" if views_fit is not None else "")
-           + f"; packed projector {report['data_top1_packed_projector']:.1%}" + (f"; need {need:.1%}" if min_accuracy is not None else ""))
+    _check(
+        checks,
+        "data accuracy",
+        report["data_top1"] >= need,
+        f"top-1 {report['data_top1']:.1%} on {len(y)} images"
+        + (f" ({skipped} unreadable skipped)" if skipped else "")
+        + (
+            f" with the adapted projector, {report['data_top1_before_adapt']:.1%} before adapt"
+            if views_fit is not None
+            else ""
+        )
+        + f"; packed projector {report['data_top1_packed_projector']:.1%}"
+        + (f"; need {need:.1%}" if min_accuracy is not None else ""),
+    )
     return y
 
 
@@ -231,33 +337,63 @@ def _chance_check(checks: list, report: dict, classes: int, y: np.ndarray) -> No
     report["chance_top1"] = chance
     report["chance_bound_top1"] = None if k is None else k / len(y)
     if len(np.unique(y)) < 2:  # always answering that class is right every time: no number of images helps
-        _check(checks, "above chance", False, "--data holds one class, so top-1 cannot be told from chance (100.0%) however many "
-               "images it has; pass a --data folder with at least two of the bundle's classes")
+        _check(
+            checks,
+            "above chance",
+            False,
+            "--data holds one class, so top-1 cannot be told from chance (100.0%) however many "
+            "images it has; pass a --data folder with at least two of the bundle's classes",
+        )
     elif k is None:
-        _check(checks, "above chance", False, f"{len(y)} images cannot tell top-1 from chance ({chance:.1%}) at 3 sigma; pass more --data images")
+        _check(
+            checks,
+            "above chance",
+            False,
+            f"{len(y)} images cannot tell top-1 from chance ({chance:.1%}) at 3 sigma; pass more --data images",
+        )
     else:
-        _check(checks, "above chance", correct >= k,
-               f"top-1 {report['data_top1']:.1%} ({correct}/{len(y)}); chance {chance:.1%}, need {k}/{len(y)} ({k / len(y):.1%}) to beat it at 3 sigma")
+        _check(
+            checks,
+            "above chance",
+            correct >= k,
+            f"top-1 {report['data_top1']:.1%} ({correct}/{len(y)}); chance {chance:.1%}, need {k}/{len(y)} ({k / len(y):.1%}) to beat it at 3 sigma",
+        )
 
 
 def _expected_check(checks: list, report: dict, ref: dict, n: int, margin: float, int8: bool) -> None:
     """--data top-1 against the top-1 pack measured on the same edge path on real held-out images
     (with --int8, the int8 backbone's, where the bundle records it: format 1.3)."""
     own = int8 and ref.get("int8_expected_edge_top1") is not None
-    host, host_n = (ref.get("int8_expected_edge_top1"), ref.get("int8_expected_edge_images")) if own else (ref.get("expected_edge_top1"), ref.get("expected_edge_images"))
+    host, host_n = (
+        (ref.get("int8_expected_edge_top1"), ref.get("int8_expected_edge_images"))
+        if own
+        else (ref.get("expected_edge_top1"), ref.get("expected_edge_images"))
+    )
     report["expected_top1"], report["expected_images"], report["expected_allowed_drop"] = host, host_n, None
     if not isinstance(host, (int, float)) or not isinstance(host_n, int) or host_n < 1:
         why = ref.get("expected_edge_missing") or "packed by an edgedd that did not measure one"
-        _check(checks, "expected", None, f"skipped: the bundle records no expected edge top-1 ({why}); re-pack on the host with the run's training data")
+        _check(
+            checks,
+            "expected",
+            None,
+            f"skipped: the bundle records no expected edge top-1 ({why}); re-pack on the host with the run's training data",
+        )
         return
     got = report["data_top1"]
     drop = report["expected_allowed_drop"] = allowed_drop(got, n, host, host_n, margin)
-    _check(checks, "expected", got >= host - drop,
-           f"device {got:.1%} on {n} images, host expected {host:.1%} on {host_n} held-out images"
-           + ((" (int8 backbone)" if own else " (fp32 backbone)") if int8 else "") + f"; allowed drop {100 * drop:.1f} points (max of --margin {100 * margin:g} and 3 standard errors)")
+    _check(
+        checks,
+        "expected",
+        got >= host - drop,
+        f"device {got:.1%} on {n} images, host expected {host:.1%} on {host_n} held-out images"
+        + ((" (int8 backbone)" if own else " (fp32 backbone)") if int8 else "")
+        + f"; allowed drop {100 * drop:.1f} points (max of --margin {100 * margin:g} and 3 standard errors)",
+    )
 
 
-def _latency_check(checks: list, report: dict, b: Bundle, x1: np.ndarray, projector, max_latency_ms: float | None) -> None:
+def _latency_check(
+    checks: list, report: dict, b: Bundle, x1: np.ndarray, projector, max_latency_ms: float | None
+) -> None:
     """latency: batch 1 through the projector in use at each intra-op thread count (edgedd.device.latency);
     the chosen count is stored for predict and Bundle, its p95 is held against ``max_latency_ms``."""
     threads, table = thread_trial(b, x1, projector)
@@ -266,13 +402,20 @@ def _latency_check(checks: list, report: dict, b: Bundle, x1: np.ndarray, projec
     report["threads"], report["latency_threads"] = threads, table
     try:
         report["settings_file"] = str(write_settings(b, threads, table))
-    except EdgeddError as e:  # a read-only bundle still gets checked; predict then runs with onnxruntime's default threads
+    except (
+        EdgeddError
+    ) as e:  # a read-only bundle still gets checked; predict then runs with onnxruntime's default threads
         warnings.warn(f"{e.problem}; the measured thread count is not stored")
         report["settings_file"] = None
     tried = ", ".join(f"{r['threads']}: p95 {r['p95']:.2f}" for r in table)
-    _check(checks, "latency", max_latency_ms is None or row["p95"] <= max_latency_ms,
-           f"batch 1 with {threads} intra-op thread(s): p50 {row['p50']:.2f} ms, p95 {row['p95']:.2f} ms, p99 {row['p99']:.2f} ms"
-           + (f" (limit {max_latency_ms:g} ms)" if max_latency_ms is not None else "") + f"; tried threads {tried} ms")
+    _check(
+        checks,
+        "latency",
+        max_latency_ms is None or row["p95"] <= max_latency_ms,
+        f"batch 1 with {threads} intra-op thread(s): p50 {row['p50']:.2f} ms, p95 {row['p95']:.2f} ms, p99 {row['p99']:.2f} ms"
+        + (f" (limit {max_latency_ms:g} ms)" if max_latency_ms is not None else "")
+        + f"; tried threads {tried} ms",
+    )
 
 
 def peak_rss_mb() -> float | None:

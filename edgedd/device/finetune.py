@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..atomic import write_bytes
-from ..errors import EdgeddError
+from edgedd.core.atomic import write_bytes
+from edgedd.core.errors import EdgeddError
+
 from .graphs import load_session
 from .infer import backbone_features
 from .render import normalize, render_views
-from .ridge import fit_ridge as fit_projector_ridge, mse, objective, recorded_prior, select_ridge
+from .ridge import fit_ridge as fit_projector_ridge
+from .ridge import mse, objective, recorded_prior, select_ridge
 from .sidecar import LEGACY_FILE, VARIANTS, binding, find_projector, refit_command, sidecar_path
 
 if TYPE_CHECKING:
@@ -47,7 +49,9 @@ def view_inputs(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
     boxes, flips, targets = b.artifact["targets.boxes"], b.artifact["targets.flips"], b.artifact["targets.features"]
     n, k = boxes.shape[:2]
     pp = b.edge_preprocess
-    views = render_views(np.repeat(pix, k, axis=0), boxes.reshape(n * k, 4), flips.reshape(n * k).astype(bool), pp["input_size"])
+    views = render_views(
+        np.repeat(pix, k, axis=0), boxes.reshape(n * k, 4), flips.reshape(n * k).astype(bool), pp["input_size"]
+    )
     return normalize(views, pp["mean"], pp["std"]), targets.reshape(n * k, -1)
 
 
@@ -71,9 +75,17 @@ def fit_on_features(b: Bundle, feats: np.ndarray, y: np.ndarray, ridge: float | 
         ridge, scores = select_ridge(feats, y, np.repeat(np.arange(n), k), b.artifact["synthetic.labels"], prior=prior)
     w, bias = fit_projector_ridge(feats, y, ridge, prior)
     w0, b0 = b.artifact["projector.weight"], b.artifact["projector.bias"]
-    return {"weight": w, "bias": bias, "views": len(y), "mse_before": mse(feats, y, w0, b0), "mse_after": mse(feats, y, w, bias),
-            "objective_before": objective(feats, y, w0, ridge, prior), "objective_after": objective(feats, y, w, ridge, prior),
-            "ridge": ridge, "ridge_scores": scores}
+    return {
+        "weight": w,
+        "bias": bias,
+        "views": len(y),
+        "mse_before": mse(feats, y, w0, b0),
+        "mse_after": mse(feats, y, w, bias),
+        "objective_before": objective(feats, y, w0, ridge, prior),
+        "objective_after": objective(feats, y, w, ridge, prior),
+        "ridge": ridge,
+        "ridge_scores": scores,
+    }
 
 
 def fit_features(b: Bundle, x_in: np.ndarray) -> np.ndarray:
@@ -92,13 +104,21 @@ def fit_features(b: Bundle, x_in: np.ndarray) -> np.ndarray:
         return backbone_features(b, x_in)
     from dataclasses import replace
 
-
-    entry = b.entries.get("backbone_fp32") or b.meta["onnx"]["backbone"]  # the verified artifact's entry; its bytes are hashed on reading
+    entry = (
+        b.entries.get("backbone_fp32") or b.meta["onnx"]["backbone"]
+    )  # the verified artifact's entry; its bytes are hashed on reading
     runtime = b.runtime if "backbone_fp32" in b.entries else "onnx"
-    sessions = {k: v for k, v in b.sessions.items() if k != "backbone_static"}  # the int8 one: batches go to the fp32 graph
+    sessions = {
+        k: v for k, v in b.sessions.items() if k != "backbone_static"
+    }  # the int8 one: batches go to the fp32 graph
     session = load_session(b.directory, "backbone", entry, b.providers, b.threads, runtime)
-    fp32 = replace(b, variant="fp32", sessions=dict(sessions, backbone=session),
-                   graph_files=dict(b.graph_files, backbone=b.directory / entry["file"]), static_batch=None)
+    fp32 = replace(
+        b,
+        variant="fp32",
+        sessions=dict(sessions, backbone=session),
+        graph_files=dict(b.graph_files, backbone=b.directory / entry["file"]),
+        static_batch=None,
+    )
     return backbone_features(fp32, x_in)
 
 
@@ -118,10 +138,17 @@ def projector_problem(b: Bundle, w, bias) -> str | None:
 def save_finetuned(b: Bundle, ft: dict, kind: str = "fit") -> Path:
     """Write the device-fitted projector for ``b``'s variant (:func:`sidecar_path`), bound to the
     artifact and to the backbone graph it was fitted on; other variants' sidecars are untouched."""
-    from ..stio import serialize as save
+    from edgedd.core.stio import serialize as save
 
-    meta = {**binding(b), "method": "ridge (closed form)", "fit_features": "fp32 backbone", "ridge": repr(ft["ridge"]),
-            "views": str(ft["views"]), "mse_before": repr(ft["mse_before"]), "mse_after": repr(ft["mse_after"])}
+    meta = {
+        **binding(b),
+        "method": "ridge (closed form)",
+        "fit_features": "fp32 backbone",
+        "ridge": repr(ft["ridge"]),
+        "views": str(ft["views"]),
+        "mse_before": repr(ft["mse_before"]),
+        "mse_after": repr(ft["mse_after"]),
+    }
     path = sidecar_path(b.directory, b.variant, kind)
     write_bytes(path, save({"weight": ft["weight"], "bias": ft["bias"]}, metadata=meta))
     return path
@@ -148,8 +175,10 @@ def load_projector_file(b: Bundle, path: Path) -> tuple[np.ndarray, np.ndarray]:
     from safetensors import safe_open
 
     def bad(what: str) -> EdgeddError:
-        return EdgeddError(f"{path} is not a valid fitted projector for this bundle ({what})",
-                           f"delete it and run {refit_command(b.variant)} again")
+        return EdgeddError(
+            f"{path} is not a valid fitted projector for this bundle ({what})",
+            f"delete it and run {refit_command(b.variant)} again",
+        )
 
     if path.is_symlink() or not path.is_file():
         raise bad("not a regular file")
@@ -171,8 +200,10 @@ def load_projector_file(b: Bundle, path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise bad("fitted for another artifact")
     fitted_on = md.get("backbone")
     if fitted_on in VARIANTS and fitted_on != b.variant:  # a file renamed or forged across variants
-        raise EdgeddError(f"{path} is not a valid fitted projector for this bundle (fitted for the {fitted_on} backbone, this run uses {b.variant})",
-                          f"delete it and run {refit_command(b.variant)} on this bundle to fit it for the {b.variant} backbone")
+        raise EdgeddError(
+            f"{path} is not a valid fitted projector for this bundle (fitted for the {fitted_on} backbone, this run uses {b.variant})",
+            f"delete it and run {refit_command(b.variant)} on this bundle to fit it for the {b.variant} backbone",
+        )
     if fitted_on != b.variant:
         raise bad(f"fitted for the {fitted_on or 'unknown'} backbone, this run uses {b.variant}")
     if md.get("backbone_sha256") != b.graph_sha256["backbone"]:
@@ -180,9 +211,13 @@ def load_projector_file(b: Bundle, path: Path) -> tuple[np.ndarray, np.ndarray]:
     problem = projector_problem(b, w, bias)
     if problem:
         raise bad(problem)
-    if b.variant == "int8" and "fit_features" not in md:  # an older edgedd's fit on int8 view features: valid, but worse
+    if (
+        b.variant == "int8" and "fit_features" not in md
+    ):  # an older edgedd's fit on int8 view features: valid, but worse
         import warnings
 
-        warnings.warn(f"{path} was fitted on the int8 graph's view features by an older edgedd (up to 7.6 points lower on "
-                      "real images); run edgedd deploy-check --int8 again to refit it on the fp32 graph's")
+        warnings.warn(
+            f"{path} was fitted on the int8 graph's view features by an older edgedd (up to 7.6 points lower on "
+            "real images); run edgedd deploy-check --int8 again to refit it on the fp32 graph's"
+        )
     return w, bias

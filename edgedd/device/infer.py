@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import EdgeddError
+from edgedd.core.errors import EdgeddError
+
 from .ortrun import run as run_graph
 
 if TYPE_CHECKING:
@@ -59,7 +60,9 @@ def run_checked(b: Bundle, role: str, x: np.ndarray) -> np.ndarray:
     outs = run_graph(sess, feeds, graph_name(b, role))
     problem = output_problem(outs[0] if outs else None, len(x), expected_width(b, role))
     if problem:
-        if problem.startswith("NaN") and role != "backbone" and x.size:  # finite inputs can overflow float32 (a backbone answering 1e38)
+        if (
+            problem.startswith("NaN") and role != "backbone" and x.size
+        ):  # finite inputs can overflow float32 (a backbone answering 1e38)
             problem += f" on inputs up to |{float(np.abs(x).max()):.3g}|"
         raise EdgeddError(f"{graph_name(b, role)} returned {problem}", ALTERED)
     return outs[0]
@@ -71,14 +74,23 @@ def backbone_features(b: Bundle, images: np.ndarray, batch: int = BATCH) -> np.n
     graph, the one a phone accelerator takes whole; other batches through the dynamic one."""
     if not len(images):
         return np.zeros((0, expected_width(b, "backbone")), np.float32)
-    return np.concatenate([run_checked(b, _backbone_role(b, len(x)), x) for x in (images[s : s + batch] for s in range(0, len(images), batch))])
+    return np.concatenate(
+        [
+            run_checked(b, _backbone_role(b, len(x)), x)
+            for x in (images[s : s + batch] for s in range(0, len(images), batch))
+        ]
+    )
 
 
 def _backbone_role(b: Bundle, n: int) -> str:
-    return "backbone_static" if n == getattr(b, "static_batch", None) and "backbone_static" in b.sessions else "backbone"
+    return (
+        "backbone_static" if n == getattr(b, "static_batch", None) and "backbone_static" in b.sessions else "backbone"
+    )
 
 
-def classify(b: Bundle, images: np.ndarray, projector: tuple[np.ndarray, np.ndarray] | None = None, batch: int = BATCH) -> np.ndarray:
+def classify(
+    b: Bundle, images: np.ndarray, projector: tuple[np.ndarray, np.ndarray] | None = None, batch: int = BATCH
+) -> np.ndarray:
     """Normalised edge inputs -> logits. ``projector`` None: the packed projector graph."""
     return head(b, backbone_features(b, images, batch), projector, batch)
 
@@ -90,12 +102,17 @@ def project(b: Bundle, feats: np.ndarray, projector: tuple[np.ndarray, np.ndarra
         p = (feats @ projector[0].T + projector[1]).astype(np.float32, copy=False)
     if not np.isfinite(p).all():
         big = float(np.abs(feats).max()) if feats.size else 0.0
-        raise EdgeddError(f"the device-fitted projector overflowed on the features of {graph_name(b, 'backbone')} "
-                          f"(largest |value| {big:.3g})", ALTERED)
+        raise EdgeddError(
+            f"the device-fitted projector overflowed on the features of {graph_name(b, 'backbone')} "
+            f"(largest |value| {big:.3g})",
+            ALTERED,
+        )
     return p
 
 
-def head(b: Bundle, feats: np.ndarray, projector: tuple[np.ndarray, np.ndarray] | None = None, batch: int = BATCH) -> np.ndarray:
+def head(
+    b: Bundle, feats: np.ndarray, projector: tuple[np.ndarray, np.ndarray] | None = None, batch: int = BATCH
+) -> np.ndarray:
     """phi_B features -> logits: the projector (None: the packed graph; else (W, b)), then the
     classifier. Callers that score two projectors on the same images run the backbone once."""
     if not len(feats):

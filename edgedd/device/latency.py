@@ -26,7 +26,9 @@ P50_SLACK = 0.10
 RUNS, WARMUP = 100, 5
 
 
-def latency_ms(b: Bundle, x1: np.ndarray, projector=None, runs: int = RUNS, warmup: int = WARMUP) -> tuple[float, float, float]:
+def latency_ms(
+    b: Bundle, x1: np.ndarray, projector=None, runs: int = RUNS, warmup: int = WARMUP
+) -> tuple[float, float, float]:
     """(p50, p95, p99) in ms of ``runs`` batch-1 runs through the three graphs, after ``warmup``."""
     for _ in range(warmup):
         classify(b, x1, projector)

@@ -13,12 +13,11 @@ per-run time limit (ortrun) cannot stop an interpreter call: LiteRT has no cance
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from ..errors import EdgeddError
+from edgedd.core.errors import EdgeddError
 
 PACKAGE = "ai-edge-litert"
 TFLITE_IDENTIFIER = b"TFL3"  # the FlatBuffer file identifier of a .tflite model, bytes 4..8
@@ -29,7 +28,9 @@ def interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as e:
-        raise EdgeddError(f"--runtime litert needs the {PACKAGE} package ({e})", f"pip install {PACKAGE}, or use --runtime onnx") from None
+        raise EdgeddError(
+            f"--runtime litert needs the {PACKAGE} package ({e})", f"pip install {PACKAGE}, or use --runtime onnx"
+        ) from None
     return Interpreter
 
 
@@ -39,16 +40,23 @@ class LiteRTSession:
     def __init__(self, data: bytes, name: str, threads: int | None = None):
         Interpreter = interpreter_class()
         if data[4:8] != TFLITE_IDENTIFIER:
-            raise EdgeddError(f"{name} is not a LiteRT (.tflite) model", "the bundle was altered; re-copy it or re-run edgedd pack")
+            raise EdgeddError(
+                f"{name} is not a LiteRT (.tflite) model", "the bundle was altered; re-copy it or re-run edgedd pack"
+            )
         try:
             self.interp = Interpreter(model_content=data, num_threads=threads)
             self.interp.allocate_tensors()
             self._in, self._out = self.interp.get_input_details(), self.interp.get_output_details()
         except Exception as e:  # LiteRT's own errors (ValueError, RuntimeError)
-            raise EdgeddError(f"LiteRT cannot load {name} ({type(e).__name__})", f"check the {PACKAGE} version (see the bundle's meta)") from None
+            raise EdgeddError(
+                f"LiteRT cannot load {name} ({type(e).__name__})",
+                f"check the {PACKAGE} version (see the bundle's meta)",
+            ) from None
         if len(self._in) != 1 or len(self._out) != 1:
-            raise EdgeddError(f"{name} has {len(self._in)} inputs and {len(self._out)} outputs, not one each",
-                              "the bundle was altered; re-copy it or re-run edgedd pack")
+            raise EdgeddError(
+                f"{name} has {len(self._in)} inputs and {len(self._out)} outputs, not one each",
+                "the bundle was altered; re-copy it or re-run edgedd pack",
+            )
         self.batch = int(self._in[0]["shape"][0])
         self.name = name
 
@@ -62,19 +70,26 @@ class LiteRTSession:
         (x,) = feeds.values()
         want = tuple(self._in[0]["shape"][1:])
         if tuple(x.shape[1:]) != want:
-            raise EdgeddError(f"{self.name} takes inputs of shape {want}, got {tuple(x.shape[1:])}", "report this as a bug")
+            raise EdgeddError(
+                f"{self.name} takes inputs of shape {want}, got {tuple(x.shape[1:])}", "report this as a bug"
+            )
         out = []
         for s in range(0, len(x), self.batch):  # fixed-size calls; the last one padded with zeros
             chunk = x[s : s + self.batch]
             n = len(chunk)
             if n < self.batch:
                 chunk = np.concatenate([chunk, np.zeros((self.batch - n, *want), chunk.dtype)])
-            self.interp.set_tensor(self._in[0]["index"], _to_input(np.ascontiguousarray(chunk, np.float32), self._in[0]))
+            self.interp.set_tensor(
+                self._in[0]["index"], _to_input(np.ascontiguousarray(chunk, np.float32), self._in[0])
+            )
             self.interp.invoke()
             out.append(_from_output(np.array(self.interp.get_tensor(self._out[0]["index"])), self._out[0])[:n])
         y = np.concatenate(out) if out else np.zeros((0, *self._out[0]["shape"][1:]), np.float32)
         if not np.isfinite(y).all():
-            raise EdgeddError(f"LiteRT gave non-finite outputs for {self.name}", "the bundle may be altered; re-copy it or re-run edgedd pack")
+            raise EdgeddError(
+                f"LiteRT gave non-finite outputs for {self.name}",
+                "the bundle may be altered; re-copy it or re-run edgedd pack",
+            )
         return [y]
 
 

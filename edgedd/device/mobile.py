@@ -20,7 +20,11 @@ import onnxruntime as ort
 
 REMOTE_ONLY = ("AzureExecutionProvider",)  # present in the list, but runs nothing on this device
 # checker name -> (the function's provider table, or None for NNAPI's); the three the checker reports
-TARGETS = {"NNAPI": None, "CoreML MLProgram": "coreml_supported_mlprogram_ops.md", "CoreML NeuralNetwork": "coreml_supported_neuralnetwork_ops.md"}
+TARGETS = {
+    "NNAPI": None,
+    "CoreML MLProgram": "coreml_supported_mlprogram_ops.md",
+    "CoreML NeuralNetwork": "coreml_supported_neuralnetwork_ops.md",
+}
 
 
 def available_providers() -> list[str]:
@@ -36,7 +40,10 @@ def readiness(data: bytes) -> dict:
         from onnxruntime.tools.mobile_helpers import usability_checker as uc
         from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
     except Exception as e:  # ImportError on a device install; anything its imports raise elsewhere
-        return {"available": False, "reason": f"onnxruntime.tools.mobile_helpers cannot be imported ({type(e).__name__}: {str(e)[:120]})"}
+        return {
+            "available": False,
+            "reason": f"onnxruntime.tools.mobile_helpers cannot be imported ({type(e).__name__}: {str(e)[:120]})",
+        }
     try:
         with tempfile.TemporaryDirectory(prefix="edgedd-mobile-") as tmp:
             src, opt = Path(tmp) / "model.onnx", Path(tmp) / "model.opt.onnx"
@@ -45,10 +52,21 @@ def readiness(data: bytes) -> dict:
             model = ModelProtoWithShapeInfo(opt).model_with_shape_info
             targets = {}
             for name, table in TARGETS.items():
-                info = uc.check_nnapi_partitions(model, True) if table is None else uc.check_coreml_partitions(model, True, table)
-                targets[name] = {"nodes": info.num_nodes, "supported_nodes": info.num_supported_nodes, "partitions": info.num_partitions,
-                                 "supported_pct": round(100.0 * info.num_supported_nodes / max(info.num_nodes, 1), 1),
-                                 "suitability": info.suitability().name}
+                info = (
+                    uc.check_nnapi_partitions(model, True)
+                    if table is None
+                    else uc.check_coreml_partitions(model, True, table)
+                )
+                targets[name] = {
+                    "nodes": info.num_nodes,
+                    "supported_nodes": info.num_supported_nodes,
+                    "partitions": info.num_partitions,
+                    "supported_pct": round(100.0 * info.num_supported_nodes / max(info.num_nodes, 1), 1),
+                    "suitability": info.suitability().name,
+                }
     except Exception as e:  # the checker's own failures: a figure it cannot compute is not reported
-        return {"available": False, "reason": f"onnxruntime's mobile checker failed ({type(e).__name__}: {str(e)[:120]})"}
+        return {
+            "available": False,
+            "reason": f"onnxruntime's mobile checker failed ({type(e).__name__}: {str(e)[:120]})",
+        }
     return {"available": True, "targets": targets}

@@ -21,7 +21,7 @@ import time
 
 import onnxruntime as ort
 
-from ..errors import EdgeddError
+from edgedd.core.errors import EdgeddError
 
 DEFAULT_LIMIT_S = 60.0
 LIMIT_ENV = "EDGEDD_RUN_TIMEOUT"
@@ -37,7 +37,10 @@ def time_limit() -> float:
     except ValueError:
         limit = math.nan
     if not (limit > 0 and math.isfinite(limit)):
-        raise EdgeddError(f"{LIMIT_ENV}={raw!r} is not a number of seconds", f"set it to a positive number (default {DEFAULT_LIMIT_S:g}) or unset it")
+        raise EdgeddError(
+            f"{LIMIT_ENV}={raw!r} is not a number of seconds",
+            f"set it to a positive number (default {DEFAULT_LIMIT_S:g}) or unset it",
+        )
     return limit
 
 
@@ -103,21 +106,29 @@ def run(sess: ort.InferenceSession, feeds: dict, graph: str) -> list:
         raise _out_of_memory(graph) from None
     except Exception as e:  # onnxruntime's own exception types (Fail, RuntimeException, InvalidArgument, ...)
         if opts.terminate:
-            raise EdgeddError(f"onnxruntime stopped {graph} after the time limit of {limit:g} s per batch",
-                              "a bundle's graphs take milliseconds per batch, so this one may be altered (re-copy the bundle "
-                              f"or re-run edgedd pack); on a slow device raise the limit with {LIMIT_ENV}=SECONDS") from None
-        if "allocate" in str(e).lower():  # onnxruntime's arena: "Failed to allocate memory for requested buffer of size N"
+            raise EdgeddError(
+                f"onnxruntime stopped {graph} after the time limit of {limit:g} s per batch",
+                "a bundle's graphs take milliseconds per batch, so this one may be altered (re-copy the bundle "
+                f"or re-run edgedd pack); on a slow device raise the limit with {LIMIT_ENV}=SECONDS",
+            ) from None
+        if (
+            "allocate" in str(e).lower()
+        ):  # onnxruntime's arena: "Failed to allocate memory for requested buffer of size N"
             raise _out_of_memory(graph) from None
-        raise EdgeddError(f"onnxruntime failed running {graph} ({type(e).__name__}: {_status(e)})",
-                          "the bundle may be altered or made for another onnxruntime; re-copy it or re-run edgedd pack") from None
+        raise EdgeddError(
+            f"onnxruntime failed running {graph} ({type(e).__name__}: {_status(e)})",
+            "the bundle may be altered or made for another onnxruntime; re-copy it or re-run edgedd pack",
+        ) from None
     finally:
         _WATCHDOG.disarm(token)
 
 
 def _out_of_memory(graph: str) -> EdgeddError:
-    return EdgeddError(f"onnxruntime ran out of memory running {graph}",
-                       "free memory or use a smaller batch; a bundle's graphs need little, so an altered one may ask for far more "
-                       "(re-copy the bundle or re-run edgedd pack)")
+    return EdgeddError(
+        f"onnxruntime ran out of memory running {graph}",
+        "free memory or use a smaller batch; a bundle's graphs need little, so an altered one may ask for far more "
+        "(re-copy the bundle or re-run edgedd pack)",
+    )
 
 
 def _status(e: Exception, limit: int = 160) -> str:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import require_file
+from edgedd.core.paths import require_file
+
 from . import artifact as art
 from .bundle import Bundle
 from .infer import top_indices
@@ -22,10 +23,17 @@ def prediction_rows(b: Bundle, images: list[str], prob: np.ndarray, topk: int = 
     """:func:`predict_files`'s rows from probabilities already computed (and checked), one at a time:
     the CLI prints them as they come, so the answer's memory is ``prob``'s (n x classes), not n dicts."""
     for p, row in zip(images, prob):
-        yield {"image": str(p), "top": [{"label": b.class_names[i], "index": int(i), "prob": float(row[i])} for i in top_indices(row, topk)]}
+        yield {
+            "image": str(p),
+            "top": [
+                {"label": b.class_names[i], "index": int(i), "prob": float(row[i])} for i in top_indices(row, topk)
+            ],
+        }
 
 
-def predict(directory: str | Path, images: list[str], topk: int = 5, int8: bool = False, threads: int | None = None) -> list[dict]:
+def predict(
+    directory: str | Path, images: list[str], topk: int = 5, int8: bool = False, threads: int | None = None
+) -> list[dict]:
     """Open (and verify) the bundle, then :func:`predict_files`."""
     return predict_files(Bundle.open(directory, int8=int8, threads=threads), images, topk)
 

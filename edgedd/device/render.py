@@ -1,4 +1,4 @@
-"""Numpy twin of ``edgedd.augment.render_views`` and of the real-image preprocessing.
+"""Numpy twin of ``edgedd.host.augment.render_views`` and of the real-image preprocessing.
 
 A view is an axis-aligned box (x0, y0, x1, y1) in [0, 1] plus a flip. torch's
 ``affine_grid`` + bilinear ``grid_sample(align_corners=False, padding_mode="border")`` has no

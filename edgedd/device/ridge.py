@@ -67,7 +67,9 @@ def residual(x: np.ndarray, y: np.ndarray, prior: str) -> np.ndarray:
     return y - x
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float = DEFAULT_RIDGE, prior: str = "none") -> tuple[np.ndarray, np.ndarray]:
+def fit_ridge(
+    x: np.ndarray, y: np.ndarray, ridge: float = DEFAULT_RIDGE, prior: str = "none"
+) -> tuple[np.ndarray, np.ndarray]:
     """Equation (3), or (4) with prior="identity". x (n, D_B), y (n, D_A) -> W (D_A, D_B), b (D_A,),
     in float64 then float32."""
     x = x.astype(np.float64)
@@ -123,8 +125,15 @@ def _fold_predictions(xtr: np.ndarray, ytr: np.ndarray, xh: np.ndarray, grid) ->
     return [(left / (s + r * scale)) @ right + my for r in grid]
 
 
-def select_ridge(x: np.ndarray, y: np.ndarray, image: np.ndarray, labels: np.ndarray, grid=RIDGE_GRID, folds: int = FOLDS,
-                 prior: str = "none") -> tuple[float, dict]:
+def select_ridge(
+    x: np.ndarray,
+    y: np.ndarray,
+    image: np.ndarray,
+    labels: np.ndarray,
+    grid=RIDGE_GRID,
+    folds: int = FOLDS,
+    prior: str = "none",
+) -> tuple[float, dict]:
     """The relative strength r in ``grid`` whose fits predict held-out images' targets best.
 
     x (n, D_B), y (n, D_A): features of n views; ``image`` (n,) the image each view is of; ``labels``

@@ -17,8 +17,9 @@ import re
 
 import numpy as np
 
-from ..images import INTERPOLATIONS
-from ..paths import MAX_CLASS_NAME_CHARS
+from edgedd.core.images import INTERPOLATIONS
+from edgedd.core.paths import MAX_CLASS_NAME_CHARS
+
 from .ridge import PRIORS, recorded_prior
 
 # A graph's file name, from the artifact's metadata: a bare name inside the bundle, nothing else
@@ -73,7 +74,10 @@ def _dict(parent: dict, key: str, where: str) -> dict:
 
 def _size(d: dict, key: str, where: str, lo: int = 1, hi: int | None = None) -> int:
     v = d.get(key)
-    _need(_is_int(v) and v >= lo and (hi is None or v <= hi), f"{where}{key} is {_show(v)}, not an integer in [{lo}, {hi or 'inf'}]")
+    _need(
+        _is_int(v) and v >= lo and (hi is None or v <= hi),
+        f"{where}{key} is {_show(v)}, not an integer in [{lo}, {hi or 'inf'}]",
+    )
     return v
 
 
@@ -87,8 +91,10 @@ def _tensor(tensors: dict, name: str, dtype, shape: tuple) -> np.ndarray:
     t = tensors.get(name)
     _need(t is not None, f"tensor {name} is missing")
     _need(t.dtype == np.dtype(dtype), f"tensor {name} is {t.dtype}, not {np.dtype(dtype)}")
-    _need(t.ndim == len(shape) and all(w is None and s >= 1 or s == w for s, w in zip(t.shape, shape)),
-          f"tensor {name} has shape {t.shape}, not {tuple('?' if w is None else w for w in shape)}")
+    _need(
+        t.ndim == len(shape) and all(w is None and s >= 1 or s == w for s, w in zip(t.shape, shape)),
+        f"tensor {name} has shape {t.shape}, not {tuple('?' if w is None else w for w in shape)}",
+    )
     if t.dtype.kind == "f":
         _need(bool(np.isfinite(t).all()), f"tensor {name} holds NaN or infinite values")
     return t
@@ -96,14 +102,19 @@ def _tensor(tensors: dict, name: str, dtype, shape: tuple) -> np.ndarray:
 
 def _check(meta: dict, tensors: dict) -> None:
     names = meta.get("class_names")
-    _need(isinstance(names, list) and len(names) >= 1 and all(isinstance(c, str) and c for c in names),
-          "class_names is not a list of non-empty strings")
+    _need(
+        isinstance(names, list) and len(names) >= 1 and all(isinstance(c, str) and c for c in names),
+        "class_names is not a list of non-empty strings",
+    )
     longest = max(len(n) for n in names)
     _need(longest <= MAX_CLASS_NAME, f"a class name is {longest} characters long, more than {MAX_CLASS_NAME}")
     _need(len(set(names)) == len(names), "class_names has duplicates")
     c = len(names)
     for part in ("distill", "edge"):
-        _need(isinstance(_dict(_dict(meta, part, ""), "backbone", f"{part}.").get("name"), str), f"{part}.backbone.name is not a string")
+        _need(
+            isinstance(_dict(_dict(meta, part, ""), "backbone", f"{part}.").get("name"), str),
+            f"{part}.backbone.name is not a string",
+        )
     edge = meta["edge"]
     pp = _preprocess(_dict(edge, "preprocess", "edge."))
     d_b = _size(edge, "features", "edge.")
@@ -122,17 +133,29 @@ def _check(meta: dict, tensors: dict) -> None:
     _tensor(tensors, "projector.bias", np.float32, (d_a,))
     prior = recorded_prior(meta)
     _need(prior in PRIORS, f"reference.projector_prior is {_show(prior)}, not one of {', '.join(PRIORS)}")
-    _need(prior != "identity" or d_a == d_b, f"reference.projector_prior is identity but D_A = {d_a} and D_B = {d_b} differ")
+    _need(
+        prior != "identity" or d_a == d_b,
+        f"reference.projector_prior is identity but D_A = {d_a} and D_B = {d_b} differ",
+    )
     images = _tensor(tensors, "synthetic.images", np.uint8, (None, 3, None, None))
     n, r = images.shape[0], images.shape[2]
-    _need(images.shape[3] == r and r <= MAX_SIDE, f"synthetic.images are {images.shape[2]}x{images.shape[3]}, not square up to {MAX_SIDE}")
+    _need(
+        images.shape[3] == r and r <= MAX_SIDE,
+        f"synthetic.images are {images.shape[2]}x{images.shape[3]}, not square up to {MAX_SIDE}",
+    )
     labels = _tensor(tensors, "synthetic.labels", np.int64, (n,))
     _need(bool(((labels >= 0) & (labels < c)).all()), f"synthetic.labels are not all class indices in [0, {c})")
     k = _tensor(tensors, "targets.features", np.float32, (n, None, d_a)).shape[1]
     boxes = _tensor(tensors, "targets.boxes", np.float32, (n, k, 4))
     # Boxes lie in [0, 1] of the image; the reference sampler's overhang past an edge stays within [-1, 2].
-    _need(bool(((boxes >= -1) & (boxes <= 2)).all() and (boxes[..., 2] > boxes[..., 0]).all() and (boxes[..., 3] > boxes[..., 1]).all()),
-          "targets.boxes are not boxes (x0 < x1, y0 < y1, within [-1, 2])")
+    _need(
+        bool(
+            ((boxes >= -1) & (boxes <= 2)).all()
+            and (boxes[..., 2] > boxes[..., 0]).all()
+            and (boxes[..., 3] > boxes[..., 1]).all()
+        ),
+        "targets.boxes are not boxes (x0 < x1, y0 < y1, within [-1, 2])",
+    )
     flips = _tensor(tensors, "targets.flips", np.uint8, (n, k))
     _need(bool((flips <= 1).all()), "targets.flips are not all 0 or 1")
     if meta.get("copy_ratio") is not None:
@@ -147,11 +170,16 @@ def _preprocess(pp: dict) -> dict:
     where = "edge.preprocess."
     s = _size(pp, "input_size", where, 1, MAX_SIDE)
     _size(pp, "resize_size", where, s, MAX_SIDE)  # the canvas is centre-cropped to input_size
-    _need(pp.get("interpolation") in INTERPOLATIONS, f"{where}interpolation is {_show(pp.get('interpolation'))}, not one of {', '.join(INTERPOLATIONS)}")
+    _need(
+        pp.get("interpolation") in INTERPOLATIONS,
+        f"{where}interpolation is {_show(pp.get('interpolation'))}, not one of {', '.join(INTERPOLATIONS)}",
+    )
     for key, lo in (("mean", -math.inf), ("std", 0.0)):
         v = pp.get(key)
-        _need(isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > lo for x in v),
-              f"{where}{key} is {_show(v)}, not 3 finite numbers" + (" > 0" if lo == 0 else ""))
+        _need(
+            isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > lo for x in v),
+            f"{where}{key} is {_show(v)}, not 3 finite numbers" + (" > 0" if lo == 0 else ""),
+        )
     return pp
 
 
@@ -168,9 +196,14 @@ def _graphs(onnx: dict, where: str = "onnx", roles: tuple = GRAPH_ROLES) -> None
 def _file_entry(g, where: str, role: str) -> None:
     _need(isinstance(g, dict), f"{where} is not an object")
     # one message whatever the name, so a crafted artifact learns nothing about what exists outside
-    _need(isinstance(g.get("file"), str) and GRAPH_NAME.fullmatch(g["file"]) is not None,
-          f"it names its {role} graph by something other than a file name inside the bundle")
-    _need(isinstance(g.get("sha256"), str) and SHA256.fullmatch(g["sha256"]) is not None, f"{where}.sha256 is not a sha256")
+    _need(
+        isinstance(g.get("file"), str) and GRAPH_NAME.fullmatch(g["file"]) is not None,
+        f"it names its {role} graph by something other than a file name inside the bundle",
+    )
+    _need(
+        isinstance(g.get("sha256"), str) and SHA256.fullmatch(g["sha256"]) is not None,
+        f"{where}.sha256 is not a sha256",
+    )
 
 
 def _runtime_section(sec: dict, name: str) -> None:
@@ -201,17 +234,28 @@ def copy_ratio_problem(cr, n: int) -> str | None:
 
 
 def _copy_ratio(cr: dict, n: int) -> None:
-    """Format 1.5's optional ``copy_ratio`` (edgedd.copyratio): per space the figures of the N shipped
+    """Format 1.5's optional ``copy_ratio`` (edgedd.core.copyratio): per space the figures of the N shipped
     images; ratios and distances finite and >= 0, counts within [0, N]; nulls where undefined."""
     spaces = _dict(cr, "spaces", "copy_ratio.")
     for space in ("pixels", "features"):
         if spaces.get(space) is None:
             continue
         e, where = _dict(spaces, space, "copy_ratio.spaces."), f"copy_ratio.spaces.{space}."
-        _need(e.get("images") == n and _is_int(e.get("images")), f"{where}images is {_show(e.get('images'))}, not the {n} synthetic images")
+        _need(
+            e.get("images") == n and _is_int(e.get("images")),
+            f"{where}images is {_show(e.get('images'))}, not the {n} synthetic images",
+        )
         for key in ("median_real_nearest", "min", "median", "max"):
             v = e.get(key)
-            _need(v is None or (_is_number(v) and v >= 0), f"{where}{key} is {_show(v)}, not a finite number >= 0 or null")
+            _need(
+                v is None or (_is_number(v) and v >= 0), f"{where}{key} is {_show(v)}, not a finite number >= 0 or null"
+            )
         below, share = e.get("below"), e.get("share_below")
-        _need(below is None or (_is_int(below) and 0 <= below <= n), f"{where}below is {_show(below)}, not a count in [0, {n}] or null")
-        _need(share is None or (_is_number(share) and 0 <= share <= 1), f"{where}share_below is {_show(share)}, not a fraction in [0, 1] or null")
+        _need(
+            below is None or (_is_int(below) and 0 <= below <= n),
+            f"{where}below is {_show(below)}, not a count in [0, {n}] or null",
+        )
+        _need(
+            share is None or (_is_number(share) and 0 <= share <= 1),
+            f"{where}share_below is {_show(share)}, not a fraction in [0, 1] or null",
+        )

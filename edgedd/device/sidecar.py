@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atomic import write_bytes
-from ..errors import EdgeddError
+from edgedd.core.atomic import write_bytes
+from edgedd.core.errors import EdgeddError
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -55,7 +55,11 @@ def device_files() -> frozenset[str]:
 
 def binding(b: Bundle) -> dict[str, str]:
     """What every sidecar records and must match on load: this artifact, this backbone graph."""
-    return {"artifact_sha256": b.artifact.file_sha256, "backbone": b.variant, "backbone_sha256": b.graph_sha256["backbone"]}
+    return {
+        "artifact_sha256": b.artifact.file_sha256,
+        "backbone": b.variant,
+        "backbone_sha256": b.graph_sha256["backbone"],
+    }
 
 
 def refit_command(variant: str) -> str:
@@ -105,8 +109,10 @@ def read_settings(b: Bundle) -> dict | None:
         return None
 
     def bad(what: str) -> EdgeddError:
-        return EdgeddError(f"{path} is not valid runtime settings for this bundle ({what})",
-                           f"delete it and run {refit_command(b.variant)} again, or pass --threads N")
+        return EdgeddError(
+            f"{path} is not valid runtime settings for this bundle ({what})",
+            f"delete it and run {refit_command(b.variant)} again, or pass --threads N",
+        )
 
     if path.is_symlink() or not path.is_file():
         raise bad("not a regular file")
@@ -114,11 +120,17 @@ def read_settings(b: Bundle) -> dict | None:
         raise bad("too large")
     try:
         s = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # RecursionError: nesting past the parser's limit, well under the size cap
+    except (
+        OSError,
+        ValueError,
+        RecursionError,
+    ):  # RecursionError: nesting past the parser's limit, well under the size cap
         raise bad("damaged") from None
     if not isinstance(s, dict):
         raise bad("not a JSON object")
-    if any(s.get(k) != v for k, v in binding(b).items()):  # measured for a bundle since re-packed: not this one's, ignored
+    if any(
+        s.get(k) != v for k, v in binding(b).items()
+    ):  # measured for a bundle since re-packed: not this one's, ignored
         return None
     t = s.get("intra_op_threads")
     if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= MAX_THREADS:

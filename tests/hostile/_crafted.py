@@ -77,9 +77,22 @@ def run_cli(args, limits=(), env=None, timeout=60, wrap=()):
         for what, value in limits:
             resource.setrlimit(what, (value, value))
 
-    full = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEDD_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
-    return subprocess.run([*wrap, sys.executable, "-m", "edgedd", *map(str, args)], capture_output=True, text=True,
-                          errors="surrogateescape", env=full, preexec_fn=cap, timeout=timeout)
+    full = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "EDGEDD_PROGRESS": "0",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [*wrap, sys.executable, "-m", "edgedd", *map(str, args)],
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        env=full,
+        preexec_fn=cap,
+        timeout=timeout,
+    )
 
 
 def one_line_error_proc(p, *words) -> str:

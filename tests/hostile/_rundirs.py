@@ -12,17 +12,40 @@ from pathlib import Path
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from edgedd.cli import app
-from edgedd.paths import cache_root
-from edgedd.stio import torch_serialize
+from edgedd.cli.host import app
+from edgedd.core.paths import cache_root
+from edgedd.core.stio import torch_serialize
 
 ITERATIONS = 4
 
 
 def distill_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["distill", str(data), "--backbone", "test_vit", "--weights", "random", "--out", str(out), "--crop-res", "32",
-            "--syn-res", "32", "--num-workers", "0", "--golden-views", "2", "--preview-every", "0", "--iterations",
-            str(ITERATIONS), "--ipc", "1", "-q", *extra]
+    return [
+        "distill",
+        str(data),
+        "--backbone",
+        "test_vit",
+        "--weights",
+        "random",
+        "--out",
+        str(out),
+        "--crop-res",
+        "32",
+        "--syn-res",
+        "32",
+        "--num-workers",
+        "0",
+        "--golden-views",
+        "2",
+        "--preview-every",
+        "0",
+        "--iterations",
+        str(ITERATIONS),
+        "--ipc",
+        "1",
+        "-q",
+        *extra,
+    ]
 
 
 def distill(data: Path, out: Path, *extra: str):

@@ -11,7 +11,7 @@ from _crafted import one_line_error
 from test_hostile_images import _bomb
 from typer.testing import CliRunner
 
-from edgedd.cli import app
+from edgedd.cli.host import app
 
 
 def _adapt(bundle, data, *extra):

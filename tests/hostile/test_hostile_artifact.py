@@ -16,10 +16,10 @@ import pytest
 from _crafted import one_line_error
 from typer.testing import CliRunner
 
-from edgedd.cli import app
+from edgedd.cli.host import app
+from edgedd.core.errors import EdgeddError
+from edgedd.core.stio import TensorSpec, header_bytes
 from edgedd.device import artifact as art
-from edgedd.errors import EdgeddError
-from edgedd.stio import TensorSpec, header_bytes
 
 # ----------------------------------------------------------------------------- the whole header
 
@@ -50,7 +50,9 @@ def _reindented(data):
 
 def _extra_md_key(data):  # before: a 1 MB key nobody hashes was "sha256 verified"
     h, rest = _split(data)
-    h["__metadata__"] = dict(sorted({**h["__metadata__"], "edgedd.note": "x" * 1_000_000}.items()))  # canonical but for the key
+    h["__metadata__"] = dict(
+        sorted({**h["__metadata__"], "edgedd.note": "x" * 1_000_000}.items())
+    )  # canonical but for the key
     return _join(_canonical(h), rest)
 
 
@@ -69,7 +71,9 @@ def _entry_keys_reordered(data):
 
 def _meta_reindented(data):  # the hash covers the *canonical* meta, so only canonical form can tell
     h, rest = _split(data)
-    h["__metadata__"]["edgedd.meta"] = json.dumps(json.loads(h["__metadata__"]["edgedd.meta"]), indent=1, sort_keys=True)
+    h["__metadata__"]["edgedd.meta"] = json.dumps(
+        json.loads(h["__metadata__"]["edgedd.meta"]), indent=1, sort_keys=True
+    )
     return _join(_canonical(h), rest)
 
 
@@ -171,7 +175,7 @@ LIMITED = r"""
 import resource, sys
 lim = int(sys.argv[1]) * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
-from edgedd.cli import main
+from edgedd.cli.host import main
 sys.argv = ["edgedd", *sys.argv[2:]]
 main()
 """
@@ -179,11 +183,19 @@ main()
 
 def _inspect_limited(path):
     env = dict(os.environ, MALLOC_ARENA_MAX="2")  # glibc reserves 64 MB of address space per thread arena otherwise
-    return subprocess.run([sys.executable, "-c", LIMITED, str(LIMIT_MB), "inspect", str(path)], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", LIMITED, str(LIMIT_MB), "inspect", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def _one_line(r, *words):
-    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr[
+        -2000:
+    ]
     for w in words:
         assert w in r.stderr, (w, r.stderr)
 
@@ -193,7 +205,9 @@ def test_a_sparse_tail_is_refused_unread_under_an_address_space_limit(bundle):
     path = bundle / art.ARTIFACT_FILE
     base = _inspect_limited(path)
     if base.returncode != 0:
-        pytest.skip(f"inspect does not fit in {LIMIT_MB} MB of address space on this machine at all: {base.stderr[-200:]}")
+        pytest.skip(
+            f"inspect does not fit in {LIMIT_MB} MB of address space on this machine at all: {base.stderr[-200:]}"
+        )
     size = path.stat().st_size
     os.truncate(path, size + 3 * 2**30)  # sparse: no disk used
     _one_line(_inspect_limited(path), f"the tensors end at byte {size}, the file at byte {size + 3 * 2**30}")
@@ -202,7 +216,11 @@ def test_a_sparse_tail_is_refused_unread_under_an_address_space_limit(bundle):
 def test_a_declared_huge_tensor_is_one_line_when_memory_runs_out(tmp_path):
     """A canonical header may declare 3 GiB of tensors (the file, sparse, as long): reading them needs that much memory,
     and a device without it says so in one line instead of a MemoryError traceback."""
-    md = {"edgedd.format": art.FORMAT, "edgedd.meta": art.canonical_json({"format": art.FORMAT}), "edgedd.sha256": "0" * 64}
+    md = {
+        "edgedd.format": art.FORMAT,
+        "edgedd.meta": art.canonical_json({"format": art.FORMAT}),
+        "edgedd.sha256": "0" * 64,
+    }
     head = header_bytes(md, {"big": TensorSpec(np.dtype(np.uint8), (3 * 2**30,), 0, 3 * 2**30)})
     path = tmp_path / art.ARTIFACT_FILE
     path.write_bytes(head)
@@ -242,6 +260,7 @@ def _drop_selftest(meta, t):
 
 def _set(path: str, value):
     """An edit setting meta[a][b]... = value (path 'a.b'; a tensor when it names one)."""
+
     def edit(meta, t):
         if path in t:
             t[path] = value(t[path]) if callable(value) else value
@@ -251,6 +270,7 @@ def _set(path: str, value):
         for p in parents:
             d = d[p]
         d[key] = value(d[key]) if callable(value) else value
+
     return edit
 
 
@@ -284,11 +304,17 @@ SCHEMA_CASES = {  # case: (edit of (meta, tensors), words of the refusal)
     "inverted boxes": (_set("targets.boxes", lambda b: b[..., [2, 3, 0, 1]].copy()), "targets.boxes"),
     "flips of 2": (_set("targets.flips", lambda f: f + 2), "targets.flips"),
     "label out of range": (_set("synthetic.labels", lambda y: y + 100), "synthetic.labels"),
-    "wrong projector shape": (_set("projector.weight", lambda w: np.zeros((w.shape[0], w.shape[1] + 1), np.float32)), "projector.weight"),
+    "wrong projector shape": (
+        _set("projector.weight", lambda w: np.zeros((w.shape[0], w.shape[1] + 1), np.float32)),
+        "projector.weight",
+    ),
     "projector float64": (_set("projector.weight", lambda w: w.astype(np.float64)), "projector.weight is float64"),
     "classifier bias short": (_set("classifier.bias", lambda b: b[:-1].copy()), "classifier.bias"),
     "NaN classifier": (_set("classifier.weight", _nan_at), "classifier.weight holds NaN"),
-    "Inf self-test features": (_set("selftest.features", lambda f: f + np.inf), "selftest.features holds NaN or infinite"),
+    "Inf self-test features": (
+        _set("selftest.features", lambda f: f + np.inf),
+        "selftest.features holds NaN or infinite",
+    ),
     "synthetic images float": (_set("synthetic.images", lambda x: x.astype(np.float32)), "synthetic.images is float32"),
     "synthetic images not square": (_set("synthetic.images", lambda x: x[..., :-1].copy()), "not square"),
     "missing self-test": (_drop_selftest, "tensor selftest.inputs is missing"),
@@ -301,8 +327,14 @@ SCHEMA_CASES = {  # case: (edit of (meta, tensors), words of the refusal)
     "copy ratio a list": (_set("copy_ratio", [1]), "copy_ratio"),
     "copy ratio spaces a string": (_set("copy_ratio.spaces", "pixels"), "copy_ratio.spaces"),
     "copy ratio median negative": (_set("copy_ratio.spaces.pixels.median", -0.1), "copy_ratio.spaces.pixels.median"),
-    "copy ratio median NaN-like string": (_set("copy_ratio.spaces.features.max", "nan"), "copy_ratio.spaces.features.max"),
-    "copy ratio more near-copies than images": (_set("copy_ratio.spaces.pixels.below", 10**6), "copy_ratio.spaces.pixels.below"),
+    "copy ratio median NaN-like string": (
+        _set("copy_ratio.spaces.features.max", "nan"),
+        "copy_ratio.spaces.features.max",
+    ),
+    "copy ratio more near-copies than images": (
+        _set("copy_ratio.spaces.pixels.below", 10**6),
+        "copy_ratio.spaces.pixels.below",
+    ),
     "copy ratio of another set": (_set("copy_ratio.spaces.pixels.images", 999), "copy_ratio.spaces.pixels.images"),
 }
 
@@ -318,8 +350,10 @@ def test_a_consistent_bundle_with_malformed_metadata_is_refused_alike(bundle, pa
     edit(meta, tensors)
     art.write(path, tensors, meta)
     image = str(next((packed["heldout"] / "circle").iterdir()))
-    lines = {one_line_error(CliRunner().invoke(app, argv), "verifies but does not hold a valid bundle", words)
-             for argv in (["deploy-check", str(bundle)], ["predict", str(bundle), image], ["inspect", str(bundle)])}
+    lines = {
+        one_line_error(CliRunner().invoke(app, argv), "verifies but does not hold a valid bundle", words)
+        for argv in (["deploy-check", str(bundle)], ["predict", str(bundle), image], ["inspect", str(bundle)])
+    }
     assert len({line.replace(str(path), "P") for line in lines}) == 1, lines  # the same refusal in every command
 
 
@@ -345,7 +379,9 @@ def test_the_copy_ratio_is_optional_and_printed(bundle):
 def test_the_optional_host_figures_are_accepted_null_or_in_range(bundle):
     path = bundle / art.ARTIFACT_FILE
     a = art.load(path)
-    a.meta["reference"].update(golden_heldout_top1=0.9, golden_heldout_images=300, expected_edge_top1=None, expected_edge_images=None)
+    a.meta["reference"].update(
+        golden_heldout_top1=0.9, golden_heldout_images=300, expected_edge_top1=None, expected_edge_images=None
+    )
     art.write(path, a.tensors, a.meta)
     assert art.read(path).meta["reference"]["golden_heldout_top1"] == 0.9
     r = CliRunner().invoke(app, ["inspect", str(bundle)])

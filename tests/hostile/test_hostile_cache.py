@@ -15,7 +15,7 @@ import pytest
 from _crafted import one_line_error
 from _rundirs import cache_entry, distill, outside, rehash_file, rewrite, tree
 
-from edgedd.rundir import GOLDEN_FILE, STAGE1_JSON, STATS_FILE
+from edgedd.distillation.rundir import GOLDEN_FILE, STAGE1_JSON, STATS_FILE
 
 
 def _negate(t):
@@ -80,7 +80,10 @@ def _golden_is_a_directory(entry):
 CASES = {
     # changed bytes, checksum as saved: the hash stops them
     "negated statistics": (lambda e: rewrite(e / STATS_FILE, _negate), "does not match its checksum"),
-    "replaced golden classifier": (lambda e: rewrite(e / GOLDEN_FILE, lambda t: t["weight"].zero_()), "does not match its checksum"),
+    "replaced golden classifier": (
+        lambda e: rewrite(e / GOLDEN_FILE, lambda t: t["weight"].zero_()),
+        "does not match its checksum",
+    ),
     "truncated stats": (_truncate, "does not match its checksum"),
     "missing golden": (_missing_golden, "golden_classifier.safetensors"),
     "golden is a directory": (_golden_is_a_directory, "not a regular file"),
@@ -93,7 +96,10 @@ CASES = {
     "Inf classifier": (lambda e: rewrite(e / GOLDEN_FILE, _inf_weight, rehash=True), "non-finite"),
     "float counts": (lambda e: rewrite(e / STATS_FILE, _float_counts, rehash=True), "counts is missing or not int64"),
     "zero count": (lambda e: rewrite(e / STATS_FILE, _zero_count, rehash=True), "count is not positive"),
-    "wrong classifier shape": (lambda e: rewrite(e / GOLDEN_FILE, _wrong_shape, rehash=True), "weight is missing or not float32 (3, 64)"),
+    "wrong classifier shape": (
+        lambda e: rewrite(e / GOLDEN_FILE, _wrong_shape, rehash=True),
+        "weight is missing or not float32 (3, 64)",
+    ),
 }
 
 
@@ -107,7 +113,9 @@ def first_run(image_folder, tmp_path):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_damaged_cache_entry_is_a_miss_and_is_rebuilt(case, first_run, image_folder, tmp_path, tmp_path_factory, opened):
+def test_a_damaged_cache_entry_is_a_miss_and_is_rebuilt(
+    case, first_run, image_folder, tmp_path, tmp_path_factory, opened
+):
     run1, entry, clean = first_run
     damage, reason = CASES[case]
     damage(entry)
@@ -116,7 +124,9 @@ def test_a_damaged_cache_entry_is_a_miss_and_is_rebuilt(case, first_run, image_f
         r = distill(image_folder, tmp_path / "run2", "--json")
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output[-2000:]
     # one warning line naming the entry and what is wrong; computed, not "cached"
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("warning: the Stage I files in ") and str(entry) in r.stderr, r.stderr
+    assert (
+        r.stderr.count("\n") == 1 and r.stderr.startswith("warning: the Stage I files in ") and str(entry) in r.stderr
+    ), r.stderr
     assert reason in r.stderr, (reason, r.stderr)
     assert json.loads(r.stdout)["stage1_cached"] is False
     # the entry is rewritten whole (stage1.json differs only in its timings), and the run has the clean statistics
@@ -126,7 +136,12 @@ def test_a_damaged_cache_entry_is_a_miss_and_is_rebuilt(case, first_run, image_f
         assert (tmp_path / "run2" / f).read_bytes() == clean[f], f
     assert (tmp_path / "run2" / "synthetic.safetensors").read_bytes() == (run1 / "synthetic.safetensors").read_bytes()
     # nothing outside the run, the cache and the data was opened, and the other run is as it was
-    assert outside(opened.seen, tmp_path_factory.getbasetemp(), tmp_path / "run2", entry.parent.parent.parent, image_folder) == []
+    assert (
+        outside(
+            opened.seen, tmp_path_factory.getbasetemp(), tmp_path / "run2", entry.parent.parent.parent, image_folder
+        )
+        == []
+    )
     assert tree(run1) == untouched
     # and the rebuilt entry is a clean hit, without a warning
     r = distill(image_folder, tmp_path / "run3", "--json")

@@ -12,15 +12,16 @@ import zlib
 
 import numpy as np
 import pytest
-from _crafted import one_line_error, one_line_error_proc, run_cli
+from _crafted import one_line_error, run_cli
 from PIL import Image
 from typer.testing import CliRunner
 
-from edgedd import images, metrics
-from edgedd.cli import app
-from edgedd.data import CanvasDataset
+from edgedd.cli.host import app
+from edgedd.core import images
+from edgedd.core.images import load_canvas, open_dataset, to_rgb
 from edgedd.device.inputs import edge_canvas
-from edgedd.images import load_canvas, open_dataset, to_rgb
+from edgedd.distillation import metrics
+from edgedd.host.data import CanvasDataset
 
 GREY = np.arange(256, dtype=np.uint8).reshape(16, 16)  # every 8-bit level once
 RGB = np.stack([GREY, GREY[::-1], GREY.T], axis=-1)
@@ -34,8 +35,12 @@ def _png16(path, a: np.ndarray, colour_type: int) -> None:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _wide(mode: str) -> Image.Image:
@@ -43,11 +48,13 @@ def _wide(mode: str) -> Image.Image:
     g = GREY.astype(np.int64)
     if mode.startswith("I;16"):
         return Image.frombytes(mode, (16, 16), (g * 257).astype(">u2" if mode == "I;16B" else "<u2").tobytes())
-    return {"I": Image.fromarray((g * 257).astype(np.int32)),  # 16-bit values: read as uint16
-            "I32": Image.fromarray((g * (2**31 - 1) // 255).astype(np.int32)),  # the full non-negative int32 range
-            "Is16": Image.fromarray((g * 257 - 32768).astype(np.int32)),  # signed 16-bit (a TIFF's I;16S)
-            "F": Image.fromarray((g / 255).astype(np.float32)),  # [0, 1]
-            "F255": Image.fromarray(g.astype(np.float32))}[mode]  # [0, 255]: Pillow's convert("F") of L
+    return {
+        "I": Image.fromarray((g * 257).astype(np.int32)),  # 16-bit values: read as uint16
+        "I32": Image.fromarray((g * (2**31 - 1) // 255).astype(np.int32)),  # the full non-negative int32 range
+        "Is16": Image.fromarray((g * 257 - 32768).astype(np.int32)),  # signed 16-bit (a TIFF's I;16S)
+        "F": Image.fromarray((g / 255).astype(np.float32)),  # [0, 1]
+        "F255": Image.fromarray(g.astype(np.float32)),
+    }[mode]  # [0, 255]: Pillow's convert("F") of L
 
 
 WIDE = ["I;16", "I;16L", "I;16B", "I", "I32", "Is16", "F", "F255"]
@@ -63,7 +70,9 @@ def test_wide_greyscale_modes_decode_like_their_8bit_equivalent(mode, tmp_path):
     assert np.abs(back.astype(int) - GREY[..., None]).max() <= 1, (mode, Image.open(f).mode)
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"])
+@pytest.mark.parametrize(
+    "mode", ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"]
+)
 def test_every_8bit_mode_decodes_like_pillows_rgb(mode, tmp_path):
     """The narrow modes: alpha (opaque here) over black, the rest as Pillow converts them."""
     base = Image.fromarray(RGB)
@@ -98,9 +107,11 @@ def _mid_grey_folder(root):
     for cls, mode in (("a", "I;16"), ("b", "I"), ("c", "F")):
         (root / cls).mkdir(parents=True)
         for i in range(2):
-            img = {"I;16": lambda: Image.fromarray(np.full((20, 24), 32768, np.uint16)),
-                   "I": lambda: Image.fromarray(np.full((20, 24), 2**30, np.int32)),
-                   "F": lambda: Image.fromarray(np.full((20, 24), 0.5, np.float32))}[mode]()
+            img = {
+                "I;16": lambda: Image.fromarray(np.full((20, 24), 32768, np.uint16)),
+                "I": lambda: Image.fromarray(np.full((20, 24), 2**30, np.int32)),
+                "F": lambda: Image.fromarray(np.full((20, 24), 0.5, np.float32)),
+            }[mode]()
             img.save(root / cls / f"{i}.{'png' if mode == 'I;16' else 'tif'}")
     return root
 
@@ -136,20 +147,30 @@ def test_outputs_inside_the_data_are_refused(tmp_path):
     link = tmp_path / "link"
     link.symlink_to(data)
     before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
-    for args in (["distill", data, "-b", "test_vit", "--weights", "random", "-o", data / "run1"],
-                 ["distill", link, "-b", "test_vit", "--weights", "random", "-o", data / "run1"],  # through a link
-                 ["distill", data, "-b", "test_vit", "--weights", "random", "-o", link / "run1"],
-                 ["distill", data / "circle", "-b", "test_vit", "--weights", "random", "-o", data, "--overwrite"],  # holds it
-                 ["export-data", data, data / "sub"], ["export-data", link, data / "sub"], ["export-data", data, data]):
+    for args in (
+        ["distill", data, "-b", "test_vit", "--weights", "random", "-o", data / "run1"],
+        ["distill", link, "-b", "test_vit", "--weights", "random", "-o", data / "run1"],  # through a link
+        ["distill", data, "-b", "test_vit", "--weights", "random", "-o", link / "run1"],
+        ["distill", data / "circle", "-b", "test_vit", "--weights", "random", "-o", data, "--overwrite"],  # holds it
+        ["export-data", data, data / "sub"],
+        ["export-data", link, data / "sub"],
+        ["export-data", data, data],
+    ):
         one_line_error(CliRunner().invoke(app, list(map(str, args))), "inside")
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before  # nothing written
 
 
 def test_pack_and_evaluate_refuse_a_bundle_or_run_inside_the_data(packed, tmp_path):
     data = packed["data"]  # the run's training data
-    one_line_error(CliRunner().invoke(app, ["pack", str(packed["run"]), "-o", str(data / "bundle")]), "inside", "training data")
+    one_line_error(
+        CliRunner().invoke(app, ["pack", str(packed["run"]), "-o", str(data / "bundle")]), "inside", "training data"
+    )
     assert not (data / "bundle").exists()
-    one_line_error(CliRunner().invoke(app, ["evaluate", str(packed["run"]), "--test-data", str(packed["root"])]), "inside", "test data")
+    one_line_error(
+        CliRunner().invoke(app, ["evaluate", str(packed["run"]), "--test-data", str(packed["root"])]),
+        "inside",
+        "test data",
+    )
 
 
 def test_class_folders_that_link_back_or_are_outputs_are_skipped_with_a_warning(tmp_path, capsys):
@@ -159,7 +180,11 @@ def test_class_folders_that_link_back_or_are_outputs_are_skipped_with_a_warning(
     (data / "again").symlink_to("circle")  # a second name for a class
     (data / "up").symlink_to("..")  # a folder holding the data root
     (data / "inner").symlink_to(data / "square")  # absolute link
-    for name, marker in (("run1", "run.json"), ("bundle", "edgedd.artifact.safetensors"), ("export", images.EXPORT_MARKER)):
+    for name, marker in (
+        ("run1", "run.json"),
+        ("bundle", "edgedd.artifact.safetensors"),
+        ("export", images.EXPORT_MARKER),
+    ):
         _folder(data / name, ("x",))
         (data / name / marker).write_text("{}")
     capsys.readouterr()
@@ -174,8 +199,8 @@ def test_class_folders_that_link_back_or_are_outputs_are_skipped_with_a_warning(
 
 
 def test_run_json_is_the_run_directorys_marker():
-    from edgedd import rundir
     from edgedd.device import artifact
+    from edgedd.distillation import rundir
 
     names = [n for n, _ in images.OUTPUT_MARKERS]
     assert rundir.RUN_JSON in names and artifact.ARTIFACT_FILE in names and images.EXPORT_MARKER in names
@@ -187,8 +212,16 @@ def test_run_json_is_the_run_directorys_marker():
 def test_an_over_long_class_name_is_one_line_naming_the_folder(tmp_path, monkeypatch):
     data = _folder(tmp_path / "data", ("ok", "a-name-over-the-cap"))
     monkeypatch.setattr(images, "MAX_CLASS_NAME_CHARS", 8)  # a real file system allows 255 bytes: the cap is 256
-    for args in (["export-data", data, tmp_path / "out"], ["distill", data, "-b", "test_vit", "--weights", "random", "-o", tmp_path / "run"]):
-        one_line_error(CliRunner().invoke(app, list(map(str, args))), str(data / "a-name-over-the-cap"), "19 characters", "at most 8")
+    for args in (
+        ["export-data", data, tmp_path / "out"],
+        ["distill", data, "-b", "test_vit", "--weights", "random", "-o", tmp_path / "run"],
+    ):
+        one_line_error(
+            CliRunner().invoke(app, list(map(str, args))),
+            str(data / "a-name-over-the-cap"),
+            "19 characters",
+            "at most 8",
+        )
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
     monkeypatch.undo()
     longest = _folder(tmp_path / "long", ("b", "x" * 255))  # the longest name a file system allows passes
@@ -203,20 +236,34 @@ def test_metrics_reading_is_bounded_and_counts_what_it_skips(tmp_path, monkeypat
     path = tmp_path / "metrics.jsonl"
     with open(path, "w") as f:
         for step in range(1, 10_001):
-            f.write(json.dumps({"step": step, "loss": 1 / step, "resolution": 8, **({"flow_cosine": 0.5} if step % 500 == 0 else {})}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "loss": 1 / step,
+                        "resolution": 8,
+                        **({"flow_cosine": 0.5} if step % 500 == 0 else {}),
+                    }
+                )
+                + "\n"
+            )
             if step == 5000:
                 f.write('{"step": 5000, "pad": "' + "x" * 100_000 + '"}\n')  # too long: never read whole
                 f.write('{"step": 5001, "loss": NaN}\n{"step": 5002, "loss": -Infinity}\ngarbage\n["step"]\n')
     rows, steps, skipped = metrics.read_metrics_sampled(path, max_points=50)
     assert steps == 10_000 and skipped == {"too long": 1, "NaN/Infinity": 2, "not JSON": 1, "not a metrics row": 1}
     assert len(rows) <= 2 * 50 + 20 + 2  # the strided sample, the 20 flow-cosine rows and the last
-    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows) and rows[0]["step"] == 1 and rows[-1]["step"] == 10_000
+    assert (
+        [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+        and rows[0]["step"] == 1
+        and rows[-1]["step"] == 10_000
+    )
     assert sum("flow_cosine" in r for r in rows) == 20  # the sparse curve keeps all its points
     assert len(metrics.read_metrics(path)) == 10_000  # the resume path keeps every row
 
 
 def test_report_warns_once_about_skipped_metrics_lines(packed, tmp_path, monkeypatch, capsys):
-    from edgedd.report import write_report
+    from edgedd.evaluation.report import write_report
 
     run = tmp_path / "run"
     shutil.copytree(packed["run"], run)

@@ -17,10 +17,11 @@ from _crafted import one_line_error, resign
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from edgedd.cli import app
-from edgedd.device import runtime
+from edgedd.cli.host import app
+from edgedd.core.errors import EdgeddError
+from edgedd.device import bundle as device_bundle
+from edgedd.device import infer
 from edgedd.device.onnx_scan import Malformed, uses_external_data
-from edgedd.errors import EdgeddError
 
 
 def _point_backbone_at(bundle, name, sha256=None):
@@ -41,7 +42,9 @@ _DROP = object()
 def test_graph_paths_outside_the_bundle_are_refused_alike(bundle, tmp_path, opened, packed):
     outside = tmp_path / "outside"
     outside.mkdir()
-    shutil.copy(bundle / "backbone.onnx", outside / "backbone.onnx")  # a valid graph: before, deploy-check PASSED with it
+    shutil.copy(
+        bundle / "backbone.onnx", outside / "backbone.onnx"
+    )  # a valid graph: before, deploy-check PASSED with it
     good = hashlib.sha256((bundle / "backbone.onnx").read_bytes()).hexdigest()
     passwd = hashlib.sha256(open("/etc/passwd", "rb").read()).hexdigest() if os.path.exists("/etc/passwd") else good
     image = str(next((packed["heldout"] / "circle").iterdir()))
@@ -67,8 +70,16 @@ def test_graph_paths_outside_the_bundle_are_refused_alike(bundle, tmp_path, open
                 r = CliRunner().invoke(app, argv)
             lines.add(one_line_error(r, "backbone graph", "other than a file name inside the bundle"))
             # nothing the crafted name points at was opened or listed, not even inside the bundle
-            touched = [p for p in opened.seen if ".." in p or p.startswith("/etc/") or "nowhere" in p or "/sub/" in p or "\\" in p
-                       or (p.startswith(str(tmp_path)) and not p.startswith(str(bundle)))]
+            touched = [
+                p
+                for p in opened.seen
+                if ".." in p
+                or p.startswith("/etc/")
+                or "nowhere" in p
+                or "/sub/" in p
+                or "\\" in p
+                or (p.startswith(str(tmp_path)) and not p.startswith(str(bundle)))
+            ]
             assert touched == [], (name, touched)
     assert len(lines) == 1, lines  # one message, whatever the path: no oracle
 
@@ -85,8 +96,10 @@ def test_a_graph_larger_than_protobuf_allows_is_refused_before_it_is_read(bundle
     with open(bundle / "backbone.onnx", "r+b") as f:
         f.truncate(3 * 2**30)
     with pytest.raises(EdgeddError, match="backbone.onnx is 3221225472 bytes, more than an ONNX graph can be"):
-        runtime.open_bundle(bundle)
-    one_line_error(CliRunner().invoke(app, ["deploy-check", str(bundle)]), "backbone.onnx", "more than an ONNX graph can be")
+        device_bundle.open_bundle(bundle)
+    one_line_error(
+        CliRunner().invoke(app, ["deploy-check", str(bundle)]), "backbone.onnx", "more than an ONNX graph can be"
+    )
 
 
 def test_each_graph_is_read_once_and_the_same_bytes_go_to_onnxruntime(bundle, monkeypatch, opened):
@@ -94,17 +107,22 @@ def test_each_graph_is_read_once_and_the_same_bytes_go_to_onnxruntime(bundle, mo
     real = ort.InferenceSession
     monkeypatch.setattr(ort, "InferenceSession", lambda model, **kw: got.append(model) or real(model, **kw))
     with opened:
-        b = runtime.open_bundle(bundle)
+        b = device_bundle.open_bundle(bundle)
     assert all(isinstance(m, bytes) for m in got) and len(got) == 4  # the three roles and the fixed-shape backbone
-    for role, model in zip(runtime.ROLES + ("backbone_static",), got):
+    for role, model in zip(device_bundle.ROLES + ("backbone_static",), got):
         assert hashlib.sha256(model).hexdigest() == b.meta["onnx"][role]["sha256"]
-    for f in ("backbone.onnx", "projector.onnx", "classifier.onnx", "backbone.static.onnx"):  # once each, never again by path
+    for f in (
+        "backbone.onnx",
+        "projector.onnx",
+        "classifier.onnx",
+        "backbone.static.onnx",
+    ):  # once each, never again by path
         assert sum(p.endswith(f) for p in opened.seen) == 1, (f, opened.seen)
     # swapping a file after the check changes nothing: the sessions hold the hashed bytes
     shutil.copy(bundle / "classifier.onnx", bundle / "backbone.onnx")
     shutil.copy(bundle / "classifier.onnx", bundle / "backbone.static.onnx")
     x = np.zeros((1, 3, 32, 32), np.float32)
-    assert runtime.backbone_features(b, x).shape[1] == b.artifact["projector.weight"].shape[1]
+    assert infer.backbone_features(b, x).shape[1] == b.artifact["projector.weight"].shape[1]
 
 
 def _external_model(location: str, where: str = "initializer") -> bytes:
@@ -123,13 +141,22 @@ def _external_model(location: str, where: str = "initializer") -> bytes:
         c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [4])
         then = helper.make_graph([helper.make_node("Constant", [], ["c"], value=w)], "then", [], [c])
         ok = helper.make_tensor_value_info("ok", TensorProto.BOOL, [])
-        g = helper.make_graph([helper.make_node("If", ["ok"], ["c"], then_branch=then, else_branch=then),
-                               helper.make_node("Add", ["images", "c"], ["features"])], "g", [x, ok], [y])
+        g = helper.make_graph(
+            [
+                helper.make_node("If", ["ok"], ["c"], then_branch=then, else_branch=then),
+                helper.make_node("Add", ["images", "c"], ["features"]),
+            ],
+            "g",
+            [x, ok],
+            [y],
+        )
     else:  # a sparse initializer whose values are external
         idx = numpy_helper.from_array(np.array([0], dtype=np.int64), "w_idx")
         w.dims[:] = [1]
         sp = helper.make_sparse_tensor(w, idx, [4])
-        g = helper.make_graph([helper.make_node("Add", ["images", "w"], ["features"])], "g", [x], [y], sparse_initializer=[sp])
+        g = helper.make_graph(
+            [helper.make_node("Add", ["images", "w"], ["features"])], "g", [x], [y], sparse_initializer=[sp]
+        )
         g.sparse_initializer[0].values.name = "w"
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
 

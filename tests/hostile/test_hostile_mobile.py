@@ -11,7 +11,7 @@ import pytest
 from _crafted import one_line_error, resign
 from typer.testing import CliRunner
 
-from edgedd.cli import app
+from edgedd.cli.host import app
 from edgedd.device.ort_scan import uses_external_data
 from edgedd.export.pack import PackConfig, pack
 
@@ -37,7 +37,18 @@ def _check(bundle, *extra):
 def _crafted_ort_with_external_data() -> bytes:
     """A minimal ORT-format model whose one initializer says its bytes live in an external file."""
     import flatbuffers
-    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import Graph as G, InferenceSession as IS, Model as M, Tensor as T
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
+        Graph as G,
+    )
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
+        InferenceSession as IS,
+    )
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
+        Model as M,
+    )
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
+        Tensor as T,
+    )
 
     b = flatbuffers.Builder(0)
     name = b.CreateString("w")
@@ -121,7 +132,9 @@ def test_tflite_names_and_hashes_hold_without_litert(bundle, tmp_path):
 
 
 def test_absent_provider_and_missing_sections_are_one_line(bundle):
-    err = one_line_error(_check(bundle, "--provider", "NoSuchExecutionProvider"), "NoSuchExecutionProvider", "CPUExecutionProvider")
+    err = one_line_error(
+        _check(bundle, "--provider", "NoSuchExecutionProvider"), "NoSuchExecutionProvider", "CPUExecutionProvider"
+    )
     assert "--provider" in err
     one_line_error(_check(bundle, "--runtime", "ort"), "no ort graphs", "pack --ort")
     r = CliRunner().invoke(app, ["predict", str(bundle), "x.png", "--provider", "NoSuchExecutionProvider"])

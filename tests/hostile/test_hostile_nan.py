@@ -16,14 +16,18 @@ from _rundirs import distill, outside, rewrite, tree
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from edgedd import stage2
-from edgedd.cli import app
-from edgedd.paths import cache_root
+from edgedd.cli.host import app
+from edgedd.core.paths import cache_root
+from edgedd.distillation import stage2
 
 
 @pytest.mark.parametrize("lr", ["inf", "-inf", "nan", "0", "-1", "1e38"])
 def test_a_non_finite_or_absurd_lr_is_refused_before_anything_is_written(lr, image_folder, tmp_path):
-    one_line_error(distill(image_folder, tmp_path / "run", "--lr", lr), "--lr must be a finite value in (0, 1000]", f"got {float(lr)}")
+    one_line_error(
+        distill(image_folder, tmp_path / "run", "--lr", lr),
+        "--lr must be a finite value in (0, 1000]",
+        f"got {float(lr)}",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
@@ -58,7 +62,9 @@ def test_a_checkpoint_with_non_finite_values_is_refused(image_folder, tmp_path):
     for key, value in (("level.0", float("nan")), ("adam.1.exp_avg_sq", float("inf"))):
         shutil.copy(out / "checkpoint.safetensors", tmp_path / "clean.safetensors")
         rewrite(out / "checkpoint.safetensors", lambda t: t[key].view(-1).__setitem__(0, value))
-        one_line_error(distill(image_folder, out, "--resume"), "checkpoint", "is damaged", f"non-finite values in {key}")
+        one_line_error(
+            distill(image_folder, out, "--resume"), "checkpoint", "is damaged", f"non-finite values in {key}"
+        )
         assert not (out / "synthetic.safetensors").exists()
         shutil.copy(tmp_path / "clean.safetensors", out / "checkpoint.safetensors")
     r = distill(image_folder, out, "--resume", "--json")  # the clean one resumes
@@ -90,18 +96,29 @@ def _nan_centres(t):
     t["centres"][0, 0] = float("nan")
 
 
-@pytest.mark.parametrize("file,edit,words", [
-    ("synthetic.safetensors", _nan_images, "synthetic.safetensors holds non-finite values in 'images'"),
-    ("golden_classifier.safetensors", _inf_golden, "golden_classifier.safetensors holds non-finite values in 'bias'"),
-    ("stats.safetensors", _nan_centres, "stats.safetensors holds non-finite values in 'centres'"),
-])
+@pytest.mark.parametrize(
+    "file,edit,words",
+    [
+        ("synthetic.safetensors", _nan_images, "synthetic.safetensors holds non-finite values in 'images'"),
+        (
+            "golden_classifier.safetensors",
+            _inf_golden,
+            "golden_classifier.safetensors holds non-finite values in 'bias'",
+        ),
+        ("stats.safetensors", _nan_centres, "stats.safetensors holds non-finite values in 'centres'"),
+    ],
+)
 def test_pack_and_evaluate_refuse_a_non_finite_run(file, edit, words, packed, tmp_path, tmp_path_factory, opened):
     run = tmp_path / "run"
     shutil.copytree(packed["run"], run)
-    rewrite(run / file, edit, rehash=file != "synthetic.safetensors")  # checksums re-recorded: the finite check must stop it
+    rewrite(
+        run / file, edit, rehash=file != "synthetic.safetensors"
+    )  # checksums re-recorded: the finite check must stop it
     before = tree(run)
-    for argv in (["pack", str(run), "--out", str(tmp_path / "bundle")],
-                 ["evaluate", str(run), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q"]):
+    for argv in (
+        ["pack", str(run), "--out", str(tmp_path / "bundle")],
+        ["evaluate", str(run), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q"],
+    ):
         with opened:
             r = CliRunner().invoke(app, argv)
         one_line_error(r, f"run directory {run} is damaged", words, "re-run edgedd distill")

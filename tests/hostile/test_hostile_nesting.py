@@ -10,16 +10,18 @@ import shutil
 from _crafted import one_line_error
 from typer.testing import CliRunner
 
-from edgedd import metrics
-from edgedd.cli import app
-from edgedd.device import runtime
+from edgedd.cli.host import app
+from edgedd.device import sidecar
+from edgedd.distillation import metrics
 
 DEEP = "[" * 3000 + "]" * 3000  # 6 KB; json's C parser gives up near a depth of 1000
 
 
 def test_deeply_nested_runtime_settings_are_one_line(bundle, packed):
     image = str(next((packed["heldout"] / "square").iterdir()))
-    runtime.settings_path(bundle, "fp32").write_text("[" * 2000 + "]" * 2000)  # 4,000 bytes: under the settings' size cap
+    sidecar.settings_path(bundle, "fp32").write_text(
+        "[" * 2000 + "]" * 2000
+    )  # 4,000 bytes: under the settings' size cap
     one_line_error(CliRunner().invoke(app, ["predict", str(bundle), image]), "not valid runtime settings", "damaged")
 
 
@@ -35,8 +37,12 @@ def test_deeply_nested_report_inputs_are_one_line(packed, tmp_path):
     shutil.copytree(packed["run"], run)
     (tmp_path / "deep.json").write_text(DEEP)
     for opt in ("--eval", "--deploy-check"):
-        r = CliRunner().invoke(app, ["report", str(run), opt, str(tmp_path / "deep.json"), "-o", str(tmp_path / "r.html")])
+        r = CliRunner().invoke(
+            app, ["report", str(run), opt, str(tmp_path / "deep.json"), "-o", str(tmp_path / "r.html")]
+        )
         one_line_error(r, "not readable JSON")
     (run / "summary.json").write_text(DEEP)
-    one_line_error(CliRunner().invoke(app, ["report", str(run), "-o", str(tmp_path / "r.html")]), "summary", "not readable JSON")
+    one_line_error(
+        CliRunner().invoke(app, ["report", str(run), "-o", str(tmp_path / "r.html")]), "summary", "not readable JSON"
+    )
     assert not (tmp_path / "r.html").exists()

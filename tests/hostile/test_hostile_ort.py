@@ -12,14 +12,16 @@ from _crafted import one_line_error, one_line_error_proc, resign, run_cli
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from edgedd.cli import app
+from edgedd.cli.host import app
 from edgedd.device import ortrun
 
 
 def _model(nodes, inits, extra_inputs=()) -> bytes:
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 3, None, None])
     y = helper.make_tensor_value_info("features", TensorProto.FLOAT, None)
-    m = helper.make_model(helper.make_graph(nodes, "crafted", [x, *extra_inputs], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(
+        helper.make_graph(nodes, "crafted", [x, *extra_inputs], [y], inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     m.ir_version = 8
     return m.SerializeToString()
 
@@ -29,7 +31,12 @@ def endless_loop() -> bytes:
     it = helper.make_tensor_value_info("i", TensorProto.INT64, [])
     c, co = (helper.make_tensor_value_info(n, TensorProto.BOOL, []) for n in ("c", "co"))
     v, vo = (helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("v", "vo"))
-    body = helper.make_graph([helper.make_node("Identity", ["c"], ["co"]), helper.make_node("Identity", ["v"], ["vo"])], "body", [it, c, v], [co, vo])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["co"]), helper.make_node("Identity", ["v"], ["vo"])],
+        "body",
+        [it, c, v],
+        [co, vo],
+    )
     inits = [numpy_helper.from_array(np.array(10**12, np.int64), "M"), numpy_helper.from_array(np.array(True), "T")]
     return _model([helper.make_node("Loop", ["M", "T", "images"], ["features"], body=body)], inits)
 
@@ -38,7 +45,13 @@ def eight_gib() -> bytes:
     """ConstantOfShape to 2^31 floats (8 GiB), summed."""
     shape = numpy_helper.from_array(np.array([2**31], np.int64), "shape")
     one = numpy_helper.from_array(np.array([1.0], np.float32))
-    return _model([helper.make_node("ConstantOfShape", ["shape"], ["big"], value=one), helper.make_node("ReduceSum", ["big"], ["features"])], [shape])
+    return _model(
+        [
+            helper.make_node("ConstantOfShape", ["shape"], ["big"], value=one),
+            helper.make_node("ReduceSum", ["big"], ["features"]),
+        ],
+        [shape],
+    )
 
 
 def _swap_backbone(bundle, model: bytes) -> None:
@@ -63,9 +76,10 @@ def test_the_time_limit_must_be_a_positive_number(bundle, monkeypatch):
 
 
 def test_an_ordinary_bundle_runs_under_the_limit_and_the_watchdog_costs_little(packed, monkeypatch):
-    from edgedd.device import runtime
 
-    b = runtime.open_bundle(packed["bundle"])
+    from edgedd.device import bundle as device_bundle
+
+    b = device_bundle.open_bundle(packed["bundle"])
     x = np.zeros((1, 3, 32, 32), np.float32)
     sess = b.sessions["backbone"]
     feeds = {sess.get_inputs()[0].name: x}

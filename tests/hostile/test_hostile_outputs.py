@@ -20,9 +20,10 @@ from onnx import helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
-from edgedd.cli import app
-from edgedd.device import accuracy, infer, inputs, runtime
-from edgedd.errors import EdgeddError
+from edgedd.cli.host import app
+from edgedd.core.errors import EdgeddError
+from edgedd.device import accuracy, infer, inputs
+from edgedd.device import bundle as device_bundle
 
 
 def _wrap_output(bundle, role: str, nodes_for, key: str | None = None) -> str:
@@ -31,7 +32,7 @@ def _wrap_output(bundle, role: str, nodes_for, key: str | None = None) -> str:
     for p in [*bundle.glob("projector.*.safetensors"), *bundle.glob("runtime.*.json")]:
         p.unlink()
     key = key or role
-    a = runtime.open_bundle(bundle).meta["onnx"][key]
+    a = device_bundle.open_bundle(bundle).meta["onnx"][key]
     path = bundle / a["file"]
     m = onnx.load_model_from_string(path.read_bytes())
     out = m.graph.output[0].name
@@ -51,14 +52,20 @@ def _wrap_output(bundle, role: str, nodes_for, key: str | None = None) -> str:
 
 def _scale(factor: float):
     def nodes(raw, out):
-        return [helper.make_node("Mul", [raw, "k"], [out])], [numpy_helper.from_array(np.array(factor, np.float32), "k")]
+        return [helper.make_node("Mul", [raw, "k"], [out])], [
+            numpy_helper.from_array(np.array(factor, np.float32), "k")
+        ]
+
     return nodes
 
 
 def _slice(axis: int, end: int):
     def nodes(raw, out):
-        consts = [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("s0", 0), ("s1", end), ("ax", axis))]
+        consts = [
+            numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("s0", 0), ("s1", end), ("ax", axis))
+        ]
         return [helper.make_node("Slice", [raw, "s0", "s1", "ax"], [out])], consts
+
     return nodes
 
 
@@ -70,34 +77,41 @@ def _refused_everywhere(bundle, packed, words, predict_words=()):
     """predict of three images (text and --json) and deploy-check --data (text and --json) each give
     one line with ``words`` (predict's also with ``predict_words``; deploy-check's first run is its self-test)."""
     imgs = _images(packed)
-    for argv in (["predict", str(bundle), *imgs], ["predict", str(bundle), *imgs, "--json"],
-                 ["deploy-check", str(bundle), "--data", str(packed["heldout"])],
-                 ["deploy-check", str(bundle), "--data", str(packed["heldout"]), "--json"]):
+    for argv in (
+        ["predict", str(bundle), *imgs],
+        ["predict", str(bundle), *imgs, "--json"],
+        ["deploy-check", str(bundle), "--data", str(packed["heldout"])],
+        ["deploy-check", str(bundle), "--data", str(packed["heldout"]), "--json"],
+    ):
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # numpy's floating-point warnings must not leak either
             r = CliRunner().invoke(app, argv)
         one_line_error(r, *words, *(predict_words if argv[0] == "predict" else ()))
         assert "Warning" not in r.output and "nan" not in r.stdout.lower(), r.output
     with pytest.raises(EdgeddError):
-        runtime.Bundle.open(bundle).predict(imgs)
+        device_bundle.Bundle.open(bundle).predict(imgs)
 
 
 def test_a_backbone_answering_one_row_for_three_images(bundle, packed):
     name = _wrap_output(bundle, "backbone", _slice(0, 1))
-    d = runtime.open_bundle(bundle).meta["edge"]["features"]
-    _refused_everywhere(bundle, packed, [f"backbone graph {bundle / name} returned shape (1, {d}) for "], ["for 3 input row(s)"])
+    d = device_bundle.open_bundle(bundle).meta["edge"]["features"]
+    _refused_everywhere(
+        bundle, packed, [f"backbone graph {bundle / name} returned shape (1, {d}) for "], ["for 3 input row(s)"]
+    )
 
 
 def test_a_backbone_dropping_rows_only_in_larger_batches_stops_deploy_check_data(bundle, packed):
     """Right for deploy-check's own small batches (self-test, synthetic set), wrong for --data's:
     before, a matmul traceback in the data path."""
-    a = runtime.open_bundle(bundle).artifact
+    a = device_bundle.open_bundle(bundle).artifact
     k = max(len(a["selftest.inputs"]), len(a["synthetic.images"]))
     n = sum(1 for p in packed["heldout"].rglob("*") if p.is_file())
     assert k < n <= infer.BATCH
     name = _wrap_output(bundle, "backbone", _slice(0, k))
     for extra in ([], ["--json"]):
-        r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(packed["heldout"]), "--no-fine-tune", *extra])
+        r = CliRunner().invoke(
+            app, ["deploy-check", str(bundle), "--data", str(packed["heldout"]), "--no-fine-tune", *extra]
+        )
         one_line_error(r, f"backbone graph {bundle / name} returned shape ({k}, ", f"for {n} input row(s)")
 
 
@@ -107,25 +121,36 @@ def test_a_backbone_answering_nan(bundle, packed):
 
 
 def test_a_classifier_sliced_to_two_logits_for_three_classes(bundle, packed):
-    assert len(runtime.open_bundle(bundle).class_names) == 3
+    assert len(device_bundle.open_bundle(bundle).class_names) == 3
     name = _wrap_output(bundle, "classifier", _slice(1, 2))
-    _refused_everywhere(bundle, packed, [f"classifier graph {bundle / name} returned shape ", ", 2) for "], ["(3, 2) for 3 input row(s), not (3, 3)"])
+    _refused_everywhere(
+        bundle,
+        packed,
+        [f"classifier graph {bundle / name} returned shape ", ", 2) for "],
+        ["(3, 2) for 3 input row(s), not (3, 3)"],
+    )
 
 
 def test_a_backbone_answering_1e38_overflows_into_a_check_not_a_warning(bundle, packed):
     _wrap_output(bundle, "backbone", _scale(1e38))
     _refused_everywhere(bundle, packed, ["returned NaN or infinite values on inputs up to |", "e+38|"])
-    b = runtime.Bundle.open(bundle)  # a device-fitted projector (numpy, not a graph) overflows the same way
+    b = device_bundle.Bundle.open(bundle)  # a device-fitted projector (numpy, not a graph) overflows the same way
     b.projector = (np.ones_like(b.artifact["projector.weight"]), np.zeros_like(b.artifact["projector.bias"]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(EdgeddError, match=r"device-fitted projector overflowed on the features of the backbone graph .*e\+38"):
+        with pytest.raises(
+            EdgeddError, match=r"device-fitted projector overflowed on the features of the backbone graph .*e\+38"
+        ):
             b.predict(_images(packed))
 
 
 def test_a_two_megabyte_class_name_is_refused_in_one_short_line(bundle, packed):
     resign(bundle, lambda meta: meta["class_names"].__setitem__(0, "x" * 2_000_000))
-    for argv in (["predict", str(bundle), *_images(packed, 1)], ["inspect", str(bundle)], ["deploy-check", str(bundle)]):
+    for argv in (
+        ["predict", str(bundle), *_images(packed, 1)],
+        ["inspect", str(bundle)],
+        ["deploy-check", str(bundle)],
+    ):
         err = one_line_error(CliRunner().invoke(app, argv), "2000000 characters long, more than 256")
         assert len(err) < 1000, len(err)
 
@@ -167,10 +192,16 @@ def test_memory_is_bounded_by_the_batch_not_the_input_count(bundle, tmp_path, mo
     monkeypatch.setattr(inputs, "load_canvas", counting_canvas)
     monkeypatch.setattr(accuracy, "load_canvas", counting_canvas)
     monkeypatch.setattr(infer, "run_checked", counting_run)
-    for label, go in (("predict", lambda: CliRunner().invoke(app, ["predict", str(bundle), *files, "--json"])),
-                      ("Bundle.predict", lambda: runtime.Bundle.open(bundle).predict(files)),
-                      ("deploy-check --data", lambda: CliRunner().invoke(app, ["deploy-check", str(bundle), "--data", str(tmp_path / "many"),
-                                                                                 "--no-fine-tune", "--json"]))):
+    for label, go in (
+        ("predict", lambda: CliRunner().invoke(app, ["predict", str(bundle), *files, "--json"])),
+        ("Bundle.predict", lambda: device_bundle.Bundle.open(bundle).predict(files)),
+        (
+            "deploy-check --data",
+            lambda: CliRunner().invoke(
+                app, ["deploy-check", str(bundle), "--data", str(tmp_path / "many"), "--no-fine-tune", "--json"]
+            ),
+        ),
+    ):
         decoded[0], fed[:] = 0, []
         r = go()
         if label == "predict":

@@ -10,7 +10,7 @@ import sys
 from _crafted import one_line_error
 from typer.testing import CliRunner
 
-from edgedd.cli import app
+from edgedd.cli.host import app
 from edgedd.device import artifact as art
 
 
@@ -28,18 +28,26 @@ def test_overwrite_refuses_a_fake_artifact_and_a_bundle_with_foreign_files(packe
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / art.ARTIFACT_FILE).write_text("my notes, unluckily named")
-    one_line_error(CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(fake), "--overwrite"]), "holds no edgedd bundle")
+    one_line_error(
+        CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(fake), "--overwrite"]),
+        "holds no edgedd bundle",
+    )
     assert (fake / art.ARTIFACT_FILE).read_text() == "my notes, unluckily named"
 
     mixed = tmp_path / "mixed"
     shutil.copytree(packed["bundle"], mixed)
     (mixed / "thesis.tex").write_text("keep me")
-    one_line_error(CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(mixed), "--overwrite"]), "plus other files (thesis.tex)")
+    one_line_error(
+        CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(mixed), "--overwrite"]),
+        "plus other files (thesis.tex)",
+    )
     assert (mixed / "thesis.tex").read_text() == "keep me" and (mixed / art.ARTIFACT_FILE).is_file()
 
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    one_line_error(CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(a_file), "--overwrite"]), "is a file")
+    one_line_error(
+        CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(a_file), "--overwrite"]), "is a file"
+    )
     assert a_file.read_text() == "x"
 
 
@@ -47,7 +55,9 @@ def test_overwrite_replaces_a_bundle_and_removes_a_killed_packs_temporaries(pack
     out = tmp_path / "b"
     shutil.copytree(packed["bundle"], out)
     (out / "projector.finetuned.safetensors").write_bytes(b"an old fit")  # bundle files are replaceable
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = tmp_path / f".b.{dead}.tmp-x1y2"  # what make_temp_dir names it; its writer is gone
     stale.mkdir()
     (stale / "backbone.onnx").write_bytes(b"half written")
@@ -57,11 +67,15 @@ def test_overwrite_replaces_a_bundle_and_removes_a_killed_packs_temporaries(pack
     live.mkdir()
     mine = tmp_path / ".b.notes"  # a user's own hidden directory
     mine.mkdir()
-    r = CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(out), "--overwrite", "--projector-epochs", "100"])
+    r = CliRunner().invoke(
+        app, ["pack", str(packed["run"]), "--out", str(out), "--overwrite", "--projector-epochs", "100"]
+    )
     assert r.exit_code == 0, r.stderr
     assert not stale.exists() and not stale_old.exists()
     assert live.is_dir() and mine.is_dir()
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in packed["bundle"].iterdir() if "finetuned" not in p.name)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for p in packed["bundle"].iterdir() if "finetuned" not in p.name
+    )
     assert (out / art.ARTIFACT_FILE).read_bytes() == (packed["bundle"] / art.ARTIFACT_FILE).read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".b.notes", live.name, "b"])
 

@@ -18,11 +18,13 @@ from _crafted import DROP_DAC, one_line_error, one_line_error_proc, run_cli
 from conftest import make_image_folder, tiny_distill_args
 from typer.testing import CliRunner
 
-from edgedd.cli import app
-from edgedd.images import scan_image_folder
+from edgedd.cli.host import app
+from edgedd.core.images import scan_image_folder
 
 # Root ignores permission bits; DROP_DAC runs the CLI without that power (setpriv), else these skip.
-needs_permissions = pytest.mark.skipif(DROP_DAC is None, reason="root without setpriv ignores permission bits: nothing can be denied to it")
+needs_permissions = pytest.mark.skipif(
+    DROP_DAC is None, reason="root without setpriv ignores permission bits: nothing can be denied to it"
+)
 
 
 def test_predict_refuses_a_fifo_named_png_without_waiting_on_it(bundle, packed, tmp_path):
@@ -39,10 +41,22 @@ def test_a_directory_or_missing_path_where_a_file_is_expected_is_named_as_such(b
     one_line_error(runner.invoke(app, ["predict", str(bundle), str(folder)]), "is a directory, not a file")
     one_line_error(runner.invoke(app, ["predict", str(bundle), str(tmp_path / "gone.png")]), "does not exist")
     os.mkfifo(tmp_path / "art")
-    one_line_error(runner.invoke(app, ["inspect", str(tmp_path / "art")]), "artifact", "is a FIFO (named pipe), not a file")
-    one_line_error(runner.invoke(app, ["inspect", str(folder)]), "artifact", "does not exist")  # a directory without an artifact
-    one_line_error(runner.invoke(app, ["deploy-check", str(bundle), "--data", str(tmp_path / "art")]), "--data", "is a FIFO (named pipe), not a directory")
-    one_line_error(runner.invoke(app, ["deploy-check", str(bundle), "--data", str(tmp_path / "nowhere")]), "--data", "does not exist")
+    one_line_error(
+        runner.invoke(app, ["inspect", str(tmp_path / "art")]), "artifact", "is a FIFO (named pipe), not a file"
+    )
+    one_line_error(
+        runner.invoke(app, ["inspect", str(folder)]), "artifact", "does not exist"
+    )  # a directory without an artifact
+    one_line_error(
+        runner.invoke(app, ["deploy-check", str(bundle), "--data", str(tmp_path / "art")]),
+        "--data",
+        "is a FIFO (named pipe), not a directory",
+    )
+    one_line_error(
+        runner.invoke(app, ["deploy-check", str(bundle), "--data", str(tmp_path / "nowhere")]),
+        "--data",
+        "does not exist",
+    )
 
 
 @needs_permissions
@@ -54,8 +68,19 @@ def test_permission_denied_is_said_so(bundle, packed, tmp_path):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        one_line_error_proc(run_cli(["deploy-check", bundle, "--data", data], wrap=DROP_DAC), "class folder", "circle", "permission denied", "chmod")
-        one_line_error_proc(run_cli(["export-data", packed["heldout"], ro / "out"], wrap=DROP_DAC), str(ro), "Permission denied", "make it writable")
+        one_line_error_proc(
+            run_cli(["deploy-check", bundle, "--data", data], wrap=DROP_DAC),
+            "class folder",
+            "circle",
+            "permission denied",
+            "chmod",
+        )
+        one_line_error_proc(
+            run_cli(["export-data", packed["heldout"], ro / "out"], wrap=DROP_DAC),
+            str(ro),
+            "Permission denied",
+            "make it writable",
+        )
     finally:
         (data / "circle").chmod(0o755)
         ro.chmod(0o755)
@@ -67,7 +92,11 @@ def test_a_read_only_cache_directory_stops_distill_before_model_work(image_folde
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        p = run_cli(tiny_distill_args(image_folder, tmp_path / "run"), env={"EDGEDD_CACHE_DIR": str(ro / "cache")}, wrap=DROP_DAC)
+        p = run_cli(
+            tiny_distill_args(image_folder, tmp_path / "run"),
+            env={"EDGEDD_CACHE_DIR": str(ro / "cache")},
+            wrap=DROP_DAC,
+        )
         one_line_error_proc(p, "the cache directory", str(ro / "cache"), "Permission denied", "--no-cache")
         assert not (tmp_path / "run").exists()
     finally:
@@ -83,7 +112,11 @@ def test_deploy_check_with_one_class_of_data_runs_and_says_why_it_cannot_judge(b
     assert "data accuracy" in checks and not checks["above chance"]["ok"]
     detail = checks["above chance"]["detail"]
     # more images of the same class would not help: the detail names the real fix
-    assert "one class" in detail and "at least two of the bundle's classes" in detail and "more --data images" not in detail, detail
+    assert (
+        "one class" in detail
+        and "at least two of the bundle's classes" in detail
+        and "more --data images" not in detail
+    ), detail
 
 
 @needs_permissions
@@ -95,9 +128,13 @@ def test_predict_and_inspect_on_an_unreadable_file_say_so(bundle, packed, tmp_pa
     artifact.chmod(0)
     try:  # before: Typer's own path check, exit 2 with Click's message and no fix
         one_line_error_proc(run_cli(["predict", bundle, img], wrap=DROP_DAC), str(img), "permission denied", "chmod")
-        one_line_error_proc(run_cli(["inspect", artifact], wrap=DROP_DAC), "artifact", str(artifact), "permission denied", "chmod")
+        one_line_error_proc(
+            run_cli(["inspect", artifact], wrap=DROP_DAC), "artifact", str(artifact), "permission denied", "chmod"
+        )
         bundle.chmod(0)
-        one_line_error_proc(run_cli(["predict", bundle, img], wrap=DROP_DAC), "bundle", str(bundle), "permission denied", "chmod")
+        one_line_error_proc(
+            run_cli(["predict", bundle, img], wrap=DROP_DAC), "bundle", str(bundle), "permission denied", "chmod"
+        )
     finally:
         bundle.chmod(0o755)
         img.chmod(0o644)
@@ -118,18 +155,28 @@ def test_a_cache_directory_that_is_a_file_stops_distill_before_model_work(image_
 def test_an_output_under_a_file_is_one_line(packed, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    one_line_error(CliRunner().invoke(app, ["export-data", str(packed["heldout"]), str(blocker / "out")]),
-                   str(blocker), "a file stands where a directory is needed")
+    one_line_error(
+        CliRunner().invoke(app, ["export-data", str(packed["heldout"]), str(blocker / "out")]),
+        str(blocker),
+        "a file stands where a directory is needed",
+    )
 
 
 def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_half_written(bundle, packed, tmp_path):
     fsize = [(resource.RLIMIT_FSIZE, 4096)]  # every write past 4 KiB fails with EFBIG, as on a full disk
     (bundle / "projector.fit.fp32.safetensors").unlink(missing_ok=True)
     before = sorted(p.name for p in bundle.iterdir())
-    one_line_error_proc(run_cli(["deploy-check", bundle], limits=fsize), "projector.fit.fp32.safetensors", "File too large", "free space")
+    one_line_error_proc(
+        run_cli(["deploy-check", bundle], limits=fsize),
+        "projector.fit.fp32.safetensors",
+        "File too large",
+        "free space",
+    )
     assert sorted(p.name for p in bundle.iterdir()) == before  # no fit, no temporary
     out = tmp_path / "export"
-    one_line_error_proc(run_cli(["export-data", packed["heldout"], out], limits=[(resource.RLIMIT_FSIZE, 64)]), str(out), "free space")
+    one_line_error_proc(
+        run_cli(["export-data", packed["heldout"], out], limits=[(resource.RLIMIT_FSIZE, 64)]), str(out), "free space"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # neither the export nor its temporary
 
 
@@ -175,5 +222,9 @@ def test_overwrite_through_a_symlinked_out_replaces_what_it_points_to(packed, tm
 def test_a_full_disk_during_distill_is_one_line(image_folder, tmp_path):
     """The Stage I feature array (a memmap) and every atomic write: EFBIG under a 4 KiB file-size limit."""
     cache = tmp_path / "cache"
-    p = run_cli(tiny_distill_args(image_folder, tmp_path / "run"), env={"EDGEDD_CACHE_DIR": str(cache)}, limits=[(resource.RLIMIT_FSIZE, 4096)])
+    p = run_cli(
+        tiny_distill_args(image_folder, tmp_path / "run"),
+        env={"EDGEDD_CACHE_DIR": str(cache)},
+        limits=[(resource.RLIMIT_FSIZE, 4096)],
+    )
     one_line_error_proc(p, "cannot write the Stage I features in", str(cache), "File too large", "free space")

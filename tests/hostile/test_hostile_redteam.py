@@ -15,7 +15,9 @@ def test_a_run_without_a_held_out_slice_packs_a_bundle_the_device_accepts():
     run = SimpleNamespace(stage1={"golden": {"heldout_images": 0, "heldout_top1": float("nan")}})
     ref, held = expectations(run, None, None, None, None, None, None, max_images=0)
     assert held is None and ref["golden_heldout_images"] is None and ref["golden_heldout_top1"] is None
-    schema._host_figures(ref)  # before: "golden_heldout_images is 0, not a positive integer or null" on every device command
+    schema._host_figures(
+        ref
+    )  # before: "golden_heldout_images is 0, not a positive integer or null" on every device command
 
 
 def test_a_report_on_a_run_with_a_non_utf8_class_name(packed, tmp_path):
@@ -24,7 +26,7 @@ def test_a_report_on_a_run_with_a_non_utf8_class_name(packed, tmp_path):
 
     from typer.testing import CliRunner
 
-    from edgedd.cli import app
+    from edgedd.cli.host import app
 
     run = tmp_path / "run"
     shutil.copytree(packed["run"], run)
@@ -42,16 +44,24 @@ def test_stored_threads_beyond_this_devices_cpus_are_ignored(bundle, packed, mon
 
     from typer.testing import CliRunner
 
-    from edgedd.cli import app
+    from edgedd.cli.host import app
     from edgedd.device import artifact as art
-    from edgedd.device import runtime
+    from edgedd.device import sidecar
 
     image = str(next((packed["heldout"] / "square").iterdir()))
     a = art.read(bundle / art.ARTIFACT_FILE)
-    body = {"artifact_sha256": a.file_sha256, "backbone": "fp32", "backbone_sha256": a.meta["onnx"]["backbone"]["sha256"]}
+    body = {
+        "artifact_sha256": a.file_sha256,
+        "backbone": "fp32",
+        "backbone_sha256": a.meta["onnx"]["backbone"]["sha256"],
+    }
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    for threads, used in ((2, 2), (3, None), (1024, None)):  # before: 1024 was used, and predict took minutes on 2 cores
-        runtime.settings_path(bundle, "fp32").write_text(json.dumps({**body, "intra_op_threads": threads}))
+    for threads, used in (
+        (2, 2),
+        (3, None),
+        (1024, None),
+    ):  # before: 1024 was used, and predict took minutes on 2 cores
+        sidecar.settings_path(bundle, "fp32").write_text(json.dumps({**body, "intra_op_threads": threads}))
         r = CliRunner().invoke(app, ["predict", str(bundle), image, "--json"])
         assert r.exit_code == 0 and r.stderr == "" and json.loads(r.stdout)["threads"] == used, (threads, r.stderr)
 
@@ -77,7 +87,7 @@ def test_a_graph_with_an_extra_output_is_refused(bundle, packed):
     from _crafted import one_line_error
     from typer.testing import CliRunner
 
-    from edgedd.cli import app
+    from edgedd.cli.host import app
 
     for p in [*bundle.glob("projector.*.safetensors"), *bundle.glob("runtime.*.json")]:
         p.unlink()

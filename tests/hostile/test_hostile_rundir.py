@@ -21,8 +21,8 @@ from _crafted import one_line_error
 from _rundirs import distill, distill_args, rewrite, tree
 from typer.testing import CliRunner
 
-from edgedd.cli import app
-from edgedd.lock import LOCK_FILE
+from edgedd.cli.host import app
+from edgedd.core.lock import LOCK_FILE
 
 
 def _hold(path):
@@ -49,14 +49,23 @@ def test_a_second_distill_on_a_locked_run_dir_fails_at_once(packed, finished, tm
     before = tree(finished)
     try:  # run B is a real second process; with --overwrite it would have deleted A's files
         t0 = time.monotonic()
-        b = subprocess.run([sys.executable, "-m", "edgedd", *distill_args(packed["data"], finished, "--overwrite")],
-                           capture_output=True, text=True, env=_env(), timeout=120)
+        b = subprocess.run(
+            [sys.executable, "-m", "edgedd", *distill_args(packed["data"], finished, "--overwrite")],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=120,
+        )
         assert b.returncode == 1 and b.stdout == "" and "Traceback" not in b.stderr, b.stderr[-2000:]
-        assert b.stderr.count("\n") == 1 and b.stderr.startswith(f"error: --out {finished} is in use by another edgedd process (pid {os.getpid()})")
+        assert b.stderr.count("\n") == 1 and b.stderr.startswith(
+            f"error: --out {finished} is in use by another edgedd process (pid {os.getpid()})"
+        )
         assert time.monotonic() - t0 < 60  # at once: no model loaded, no wait
         # in-process too, with --resume and without options
         for extra in ((), ("--resume",)):
-            one_line_error(distill(packed["data"], finished, *extra), "is in use by another edgedd process", f"pid {os.getpid()}")
+            one_line_error(
+                distill(packed["data"], finished, *extra), "is in use by another edgedd process", f"pid {os.getpid()}"
+            )
         assert tree(finished) == before  # A's files untouched, its lock file included
     finally:
         os.close(fd)
@@ -64,8 +73,12 @@ def test_a_second_distill_on_a_locked_run_dir_fails_at_once(packed, finished, tm
 
 def test_two_real_distills_on_one_out(image_folder, tmp_path):
     out = tmp_path / "run"
-    a = subprocess.Popen([sys.executable, "-m", "edgedd", *distill_args(image_folder, out, "--iterations", "100000")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    a = subprocess.Popen(
+        [sys.executable, "-m", "edgedd", *distill_args(image_folder, out, "--iterations", "100000")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "stage1.json").exists() and a.poll() is None and time.monotonic() < deadline:
@@ -123,12 +136,18 @@ def test_pack_on_a_locked_bundle_fails_at_once(packed, tmp_path):
                 one_line_error(r, "already exists")  # refused before the lock matters
             else:
                 one_line_error(r, f"--out {out} is in use by another edgedd process (pid {os.getpid()})")
-        r = CliRunner().invoke(app, ["pack", str(packed["run"]), "--out", str(tmp_path / "other"), "--projector-epochs", "10"])
+        r = CliRunner().invoke(
+            app, ["pack", str(packed["run"]), "--out", str(tmp_path / "other"), "--projector-epochs", "10"]
+        )
         assert r.exit_code == 0, r.stderr  # another bundle is not locked
     finally:
         os.close(fd)
     assert tree(out) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.edgedd.lock", "bundle", "other"]  # pack's own lock file removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".bundle.edgedd.lock",
+        "bundle",
+        "other",
+    ]  # pack's own lock file removed
 
 
 # ----------------------------------------------------------------------------- damaged run directories (item 9)
@@ -140,21 +159,56 @@ def _truncate(path):
 
 DAMAGE = {
     "truncated synthetic.json": (lambda r: _truncate(r / "synthetic.json"), "synthetic.json is not valid JSON"),
-    "summary.json not UTF-8": (lambda r: (r / "summary.json").write_bytes(b'{"a": "\xff"}'), "summary.json is not valid JSON"),
+    "summary.json not UTF-8": (
+        lambda r: (r / "summary.json").write_bytes(b'{"a": "\xff"}'),
+        "summary.json is not valid JSON",
+    ),
     "run.json a list": (lambda r: (r / "run.json").write_text("[]"), "run.json is not a JSON object"),
-    "class names an int": (lambda r: (r / "synthetic.json").write_text(json.dumps({**json.loads((r / "synthetic.json").read_text()), "class_names": 3})),
-                           "no list of class names"),
-    "no preprocess": (lambda r: (r / "synthetic.json").write_text(json.dumps({**json.loads((r / "synthetic.json").read_text()),
-                                                                                 "backbone": {"name": "x", "weights": "y", "weights_sha256": "z"}})),
-                      "malformed preprocess"),
-    "truncated synthetic.safetensors": (lambda r: _truncate(r / "synthetic.safetensors"), "synthetic.safetensors is not a valid safetensors file"),
-    "garbage golden": (lambda r: (r / "golden_classifier.safetensors").write_bytes(b"\xff" * 64), "golden_classifier.safetensors"),
-    "images 3-D": (lambda r: rewrite(r / "synthetic.safetensors", lambda t: t.update(images=t["images"][0].contiguous())), "no (N, 3, R, R) float images"),
-    "label out of range": (lambda r: rewrite(r / "synthetic.safetensors", lambda t: t["labels"].__setitem__(0, 7)), "labels (N,) in [0, 3)"),
-    "golden replaced": (lambda r: rewrite(r / "golden_classifier.safetensors", lambda t: t["weight"].zero_()),
-                        "golden_classifier.safetensors does not match its checksum"),
-    "stats negated": (lambda r: rewrite(r / "stats.safetensors", lambda t: t.update(centres=-t["centres"])), "stats.safetensors does not match its checksum"),
-    "synthetic.json a FIFO": (lambda r: ((r / "synthetic.json").unlink(), os.mkfifo(r / "synthetic.json")), "synthetic.json is not a regular file"),
+    "class names an int": (
+        lambda r: (r / "synthetic.json").write_text(
+            json.dumps({**json.loads((r / "synthetic.json").read_text()), "class_names": 3})
+        ),
+        "no list of class names",
+    ),
+    "no preprocess": (
+        lambda r: (r / "synthetic.json").write_text(
+            json.dumps(
+                {
+                    **json.loads((r / "synthetic.json").read_text()),
+                    "backbone": {"name": "x", "weights": "y", "weights_sha256": "z"},
+                }
+            )
+        ),
+        "malformed preprocess",
+    ),
+    "truncated synthetic.safetensors": (
+        lambda r: _truncate(r / "synthetic.safetensors"),
+        "synthetic.safetensors is not a valid safetensors file",
+    ),
+    "garbage golden": (
+        lambda r: (r / "golden_classifier.safetensors").write_bytes(b"\xff" * 64),
+        "golden_classifier.safetensors",
+    ),
+    "images 3-D": (
+        lambda r: rewrite(r / "synthetic.safetensors", lambda t: t.update(images=t["images"][0].contiguous())),
+        "no (N, 3, R, R) float images",
+    ),
+    "label out of range": (
+        lambda r: rewrite(r / "synthetic.safetensors", lambda t: t["labels"].__setitem__(0, 7)),
+        "labels (N,) in [0, 3)",
+    ),
+    "golden replaced": (
+        lambda r: rewrite(r / "golden_classifier.safetensors", lambda t: t["weight"].zero_()),
+        "golden_classifier.safetensors does not match its checksum",
+    ),
+    "stats negated": (
+        lambda r: rewrite(r / "stats.safetensors", lambda t: t.update(centres=-t["centres"])),
+        "stats.safetensors does not match its checksum",
+    ),
+    "synthetic.json a FIFO": (
+        lambda r: ((r / "synthetic.json").unlink(), os.mkfifo(r / "synthetic.json")),
+        "synthetic.json is not a regular file",
+    ),
 }
 
 
@@ -162,13 +216,16 @@ DAMAGE = {
 def test_a_damaged_run_is_one_line_for_pack_and_evaluate(case, finished, packed, tmp_path, tmp_path_factory, opened):
     damage, words = DAMAGE[case]
     damage(finished)
-    for argv in (["pack", str(finished), "--out", str(tmp_path / "bundle")],
-                 ["evaluate", str(finished), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q"]):
+    for argv in (
+        ["pack", str(finished), "--out", str(tmp_path / "bundle")],
+        ["evaluate", str(finished), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q"],
+    ):
         with opened:
             r = CliRunner().invoke(app, argv)
         one_line_error(r, f"run directory {finished} is damaged", words)
         assert not (tmp_path / "bundle").exists()
         from _rundirs import outside
+
         assert outside(opened.seen, tmp_path_factory.getbasetemp(), finished, packed["heldout"]) == [], argv
 
 
@@ -182,7 +239,7 @@ def _ckpt_meta(path, **changes):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from edgedd.stio import torch_serialize
+    from edgedd.core.stio import torch_serialize
 
     with safe_open(path, framework="pt") as f:
         meta = f.metadata()
@@ -194,7 +251,10 @@ CHECKPOINTS = {
     "levels not a number": (lambda p: _ckpt_meta(p, levels="many"), "not numbers"),
     "too many levels": (lambda p: _ckpt_meta(p, levels="40"), "out of range"),
     "no rng": (lambda p: rewrite(p, lambda t: t.pop("rng")), "rng state missing"),
-    "wrong level shape": (lambda p: rewrite(p, lambda t: t.update({"level.0": torch.zeros(5, 3, 1, 1)})), "level.0 missing or not float32 (3, 3, 1, 1)"),
+    "wrong level shape": (
+        lambda p: rewrite(p, lambda t: t.update({"level.0": torch.zeros(5, 3, 1, 1)})),
+        "level.0 missing or not float32 (3, 3, 1, 1)",
+    ),
     "adam state missing": (lambda p: rewrite(p, lambda t: t.pop("adam.0.exp_avg")), "adam.0.exp_avg missing"),
 }
 
@@ -219,10 +279,22 @@ def test_a_damaged_run_json_on_resume_is_one_line(image_folder, tmp_path):
 
 
 INITIAL_DAMAGE = {
-    "truncated": (lambda r: _truncate(r / "initial.safetensors"), "initial.safetensors is not a valid safetensors file"),
-    "another shape": (lambda r: rewrite(r / "initial.safetensors", lambda t: t.update(images=t["images"][:1].contiguous())), "initial.safetensors has no finite images"),
-    "NaN": (lambda r: rewrite(r / "initial.safetensors", lambda t: t["images"].view(-1).__setitem__(0, float("nan"))), "initial.safetensors has no finite images"),
-    "labels shuffled": (lambda r: rewrite(r / "initial.safetensors", lambda t: t.update(labels=t["labels"].flip(0).contiguous())), "initial.safetensors has not the result's labels"),
+    "truncated": (
+        lambda r: _truncate(r / "initial.safetensors"),
+        "initial.safetensors is not a valid safetensors file",
+    ),
+    "another shape": (
+        lambda r: rewrite(r / "initial.safetensors", lambda t: t.update(images=t["images"][:1].contiguous())),
+        "initial.safetensors has no finite images",
+    ),
+    "NaN": (
+        lambda r: rewrite(r / "initial.safetensors", lambda t: t["images"].view(-1).__setitem__(0, float("nan"))),
+        "initial.safetensors has no finite images",
+    ),
+    "labels shuffled": (
+        lambda r: rewrite(r / "initial.safetensors", lambda t: t.update(labels=t["labels"].flip(0).contiguous())),
+        "initial.safetensors has not the result's labels",
+    ),
 }
 
 
@@ -230,16 +302,23 @@ INITIAL_DAMAGE = {
 def test_a_damaged_starting_set_is_one_line_for_evaluate(case, finished, packed):
     damage, words = INITIAL_DAMAGE[case]
     damage(finished)
-    r = CliRunner().invoke(app, ["evaluate", str(finished), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q"])
+    r = CliRunner().invoke(
+        app, ["evaluate", str(finished), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q"]
+    )
     one_line_error(r, f"run directory {finished} is damaged", words)
-    r = CliRunner().invoke(app, ["evaluate", str(finished), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q", "--no-starting-set"])
+    r = CliRunner().invoke(
+        app,
+        ["evaluate", str(finished), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q", "--no-starting-set"],
+    )
     assert r.exit_code == 0, r.stderr
 
 
 def test_a_run_without_a_starting_set_evaluates_without_it(finished, packed):
     """Runs made before initial.safetensors existed: no starting-set rows, no gain, no error."""
     (finished / "initial.safetensors").unlink()
-    r = CliRunner().invoke(app, ["evaluate", str(finished), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q", "--json"])
+    r = CliRunner().invoke(
+        app, ["evaluate", str(finished), "--test-data", str(packed["heldout"]), "--seeds", "1", "-q", "--json"]
+    )
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert "starting_set" not in out and "stage2_gain" not in out and out["copy_ratio"] is not None

@@ -1,5 +1,5 @@
 """Names shown, never acted on: class names and file names with ANSI escapes, newlines and
-non-UTF-8 bytes are printed escaped (edgedd.terminal.printable, in every CLI printer), also under
+non-UTF-8 bytes are printed escaped (edgedd.core.terminal.printable, in every CLI printer), also under
 a strict UTF-8 stdout; --json keeps them exact. And resolutions that would ask for gigabytes are
 usage errors."""
 
@@ -14,10 +14,10 @@ from _rundirs import cache_entry, distill, rewrite
 from conftest import tiny_distill_args
 from typer.testing import CliRunner
 
-from edgedd.cli import app
-from edgedd.config import MAX_RESOLUTION
-from edgedd.rundir import STATS_FILE
-from edgedd.terminal import printable
+from edgedd.cli.host import app
+from edgedd.core.config import MAX_RESOLUTION
+from edgedd.core.terminal import printable
+from edgedd.distillation.rundir import STATS_FILE
 
 EVIL = "circle\x1b]0;owned\x07\x1b[2J\nforged line\udcff"  # retitle, clear screen, a new line, a non-UTF-8 byte
 STRICT = {"LC_ALL": "C", "PYTHONIOENCODING": "utf-8:strict"}
@@ -41,7 +41,11 @@ def test_class_and_file_names_print_escaped_and_json_keeps_them(bundle, packed, 
         assert p.stdout.count("\n") == 1 and "\x1b" not in p.stdout + p.stderr and p.stderr == "", (p.stdout, p.stderr)
         assert p.stdout.startswith(printable(img) + "\t") and printable(EVIL) in p.stdout
         q = run_cli(["inspect", bundle], env=env)
-        assert q.returncode == 0 and "\x1b" not in q.stdout and f"classes (3): {printable(EVIL)}, square, stripes\n" in q.stdout, q.stdout
+        assert (
+            q.returncode == 0
+            and "\x1b" not in q.stdout
+            and f"classes (3): {printable(EVIL)}, square, stripes\n" in q.stdout
+        ), q.stdout
     j = CliRunner().invoke(app, ["predict", str(bundle), img, "--top-k", "3", "--json"])
     assert EVIL in [t["label"] for t in json.loads(j.stdout)["predictions"][0]["top"]]  # exact in JSON
 
@@ -52,7 +56,13 @@ def test_errors_quoting_a_name_stay_one_escaped_line(bundle, tmp_path):
     (data / "bad\x1b[31mclass" / "x.png").write_bytes(b"")
     r = run_cli(["deploy-check", bundle, "--data", data], env=STRICT)
     err = r.stderr.strip()
-    assert r.returncode == 1 and err.startswith("error: ") and "\n" not in err and "\x1b" not in err and "bad\\x1b[31mclass" in err, err
+    assert (
+        r.returncode == 1
+        and err.startswith("error: ")
+        and "\n" not in err
+        and "\x1b" not in err
+        and "bad\\x1b[31mclass" in err
+    ), err
 
 
 def test_the_damaged_cache_warning_escapes_a_crafted_cache_path(image_folder, tmp_path, monkeypatch):
@@ -71,9 +81,14 @@ def test_huge_resolutions_are_usage_errors(image_folder, tmp_path):
         args = tiny_distill_args(image_folder, tmp_path / "o")
         args[args.index(opt) + 1] = "100000"
         r = CliRunner().invoke(app, args)
-        assert r.exit_code == 2 and "Traceback" not in r.output and str(MAX_RESOLUTION) in r.stderr, (r.exit_code, r.output)
-    for args in (["evaluate", str(tmp_path), "--test-data", str(image_folder), "--eval-crop-res", "100000"],
-                 ["pack", str(tmp_path), "--out", str(tmp_path / "b"), "--edge-crop-res", "100000"]):
+        assert r.exit_code == 2 and "Traceback" not in r.output and str(MAX_RESOLUTION) in r.stderr, (
+            r.exit_code,
+            r.output,
+        )
+    for args in (
+        ["evaluate", str(tmp_path), "--test-data", str(image_folder), "--eval-crop-res", "100000"],
+        ["pack", str(tmp_path), "--out", str(tmp_path / "b"), "--edge-crop-res", "100000"],
+    ):
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 2 and str(MAX_RESOLUTION) in r.stderr, (args, r.output)
     assert not (tmp_path / "o").exists()

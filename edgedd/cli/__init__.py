@@ -1,0 +1,1 @@
+"""The ``edgedd`` command: the app and its conventions, the host commands, the device commands."""

@@ -1,0 +1,248 @@
+"""Typed configuration. Every output file carries the config that made it (``to_dict``).
+
+Defaults are the reference defaults of ``shared/spec/METHOD.md``; fields marked *(choice)* are
+where the sources leave a detail open. A config's :func:`fingerprint` covers only the fields that
+change the result, so a run can be resumed on another device or with other worker counts.
+
+The choices (``METHODS``, ``RECIPES``, ...) and the dataclasses' defaults are also the CLI's
+(``edgedd.cli.host``): its options are built from them, so ``--help`` shows what the library does.
+Standard library only: a device install imports this module (``edgedd.device.is_device_module``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("sfm", "sfm_anchor", "sfm_sub", "sfm_probe", "sfm_decouple", "lgm")
+# How a linear head is fitted (edgedd.host.heads): the golden classifier, the evaluation protocol and
+# pack's projector each choose one of these.
+RECIPES = ("converged", "reference")
+FLOW_DENOMINATORS = ("classes", "reference")
+CROP_SAMPLERS = ("torchvision", "reference")
+INITS = ("noise", "real")  # how the synthetic pyramid starts (edgedd.distillation.pyramid)
+EVAL_MODES = ("normal", "ci", "kd")  # edgedd.evaluate: fresh probe, classifier inheritance, KD
+BASELINES = (
+    "random",
+    "centroids",
+    "neighbors",
+    "kcentre",
+    "herding",
+    "full",
+)  # edgedd.evaluation.baselines: real-image sets
+SELECTED = len(BASELINES) - 1  # the baselines trained with the normal protocol (all but full)
+# --augs-per-batch when not given: DistillConfig.augs_per_batch, except for --method lgm (LGM's reference value)
+LGM_AUGS_PER_BATCH = 10
+# EvalConfig.view_cache when not given, under the converged protocol (the reference protocol: 0)
+CONVERGED_VIEW_CACHE = 64
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels reach the backbone; it travels with every synthetic set.
+
+    Real images: shorter side resized to ``resize_size`` (``interpolation``), centre-cropped to a
+    ``resize_size`` square (the *canvas*, also the synthetic resolution), then centre-cropped (or,
+    for augmented views, randomly resized-cropped) to ``input_size`` and normalised with
+    ``(x - mean) / std``. Synthetic pixels are stored in [0, 1] *before* normalisation.
+    """
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(
+            input_size=int(d["input_size"]),
+            resize_size=int(d["resize_size"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            interpolation=str(d["interpolation"]),
+            crop_pct=float(d["crop_pct"]),
+        )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Differentiable augmentation of METHOD.md (reference values)."""
+
+    flip_p: float = 0.5
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    noise_p: float = 0.5
+    noise_mean: float = 0.5  # the reference code's value; kept for fidelity, configurable
+    noise_std: float = 0.2
+    # "torchvision": RandomResizedCrop's rule, boxes inside the image (10 tries, then the whole
+    # image; mean area 0.478). "reference": the reference code's boxes, never rejected, so up to
+    # sqrt(4/3) = 1.155x wide and past the edge, zero padding there (mean area 0.540, ~14% over).
+    crop_sampler: str = "torchvision"
+
+
+@dataclass(frozen=True)
+class StageIConfig:
+    """Stage I: class centres and the golden full-data linear classifier.
+
+    ``golden_recipe``: "converged" (edgedd's default, :mod:`edgedd.host.heads`): L2-regularised logistic
+    regression solved to its optimum by L-BFGS, with the L2 strength and the inputs (centre crops
+    only, or centre crops + the cached views) chosen on a held-out slice of the training set, then
+    refitted on all the rest (the slice stays unseen, so its top-1 is the shipped classifier's). "reference": METHOD.md's Adam recipe (``golden_epochs`` epochs at
+    ``golden_lr``), which under-trains on small data sets.
+    """
+
+    batch_size: int = 64
+    # (choice) the golden probe trains on cached features of `golden_views` flip+RRC views per
+    # image, drawn once in the statistics pass, instead of re-running the backbone every epoch.
+    golden_views: int = 4
+    golden_recipe: str = "converged"
+    golden_epochs: int = 10  # reference recipe
+    golden_batch: int = 128  # reference recipe
+    golden_lr: float | None = None  # reference recipe; None: 1e-3 * golden_batch / 256 (METHOD.md)
+    golden_holdout: float = 0.1  # converged: the held-out slice that picks L2 and the inputs
+    golden_l2_grid: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)  # converged: relative L2 (heads.py eq. 1)
+    golden_select_max: int = 20_000  # converged: at most this many images fit each candidate
+    golden_max_iter: int = 500  # converged: L-BFGS iterations per fit
+    seed: int = 0
+
+    def resolved_golden_lr(self) -> float:
+        return self.golden_lr if self.golden_lr is not None else 1e-3 * self.golden_batch / 256
+
+
+# The largest synthetic or crop resolution accepted (--syn-res, --crop-res, --eval-crop-res,
+# --edge-crop-res): above any backbone's native size (the zoo's largest is 518), and small enough
+# that one float32 image (3 x 2048^2 x 4 B = 48 MB) and a batch of them fit; 100,000 would ask
+# for 120 GB per image and end in an allocation traceback.
+MAX_RESOLUTION = 2048
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Stage II: Statistical Flow Matching."""
+
+    method: str = "sfm_anchor"  # edgedd's default (docs/RESULTS.md, "Methods compared"); "sfm" is the paper's
+    ipc: int = 1
+    init: str = "real"  # edgedd's default: random real images per class (synthetic.py); "noise": the reference's 1x1 noise pyramid
+    iterations: int = 5000
+    lr: float = 2e-3
+    syn_res: int = 256
+    crop_res: int = 224
+    augs_per_batch: int = 1  # LGM's reference value is LGM_AUGS_PER_BATCH (the CLI picks it for --method lgm)
+    extend_every: int = 200
+    alpha: float = 0.5  # sfm_decouple: alpha * MSE(target) + (1 - alpha) * MSE(non-target)
+    beta: float = (
+        10.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss); docs/RESULTS.md: how 10 was chosen
+    )
+    gamma: float = 10.0  # sfm_sub: weight of the per-image sub-centre term (losses.subcentre_loss)
+    kappa: float = 10.0  # sfm_probe: weight of the ridge-probe term (losses.ridge_probe_loss)
+    probe_ridge: float = 1e-2  # sfm_probe: the probe's relative ridge lam / mean diag(X X^T) (losses eq. 5)
+    flow_denominator: str = "classes"  # "reference" reproduces the reference code's (N - 1)
+    seed: int = 0
+    amp: bool = True  # bf16 autocast, CUDA only; CPU always runs fp32
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Projector-aware distillation (edgedd.distillation.projector_aware): surrogate edge backbones B' ("name" or
+    # "name@input_size"); none: off. Their term's weight, views per image, the relative ridge
+    # strengths it averages over, and the real images per step it is scored on.
+    surrogates: tuple[str, ...] = ()
+    surrogate_weight: float = 1.0
+    surrogate_views: int = 1
+    surrogate_ridge: tuple[float, ...] = (0.1, 1.0)
+    surrogate_real: int = 1000
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """edgedd.distill: how to run, not what to compute: never part of a run's identity."""
+
+    device: str = "auto"
+    num_workers: int | None = None
+    checkpoint_every: int = 50
+    preview_every: int = 500
+    chunk_size: int | None = None  # SFM only: None = auto (one pass if it fits), 0 = one pass, N = chunk
+    progress: bool = True
+    strict_images: bool = False
+    use_cache: bool = True
+    stop_after: int | None = None  # run at most this many steps now, checkpoint, return (continue with resume)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """edgedd.evaluate: how a distilled set is scored (validated by ``edgedd.evaluation.evaluate.validate_config``)."""
+
+    # "converged" (default): every head is fitted to the optimum of its L2-regularised objective on
+    # V cached views per image (edgedd.host.heads): L-BFGS for the probes, closed-form ridge for the CI
+    # projector; no lr, no epochs, whatever N is. "reference": METHOD.md's Adam protocol below.
+    protocol: str = "converged"
+    probe_l2: float = 1e-3  # converged: relative L2 of the normal / KD probes (heads.py eq. 1), fixed before any sweep
+    # converged: relative ridge of the CI projector (heads.py eq. 2); None: the strength the device's
+    # fit picks by cross-validation over the synthetic images (edgedd.device.ridge), fixed as a rule
+    ridge: float | None = None
+    max_iter: int = 500  # converged: L-BFGS iterations per probe
+    epochs: int = 1000  # reference: METHOD.md protocol
+    seeds: int = 3
+    batch: int | None = None  # reference; None: min(100, N)
+    # reference; None: 1e-3 * batch / 256 for probes (normal, kd) and 10x that, 1e-2 * batch / 256, for
+    # the CI projector. An explicit lr sets the probes' lr; the projector keeps the 10x ratio.
+    # batch and lr also apply to the random/centroids/neighbors baselines.
+    lr: float | None = None
+    # None: 64 under "converged" (the reference draws 1000 fresh views per image; at IPC 1 and D = 128,
+    # 16 views give the projector 160 rows for 129 unknowns per output: barely determined), 0 under "reference".
+    # 0 = exact reference protocol: fresh flip+RRC views every batch through the backbone(s).
+    # V > 0 = V augmented views per training image rendered once per seed (reference: one drawn per
+    # image per epoch; converged: all of them in every fit).
+    view_cache: int | None = None
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.5
+    eval_batch: int = 256
+    num_workers: int = 0
+    device: str = "auto"
+
+    def resolved_batch(self, n: int) -> int:
+        return min(self.batch or 100, n)
+
+    def probe_lr(self, batch: int) -> float:
+        return self.lr if self.lr is not None else 1e-3 * batch / 256
+
+    def projector_lr(self, batch: int) -> float:
+        return 10 * self.probe_lr(batch)
+
+    def views(self) -> int:
+        if self.view_cache is not None:
+            return self.view_cache
+        return CONVERGED_VIEW_CACHE if self.protocol == "converged" else 0
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    """edgedd.pack: what a bundle holds besides the run (the projector's targets, the int8 backbone, the expected top-1)."""
+
+    views: int = 8  # K augmented views per synthetic image for the projector targets
+    projector_recipe: str = "converged"  # edgedd.host.heads: closed-form ridge, or METHOD.md's Adam ("reference")
+    projector_epochs: int = 1000  # reference recipe
+    selftest_images: int = 8
+    int8: bool = False
+    int8_max_drop: float = 0.05
+    seed: int = 0
+    expect_images: int = 1000  # real held-out images behind the expected edge top-1 (bounds pack's time); 0: none
+    static_batch: int = (
+        1  # the batch size of the fixed-shape backbone graphs (export.mobile) written beside the dynamic ones
+    )
+    ort: bool = (
+        False  # also write ORT-format (.ort) graphs and the required-operators config of an ORT Mobile minimal build
+    )
+    litert: bool = False  # also write LiteRT (.tflite) graphs, converted with litert-torch (the [litert] extra)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 of canonical JSON: equal inputs, equal key."""
+    blob = json.dumps(obj if isinstance(obj, dict) else to_dict(obj), sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()

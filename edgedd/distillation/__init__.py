@@ -1,0 +1,1 @@
+"""Distillation: Stage I (real statistics), Stage II (the synthetic pyramid), the run directory."""

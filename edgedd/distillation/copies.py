@@ -1,0 +1,110 @@
+"""The copy ratio's one streaming pass over the training data (the figures: :mod:`edgedd.core.copyratio`).
+
+Before the pass, the queries: every synthetic set asked about (the result, and the run's starting
+set) and a seeded sample of at most ``copyratio.REFERENCES`` real reference images, each as a
+``CANVAS`` x ``CANVAS`` pixel vector and as phi_A of its centre crop. Then every training canvas
+once, at the run's canvas size: one no-grad forward of its centre crop, and each query's running
+nearest distance updated (:class:`edgedd.core.copyratio.Nearest`). Memory: the queries and one batch.
+Cost: one centre-crop forward per training image, against Stage I's 1 + K views per image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgedd.backbones.forward import encode
+from edgedd.backbones.loader import BackboneInfo
+from edgedd.core.copyratio import CANVAS, SPACES, Nearest, sample_references, summarise
+from edgedd.core.images import LabelledImages
+from edgedd.core.progress import Progress
+from edgedd.host.augment import center_crop
+from edgedd.host.data import CanvasDataset
+
+
+def pixel_vectors(images: torch.Tensor, canvas: int = CANVAS) -> np.ndarray:
+    """(N, 3, R, R) in [0, 1] -> (N, 3 canvas^2) float32 scaled so that the Euclidean distance is
+    the RMS pixel distance: area-averaged to canvas x canvas, divided by sqrt(3 canvas^2)."""
+    x = F.adaptive_avg_pool2d(images.float(), canvas).flatten(1) / (3 * canvas * canvas) ** 0.5
+    return x.cpu().numpy()
+
+
+class _Indexed:
+    """(canvas or None, dataset position): the pass must know which rows are the references."""
+
+    def __init__(self, data: CanvasDataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.data[i][0], i
+
+
+def _collate(batch):
+    ok = [b for b in batch if b[0] is not None]  # unreadable images were reported by Stage I
+    if not ok:
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), np.empty(0, dtype=np.int64)
+    return torch.from_numpy(np.stack([b[0] for b in ok])).permute(0, 3, 1, 2).contiguous(), np.asarray(
+        [b[1] for b in ok]
+    )
+
+
+@torch.no_grad()
+def measure(
+    model: torch.nn.Module,
+    info: BackboneInfo,
+    source: LabelledImages,
+    sets: dict[str, torch.Tensor],
+    *,
+    seed: int,
+    device,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    amp: bool = True,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """The copy ratio (``copyratio.summarise``) of each named set of (N, 3, R, R) images in [0, 1]."""
+    from torch.utils.data import DataLoader
+
+    pp = info.preprocess
+    data = CanvasDataset(source, pp.resize_size, pp.interpolation)
+
+    def spaces(x: torch.Tensor) -> dict[str, np.ndarray]:
+        x = x.to(device).float()
+        feats = (
+            torch.cat(
+                [
+                    encode(model, center_crop(x[i : i + batch_size], pp.input_size), pp, amp=amp).float().cpu()
+                    for i in range(0, len(x), batch_size)
+                ]
+            )
+            if len(x)
+            else torch.empty(0)
+        )
+        return {"pixels": pixel_vectors(x), "features": feats.numpy()}
+
+    refs = [(c, i) for i in sample_references(len(source), seed) for c in [data[int(i)][0]] if c is not None]
+    ref_images = (
+        torch.from_numpy(np.stack([c for c, _ in refs])).permute(0, 3, 1, 2).float().div(255)
+        if refs
+        else torch.empty(0, 3, 1, 1)
+    )
+    ref_ids = np.asarray([i for _, i in refs], dtype=np.int64)
+    queries = {"__references__": (spaces(ref_images), ref_ids), **{name: (spaces(x), None) for name, x in sets.items()}}
+    near = {(name, s): Nearest(q[s], ids) for name, (q, ids) in queries.items() for s in SPACES}
+    loader = DataLoader(
+        _Indexed(data), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate
+    )
+    with Progress(len(source), "copy ratio", enabled=progress) as bar:
+        for canvases, ids in loader:
+            bar.update(len(ids))
+            if not len(ids):
+                continue
+            real = spaces(canvases.float().div_(255))
+            for (_, s), tracker in near.items():
+                tracker.update(real[s], ids)
+    ref_d = {s: near["__references__", s].distances() for s in SPACES}
+    return {name: summarise({s: near[name, s].distances() for s in SPACES}, ref_d) for name in sets}

@@ -1,0 +1,345 @@
+"""Stage II: the synthetic pyramid, trained by SFM (``sfm``, ``sfm_anchor``, ``sfm_decouple``) or
+the LGM baseline.
+
+:func:`start` makes the loop's state (fresh, or from a checkpoint), :func:`step_function` picks
+the method's step once, :func:`steps` runs the steps and yields after each one; checkpoints,
+previews, metrics and progress are the caller's (``edgedd.distill``). All randomness is drawn from
+the state's one generator, in the same order on every rank and on resume.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgedd.backbones.forward import backbone_autocast as _autocast
+from edgedd.backbones.forward import encode
+from edgedd.backbones.loader import BackboneInfo
+from edgedd.core.config import DistillConfig
+from edgedd.core.errors import EdgeddError
+from edgedd.core.images import LabelledImages
+from edgedd.host.augment import StepDraws, apply_augment, augment, center_crop, normalize
+from edgedd.host.data import CanvasDataset
+from edgedd.host.distributed import Dist, on_all_ranks
+from edgedd.host.memory import PhaseMemory
+from edgedd.host.rng import numpy_generator, torch_generator
+
+from .checkpoint import adam, load_checkpoint
+from .chunked import auto_chunk_size, chunked_step
+from .lgm import StepBatches, lgm_loss, random_head
+from .losses import anchor_loss, decouple_loss, ridge_probe_loss, sfm_loss, subcentre_loss, synthetic_flow
+from .pyramid import Pyramid, extension_steps
+
+# ----------------------------------------------------------------------------- losses
+
+
+def real_init_images(source: LabelledImages, ipc: int, size: int, interpolation: str, seed: int) -> torch.Tensor:
+    """``--init real``: per class ``ipc`` readable images drawn at random (seeded), as (C * ipc, 3,
+    size, size) canvases in [0, 1], class-major like the synthetic labels. Unreadable images are
+    passed over; a class with fewer readable images than ``ipc`` repeats them (with a warning: the
+    copies start equal and part only through their augmentations); a class with none is refused."""
+    rng = numpy_generator("real-init", seed)  # its own stream: the run's generator draws stay as with noise init
+    data = CanvasDataset(source, size, interpolation)
+    out, short = [], []
+    for c in range(source.num_classes):
+        found = []
+        for i in rng.permutation(np.flatnonzero(source.labels == c)):
+            canvas, _, _ = data[int(i)]
+            if canvas is not None:
+                found.append(canvas)
+            if len(found) == ipc:
+                break
+        if not found:
+            raise EdgeddError(
+                f"class {source.class_names[c]!r} has no readable image to start --init real from", "use --init noise"
+            )
+        if len(found) < ipc:
+            short.append(source.class_names[c])
+        out.extend(found[j % len(found)] for j in range(ipc))
+    if short:
+        warnings.warn(
+            f"--init real: {len(short)} class(es) have fewer than {ipc} readable images (e.g. {short[0]!r}); their images repeat"
+        )
+    return (
+        torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255)
+    )  # np.stack copies: canvases may be read-only
+
+
+def view_features(
+    model, images: torch.Tensor, cfg: DistillConfig, info: BackboneInfo, gen: torch.Generator
+) -> torch.Tensor:
+    """A = augs_per_batch independent augmented views of every image: (A, N, D) features."""
+    n, a = images.shape[0], cfg.augs_per_batch
+    draws = StepDraws.draw(gen, n * a, cfg.augment, cfg.crop_res, images.dtype)
+    # pass by pass over the same images (views pass-major: v = pass * n + row), so autograd keeps
+    # one copy of the images for all A resamplings instead of an A-times tiled one
+    passes = [apply_augment(images, draws.params(p * n, (p + 1) * n), cfg.crop_res) for p in range(a)]
+    views = passes[0] if a == 1 else torch.cat(passes)
+    with _autocast(images.device, cfg.amp):
+        z = model(normalize(views, info.preprocess.mean, info.preprocess.std))
+    return z.float().view(a, n, -1)
+
+
+@dataclass(frozen=True)
+class RealTargets:
+    """What sfm_sub and sfm_probe match besides Stage I's centres: sfm_sub's (N, D) per-image
+    sub-centres, sfm_probe's (n, D) real centre-crop features and their labels (edgedd.distillation.subcentres)."""
+
+    sub: torch.Tensor | None = None
+    real: torch.Tensor | None = None
+    real_labels: torch.Tensor | None = None
+
+
+def feature_loss(
+    z: torch.Tensor,
+    cfg: DistillConfig,
+    flow_real: torch.Tensor,
+    centres_real: torch.Tensor,
+    targets: RealTargets | None = None,
+) -> torch.Tensor:
+    """SFM / sfm_anchor / sfm_sub / sfm_probe / sfm_decouple loss of the (N, D) per-image features."""
+    if cfg.method == "sfm":
+        return sfm_loss(z, flow_real, cfg.flow_denominator)
+    if cfg.method == "sfm_anchor":
+        return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator)
+    if cfg.method in ("sfm_sub", "sfm_probe"):
+        if targets is None:
+            raise EdgeddError(
+                f"--method {cfg.method} needs its real targets",
+                "build them with stage2.real_targets (stage2.step_function does)",
+            )
+        if cfg.method == "sfm_sub":
+            return subcentre_loss(
+                z, flow_real, centres_real, targets.sub.to(z.device), cfg.beta, cfg.gamma, cfg.flow_denominator
+            )
+        return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator) + cfg.kappa * ridge_probe_loss(
+            z, targets.real.to(z.device), targets.real_labels, centres_real.shape[0], cfg.probe_ridge
+        )
+    return decouple_loss(z, centres_real, cfg.alpha)
+
+
+def sfm_step_loss(model, images, cfg, info, gen, flow_real, centres_real, targets=None) -> torch.Tensor:
+    """One pass: features of the A views averaged per image, then the loss (graph kept). The plain
+    reference the tests and benchmarks hold the chunked / sharded step (``edgedd.distillation.chunked``) to."""
+    return feature_loss(view_features(model, images, cfg, info, gen).mean(0), cfg, flow_real, centres_real, targets)
+
+
+def real_targets(
+    model, info: BackboneInfo, cfg: DistillConfig, source: LabelledImages, device, num_workers: int
+) -> RealTargets:
+    """sfm_sub's and sfm_probe's fixed targets from one no-grad pass over the training images'
+    centre crops (edgedd.distillation.subcentres). sfm_sub: IPC k-means sub-centres per class matched to the
+    step-0 images (``--init real``: the real images drawn, recomputed here so a resumed run gets the
+    same targets; ``noise``: their features say nothing yet, so image i of a class takes centre i).
+    sfm_probe: at most ``PROBE_MAX_REAL`` of the features, drawn by the seed."""
+    from .subcentres import PROBE_MAX_REAL, centre_crop_features, subcentre_targets
+
+    feats, labels = centre_crop_features(model, info, source, device, num_workers=num_workers, amp=cfg.amp)
+    if cfg.method == "sfm_probe":
+        keep = np.sort(numpy_generator("probe-real", cfg.seed).permutation(len(feats))[:PROBE_MAX_REAL])
+        return RealTargets(
+            real=torch.from_numpy(feats[keep]).float().to(device), real_labels=torch.from_numpy(labels[keep]).to(device)
+        )
+    pp, z0 = info.preprocess, None
+    if cfg.init == "real":
+        x0 = real_init_images(source, cfg.ipc, cfg.syn_res, pp.interpolation, cfg.seed)
+        z0 = torch.cat(
+            [
+                encode(model, center_crop(x0[s : s + 64].to(device), pp.input_size), pp, amp=cfg.amp).double().cpu()
+                for s in range(0, x0.shape[0], 64)
+            ]
+        ).numpy()
+    return RealTargets(sub=subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device))
+
+
+def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:
+    """LGM: a fresh random head; the real batch (one augmentation pass each, no graph) against
+    the synthetic set tiled A times with independent augmentations (with a graph)."""
+    x_real, y_real = real_batch
+    pp = info.preprocess
+    with torch.no_grad(), _autocast(images.device, cfg.amp):
+        z_real = model(normalize(augment(x_real, cfg.augment, cfg.crop_res, gen), pp.mean, pp.std)).float()
+    z_syn = view_features(model, images, cfg, info, gen).flatten(0, 1)
+    w, b = random_head(num_classes, z_syn.shape[1], gen)
+    return lgm_loss(z_syn, labels.repeat(cfg.augs_per_batch), z_real, y_real, w, b)
+
+
+def real_batches(source: LabelledImages, cfg: DistillConfig, interpolation: str, start: int, device, num_workers: int):
+    """LGM's real images: IPC * A * C canvases per step, resumable (see StepBatches)."""
+    from torch.utils.data import DataLoader
+
+    from edgedd.host.data import collate_canvases
+
+    batch = cfg.ipc * cfg.augs_per_batch * source.num_classes
+    loader = DataLoader(
+        CanvasDataset(source, cfg.syn_res, interpolation),  # the same canvases as Stage I
+        batch_sampler=StepBatches(len(source), batch, cfg.seed, start, cfg.iterations),
+        num_workers=num_workers,
+        collate_fn=collate_canvases,
+        pin_memory=device.type == "cuda",
+    )
+    for images, labels, _errors in loader:  # unreadable images were counted in Stage I; skip them
+        yield images.to(device, non_blocking=True).float().div_(255), labels.to(device)
+
+
+@torch.no_grad()
+def flow_cosine(
+    model, images: torch.Tensor, info: BackboneInfo, flow_real: torch.Tensor, num_classes: int, amp: bool = True
+) -> float:
+    """The paper's fidelity metric: cos(F_syn, F_real) on centre-cropped synthetic images."""
+    z = encode(model, center_crop(images, info.preprocess.input_size), info.preprocess, amp=amp)
+    f_syn = synthetic_flow(z.double(), num_classes)
+    return float(
+        torch.nn.functional.cosine_similarity(f_syn.flatten(), flow_real.double().flatten().to(f_syn.device), dim=0)
+    )
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Loop:
+    """What the steps change, all of it saved in a checkpoint (except ``step_memory``)."""
+
+    pyr: Pyramid
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # the same on every rank: all draw the same sequence
+    step: int  # steps done
+    loss: float  # the last step's loss (nan before the first)
+    step_memory: dict | None = None  # one step's own working memory, measured once (see steps)
+
+    @property
+    def resolution(self) -> int:
+        return self.pyr.levels[-1].shape[-1]
+
+
+def start(
+    *,
+    cfg: DistillConfig,
+    source: LabelledImages,
+    interpolation: str,
+    device,
+    group: Dist,
+    rows: tuple[int, int],
+    total: int,
+    checkpoint: Path | None,
+    run_fp: str,
+) -> Loop:
+    """This rank's ``rows`` of the pyramid: from ``checkpoint`` (resume), else from noise or, with
+    ``--init real``, from training images."""
+    gen = torch_generator(cfg.seed, device=device)  # the run's main stream
+    if checkpoint is not None:
+        step, pyr, opt, loss = load_checkpoint(
+            checkpoint,
+            run_fp=run_fp,
+            syn_res=cfg.syn_res,
+            lr=cfg.lr,
+            gen=gen,
+            device=device,
+            group=group,
+            rows=rows,
+            total=total,
+        )
+        return Loop(pyr, opt, gen, step, loss)
+    if cfg.init == "real":
+        real = real_init_images(source, cfg.ipc, cfg.syn_res, interpolation, cfg.seed)[rows[0] : rows[1]]
+        pyr = Pyramid.from_images(real.to(device), rows, total)
+    else:
+        pyr = Pyramid.init(total, cfg.syn_res, gen, device, rows)
+    return Loop(pyr, adam(pyr.levels, cfg.lr), gen, 0, float("nan"))
+
+
+def step_function(
+    *,
+    loop: Loop,
+    model,
+    info: BackboneInfo,
+    cfg: DistillConfig,
+    source: LabelledImages,
+    device,
+    group: Dist,
+    flow_real: torch.Tensor,
+    centres_real: torch.Tensor,
+    chunk_size: int | None,
+    num_workers: int,
+) -> tuple[Callable[[Loop], torch.Tensor], int]:
+    """The method's step (gradients into the pyramid, the loss returned) and the chunk size it
+    uses: SFM in one pass or chunks, on one rank or several (edgedd.distillation.chunked; ``chunk_size`` None
+    is sized to the free memory now); LGM in one pass (its loss is not a function of per-image
+    features alone)."""
+    if cfg.method == "lgm":
+        c = source.num_classes
+        labels = torch.arange(c, device=device).repeat_interleave(cfg.ipc)
+        reals = real_batches(source, cfg, info.preprocess.interpolation, loop.step, device, num_workers)
+
+        def lgm_step(loop: Loop) -> torch.Tensor:
+            loss = lgm_step_loss(model, loop.pyr.decode(), labels, c, next(reals), cfg, info, loop.gen)
+            loss.backward()
+            return loss
+
+        return lgm_step, 0
+    chunk = (
+        auto_chunk_size(model, loop.pyr, cfg, info, device, _autocast(device, cfg.amp))
+        if chunk_size is None
+        else chunk_size
+    )
+    targets = (
+        real_targets(model, info, cfg, source, device, num_workers) if cfg.method in ("sfm_sub", "sfm_probe") else None
+    )
+
+    def sfm_step(loop: Loop) -> torch.Tensor:
+        return chunked_step(
+            model,
+            loop.pyr,
+            cfg,
+            info,
+            loop.gen,
+            lambda z: feature_loss(z, cfg, flow_real, centres_real, targets),
+            chunk,
+            _autocast(device, cfg.amp),
+            group,
+        )
+
+    return sfm_step, chunk
+
+
+def steps(
+    loop: Loop, step: Callable[[Loop], torch.Tensor], *, cfg: DistillConfig, stop: int, memory: PhaseMemory
+) -> Iterator[Loop]:
+    """Steps ``loop.step`` .. ``stop`` - 1, yielding ``loop`` after each (``loop.step`` = steps
+    done). A non-finite loss stops the run before it reaches a checkpoint or the result."""
+    ext = extension_steps(cfg.iterations, cfg.syn_res, cfg.extend_every)
+    first = loop.step
+    for i in range(first, stop):
+        if loop.pyr.grow(i, ext, loop.gen):
+            loop.opt = adam(loop.pyr.levels, cfg.lr)  # reset at each extension (reference)
+        # The phase's peak includes the synthetic set's own state (levels, Adam moments: the
+        # same for every method), created inside it as the pyramid grows, and the framework's
+        # lazy first-step allocations. The step's working memory is measured once, on the first
+        # full-resolution step of this process whose state already exists.
+        measure = (
+            loop.step_memory is None and i > first and loop.pyr.full and len(loop.opt.state) == len(loop.pyr.levels)
+        )
+        in_step = memory.nested() if measure else None
+        loop.opt.zero_grad(set_to_none=True)
+        loss = step(loop)
+        loop.opt.step()
+        loop.loss = loss.item()
+        if not math.isfinite(loop.loss):
+            raise on_all_ranks(
+                EdgeddError(
+                    f"the loss became {loop.loss} at step {i + 1} of {cfg.iterations}",
+                    "the learning rate is likely too high (lower --lr) or the Stage I statistics are damaged "
+                    "(rerun into a new --out with --no-cache)",
+                )
+            )
+        if in_step is not None:
+            loop.step_memory = {**in_step.peak_mb(), "step": i}
+        loop.step = i + 1
+        yield loop

@@ -1,0 +1,119 @@
+"""The heads :mod:`edgedd.evaluate` and :mod:`edgedd.evaluation.baselines` train and score under one protocol
+(the evaluation protocol of :mod:`edgedd.evaluate`'s docstring): the probe (hard labels, or KD with a
+teacher), the classifier-inheritance projector, top-k accuracy and the summary over seeds. Both
+callers import this module, so neither imports the other."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgedd.core.config import EvalConfig
+from edgedd.core.progress import Progress
+from edgedd.device.ridge import select_ridge
+from edgedd.host.heads import (
+    Fit,
+    Sampler,
+    ce_loss,
+    fit_lbfgs,
+    fit_ridge,
+    kd_loss,
+    mse_loss,
+    new_probe,
+    new_projector,
+    train_reference,
+)
+
+from .encoders import CachedViews, sampler_dim
+
+# ----------------------------------------------------------------------------- training: edgedd.host.heads
+
+
+def fit_probe(
+    sampler: Sampler,
+    labels: torch.Tensor,
+    num_classes: int,
+    cfg: EvalConfig,
+    gen: torch.Generator,
+    device,
+    teacher: torch.nn.Module | None = None,
+    bar: Progress | None = None,
+    tag: str = "",
+) -> Fit:
+    """``normal`` (hard labels) or, with a teacher, ``kd`` (features (z_B, z_A) of the same view):
+    a fresh Linear(D_B, C) fitted under the config's protocol."""
+    labels = labels.to(device)
+    head = new_probe(sampler_dim(sampler, 0), num_classes, gen, device)
+    loss = ce_loss(labels) if teacher is None else kd_loss(labels, teacher, cfg.kd_temperature, cfg.kd_alpha)
+    if cfg.protocol == "converged":
+        fit = fit_lbfgs(head, sampler.feats, loss, cfg.probe_l2, cfg.max_iter)
+        if bar is not None:
+            bar.update(1, run=tag, loss=fit.loss_final)
+        return fit
+    batch = cfg.resolved_batch(sampler.n)
+    return train_reference(head, sampler, loss, cfg.epochs, batch, cfg.probe_lr(batch), gen, bar, tag)
+
+
+def fit_projector(
+    sampler: Sampler,
+    cfg: EvalConfig,
+    gen: torch.Generator,
+    device,
+    bar: Progress | None = None,
+    tag: str = "",
+    labels: torch.Tensor | None = None,
+) -> Fit:
+    """CI projector P: D_B -> D_A on features (z_B, z_A) of the same views. The labels only make
+    the cross-validation folds when ``cfg.ridge`` is None (the device's rule)."""
+    proj = new_projector(sampler_dim(sampler, 0), sampler_dim(sampler, 1), gen, device)
+    if cfg.protocol == "converged":
+        fit = fit_ridge(proj, sampler.feats[0], sampler.feats[1], _ridge(sampler, cfg, labels))
+        if bar is not None:
+            bar.update(1, run=tag, loss=fit.loss_final)
+        return fit
+    batch = cfg.resolved_batch(sampler.n)
+    return train_reference(proj, sampler, mse_loss, cfg.epochs, batch, cfg.projector_lr(batch), gen, bar, tag)
+
+
+def _ridge(sampler: CachedViews, cfg: EvalConfig, labels: torch.Tensor | None) -> float:
+    if cfg.ridge is not None:
+        return cfg.ridge
+    if labels is None:
+        raise ValueError("choosing the projector's ridge needs the synthetic images' labels")
+    zb, za = (f.detach().cpu().double().numpy() for f in sampler.feats[:2])
+    n, v = zb.shape[:2]
+    return select_ridge(zb.reshape(n * v, -1), za.reshape(n * v, -1), np.repeat(np.arange(n), v), labels.cpu().numpy())[
+        0
+    ]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Top-1 and top-k, k = min(5, C), as fractions."""
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices.cpu()
+    labels = labels.cpu()
+    return float((top[:, 0] == labels).double().mean()), float((top == labels[:, None]).any(1).double().mean())
+
+
+def summarise(scores: list[tuple[float, float]], fits: list[dict] | None = None) -> dict:
+    """Mean and std over seeds; with ``fits`` (Fit.report() per seed) each head's training loss,
+    and ``stalled`` when any seed's head ended above 0.9 x its starting loss."""
+    top1 = [s[0] for s in scores]
+    out = {
+        "top1_mean": float(np.mean(top1)),
+        "top1_std": float(np.std(top1)),  # population std over seeds (0 for one seed)
+        "top5_mean": float(np.mean([s[1] for s in scores])),
+        "seeds": top1,
+    }
+    if fits:
+        out["train_loss_start"] = [f["loss_start"] for f in fits]
+        out["train_loss_final"] = [f["loss_final"] for f in fits]
+        out["train_steps"] = [f["steps"] for f in fits]
+        out["stalled"] = any(f["stalled"] for f in fits)
+    return out
