@@ -6,18 +6,19 @@ a few real images per class through B carry more than the synthetic views do (a 
 apart), no weight w makes (5) approach a classifier fitted on those images themselves. The probe is
 that classifier, and the mix keeps what the views know:
 
-    z(x) = z0(x) + a g (W_l x + b_l)                                                        (6)
+    z(x) = (z0(x) + a g (W_l x + b_l)) / (1 + a)                                            (6)
 
 z0 = W_c (P0 x + p0) + b_c: the views-only fit's logits; (W_l, b_l): ridge phi_B -> one-hot label
-on the local images, as (3) with one-hot targets; g = std(z0 over the local images) / std(one-hot):
+on the local images, as (3) with one-hot targets; g = std(z0 across classes) / std(one-hot):
 puts the probe's logits on z0's scale, so the relative weight a is scale-free; a = inf: the probe
 alone, z = g (W_l x + b_l). The mix of logits is the mix of log-probabilities up to a per-image
-constant, so it is late fusion log p0 + a log p_l.
+constant, so it is late fusion log p0 + a log p_l; dividing by 1 + a changes no answer and keeps
+the logits' spread, so the probabilities predict reports stay as confident as z0's, not 1 + a times.
 
 Exactly a projector. With W_c of full row rank C (C <= D_A), W_c W_c^+ = I_C, so
 
-    P = P0 + a g W_c^+ W_l,  p = p0 + a g W_c^+ b_l           (a finite)
-    P = g W_c^+ W_l,         p = W_c^+ (g b_l - b_c)           (a = inf)
+    P = (P0 + a g W_c^+ W_l) / (1 + a),  p = (p0 + W_c^+ (a g b_l - a b_c)) / (1 + a)    (a finite)
+    P = g W_c^+ W_l,                     p = W_c^+ (g b_l - b_c)                          (a = inf)
 
 give W_c (P x + p) + b_c = z(x) for every x: the sidecar's projector and the golden classifier
 express (6) without a head of their own. A rank-deficient W_c cannot, and the candidate is skipped.
@@ -68,13 +69,14 @@ def expressible(wc: np.ndarray) -> np.ndarray | None:
 
 
 def probe_scale(z0: np.ndarray, classes: int) -> float:
-    """g of (6): the views-only logits' spread over the local images over a one-hot target's."""
+    """g of (6): the views-only logits' spread across classes (each image's mean removed: a shift
+    common to all classes changes no probability) over a one-hot target's, on the local images."""
     onehot_sd = np.sqrt((classes - 1.0)) / classes
-    return max(float(z0.std()), 1e-12) / onehot_sd
+    return max(float((z0 - z0.mean(1, keepdims=True)).std()), 1e-12) / onehot_sd
 
 
 def mix(z0: np.ndarray, zl: np.ndarray, a: float, g: float) -> np.ndarray:
-    return g * zl if np.isinf(a) else z0 + a * g * zl
+    return g * zl if np.isinf(a) else (z0 + a * g * zl) / (1.0 + a)
 
 
 def cross_validate_probe(xl, yl, z0, fold, classes, r_grid=RIDGE_GRID, a_grid=MIX_GRID) -> dict:
@@ -102,5 +104,6 @@ def probe_projector(xl, yl, z0, classes, a, r, w0, b0, wc, bc, pinv) -> tuple[np
     if np.isinf(a):
         w, b = g * pinv @ wl, pinv @ (g * bl - bc)
     else:
-        w, b = w0.astype(np.float64) + a * g * pinv @ wl, b0.astype(np.float64) + a * g * pinv @ bl
+        w = (w0.astype(np.float64) + a * g * pinv @ wl) / (1.0 + a)
+        b = (b0.astype(np.float64) + a * pinv @ (g * bl - bc)) / (1.0 + a)
     return w.astype(np.float32), b.astype(np.float32)
