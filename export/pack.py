@@ -139,8 +139,8 @@ def _not_a_bundle(out: Path) -> tuple[str, str] | None:
     )
     if foreign:
         return (
-            f"--out {out} holds a bundle plus other files ({', '.join(foreign[:3])}), so --overwrite will not replace "
-            "it",
+            f"--out {out} holds a bundle plus other files ({', '.join(foreign[:3])}), so --overwrite will not "
+            "replace it",
             "move those files out, or choose another --out",
         )
     return None
