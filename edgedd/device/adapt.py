@@ -105,7 +105,9 @@ class _Problem:
 
 
 def solve_dual(sig, q, kern, resid, w) -> np.ndarray:
-    """B (C, n) of the Sylvester equation B + w S B K = w R, R (C, n) (S = Q diag(sig) Q^T), elementwise in the eigenbases."""
+    """B (C, n) of the Sylvester equation B + w S B K = w R, R (C, n) (S = Q diag(sig) Q^T), elementwise in the
+    eigenbases.
+    """
     kap, u = np.linalg.eigh(kern)
     kap = np.clip(kap, 0.0, None)
     rp = q.T @ resid @ u
