@@ -224,7 +224,7 @@ def adapt_fit(
         (rn, a), cmp_p = _choose(p, {(-c[1], c[0]): v for c, v in cvp.items()}, base)  # ties: smaller a, larger r
         probe = {"probe_mix": None if np.isinf(a) else float(a), "probe_ridge": float(-rn)}
         probe["cv_top1_probe"] = cmp_p["cv_top1_adapted"]
-        if cmp_p["cv_top1_adapted"] > cmp["cv_top1_adapted"]:  # more held-out images right than (5): it is the candidate
+        if cmp_p["cv_top1_adapted"] > cmp["cv_top1_adapted"]:  # right on more held-out images than (5)
             cmp = cmp_p
     candidate = "local probe" if probe is not None and cmp is cmp_p else "adapted"
     why = verdict(cmp, yl, len(bc))

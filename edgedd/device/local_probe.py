@@ -71,7 +71,7 @@ def expressible(wc: np.ndarray) -> np.ndarray | None:
 def probe_scale(z0: np.ndarray, classes: int) -> float:
     """g of (6): the views-only logits' spread across classes (each image's mean removed: a shift
     common to all classes changes no probability) over a one-hot target's, on the local images."""
-    onehot_sd = np.sqrt((classes - 1.0)) / classes
+    onehot_sd = np.sqrt(classes - 1.0) / classes
     return max(float((z0 - z0.mean(1, keepdims=True)).std()), 1e-12) / onehot_sd
 
 
