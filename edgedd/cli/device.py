@@ -354,13 +354,15 @@ def adapt(
         _print_json("adapt", r)
         return
     held = (
-        f"held out ({r['folds']} folds{'' if r['grouped_folds'] else ', one image each'}): adapted "
+        f"held out ({r['folds']} folds{'' if r['grouped_folds'] else ', one image each'}): {r['candidate']} "
         f"{r['cv_top1_adapted']:.1%}, "
         f"views only {r['cv_top1_views_only']:.1%} (right where the other was wrong: {r['wins']} vs {r['losses']})"
     )
     kept = (
         f"adapted fit kept (ridge {r['ridge']:g}, local weight {r['local_weight']:g})"
         if r["used"] == "adapted"
+        else f"local probe kept (probe ridge {r['probe_ridge']:g}, mix {r['probe_mix'] or 'probe alone'})"
+        if r["used"] == "local probe"
         else f"views-only fit kept: {r['why_not_adapted']}"
     )
     _result(f"adapt: {r['images']} local images of {r['classes']} classes; {held}\n{kept}; wrote {r['sidecar']}")
