@@ -6,8 +6,9 @@ class drawn from a training ImageFolder (several draws), scored on a test ImageF
     CI alone   today's deploy-check fit (ridge on the synthetic views, strength by their CV)
     probe      a ridge probe on phi_B of the k local images alone (one-hot targets, strength by
                grouped CV over them; 1.0 with one image per class)
-    adapt      edgedd.device.adapt.adapt_fit: the views and the local images, (lam, w) by grouped CV
-               over the local images, the views-only fit kept when adapting does not win
+    adapt      edgedd.device.adapt.adapt_fit: the views and the local images ((5), or the local probe
+               mixed with the CI fit, (6)), chosen by grouped CV over the local images, the views-only
+               fit kept when neither wins
     adapt+pl   (with --unlabelled N) adapt with N more unlabelled training images pseudo-labelled by
                the CI fit (the most confident half), added as local images
     CI+align   (with --unlabelled N) the CI fit with phi_B's mean over the local and unlabelled
@@ -60,22 +61,37 @@ def draw(labels, k, seed):
     return np.concatenate([rng.choice(np.flatnonzero(labels == c), k, replace=False) for c in np.unique(labels)])
 
 
-def run_variant(path, int8, train, test, ks, draws, unlabelled):
+def features(path, int8, train, test, cache):
+    """Everything the draws reuse: the views' phi_B and targets, the CI fit, phi_B of the pool and
+    the test images; read from / written to ``cache`` (an .npz) when given."""
+    if cache is not None and cache.is_file():
+        return dict(np.load(cache))
     b = open_bundle(path, int8=int8)
     a = b.artifact
     x_in, yv = view_inputs(b)
     fv = fit_features(b, x_in)
     n, kv = a["targets.boxes"].shape[:2]
-    vlab = np.repeat(a["synthetic.labels"], kv)
     t0 = time.perf_counter()
     ci = fit_on_features(b, fv, yv)
     t_ci = time.perf_counter() - t0
     xt, yt, _ = load_labelled_folder(b, test)
-    ft = backbone_features(b, xt)
     xp, yp, _ = load_labelled_folder(b, train)
-    fp = backbone_features(b, xp)
-    wc, bc = a["classifier.weight"], a["classifier.bias"]
-    prior = b.meta.get("reference", {}).get("projector_prior", "none")
+    f = dict(
+        fv=fv, yv=yv, vlab=np.repeat(a["synthetic.labels"], kv), wc=a["classifier.weight"], bc=a["classifier.bias"],
+        ft=backbone_features(b, xt), yt=yt, fp=backbone_features(b, xp), yp=yp, ridge=ci["ridge"],
+        prior=b.meta.get("reference", {}).get("projector_prior", "none"), ciw=ci["weight"], cib=ci["bias"], t_ci=t_ci,
+    )  # fmt: skip
+    if cache is not None:
+        np.savez(cache, **f)
+    return f
+
+
+def run_variant(path, int8, train, test, ks, draws, unlabelled, cache=None):
+    b = open_bundle(path, int8=int8)
+    f = features(path, int8, train, test, cache)
+    fv, yv, vlab, wc, bc, ft, yt, fp, yp = (f[k] for k in ("fv", "yv", "vlab", "wc", "bc", "ft", "yt", "fp", "yp"))
+    ci = {"weight": f["ciw"], "bias": f["cib"], "ridge": float(f["ridge"])}
+    prior, t_ci = str(f["prior"]), float(f.get("t_ci", np.nan))
     ci_top1 = top1(head(b, ft, (ci["weight"], ci["bias"])), yt)
     ci_pool = head(b, fp, (ci["weight"], ci["bias"]))
     rows = []
@@ -93,6 +109,9 @@ def run_variant(path, int8, train, test, ks, draws, unlabelled):
                 "probe": top1(ft @ pw.T + pb, yt),
                 "adapt": top1(head(b, ft, (ad["weight"], ad["bias"])), yt),
                 "used": ad["used"],
+                "candidate": ad["candidate"],
+                "probe_mix": ad["probe_mix"],
+                "probe_ridge": ad["probe_ridge"],
                 "ridge": ad["ridge"],
                 "local_weight": ad["local_weight"],
                 "wins": ad["wins"],
@@ -126,7 +145,8 @@ def run_variant(path, int8, train, test, ks, draws, unlabelled):
                 + ", ".join(
                     f"{c} {100 * row[c]:.1f}" for c in ("ci", "probe", "adapt", "adapt_pl", "ci_align") if c in row
                 )
-                + f" ({row['used']}, r {row['ridge']:g}, w {row['local_weight']:g}, {row['wins']}/{row['losses']})",
+                + f" ({row['used']}, r {row['ridge']:g}, w {row['local_weight']:g}, probe mix {row['probe_mix']}"
+                + f" r {row['probe_ridge']}, {row['wins']}/{row['losses']})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -140,15 +160,15 @@ def table(results):
     lines = [
         "| bundle | backbone | k | CI alone | probe on k local | adapt | "
         + ("adapt + pseudo-labels | CI + mean alignment | " if "adapt_pl" in cols else "")
-        + "adapt kept (of draws) |",
+        + "kept (draws) |",
         "|---" * (4 + len(cols)) + "|",
     ]
     for (name, var), rows in results.items():
         for k in sorted({r["k"] for r in rows}):
             rs = [r for r in rows if r["k"] == k]
             cell = [f"{100 * np.mean([r[c] for r in rs]):.1f} ± {100 * np.std([r[c] for r in rs]):.1f}" for c in cols]
-            kept = sum(r["used"] == "adapted" for r in rs)
-            lines.append(f"| {name} | {var} | {k} | " + " | ".join(cell) + f" | {kept}/{len(rs)} |")
+            kept = ", ".join(f"{u} {sum(r['used'] == u for r in rs)}" for u in ("views only", "adapted", "local probe"))
+            lines.append(f"| {name} | {var} | {k} | " + " | ".join(cell) + f" | {kept} |")
     return "\n".join(lines)
 
 
@@ -162,12 +182,20 @@ def main():
     ap.add_argument("--int8", action="store_true", help="also the int8 backbone")
     ap.add_argument("--unlabelled", type=int, default=0, help="also adapt with this many pseudo-labelled images")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--features", type=Path, help="folder caching each variant's features (<bundle>_<variant>.npz)")
     a = ap.parse_args()
     results = {}
     for path in a.bundles:
         for int8 in (False, True) if a.int8 else (False,):
             results[(path.name, "int8" if int8 else "fp32")] = run_variant(
-                path, int8, a.train, a.test, a.k, a.draws, a.unlabelled
+                path,
+                int8,
+                a.train,
+                a.test,
+                a.k,
+                a.draws,
+                a.unlabelled,
+                None if a.features is None else a.features / f"{path.name}_{'int8' if int8 else 'fp32'}.npz",
             )
     print(table(results))
     if a.json:

@@ -54,7 +54,8 @@ def main():
     for what, rs in rows.items():
         s = sorted(r["seconds"] for r in rs)[len(rs) // 2]
         print(
-            f"| {'deploy-check fit' if what == 'fit' else 'adapt'} | {s:.2f} | {max(r['peak_rss_mb'] for r in rs):.0f} |"
+            f"| {'deploy-check fit' if what == 'fit' else 'adapt'} | {s:.2f} | {max(r['peak_rss_mb'] for r in rs):.0f} "
+            "|"
         )
     if a.json:
         a.json.write_text(json.dumps({"rows": rows, "command": " ".join(sys.argv)}, indent=1))

@@ -46,7 +46,7 @@ def main() -> None:
                     overwrite=True,
                 )
                 times[method].append(s["sec_per_iter"])
-    ratios = [b / s for s, b in zip(times["sfm"], times["sfm_anchor"])]
+    ratios = [b / s for s, b in zip(times["sfm"], times["sfm_anchor"], strict=True)]
     out = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "ipc": a.ipc,
@@ -61,7 +61,8 @@ def main() -> None:
         for m, t in times.items():
             print(f"{m:<11} s/step median {statistics.median(t):.4f}  ({', '.join(f'{x:.4f}' for x in t)})")
         print(
-            f"anchored / SFM: median {out['ratio_anchor_over_sfm_median']:.3f} (per pair {', '.join(f'{x:.3f}' for x in ratios)})"
+            f"anchored / SFM: median {out['ratio_anchor_over_sfm_median']:.3f} (per pair "
+            f"{', '.join(f'{x:.3f}' for x in ratios)})"
         )
 
 

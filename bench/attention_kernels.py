@@ -90,7 +90,8 @@ def main() -> None:
         return
     print(f"device {dev}, batch {a.batch} at {a.res} px; plain / fused (>1: fused is better)")
     print(
-        f"{'backbone':<26} {'saved MB plain/fused':>21} {'fwd s plain/fused':>19} {'fwd+bwd s plain/fused':>23} {'max |diff|':>11}"
+        f"{'backbone':<26} {'saved MB plain/fused':>21} {'fwd s plain/fused':>19} {'fwd+bwd s plain/fused':>23} "
+        f"{'max |diff|':>11}"
     )
     for r in rows:
         p, f = r["plain"], r["fused"]

@@ -60,7 +60,8 @@ def main() -> None:
             "share_below_p10": float((d < p10).mean()),
         }
         print(
-            f"{r}: nearest real median {np.median(d):.3f} (ratio {np.median(d) / med:.2f}), below p10: {100 * (d < p10).mean():.0f}%"
+            f"{r}: nearest real median {np.median(d):.3f} (ratio {np.median(d) / med:.2f}), below p10: "
+            f"{100 * (d < p10).mean():.0f}%"
         )
     if a.json:
         with open(a.json, "w") as f:

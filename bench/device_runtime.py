@@ -115,12 +115,15 @@ def main() -> None:
         return
     print(f"edge backbone {a.backbone} @ {pp.input_size}px, D_B={info.num_features}, {threads} threads")
     print(
-        f"projector fit, {n * k} views ({n} images x {k}): render {r['render_s']:.2f}s + backbone (ORT) {r['backbone_s']:.2f}s "
-        f"+ ridge choice (5-fold CV) {r['ridge_cv_s']:.3f}s + ridge solve {r['ridge_s']:.3f}s = {r['projector_fit_total_s']:.2f}s; "
+        f"projector fit, {n * k} views ({n} images x {k}): render {r['render_s']:.2f}s + backbone (ORT) "
+        f"{r['backbone_s']:.2f}s "
+        f"+ ridge choice (5-fold CV) {r['ridge_cv_s']:.3f}s + ridge solve {r['ridge_s']:.3f}s = "
+        f"{r['projector_fit_total_s']:.2f}s; "
         f"CV / backbone = {r['ridge_cv_s'] / r['backbone_s']:.3f}"
     )
     print(
-        f"inference, batch {a.batch}: torch {r['torch_images_per_s']:.1f} img/s, onnxruntime {r['ort_images_per_s']:.1f} img/s, "
+        f"inference, batch {a.batch}: torch {r['torch_images_per_s']:.1f} img/s, onnxruntime "
+        f"{r['ort_images_per_s']:.1f} img/s, "
         f"ORT/torch = {r['ort_over_torch']:.2f}x"
     )
 

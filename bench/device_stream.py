@@ -82,8 +82,10 @@ def write_images(work: Path, n: int) -> tuple[Path, list[str]]:
 
 
 MEASURE = (
-    "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True); "
-    "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, p.stderr.strip()[-200:].replace(chr(10), ' '))"
+    "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+    "stderr=subprocess.PIPE, text=True); "
+    "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "
+    "p.stderr.strip()[-200:].replace(chr(10), ' '))"
 )
 
 
@@ -133,7 +135,8 @@ def main() -> None:
     bundle = build_bundle(args.work)
     trees = [t.split("=", 1) for t in args.tree] + [["after", str(ROOT)]]
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}"
     )
     rows = []
     for n in [] if args.skip_rss else args.sizes:

@@ -145,7 +145,9 @@ def main() -> None:
         print(json.dumps(res, indent=2))
         return
     print(
-        f"{a.backbone} @ {a.crop_res}px (syn {a.syn_res}px), {spec}{f' ({a.data_limit} images)' if a.data_limit else ''}, IPC {a.ipc}, {a.iterations} iterations, device {sfm['device']}"
+        f"{a.backbone} @ {a.crop_res}px (syn {a.syn_res}px), "
+        f"{spec}{f' ({a.data_limit} images)' if a.data_limit else ''}, IPC {a.ipc}, {a.iterations} iterations, device "
+        f"{sfm['device']}"
     )
     print(
         f"{'method':<6} {'augs':>4} {'s/iter':>9} {'wall s':>8} {'phase MB':>9} {'step MB':>9}  ({sfm['memory_kind']})"
@@ -161,7 +163,8 @@ def main() -> None:
         return f"{r:.1f}x" if r else "n/a"
 
     print(
-        f"LGM / SFM: time {res['time_ratio']:.1f}x, memory {x(res['memory_ratio'])} (phase), {x(res['step_memory_ratio'])} (step)"
+        f"LGM / SFM: time {res['time_ratio']:.1f}x, memory {x(res['memory_ratio'])} (phase), "
+        f"{x(res['step_memory_ratio'])} (step)"
     )
 
 

@@ -71,7 +71,7 @@ def slope(rows):
     ks = [r["k"] for r in rows]
     ms = [r["working_mb"] for r in rows]
     mk, mm = sum(ks) / len(ks), sum(ms) / len(ms)
-    return sum((k - mk) * (m - mm) for k, m in zip(ks, ms)) / sum((k - mk) ** 2 for k in ks)
+    return sum((k - mk) * (m - mm) for k, m in zip(ks, ms, strict=True)) / sum((k - mk) ** 2 for k in ks)
 
 
 def estimate(per_view_mb, params, dim, syn_res, classes=1000, chunk=64):
@@ -153,13 +153,15 @@ def main() -> None:
         return
     print(
         f"{a.backbone} on {a.device} ({ref['memory_kind']}): SFM view fwd+bwd {per_view:.1f} MB/image, "
-        f"Stage I crop fwd {per_crop:.1f} MB/image, pyramid state {state_mb:.2f} MB/image (syn_res {ref['syn_res']}), weights {weights_mb:.0f} MB"
+        f"Stage I crop fwd {per_crop:.1f} MB/image, pyramid state {state_mb:.2f} MB/image (syn_res {ref['syn_res']}), "
+        f"weights {weights_mb:.0f} MB"
     )
     print("| IPC | N | processes | images/process | pyramid state | total, one pass | total, chunk 64 |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['ipc']} | {r['n']} | {r['processes']} | {r['images_per_process']} | {r['pyramid_state_mb'] / 1024:.1f} GB "
+            f"| {r['ipc']} | {r['n']} | {r['processes']} | {r['images_per_process']} | "
+            f"{r['pyramid_state_mb'] / 1024:.1f} GB "
             f"| {r['one_pass_total_mb'] / 1024:.1f} GB | {r['chunked_total_mb'] / 1024:.1f} GB |"
         )
 

@@ -10,7 +10,8 @@ Stage I's feature pass (centre crop + K flip/RRC views per training image) with 
 All three are scored on the test split's centre crops, with their training loss (mean CE on the
 training centre crops).
 
-    python bench/golden_accuracy.py [--backbone edgedd/host-vit] [--data embedded:mnist] [--test embedded:mnist/test] [--json]
+    python bench/golden_accuracy.py [--backbone edgedd/host-vit] [--data embedded:mnist] \\
+        [--test embedded:mnist/test] [--json]
 
 Needs scikit-learn (pip install -e '.[bench]').
 """
@@ -105,7 +106,8 @@ def main() -> None:
     else:
         for k in ("converged", "reference", "sklearn_logreg_cv"):
             print(
-                f"{k:<18} test top-1 {100 * out[k]['test_top1']:.1f}%  train CE {out[k]['train_ce_centre_crops']:.4f}  ({out[k]['seconds']:.1f} s)"
+                f"{k:<18} test top-1 {100 * out[k]['test_top1']:.1f}%  train CE {out[k]['train_ce_centre_crops']:.4f}  "
+                f"({out[k]['seconds']:.1f} s)"
             )
         print(f"converged - sklearn: {out['converged_minus_sklearn_pt']:+.1f} pt")
 

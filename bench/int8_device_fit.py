@@ -94,7 +94,8 @@ def main() -> None:
         rows.append(measure(p, test, idx))
         print(f"  {p} done", file=sys.stderr, flush=True)
     print(
-        f"{platform.machine()}, {os.cpu_count()} CPUs; top-1 on {len(idx)} embedded:mnist/test digits; P fitted by deploy-check's rule"
+        f"{platform.machine()}, {os.cpu_count()} CPUs; top-1 on {len(idx)} embedded:mnist/test digits; P fitted by "
+        "deploy-check's rule"
     )
     print(
         "| bundle | host A -> edge B | IPC | fp32 graph, P on fp32 views | int8 graph, P on int8 views (before) | "
@@ -104,9 +105,12 @@ def main() -> None:
     for r in rows:
         ipc = r["synthetic_images"] // 10  # the embedded digits have 10 classes
         print(
-            f"| {Path(r['bundle']).name} | {r['host'].split('/')[-1]} -> {r['edge'].split('/')[-1]}@{r['edge_input_size']} | {ipc} | "
-            f"{100 * r['fp32_graph_fp32_views']:.1f} | {100 * r['int8_graph_int8_views']:.1f} | {100 * r['int8_graph_fp32_views']:.1f} | "
-            f"{100 * (r['int8_graph_fp32_views'] - r['int8_graph_int8_views']):+.1f} | {r['cosine_views']:.3f} / {r['cosine_test']:.3f} |"
+            f"| {Path(r['bundle']).name} | {r['host'].split('/')[-1]} -> "
+            f"{r['edge'].split('/')[-1]}@{r['edge_input_size']} | {ipc} | "
+            f"{100 * r['fp32_graph_fp32_views']:.1f} | {100 * r['int8_graph_int8_views']:.1f} | "
+            f"{100 * r['int8_graph_fp32_views']:.1f} | "
+            f"{100 * (r['int8_graph_fp32_views'] - r['int8_graph_int8_views']):+.1f} | {r['cosine_views']:.3f} / "
+            f"{r['cosine_test']:.3f} |"
         )
     print(f"total {time.perf_counter() - t0:.0f} s")
     if a.json:

@@ -71,7 +71,8 @@ def main() -> None:
     )
     print(
         f"one loss + gradient, median of {a.repeats}: copy {med['copy']:.1f} ms, folded {med['folded']:.1f} ms, "
-        f"ratio {med['copy'] / med['folded']:.2f}x (min {times['copy'][0] * 1e3:.1f} / {times['folded'][0] * 1e3:.1f} ms)"
+        f"ratio {med['copy'] / med['folded']:.2f}x (min {times['copy'][0] * 1e3:.1f} / {times['folded'][0] * 1e3:.1f} "
+        "ms)"
     )
     print(f"agreement: |loss difference| {agree[0]:.2e}, max |gradient difference| {agree[1]:.2e}")
 

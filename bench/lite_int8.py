@@ -319,7 +319,8 @@ def main() -> None:
         return
     print(
         f"{out['machine']}; onnxruntime {out['onnxruntime']}, intra-op threads {a.threads}, inter-op 1; "
-        f"probe: ridge on fp32 features of {out['train_images']} train images, scored on {out['test_images']} test images"
+        f"probe: ridge on fp32 features of {out['train_images']} train images, scored on {out['test_images']} test "
+        "images"
     )
     print("(x) = speed-up over fp32 (> 1 is faster); cos = mean feature cosine vs fp32 on the batch-1 images")
     print(table(rows))

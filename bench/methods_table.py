@@ -135,10 +135,12 @@ def _pm(xs: list[float]) -> str:
 def table(cells: list[dict], baselines: dict[int, dict], a) -> str:
     """One markdown table: a row per (variant, IPC), then a row per (baseline, IPC)."""
     lines = [
-        f"{a.backbone} ({a.crop_res or 'default'} px), {a.data} -> {a.test_data}; {a.protocol} protocol, {a.eval_seeds} eval seeds; "
+        f"{a.backbone} ({a.crop_res or 'default'} px), {a.data} -> {a.test_data}; {a.protocol} protocol, "
+        f"{a.eval_seeds} eval seeds; "
         f"cells in {a.results}",
         "",
-        "| set | IPC | distill seeds | normal top-1 | CI top-1 | Stage II final loss | copy ratio (pixels: median; < 0.5) "
+        "| set | IPC | distill seeds | normal top-1 | CI top-1 | Stage II final loss | copy ratio (pixels: median; < "
+        "0.5) "
         "| stage-II gain (normal) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -151,8 +153,10 @@ def table(cells: list[dict], baselines: dict[int, dict], a) -> str:
         below = f"{sum(p.get('below') or 0 for p in pix)}/{sum(p.get('images') or 0 for p in pix)}"
         gains = [c["stage2_gain"]["normal"] for c in cs if (c.get("stage2_gain") or {}).get("normal") is not None]
         lines.append(
-            f"| {label} ({cs[0]['method']}) | {ipc} | {len(cs)} | {_pm([c['top1']['normal'] for c in cs if 'normal' in c['top1']])} "
-            f"| {_pm([c['top1']['ci'] for c in cs if 'ci' in c['top1']])} | {statistics.mean(c['final_loss'] for c in cs):.4g} "
+            f"| {label} ({cs[0]['method']}) | {ipc} | {len(cs)} | "
+            f"{_pm([c['top1']['normal'] for c in cs if 'normal' in c['top1']])} "
+            f"| {_pm([c['top1']['ci'] for c in cs if 'ci' in c['top1']])} | "
+            f"{statistics.mean(c['final_loss'] for c in cs):.4g} "
             f"| {statistics.median(med) if med else float('nan'):.2f}; {below} "
             f"| {(f'{100 * statistics.mean(gains):+.1f}') if gains else '–'} |"
         )

@@ -53,7 +53,7 @@ def main() -> None:
         }
     times = {k: [] for k in opened}
     x1 = x[:1]
-    for k, b in opened.items():  # warm-up
+    for b in opened.values():  # warm-up
         for _ in range(5):
             classify(b, x1)
     for _ in range(a.runs):

@@ -95,14 +95,17 @@ def main() -> None:
         return
     f, q = out["fp32"], out["int8"]
     print(
-        f"{out['backbone']} -> {out['edge_backbone']}, IPC {a.ipc}, K={a.views}; test top-1 on embedded:mnist/test (1000 images)"
+        f"{out['backbone']} -> {out['edge_backbone']}, IPC {a.ipc}, K={a.views}; test top-1 on embedded:mnist/test "
+        "(1000 images)"
     )
     print(
-        f"  fp32 backbone: torch projector {f['data_top1_packed_projector']:.1%}, closed-form device projector {f['data_top1']:.1%} "
+        f"  fp32 backbone: torch projector {f['data_top1_packed_projector']:.1%}, closed-form device projector "
+        f"{f['data_top1']:.1%} "
         f"(diff {100 * (f['data_top1'] - f['data_top1_packed_projector']):+.1f} pt)"
     )
     print(
-        f"  int8 backbone: packed projector {q['data_top1_packed_projector']:.1%}, after on-device fit {q['data_top1']:.1%} "
+        f"  int8 backbone: packed projector {q['data_top1_packed_projector']:.1%}, after on-device fit "
+        f"{q['data_top1']:.1%} "
         f"(diff {100 * (q['data_top1'] - q['data_top1_packed_projector']):+.1f} pt)"
     )
 

@@ -72,7 +72,8 @@ def main() -> None:
         for name, d in cases.items():
             old, new = _peak_mb(a.old, d), _peak_mb(a.new, d)
             print(
-                f"| {name} ({os.path.getsize(d / 'metrics.jsonl') / 1e6:.1f} MB) | {old[0]:.0f}, {old[1]} | {new[0]:.0f}, {new[1]} |",
+                f"| {name} ({os.path.getsize(d / 'metrics.jsonl') / 1e6:.1f} MB) | {old[0]:.0f}, {old[1]} | "
+                f"{new[0]:.0f}, {new[1]} |",
                 flush=True,
             )
     finally:

@@ -332,12 +332,12 @@ def main(argv=None) -> int:
             )
 
     med = stats.median
-    paired = [b.wall / a.wall for a, b in zip(s1_runs, bare_runs)]
+    paired = [b.wall / a.wall for a, b in zip(s1_runs, bare_runs, strict=True)]
     foreign = [x.foreign_cores for x in s1_runs + bare_runs if x.foreign_cores is not None]
     # A repeat is clean when neither side shared the machine with another job (measured, Linux).
     clean = [
         i
-        for i, (a, b) in enumerate(zip(s1_runs, bare_runs))
+        for i, (a, b) in enumerate(zip(s1_runs, bare_runs, strict=True))
         if (a.foreign_cores or 0.0) <= FOREIGN_LIMIT and (b.foreign_cores or 0.0) <= FOREIGN_LIMIT
     ]
     use = clean or list(range(len(s1_runs)))
@@ -383,7 +383,8 @@ def main(argv=None) -> int:
         "foreign_cores_stage1_all": [r.foreign_cores for r in s1_runs],
         "foreign_cores_bare_all": [r.foreign_cores for r in bare_runs],
         "contended": contended,
-        "bare_crops": "real crops, built as extract_features builds them (centre + sample_views/render_views, normalised)",
+        "bare_crops": "real crops, built as extract_features builds them (centre + sample_views/render_views, "
+        "normalised)",
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "machine": machine_info(),
@@ -401,7 +402,8 @@ def main(argv=None) -> int:
         f"{result['torch_threads']} intra-op threads"
     )
     print(
-        f"  workload: {n} images x {1 + k} crops ({info.preprocess.input_size}px, canvas {canvas}px) = {total_crops} crops, "
+        f"  workload: {n} images x {1 + k} crops ({info.preprocess.input_size}px, canvas {canvas}px) = {total_crops} "
+        "crops, "
         f"B={args.batch_size} -> {per_forward} crops per forward, num_workers={args.num_workers}, "
         f"{args.repeats} repeats"
     )
@@ -417,7 +419,8 @@ def main(argv=None) -> int:
     marks = ", ".join(f"{x:.3f}" + ("" if i in clean else "*") for i, x in enumerate(paired))
     print(f"  ratio per repeat: {marks}  (median of those used {result['ratio_paired_median']:.3f})")
     print(
-        f"  ratio (bare / stage I, medians) = {bare / s1:.3f}   (target >= 0.9: {'met' if bare / s1 >= 0.9 else 'NOT met'})"
+        f"  ratio (bare / stage I, medians) = {bare / s1:.3f}   (target >= 0.9: "
+        f"{'met' if bare / s1 >= 0.9 else 'NOT met'})"
     )
     if contended and clean:
         print(

@@ -13,7 +13,8 @@ scores it with the protocol fixed before any method was compared (``edgedd evalu
   of images under 0.5.
 
     python bench/stage2_methods.py NAME --backbone edgedd/efficientnet-lite0 --method sfm_probe --noise-p 0 \\
-        [--ipc 10] [--iterations 100] [--lr 2e-3] [--crop-scale 0.08 1] [--seed 0] [--init real] [--out DIR] [--json-dir DIR]
+        [--ipc 10] [--iterations 100] [--lr 2e-3] [--crop-scale 0.08 1] [--seed 0] [--init real] [--out DIR] \\
+        [--json-dir DIR]
 """
 
 from __future__ import annotations

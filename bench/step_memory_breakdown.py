@@ -122,10 +122,12 @@ def main() -> None:
     print(f"{a.backbone} @ {a.crop_res} px, synthetic {a.syn_res} px, {n} images (IPC 1)")
     st = res["state_mb"]
     print(
-        f"synthetic set state: levels {st['levels']:.1f} MB, Adam moments {st['adam_moments']:.1f} MB, level grads {st['level_grads']:.1f} MB"
+        f"synthetic set state: levels {st['levels']:.1f} MB, Adam moments {st['adam_moments']:.1f} MB, level grads "
+        f"{st['level_grads']:.1f} MB"
     )
     print(
-        f"{'method':<6} {'views':>5} {'decode':>8} {'augment':>8} {'backbone':>9} {'total':>8} {'backbone/view':>14}  (saved for backward, MB)"
+        f"{'method':<6} {'views':>5} {'decode':>8} {'augment':>8} {'backbone':>9} {'total':>8} {'backbone/view':>14}  "
+        "(saved for backward, MB)"
     )
     for m in ("sfm", "lgm"):
         r = res[m]
@@ -142,7 +144,8 @@ def main() -> None:
     if sw["rss_left_by_first_step_mb"] is not None:
         print(
             f"RSS left behind: first step {sw['rss_left_by_first_step_mb']:.1f} MB "
-            f"(Adam moments {st['adam_moments']:.1f} MB + lazy framework allocations), second {sw['rss_left_by_second_step_mb']:.1f} MB"
+            f"(Adam moments {st['adam_moments']:.1f} MB + lazy framework allocations), second "
+            f"{sw['rss_left_by_second_step_mb']:.1f} MB"
         )
 
 

@@ -157,14 +157,17 @@ def main() -> None:
     for name in ("exact", "cached"):
         r = res[name]
         print(
-            f"| {name} (view cache {r['view_cache']}) | {pct(r['modes']['normal'])} | {pct(r['modes']['ci'])} | {r['seconds']:.0f} |"
+            f"| {name} (view cache {r['view_cache']}) | {pct(r['modes']['normal'])} | {pct(r['modes']['ci'])} | "
+            f"{r['seconds']:.0f} |"
         )
     print(f"| cached - exact (pt) | {res['difference_pt']['normal']:+.2f} | {res['difference_pt']['ci']:+.2f} | |")
     if "golden" in res:
         g = res["golden"]
         print(
-            f"\ngolden classifier, test top-1 over {a.seeds} seeds: cached {g['views']} views {100 * g['cached_mean']:.2f} ± "
-            f"{100 * g['cached_std']:.2f}, exact (fresh view every epoch) {100 * g['exact_mean']:.2f} ± {100 * g['exact_std']:.2f}, "
+            f"\ngolden classifier, test top-1 over {a.seeds} seeds: cached {g['views']} views "
+            f"{100 * g['cached_mean']:.2f} ± "
+            f"{100 * g['cached_std']:.2f}, exact (fresh view every epoch) {100 * g['exact_mean']:.2f} ± "
+            f"{100 * g['exact_std']:.2f}, "
             f"difference {g['difference_pt']:+.2f} pt"
         )
 

@@ -60,7 +60,7 @@ def main() -> None:
     if len(its) not in (1, len(ipcs)):
         ap.error("--iterations takes one count or one per IPC")
     its = its * len(ipcs) if len(its) == 1 else its
-    for ipc, iterations in zip(ipcs, its):
+    for ipc, iterations in zip(ipcs, its, strict=True):
         for method, augs in (("sfm", 1), ("lgm", a.lgm_augs)):
             run = out / f"{method}_ipc{ipc}"
             t = time.perf_counter()
@@ -102,13 +102,15 @@ def main() -> None:
 
     pct = lambda v: f"{100 * v['top1_mean']:.1f} ± {100 * v['top1_std']:.1f}"  # noqa: E731
     lines = [
-        f"| IPC | rows (eval on embedded:mnist/test, {a.seeds} seeds) | `{HOST}` normal | `{HOST}` CI | `{EDGE}` normal | `{EDGE}` CI |",
+        f"| IPC | rows (eval on embedded:mnist/test, {a.seeds} seeds) | `{HOST}` normal | `{HOST}` CI | `{EDGE}` "
+        f"normal | `{EDGE}` CI |",
         "|---|---|---|---|---|---|",
     ]
     for r in results:
         e, c = r["eval"]["modes"], r["cross"]["modes"]
         lines.append(
-            f"| {r['ipc']} | {r['method'].upper()} (augs {r['augs']}, {a.iterations} its, flow cos {r['distill']['flow_cosine']:.3f}) "
+            f"| {r['ipc']} | {r['method'].upper()} (augs {r['augs']}, {a.iterations} its, flow cos "
+            f"{r['distill']['flow_cosine']:.3f}) "
             f"| {pct(e['normal'])} | {pct(e['ci'])} | {pct(c['normal'])} | {pct(c['ci'])} |"
         )
         if "baselines" in r["eval"]:

@@ -48,7 +48,8 @@ def main() -> None:
         "--iterations",
         type=int,
         default=100,
-        help="100: what fits the demo's 10-minute budget on 2 CPU cores with the Lite0 host at IPC 10 (host-vit: 300 fit)",
+        help="100: what fits the demo's 10-minute budget on 2 CPU cores with the Lite0 host at IPC 10 (host-vit: 300 "
+        "fit)",
     )
     ap.add_argument("--method", default=DistillConfig.method, help="matching loss [default: edgedd's default]")
     ap.add_argument(
@@ -72,7 +73,8 @@ def main() -> None:
         "--host-crop-res",
         type=int,
         default=None,
-        help="A's input size [default: 64 for an EfficientNet-Lite (its 224 costs ~12x the time on a CPU), else the backbone's]",
+        help="A's input size [default: 64 for an EfficientNet-Lite (its 224 costs ~12x the time on a CPU), else the "
+        "backbone's]",
     )
     ap.add_argument(
         "--edge", default=None, help="edge backbone B [default: the host's network, int8 if it passes pack's gate]"
@@ -151,7 +153,8 @@ def main() -> None:
     )  # noqa: E731
     rows = [
         (
-            "full-data linear probe (ceiling: the golden recipe on B, 3,600 of the 4,000 real images; 400 choose its settings)",
+            "full-data linear probe (ceiling: the golden recipe on B, 3,600 of the 4,000 real images; 400 choose its "
+            "settings)",
             a.host,
             pct(b["full"]),
             loss(b["full"]),
@@ -197,10 +200,13 @@ def main() -> None:
             if dc8
             else "; int8 refused by pack's gate"
         )
-        + f"; projector ridge {p['reference']['projector_ridge']:g} (cross-validated); predict: {right}/{len(preds)} of the sampled test images right.",
+        + f"; projector ridge {p['reference']['projector_ridge']:g} (cross-validated); predict: {right}/{len(preds)} "
+        "of the sampled test images right.",
         f"evaluation: {a.protocol} protocol, {a.seeds} seeds; distillation: {s['method']}, {a.iterations} iterations; "
-        f"flow cosine {s['flow_cosine']:.3f}; synthetic class centres {s['landing']['centre_offset_mean']:.2f} inter-centre distances "
-        f"from the real ones; golden classifier {s['golden'].get('recipe')} recipe, held-out {100 * (s['golden'].get('heldout_top1') or 0):.1f}%; "
+        f"flow cosine {s['flow_cosine']:.3f}; synthetic class centres {s['landing']['centre_offset_mean']:.2f} "
+        "inter-centre distances "
+        f"from the real ones; golden classifier {s['golden'].get('recipe')} recipe, held-out "
+        f"{100 * (s['golden'].get('heldout_top1') or 0):.1f}%; "
         f"wall time {time.perf_counter() - t0:.0f} s ("
         + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
         + f"); host {a.host} at {crop or 'its own'} px, edge {a.edge} at {a.edge_crop_res or 'its own'} px.",

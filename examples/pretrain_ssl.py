@@ -225,7 +225,8 @@ def train_simclr(
             step += 1
         curve.append(round(float(np.mean(losses)), 4))
         log(
-            f"  epoch {epoch + 1:3d}/{epochs}  loss {curve[-1]:.4f}  lr {lr_at(step - 1):.2e}  {time.perf_counter() - t0:6.1f}s"
+            f"  epoch {epoch + 1:3d}/{epochs}  loss {curve[-1]:.4f}  lr {lr_at(step - 1):.2e}  "
+            f"{time.perf_counter() - t0:6.1f}s"
         )
     model.eval()
     return {"loss_per_epoch": curve, "steps": total, "train_seconds": round(time.perf_counter() - t0, 1)}
@@ -434,15 +435,16 @@ def run_one(key: str, args, data, log) -> dict:
     probe["slice"] = {
         "protocol": (
             f"closed-form ridge classifier, lambda {SLICE['ridge_lambda']}, standardised features; "
-            f"fit on embedded:mnist[::{SLICE['train_step']}] (1,000), top-1 on embedded:mnist/test[::{SLICE['test_step']}] (500)"
+            f"fit on embedded:mnist[::{SLICE['train_step']}] (1,000), top-1 on "
+            f"embedded:mnist/test[::{SLICE['test_step']}] (500)"
         ),
         **SLICE,
         "model_top1": ridge_slice_probe(ftr[s_tr], ytr[s_tr], fte[s_te], yte[s_te]),
         "random_weights_top1": ridge_slice_probe(rtr[s_tr], ytr[s_tr], rte[s_te], yte[s_te]),
     }
     probe["protocol"] = (
-        "multinomial logistic regression (L-BFGS, float32, <= 200 iterations) on standardised frozen pooled features of the "
-        "centre 32x32 input; L2 chosen from "
+        "multinomial logistic regression (L-BFGS, float32, <= 200 iterations) on standardised frozen pooled features "
+        "of the centre 32x32 input; L2 chosen from "
         + ", ".join(f"{v:g}" for v in PROBE_LAMBDAS)
         + " on a seeded 20% hold-out of the train split, refit on all 4,000 train images; "
         "raw pixels: the normalised 32x32 input (one channel: R=G=B)"
@@ -512,7 +514,8 @@ def run_one(key: str, args, data, log) -> dict:
         "training": {
             "objective": "SimCLR (NT-Xent)",
             "temperature": TEMPERATURE,
-            "projection_head": f"Linear({int(model.num_features)},{PROJ_HIDDEN})-BatchNorm1d-ReLU-Linear({PROJ_HIDDEN},{PROJ_OUT})",
+            "projection_head": f"Linear({int(model.num_features)},{PROJ_HIDDEN})-BatchNorm1d-ReLU-"
+            f"Linear({PROJ_HIDDEN},{PROJ_OUT})",
             "augmentations": {k: (list(v) if isinstance(v, tuple) else v) for k, v in AUG.items()},
             "augmentations_text": (
                 f"random resized crop scale {AUG['crop_scale']}, ratio 3/4-4/3, no flips; rotation "
@@ -569,7 +572,7 @@ def main(argv=None) -> int:
         "--epochs",
         type=int,
         default=None,
-        help="default: host %d, edge %d" % (RECIPES["host"]["epochs"], RECIPES["edge"]["epochs"]),
+        help=f"default: host {RECIPES['host']['epochs']}, edge {RECIPES['edge']['epochs']}",
     )
     ap.add_argument("--batch-size", type=int, default=128, help="images per step (each gives 2 views)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default per model)")

@@ -154,7 +154,8 @@ def main() -> None:
     )
     k = f"ci_real_ipc{a.ipc}"
     print(
-        f"\n| host A | edge B | A's golden | B's probe | CI, {a.ipc} real/class (P fit on them) | CI, all 4,000 real |\n|---|---|---|---|---|---|"
+        f"\n| host A | edge B | A's golden | B's probe | CI, {a.ipc} real/class (P fit on them) | CI, all 4,000 real "
+        "|\n|---|---|---|---|---|---|"
     )
     for r in rows:
         ipc = [c["top1"] for c in r[k]]
@@ -168,7 +169,8 @@ def main() -> None:
         )
         for c in r.get("ci_synthetic", []):
             print(
-                f"| `{r['host']}` | `{r['edge']}` | | | synthetic `{c['run']}`: {100 * c['top1']:.1f} (r = {c['ridge']:g}) | |"
+                f"| `{r['host']}` | `{r['edge']}` | | | synthetic `{c['run']}`: {100 * c['top1']:.1f} (r = "
+                f"{c['ridge']:g}) | |"
             )
 
 

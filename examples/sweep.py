@@ -1,4 +1,5 @@
-"""The method sweep of docs/RESULTS.md ("Methods compared"): every matching loss under one evaluation protocol fixed in advance.
+"""The method sweep of docs/RESULTS.md ("Methods compared"): every matching loss under one evaluation protocol \
+fixed in advance.
 
 For each IPC, method and distillation seed: distill embedded:mnist with the shipped edgedd/host-vit,
 then evaluate on embedded:mnist/test (normal and CI, 3 evaluation seeds, the converged protocol:
@@ -62,7 +63,9 @@ def run_one(name: str, ipc: int, iterations: int, seed: int, out: Path, progress
 
 
 def baselines(ipc: int, out: Path, progress: bool) -> dict:
-    """Random real, centroids, full: evaluated on the seed-0 SFM run's training data (they do not depend on the method)."""
+    """Random real, centroids, full: evaluated on the seed-0 SFM run's training data (they do not depend on the
+    method).
+    """
     from edgedd.evaluation.evaluate import EvalConfig, evaluate_run
 
     ev = evaluate_run(
@@ -81,7 +84,8 @@ def table(out: Path) -> str:
 
     rows = [json.loads(p.read_text()) for p in sorted((out / "json").glob("*.json"))]
     lines = [
-        "| IPC | method | steps | distill seeds | flow cos | centre offset | normal top-1 | CI top-1 | normal train loss |",
+        "| IPC | method | steps | distill seeds | flow cos | centre offset | normal top-1 | CI top-1 | normal train "
+        "loss |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for ipc in sorted({r["ipc"] for r in rows}):
@@ -93,15 +97,17 @@ def table(out: Path) -> str:
                 b = rs[0]["eval"]["baselines"]
                 for k in ("random", "centroids", "neighbors", "full"):
                     lines.append(
-                        f"| {ipc} | baseline: {k} | | | | | {100 * b[k]['top1_mean']:.1f} ± {100 * b[k]['top1_std']:.1f} | | "
+                        f"| {ipc} | baseline: {k} | | | | | {100 * b[k]['top1_mean']:.1f} ± "
+                        f"{100 * b[k]['top1_std']:.1f} | | "
                         f"{np.mean(b[k]['train_loss_final']):.3g} |"
                     )
                 continue
-            m = lambda mode: [r["eval"]["modes"][mode]["top1_mean"] for r in rs]  # noqa: E731
+            m = lambda mode, rs=rs: [r["eval"]["modes"][mode]["top1_mean"] for r in rs]  # noqa: E731
             lines.append(
                 f"| {ipc} | {name} | {rs[0]['iterations']} | {len(rs)} | {np.mean([r['flow_cosine'] for r in rs]):.3f} "
                 f"| {np.mean([r['landing']['centre_offset_mean'] for r in rs]):.2f} "
-                f"| {100 * np.mean(m('normal')):.1f} ± {100 * np.std(m('normal')):.1f} | {100 * np.mean(m('ci')):.1f} ± {100 * np.std(m('ci')):.1f} "
+                f"| {100 * np.mean(m('normal')):.1f} ± {100 * np.std(m('normal')):.1f} | {100 * np.mean(m('ci')):.1f} "
+                f"± {100 * np.std(m('ci')):.1f} "
                 f"| {np.mean([np.mean(r['eval']['modes']['normal']['train_loss_final']) for r in rs]):.3g} |"
             )
     return "\n".join(lines)

@@ -135,7 +135,9 @@ def expectations(
         source, held = heldout_images(run)
     except EdgeddError as e:
         out["expected_edge_missing"] = f"the run's training data could not be used: {e.problem}"
-        warnings.warn(f"no expected edge accuracy recorded ({e.problem}); deploy-check will skip its expected check")
+        warnings.warn(
+            f"no expected edge accuracy recorded ({e.problem}); deploy-check will skip its expected check", stacklevel=2
+        )
         return out, None
     if len(held) > max_images:  # evenly spread over the sorted slice, so every class keeps its share
         held = held[np.linspace(0, len(held) - 1, max_images).round().astype(np.int64)]

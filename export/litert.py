@@ -53,13 +53,16 @@ def convert(module: torch.nn.Module, sample: torch.Tensor, name: str) -> bytes:
             return _content(litert_torch.convert(module.eval(), (sample,)))
     except Exception as e:
         raise EdgeddError(
-            f"litert-torch cannot convert the {name} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+            f"litert-torch cannot convert the {name} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''})",
             "pack without --litert (the ONNX graphs do not need it)",
         ) from e
 
 
 def convert_int8(module: torch.nn.Module, sample: torch.Tensor, calibration: np.ndarray, name: str) -> bytes:
-    """Static int8 through LiteRT's PT2E quantiser, calibrated on ``calibration`` (N, 3, S, S), in batches of ``sample``'s size."""
+    """Static int8 through LiteRT's PT2E quantiser, calibrated on ``calibration`` (N, 3, S, S), in batches of
+    ``sample``'s size.
+    """
     litert_torch = _litert()
     try:
         from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
@@ -84,7 +87,8 @@ def convert_int8(module: torch.nn.Module, sample: torch.Tensor, calibration: np.
         raise
     except Exception as e:
         raise EdgeddError(
-            f"litert-torch cannot quantise the {name} to int8 ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+            f"litert-torch cannot quantise the {name} to int8 ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''})",
             "pack without --int8 or without --litert",
         ) from e
 

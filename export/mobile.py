@@ -68,7 +68,8 @@ def to_ort(graphs: dict[str, bytes]) -> tuple[dict[str, bytes], bytes]:
                 )
         except Exception as e:
             raise EdgeddError(
-                f"onnxruntime cannot convert the graphs to ORT format ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                f"onnxruntime cannot convert the graphs to ORT format ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''})",
                 "pack without --ort, or report this as a bug",
             ) from e
         out = {}
@@ -76,7 +77,8 @@ def to_ort(graphs: dict[str, bytes]) -> tuple[dict[str, bytes], bytes]:
             made = dst / (name[: -len(".onnx")] + ".with_runtime_opt.ort")
             if not made.is_file():
                 raise EdgeddError(
-                    f"onnxruntime's ORT converter wrote no file for {name} ({log.getvalue().strip().splitlines()[-1:]})",
+                    f"onnxruntime's ORT converter wrote no file for {name} "
+                    f"({log.getvalue().strip().splitlines()[-1:]})",
                     "pack without --ort, or report this as a bug",
                 )
             out[name[: -len(".onnx")] + ".ort"] = made.read_bytes()

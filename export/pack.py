@@ -25,7 +25,8 @@ held-out slice of the training data, deploy-check's ``expected``; edge_path.py);
 and validate the three graphs (:func:`_export_graphs`); write the self-test (:func:`_selftest`);
 with --int8, refuse a quantised backbone whose top-1 on those held-out images (the synthetic set
 without them) drops by more than ``int8_max_drop`` (:func:`_int8_gate`); add the fixed-shape
-backbones, their mobile-readiness figures and, with --ort, the ORT-format files (:func:`_mobile_graphs`). The bundle appears atomically (built in a temporary
+backbones, their mobile-readiness figures and, with --ort, the ORT-format files (:func:`_mobile_graphs`). The bundle
+appears atomically (built in a temporary
 sibling directory, then renamed; :func:`_write_bundle`).
 """
 
@@ -127,7 +128,8 @@ def _not_a_bundle(out: Path) -> tuple[str, str] | None:
     """Why --overwrite must not replace the non-empty ``out`` (None: it holds a bundle and nothing else)."""
     if not _is_artifact(out / art.ARTIFACT_FILE):
         return (
-            f"--out {out} is not empty and holds no edgedd bundle (no {art.ARTIFACT_FILE}), so --overwrite will not replace it",
+            f"--out {out} is not empty and holds no edgedd bundle (no {art.ARTIFACT_FILE}), so --overwrite will not "
+            "replace it",
             "choose another --out, or empty that directory yourself",
         )
     foreign = sorted(
@@ -137,7 +139,8 @@ def _not_a_bundle(out: Path) -> tuple[str, str] | None:
     )
     if foreign:
         return (
-            f"--out {out} holds a bundle plus other files ({', '.join(foreign[:3])}), so --overwrite will not replace it",
+            f"--out {out} holds a bundle plus other files ({', '.join(foreign[:3])}), so --overwrite will not "
+            "replace it",
             "move those files out, or choose another --out",
         )
     return None
@@ -505,7 +508,9 @@ def _litert_graphs(model_b_cpu, info_b: BackboneInfo, w_p, b_p, w_c, b_c, calib,
 
 
 def _onnx_fn(data: bytes):
-    """A graph as a torch-in, torch-out function (onnxruntime, CPU): the reference a derived graph is checked against."""
+    """A graph as a torch-in, torch-out function (onnxruntime, CPU): the reference a derived graph is checked
+    against.
+    """
     import onnxruntime as ort
 
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -577,7 +582,8 @@ def _int8_gate(
         before, after, on = ref["synthetic_top1"], top_q, "synthetic-set top-1"
     if before - after > config.int8_max_drop:
         raise EdgeddError(
-            f"the int8 backbone loses {100 * (before - after):.1f} points of {on} ({100 * before:.1f}% -> {100 * after:.1f}%), "
+            f"the int8 backbone loses {100 * (before - after):.1f} points of {on} ({100 * before:.1f}% -> "
+            f"{100 * after:.1f}%), "
             f"more than {100 * config.int8_max_drop:.1f}",
             "ship fp32 (drop --int8) or raise --int8-max-drop",
         )

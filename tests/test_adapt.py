@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgedd.device.adapt import _Problem, adapt_fit, delta, keep_adapted, local_folds, verdict
+from edgedd.device.local_probe import expressible, mix, probe_projector, probe_scale
 from edgedd.device.ridge import fit_ridge
 
 
@@ -71,8 +72,10 @@ def _top1(fit, w):
 
 def test_adapt_helps_on_a_shifted_domain_and_is_kept():
     w = _world()
-    ad = adapt_fit(w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"], w["yl"], view_ridge=0.1)
-    base = adapt_fit(w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"], w["yl"], view_ridge=0.1, w_grid=(1e-9,))
+    ad = adapt_fit(w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"], w["yl"], view_ridge=0.1, probe=False)
+    base = adapt_fit(
+        w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"], w["yl"], view_ridge=0.1, w_grid=(1e-9,), probe=False
+    )
     assert ad["used"] == "adapted" and ad["wins"] > ad["losses"]
     assert _top1(ad, w) > _top1(base, w) + 0.05
 
@@ -101,3 +104,44 @@ def test_a_win_below_chance_is_not_kept():
     labels = np.repeat(np.arange(5), 8)
     assert "chance" in verdict({"wins": 9, "losses": 1, "cv_top1_adapted": 0.3}, labels, 5)
     assert verdict({"wins": 9, "losses": 1, "cv_top1_adapted": 0.9}, labels, 5) is None
+
+
+def test_the_probe_candidate_is_exactly_a_projector():
+    """(6) through the sidecar's projector and the golden classifier gives the mixed logits, for any x."""
+    w = _world()
+    w0, b0 = fit_ridge(w["xv"], w["yv"], 0.1)
+    golden = lambda x, wt, b: (x @ wt.T.astype(np.float64) + b) @ w["wc"].T + w["bc"]  # noqa: E731
+    z0, zt = golden(w["xl"], w0, b0), golden(w["xt"], w0, b0)
+    onehot = np.eye(5)[w["yl"]]
+    wl, bl = fit_ridge(w["xl"], onehot, 1.0)
+    zl = w["xt"] @ wl.T.astype(np.float64) + bl
+    g, pinv = probe_scale(z0, 5), expressible(w["wc"])
+    for a in (0.5, np.inf):
+        wt, b = probe_projector(w["xl"], w["yl"], z0, 5, a, 1.0, w0, b0, w["wc"], w["bc"], pinv)
+        assert np.allclose(golden(w["xt"], wt, b), mix(zt, zl, a, g), atol=1e-3)
+    assert expressible(np.ones((3, 8))) is None  # rank 1 < 3 classes: (6) is not a projector, the candidate is skipped
+
+
+def test_the_probe_is_kept_when_the_local_images_are_informative_and_not_when_mislabelled():
+    """With (5) held at zero weight, the local probe is the only way the labels can help: it must be
+    chosen and lift the test images, and must not be with shuffled labels."""
+    w = _world()
+    args = (w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"])
+    w0, b0 = fit_ridge(w["xv"], w["yv"], 0.1)
+    views = {"weight": w0, "bias": b0}
+    ad = adapt_fit(*args, w["yl"], view_ridge=0.1, w_grid=(1e-9,))
+    assert ad["used"] == "local probe" and ad["candidate"] == "local probe" and ad["wins"] > ad["losses"]
+    assert ad["cv_top1_probe"] == ad["cv_top1_adapted"] > ad["cv_top1_views_only"]
+    assert _top1(ad, w) > _top1(views, w) + 0.1
+    wrong = np.random.default_rng(3).permutation(w["yl"])
+    bad = adapt_fit(*args, wrong, view_ridge=0.1, w_grid=(1e-9,))
+    assert bad["used"] == "views only" and bad["why_not_adapted"]
+    assert np.array_equal(bad["weight"], views["weight"]) and np.array_equal(bad["bias"], views["bias"])
+
+
+def test_one_image_per_class_keeps_the_views_only_fit():
+    """Held out alone, an image's class is absent from the probe's fit: the probe cannot win there."""
+    w = _world()
+    first = np.array([np.flatnonzero(w["yl"] == c)[0] for c in range(5)])
+    ad = adapt_fit(w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"][first], w["yl"][first], view_ridge=0.1)
+    assert not ad["grouped_folds"] and ad["used"] == "views only"

@@ -20,7 +20,7 @@ from edgedd.device.inputs import prepare_canvases
 def _synthetic_folder(b, root):
     """The bundle's synthetic images as an ImageFolder: local images identical to the views' source."""
     pix, labels = b.artifact["synthetic.images"], b.artifact["synthetic.labels"]
-    for i, (im, c) in enumerate(zip(pix, labels)):
+    for i, (im, c) in enumerate(zip(pix, labels, strict=True)):
         d = root / b.class_names[c]
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(im.transpose(1, 2, 0)).save(d / f"{i}.png")
@@ -58,7 +58,7 @@ def test_shuffled_labels_fall_back_and_say_so(packed, tmp_path):
     files = sorted(p for p in packed["heldout"].rglob("*.png"))
     classes = sorted(p.name for p in packed["heldout"].iterdir())
     wrong = np.random.default_rng(0).permutation([f.parent.name for f in files])
-    for f, c in zip(files, wrong):
+    for f, c in zip(files, wrong, strict=True):
         (tmp_path / "wrong" / c).mkdir(parents=True, exist_ok=True)
         shutil.copy(f, tmp_path / "wrong" / c / f"{f.parent.name}_{f.name}")
     assert sorted(p.name for p in (tmp_path / "wrong").iterdir()) == classes

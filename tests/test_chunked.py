@@ -52,7 +52,7 @@ def test_chunked_gradients_equal_one_pass(tiny_backbone, method, augs, chunk):
     l1, g1 = grads(one_pass)
     l2, g2 = grads(chunked)
     assert abs(l1 - l2) < 1e-6
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         assert a.abs().max() > 0
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
 

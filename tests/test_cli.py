@@ -328,7 +328,7 @@ def test_init_real_starts_from_real_images_of_each_class(image_folder, tmp_path)
     src = scan_image_folder(image_folder)
     canvases = CanvasDataset(src, 32, "bicubic")
     reals = np.stack([canvases[i][0] for i in range(len(src))]).astype(np.float32) / 255  # (n, H, W, 3)
-    for img, label in zip(saved["images"].permute(0, 2, 3, 1).numpy(), saved["labels"].tolist()):
+    for img, label in zip(saved["images"].permute(0, 2, 3, 1).numpy(), saved["labels"].tolist(), strict=True):
         d = np.abs(reals - img.clip(0.01, 0.99)).reshape(len(src), -1).max(1)
         assert d.min() < 0.02 and src.labels[d.argmin()] == label  # a real image of its own class
     assert json.loads((out / "summary.json").read_text())["config"]["init"] == "real"

@@ -262,7 +262,7 @@ def test_host_commands_on_a_device_install_say_how_to_install(tmp_path):
     assert result["codes"] == [1, 1, 1], r.stderr
     lines = r.stderr.splitlines()
     assert "Traceback" not in r.stderr and len(lines) == 3, r.stderr
-    for line, cmd in zip(lines, ("distill", "evaluate", "pack")):
+    for line, cmd in zip(lines, ("distill", "evaluate", "pack"), strict=True):
         assert line.startswith(f"error: {cmd} needs the host install (torch, timm"), line
         assert "pip install 'edgedd[host]'" in line and "pip install -e '.[host]'" in line, line
 

@@ -165,7 +165,7 @@ def test_chance_bound_is_the_3_sigma_binomial_tail():
 
     for n, p in [(18, 1 / 3), (100, 0.1), (40, 0.5)]:
         k = accuracy.chance_bound(n, p)
-        tail = lambda k: sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))  # noqa: E731
+        tail = lambda k, n=n, p=p: sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))  # noqa: E731
         assert tail(k) <= accuracy.CHANCE_ALPHA < tail(k - 1)
     assert accuracy.chance_bound(9, 0.5) is None and accuracy.chance_bound(10, 0.5) == 10
 

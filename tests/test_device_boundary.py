@@ -49,7 +49,9 @@ def module_file(name: str) -> Path | None:
 
 
 def device_files() -> dict[str, Path]:
-    """module name -> file, for every module of edgedd.device.is_device_module (edgedd.device: the package and every module in it)."""
+    """module name -> file, for every module of edgedd.device.is_device_module (edgedd.device: the package and every
+    module in it).
+    """
     files = {}
     for p in sorted(ROOT.rglob("*.py")):
         parts = list(p.relative_to(ROOT.parent).with_suffix("").parts)
@@ -128,11 +130,13 @@ def test_device_modules_import_only_the_device_side():
             elif top in OPTIONAL_DEVICE_PACKAGES:
                 if name != OPTIONAL_DEVICE_PACKAGES[top] or function is None:
                     problems.append(
-                        f"{where} imports {target}: an optional device package, only {OPTIONAL_DEVICE_PACKAGES[top]} may, inside a function"
+                        f"{where} imports {target}: an optional device package, only {OPTIONAL_DEVICE_PACKAGES[top]} "
+                        "may, inside a function"
                     )
             elif top not in sys.stdlib_module_names and top not in DEVICE_PACKAGES:
                 problems.append(
-                    f"{where} imports {target}: not the standard library nor a device package ({', '.join(sorted(DEVICE_PACKAGES))})"
+                    f"{where} imports {target}: not the standard library nor a device package "
+                    f"({', '.join(sorted(DEVICE_PACKAGES))})"
                 )
     assert not problems, "the device side imports beyond its boundary:\n  " + "\n  ".join(problems)
     assert cli_host == CLI_HOST_IMPORTS  # a listed host import that is gone: take it off the list

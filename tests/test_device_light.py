@@ -46,7 +46,10 @@ def test_device_commands_run_without_torch(packed, tmp_path):
 
 def test_blocker_really_blocks():
     """The harness itself: each host import fails under the blocker (else the tests here prove nothing)."""
-    code = "import importlib\nfor m in BLOCKED:\n    try:\n        importlib.import_module(m)\n    except ModuleNotFoundError as e:\n        print(e.name)\n"
+    code = (
+        "import importlib\nfor m in BLOCKED:\n    try:\n        importlib.import_module(m)\n    except "
+        "ModuleNotFoundError as e:\n        print(e.name)\n"
+    )
     assert run_blocked(code).stdout.split() == list(BLOCKED)
 
 

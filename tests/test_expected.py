@@ -103,7 +103,7 @@ def test_pack_edge_top1_follows_the_labels(packed, tmp_path):
     src = scan_image_folder(packed["heldout"])
     wrong = {"circle": "square", "square": "stripes", "stripes": "circle"}
     data = _folder(tmp_path, "mixed", {c: [] for c in src.class_names})
-    for i, (p, label) in enumerate(zip(src.paths, src.labels)):
+    for i, (p, label) in enumerate(zip(src.paths, src.labels, strict=True)):
         c = src.class_names[label]
         shutil.copy(p, data / (wrong[c] if i % 3 == 0 else c) / f"{i:03d}.{p.rsplit('.', 1)[1]}")
     a = art.read(packed["bundle"] / art.ARTIFACT_FILE)
@@ -139,7 +139,7 @@ def test_expected_check_fails_when_the_device_falls_short(packed, tmp_path):
     files = [p for c in sorted(packed["heldout"].iterdir()) for p in sorted(c.iterdir())] * 3
     pred = [r["top"][0]["label"] for r in predict.predict(bundle, [str(p) for p in files], topk=1)]
     classes = device_bundle.open_bundle(bundle).class_names
-    agree = _folder(tmp_path, "agree", {c: [f for f, p in zip(files, pred) if p == c] for c in classes})
+    agree = _folder(tmp_path, "agree", {c: [f for f, p in zip(files, pred, strict=True) if p == c] for c in classes})
     code, rep = _deploy(bundle, agree)
     assert code == 0 and _check(rep, "expected")["ok"] is True and rep["data_top1"] == 1.0, rep["checks"]
 
@@ -148,7 +148,10 @@ def test_expected_check_fails_when_the_device_falls_short(packed, tmp_path):
     short = _folder(
         tmp_path,
         "short",
-        {c: [f for i, (f, p) in enumerate(zip(files, pred)) if (other[p] if i in moved else p) == c] for c in classes},
+        {
+            c: [f for i, (f, p) in enumerate(zip(files, pred, strict=True)) if (other[p] if i in moved else p) == c]
+            for c in classes
+        },
     )
     code, rep = _deploy(bundle, short)
     assert rep["data_top1"] == pytest.approx(42 / 54)

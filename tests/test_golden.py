@@ -65,7 +65,7 @@ def golden(name: str, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, 
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in make().items()}, path)
         if not update:
-            warnings.warn(f"wrote missing golden {path}: review and commit it")
+            warnings.warn(f"wrote missing golden {path}: review and commit it", stacklevel=2)
     return load_file(path)
 
 
@@ -257,7 +257,7 @@ def tiny_weights() -> Path:
         model, _ = load_backbone("test_vit", "random", input_size=32, resize_size=32, seed=0)
         WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, WEIGHTS)
-        warnings.warn(f"wrote missing backbone weights {WEIGHTS}: review and commit them")
+        warnings.warn(f"wrote missing backbone weights {WEIGHTS}: review and commit them", stacklevel=2)
     return WEIGHTS
 
 
@@ -406,7 +406,8 @@ def make_v1_0(old_checkout: Path, python: str = sys.executable) -> None:
     """How v1_0/ was made (run by hand; never by the tests: today's edgedd cannot write format 1.0).
 
         git worktree add --detach /tmp/edgedd-v10 5e7a254^     # c5e085a: the last commit at format 1.0
-        python -c 'from pathlib import Path; import test_golden as t; t.make_v1_0(Path("/tmp/edgedd-v10"))'   # in tests/
+        # in tests/:
+        python -c 'from pathlib import Path; import test_golden as t; t.make_v1_0(Path("/tmp/edgedd-v10"))'
         git worktree remove /tmp/edgedd-v10
 
     Distills 1 image per class of :func:`make_png_folder` with the stored test_vit weights and
@@ -424,8 +425,10 @@ from edgedd.distillation.pipeline import RunOptions, distill
 from edgedd.device import artifact
 from export.pack import PackConfig, pack
 assert artifact.FORMAT == "1.0", artifact.FORMAT
-distill({str(data)!r}, "test_vit", {str(work / "run")!r}, weights={str(WEIGHTS)!r}, config=DistillConfig(ipc=1, iterations=10),
-        stage1_config=StageIConfig(golden_views=2), options=RunOptions(device="cpu", num_workers=0, progress=False, preview_every=0),
+distill({str(data)!r}, "test_vit", {str(work / "run")!r}, weights={str(WEIGHTS)!r}, \
+config=DistillConfig(ipc=1, iterations=10),
+        stage1_config=StageIConfig(golden_views=2), \
+options=RunOptions(device="cpu", num_workers=0, progress=False, preview_every=0),
         crop_res=32, syn_res=32)
 pack({str(work / "run")!r}, {str(work / "bundle")!r}, config=PackConfig(views=4, selftest_images=2), device="cpu")
 """

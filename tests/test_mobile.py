@@ -172,7 +172,7 @@ def test_litert_graphs_run_like_onnx(packed, tmp_path):
         assert not out.exists()
         pytest.skip(f"this backbone does not convert: {e.problem}")
     meta = art.read(out / art.ARTIFACT_FILE).meta
-    for role, g in meta["litert"]["graphs"].items():
+    for _role, g in meta["litert"]["graphs"].items():
         data = (out / g["file"]).read_bytes()
         assert (
             data[4:8] == b"TFL3"

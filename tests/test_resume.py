@@ -78,7 +78,7 @@ def test_sigkill_and_resume_is_bit_identical(image_folder, tmp_path):
     ckpt = out / "checkpoint.safetensors"
     steps_at_kill = []
     extra: tuple[str, ...] = ()
-    for attempt in range(3):
+    for _ in range(3):
         proc = subprocess.Popen(_cmd(image_folder, out, *extra), env=_env(), stderr=subprocess.PIPE)
         last = steps_at_kill[-1] if steps_at_kill else 0
         deadline = time.monotonic() + 120

@@ -21,7 +21,7 @@ def test_fold_predictions_equal_the_closed_form_fit(n):
     rng = np.random.default_rng(0)
     x, y, xh = rng.normal(size=(n, 30)), rng.normal(size=(n, 7)), rng.normal(size=(5, 30))
     preds = _fold_predictions(x, y, xh, RIDGE_GRID)
-    for r, p in zip(RIDGE_GRID, preds):
+    for r, p in zip(RIDGE_GRID, preds, strict=True):
         w, b = fit_ridge(x, y, r)
         np.testing.assert_allclose(p, xh @ w.T.astype(np.float64) + b, rtol=1e-4, atol=1e-4)
 

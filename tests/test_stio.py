@@ -11,7 +11,8 @@ from edgedd.core.stio import serialize
 SCRIPT = """
 import sys, numpy as np
 from edgedd.core.stio import serialize
-t = {n: np.arange(6, dtype=d).reshape(2, 3) for n, d in [("b", np.float32), ("a", np.uint8), ("c", np.int64), ("z", np.float64)]}
+t = {n: np.arange(6, dtype=d).reshape(2, 3) \
+for n, d in [("b", np.float32), ("a", np.uint8), ("c", np.int64), ("z", np.float64)]}
 sys.stdout.buffer.write(serialize(t, {k: k * 3 for k in "qwertyuiopasdfgh"}))
 """
 

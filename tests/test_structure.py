@@ -47,8 +47,8 @@ def test_no_long_functions_or_modules():
             ):
                 long.append(f"function {name}.{node.name}: {_statement_lines(node)} statement lines")
     assert not long, (
-        f"over the limits (functions <= {MAX_FUNCTION_STATEMENTS}, modules <= {MAX_MODULE_STATEMENTS} statement lines):\n"
-        + "\n".join(long)
+        f"over the limits (functions <= {MAX_FUNCTION_STATEMENTS}, modules <= {MAX_MODULE_STATEMENTS} statement "
+        "lines):\n" + "\n".join(long)
     )
 
 

@@ -214,7 +214,7 @@ def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
         )
     )
     assert abs(l1 - l2) < 1e-5 * max(1.0, abs(l1))
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         assert a.abs().max() > 0
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 

@@ -58,7 +58,7 @@ def test_extension_scales_old_levels_and_adds_scaled_noise():
     pyr.extend(g)
     before = [lv.detach().clone() for lv in pyr.levels]
     pyr.extend(g)
-    for b, a in zip(before, pyr.levels[:2]):
+    for b, a in zip(before, pyr.levels[:2], strict=True):
         torch.testing.assert_close(a.detach(), b * 2 / 3)
     assert pyr.levels[2].shape == (3, 3, 4, 4)
     assert 0.15 < pyr.levels[2].std().item() < 0.6  # N(0, 1) / 3

@@ -118,7 +118,7 @@ def test_lite_loads_offline_matches_golden_features_and_classifies(name, offline
 
     w, b = lite.imagenet_classifier(name)  # the ImageNet head: kept aside, never part of the backbone
     top5 = (z @ w.T + b).topk(5, dim=1).indices
-    for photo, row in zip(PHOTOS, top5.tolist()):
+    for photo, row in zip(PHOTOS, top5.tolist(), strict=True):
         assert EXPECTED[photo] & set(row), f"{name} on {photo}: top 5 {row}"
 
 
@@ -248,7 +248,7 @@ def test_lite0_onnx_parity_and_int8(offline):
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(z32), model(torch.from_numpy(x)), atol=1e-4, rtol=1e-4)
     cos = _cosine(z32, z8)
-    assert (cos > INT8_MIN_COSINE).all(), dict(zip(PHOTOS, cos.round(3)))
+    assert (cos > INT8_MIN_COSINE).all(), dict(zip(PHOTOS, cos.round(3), strict=True))
     # each int8 feature is nearest (cosine) to its own photo's fp32 feature
     sims = (z8 / np.linalg.norm(z8, axis=1, keepdims=True)) @ (z32 / np.linalg.norm(z32, axis=1, keepdims=True)).T
     assert sims.argmax(1).tolist() == [0, 1, 2], sims.round(3)
@@ -256,5 +256,5 @@ def test_lite0_onnx_parity_and_int8(offline):
     w, b = (t.numpy() for t in lite.imagenet_classifier(name))  # the head stays in the test, as above
     top32, top8 = (z32 @ w.T + b).argmax(1), (z8 @ w.T + b).argmax(1)
     assert top8.tolist() == top32.tolist(), (top32, top8)
-    for photo, c in zip(PHOTOS, top32.tolist()):
+    for photo, c in zip(PHOTOS, top32.tolist(), strict=True):
         assert c in EXPECTED[photo], f"{name} at {INT8_SIZE} px on {photo}: top-1 {c}"

@@ -156,10 +156,11 @@ def convert(name: str, source: Path) -> dict[str, torch.Tensor]:
             f"{source} holds {len(src_items)} tensors, {entry.arch} has {len(dst_items)}", f"reinstall {entry.package}"
         )
     out: dict[str, torch.Tensor] = {}
-    for (sk, sv), (dk, dv) in zip(src_items, dst_items):
+    for (sk, sv), (dk, dv) in zip(src_items, dst_items, strict=True):
         if not isinstance(sv, torch.Tensor) or tuple(sv.shape) != tuple(dv.shape) or not sv.is_floating_point():
             raise EdgeddError(
-                f"{source}: tensor {sk} {tuple(getattr(sv, 'shape', ()))} does not fit {entry.arch}'s {dk} {tuple(dv.shape)}",
+                f"{source}: tensor {sk} {tuple(getattr(sv, 'shape', ()))} does not fit {entry.arch}'s {dk} "
+                f"{tuple(dv.shape)}",
                 f"reinstall {entry.package}",
             )
         out[dk] = sv.detach().to(torch.float32).contiguous()

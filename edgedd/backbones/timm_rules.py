@@ -80,7 +80,8 @@ def distill_resolution(
     name: str, crop_res: int | None = None, syn_res: int | None = None
 ) -> tuple[int | None, int | None, str]:
     """``(crop_res, syn_res, rule)`` for distilling with ``name``: the rule in this module's docstring.
-    None leaves a size to :func:`edgedd.backbones.loader.load_backbone` (the backbone's own); ``rule`` says which case applied."""
+    None leaves a size to :func:`edgedd.backbones.loader.load_backbone` (the backbone's own); ``rule`` says which case
+    applied."""
     from . import zoo
 
     if crop_res is not None or syn_res is not None:
@@ -99,6 +100,7 @@ def distill_resolution(
         crop,
         round(crop * REFERENCE_SYN / REFERENCE_CROP),
         (
-            f"{name} is fixed at {crop} px and cannot take {REFERENCE_CROP}: its own crop, synthetic at the reference ratio {REFERENCE_SYN}/{REFERENCE_CROP}"
+            f"{name} is fixed at {crop} px and cannot take {REFERENCE_CROP}: its own crop, synthetic at the reference "
+            f"ratio {REFERENCE_SYN}/{REFERENCE_CROP}"
         ),
     )

@@ -77,7 +77,7 @@ def _conv_stem(in_chans: int, widths: tuple[int, ...], strides: tuple[int, ...])
     from timm.layers import ConvNormAct
 
     layers, c = [], in_chans
-    for w, s in zip(widths, strides):
+    for w, s in zip(widths, strides, strict=True):
         layers.append(ConvNormAct(c, w, 3, stride=s, act_layer=nn.GELU))
         c = w
     return nn.Sequential(*layers)
@@ -137,7 +137,9 @@ def build_edge_cnn(
     from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 
     cfg = ByoModelCfg(
-        blocks=tuple(ByoBlockCfg(type="basic", d=d, c=c, s=s, br=1.0) for c, d, s in zip(widths, depths, strides)),
+        blocks=tuple(
+            ByoBlockCfg(type="basic", d=d, c=c, s=s, br=1.0) for c, d, s in zip(widths, depths, strides, strict=True)
+        ),
         stem_type="3x3",
         stem_pool="",
         stem_chs=stem_chs,

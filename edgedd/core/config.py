@@ -92,7 +92,8 @@ class StageIConfig:
     ``golden_recipe``: "converged" (edgedd's default, :mod:`edgedd.host.heads`): L2-regularised logistic
     regression solved to its optimum by L-BFGS, with the L2 strength and the inputs (centre crops
     only, or centre crops + the cached views) chosen on a held-out slice of the training set, then
-    refitted on all the rest (the slice stays unseen, so its top-1 is the shipped classifier's). "reference": METHOD.md's Adam recipe (``golden_epochs`` epochs at
+    refitted on all the rest (the slice stays unseen, so its top-1 is the shipped classifier's). "reference":
+    METHOD.md's Adam recipe (``golden_epochs`` epochs at
     ``golden_lr``), which under-trains on small data sets.
     """
 
@@ -127,7 +128,8 @@ class DistillConfig:
 
     method: str = "sfm_anchor"  # edgedd's default (docs/RESULTS.md, "Methods compared"); "sfm" is the paper's
     ipc: int = 1
-    init: str = "real"  # edgedd's default: random real images per class (synthetic.py); "noise": the reference's 1x1 noise pyramid
+    # edgedd's default: random real images per class (synthetic.py); "noise": the reference's 1x1 noise pyramid
+    init: str = "real"
     iterations: int = 5000
     lr: float = 2e-3
     syn_res: int = 256
@@ -219,7 +221,9 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class PackConfig:
-    """edgedd.pack: what a bundle holds besides the run (the projector's targets, the int8 backbone, the expected top-1)."""
+    """edgedd.pack: what a bundle holds besides the run (the projector's targets, the int8 backbone, the expected
+    top-1).
+    """
 
     views: int = 8  # K augmented views per synthetic image for the projector targets
     projector_recipe: str = "converged"  # edgedd.host.heads: closed-form ridge, or METHOD.md's Adam ("reference")

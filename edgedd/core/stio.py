@@ -105,7 +105,8 @@ def _spec(name: str, entry, offset: int) -> TensorSpec:
 def read_header(f: BinaryIO, size: int, max_header: int) -> tuple[dict[str, str], dict[str, TensorSpec], bytes]:
     """Read and check the header of a file of ``size`` bytes open at its start, reading no tensor data.
 
-    Returns (metadata, tensor specs, the header's bytes incl. the length prefix). Raises Malformed unless the header is at most
+    Returns (metadata, tensor specs, the header's bytes incl. the length prefix). Raises Malformed unless the header is
+    at most
     ``max_header`` bytes of plain JSON (no NaN, nesting within the parser's limit), its entries are
     well formed and contiguous, the tensors end exactly at the end of the file (nothing hidden
     after them) and the header bytes are exactly what :func:`header_bytes` makes of that content.

@@ -30,7 +30,8 @@ class LabelledFolder:
     def __init__(self, b: Bundle, directory: str | Path):
         if str(directory).startswith(EMBEDDED_PREFIX):
             raise EdgeddError(
-                f"--data {directory} is an embedded dataset, which a device cannot read (it ships with the host install)",
+                f"--data {directory} is an embedded dataset, which a device cannot read (it ships with the host "
+                "install)",
                 f"on the host run: edgedd export-data {directory} DIR, copy DIR to this device and pass --data DIR",
             )
         src = scan_image_folder(
@@ -54,12 +55,14 @@ class LabelledFolder:
         self.skipped = 0  # unreadable images met so far (skipped and counted)
 
     def batches(self, batch: int = BATCH):
-        """(edge inputs, labels) for up to ``batch`` readable images at a time; unreadable ones are counted in ``skipped``."""
+        """(edge inputs, labels) for up to ``batch`` readable images at a time; unreadable ones are counted in
+        ``skipped``.
+        """
         pp = self.bundle.edge_preprocess
         self.skipped = 0
         for s in range(0, len(self.paths), batch):
             xs, ys = [], []
-            for path, label in zip(self.paths[s : s + batch], self.labels[s : s + batch]):
+            for path, label in zip(self.paths[s : s + batch], self.labels[s : s + batch], strict=True):
                 try:
                     xs.append(load_canvas(path, pp["resize_size"], pp["interpolation"]).transpose(2, 0, 1))
                     ys.append(label)

@@ -44,6 +44,7 @@ import math
 import numpy as np
 
 from .accuracy import chance_bound
+from .local_probe import cross_validate_probe, expressible, probe_projector
 from .ridge import FOLDS, RIDGE_GRID, fit_ridge, image_folds, residual
 
 WEIGHT_GRID = (
@@ -104,7 +105,9 @@ class _Problem:
 
 
 def solve_dual(sig, q, kern, resid, w) -> np.ndarray:
-    """B (C, n) of the Sylvester equation B + w S B K = w R, R (C, n) (S = Q diag(sig) Q^T), elementwise in the eigenbases."""
+    """B (C, n) of the Sylvester equation B + w S B K = w R, R (C, n) (S = Q diag(sig) Q^T), elementwise in the
+    eigenbases.
+    """
     kap, u = np.linalg.eigh(kern)
     kap = np.clip(kap, 0.0, None)
     rp = q.T @ resid @ u
@@ -198,23 +201,36 @@ def adapt_fit(
     view_ridge: float = 1e-3,
     r_grid=RIDGE_GRID,
     w_grid=WEIGHT_GRID,
+    probe: bool = True,
 ) -> dict:
     """Fit (5) and choose (lam, w) by grouped cross-validation over the local images; keep the better.
 
     xv (N_v, D_B) / yv (N_v, D_A): phi_B and phi_A of the views; view_labels (N_v,) their classes;
     wc (C, D_A), bc (C,): the golden classifier; xl (n, D_B), yl (n,): the local images' phi_B and
     labels; ``view_ridge``: today's views-only strength (edgedd.device.ridge.select_ridge), the
-    fit that is kept when adapting does not win. Returns weight, bias (float32) and the report."""
+    fit that is kept when adapting does not win; ``probe``: also the candidate (6) of
+    edgedd.device.local_probe, kept instead of (5) when it is right on more held-out images.
+    Returns weight, bias (float32) and the report."""
     yl = np.asarray(yl, dtype=np.int64)
     p = _Problem(xv, yv, np.asarray(view_labels), wc, bc, xl, yl, prior)
     fold, grouped = local_folds(yl)
     r_grid = tuple(sorted(set(r_grid) | {view_ridge}))
-    cv = cross_validate(p, r_grid, w_grid, fold)
-    (r, w), cmp = _choose(p, cv, p.logits0(view_ridge))
+    base = p.logits0(view_ridge)
+    (r, w), cmp = _choose(p, cross_validate(p, r_grid, w_grid, fold), base)
+    pinv = expressible(p.wc) if probe else None
+    probe = None
+    if pinv is not None:  # the local probe, (6) in edgedd.device.local_probe: kept instead when it wins held out
+        cvp = cross_validate_probe(xl, yl, base, fold, len(bc))
+        (rn, a), cmp_p = _choose(p, {(-c[1], c[0]): v for c, v in cvp.items()}, base)  # ties: smaller a, larger r
+        probe = {"probe_mix": None if np.isinf(a) else float(a), "probe_ridge": float(-rn)}
+        probe["cv_top1_probe"] = cmp_p["cv_top1_adapted"]
+        if cmp_p["cv_top1_adapted"] > cmp["cv_top1_adapted"]:  # right on more held-out images than (5)
+            cmp = cmp_p
+    candidate = "local probe" if probe is not None and cmp is cmp_p else "adapted"
     why = verdict(cmp, yl, len(bc))
-    kept = why is None
     report = {
-        "used": "adapted" if kept else "views only",
+        "used": candidate if why is None else "views only",
+        "candidate": candidate,
         "why_not_adapted": why,
         "images": int(len(yl)),
         "classes": int(len(np.unique(yl))),
@@ -223,10 +239,15 @@ def adapt_fit(
         "view_ridge": float(view_ridge),
         "ridge": float(r),
         "local_weight": float(w),
+        **(probe or {"probe_mix": None, "probe_ridge": None, "cv_top1_probe": None}),
         **cmp,
     }
-    if not kept:
-        wt, b = fit_ridge(xv, yv, view_ridge, prior)
+    w0, b0 = fit_ridge(xv, yv, view_ridge, prior)
+    if why is not None:
+        return {"weight": w0, "bias": b0, **report}
+    if candidate == "local probe":
+        a = np.inf if probe["probe_mix"] is None else probe["probe_mix"]
+        wt, b = probe_projector(xl, yl, base, len(bc), a, probe["probe_ridge"], w0, b0, p.wc, p.bc, pinv)
         return {"weight": wt, "bias": b, **report}
     wt, b = fit_ridge(xv, yv, r, prior)
     dw, db = delta(p, r, w)

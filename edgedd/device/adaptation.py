@@ -92,11 +92,15 @@ def save_adapted(b: Bundle, result: dict) -> Path:
     r = result["report"]
     meta = {
         **binding(b),
-        "method": "adapt (views + local images, closed form)",
+        "method": "adapt (views + local images, closed form)"
+        if r["used"] != "local probe"
+        else "adapt (views-only fit + a probe on the local images, closed form)",
         "fit_features": "fp32 backbone",
         "used": r["used"],
         "ridge": repr(r["ridge"] if r["used"] == "adapted" else r["view_ridge"]),
         "local_weight": repr(r["local_weight"]),
+        "probe_mix": repr(r["probe_mix"]),
+        "probe_ridge": repr(r["probe_ridge"]),
         "views": str(r["views"]),
         "local_images": str(r["images"]),
     }

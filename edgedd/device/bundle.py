@@ -257,7 +257,9 @@ def open_bundle(
 
 
 def open_sessions(b: Bundle, threads: int | None) -> None:
-    """(Re)open ``b``'s sessions (the fixed-shape backbone's too) from their verified bytes with ``threads`` intra-op threads."""
+    """(Re)open ``b``'s sessions (the fixed-shape backbone's too) from their verified bytes with ``threads`` intra-op
+    threads.
+    """
     roles = ROLES + (("backbone_static",) if "backbone_static" in b.sessions else ())
     b.sessions = {
         role: load_session(b.directory, role, b.entries[role], b.providers, threads, b.runtime) for role in roles

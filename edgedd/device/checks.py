@@ -121,7 +121,9 @@ def deploy_check(
 
 
 def _engine(b: Bundle) -> dict:
-    """The execution providers present and the ones onnxruntime assigned to the backbone session (LiteRT: its interpreter)."""
+    """The execution providers present and the ones onnxruntime assigned to the backbone session (LiteRT: its
+    interpreter).
+    """
     if b.runtime == "litert":
         return {"available": ["LiteRT interpreter"], "used": ["LiteRT interpreter"]}
     from .mobile import available_providers
@@ -164,7 +166,8 @@ def mobile_check(checks: list, b: Bundle) -> dict:
             + ("s" if v["partitions"] != 1 else "")
             for name, v in t.items()
         )
-        + f" (onnxruntime's checker, {'on this device' if source == 'here' else 'as pack recorded it: ' + here.get('reason', '')})",
+        + " (onnxruntime's checker, "
+        f"{'on this device' if source == 'here' else 'as pack recorded it: ' + here.get('reason', '')})",
     )
     return out
 
@@ -206,7 +209,8 @@ def _fine_tune_check(checks: list, b: Bundle, ridge: float | None) -> tuple[np.n
         ft = fine_tune_projector(b, ridge)
     projector = (ft["weight"], ft["bias"])
     problem = projector_problem(b, *projector)
-    # the closed-form fit minimises (3) (edgedd.device.finetune) at its strength: the packed projector cannot do better there
+    # the closed-form fit minimises (3) (edgedd.device.finetune) at its strength: the packed projector cannot do better
+    # there
     fit_ok = problem is None and ft["objective_after"] <= ft["objective_before"] * 1.0001 + 1e-12
     # Only a fit that passes is written: predict trusts what this check let through.
     written = (
@@ -232,7 +236,7 @@ def _fitted_projector_check(checks: list, b: Bundle) -> tuple[np.ndarray, np.nda
     try:
         projector = load_finetuned(b)
     except EdgeddError as e:  # a bad sidecar must not stop the check: report it and use the packed projector
-        warnings.warn(f"{e.problem}; ignored, the packed projector is used")
+        warnings.warn(f"{e.problem}; ignored, the packed projector is used", stacklevel=2)
         _check(checks, "fine-tune", False, f"ignored: {e.problem}; using the packed projector")
         return None
     if projector is not None:
@@ -356,7 +360,8 @@ def _chance_check(checks: list, report: dict, classes: int, y: np.ndarray) -> No
             checks,
             "above chance",
             correct >= k,
-            f"top-1 {report['data_top1']:.1%} ({correct}/{len(y)}); chance {chance:.1%}, need {k}/{len(y)} ({k / len(y):.1%}) to beat it at 3 sigma",
+            f"top-1 {report['data_top1']:.1%} ({correct}/{len(y)}); chance {chance:.1%}, need {k}/{len(y)} "
+            f"({k / len(y):.1%}) to beat it at 3 sigma",
         )
 
 
@@ -376,7 +381,8 @@ def _expected_check(checks: list, report: dict, ref: dict, n: int, margin: float
             checks,
             "expected",
             None,
-            f"skipped: the bundle records no expected edge top-1 ({why}); re-pack on the host with the run's training data",
+            f"skipped: the bundle records no expected edge top-1 ({why}); re-pack on the host with the run's training "
+            "data",
         )
         return
     got = report["data_top1"]
@@ -405,14 +411,15 @@ def _latency_check(
     except (
         EdgeddError
     ) as e:  # a read-only bundle still gets checked; predict then runs with onnxruntime's default threads
-        warnings.warn(f"{e.problem}; the measured thread count is not stored")
+        warnings.warn(f"{e.problem}; the measured thread count is not stored", stacklevel=2)
         report["settings_file"] = None
     tried = ", ".join(f"{r['threads']}: p95 {r['p95']:.2f}" for r in table)
     _check(
         checks,
         "latency",
         max_latency_ms is None or row["p95"] <= max_latency_ms,
-        f"batch 1 with {threads} intra-op thread(s): p50 {row['p50']:.2f} ms, p95 {row['p95']:.2f} ms, p99 {row['p99']:.2f} ms"
+        f"batch 1 with {threads} intra-op thread(s): p50 {row['p50']:.2f} ms, p95 {row['p95']:.2f} ms, p99 "
+        f"{row['p99']:.2f} ms"
         + (f" (limit {max_latency_ms:g} ms)" if max_latency_ms is not None else "")
         + f"; tried threads {tried} ms",
     )

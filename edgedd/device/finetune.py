@@ -201,7 +201,8 @@ def load_projector_file(b: Bundle, path: Path) -> tuple[np.ndarray, np.ndarray]:
     fitted_on = md.get("backbone")
     if fitted_on in VARIANTS and fitted_on != b.variant:  # a file renamed or forged across variants
         raise EdgeddError(
-            f"{path} is not a valid fitted projector for this bundle (fitted for the {fitted_on} backbone, this run uses {b.variant})",
+            f"{path} is not a valid fitted projector for this bundle (fitted for the {fitted_on} backbone, this run "
+            f"uses {b.variant})",
             f"delete it and run {refit_command(b.variant)} on this bundle to fit it for the {b.variant} backbone",
         )
     if fitted_on != b.variant:
@@ -218,6 +219,7 @@ def load_projector_file(b: Bundle, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
         warnings.warn(
             f"{path} was fitted on the int8 graph's view features by an older edgedd (up to 7.6 points lower on "
-            "real images); run edgedd deploy-check --int8 again to refit it on the fp32 graph's"
+            "real images); run edgedd deploy-check --int8 again to refit it on the fp32 graph's",
+            stacklevel=2,
         )
     return w, bias

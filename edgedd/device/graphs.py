@@ -85,7 +85,8 @@ def load_session(
 def session_from_bytes(
     path: Path, data: bytes, providers: list[str], threads: int | None = None, runtime: str = "onnx"
 ):
-    """A session on a graph's verified bytes (``path`` names it in errors); ``threads``: intra-op threads (None: default).
+    """A session on a graph's verified bytes (``path`` names it in errors); ``threads``: intra-op threads
+    (None: default).
 
     ``runtime`` "ort": an ORT-format file, "onnx": an ONNX one (each refused as the other, so a file is
     always checked by the walker of its own format); "litert": a .tflite file (edgedd.device.litert)."""

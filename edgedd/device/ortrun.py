@@ -132,6 +132,8 @@ def _out_of_memory(graph: str) -> EdgeddError:
 
 
 def _status(e: Exception, limit: int = 160) -> str:
-    """The part of onnxruntime's message that says what went wrong, shortened: it can quote node names from the graph."""
+    """The part of onnxruntime's message that says what went wrong, shortened: it can quote node names from the
+    graph.
+    """
     text = str(e).split("Status Message:", 1)[-1].strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -22,7 +22,7 @@ def predict_files(b: Bundle, images: list[str], topk: int = 5) -> list[dict]:
 def prediction_rows(b: Bundle, images: list[str], prob: np.ndarray, topk: int = 5) -> Iterator[dict]:
     """:func:`predict_files`'s rows from probabilities already computed (and checked), one at a time:
     the CLI prints them as they come, so the answer's memory is ``prob``'s (n x classes), not n dicts."""
-    for p, row in zip(images, prob):
+    for p, row in zip(images, prob, strict=True):
         yield {
             "image": str(p),
             "top": [

@@ -151,6 +151,6 @@ def select_ridge(
         tr, te = fold_of_view != k, fold_of_view == k
         for i, pred in enumerate(_fold_predictions(x[tr], y[tr], x[te], grid)):
             err[i] += ((pred - y[te]) ** 2).sum()
-    scores = {float(r): float(e / y.size) for r, e in zip(grid, err)}
+    scores = {float(r): float(e / y.size) for r, e in zip(grid, err, strict=True)}
     best = min(grid, key=lambda r: (scores[float(r)], -r))  # ties: the stronger, safer fit
     return float(best), scores

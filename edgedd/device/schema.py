@@ -92,7 +92,7 @@ def _tensor(tensors: dict, name: str, dtype, shape: tuple) -> np.ndarray:
     _need(t is not None, f"tensor {name} is missing")
     _need(t.dtype == np.dtype(dtype), f"tensor {name} is {t.dtype}, not {np.dtype(dtype)}")
     _need(
-        t.ndim == len(shape) and all(w is None and s >= 1 or s == w for s, w in zip(t.shape, shape)),
+        t.ndim == len(shape) and all(w is None and s >= 1 or s == w for s, w in zip(t.shape, shape, strict=True)),
         f"tensor {name} has shape {t.shape}, not {tuple('?' if w is None else w for w in shape)}",
     )
     if t.dtype.kind == "f":
@@ -225,7 +225,9 @@ def _host_figures(d: dict) -> None:
 
 
 def copy_ratio_problem(cr, n: int) -> str | None:
-    """Why ``cr`` is not a valid artifact ``copy_ratio`` for N images, or None (pack checks what it copies from summary.json)."""
+    """Why ``cr`` is not a valid artifact ``copy_ratio`` for N images, or None (pack checks what it copies from
+    summary.json).
+    """
     try:
         _copy_ratio(cr if isinstance(cr, dict) else _dict({"copy_ratio": cr}, "copy_ratio", ""), n)
     except Invalid as e:

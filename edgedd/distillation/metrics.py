@@ -2,7 +2,8 @@
 
 One line per step, ``{"step", "loss", "resolution", "seconds"}``, and on every ``flow_every``-th
 step and the last one also ``"flow_cosine"`` (at least ``FLOW_POINTS`` figures in any run).
-Only rank 0 writes it, appending and flushing each line, so a killed run leaves every finished step's line (and at most one torn last line). A resumed
+Only rank 0 writes it, appending and flushing each line, so a killed run leaves every finished step's line (and at most
+one torn last line). A resumed
 run first drops the lines past its checkpoint (and any torn line), rewriting the file atomically,
 so the file always describes the steps the checkpoint holds. Standard library only: the report
 reads it without torch.

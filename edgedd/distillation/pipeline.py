@@ -12,7 +12,8 @@ in one run directory, whose file names and writing are ``edgedd.distillation.run
     stage1.json                    how Stage I was made
     checkpoint.safetensors         while running: pyramid, Adam state, RNG state, step
     previews/step_XXXXXX.png       the synthetic images every ``preview_every`` steps
-    metrics.jsonl                  one line per Stage II step: loss, resolution, time, flow cosine every iterations // 10 (edgedd.distillation.metrics)
+    metrics.jsonl                  one line per Stage II step: loss, resolution, time, flow cosine every
+                                   iterations // 10 (edgedd.distillation.metrics)
     synthetic.safetensors          the result: images in [0, 1] (N, 3, R, R) and labels
     synthetic.json                 class names, preprocessing and config of the result
     initial.safetensors            the starting set: the step-0 images (real draws or decoded noise)
@@ -251,7 +252,8 @@ def _plan(
                 "launch it without torchrun",
             )
         )
-    # reference-faithful sizes unless overridden or impossible (the rule: edgedd.backbones.timm_rules.distill_resolution)
+    # reference-faithful sizes unless overridden or impossible (the rule:
+    # edgedd.backbones.timm_rules.distill_resolution)
     crop_res, syn_res, size_rule = distill_resolution(backbone, crop_res, syn_res)
     model, info = load_backbone(
         backbone, weights, input_size=crop_res, resize_size=syn_res, device=device, seed=config.seed
@@ -396,7 +398,7 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
     log = rundir.stage2_log(plan.out, keep_through=start) if main else nullcontext()  # rank 0's history
     t2 = time.perf_counter()
     with log, Progress(cfg.iterations, f"stage II: {cfg.method}", initial=start, enabled=o.progress and main) as bar:
-        for loop in stage2.steps(loop, step, cfg=cfg, stop=stop, memory=memory):
+        for _ in stage2.steps(loop, step, cfg=cfg, stop=stop, memory=memory):  # advances ``loop`` in place
             bar.update(1, loss=loop.loss, res=loop.resolution)
             fc = _look(plan, loop, flow_real)
             if main:

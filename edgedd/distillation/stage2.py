@@ -64,7 +64,9 @@ def real_init_images(source: LabelledImages, ipc: int, size: int, interpolation:
         out.extend(found[j % len(found)] for j in range(ipc))
     if short:
         warnings.warn(
-            f"--init real: {len(short)} class(es) have fewer than {ipc} readable images (e.g. {short[0]!r}); their images repeat"
+            f"--init real: {len(short)} class(es) have fewer than {ipc} readable images (e.g. {short[0]!r}); their "
+            "images repeat",
+            stacklevel=2,
         )
     return (
         torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255)

@@ -55,7 +55,7 @@ def select_neighbors(
     """For each synthetic image the real image of its class with the largest cos(phi_A(x), phi_A(s))
     (the reference code's cosine; Euclidean distance also weighs the feature norm). Ties: the first."""
     out = []
-    for s, c in zip(syn_feats, syn_labels.tolist()):
+    for s, c in zip(syn_feats, syn_labels.tolist(), strict=True):
         pool = torch.nonzero(labels == c).flatten()
         if len(pool) == 0:
             raise EdgeddError(

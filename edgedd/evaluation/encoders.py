@@ -208,7 +208,7 @@ def test_features(
             feats.append(enc(center_crop(images.to(device).float().div_(255), enc.input_size)))
             labels.append(torch.from_numpy(label_map[y.numpy()]))
     if skipped:
-        warnings.warn(f"{len(skipped)} unreadable test image(s) skipped, e.g. {skipped[0]}")
+        warnings.warn(f"{len(skipped)} unreadable test image(s) skipped, e.g. {skipped[0]}", stacklevel=2)
     if not feats:
         raise EdgeddError(f"no readable images in the test data {source.name}", "pass a folder of images")
     return torch.cat(feats), torch.cat(labels)
@@ -266,7 +266,7 @@ def train_pass(
                 fb.append(zb.cpu())
             bar.update(images.shape[0] + len(errors))
     if skipped:
-        warnings.warn(f"{len(skipped)} unreadable training image(s) skipped, e.g. {skipped[0]}")
+        warnings.warn(f"{len(skipped)} unreadable training image(s) skipped, e.g. {skipped[0]}", stacklevel=2)
     if not idx_all:
         raise EdgeddError(
             f"no readable images in the training data {source.name}", "pass the data the run was distilled on"

@@ -5,7 +5,8 @@ labelled test set and returns a JSON-ready dict. Notation: phi_A the distillatio
 exactly as distilled; its weights hash must match), phi_B the evaluation backbone (default: A),
 N synthetic images, C classes, g(z) = W_g z + b_g the frozen golden classifier of Stage I.
 This module holds the protocol below, the fits of the heads and the scoring; the encoders, view
-samplers and feature passes are :mod:`edgedd.evaluation.encoders`, the real-image baselines :mod:`edgedd.evaluation.baselines`.
+samplers and feature passes are :mod:`edgedd.evaluation.encoders`, the real-image baselines
+:mod:`edgedd.evaluation.baselines`.
 
 Modes, each trained ``seeds`` times and scored on the test set after the final epoch:
 

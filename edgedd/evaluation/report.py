@@ -33,18 +33,20 @@ REPORT_FILE = "report.html"
 MIN_TILE = 96  # pixels: small synthetic images are upscaled (nearest) so they can be seen
 
 CSS = (
-    """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
-h1{font-size:1.5em} h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0} th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}
-td.num{text-align:right;font-variant-numeric:tabular-nums} tr.stalled td{background:#fff3f0}
-.grid{display:flex;flex-wrap:wrap;gap:8px} figure.tile{margin:0;text-align:center}
-figure.tile img{image-rendering:pixelated;display:block;border:1px solid #ccc}
-figure.tile figcaption{font-size:.8em;max-width:%dpx;overflow-wrap:anywhere}
-.plots img{max-width:100%%} .pass{color:#1a7f37;font-weight:600} .fail{color:#c62828;font-weight:600} .skip{color:#8a6d00;font-weight:600}
-.note{color:#666;font-size:.9em}
-"""
-    % MIN_TILE
+    "\n"
+    "body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;"
+    "max-width:1100px;color:#222;padding:0 1em}\n"
+    "h1{font-size:1.5em} "
+    "h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}\n"
+    "table{border-collapse:collapse;margin:.5em 0} "
+    "th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}\n"
+    "td.num{text-align:right;font-variant-numeric:tabular-nums} tr.stalled td{background:#fff3f0}\n"
+    ".grid{display:flex;flex-wrap:wrap;gap:8px} figure.tile{margin:0;text-align:center}\n"
+    "figure.tile img{image-rendering:pixelated;display:block;border:1px solid #ccc}\n"
+    f"figure.tile figcaption{{font-size:.8em;max-width:{MIN_TILE}px;overflow-wrap:anywhere}}\n"
+    ".plots img{max-width:100%} .pass{color:#1a7f37;font-weight:600} "
+    ".fail{color:#c62828;font-weight:600} .skip{color:#8a6d00;font-weight:600}\n"
+    ".note{color:#666;font-size:.9em}\n"
 )
 
 
@@ -335,7 +337,8 @@ def deploy_section(dc: dict) -> str:
             if "data_top1_before_adapt" in dc
             else ""
         )
-        + f"; batch-1 latency p50 {_num(dc.get('latency_ms_p50'), '.2f')} ms, p95 {_num(dc.get('latency_ms_p95'), '.2f')} ms"
+        + f"; batch-1 latency p50 {_num(dc.get('latency_ms_p50'), '.2f')} ms, p95 "
+        f"{_num(dc.get('latency_ms_p95'), '.2f')} ms"
         + (f"; peak RSS {_num(dc.get('peak_rss_mb'), '.0f')} MB" if dc.get("peak_rss_mb") is not None else "")
         + f"; {'int8' if dc.get('int8') else 'fp32'} backbone on {', '.join(map(str, dc.get('providers') or []))}"
     )
@@ -384,7 +387,10 @@ def render_report(
         info = inspect(bundle)
     rows, steps = _metrics(run / METRICS_FILE)
 
-    title = f"edgedd report: {summary.get('method')} on {(summary.get('backbone') or {}).get('name')}, IPC {summary.get('ipc')}"
+    title = (
+        f"edgedd report: {summary.get('method')} on {(summary.get('backbone') or {}).get('name')}, IPC "
+        f"{summary.get('ipc')}"
+    )
     parts = [f"<h1>{esc(title)}</h1>", f'<p class="note">run {esc(run)}</p>']
 
     tiles = [png_data_uri(png) for png in tile_pngs(images)]
@@ -401,7 +407,8 @@ def render_report(
         if png is not None:
             plots.append(name)
             parts.append(
-                f'<img class="plot" id="plot-{name}" src="{png_data_uri(png)}" alt="{esc(name.replace("_", " "))} curve">'
+                f'<img class="plot" id="plot-{name}" src="{png_data_uri(png)}" alt="{esc(name.replace("_", " "))} '
+                'curve">'
             )
     parts.append("</div>")
 

@@ -9,13 +9,17 @@ import html
 
 from edgedd.core.copyratio import NEAR_COPY, headline
 
-CSS = """
-.classes{display:flex;flex-direction:column;gap:6px} .classrow{display:flex;align-items:center;gap:8px}
-.classrow .cname{min-width:7em;max-width:10em;font-weight:600;overflow-wrap:anywhere;text-align:right}
-.classrow .tiles{display:flex;flex-wrap:wrap;gap:4px;flex:1;min-width:0}
-.classrow img{image-rendering:pixelated;display:block;border:1px solid #ccc;flex:1 1 0;min-width:32px;max-width:96px;height:auto}
-.warn{color:#8a4b00;font-weight:600}
-"""
+CSS = (
+    "\n"
+    ".classes{display:flex;flex-direction:column;gap:6px} .classrow{display:flex;align-items:center;"
+    "gap:8px}\n"
+    ".classrow .cname{min-width:7em;max-width:10em;font-weight:600;overflow-wrap:anywhere;"
+    "text-align:right}\n"
+    ".classrow .tiles{display:flex;flex-wrap:wrap;gap:4px;flex:1;min-width:0}\n"
+    ".classrow img{image-rendering:pixelated;display:block;border:1px solid #ccc;flex:1 1 0;"
+    "min-width:32px;max-width:96px;height:auto}\n"
+    ".warn{color:#8a4b00;font-weight:600}\n"
+)
 
 
 def esc(x) -> str:
@@ -27,7 +31,7 @@ def synthetic_rows(uris: list[str], labels: list[int], names: list[str]) -> str:
     read side by side (how alike they are) and the classes down the page; tiles shrink (down to 32
     CSS pixels) to keep a class on one line, then wrap. ``uris``: one PNG data URI per image."""
     by_class: dict[int, list[str]] = {}
-    for uri, y in zip(uris, labels):
+    for uri, y in zip(uris, labels, strict=False):
         by_class.setdefault(int(y), []).append(uri)
     rows = []
     for c in sorted(by_class):
@@ -81,7 +85,8 @@ def copy_ratio_section(summary: dict) -> str:
     return (
         "<h3>What the synthetic set holds</h3>\n"
         f'<p class="{cls}">{esc(line)}</p>\n'
-        '<p class="note">copy ratio: distance to the nearest real training image / the median distance of a real image to '
+        '<p class="note">copy ratio: distance to the nearest real training image / the median distance of a real image '
+        "to "
         "its nearest other one (pixels: 32x32 RGB, RMS; features: phi_A of the centre crop).</p>\n"
         f'<table id="copy-ratio"><thead><tr>{head}</tr></thead><tbody>' + "\n".join(rows) + "</tbody></table>"
     )

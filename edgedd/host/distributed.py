@@ -140,7 +140,7 @@ class Dist:
         padded[: x.shape[0]] = x.detach().to(self.comm_device)
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         tdist.all_gather(parts, padded)
-        return torch.cat([p[:c] for p, c in zip(parts, counts)]).to(x.device)
+        return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]).to(x.device)
 
     def gather_rows(self, x: torch.Tensor) -> torch.Tensor | None:
         """Every rank's ``x`` (same trailing shape, any row count) concatenated in rank order on

@@ -341,7 +341,9 @@ SCHEMA_CASES = {  # case: (edit of (meta, tensors), words of the refusal)
 
 @pytest.mark.parametrize("case", SCHEMA_CASES)
 def test_a_consistent_bundle_with_malformed_metadata_is_refused_alike(bundle, packed, case):
-    """Re-signed through the artifact writer (valid hash): before, ~20 of these crashed somewhere, some only in predict/inspect."""
+    """Re-signed through the artifact writer (valid hash): before, ~20 of these crashed somewhere, some only in
+    predict/inspect.
+    """
     edit, words = SCHEMA_CASES[case]
     path = bundle / art.ARTIFACT_FILE
     a = art.load(path)

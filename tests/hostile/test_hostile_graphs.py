@@ -109,7 +109,7 @@ def test_each_graph_is_read_once_and_the_same_bytes_go_to_onnxruntime(bundle, mo
     with opened:
         b = device_bundle.open_bundle(bundle)
     assert all(isinstance(m, bytes) for m in got) and len(got) == 4  # the three roles and the fixed-shape backbone
-    for role, model in zip(device_bundle.ROLES + ("backbone_static",), got):
+    for role, model in zip(device_bundle.ROLES + ("backbone_static",), got, strict=True):
         assert hashlib.sha256(model).hexdigest() == b.meta["onnx"][role]["sha256"]
     for f in (
         "backbone.onnx",
@@ -126,7 +126,9 @@ def test_each_graph_is_read_once_and_the_same_bytes_go_to_onnxruntime(bundle, mo
 
 
 def _external_model(location: str, where: str = "initializer") -> bytes:
-    """A tiny Add graph whose constant lives in an external file (as onnx.save_model(..., save_as_external_data) writes)."""
+    """A tiny Add graph whose constant lives in an external file (as onnx.save_model(..., save_as_external_data)
+    writes).
+    """
     w = numpy_helper.from_array(np.zeros(4, dtype=np.float32), "w")
     w.ClearField("raw_data")
     w.data_location = TensorProto.EXTERNAL

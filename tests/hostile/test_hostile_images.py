@@ -110,7 +110,8 @@ else:  # the host's ImageFolder path (distill's statistics pass decodes through 
     from edgedd.host.data import CanvasDataset
     from edgedd.core.images import open_dataset
     ds = CanvasDataset(open_dataset(sys.argv[3]), 224, "bicubic")
-    print(json.dumps([[None if c is None else list(c.shape), e.split(": ")[1] if e else ""] for c, _, e in (ds[i] for i in range(len(ds)))]))
+    print(json.dumps([[None if c is None else list(c.shape), e.split(": ")[1] if e else ""]
+                      for c, _, e in (ds[i] for i in range(len(ds)))]))
 """
 
 
@@ -151,7 +152,7 @@ def test_thin_images_through_the_host_loader_under_an_address_space_limit(tmp_pa
     _bomb(tmp_path / "b" / "bomb.png")
     r = _limited("data", str(tmp_path))
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    items = dict(zip((os.path.basename(p) for p in open_dataset(tmp_path).paths), json.loads(r.stdout)))
+    items = dict(zip((os.path.basename(p) for p in open_dataset(tmp_path).paths), json.loads(r.stdout), strict=True))
     assert items["ok.png"] == [[224, 224, 3], ""] and items["strip.png"] == [[224, 224, 3], ""]
     assert items["bomb.png"] == [None, "DecompressionBombError"]
     assert items["huge.png"] in ([[224, 224, 3], ""], [None, "MemoryError"])  # skipped and counted, never a crash

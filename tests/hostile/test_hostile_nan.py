@@ -61,7 +61,7 @@ def test_a_checkpoint_with_non_finite_values_is_refused(image_folder, tmp_path):
     out = _stopped(image_folder, tmp_path / "run")
     for key, value in (("level.0", float("nan")), ("adam.1.exp_avg_sq", float("inf"))):
         shutil.copy(out / "checkpoint.safetensors", tmp_path / "clean.safetensors")
-        rewrite(out / "checkpoint.safetensors", lambda t: t[key].view(-1).__setitem__(0, value))
+        rewrite(out / "checkpoint.safetensors", lambda t, key=key, value=value: t[key].view(-1).__setitem__(0, value))
         one_line_error(
             distill(image_folder, out, "--resume"), "checkpoint", "is damaged", f"non-finite values in {key}"
         )
