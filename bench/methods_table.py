@@ -9,7 +9,8 @@ RESULTS/baselines_ipc<I>.json. Resumable: a cell or baseline whose JSON exists i
 (delete it to redo it; an interrupted distill restarts from scratch into its run directory).
 
 A variant is `label=method[,field=value...]`: a DistillConfig method and overrides of its fields,
-e.g. `default=sfm_anchor`, `sfm=sfm`, `noise=sfm_anchor,init=noise`, `long=sfm_anchor,iterations=1000`.
+e.g. `default=sfm_anchor`, `sfm=sfm`, `sub=sfm_sub,crop_min=0.25,noise_p=0,lr=1e-2` (crop_min and
+the AugmentConfig scalars go to the nested augment config), `noise=sfm_anchor,init=noise`, `long=sfm_anchor,iterations=1000`.
 
 Printed (and written to RESULTS/table.md), per variant and IPC over the distillation seeds:
 normal-probe top-1 mean ± sd (sd over the seeds' means), CI top-1, Stage II's final loss, the
@@ -38,8 +39,16 @@ def parse_variant(spec: str, default_cfg) -> tuple[str, object]:
     method, *overrides = rest.split(",")
     cfg = replace(default_cfg, method=method or default_cfg.method)
     types = {f.name: type(getattr(default_cfg, f.name)) for f in fields(default_cfg)}
+    aug = {f.name: type(getattr(default_cfg.augment, f.name)) for f in fields(default_cfg.augment)}
     for o in overrides:
         k, _, v = o.partition("=")
+        # the CLI's --crop-min / --noise-p live in the nested AugmentConfig
+        if k == "crop_min":
+            cfg = replace(cfg, augment=replace(cfg.augment, crop_scale=(float(v), cfg.augment.crop_scale[1])))
+            continue
+        if k in aug and aug[k] in (int, float, str):
+            cfg = replace(cfg, augment=replace(cfg.augment, **{k: aug[k](v)}))
+            continue
         if k not in types:
             sys.exit(f"error: variant {label!r}: DistillConfig has no field {k!r}")
         cfg = replace(cfg, **{k: types[k](v) if types[k] is not bool else v.lower() in ("1", "true", "yes")})

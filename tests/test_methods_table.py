@@ -30,6 +30,13 @@ def test_variants_parse_into_configs(mt):
         mt.parse_variant("x=sfm,nonsense=1", DistillConfig())
 
 
+def test_variants_reach_the_augment_config(mt):
+    label, cfg = mt.parse_variant("sub=sfm_sub,crop_min=0.25,noise_p=0,lr=1e-2", DistillConfig())
+    assert cfg.method == "sfm_sub" and cfg.lr == 0.01
+    assert cfg.augment.crop_scale == (0.25, DistillConfig().augment.crop_scale[1]) and cfg.augment.noise_p == 0.0
+    assert cfg.augment.flip_p == DistillConfig().augment.flip_p
+
+
 def test_cells_are_resumable_and_tabled(mt, tmp_path, monkeypatch, capsys):
     calls = []
 
