@@ -10,7 +10,8 @@ RESULTS/baselines_ipc<I>.json. Resumable: a cell or baseline whose JSON exists i
 
 A variant is `label=method[,field=value...]`: a DistillConfig method and overrides of its fields,
 e.g. `default=sfm_anchor`, `sfm=sfm`, `sub=sfm_sub,crop_min=0.25,noise_p=0,lr=1e-2` (crop_min and
-the AugmentConfig scalars go to the nested augment config), `noise=sfm_anchor,init=noise`, `long=sfm_anchor,iterations=1000`.
+the AugmentConfig scalars go to the nested augment config), `noise=sfm_anchor,init=noise`,
+`long=sfm_anchor,iterations=1000`.
 
 Printed (and written to RESULTS/table.md), per variant and IPC over the distillation seeds:
 normal-probe top-1 mean ± sd (sd over the seeds' means), CI top-1, Stage II's final loss, the
