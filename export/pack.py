@@ -51,7 +51,7 @@ from edgedd.core.atomic import (
     sha256_file,
     write_bytes,
 )
-from edgedd.core.config import AugmentConfig, PackConfig, to_dict
+from edgedd.core.config import PackConfig, device_view_augment, to_dict
 from edgedd.core.errors import EdgeddError
 from edgedd.core.lock import lock
 from edgedd.core.paths import refuse_overlap
@@ -61,7 +61,7 @@ from edgedd.device.ridge import projector_prior, select_ridge
 from edgedd.device.schema import copy_ratio_problem
 from edgedd.device.sidecar import device_files
 from edgedd.distillation.rundir import load_run
-from edgedd.host.augment import normalize, render_views, sample_views
+from edgedd.host.augment import device_views, normalize, render_views
 from edgedd.host.rng import torch_generator
 
 from .edge_path import edge_inputs, edge_top1, expectations, features, onnx_features
@@ -157,6 +157,11 @@ def pack(
     overwrite: bool = False,
 ) -> dict:
     run_dir, out = Path(run_dir), real_out(out)  # --out a symlink: the bundle it points to is replaced
+    if not (config.views >= 1 and 0 < config.view_crop_min <= 1):
+        raise EdgeddError(
+            f"pack needs views >= 1 and 0 < view_crop_min <= 1 (got {config.views}, {config.view_crop_min})",
+            "pass e.g. --views 8 --view-crop-min 0.5",
+        )
     _check_out(out, overwrite)  # before any model work, so a refusal costs nothing
     run = load_run(run_dir)
     data = (run.summary.get("dataset") or {}).get("name")
@@ -272,7 +277,8 @@ def _render_targets(
     calibration inputs. Returns views, targets (n K, D_A), feats_b (n K, D_B), calib (or None)."""
     n = pix.shape[0]
     gen = torch_generator(config.seed, device=dev)  # pack's own main stream
-    views = sample_views(n * config.views, AugmentConfig(), gen)
+    pp = info_a.preprocess
+    views = device_views(n, config.views, pp.input_size / pp.resize_size, config.view_crop_min, gen)
     rep = pix.repeat_interleave(config.views, dim=0)
     targets = features(model_a, render_views(rep, views, info_a.preprocess.input_size), info_a)
     x_b = render_views(rep, views, info_b.preprocess.input_size)
@@ -618,7 +624,7 @@ def _metadata(
         },
         "pack": to_dict(config),
         "reference": ref,
-        "views": {"augment": to_dict(AugmentConfig()), "noise": False},
+        "views": {"augment": to_dict(device_view_augment(config.view_crop_min)), "centre_first": True, "noise": False},
     }
     cr = _copy_ratio(run)
     if cr is not None:  # format 1.5: how close the shipped images are to training images

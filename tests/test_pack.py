@@ -289,3 +289,24 @@ def test_int8_backbone_and_fine_tune(packed, tmp_path):
         )
     else:  # the same int8 bytes from the same run (the bundle's sha256 must not move)
         assert (tmp_path / "q0" / "backbone.int8.onnx").read_bytes() == (out / "backbone.int8.onnx").read_bytes()
+
+
+def test_stored_views_are_the_device_kind_and_recorded(packed):
+    """The artifact's view boxes start with each image's centre crop and say how the rest were drawn."""
+    a = art.read(packed["bundle"] / art.ARTIFACT_FILE)
+    boxes, flips = a["targets.boxes"], a["targets.flips"]
+    assert np.allclose(boxes[:, 0], boxes[0, 0]) and abs(boxes[0, 0, 0] + boxes[0, 0, 2] - 1) < 1e-6
+    assert not flips[:, 0].any()
+    area = (boxes[:, 1:, 2] - boxes[:, 1:, 0]) * (boxes[:, 1:, 3] - boxes[:, 1:, 1])
+    assert area.min() >= PackConfig().view_crop_min - 1e-6
+    views = a.meta["views"]
+    assert views["centre_first"] and views["augment"]["crop_scale"] == [PackConfig().view_crop_min, 1.0]
+
+
+@pytest.mark.parametrize("cfg", [PackConfig(view_crop_min=0.0), PackConfig(view_crop_min=1.5), PackConfig(views=0)])
+def test_bad_view_settings_are_one_line(packed, tmp_path, cfg):
+    from edgedd.core.errors import EdgeddError
+
+    with pytest.raises(EdgeddError, match="view"):
+        pack(packed["run"], tmp_path / "b", config=cfg, device="cpu")
+    assert not (tmp_path / "b").exists()

@@ -398,7 +398,15 @@ def pack(
         None, min=1, max=MAX_RESOLUTION, help="Edge backbone input resolution [default: the backbone's]."
     ),
     views: int = typer.Option(
-        PACK.views, min=1, help="Augmented views per synthetic image stored as projector targets."
+        PACK.views,
+        min=1,
+        help="Views per synthetic image stored as projector targets: its centre crop, then flip + random crops.",
+    ),
+    view_crop_min: float = typer.Option(
+        PACK.view_crop_min,
+        min=0.01,
+        max=1.0,
+        help="Smallest crop area of those views, as a fraction of the image (0.08: METHOD.md's random-resized crops).",
     ),
     projector_recipe: Recipe = typer.Option(
         Recipe(PACK.projector_recipe),
@@ -463,6 +471,7 @@ def pack(
         edge_crop_res,
         PackConfig(
             views=views,
+            view_crop_min=view_crop_min,
             projector_recipe=projector_recipe.value,
             projector_epochs=projector_epochs,
             int8=int8,

@@ -85,6 +85,19 @@ class AugmentConfig:
     crop_sampler: str = "torchvision"
 
 
+# The views the device fits its projector on (pack's targets; the projector-aware term's inner fit):
+# view 0 of every image is its eval view (the centre crop), the rest flip + random-resized crops of at
+# least half the image. Why not METHOD.md's 8-100% crops: the projector is applied to real images'
+# centre crops, and a fit on heavy crops spends its few views far from them (docs/METHOD.md,
+# "The device's views"; figures in docs/RESULTS.md).
+DEVICE_VIEW_CROP_MIN = 0.5
+
+
+def device_view_augment(crop_min: float = DEVICE_VIEW_CROP_MIN) -> AugmentConfig:
+    """The random part of the device's views: flips and crops of area >= ``crop_min``, no noise."""
+    return AugmentConfig(crop_scale=(crop_min, 1.0), noise_p=0.0)
+
+
 @dataclass(frozen=True)
 class StageIConfig:
     """Stage I: class centres and the golden full-data linear classifier.
@@ -225,7 +238,8 @@ class PackConfig:
     top-1).
     """
 
-    views: int = 8  # K augmented views per synthetic image for the projector targets
+    views: int = 8  # K views per synthetic image for the projector targets: the centre crop, then K - 1 crops
+    view_crop_min: float = DEVICE_VIEW_CROP_MIN  # the smallest crop area of those views (0.08: METHOD.md's RRC)
     projector_recipe: str = "converged"  # edgedd.host.heads: closed-form ridge, or METHOD.md's Adam ("reference")
     projector_epochs: int = 1000  # reference recipe
     selftest_images: int = 8

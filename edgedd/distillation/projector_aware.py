@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from edgedd.backbones.loader import BackboneInfo, check_model_name, load_backbone
-from edgedd.core.config import AugmentConfig, DistillConfig
+from edgedd.core.config import DEVICE_VIEW_CROP_MIN, DistillConfig
 from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages
 from edgedd.device.ridge import PRIORS
-from edgedd.host.augment import eval_view, normalize, render_views, sample_views
+from edgedd.host.augment import device_views, eval_view, normalize, render_views
 
 # At most this many real training images (a seeded draw) form the pool whose phi_B' is computed
 # once per surrogate: a pool of 10,000 x D = 1,280 floats is 51 MB, and each step draws its real
@@ -198,21 +198,14 @@ def projector_loss(
     gen: torch.Generator,
 ) -> torch.Tensor:
     """Equation (1), averaged over the surrogates: K = ``surrogate_views`` views per synthetic image,
-    its centre crop and K - 1 flip + random-resized-crop views (those pack fits the device's
-    projector on), rendered from the
-    same boxes at A's and at each B''s input size, and ``surrogate_real`` real images drawn from
-    the pool (one draw per step, shared by the surrogates)."""
+    its centre crop and K - 1 flip + random crops (edgedd.host.augment.device_views: the kind pack
+    fits the device's projector on), rendered from the same boxes at A's and at each B''s input
+    size, and ``surrogate_real`` real images drawn from the pool (one draw per step, shared by the
+    surrogates)."""
     n, k = images.shape[0], cfg.surrogate_views
     rep = images.repeat_interleave(k, dim=0)
     pp = info_a.preprocess
-    views = sample_views(n * k, AugmentConfig(crop_sampler=cfg.augment.crop_sampler), gen)
-    # the first view of every image is its centre crop at A's crop fraction (the eval view): with
-    # K = 1 the projector is a deterministic function of the images, no view noise in (1)
-    c = pp.input_size / pp.resize_size
-    views.boxes.view(n, k, 4)[:, 0] = torch.tensor(
-        [(1 - c) / 2, (1 - c) / 2, (1 + c) / 2, (1 + c) / 2], device=views.boxes.device
-    )
-    views.flips.view(n, k)[:, 0] = False
+    views = device_views(n, k, pp.input_size / pp.resize_size, DEVICE_VIEW_CROP_MIN, gen)  # pack's kind of views
     y_syn = model_a(normalize(render_views(rep, views, pp.input_size), pp.mean, pp.std)).float()
     pick = torch.randperm(len(pool_labels), generator=gen, device=gen.device)[: cfg.surrogate_real].to(
         pool_labels.device

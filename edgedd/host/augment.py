@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from edgedd.core.config import AugmentConfig
+from edgedd.core.config import AugmentConfig, device_view_augment
 
 from .rng import block_rows, draw_seed
 
@@ -79,6 +79,18 @@ def sample_views(n: int, cfg: AugmentConfig, gen: torch.Generator, device=None, 
     boxes = torch.stack([x0, y0, x0 + w_sel, y0 + h_sel], dim=1).float()
     flips = torch.rand(n, generator=gen, device=device) < cfg.flip_p
     return Views(boxes, flips)
+
+
+def device_views(n: int, k: int, centre: float, crop_min: float, gen: torch.Generator) -> Views:
+    """K views of each of ``n`` images, image-major, as the device fits its projector on them
+    (edgedd.core.config.device_view_augment): view 0 the eval view, the centred box of side
+    ``centre`` (input size / resize size: the centre crop of the canvas, not flipped), views
+    1..K-1 flip + random-resized crops of area >= ``crop_min``."""
+    views = sample_views(n * k, device_view_augment(crop_min), gen)
+    lo, hi = (1 - centre) / 2, (1 + centre) / 2
+    views.boxes.view(n, k, 4)[:, 0] = torch.tensor([lo, lo, hi, hi], device=views.boxes.device)
+    views.flips.view(n, k)[:, 0] = False
+    return views
 
 
 def render_views(images: torch.Tensor, views: Views, out: int) -> torch.Tensor:
