@@ -17,7 +17,8 @@ Bundle layout (docs/ARTIFACT.md):
 Steps, one function each, in the order :func:`_pack` calls them: load the run and re-create its
 distillation backbone A (the weights hash must match the run's) and the edge backbone B
 (:func:`_load_backbones`); quantise the synthetic pixels to uint8 *first*, so every target is
-computed on the pixels the device will see; render K flip + RRC views per image, phi_A(views) the
+computed on the pixels the device will see; render K views per image (its centre crop, then flip + crops of
+>= --view-crop-min of the area: host/augment.device_views), phi_A(views) the
 targets, phi_B(views) the projector's inputs (:func:`_render_targets`); train the reference
 projector in torch and compute the reference figures on the synthetic set (:func:`_fit_projector`);
 measure the top-1 the device should reach on real images (the edge path on the golden classifier's
@@ -61,7 +62,7 @@ from edgedd.device.ridge import projector_prior, select_ridge
 from edgedd.device.schema import copy_ratio_problem
 from edgedd.device.sidecar import device_files
 from edgedd.distillation.rundir import load_run
-from edgedd.host.augment import device_views, normalize, render_views
+from edgedd.host.augment import device_views, eval_box, normalize, render_views
 from edgedd.host.rng import torch_generator
 
 from .edge_path import edge_inputs, edge_top1, expectations, features, onnx_features
@@ -277,8 +278,9 @@ def _render_targets(
     calibration inputs. Returns views, targets (n K, D_A), feats_b (n K, D_B), calib (or None)."""
     n = pix.shape[0]
     gen = torch_generator(config.seed, device=dev)  # pack's own main stream
-    pp = info_a.preprocess
-    views = device_views(n, config.views, pp.input_size / pp.resize_size, config.view_crop_min, gen)
+    # view 0: the crop the device applies P to, B's eval view (B's resize and input size); targets phi_A of it
+    pp = info_b.preprocess
+    views = device_views(n, config.views, eval_box(pp.resize_size, pp.input_size), config.view_crop_min, gen)
     rep = pix.repeat_interleave(config.views, dim=0)
     targets = features(model_a, render_views(rep, views, info_a.preprocess.input_size), info_a)
     x_b = render_views(rep, views, info_b.preprocess.input_size)

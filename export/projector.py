@@ -1,8 +1,9 @@
 """The host's Classifier-Inheritance projector for a bundle (METHOD.md, Stage III), fitted by
 edgedd's one linear-head trainer (``edgedd.host.heads``).
 
-P = Linear(D_B, D_A) fitted by MSE(P(phi_B(v)), phi_A(v)) on the K cached flip + RRC views v of
-every synthetic image (labels unused): the views the device re-renders for its own fit.
+P = Linear(D_B, D_A) fitted by MSE(P(phi_B(v)), phi_A(v)) on the K cached views v of every
+synthetic image (its centre crop, then flip + crops: edgedd.host.augment.device_views; labels
+unused): the views the device re-renders for its own fit.
 
 ``converged`` (default)  closed-form ridge at the relative strength ``ridge`` (heads.py eq. 2; pack
     passes the one edgedd.device.ridge.select_ridge picks): the same fit the device computes in

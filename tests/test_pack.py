@@ -295,7 +295,11 @@ def test_stored_views_are_the_device_kind_and_recorded(packed):
     """The artifact's view boxes start with each image's centre crop and say how the rest were drawn."""
     a = art.read(packed["bundle"] / art.ARTIFACT_FILE)
     boxes, flips = a["targets.boxes"], a["targets.flips"]
-    assert np.allclose(boxes[:, 0], boxes[0, 0]) and abs(boxes[0, 0, 0] + boxes[0, 0, 2] - 1) < 1e-6
+    from edgedd.host.augment import eval_box
+
+    pp = a.meta["edge"]["preprocess"]  # view 0: B's eval view, the crop the device applies P to
+    lo, hi = eval_box(pp["resize_size"], pp["input_size"])
+    assert np.allclose(boxes[:, 0], [lo, lo, hi, hi], atol=1e-6)
     assert not flips[:, 0].any()
     area = (boxes[:, 1:, 2] - boxes[:, 1:, 0]) * (boxes[:, 1:, 3] - boxes[:, 1:, 1])
     assert area.min() >= PackConfig().view_crop_min - 1e-6

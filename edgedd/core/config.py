@@ -168,6 +168,7 @@ class DistillConfig:
     surrogate_views: int = 1
     surrogate_ridge: tuple[float, ...] = (0.1, 1.0)
     surrogate_real: int = 1000
+    surrogate_crop_min: float = DEVICE_VIEW_CROP_MIN  # its views' smallest crop area: pack's --view-crop-min
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from edgedd.backbones.loader import BackboneInfo, check_model_name, load_backbone
-from edgedd.core.config import DEVICE_VIEW_CROP_MIN, DistillConfig
+from edgedd.core.config import DistillConfig
 from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages
 from edgedd.device.ridge import PRIORS
-from edgedd.host.augment import device_views, eval_view, normalize, render_views
+from edgedd.host.augment import device_views, eval_box, eval_view, normalize, render_views
 
 # At most this many real training images (a seeded draw) form the pool whose phi_B' is computed
 # once per surrogate: a pool of 10,000 x D = 1,280 floats is 51 MB, and each step draws its real
@@ -68,6 +68,10 @@ def validate(cfg: DistillConfig) -> None:
     if not (cfg.surrogate_weight >= 0 and math.isfinite(cfg.surrogate_weight)):
         raise EdgeddError(
             f"--surrogate-weight must be a finite value >= 0 (got {cfg.surrogate_weight})", "pass e.g. 1.0"
+        )
+    if not 0 < cfg.surrogate_crop_min <= 1:
+        raise EdgeddError(
+            f"surrogate_crop_min must lie in (0, 1] (got {cfg.surrogate_crop_min})", "pass e.g. 0.5, pack's default"
         )
     if cfg.surrogate_views < 1 or cfg.surrogate_real < 1:
         raise EdgeddError("--surrogate-views and --surrogate-real must be at least 1", "pass positive values")
@@ -205,16 +209,20 @@ def projector_loss(
     n, k = images.shape[0], cfg.surrogate_views
     rep = images.repeat_interleave(k, dim=0)
     pp = info_a.preprocess
-    views = device_views(n, k, pp.input_size / pp.resize_size, DEVICE_VIEW_CROP_MIN, gen)  # pack's kind of views
-    y_syn = model_a(normalize(render_views(rep, views, pp.input_size), pp.mean, pp.std)).float()
+    views = device_views(n, k, (0.0, 1.0), cfg.surrogate_crop_min, gen)  # view 0 set per surrogate below
     pick = torch.randperm(len(pool_labels), generator=gen, device=gen.device)[: cfg.surrogate_real].to(
         pool_labels.device
     )
-    w, b = (t.to(y_syn.device, torch.float32) for t in golden)
-    losses = [
-        inherited_ce(s.views(rep, views), y_syn, s.real[pick], pool_labels[pick], w, b, cfg.surrogate_ridge)
-        for s in surrogates
-    ]
+    w, b = (t.to(images.device, torch.float32) for t in golden)
+    losses = []
+    for s in surrogates:
+        # view 0 = the surrogate's own eval view, the crop its device applies P to (pack does the same for B)
+        lo, hi = eval_box(s.info.preprocess.resize_size, s.info.preprocess.input_size)
+        views.boxes.view(n, k, 4)[:, 0] = torch.tensor([lo, lo, hi, hi], device=views.boxes.device)
+        y_syn = model_a(normalize(render_views(rep, views, pp.input_size), pp.mean, pp.std)).float()
+        losses.append(
+            inherited_ce(s.views(rep, views), y_syn, s.real[pick], pool_labels[pick], w, b, cfg.surrogate_ridge)
+        )
     return torch.stack(losses).mean()
 
 

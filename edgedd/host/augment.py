@@ -81,13 +81,22 @@ def sample_views(n: int, cfg: AugmentConfig, gen: torch.Generator, device=None, 
     return Views(boxes, flips)
 
 
-def device_views(n: int, k: int, centre: float, crop_min: float, gen: torch.Generator) -> Views:
+def eval_box(resize_size: int, input_size: int) -> tuple[float, float]:
+    """(lo, hi) of the eval view as a box of the canvas: the canvas resized to ``resize_size``, then
+    the exact centre ``input_size`` crop, whose first pixel is timm's rounding (:func:`center_crop`).
+    On a canvas of ``resize_size`` pixels, :func:`render_views` of this box *is* that crop (box edges
+    on pixel edges, scale 1, ``align_corners=False``); (1 - c) / 2 would fall half a pixel off
+    whenever resize - input is odd (73 -> 64) and blend every pixel with its neighbour."""
+    lo = int(round((resize_size - input_size) / 2.0)) / resize_size
+    return lo, lo + input_size / resize_size
+
+
+def device_views(n: int, k: int, box: tuple[float, float], crop_min: float, gen: torch.Generator) -> Views:
     """K views of each of ``n`` images, image-major, as the device fits its projector on them
-    (edgedd.core.config.device_view_augment): view 0 the eval view, the centred box of side
-    ``centre`` (input size / resize size: the centre crop of the canvas, not flipped), views
-    1..K-1 flip + random-resized crops of area >= ``crop_min``."""
+    (edgedd.core.config.device_view_augment): view 0 the eval view, the square ``box`` = (lo, hi)
+    of :func:`eval_box` (not flipped), views 1..K-1 flip + random-resized crops of area >= ``crop_min``."""
     views = sample_views(n * k, device_view_augment(crop_min), gen)
-    lo, hi = (1 - centre) / 2, (1 + centre) / 2
+    lo, hi = box
     views.boxes.view(n, k, 4)[:, 0] = torch.tensor([lo, lo, hi, hi], device=views.boxes.device)
     views.flips.view(n, k)[:, 0] = False
     return views
