@@ -38,11 +38,14 @@ def parse_variant(spec: str, default_cfg) -> tuple[str, object]:
     """``label=method[,field=value...]`` -> (label, DistillConfig)."""
     label, _, rest = spec.partition("=")
     method, *overrides = rest.split(",")
-    cfg = replace(default_cfg, method=method or default_cfg.method)
+    # the loss views come from the method (config.method_views) unless overridden below
+    cfg = replace(default_cfg, method=method or default_cfg.method, augment=None)
     types = {f.name: type(getattr(default_cfg, f.name)) for f in fields(default_cfg)}
     aug = {f.name: type(getattr(default_cfg.augment, f.name)) for f in fields(default_cfg.augment)}
     for o in overrides:
         k, _, v = o.partition("=")
+        if k == "method":
+            sys.exit(f"error: variant {label!r}: give the method before the first comma, not as method=")
         # the CLI's --crop-min / --noise-p live in the nested AugmentConfig
         if k == "crop_min":
             cfg = replace(cfg, augment=replace(cfg.augment, crop_scale=(float(v), cfg.augment.crop_scale[1])))

@@ -13,7 +13,7 @@ scores it with the protocol fixed before any method was compared (``edgedd evalu
   of images under 0.5.
 
     python bench/stage2_methods.py NAME --backbone edgedd/efficientnet-lite0 --method sfm_probe --noise-p 0 \\
-        [--ipc 10] [--iterations 100] [--lr 2e-3] [--crop-scale 0.08 1] [--seed 0] [--init real] [--out DIR] \\
+        [--ipc 10] [--iterations 100] [--lr 2e-3] [--crop-scale LO HI] [--seed 0] [--init real] [--out DIR] \\
         [--json-dir DIR]
 """
 
@@ -88,7 +88,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from edgedd.core.config import AugmentConfig, DistillConfig, EvalConfig, StageIConfig
+    from dataclasses import replace
+
+    from edgedd.core.config import DistillConfig, EvalConfig, StageIConfig, method_views
     from edgedd.core.images import open_dataset
     from edgedd.distillation.pipeline import RunOptions, distill
     from edgedd.evaluation.evaluate import evaluate_run
@@ -104,8 +106,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gamma", type=float, default=DistillConfig.gamma)
     ap.add_argument("--kappa", type=float, default=DistillConfig.kappa)
-    ap.add_argument("--crop-scale", type=float, nargs=2, default=AugmentConfig.crop_scale)
-    ap.add_argument("--noise-p", type=float, default=AugmentConfig.noise_p)
+    ap.add_argument("--crop-scale", type=float, nargs=2, default=None, help="[default: the method's]")
+    ap.add_argument("--noise-p", type=float, default=None, help="[default: the method's]")
     ap.add_argument("--out", default="runs/stage2_methods")
     ap.add_argument("--json-dir", default="bench/results/stage2_methods")
     a = ap.parse_args()
@@ -120,7 +122,11 @@ def main() -> None:
         seed=a.seed,
         gamma=a.gamma,
         kappa=a.kappa,
-        augment=AugmentConfig(crop_scale=tuple(a.crop_scale), noise_p=a.noise_p),
+        augment=replace(
+            method_views(a.method),
+            **({"crop_scale": tuple(a.crop_scale)} if a.crop_scale else {}),
+            **({"noise_p": a.noise_p} if a.noise_p is not None else {}),
+        ),
     )
     out = Path(a.out) / a.name
     t0 = time.perf_counter()

@@ -113,3 +113,24 @@ def test_device_views_start_with_the_eval_view_then_mild_crops(resize, crop):
     assert float(area.min()) >= 0.5 - 1e-6 and (rest >= -1e-6).all() and (rest <= 1 + 1e-6).all()
     wide = sample_views(n * (k - 1) * 20, AugmentConfig(), torch.Generator().manual_seed(0)).boxes.double()
     assert float(((wide[:, 2] - wide[:, 0]) * (wide[:, 3] - wide[:, 1])).min()) < 0.5  # METHOD.md's crops go smaller
+
+
+def test_each_method_takes_its_loss_views_unless_told_otherwise():
+    """sfm_sub (the default) takes its loss on mild views; the paper's SFM and the other methods keep
+    METHOD.md's reference views; explicit values win; the stored config holds the views used."""
+    from dataclasses import replace
+
+    from edgedd.cli.host import _loss_views
+    from edgedd.core.config import to_dict
+
+    d = DistillConfig()
+    assert d.method == "sfm_sub" and d.lr == 2e-3 and d.augment.crop_scale == (0.25, 1.0) and d.augment.noise_p == 0
+    for m in ("sfm", "sfm_anchor", "lgm"):
+        assert DistillConfig(method=m).augment == AugmentConfig()
+    assert DistillConfig(method="sfm_sub", augment=AugmentConfig(noise_p=0.1)).augment.noise_p == 0.1
+    assert to_dict(DistillConfig(method="sfm"))["augment"]["noise_p"] == 0.5  # run.json records the views, never null
+    assert replace(DistillConfig(), method="sfm", augment=None).augment == AugmentConfig()
+    assert _loss_views("sfm", "torchvision", None, None) == AugmentConfig()
+    assert _loss_views("sfm_sub", "reference", None, 0.3) == AugmentConfig(
+        crop_scale=(0.25, 1.0), noise_p=0.3, crop_sampler="reference"
+    )

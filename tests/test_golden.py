@@ -272,7 +272,9 @@ def run_tiny_distill(root: Path) -> Path:
         "test_vit",
         out,
         weights=str(tiny_weights()),
-        config=DistillConfig(ipc=1, iterations=5, init="noise"),  # noise init: the 5 steps grow the pyramid 1 -> 32 px
+        # the anchored loss these tensors were pinned with (sfm_sub is the default since; its targets are
+        # k-means on the same features); noise init: the 5 steps grow the pyramid 1 -> 32 px
+        config=DistillConfig(method="sfm_anchor", ipc=1, iterations=5, init="noise"),
         stage1_config=StageIConfig(golden_views=2),
         options=RunOptions(
             device="cpu", num_workers=0, progress=False, preview_every=0, checkpoint_every=0, use_cache=False

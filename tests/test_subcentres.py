@@ -228,11 +228,11 @@ def test_loss_augmentation_options_reach_the_config(image_folder, tmp_path):
     r = CliRunner().invoke(
         app,
         tiny_distill_args(
-            image_folder, tmp_path / "r", "--iterations", "2", "--crop-min", "0.25", "--noise-p", "0", "--json"
+            image_folder, tmp_path / "r", "--iterations", "2", "--crop-min", "0.4", "--noise-p", "0.3", "--json"
         ),
     )
     assert r.exit_code == 0, r.stderr
     aug = json.loads(r.stdout)["config"]["augment"]
-    assert aug["crop_scale"] == [0.25, 1.0] and aug["noise_p"] == 0.0
+    assert aug["crop_scale"] == [0.4, 1.0] and aug["noise_p"] == 0.3  # neither is any method's default
     bad = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "b", "--crop-min", "0"))
     assert bad.exit_code == 1 and "crop area" in bad.output and "Traceback" not in bad.output

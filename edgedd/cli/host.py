@@ -12,6 +12,7 @@ Every choice and default of an option that sets a config field is read from :mod
 from __future__ import annotations
 
 import enum
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -32,6 +33,7 @@ from edgedd.core.config import (
     PackConfig,
     RunOptions,
     StageIConfig,
+    method_views,
 )
 from edgedd.core.copyratio import headline
 from edgedd.core.terminal import say as _say
@@ -58,6 +60,17 @@ EvalMode = _choices("EvalMode", EVAL_MODES)
 DISTILL, STAGE1, RUN, EVAL, PACK = DistillConfig(), StageIConfig(), RunOptions(), EvalConfig(), PackConfig()
 
 
+def _loss_views(method: str, crop_sampler: str, crop_min: float | None, noise_p: float | None) -> AugmentConfig:
+    """Stage II's loss views: the method's (config.method_views), with what was given on top."""
+    base = method_views(method)
+    return replace(
+        base,
+        crop_sampler=crop_sampler,
+        crop_scale=(base.crop_scale[0] if crop_min is None else crop_min, base.crop_scale[1]),
+        noise_p=base.noise_p if noise_p is None else noise_p,
+    )
+
+
 @app.command(
     epilog="""Examples:
 
@@ -82,9 +95,8 @@ def distill(
     ),
     method: Method = typer.Option(
         Method(DISTILL.method),
-        help="Matching loss: SFM with a centre anchor (edgedd's default), SFM (the paper's), anchored SFM with "
-        "per-image sub-centre targets, anchored SFM with a ridge-probe term, the decoupled ablation, or the LGM "
-        "baseline.",
+        help="Matching loss: anchored SFM with per-image sub-centre targets (edgedd's default), SFM with a centre "
+        "anchor, SFM (the paper's), anchored SFM with a ridge-probe term, the decoupled ablation, or the LGM baseline.",
     ),
     ipc: int = typer.Option(DISTILL.ipc, min=1, help="Synthetic images per class."),
     init: Init = typer.Option(
@@ -129,21 +141,23 @@ def distill(
         DISTILL.surrogate_real, min=1, help="Real training images per step the projector-aware term is scored on."
     ),
     crop_sampler: CropSampler = typer.Option(
-        CropSampler(DISTILL.augment.crop_sampler),
+        CropSampler(AugmentConfig.crop_sampler),
         help="Crop boxes of the synthetic views: torchvision's (inside the image) or the reference code's (up to "
         "1.155x wide, zero padding past the edge).",
     ),
-    crop_min: float = typer.Option(
-        DISTILL.augment.crop_scale[0],
+    crop_min: float | None = typer.Option(
+        None,
         min=0.0,
         max=1.0,
-        help="Smallest area share of the loss's random-resized crops (the reference's 0.08; up to 1 = whole image).",
+        help=f"Smallest area share of the loss's random crops [default: {method_views('sfm_sub').crop_scale[0]} "
+        f"for sfm_sub, the reference's {AugmentConfig.crop_scale[0]} otherwise; up to 1 = whole image].",
     ),
-    noise_p: float = typer.Option(
-        DISTILL.augment.noise_p,
+    noise_p: float | None = typer.Option(
+        None,
         min=0.0,
         max=1.0,
-        help="Probability of the loss's additive noise per view (the reference's 0.5).",
+        help=f"Probability of the loss's additive noise per view [default: {method_views('sfm_sub').noise_p:g} for "
+        f"sfm_sub, the reference's {AugmentConfig.noise_p} otherwise].",
     ),
     extend_every: int = typer.Option(
         DISTILL.extend_every, min=1, help="Pyramid extension interval (shortened for short runs)."
@@ -214,9 +228,7 @@ def distill(
             flow_denominator=flow_denominator.value,
             extend_every=extend_every,
             seed=seed,
-            augment=AugmentConfig(
-                crop_sampler=crop_sampler.value, crop_scale=(crop_min, DISTILL.augment.crop_scale[1]), noise_p=noise_p
-            ),
+            augment=_loss_views(method.value, crop_sampler.value, crop_min, noise_p),
             surrogates=tuple(surrogate or ()),
             surrogate_weight=surrogate_weight,
             surrogate_views=surrogate_views,

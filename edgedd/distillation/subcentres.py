@@ -44,7 +44,9 @@ def centre_crop_features(
     num_workers: int = 0,
     amp: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(n, D) float64 phi_A of every readable training image's centre crop, and its labels."""
+    """(n, D) float32 phi_A of every readable training image's centre crop, and its labels. Kept in the
+    backbone's float32 (k-means widens one class at a time to float64, exactly): 4 B per feature, e.g.
+    3.9 GB for ImageNet-1k's 1.28 M images at D = 768, half of what float64 storage took."""
     pp = info.preprocess
     feats, labels = [], []
     for images, y, _errors in canvas_loader(source, pp.resize_size, pp.interpolation, batch_size, num_workers):
@@ -53,7 +55,7 @@ def centre_crop_features(
         x = images.to(device).float().div_(255)
         with backbone_autocast(device, amp):
             z = model(normalize(center_crop(x, pp.input_size), pp.mean, pp.std))
-        feats.append(z.float().cpu().double().numpy())
+        feats.append(z.float().cpu().numpy())
         labels.append(y.numpy())
     return np.concatenate(feats), np.concatenate(labels)
 
