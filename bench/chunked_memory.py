@@ -35,7 +35,7 @@ def worker(mode: str, n: int, a) -> dict:
     dev = resolve_device(a.device)
     model, info = load_backbone(a.backbone, "random", input_size=a.crop_res, resize_size=a.crop_res, device=dev)
     c = 10
-    cfg = DistillConfig(ipc=max(1, n // c), syn_res=a.crop_res, crop_res=a.crop_res)
+    cfg = DistillConfig(method="sfm_anchor", ipc=max(1, n // c), syn_res=a.crop_res, crop_res=a.crop_res)
     g = torch.Generator(device=dev).manual_seed(0)
     pyr = Pyramid.init(c * cfg.ipc, a.crop_res, g, dev)
     while not pyr.full:

@@ -36,7 +36,7 @@ from edgedd.core.images import open_dataset
 from edgedd.device.ridge import fit_ridge, select_ridge
 from edgedd.distillation.rundir import load_run
 from edgedd.distillation.stage2 import real_init_images
-from edgedd.host.augment import Views, device_views, render_views, sample_views
+from edgedd.host.augment import Views, device_views, eval_box, render_views, sample_views
 
 
 def image_set(spec: str, golden_run: str | None, ipc: int, canvas: int):
@@ -51,16 +51,16 @@ def image_set(spec: str, golden_run: str | None, ipc: int, canvas: int):
     return pix, labels, run.golden_weight.numpy(), run.golden_bias.numpy()
 
 
-def views_of(kind: str, n: int, centre: float, gen: torch.Generator) -> tuple[int, Views]:
+def views_of(kind: str, n: int, box: tuple[float, float], gen: torch.Generator) -> tuple[int, Views]:
     name, k = kind.split(":")
     k = int(k)
     if name == "center":
-        v = device_views(n, 1, centre, 0.5, gen)
+        v = device_views(n, 1, box, 0.5, gen)
         return 1, v
     if name == "rrc":
         return k, sample_views(n * k, AugmentConfig(), gen)
     if name.startswith("cmild"):
-        return k, device_views(n, k, centre, float(name[5:]), gen)
+        return k, device_views(n, k, box, float(name[5:]), gen)
     if name.startswith("mild"):
         return k, sample_views(n * k, AugmentConfig(crop_scale=(float(name[4:]), 1.0)), gen)
     raise SystemExit(f"error: unknown view kind {kind!r}")
@@ -97,7 +97,8 @@ def main() -> None:
         n = len(labels)
         gen = torch.Generator().manual_seed(0)
         for kind in a.kinds.split(","):
-            k, views = views_of(kind, n, pp_a.input_size / pp_a.resize_size, gen)
+            pp_b = models["b"][1].preprocess  # view 0: B's eval view, as pack stores it
+            k, views = views_of(kind, n, eval_box(pp_b.resize_size, pp_b.input_size), gen)
             idx = np.repeat(np.arange(n), k)
             xa = enc("a", render_views(pix[idx], views, models["a"][1].preprocess.input_size))
             xb = enc("b", render_views(pix[idx], views, models["b"][1].preprocess.input_size))

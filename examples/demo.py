@@ -1,6 +1,7 @@
 """The main job on the embedded default, end to end, offline, on a CPU in minutes:
 
-    distill (anchored SFM from real images through the ImageNet EfficientNet-Lite0 at 64 px) ->
+    distill (sub-centre SFM, edgedd's default, from real images through the ImageNet EfficientNet-Lite0
+    at 64 px) ->
     evaluate against the baselines -> pack for the edge: the same network, int8 if it passes pack's
     gate (the device fits its projector towards the identity: edgedd.device.ridge eq. 4) ->
     deploy-check (fp32 and int8) -> predict a few test images

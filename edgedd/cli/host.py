@@ -120,7 +120,9 @@ def distill(
     alpha: float = typer.Option(
         DISTILL.alpha, min=0.0, max=1.0, help="sfm_decouple: weight of target-centre matching."
     ),
-    beta: float = typer.Option(DISTILL.beta, min=0.0, help="sfm_anchor: weight of the centre anchor (0 = plain SFM)."),
+    beta: float = typer.Option(
+        DISTILL.beta, min=0.0, help="sfm_anchor, sfm_sub, sfm_probe: weight of the centre anchor (0 = plain SFM)."
+    ),
     gamma: float = typer.Option(DISTILL.gamma, min=0.0, help="sfm_sub: weight of the per-image sub-centre term."),
     kappa: float = typer.Option(DISTILL.kappa, min=0.0, help="sfm_probe: weight of the ridge-probe term."),
     flow_denominator: FlowDenominator = typer.Option(

@@ -138,8 +138,8 @@ MAX_RESOLUTION = 2048
 # Stage II's loss views per method: METHOD.md's reference (flip + random-resized crops of 8-100% +
 # additive noise with p 0.5) for the paper's SFM and the other methods; edgedd's default sfm_sub
 # takes its loss on the milder views the probes and the device see (crops of >= 25%, no noise).
-# Measured in docs/RESULTS.md, "Methods table" (with lr 1e-2 the normal probe gains as much but the
-# set teaches another network's projector 10 points less, so every method keeps the reference lr).
+# Measured in docs/RESULTS.md, "The default" (with lr 1e-2 the normal probe gains more but the set
+# teaches another network's projector 11-14 points less, so every method keeps the reference lr).
 METHOD_VIEWS: dict[str, AugmentConfig] = {"sfm_sub": AugmentConfig(crop_scale=(0.25, 1.0), noise_p=0.0)}
 
 

@@ -6,8 +6,8 @@ Inference (Classifier Inheritance, METHOD.md Stage III):
 
 phi_B is the edge backbone's ONNX graph; the classifier is the golden full-data classifier
 inherited from the host. Fine-tuning P needs no host backbone: the artifact stores phi_A features
-of K augmented views of every synthetic image (the *targets*) and the view boxes, so the device
-renders the same views, runs phi_B on them and solves the ridge regression in closed form:
+of K views of every synthetic image (view 0 its eval crop, then flip + crops: the *targets*) and
+the view boxes, so the device renders the same views, runs phi_B on them and solves the ridge regression in closed form:
 
     [W; b] = argmin ||X W^T + 1 b^T - Y||^2 + lam ||W||^2
     W^T = (Xc^T Xc + lam I)^-1 Xc^T Yc,  b = mean(Y) - W mean(X),   Xc, Yc centred      (3)
