@@ -152,7 +152,7 @@ def method_views(method: str) -> AugmentConfig:
 class DistillConfig:
     """Stage II: Statistical Flow Matching."""
 
-    method: str = "sfm_sub"  # edgedd's default (docs/RESULTS.md, "Methods table"); "sfm" is the paper's
+    method: str = "sfm_sub"  # edgedd's default (docs/RESULTS.md, "The default"); "sfm" is the paper's
     ipc: int = 1
     # edgedd's default: random real images per class (synthetic.py); "noise": the reference's 1x1 noise pyramid
     init: str = "real"
