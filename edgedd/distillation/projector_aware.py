@@ -42,7 +42,7 @@ from edgedd.core.config import DistillConfig
 from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages
 from edgedd.device.ridge import PRIORS
-from edgedd.host.augment import device_views, eval_box, eval_view, normalize, render_views
+from edgedd.host.augment import device_views, eval_box, eval_view, normalize, render_views, set_eval_view
 
 # At most this many real training images (a seeded draw) form the pool whose phi_B' is computed
 # once per surrogate: a pool of 10,000 x D = 1,280 floats is 51 MB, and each step draws its real
@@ -214,14 +214,15 @@ def projector_loss(
         pool_labels.device
     )
     w, b = (t.to(images.device, torch.float32) for t in golden)
-    losses = []
+    losses, y_by_box = [], {}  # A's features depend on the views only: once per distinct eval box
     for s in surrogates:
         # view 0 = the surrogate's own eval view, the crop its device applies P to (pack does the same for B)
-        lo, hi = eval_box(s.info.preprocess.resize_size, s.info.preprocess.input_size)
-        views.boxes.view(n, k, 4)[:, 0] = torch.tensor([lo, lo, hi, hi], device=views.boxes.device)
-        y_syn = model_a(normalize(render_views(rep, views, pp.input_size), pp.mean, pp.std)).float()
+        box = eval_box(s.info.preprocess.resize_size, s.info.preprocess.input_size)
+        set_eval_view(views, n, k, box)
+        if box not in y_by_box:
+            y_by_box[box] = model_a(normalize(render_views(rep, views, pp.input_size), pp.mean, pp.std)).float()
         losses.append(
-            inherited_ce(s.views(rep, views), y_syn, s.real[pick], pool_labels[pick], w, b, cfg.surrogate_ridge)
+            inherited_ce(s.views(rep, views), y_by_box[box], s.real[pick], pool_labels[pick], w, b, cfg.surrogate_ridge)
         )
     return torch.stack(losses).mean()
 

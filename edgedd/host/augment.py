@@ -87,7 +87,7 @@ def eval_box(resize_size: int, input_size: int) -> tuple[float, float]:
     On a canvas of ``resize_size`` pixels, :func:`render_views` of this box *is* that crop (box edges
     on pixel edges, scale 1, ``align_corners=False``); (1 - c) / 2 would fall half a pixel off
     whenever resize - input is odd (73 -> 64) and blend every pixel with its neighbour."""
-    lo = int(round((resize_size - input_size) / 2.0)) / resize_size
+    lo = crop_start(resize_size, input_size) / resize_size
     return lo, lo + input_size / resize_size
 
 
@@ -95,7 +95,12 @@ def device_views(n: int, k: int, box: tuple[float, float], crop_min: float, gen:
     """K views of each of ``n`` images, image-major, as the device fits its projector on them
     (edgedd.core.config.device_view_augment): view 0 the eval view, the square ``box`` = (lo, hi)
     of :func:`eval_box` (not flipped), views 1..K-1 flip + random-resized crops of area >= ``crop_min``."""
-    views = sample_views(n * k, device_view_augment(crop_min), gen)
+    return set_eval_view(sample_views(n * k, device_view_augment(crop_min), gen), n, k, box)
+
+
+def set_eval_view(views: Views, n: int, k: int, box: tuple[float, float]) -> Views:
+    """View 0 of each image of image-major ``views`` (n images, k views each) becomes the square
+    ``box`` = (lo, hi), not flipped; in place, returned for chaining."""
     lo, hi = box
     views.boxes.view(n, k, 4)[:, 0] = torch.tensor([lo, lo, hi, hi], device=views.boxes.device)
     views.flips.view(n, k)[:, 0] = False
@@ -227,8 +232,13 @@ def eval_view(canvases: torch.Tensor, resize_size: int, input_size: int) -> torc
 def center_crop(images: torch.Tensor, out: int) -> torch.Tensor:
     """Exact pixel centre crop (timm's CenterCrop rounding), no resampling."""
     h, w = images.shape[-2:]
-    top, left = int(round((h - out) / 2.0)), int(round((w - out) / 2.0))
+    top, left = crop_start(h, out), crop_start(w, out)
     return images[..., top : top + out, left : left + out]
+
+
+def crop_start(size: int, out: int) -> int:
+    """First pixel of the centred ``out`` crop of ``size`` pixels, timm's rounding."""
+    return int(round((size - out) / 2.0))
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
