@@ -88,8 +88,6 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from dataclasses import replace
-
     from edgedd.core.config import DistillConfig, EvalConfig, StageIConfig, method_views
     from edgedd.core.images import open_dataset
     from edgedd.distillation.pipeline import RunOptions, distill
@@ -122,10 +120,11 @@ def main() -> None:
         seed=a.seed,
         gamma=a.gamma,
         kappa=a.kappa,
-        augment=replace(
-            method_views(a.method),
-            **({"crop_scale": tuple(a.crop_scale)} if a.crop_scale else {}),
-            **({"noise_p": a.noise_p} if a.noise_p is not None else {}),
+        augment=method_views(
+            a.method,
+            crop_min=a.crop_scale[0] if a.crop_scale else None,
+            crop_max=a.crop_scale[1] if a.crop_scale else None,
+            noise_p=a.noise_p,
         ),
     )
     out = Path(a.out) / a.name

@@ -120,8 +120,7 @@ def test_each_method_takes_its_loss_views_unless_told_otherwise():
     METHOD.md's reference views; explicit values win; the stored config holds the views used."""
     from dataclasses import replace
 
-    from edgedd.cli.host import _loss_views
-    from edgedd.core.config import to_dict
+    from edgedd.core.config import method_views, to_dict
 
     d = DistillConfig()
     assert d.method == "sfm_sub" and d.lr == 2e-3 and d.augment.crop_scale == (0.25, 1.0) and d.augment.noise_p == 0
@@ -130,7 +129,7 @@ def test_each_method_takes_its_loss_views_unless_told_otherwise():
     assert DistillConfig(method="sfm_sub", augment=AugmentConfig(noise_p=0.1)).augment.noise_p == 0.1
     assert to_dict(DistillConfig(method="sfm"))["augment"]["noise_p"] == 0.5  # run.json records the views, never null
     assert replace(DistillConfig(), method="sfm", augment=None).augment == AugmentConfig()
-    assert _loss_views("sfm", "torchvision", None, None) == AugmentConfig()
-    assert _loss_views("sfm_sub", "reference", None, 0.3) == AugmentConfig(
+    assert method_views("sfm", crop_sampler="torchvision") == AugmentConfig()
+    assert method_views("sfm_sub", crop_sampler="reference", noise_p=0.3) == AugmentConfig(
         crop_scale=(0.25, 1.0), noise_p=0.3, crop_sampler="reference"
     )

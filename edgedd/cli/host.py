@@ -12,7 +12,6 @@ Every choice and default of an option that sets a config field is read from :mod
 from __future__ import annotations
 
 import enum
-from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -58,17 +57,6 @@ EvalMode = _choices("EvalMode", EVAL_MODES)
 
 # The defaults every option below shows and passes on.
 DISTILL, STAGE1, RUN, EVAL, PACK = DistillConfig(), StageIConfig(), RunOptions(), EvalConfig(), PackConfig()
-
-
-def _loss_views(method: str, crop_sampler: str, crop_min: float | None, noise_p: float | None) -> AugmentConfig:
-    """Stage II's loss views: the method's (config.method_views), with what was given on top."""
-    base = method_views(method)
-    return replace(
-        base,
-        crop_sampler=crop_sampler,
-        crop_scale=(base.crop_scale[0] if crop_min is None else crop_min, base.crop_scale[1]),
-        noise_p=base.noise_p if noise_p is None else noise_p,
-    )
 
 
 @app.command(
@@ -230,7 +218,7 @@ def distill(
             flow_denominator=flow_denominator.value,
             extend_every=extend_every,
             seed=seed,
-            augment=_loss_views(method.value, crop_sampler.value, crop_min, noise_p),
+            augment=method_views(method.value, crop_sampler=crop_sampler.value, crop_min=crop_min, noise_p=noise_p),
             surrogates=tuple(surrogate or ()),
             surrogate_weight=surrogate_weight,
             surrogate_views=surrogate_views,

@@ -138,14 +138,29 @@ MAX_RESOLUTION = 2048
 # Stage II's loss views per method: METHOD.md's reference (flip + random-resized crops of 8-100% +
 # additive noise with p 0.5) for the paper's SFM and the other methods; edgedd's default sfm_sub
 # takes its loss on the milder views the probes and the device see (crops of >= 25%, no noise).
-# Measured in docs/RESULTS.md, "The default" (with lr 1e-2 the normal probe gains more but the set
-# teaches another network's projector 11-14 points less, so every method keeps the reference lr).
+# Measured in docs/RESULTS.md, "The default" (also why every method keeps the reference lr: at a
+# larger one the probe gains but the set teaches another network's projector less).
 METHOD_VIEWS: dict[str, AugmentConfig] = {"sfm_sub": AugmentConfig(crop_scale=(0.25, 1.0), noise_p=0.0)}
 
 
-def method_views(method: str) -> AugmentConfig:
-    """The loss views ``method`` runs with unless given: its METHOD_VIEWS entry, else the reference."""
-    return METHOD_VIEWS.get(method, AugmentConfig())
+def method_views(
+    method: str,
+    *,
+    crop_sampler: str | None = None,
+    crop_min: float | None = None,
+    crop_max: float | None = None,
+    noise_p: float | None = None,
+) -> AugmentConfig:
+    """The loss views ``method`` runs with: its METHOD_VIEWS entry, else the reference, with each field
+    given (not None) on top: the CLI's --crop-sampler / --crop-min / --noise-p, bench overrides."""
+    base = METHOD_VIEWS.get(method, AugmentConfig())
+    lo, hi = base.crop_scale
+    return dataclasses.replace(
+        base,
+        crop_sampler=base.crop_sampler if crop_sampler is None else crop_sampler,
+        crop_scale=(lo if crop_min is None else crop_min, hi if crop_max is None else crop_max),
+        noise_p=base.noise_p if noise_p is None else noise_p,
+    )
 
 
 @dataclass(frozen=True)
