@@ -89,8 +89,16 @@ def distill(
     ipc: int = typer.Option(DISTILL.ipc, min=1, help="Synthetic images per class."),
     init: Init = typer.Option(
         Init(DISTILL.init),
-        help="Start from random real images of each class (edgedd's default: other backbones can read the result) or "
-        "from noise (the reference).",
+        help="Start from random real images of each class (edgedd's default: other backbones can read the result), "
+        "from means of --mix of them (images that are no training image: pair with --min-copy-ratio), or from noise "
+        "(the reference).",
+    ),
+    mix: int = typer.Option(DISTILL.mix, min=1, help="--init mix: real images of a class averaged into each start."),
+    min_copy_ratio: float = typer.Option(
+        DISTILL.min_copy_ratio,
+        min=0.0,
+        help="Keep every image at least this pixel copy ratio from the training images (0: off; 1: as far as a "
+        "typical real image is from its nearest other).",
     ),
     iterations: int = typer.Option(DISTILL.iterations, min=1, help="Distillation steps."),
     lr: float = typer.Option(DISTILL.lr, help="Adam learning rate on the pyramid levels."),
@@ -208,6 +216,8 @@ def distill(
             method=method.value,
             ipc=ipc,
             init=init.value,
+            mix=mix,
+            min_copy_ratio=min_copy_ratio,
             iterations=iterations,
             lr=lr,
             augs_per_batch=augs_per_batch or default_augs,

@@ -23,7 +23,7 @@ METHODS = ("sfm", "sfm_anchor", "sfm_sub", "sfm_probe", "sfm_decouple", "lgm")
 RECIPES = ("converged", "reference")
 FLOW_DENOMINATORS = ("classes", "reference")
 CROP_SAMPLERS = ("torchvision", "reference")
-INITS = ("noise", "real")  # how the synthetic pyramid starts (edgedd.distillation.pyramid)
+INITS = ("noise", "real", "mix")  # how the synthetic pyramid starts (edgedd.distillation.stage2.initial_images)
 EVAL_MODES = ("normal", "ci", "kd")  # edgedd.evaluate: fresh probe, classifier inheritance, KD
 BASELINES = (
     "random",
@@ -171,6 +171,11 @@ class DistillConfig:
     ipc: int = 1
     # edgedd's default: random real images per class (synthetic.py); "noise": the reference's 1x1 noise pyramid
     init: str = "real"
+    mix: int = 4  # --init mix: each image the mean of this many random real images of its class
+    # > 0: every image kept at least this pixel copy ratio from the training images (edgedd.distillation.copyfloor),
+    # by a hinge of this weight
+    min_copy_ratio: float = 0.0
+    copy_weight: float = 100.0
     iterations: int = 5000
     lr: float = 2e-3
     syn_res: int = 256

@@ -52,6 +52,31 @@ def _collate(batch):
     )
 
 
+def training_canvases(
+    info: BackboneInfo,
+    source: LabelledImages,
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = False,
+    label: str = "training canvases",
+):
+    """The readable training canvases at the copy ratio's size (uint8 (B, 3, S, S)) with their dataset
+    positions, a batch at a time, in dataset order; empty batches skipped."""
+    from torch.utils.data import DataLoader
+
+    pp = info.preprocess
+    data = CanvasDataset(source, pp.resize_size, pp.interpolation)
+    loader = DataLoader(
+        _Indexed(data), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate
+    )
+    with Progress(len(source), label, enabled=progress) as bar:
+        for canvases, ids in loader:
+            bar.update(len(ids))
+            if len(ids):
+                yield canvases, ids
+
+
 @torch.no_grad()
 def measure(
     model: torch.nn.Module,
@@ -67,8 +92,6 @@ def measure(
     progress: bool = True,
 ) -> dict[str, dict]:
     """The copy ratio (``copyratio.summarise``) of each named set of (N, 3, R, R) images in [0, 1]."""
-    from torch.utils.data import DataLoader
-
     pp = info.preprocess
     data = CanvasDataset(source, pp.resize_size, pp.interpolation)
 
@@ -95,16 +118,11 @@ def measure(
     ref_ids = np.asarray([i for _, i in refs], dtype=np.int64)
     queries = {"__references__": (spaces(ref_images), ref_ids), **{name: (spaces(x), None) for name, x in sets.items()}}
     near = {(name, s): Nearest(q[s], ids) for name, (q, ids) in queries.items() for s in SPACES}
-    loader = DataLoader(
-        _Indexed(data), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate
-    )
-    with Progress(len(source), "copy ratio", enabled=progress) as bar:
-        for canvases, ids in loader:
-            bar.update(len(ids))
-            if not len(ids):
-                continue
-            real = spaces(canvases.float().div_(255))
-            for (_, s), tracker in near.items():
-                tracker.update(real[s], ids)
+    for canvases, ids in training_canvases(
+        info, source, batch_size=batch_size, num_workers=num_workers, progress=progress, label="copy ratio"
+    ):
+        real = spaces(canvases.float().div_(255))
+        for (_, s), tracker in near.items():
+            tracker.update(real[s], ids)
     ref_d = {s: near["__references__", s].distances() for s in SPACES}
     return {name: summarise({s: near[name, s].distances() for s in SPACES}, ref_d) for name in sets}

@@ -62,7 +62,7 @@ from edgedd.host.data import default_num_workers
 from edgedd.host.distributed import Dist, on_all_ranks, setup, shard, teardown
 from edgedd.host.memory import PhaseMemory
 
-from . import copies, projector_aware, rundir, stage2
+from . import copies, copyfloor, projector_aware, rundir, stage2
 from .checkpoint import save_checkpoint
 from .fidelity import synthetic_landing
 from .losses import flow
@@ -119,6 +119,18 @@ def validate(cfg: DistillConfig) -> None:
     if not (0 < cfg.lr <= MAX_LR):
         raise EdgeddError(
             f"--lr must be a finite value in (0, {MAX_LR:g}] (got {cfg.lr})", "pass a positive learning rate, e.g. 2e-3"
+        )
+    if cfg.mix < 1:
+        raise EdgeddError(f"--mix must be at least 1 (got {cfg.mix})", "pass e.g. 4")
+    if not (cfg.min_copy_ratio >= 0 and math.isfinite(cfg.min_copy_ratio)):
+        raise EdgeddError(f"--min-copy-ratio must be a finite value >= 0 (got {cfg.min_copy_ratio})", "pass e.g. 1.05")
+    if not (cfg.copy_weight >= 0 and math.isfinite(cfg.copy_weight)):
+        raise EdgeddError(f"copy_weight must be a finite value >= 0 (got {cfg.copy_weight})", "pass e.g. 100")
+    if cfg.min_copy_ratio > 0 and cfg.init == "real":
+        raise EdgeddError(
+            "--min-copy-ratio cannot start from --init real: each image starts as a training image, where the floor "
+            "has no direction to push",
+            "add --init mix (means of several real images) or --init noise",
         )
     projector_aware.validate(cfg)
 
@@ -341,7 +353,7 @@ class Stage2Result:
     memory: dict  # the phase's peak (edgedd.host.memory)
     chunk: int
     flow_real: torch.Tensor
-    extra: dict | None = None  # the projector-aware term's summary (edgedd.distillation.projector_aware), when on
+    extra: dict  # the added terms' summaries: "projector_aware", "copy_floor" (when on)
 
     @property
     def sec_per_iter(self) -> float | None:
@@ -392,6 +404,8 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
         step = projector_aware.ProjectorAware(
             step, plan.model, plan.info, cfg, plan.source, (s1.stats.weight, s1.stats.bias), device, plan.workers
         )
+    if cfg.min_copy_ratio > 0:  # plus the copy floor (edgedd.distillation.copyfloor)
+        step = copyfloor.CopyFloor(step, plan.info, cfg, plan.source, device, plan.workers)
     stop = cfg.iterations if o.stop_after is None else min(cfg.iterations, start + o.stop_after)
     memory = PhaseMemory(device)
     memory.start()
@@ -426,8 +440,17 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
         memory.peak_mb(),
         chunk,
         flow_real,
-        step.summary() if isinstance(step, projector_aware.ProjectorAware) else None,
+        _terms(step),
     )
+
+
+def _terms(step) -> dict:
+    """The added terms' summaries, by term (each wrapper keeps the step it wraps as ``.step``)."""
+    out = {}
+    while isinstance(step, projector_aware.ProjectorAware | copyfloor.CopyFloor):
+        out["copy_floor" if isinstance(step, copyfloor.CopyFloor) else "projector_aware"] = step.summary()
+        step = step.step
+    return out
 
 
 def _look(plan: Plan, loop: stage2.Loop, flow_real: torch.Tensor) -> float | None:
@@ -562,7 +585,8 @@ def _summary(plan: Plan, s1: Stage1Result, s2: Stage2Result, *, flow_cosine: flo
         "stage2_memory": s2.memory,
         "stage2_step_memory": s2.loop.step_memory,
         "chunk_size": s2.chunk,
-        "projector_aware": s2.extra,
+        "projector_aware": s2.extra.get("projector_aware"),
+        "copy_floor": s2.extra.get("copy_floor"),
         "ranks": plan.group.world,
         "total_seconds": time.perf_counter() - plan.t_start,
         "device": str(plan.device),

@@ -39,7 +39,9 @@ from .pyramid import Pyramid, extension_steps
 # ----------------------------------------------------------------------------- losses
 
 
-def real_init_images(source: LabelledImages, ipc: int, size: int, interpolation: str, seed: int) -> torch.Tensor:
+def real_init_images(
+    source: LabelledImages, ipc: int, size: int, interpolation: str, seed: int, what: str = "--init real"
+) -> torch.Tensor:
     """``--init real``: per class ``ipc`` readable images drawn at random (seeded), as (C * ipc, 3,
     size, size) canvases in [0, 1], class-major like the synthetic labels. Unreadable images are
     passed over; a class with fewer readable images than ``ipc`` repeats them (with a warning: the
@@ -64,13 +66,21 @@ def real_init_images(source: LabelledImages, ipc: int, size: int, interpolation:
         out.extend(found[j % len(found)] for j in range(ipc))
     if short:
         warnings.warn(
-            f"--init real: {len(short)} class(es) have fewer than {ipc} readable images (e.g. {short[0]!r}); their "
+            f"{what}: {len(short)} class(es) have fewer than {ipc} readable images (e.g. {short[0]!r}); their "
             "images repeat",
             stacklevel=2,
         )
     return (
         torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255)
     )  # np.stack copies: canvases may be read-only
+
+
+def initial_images(source: LabelledImages, cfg: DistillConfig, interpolation: str) -> torch.Tensor:
+    """The step-0 canvases of --init real (drawn images) or --init mix (means of cfg.mix drawn images)."""
+    if cfg.init == "real":
+        return real_init_images(source, cfg.ipc, cfg.syn_res, interpolation, cfg.seed)
+    x = real_init_images(source, cfg.ipc * cfg.mix, cfg.syn_res, interpolation, cfg.seed, f"--init mix (x{cfg.mix})")
+    return x.view(source.num_classes * cfg.ipc, cfg.mix, *x.shape[1:]).mean(1)
 
 
 def view_features(
@@ -149,8 +159,8 @@ def real_targets(
             real=torch.from_numpy(feats[keep]).float().to(device), real_labels=torch.from_numpy(labels[keep]).to(device)
         )
     pp, z0 = info.preprocess, None
-    if cfg.init == "real":
-        x0 = real_init_images(source, cfg.ipc, cfg.syn_res, pp.interpolation, cfg.seed)
+    if cfg.init in ("real", "mix"):
+        x0 = initial_images(source, cfg, pp.interpolation)
         z0 = torch.cat(
             [
                 encode(model, center_crop(x0[s : s + 64].to(device), pp.input_size), pp, amp=cfg.amp).double().cpu()
@@ -249,8 +259,8 @@ def start(
             total=total,
         )
         return Loop(pyr, opt, gen, step, loss)
-    if cfg.init == "real":
-        real = real_init_images(source, cfg.ipc, cfg.syn_res, interpolation, cfg.seed)[rows[0] : rows[1]]
+    if cfg.init in ("real", "mix"):
+        real = initial_images(source, cfg, interpolation)[rows[0] : rows[1]]
         pyr = Pyramid.from_images(real.to(device), rows, total)
     else:
         pyr = Pyramid.init(total, cfg.syn_res, gen, device, rows)
