@@ -24,10 +24,12 @@ def _canvases(source, info):
     return torch.from_numpy(np.stack([data[i][0] for i in range(len(source))])).permute(0, 3, 1, 2).float() / 255
 
 
-def _floor(source, info, tau=1.0):
+def _floor(source, backbone, tau=1.0, features=False):
     from edgedd.distillation.copyfloor import CopyFloor
 
-    return CopyFloor(None, info, DistillConfig(min_copy_ratio=tau, init="mix"), source, torch.device("cpu"), 0)
+    model, info = backbone
+    cfg = DistillConfig(min_copy_ratio=tau, init="mix", copy_floor_features=features, amp=False)
+    return CopyFloor(None, model, info, cfg, source, torch.device("cpu"), 0)
 
 
 def test_floor_ratio_is_the_copy_ratio_pixel_figure(image_folder, tiny_backbone):
@@ -40,9 +42,13 @@ def test_floor_ratio_is_the_copy_ratio_pixel_figure(image_folder, tiny_backbone)
     gen = torch.Generator().manual_seed(0)
     images = torch.cat([real[:3] * 0.7 + 0.15, torch.rand(3, *real.shape[1:], generator=gen)])
     pixels = measure(model, info, source, {"s": images}, seed=0, device=torch.device("cpu"), amp=False, progress=False)
-    floor = _floor(source, info)
-    # the floor holds the training pixels in float16: equal to that rounding
-    np.testing.assert_allclose(floor.ratios(images).numpy(), pixels["s"]["spaces"]["pixels"]["ratios"], rtol=2e-3)
+    floor = _floor(source, tiny_backbone, features=True)
+    with torch.no_grad():
+        r = floor.ratios(images)
+    # the floor holds the training vectors in float16: equal to that rounding
+    for space in ("pixels", "features"):
+        np.testing.assert_allclose(r[space].numpy(), pixels["s"]["spaces"][space]["ratios"], rtol=3e-3)
+    assert set(_floor(source, tiny_backbone).ratios(images)) == {"pixels"}  # features only when asked
 
 
 def test_floor_is_zero_above_tau_and_its_gradient_moves_a_near_copy_away(image_folder, tiny_backbone):
@@ -51,16 +57,16 @@ def test_floor_is_zero_above_tau_and_its_gradient_moves_a_near_copy_away(image_f
     _, info = tiny_backbone
     source = open_dataset(str(image_folder))
     real = _canvases(source, info)
-    floor = _floor(source, info, tau=1.0)
+    floor = _floor(source, tiny_backbone, tau=1.0)
     far = torch.full((1, *real.shape[1:]), 0.5)
-    assert floor.ratios(far).item() > 1 and floor.loss(far).item() == 0.0
+    assert floor.ratios(far)["pixels"].item() > 1 and floor.loss(far).item() == 0.0
     near = (real[:1] + 0.01 * torch.randn(real[:1].shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     near.requires_grad_(True)
-    before = floor.ratios(near).item()
+    before = floor.ratios(near)["pixels"].item()
     assert before < 0.5 and floor.loss(near).item() > 0
     floor.loss(near).backward()
     moved = (near - 0.05 * near.grad / near.grad.norm()).detach()
-    assert floor.ratios(moved).item() > before
+    assert floor.ratios(moved)["pixels"].item() > before
 
 
 def test_init_mix_averages_real_draws_of_the_class(image_folder, tiny_backbone):
@@ -89,8 +95,13 @@ def test_a_run_with_the_floor_ends_above_it_and_says_so(image_folder, tmp_path):
     r = CliRunner().invoke(app, [*args, "--min-copy-ratio", "1.0", "--json"])
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
-    assert s["copy_floor"]["min_copy_ratio"] == 1.0 and s["copy_floor"]["loss_last"] == pytest.approx(0.0, abs=1e-3)
-    assert s["copy_ratio"]["spaces"]["pixels"]["min"] >= 0.99  # the run's own measurement (float32) agrees
+    assert (
+        s["copy_floor"]["min_copy_ratio"] == 1.0
+        and s["copy_floor"]["spaces"] == ["pixels", "features"]
+        and s["copy_floor"]["loss_last"] == pytest.approx(0.0, abs=1e-3)
+    )
+    for space in ("pixels", "features"):  # the run's own measurement (float32) agrees
+        assert s["copy_ratio"]["spaces"][space]["min"] >= 0.99, space
     assert s["copy_ratio_start"]["spaces"]["pixels"]["min"] < 1.0  # the floor did the moving
     assert s["config"]["init"] == "mix" and s["config"]["min_copy_ratio"] == 1.0
 

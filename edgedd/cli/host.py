@@ -100,6 +100,11 @@ def distill(
         help="Keep every image at least this pixel copy ratio from the training images (0: off; 1: as far as a "
         "typical real image is from its nearest other).",
     ),
+    copy_floor_features: bool = typer.Option(
+        DISTILL.copy_floor_features,
+        "--copy-floor-features/--copy-floor-pixels-only",
+        help="--min-copy-ratio in phi_A of the centre crop as well as in pixels (both spaces the copy ratio reports).",
+    ),
     iterations: int = typer.Option(DISTILL.iterations, min=1, help="Distillation steps."),
     lr: float = typer.Option(DISTILL.lr, help="Adam learning rate on the pyramid levels."),
     syn_res: int | None = typer.Option(
@@ -218,6 +223,7 @@ def distill(
             init=init.value,
             mix=mix,
             min_copy_ratio=min_copy_ratio,
+            copy_floor_features=copy_floor_features,
             iterations=iterations,
             lr=lr,
             augs_per_batch=augs_per_batch or default_augs,

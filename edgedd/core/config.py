@@ -176,6 +176,7 @@ class DistillConfig:
     # by a hinge of this weight
     min_copy_ratio: float = 0.0
     copy_weight: float = 100.0
+    copy_floor_features: bool = True  # the floor in phi_A of the centre crop too (one more forward per step)
     iterations: int = 5000
     lr: float = 2e-3
     syn_res: int = 256

@@ -26,15 +26,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from edgedd.backbones.forward import backbone_autocast, encode, output_width
 from edgedd.backbones.loader import BackboneInfo
 from edgedd.core.config import DistillConfig
 from edgedd.core.copyratio import CANVAS, Nearest, sample_references
 from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages
+from edgedd.host.augment import center_crop, normalize
 
 from .copies import pixel_vectors, training_canvases
 
-MAX_BYTES = 4 << 30  # the training set's pixel vectors, float16: about 700,000 images
+MAX_BYTES = 4 << 30  # the training set's vectors held, float16: about 700,000 images' pixels
 ROWS = 65536  # training vectors per distance block (bounds the step's (N x block) working memory)
 
 
@@ -43,39 +45,20 @@ def pixel_vectors_torch(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.adaptive_avg_pool2d(images.float(), CANVAS).flatten(1) / (3 * CANVAS * CANVAS) ** 0.5
 
 
-class CopyFloor:
-    """Wraps a Stage II step: its own gradients, then (2)'s added into the pyramid. ``ratios`` is (1)."""
+class _Space:
+    """One space of the copy ratio for the floor: the training vectors (float16, on the device) and
+    m, the references' median nearest-other distance (drawn as copies.measure draws them)."""
 
-    def __init__(self, step, info: BackboneInfo, cfg: DistillConfig, source: LabelledImages, device, workers: int):
-        need = len(source) * 3 * CANVAS * CANVAS * 2
-        if need > MAX_BYTES:
-            raise EdgeddError(
-                f"--min-copy-ratio holds every training image's {CANVAS}x{CANVAS} pixels: {need / 2**30:.1f} GiB for "
-                f"{len(source)} images, over the {MAX_BYTES / 2**30:.0f} GiB it allows",
-                "distill from a subset of the data, or drop --min-copy-ratio (every run still reports its copy ratio)",
-            )
-        self.step, self.tau, self.weight = step, cfg.min_copy_ratio, cfg.copy_weight
-        parts, ids = [], []
-        for canvases, pos in training_canvases(info, source, num_workers=workers):
-            parts.append(pixel_vectors(canvases.float().div_(255)).astype(np.float16))
-            ids.append(pos)
-        v = np.concatenate(parts) if parts else np.empty((0, 3 * CANVAS * CANVAS), np.float16)
-        pos = np.concatenate(ids) if ids else np.empty(0, np.int64)
-        if len(pos) < 2:
-            raise EdgeddError(
-                "--min-copy-ratio needs at least two readable training images", "check the data or drop the option"
-            )
-        refs = np.intersect1d(sample_references(len(source), cfg.seed), pos)  # as copies.measure draws them
-        near = Nearest(v[np.searchsorted(pos, refs)].astype(np.float32), refs)
-        for s in range(0, len(v), ROWS):
-            near.update(v[s : s + ROWS].astype(np.float32), pos[s : s + ROWS])
+    def __init__(self, vectors: np.ndarray, pos: np.ndarray, n: int, seed: int, device):
+        refs = np.intersect1d(sample_references(n, seed), pos)
+        near = Nearest(vectors[np.searchsorted(pos, refs)].astype(np.float32), refs)
+        for s in range(0, len(vectors), ROWS):
+            near.update(vectors[s : s + ROWS].astype(np.float32), pos[s : s + ROWS])
         self.m = float(np.median(near.distances()))
-        self.v = torch.from_numpy(v).to(device)
-        self.history: list[float] = []
+        self.v = torch.from_numpy(vectors).to(device)
 
-    def ratios(self, images: torch.Tensor) -> torch.Tensor:
-        """(1) of each image (N, 3, R, R), differentiable."""
-        q = pixel_vectors_torch(images)
+    def ratios(self, q: torch.Tensor) -> torch.Tensor:
+        """(1) of query vectors q (N, d), differentiable."""
         qq = (q * q).sum(1, keepdim=True)
         d2 = (
             torch.cat(
@@ -90,9 +73,64 @@ class CopyFloor:
         )
         return d2.clamp_min(1e-12).sqrt() / self.m
 
+
+class CopyFloor:
+    """Wraps a Stage II step: its own gradients, then (2)'s added into the pyramid, in pixels and, with
+    ``cfg.copy_floor_features``, in phi_A of the centre crop too. ``ratios`` is (1) per space."""
+
+    def __init__(self, step, model, info: BackboneInfo, cfg: DistillConfig, source: LabelledImages, device, workers):
+        self.step, self.model, self.info, self.amp = step, model, info, cfg.amp
+        self.tau, self.weight = cfg.min_copy_ratio, cfg.copy_weight
+        width = 3 * CANVAS * CANVAS + (output_width(model) if cfg.copy_floor_features else 0)
+        need = len(source) * width * 2
+        if need > MAX_BYTES:
+            held = "pixels and phi_A features" if cfg.copy_floor_features else "pixels"
+            raise EdgeddError(
+                f"--min-copy-ratio holds every training image's {held}: {need / 2**30:.1f} GiB for {len(source)} "
+                f"images, over the {MAX_BYTES / 2**30:.0f} GiB it allows",
+                "distill from a subset of the data, or drop --min-copy-ratio (every run still reports its copy ratio)",
+            )
+        parts, feats, ids = [], [], []
+        for canvases, pos in training_canvases(info, source, num_workers=workers):
+            x = canvases.float().div_(255)
+            parts.append(pixel_vectors(x).astype(np.float16))
+            if cfg.copy_floor_features:
+                feats.append(self._features(x.to(device), grad=False).cpu().numpy().astype(np.float16))
+            ids.append(pos)
+        pos = np.concatenate(ids) if ids else np.empty(0, np.int64)
+        if len(pos) < 2:
+            raise EdgeddError(
+                "--min-copy-ratio needs at least two readable training images", "check the data or drop the option"
+            )
+        self.spaces = {"pixels": _Space(np.concatenate(parts), pos, len(source), cfg.seed, device)}
+        if feats:
+            self.spaces["features"] = _Space(np.concatenate(feats), pos, len(source), cfg.seed, device)
+        self.history: list[float] = []
+
+    def _features(self, images: torch.Tensor, grad: bool = True) -> torch.Tensor:
+        """phi_A of the centre crop, as copies.measure takes it (edgedd.backbones.forward.encode), with a graph."""
+        if not grad:
+            return encode(
+                self.model, center_crop(images, self.info.preprocess.input_size), self.info.preprocess, amp=self.amp
+            )
+        pp = self.info.preprocess
+        with backbone_autocast(images.device, self.amp):
+            return self.model(normalize(center_crop(images, pp.input_size), pp.mean, pp.std)).float()
+
+    @property
+    def m(self) -> float:
+        return self.spaces["pixels"].m
+
+    def ratios(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(1) of each image (N, 3, R, R) in each floored space, differentiable."""
+        out = {"pixels": self.spaces["pixels"].ratios(pixel_vectors_torch(images))}
+        if "features" in self.spaces:
+            out["features"] = self.spaces["features"].ratios(self._features(images))
+        return out
+
     def loss(self, images: torch.Tensor) -> torch.Tensor:
-        """(2)."""
-        return self.weight * torch.relu(self.tau - self.ratios(images)).pow(2).sum()
+        """(2), summed over the floored spaces."""
+        return sum(self.weight * torch.relu(self.tau - r).pow(2).sum() for r in self.ratios(images).values())
 
     def __call__(self, loop) -> torch.Tensor:
         loss = self.step(loop)
@@ -106,7 +144,8 @@ class CopyFloor:
         return {
             "min_copy_ratio": self.tau,
             "weight": self.weight,
-            "median_real_nearest": self.m,
+            "spaces": list(self.spaces),
+            "median_real_nearest": {k: sp.m for k, sp in self.spaces.items()},
             "steps": len(h),
             "loss_first": h[0] if h else None,
             "loss_last": h[-1] if h else None,

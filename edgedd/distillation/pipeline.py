@@ -405,7 +405,7 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
             step, plan.model, plan.info, cfg, plan.source, (s1.stats.weight, s1.stats.bias), device, plan.workers
         )
     if cfg.min_copy_ratio > 0:  # plus the copy floor (edgedd.distillation.copyfloor)
-        step = copyfloor.CopyFloor(step, plan.info, cfg, plan.source, device, plan.workers)
+        step = copyfloor.CopyFloor(step, plan.model, plan.info, cfg, plan.source, device, plan.workers)
     stop = cfg.iterations if o.stop_after is None else min(cfg.iterations, start + o.stop_after)
     memory = PhaseMemory(device)
     memory.start()
