@@ -118,3 +118,41 @@ def test_floor_refusals_are_one_line(image_folder, tmp_path, monkeypatch):
     r = CliRunner().invoke(app, [*args, "--min-copy-ratio", "1"])
     assert r.exit_code == 1 and "GiB" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "b" / "summary.json").exists()
+
+
+def test_chunked_floor_leaves_the_gradients_of_one_pass(image_folder, tiny_backbone):
+    from types import SimpleNamespace
+
+    from edgedd.core.images import open_dataset
+    from edgedd.distillation.pyramid import Pyramid
+
+    _, info = tiny_backbone
+    source = open_dataset(str(image_folder))
+    floor = _floor(source, tiny_backbone, tau=1.5, features=True)  # 1.5: every image below it, in both spaces
+    start = (_canvases(source, info)[:5] * 0.6 + 0.2).clamp(0, 1)
+    grads, losses = [], []
+    for chunk in (0, 2):
+        floor.chunk, floor.step = chunk, lambda loop: torch.zeros(())
+        loop = SimpleNamespace(pyr=Pyramid.from_images(start))
+        for lv in loop.pyr.levels:
+            lv.requires_grad_(True)
+        losses.append(float(floor(loop)))
+        grads.append(loop.pyr.levels[-1].grad.clone())
+    assert losses[0] > 0 and losses[0] == pytest.approx(losses[1], rel=1e-3)  # float32 forwards of other batch sizes
+    # float32 forwards of other batch sizes differ in the last bits: compare the whole gradient
+    assert float((grads[0] - grads[1]).norm() / grads[0].norm()) < 1e-3
+
+
+def test_duplicated_training_images_leave_no_scale_and_are_refused(tmp_path, tiny_backbone):
+    import shutil
+
+    from conftest import make_image_folder
+
+    from edgedd.core.errors import EdgeddError
+    from edgedd.core.images import open_dataset
+
+    root = make_image_folder(tmp_path / "data", per_class=3)
+    for f in list(root.rglob("*.*")):  # every image twice: each one's nearest other is at distance 0
+        shutil.copy(f, f.with_name("dup_" + f.name))
+    with pytest.raises(EdgeddError, match="no scale in pixels"):
+        _floor(open_dataset(str(root)), tiny_backbone)

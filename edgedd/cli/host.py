@@ -97,8 +97,8 @@ def distill(
     min_copy_ratio: float = typer.Option(
         DISTILL.min_copy_ratio,
         min=0.0,
-        help="Keep every image at least this pixel copy ratio from the training images (0: off; 1: as far as a "
-        "typical real image is from its nearest other).",
+        help="Keep every image at least this copy ratio from the training images, in pixels and phi_A (0: off; 1: "
+        "as far as a typical real image is from its nearest other).",
     ),
     copy_floor_features: bool = typer.Option(
         DISTILL.copy_floor_features,

@@ -172,8 +172,8 @@ class DistillConfig:
     # edgedd's default: random real images per class (synthetic.py); "noise": the reference's 1x1 noise pyramid
     init: str = "real"
     mix: int = 4  # --init mix: each image the mean of this many random real images of its class
-    # > 0: every image kept at least this pixel copy ratio from the training images (edgedd.distillation.copyfloor),
-    # by a hinge of this weight
+    # > 0: every image kept at least this copy ratio from the training images (edgedd.distillation.copyfloor), in
+    # pixels and (copy_floor_features) phi_A, by a hinge of this weight
     min_copy_ratio: float = 0.0
     copy_weight: float = 100.0
     copy_floor_features: bool = True  # the floor in phi_A of the centre crop too (one more forward per step)

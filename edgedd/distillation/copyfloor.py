@@ -1,24 +1,31 @@
-"""``--min-copy-ratio``: Stage II kept away from every training image in pixel space.
+"""``--min-copy-ratio``: Stage II kept away from every training image, in pixels and in phi_A.
 
 The copy ratio (edgedd.core.copyratio) says after a run how close its images lie to the training
-set; this term makes a floor of it during the run. With v(.) the copy ratio's pixel vector (the image
-area-averaged to CANVAS x CANVAS RGB, scaled so that distances are RMS pixel distances) and m the
-training set's median nearest-other distance, for each synthetic image s
+set; this term makes a floor of it during the run. In a space S (pixels: the image area-averaged to
+CANVAS x CANVAS RGB, scaled so that distances are RMS pixel distances; features: phi_A of the centre
+crop) with m_S the training set's median nearest-other distance, for each synthetic image s
 
-    r(s)    = min over training images x of ||v(s) - v(x)|| / m                      (1)
-    L_floor = w * sum_s relu(tau - r(s))^2                                             (2)
+    r_S(s)  = min over training images x of ||S(s) - S(x)|| / m_S                     (1)
+    L_floor = w * sum_S sum_s relu(tau - r_S(s))^2                                     (2)
 
 (2) is zero once every image is at least tau from every training image (tau = 1: as far as a typical
 real image is from its nearest other one); below, its gradient moves s straight away from its
 nearest training image, while the matching loss decides where along the rest of the image space it
-goes. r(s) is exactly the copy ratio's pixel figure (the same canvases, references and m), so the
-run's summary measures what (2) held.
+goes. A hinge settles a hair under tau (measured: 1.047 for tau 1.05). r_S is the copy ratio's own
+figure (the same canvases, references and m, to the float16 the training vectors are held in), so
+the run's summary measures what (2) held.
 
-Why pixels and not phi_A: the floor is about what a bundle ships, the images themselves; phi_A of a
-good set *should* lie near the real class statistics (that is what SFM matches).
+Features are floored by default (``copy_floor_features``): a set whose phi_A sits on one real
+image's phi_A is read by A as that image, and every output reports that space too. The price: a
+good set's features *should* lie near the real class statistics, which is what SFM matches.
 
-Memory: every readable training image's pixel vector, float16 (6 KiB each at CANVAS 32), held for
-the run; more than ``MAX_BYTES`` is refused. Cost per step: one (N x n_train) product.
+Memory: every readable training image's pixel vector (6 KiB each at CANVAS 32) and, floored in phi_A
+too, its centre-crop features, float16 on the run's device, held for the run; more than ``MAX_BYTES``
+is refused. Cost per step: a no-grad (N x n_train) product per space to find each image's nearest
+training vector, then the distance to that one vector with a graph; in phi_A a forward and backward
+of the N centre crops, in the step's own chunks (``chunk``: edgedd.distillation.chunked). With
+several ranks each rank floors its own rows (every rank holds the training vectors) and the floor's
+value in the loss is summed over the ranks. A resumed run streams the training vectors again.
 """
 
 from __future__ import annotations
@@ -49,37 +56,59 @@ class _Space:
     """One space of the copy ratio for the floor: the training vectors (float16, on the device) and
     m, the references' median nearest-other distance (drawn as copies.measure draws them)."""
 
-    def __init__(self, vectors: np.ndarray, pos: np.ndarray, n: int, seed: int, device):
+    def __init__(self, space: str, vectors: np.ndarray, pos: np.ndarray, n: int, seed: int, device):
         refs = np.intersect1d(sample_references(n, seed), pos)
         near = Nearest(vectors[np.searchsorted(pos, refs)].astype(np.float32), refs)
         for s in range(0, len(vectors), ROWS):
             near.update(vectors[s : s + ROWS].astype(np.float32), pos[s : s + ROWS])
-        self.m = float(np.median(near.distances()))
+        self.m = float(np.median(near.distances())) if len(refs) else float("nan")
+        # a median at the float32 rounding of ||q||^2 + ||x||^2 - 2 q.x (about 1e-3 of a norm) is a duplicate's 0
+        norm = float(np.median(np.linalg.norm(vectors[:1000].astype(np.float32), axis=1)))
+        if not (self.m > 1e-3 * norm and np.isfinite(self.m)):
+            raise EdgeddError(
+                f"--min-copy-ratio has no scale in {space}: the training images' median distance to their nearest "
+                f"other is {self.m} (duplicate images?)",
+                "remove duplicate training images, or drop --min-copy-ratio (every run still reports its copy ratio)",
+            )
         self.v = torch.from_numpy(vectors).to(device)
 
-    def ratios(self, q: torch.Tensor) -> torch.Tensor:
-        """(1) of query vectors q (N, d), differentiable."""
+    @torch.no_grad()
+    def nearest(self, q: torch.Tensor) -> torch.Tensor:
+        """Index of each query's nearest training vector, a block of ROWS at a time (no graph)."""
         qq = (q * q).sum(1, keepdim=True)
-        d2 = (
-            torch.cat(
-                [
-                    (qq + (b * b).sum(1)[None] - 2 * q @ b.T).min(1, keepdim=True).values
-                    for b in (self.v[s : s + ROWS].float() for s in range(0, len(self.v), ROWS))
-                ],
-                1,
-            )
-            .min(1)
-            .values
-        )
-        return d2.clamp_min(1e-12).sqrt() / self.m
+        best = torch.full((len(q),), float("inf"), device=q.device)
+        arg = torch.zeros(len(q), dtype=torch.long, device=q.device)
+        for s in range(0, len(self.v), ROWS):
+            b = self.v[s : s + ROWS].float()
+            d2, j = (qq + (b * b).sum(1)[None] - 2 * q @ b.T).min(1)
+            better = d2 < best
+            best, arg = torch.where(better, d2, best), torch.where(better, j + s, arg)
+        return arg
+
+    def ratios(self, q: torch.Tensor) -> torch.Tensor:
+        """(1) of query vectors q (N, d), differentiable: the distance to each one's nearest vector."""
+        x = self.v[self.nearest(q.detach().float())].float()
+        return ((q - x) ** 2).sum(1).clamp_min(1e-12).sqrt() / self.m
 
 
 class CopyFloor:
     """Wraps a Stage II step: its own gradients, then (2)'s added into the pyramid, in pixels and, with
     ``cfg.copy_floor_features``, in phi_A of the centre crop too. ``ratios`` is (1) per space."""
 
-    def __init__(self, step, model, info: BackboneInfo, cfg: DistillConfig, source: LabelledImages, device, workers):
-        self.step, self.model, self.info, self.amp = step, model, info, cfg.amp
+    def __init__(
+        self,
+        step,
+        model,
+        info: BackboneInfo,
+        cfg: DistillConfig,
+        source: LabelledImages,
+        device,
+        workers: int,
+        chunk: int = 0,
+        group=None,
+    ):
+        self.step, self.model, self.info, self.amp, self.chunk = step, model, info, cfg.amp, chunk
+        self.group = group if group is not None and group.enabled else None  # several ranks: sum the floor
         self.tau, self.weight = cfg.min_copy_ratio, cfg.copy_weight
         width = 3 * CANVAS * CANVAS + (output_width(model) if cfg.copy_floor_features else 0)
         need = len(source) * width * 2
@@ -102,9 +131,9 @@ class CopyFloor:
             raise EdgeddError(
                 "--min-copy-ratio needs at least two readable training images", "check the data or drop the option"
             )
-        self.spaces = {"pixels": _Space(np.concatenate(parts), pos, len(source), cfg.seed, device)}
+        self.spaces = {"pixels": _Space("pixels", np.concatenate(parts), pos, len(source), cfg.seed, device)}
         if feats:
-            self.spaces["features"] = _Space(np.concatenate(feats), pos, len(source), cfg.seed, device)
+            self.spaces["features"] = _Space("features", np.concatenate(feats), pos, len(source), cfg.seed, device)
         self.history: list[float] = []
 
     def _features(self, images: torch.Tensor, grad: bool = True) -> torch.Tensor:
@@ -134,10 +163,18 @@ class CopyFloor:
 
     def __call__(self, loop) -> torch.Tensor:
         loss = self.step(loop)
-        floor = self.loss(loop.pyr.decode())
-        floor.backward()
-        self.history.append(float(floor.detach()))
-        return loss.detach() + floor.detach()
+        images = loop.pyr.decode()
+        n = len(images)
+        rows = self.chunk if 0 < self.chunk < n else n
+        floor = torch.zeros((), device=images.device)
+        for s in range(0, n, rows):  # (2) is a sum over images: chunk by chunk, as the step's own forward
+            part = self.loss(images[s : s + rows])
+            part.backward(retain_graph=s + rows < n)  # the decode's graph serves every chunk
+            floor += part.detach()
+            del part  # its graph goes before the next chunk's is built
+        floor = float(self.group.all_reduce_sum_(floor)) if self.group is not None else float(floor)
+        self.history.append(floor)
+        return loss.detach() + floor
 
     def summary(self) -> dict:
         h = self.history

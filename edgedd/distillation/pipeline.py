@@ -70,6 +70,7 @@ from .metrics import flow_every
 from .stage1 import stage1_cached
 from .stage1_files import Stage1, save_stage1
 
+MAX_MIX = 64  # --init mix holds ipc * mix canvases per class at once
 MAX_LR = 1e3  # the pyramid's logits saturate the sigmoid long before: no useful lr comes near it
 
 
@@ -120,17 +121,17 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgeddError(
             f"--lr must be a finite value in (0, {MAX_LR:g}] (got {cfg.lr})", "pass a positive learning rate, e.g. 2e-3"
         )
-    if cfg.mix < 1:
-        raise EdgeddError(f"--mix must be at least 1 (got {cfg.mix})", "pass e.g. 4")
     if not (cfg.min_copy_ratio >= 0 and math.isfinite(cfg.min_copy_ratio)):
         raise EdgeddError(f"--min-copy-ratio must be a finite value >= 0 (got {cfg.min_copy_ratio})", "pass e.g. 1.05")
     if not (cfg.copy_weight >= 0 and math.isfinite(cfg.copy_weight)):
         raise EdgeddError(f"copy_weight must be a finite value >= 0 (got {cfg.copy_weight})", "pass e.g. 100")
-    if cfg.min_copy_ratio > 0 and cfg.init == "real":
+    if not 1 <= cfg.mix <= MAX_MIX:
+        raise EdgeddError(f"--mix must lie in [1, {MAX_MIX}] (got {cfg.mix})", "pass e.g. 4")
+    if cfg.min_copy_ratio > 0 and (cfg.init == "real" or (cfg.init == "mix" and cfg.mix < 2)):
         raise EdgeddError(
-            "--min-copy-ratio cannot start from --init real: each image starts as a training image, where the floor "
-            "has no direction to push",
-            "add --init mix (means of several real images) or --init noise",
+            "--min-copy-ratio cannot start from training images (--init real, or --init mix --mix 1): each image "
+            "would start on one, where only the pyramid's clamp says which way is away",
+            "add --init mix (means of several real images, --mix 2 or more) or --init noise",
         )
     projector_aware.validate(cfg)
 
@@ -405,7 +406,7 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
             step, plan.model, plan.info, cfg, plan.source, (s1.stats.weight, s1.stats.bias), device, plan.workers
         )
     if cfg.min_copy_ratio > 0:  # plus the copy floor (edgedd.distillation.copyfloor)
-        step = copyfloor.CopyFloor(step, plan.model, plan.info, cfg, plan.source, device, plan.workers)
+        step = copyfloor.CopyFloor(step, plan.model, plan.info, cfg, plan.source, device, plan.workers, chunk, group)
     stop = cfg.iterations if o.stop_after is None else min(cfg.iterations, start + o.stop_after)
     memory = PhaseMemory(device)
     memory.start()
