@@ -146,10 +146,6 @@ class CopyFloor:
         with backbone_autocast(images.device, self.amp):
             return self.model(normalize(center_crop(images, pp.input_size), pp.mean, pp.std)).float()
 
-    @property
-    def m(self) -> float:
-        return self.spaces["pixels"].m
-
     def ratios(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(1) of each image (N, 3, R, R) in each floored space, differentiable."""
         out = {"pixels": self.spaces["pixels"].ratios(pixel_vectors_torch(images))}
