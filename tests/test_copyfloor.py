@@ -118,6 +118,7 @@ def test_floor_refusals_are_one_line(image_folder, tmp_path, monkeypatch):
     r = CliRunner().invoke(app, [*args, "--min-copy-ratio", "1"])
     assert r.exit_code == 1 and "GiB" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "b" / "summary.json").exists()
+    assert not (tmp_path / "b" / "stats.safetensors").exists()  # refused before Stage I
 
 
 def test_chunked_floor_leaves_the_gradients_of_one_pass(image_folder, tiny_backbone):

@@ -52,6 +52,20 @@ def pixel_vectors_torch(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.adaptive_avg_pool2d(images.float(), CANVAS).flatten(1) / (3 * CANVAS * CANVAS) ** 0.5
 
 
+def check_memory(cfg: DistillConfig, n: int, model) -> None:
+    """Refuse, in one line, a floor whose training vectors (``n`` images, float16) would exceed MAX_BYTES
+    (the pipeline asks before Stage I, so a refusal costs no pass over the data)."""
+    width = 3 * CANVAS * CANVAS + (output_width(model) if cfg.copy_floor_features else 0)
+    need = n * width * 2
+    if need > MAX_BYTES:
+        held = "pixels and phi_A features" if cfg.copy_floor_features else "pixels"
+        raise EdgeddError(
+            f"--min-copy-ratio holds every training image's {held}: {need / 2**30:.1f} GiB for {n} images, over the "
+            f"{MAX_BYTES / 2**30:.0f} GiB it allows",
+            "distill from a subset of the data, or drop --min-copy-ratio (every run still reports its copy ratio)",
+        )
+
+
 class _Space:
     """One space of the copy ratio for the floor: the training vectors (float16, on the device) and
     m, the references' median nearest-other distance (drawn as copies.measure draws them)."""
@@ -110,15 +124,7 @@ class CopyFloor:
         self.step, self.model, self.info, self.amp, self.chunk = step, model, info, cfg.amp, chunk
         self.group = group if group is not None and group.enabled else None  # several ranks: sum the floor
         self.tau, self.weight = cfg.min_copy_ratio, cfg.copy_weight
-        width = 3 * CANVAS * CANVAS + (output_width(model) if cfg.copy_floor_features else 0)
-        need = len(source) * width * 2
-        if need > MAX_BYTES:
-            held = "pixels and phi_A features" if cfg.copy_floor_features else "pixels"
-            raise EdgeddError(
-                f"--min-copy-ratio holds every training image's {held}: {need / 2**30:.1f} GiB for {len(source)} "
-                f"images, over the {MAX_BYTES / 2**30:.0f} GiB it allows",
-                "distill from a subset of the data, or drop --min-copy-ratio (every run still reports its copy ratio)",
-            )
+        check_memory(cfg, len(source), model)
         parts, feats, ids = [], [], []
         for canvases, pos in training_canvases(info, source, num_workers=workers):
             x = canvases.float().div_(255)

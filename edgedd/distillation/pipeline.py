@@ -279,6 +279,8 @@ def _plan(
             f"resolution: synthetic {pp.resize_size} / crop {pp.input_size} ({size_rule})"
         )  # the rule quotes the backbone name
     cfg = replace(config, syn_res=pp.resize_size, crop_res=pp.input_size)
+    if cfg.min_copy_ratio > 0:  # before Stage I: a refusal costs no pass over the data
+        copyfloor.check_memory(cfg, len(source), model)
     n = source.num_classes * cfg.ipc
     if n < group.world:
         raise on_all_ranks(
