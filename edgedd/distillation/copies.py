@@ -23,11 +23,16 @@ from edgedd.host.augment import center_crop
 from edgedd.host.data import CanvasDataset
 
 
-def pixel_vectors(images: torch.Tensor, canvas: int = CANVAS) -> np.ndarray:
+def pixel_tensor(images: torch.Tensor, canvas: int = CANVAS) -> torch.Tensor:
     """(N, 3, R, R) in [0, 1] -> (N, 3 canvas^2) float32 scaled so that the Euclidean distance is
-    the RMS pixel distance: area-averaged to canvas x canvas, divided by sqrt(3 canvas^2)."""
-    x = F.adaptive_avg_pool2d(images.float(), canvas).flatten(1) / (3 * canvas * canvas) ** 0.5
-    return x.cpu().numpy()
+    the RMS pixel distance: area-averaged to canvas x canvas, divided by sqrt(3 canvas^2).
+    Differentiable (the copy floor's pixel space, edgedd.distillation.copyfloor)."""
+    return F.adaptive_avg_pool2d(images.float(), canvas).flatten(1) / (3 * canvas * canvas) ** 0.5
+
+
+def pixel_vectors(images: torch.Tensor, canvas: int = CANVAS) -> np.ndarray:
+    """:func:`pixel_tensor` as a numpy array (no graph)."""
+    return pixel_tensor(images.detach(), canvas).cpu().numpy()
 
 
 class _Indexed:

@@ -41,15 +41,10 @@ from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages
 from edgedd.host.augment import center_crop, normalize
 
-from .copies import pixel_vectors, training_canvases
+from .copies import pixel_tensor, pixel_vectors, training_canvases
 
 MAX_BYTES = 4 << 30  # the training set's vectors held, float16: about 700,000 images' pixels
 ROWS = 65536  # training vectors per distance block (bounds the step's (N x block) working memory)
-
-
-def pixel_vectors_torch(images: torch.Tensor) -> torch.Tensor:
-    """copies.pixel_vectors, differentiable: (N, 3, R, R) in [0, 1] -> (N, 3 CANVAS^2)."""
-    return torch.nn.functional.adaptive_avg_pool2d(images.float(), CANVAS).flatten(1) / (3 * CANVAS * CANVAS) ** 0.5
 
 
 def check_memory(cfg: DistillConfig, n: int, model) -> None:
@@ -154,7 +149,7 @@ class CopyFloor:
 
     def ratios(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(1) of each image (N, 3, R, R) in each floored space, differentiable."""
-        out = {"pixels": self.spaces["pixels"].ratios(pixel_vectors_torch(images))}
+        out = {"pixels": self.spaces["pixels"].ratios(pixel_tensor(images))}
         if "features" in self.spaces:
             out["features"] = self.spaces["features"].ratios(self._features(images))
         return out
