@@ -20,8 +20,10 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from edgedd.backbones.loader import load_backbone
+from edgedd.core.copyratio import Nearest
 from edgedd.core.images import open_dataset
 from edgedd.distillation.copies import pixel_vectors, training_canvases
+from edgedd.host.data import CanvasDataset
 
 
 def main() -> None:
@@ -38,22 +40,15 @@ def main() -> None:
     source = open_dataset(a.data)
     syn, start = load_file(a.run / "synthetic.safetensors"), load_file(a.run / "initial.safetensors")
     images, labels = torch.from_numpy(syn["images"]).float(), syn["labels"]
-    q = pixel_vectors(images)
-    best, arg, canv = np.full(len(q), np.inf), np.zeros(len(q), np.int64), {}
+    near = Nearest(pixel_vectors(images))
     for c, ids in training_canvases(info, source):
-        v = pixel_vectors(c.float() / 255)
-        d2 = (q * q).sum(1)[:, None] + (v * v).sum(1)[None] - 2 * q @ v.T
-        j = d2.argmin(1)
-        better = d2[np.arange(len(q)), j] < best
-        best[better], arg[better] = d2[np.arange(len(q)), j][better], ids[j[better]]
-        for i in set(ids.tolist()) & set(arg.tolist()):
-            canv[i] = c[list(ids).index(i)]
+        near.update(pixel_vectors(c.float() / 255), ids)
+    pp = info.preprocess
+    data = CanvasDataset(source, pp.resize_size, pp.interpolation)  # the nearest canvases, read again
     summary = json.loads((a.run / "summary.json").read_text())
     ratios = summary["copy_ratio"]["spaces"]["pixels"]["ratios"]
 
-    def tile(x: torch.Tensor) -> np.ndarray:
-        x = x.float()
-        x = x / 255 if x.max() > 1.5 else x
+    def tile(x: torch.Tensor) -> np.ndarray:  # (3, R, R) in [0, 1]
         img = Image.fromarray((x.permute(1, 2, 0).numpy() * 255).clip(0, 255).astype(np.uint8))
         return np.asarray(img.resize((a.size, a.size), Image.Resampling.BILINEAR))
 
@@ -62,8 +57,9 @@ def main() -> None:
     for c in np.unique(labels):
         cells = []
         for i in np.flatnonzero(labels == c)[: a.per_class]:
-            cells += [tile(torch.from_numpy(start["images"][i])), tile(images[i]), tile(canv[int(arg[i])]), gap]
-            print(f"class {c} image {i}: pixel copy ratio {ratios[i]:.2f}, nearest training image #{arg[i]}")
+            nearest = torch.from_numpy(data[int(near.arg[i])][0]).permute(2, 0, 1).float() / 255
+            cells += [tile(torch.from_numpy(start["images"][i])), tile(images[i]), tile(nearest), gap]
+            print(f"class {c} image {i}: pixel copy ratio {ratios[i]:.2f}, nearest training image #{near.arg[i]}")
         rows.append(np.concatenate(cells[:-1], 1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, 0)).save(a.out)

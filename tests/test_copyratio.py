@@ -26,6 +26,8 @@ def test_streaming_minima_equal_brute_force_and_skip_self():
         syn.update(x[lo : lo + 16], np.arange(lo, min(lo + 16, 50)))
         ref.update(x[lo : lo + 16], np.arange(lo, min(lo + 16, 50)))
     np.testing.assert_allclose(syn.distances(), _brute(q, x), rtol=1e-4, atol=1e-4)
+    full = ((q[:, None, :].astype(np.float64) - x[None].astype(np.float64)) ** 2).sum(-1)
+    assert np.array_equal(syn.arg, full.argmin(1))  # where each minimum is, in stream positions
     np.testing.assert_allclose(ref.distances(), _brute(x[[3, 9, 40]], x, skip=[3, 9, 40]), rtol=1e-4, atol=1e-4)
     assert (ref.distances() > 0).all()  # its own row was skipped
 

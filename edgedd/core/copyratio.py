@@ -50,6 +50,8 @@ class Nearest:
         self.qq = np.einsum("ij,ij->i", self.q, self.q, dtype=np.float64)
         self.ids = None if ids is None else np.asarray(ids, dtype=np.int64)
         self.best = np.full(len(self.q), np.inf)
+        # stream position of each minimum (the batch's ``ids``; the row in its batch when none are given)
+        self.arg = np.full(len(self.q), -1, dtype=np.int64)
 
     def update(self, x: np.ndarray, ids: np.ndarray | None = None) -> None:
         """Fold in a batch of real vectors ``x`` (B, ...) at stream positions ``ids`` (B,)."""
@@ -64,7 +66,11 @@ class Nearest:
         )
         if self.ids is not None and ids is not None:
             d2[self.ids[:, None] == np.asarray(ids, dtype=np.int64)[None, :]] = np.inf
-        np.minimum(self.best, np.maximum(d2, 0.0).min(axis=1), out=self.best)
+        j = d2.argmin(axis=1)  # a NaN row's first NaN, as min(axis=1) gives NaN
+        d = np.maximum(d2[np.arange(len(j)), j], 0.0)
+        better = ((d < self.best) | np.isnan(d)) & ~np.isnan(self.best)  # np.minimum's rule: a NaN stays
+        self.best[better] = d[better]
+        self.arg[better] = j[better] if ids is None else np.asarray(ids, dtype=np.int64)[j[better]]
 
     def distances(self) -> np.ndarray:
         return np.sqrt(self.best)
