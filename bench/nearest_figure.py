@@ -22,7 +22,8 @@ from safetensors.numpy import load_file
 from edgedd.backbones.loader import load_backbone
 from edgedd.core.copyratio import Nearest
 from edgedd.core.images import open_dataset
-from edgedd.distillation.copies import pixel_vectors, training_canvases
+from edgedd.distillation.copies import pixel_vectors
+from edgedd.distillation.trainingset import training_canvases
 from edgedd.host.data import CanvasDataset
 
 

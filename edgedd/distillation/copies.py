@@ -5,7 +5,8 @@ set) and a seeded sample of at most ``copyratio.REFERENCES`` real reference imag
 ``CANVAS`` x ``CANVAS`` pixel vector and as phi_A of its centre crop. Then every training canvas
 once, at the run's canvas size: one no-grad forward of its centre crop, and each query's running
 nearest distance updated (:class:`edgedd.core.copyratio.Nearest`). Memory: the queries and one batch.
-Cost: one centre-crop forward per training image, against Stage I's 1 + K views per image.
+Cost: one centre-crop forward per training image, against Stage I's 1 + K views per image, or none
+when the run already holds those features (edgedd.distillation.trainingset).
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgedd.backbones.forward import encode
 from edgedd.backbones.loader import BackboneInfo
 from edgedd.core.copyratio import CANVAS, SPACES, Nearest, sample_references, summarise
 from edgedd.core.images import LabelledImages
-from edgedd.core.progress import Progress
-from edgedd.host.augment import center_crop
 from edgedd.host.data import CanvasDataset
+
+from .trainingset import TrainingFeatures, centre_features, training_canvases
 
 
 def pixel_tensor(images: torch.Tensor, canvas: int = CANVAS) -> torch.Tensor:
@@ -33,53 +33,6 @@ def pixel_tensor(images: torch.Tensor, canvas: int = CANVAS) -> torch.Tensor:
 def pixel_vectors(images: torch.Tensor, canvas: int = CANVAS) -> np.ndarray:
     """:func:`pixel_tensor` as a numpy array (no graph)."""
     return pixel_tensor(images.detach(), canvas).cpu().numpy()
-
-
-class _Indexed:
-    """(canvas or None, dataset position): the pass must know which rows are the references."""
-
-    def __init__(self, data: CanvasDataset):
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int):
-        return self.data[i][0], i
-
-
-def _collate(batch):
-    ok = [b for b in batch if b[0] is not None]  # unreadable images were reported by Stage I
-    if not ok:
-        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), np.empty(0, dtype=np.int64)
-    return torch.from_numpy(np.stack([b[0] for b in ok])).permute(0, 3, 1, 2).contiguous(), np.asarray(
-        [b[1] for b in ok]
-    )
-
-
-def training_canvases(
-    info: BackboneInfo,
-    source: LabelledImages,
-    *,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    progress: bool = False,
-    label: str = "training canvases",
-):
-    """The readable training canvases at the copy ratio's size (uint8 (B, 3, S, S)) with their dataset
-    positions, a batch at a time, in dataset order; empty batches skipped."""
-    from torch.utils.data import DataLoader
-
-    pp = info.preprocess
-    data = CanvasDataset(source, pp.resize_size, pp.interpolation)
-    loader = DataLoader(
-        _Indexed(data), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate
-    )
-    with Progress(len(source), label, enabled=progress) as bar:
-        for canvases, ids in loader:
-            bar.update(len(ids))
-            if len(ids):
-                yield canvases, ids
 
 
 @torch.no_grad()
@@ -95,24 +48,28 @@ def measure(
     num_workers: int = 0,
     amp: bool = True,
     progress: bool = True,
+    features: TrainingFeatures | None = None,
 ) -> dict[str, dict]:
-    """The copy ratio (``copyratio.summarise``) of each named set of (N, 3, R, R) images in [0, 1]."""
+    """The copy ratio (``copyratio.summarise``) of each named set of (N, 3, R, R) images in [0, 1].
+    ``features``: the training images' phi_A already computed this run (edgedd.distillation.trainingset);
+    the pass then reads only their pixels."""
     pp = info.preprocess
     data = CanvasDataset(source, pp.resize_size, pp.interpolation)
 
-    def spaces(x: torch.Tensor) -> dict[str, np.ndarray]:
+    def spaces(x: torch.Tensor, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
         x = x.to(device).float()
-        feats = (
-            torch.cat(
+        if ids is not None and features is not None:
+            feats = features.at(ids)
+        elif len(x):
+            feats = torch.cat(
                 [
-                    encode(model, center_crop(x[i : i + batch_size], pp.input_size), pp, amp=amp).float().cpu()
+                    centre_features(model, info, x[i : i + batch_size], amp=amp).cpu()
                     for i in range(0, len(x), batch_size)
                 ]
-            )
-            if len(x)
-            else torch.empty(0)
-        )
-        return {"pixels": pixel_vectors(x), "features": feats.numpy()}
+            ).numpy()
+        else:
+            feats = np.empty(0)
+        return {"pixels": pixel_vectors(x), "features": feats}
 
     refs = [(c, i) for i in sample_references(len(source), seed) for c in [data[int(i)][0]] if c is not None]
     ref_images = (
@@ -121,12 +78,15 @@ def measure(
         else torch.empty(0, 3, 1, 1)
     )
     ref_ids = np.asarray([i for _, i in refs], dtype=np.int64)
-    queries = {"__references__": (spaces(ref_images), ref_ids), **{name: (spaces(x), None) for name, x in sets.items()}}
+    queries = {
+        "__references__": (spaces(ref_images, ref_ids), ref_ids),
+        **{name: (spaces(x), None) for name, x in sets.items()},
+    }
     near = {(name, s): Nearest(q[s], ids) for name, (q, ids) in queries.items() for s in SPACES}
     for canvases, ids in training_canvases(
         info, source, batch_size=batch_size, num_workers=num_workers, progress=progress, label="copy ratio"
     ):
-        real = spaces(canvases.float().div_(255))
+        real = spaces(canvases.float().div_(255), ids)
         for (_, s), tracker in near.items():
             tracker.update(real[s], ids)
     ref_d = {s: near["__references__", s].distances() for s in SPACES}

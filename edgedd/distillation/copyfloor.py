@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgedd.backbones.forward import backbone_autocast, encode, output_width
+from edgedd.backbones.forward import backbone_autocast, output_width
 from edgedd.backbones.loader import BackboneInfo
 from edgedd.core.config import DistillConfig
 from edgedd.core.copyratio import CANVAS, Nearest, sample_references
@@ -41,7 +41,8 @@ from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages
 from edgedd.host.augment import center_crop, normalize
 
-from .copies import pixel_tensor, pixel_vectors, training_canvases
+from .copies import pixel_tensor, pixel_vectors
+from .trainingset import TrainingFeatures, training_canvases, training_features
 
 MAX_BYTES = 4 << 30  # the training set's vectors held, float16: about 700,000 images' pixels
 ROWS = 65536  # training vectors per distance block (bounds the step's (N x block) working memory)
@@ -115,17 +116,15 @@ class CopyFloor:
         workers: int,
         chunk: int = 0,
         group=None,
+        features: TrainingFeatures | None = None,
     ):
         self.step, self.model, self.info, self.amp, self.chunk = step, model, info, cfg.amp, chunk
         self.group = group if group is not None and group.enabled else None  # several ranks: sum the floor
         self.tau, self.weight = cfg.min_copy_ratio, cfg.copy_weight
         check_memory(cfg, len(source), model)
-        parts, feats, ids = [], [], []
+        parts, ids = [], []
         for canvases, pos in training_canvases(info, source, num_workers=workers):
-            x = canvases.float().div_(255)
-            parts.append(pixel_vectors(x).astype(np.float16))
-            if cfg.copy_floor_features:
-                feats.append(self._features(x.to(device), grad=False).cpu().numpy().astype(np.float16))
+            parts.append(pixel_vectors(canvases.float().div_(255)).astype(np.float16))
             ids.append(pos)
         pos = np.concatenate(ids) if ids else np.empty(0, np.int64)
         if len(pos) < 2:
@@ -133,16 +132,15 @@ class CopyFloor:
                 "--min-copy-ratio needs at least two readable training images", "check the data or drop the option"
             )
         self.spaces = {"pixels": _Space("pixels", np.concatenate(parts), pos, len(source), cfg.seed, device)}
-        if feats:
-            self.spaces["features"] = _Space("features", np.concatenate(feats), pos, len(source), cfg.seed, device)
+        if cfg.copy_floor_features:
+            if features is None:
+                features = training_features(model, info, source, device, num_workers=workers, amp=cfg.amp)
+            feats = features.at(pos).astype(np.float16)
+            self.spaces["features"] = _Space("features", feats, pos, len(source), cfg.seed, device)
         self.history: list[float] = []
 
-    def _features(self, images: torch.Tensor, grad: bool = True) -> torch.Tensor:
-        """phi_A of the centre crop, as copies.measure takes it (edgedd.backbones.forward.encode), with a graph."""
-        if not grad:
-            return encode(
-                self.model, center_crop(images, self.info.preprocess.input_size), self.info.preprocess, amp=self.amp
-            )
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        """phi_A of the centre crop, as copies.measure takes it (trainingset.centre_features), with a graph."""
         pp = self.info.preprocess
         with backbone_autocast(images.device, self.amp):
             return self.model(normalize(center_crop(images, pp.input_size), pp.mean, pp.std)).float()

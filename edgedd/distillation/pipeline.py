@@ -62,7 +62,7 @@ from edgedd.host.data import default_num_workers
 from edgedd.host.distributed import Dist, on_all_ranks, setup, shard, teardown
 from edgedd.host.memory import PhaseMemory
 
-from . import copies, copyfloor, projector_aware, rundir, stage2
+from . import copies, copyfloor, projector_aware, rundir, stage2, trainingset
 from .checkpoint import save_checkpoint
 from .fidelity import synthetic_landing
 from .losses import flow
@@ -72,6 +72,9 @@ from .stage1_files import Stage1, save_stage1
 
 MAX_MIX = 64  # --init mix holds ipc * mix canvases per class at once
 MAX_LR = 1e3  # the pyramid's logits saturate the sigmoid long before: no useful lr comes near it
+# the training images' centre-crop features (edgedd.distillation.trainingset), made for Stage II's terms,
+# are kept for the copy ratio at the end up to this size; past it that pass computes them again
+HOLD_FEATURES_BYTES = 2 << 30
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -357,6 +360,7 @@ class Stage2Result:
     chunk: int
     flow_real: torch.Tensor
     extra: dict  # the added terms' summaries: "projector_aware", "copy_floor" (when on)
+    features: trainingset.TrainingFeatures | None  # held for the copy ratio (HOLD_FEATURES_BYTES), else None
 
     @property
     def sec_per_iter(self) -> float | None:
@@ -390,6 +394,7 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
             rundir.write_initial(
                 plan.out, images=initial, labels=torch.arange(plan.num_classes).repeat_interleave(cfg.ipc)
             )
+    features = _training_features(plan)
     step, chunk = stage2.step_function(
         loop=loop,
         model=plan.model,
@@ -402,13 +407,16 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
         centres_real=centres_real,
         chunk_size=o.chunk_size,
         num_workers=plan.workers,
+        features=features,
     )
     if cfg.surrogates:  # plus the projector-aware term (edgedd.distillation.projector_aware)
         step = projector_aware.ProjectorAware(
             step, plan.model, plan.info, cfg, plan.source, (s1.stats.weight, s1.stats.bias), device, plan.workers
         )
     if cfg.min_copy_ratio > 0:  # plus the copy floor (edgedd.distillation.copyfloor)
-        step = copyfloor.CopyFloor(step, plan.model, plan.info, cfg, plan.source, device, plan.workers, chunk, group)
+        step = copyfloor.CopyFloor(
+            step, plan.model, plan.info, cfg, plan.source, device, plan.workers, chunk, group, features
+        )
     stop = cfg.iterations if o.stop_after is None else min(cfg.iterations, start + o.stop_after)
     memory = PhaseMemory(device)
     memory.start()
@@ -444,6 +452,25 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
         chunk,
         flow_real,
         _terms(step),
+        features if features is not None and features.feats.nbytes <= HOLD_FEATURES_BYTES else None,
+    )
+
+
+def _training_features(plan: Plan) -> trainingset.TrainingFeatures | None:
+    """The one pass over the training images' centre crops, when a Stage II term needs it: sfm_sub's
+    sub-centres, sfm_probe's real features, the copy floor in phi_A (edgedd.distillation.trainingset)."""
+    cfg = plan.cfg
+    if cfg.method not in ("sfm_sub", "sfm_probe") and not (cfg.min_copy_ratio > 0 and cfg.copy_floor_features):
+        return None
+    return trainingset.training_features(
+        plan.model,
+        plan.info,
+        plan.source,
+        plan.device,
+        batch_size=plan.stage1_config.batch_size,
+        num_workers=plan.workers,
+        amp=cfg.amp,
+        progress=plan.options.progress and plan.group.main,
     )
 
 
@@ -530,14 +557,15 @@ def _results(plan: Plan, s1: Stage1Result, s2: Stage2Result) -> dict | None:
         },
     )
     summary = _summary(plan, s1, s2, flow_cosine=fcos, landing=lands)
-    summary.update(_copy_ratios(plan, images))
+    summary.update(_copy_ratios(plan, images, s2.features))
     rundir.write_summary(plan.out, summary)  # marks the run finished
     return summary
 
 
-def _copy_ratios(plan: Plan, images: torch.Tensor) -> dict:
+def _copy_ratios(plan: Plan, images: torch.Tensor, features: trainingset.TrainingFeatures | None) -> dict:
     """``copy_ratio`` of the result and ``copy_ratio_start`` of the starting set (edgedd.core.copyratio),
-    in one streaming pass over the training data, and the pass's wall time."""
+    in one streaming pass over the training data (its phi_A from ``features`` when the run holds them),
+    and the pass's wall time."""
     sets = {"copy_ratio": images}
     if (plan.out / rundir.INITIAL).exists():
         sets["copy_ratio_start"] = rundir.read_tensors(plan.out, rundir.INITIAL)["images"].float()
@@ -553,6 +581,7 @@ def _copy_ratios(plan: Plan, images: torch.Tensor) -> dict:
         num_workers=plan.workers,
         amp=plan.cfg.amp,
         progress=plan.options.progress,
+        features=features,
     )
     return {**out, "copy_ratio_seconds": time.perf_counter() - t}
 

@@ -35,6 +35,7 @@ from .chunked import auto_chunk_size, chunked_step
 from .lgm import StepBatches, lgm_loss, random_head
 from .losses import anchor_loss, decouple_loss, ridge_probe_loss, sfm_loss, subcentre_loss, synthetic_flow
 from .pyramid import Pyramid, extension_steps
+from .trainingset import TrainingFeatures, centre_features, training_features
 
 # ----------------------------------------------------------------------------- losses
 
@@ -143,28 +144,29 @@ def sfm_step_loss(model, images, cfg, info, gen, flow_real, centres_real, target
 
 
 def real_targets(
-    model, info: BackboneInfo, cfg: DistillConfig, source: LabelledImages, device, num_workers: int
+    model, info: BackboneInfo, cfg: DistillConfig, source: LabelledImages, device, features: TrainingFeatures
 ) -> RealTargets:
-    """sfm_sub's and sfm_probe's fixed targets from one no-grad pass over the training images'
-    centre crops (edgedd.distillation.subcentres). sfm_sub: IPC k-means sub-centres per class matched to the
-    step-0 images (``--init real``: the real images drawn, recomputed here so a resumed run gets the
-    same targets; ``noise``: their features say nothing yet, so image i of a class takes centre i).
-    sfm_probe: at most ``PROBE_MAX_REAL`` of the features, drawn by the seed."""
-    from .subcentres import PROBE_MAX_REAL, centre_crop_features, subcentre_targets
+    """sfm_sub's and sfm_probe's fixed targets from ``features``, the training images' centre-crop phi_A
+    (edgedd.distillation.trainingset; targets: edgedd.distillation.subcentres). sfm_sub: IPC k-means
+    sub-centres per class matched to the step-0 images (``--init real``: the real images drawn,
+    recomputed here so a resumed run gets the same targets; ``noise``: their features say nothing yet,
+    so image i of a class takes centre i). sfm_probe: at most ``PROBE_MAX_REAL`` of the features,
+    drawn by the seed."""
+    from .subcentres import PROBE_MAX_REAL, subcentre_targets
 
-    feats, labels = centre_crop_features(model, info, source, device, num_workers=num_workers, amp=cfg.amp)
+    feats, labels = features.feats, features.labels
     if cfg.method == "sfm_probe":
         keep = np.sort(numpy_generator("probe-real", cfg.seed).permutation(len(feats))[:PROBE_MAX_REAL])
         return RealTargets(
             real=torch.from_numpy(feats[keep]).float().to(device), real_labels=torch.from_numpy(labels[keep]).to(device)
         )
-    pp, z0 = info.preprocess, None
+    z0 = None
     if cfg.init in ("real", "mix"):
-        x0 = initial_images(source, cfg, pp.interpolation)
+        x0 = initial_images(source, cfg, info.preprocess.interpolation)
         z0 = torch.cat(
             [
-                encode(model, center_crop(x0[s : s + 64].to(device), pp.input_size), pp, amp=cfg.amp).double().cpu()
-                for s in range(0, x0.shape[0], 64)
+                centre_features(model, info, x0[s : s + 64].to(device), amp=cfg.amp).double().cpu()
+                for s in range(0, len(x0), 64)
             ]
         ).numpy()
     return RealTargets(sub=subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device))
@@ -280,11 +282,13 @@ def step_function(
     centres_real: torch.Tensor,
     chunk_size: int | None,
     num_workers: int,
+    features: TrainingFeatures | None = None,
 ) -> tuple[Callable[[Loop], torch.Tensor], int]:
     """The method's step (gradients into the pyramid, the loss returned) and the chunk size it
     uses: SFM in one pass or chunks, on one rank or several (edgedd.distillation.chunked; ``chunk_size`` None
     is sized to the free memory now); LGM in one pass (its loss is not a function of per-image
-    features alone)."""
+    features alone). sfm_sub and sfm_probe take their targets from ``features`` (the run's
+    edgedd.distillation.trainingset pass; None: made here)."""
     if cfg.method == "lgm":
         c = source.num_classes
         labels = torch.arange(c, device=device).repeat_interleave(cfg.ipc)
@@ -301,9 +305,11 @@ def step_function(
         if chunk_size is None
         else chunk_size
     )
-    targets = (
-        real_targets(model, info, cfg, source, device, num_workers) if cfg.method in ("sfm_sub", "sfm_probe") else None
-    )
+    targets = None
+    if cfg.method in ("sfm_sub", "sfm_probe"):
+        if features is None:
+            features = training_features(model, info, source, device, num_workers=num_workers, amp=cfg.amp)
+        targets = real_targets(model, info, cfg, source, device, features)
 
     def sfm_step(loop: Loop) -> torch.Tensor:
         return chunked_step(

@@ -7,9 +7,10 @@ target: one of IPC k-means centres of class c's real centre-crop features,
 
     s_{c,1..IPC} = k-means(phi_A(centre crop of x), x in class c),   k = IPC            (1)
 
-computed once before Stage II (a no-grad pass over the training canvases, the same centre crops
-Stage I's class centres come from), and matched one-to-one to the class's IPC images by their
-step-0 features, greedily (the closest free (image, centre) pair first, repeated), then kept fixed.
+computed once before Stage II (from the run's one no-grad pass over the training canvases,
+edgedd.distillation.trainingset: the same centre crops Stage I's class centres come from), and
+matched one-to-one to the class's IPC images by their step-0 features, greedily (the closest free
+(image, centre) pair first, repeated), then kept fixed.
 
 K-means is Lloyd's algorithm from a k-means++ start drawn by the run's seed, in float64: the same
 features and seed give the same centres. A class with fewer than IPC real images repeats its
@@ -21,43 +22,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgedd.backbones.forward import backbone_autocast
-from edgedd.backbones.loader import BackboneInfo
-from edgedd.core.images import LabelledImages
-from edgedd.host.augment import center_crop, normalize
-from edgedd.host.data import canvas_loader
 from edgedd.host.rng import numpy_generator
 
 # sfm_probe matches a probe's predictions on at most this many real centre-crop features (a random
 # subset past it): its memory and per-step cost grow with them, and a few thousand already pin a
 # linear head of a few hundred to a few thousand inputs.
 PROBE_MAX_REAL = 10_000
-
-
-@torch.no_grad()
-def centre_crop_features(
-    model,
-    info: BackboneInfo,
-    source: LabelledImages,
-    device,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    amp: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(n, D) float32 phi_A of every readable training image's centre crop, and its labels. Kept in the
-    backbone's float32 (k-means widens one class at a time to float64, exactly): 4 B per feature, e.g.
-    3.9 GB for ImageNet-1k's 1.28 M images at D = 768, half of what float64 storage took."""
-    pp = info.preprocess
-    feats, labels = [], []
-    for images, y, _errors in canvas_loader(source, pp.resize_size, pp.interpolation, batch_size, num_workers):
-        if images.shape[0] == 0:
-            continue
-        x = images.to(device).float().div_(255)
-        with backbone_autocast(device, amp):
-            z = model(normalize(center_crop(x, pp.input_size), pp.mean, pp.std))
-        feats.append(z.float().cpu().numpy())
-        labels.append(y.numpy())
-    return np.concatenate(feats), np.concatenate(labels)
 
 
 def kmeans(x: np.ndarray, k: int, seed: tuple[int, ...], iters: int = 50) -> np.ndarray:
