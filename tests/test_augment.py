@@ -133,3 +133,48 @@ def test_each_method_takes_its_loss_views_unless_told_otherwise():
     assert method_views("sfm_sub", crop_sampler="reference", noise_p=0.3) == AugmentConfig(
         crop_scale=(0.25, 1.0), noise_p=0.3, crop_sampler="reference"
     )
+
+
+def test_centre_views_are_the_eval_view_and_leave_other_draws_alone():
+    """AugmentConfig.centre_p: that share of the views is the exact centre crop, not flipped (the view the
+    probes' test images and the device get); at 0 the draws are the ones runs have always made."""
+    from edgedd.host.augment import Views, eval_box, eval_view, sample_augment
+
+    resize, crop, n = 37, 32, 4000
+    always = sample_augment(n, AugmentConfig(centre_p=1.0), crop, torch.Generator().manual_seed(0), canvas=resize)
+    lo, hi = eval_box(resize, crop)
+    assert (
+        torch.equal(always.views.boxes, torch.tensor([[lo, lo, hi, hi]]).expand(n, 4)) and not always.views.flips.any()
+    )
+    canvases = torch.rand(3, 3, resize, resize, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        render_views(canvases, Views(always.views.boxes[:3], always.views.flips[:3]), crop),
+        eval_view(canvases, resize, crop),
+        atol=1e-4,
+        rtol=0,
+    )
+    half = sample_augment(n, AugmentConfig(centre_p=0.5), crop, torch.Generator().manual_seed(0), canvas=resize)
+    centred = (half.views.boxes == torch.tensor([lo, lo, hi, hi])).all(1)
+    assert 0.45 < float(centred.double().mean()) < 0.55 and not half.views.flips[centred].any()
+    never = sample_augment(n, AugmentConfig(), crop, torch.Generator().manual_seed(0))
+    plain = sample_views(n, AugmentConfig(), torch.Generator().manual_seed(0))
+    assert torch.equal(never.views.boxes, plain.boxes) and torch.equal(never.views.flips, plain.flips)
+    assert torch.equal(half.views.boxes[~centred], plain.boxes[~centred])  # the other views keep their draws
+    with pytest.raises(ValueError, match="canvas size"):
+        sample_augment(2, AugmentConfig(centre_p=0.5), crop, torch.Generator().manual_seed(0))
+
+
+def test_distill_cli_takes_centre_view(image_folder, tmp_path):
+    import json
+
+    from conftest import tiny_distill_args
+    from typer.testing import CliRunner
+
+    from edgedd.cli.host import app
+
+    args = tiny_distill_args(image_folder, tmp_path / "run", "--iterations", "2", "--centre-view", "0.5", "--json")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["config"]["augment"]["centre_p"] == 0.5
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "bad", "--centre-view", "1.5"))
+    assert r.exit_code == 2

@@ -162,6 +162,13 @@ def distill(
         help=f"Probability of the loss's additive noise per view [default: {method_views('sfm_sub').noise_p:g} for "
         f"sfm_sub, the reference's {AugmentConfig.noise_p} otherwise].",
     ),
+    centre_view: float | None = typer.Option(
+        None,
+        min=0.0,
+        max=1.0,
+        help=f"Share of the loss's views that are the eval view: the exact centre crop, not flipped [default: "
+        f"{method_views('sfm_sub').centre_p:g} for sfm_sub, {AugmentConfig.centre_p:g} otherwise].",
+    ),
     extend_every: int = typer.Option(
         DISTILL.extend_every, min=1, help="Pyramid extension interval (shortened for short runs)."
     ),
@@ -234,7 +241,9 @@ def distill(
             flow_denominator=flow_denominator.value,
             extend_every=extend_every,
             seed=seed,
-            augment=method_views(method.value, crop_sampler=crop_sampler.value, crop_min=crop_min, noise_p=noise_p),
+            augment=method_views(
+                method.value, crop_sampler=crop_sampler.value, crop_min=crop_min, noise_p=noise_p, centre_p=centre_view
+            ),
             surrogates=tuple(surrogate or ()),
             surrogate_weight=surrogate_weight,
             surrogate_views=surrogate_views,

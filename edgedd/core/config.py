@@ -83,6 +83,9 @@ class AugmentConfig:
     # image; mean area 0.478). "reference": the reference code's boxes, never rejected, so up to
     # sqrt(4/3) = 1.155x wide and past the edge, zero padding there (mean area 0.540, ~14% over).
     crop_sampler: str = "torchvision"
+    # Probability that a view is the eval view instead: the canvas's exact centre crop, not flipped
+    # (what the probes' test images and the device see; edgedd.host.augment.eval_box). 0: never.
+    centre_p: float = 0.0
 
 
 # The views the device fits its projector on (pack's targets; the projector-aware term's inner fit):
@@ -150,6 +153,7 @@ def method_views(
     crop_min: float | None = None,
     crop_max: float | None = None,
     noise_p: float | None = None,
+    centre_p: float | None = None,
 ) -> AugmentConfig:
     """The loss views ``method`` runs with: its METHOD_VIEWS entry, else the reference, with each field
     given (not None) on top: the CLI's --crop-sampler / --crop-min / --noise-p, bench overrides."""
@@ -160,6 +164,7 @@ def method_views(
         crop_sampler=base.crop_sampler if crop_sampler is None else crop_sampler,
         crop_scale=(lo if crop_min is None else crop_min, hi if crop_max is None else crop_max),
         noise_p=base.noise_p if noise_p is None else noise_p,
+        centre_p=base.centre_p if centre_p is None else centre_p,
     )
 
 

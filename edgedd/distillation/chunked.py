@@ -49,7 +49,7 @@ def chunked_step(
     """
     a, n_mine = cfg.augs_per_batch, pyr.rows[1] - pyr.rows[0]
     dev = pyr.levels[0].device
-    draws = StepDraws.draw(gen, pyr.total * a, cfg.augment, cfg.crop_res, dtype=pyr.levels[0].dtype)
+    draws = StepDraws.draw(gen, pyr.total * a, cfg.augment, cfg.crop_res, dtype=pyr.levels[0].dtype, canvas=pyr.syn_res)
     local = a * n_mine
     step = chunk if 0 < chunk < local else local
     chunks = [torch.arange(s, min(s + step, local), device=dev) for s in range(0, local, step)]
@@ -100,7 +100,12 @@ def auto_chunk_size(model, pyr, cfg, info, device, autocast, fraction: float = 0
     mem.start()
     probe_gen = torch_generator("chunk-probe", device=device)  # never touches the run's generator
     draws = StepDraws.draw(
-        probe_gen, pyr.total * cfg.augs_per_batch, cfg.augment, cfg.crop_res, dtype=pyr.levels[0].dtype
+        probe_gen,
+        pyr.total * cfg.augs_per_batch,
+        cfg.augment,
+        cfg.crop_res,
+        dtype=pyr.levels[0].dtype,
+        canvas=pyr.syn_res,
     )
     z = _views_features(model, pyr, draws, torch.arange(min(2, total), device=device), cfg, info, autocast)
     z.sum().backward()

@@ -115,6 +115,10 @@ def validate(cfg: DistillConfig) -> None:
         )
     if not 0 <= cfg.augment.noise_p <= 1:
         raise EdgeddError(f"--noise-p must lie in [0, 1] (got {cfg.augment.noise_p})", "pass a probability, e.g. 0")
+    if not 0 <= cfg.augment.centre_p <= 1:
+        raise EdgeddError(
+            f"--centre-view must lie in [0, 1] (got {cfg.augment.centre_p})", "pass a probability, e.g. 0.5"
+        )
     if not (cfg.probe_ridge > 0 and math.isfinite(cfg.probe_ridge)):
         raise EdgeddError(f"probe_ridge must be a finite value > 0 (got {cfg.probe_ridge})", "pass e.g. 1e-2")
     if not 0 <= cfg.alpha <= 1:

@@ -89,7 +89,7 @@ def view_features(
 ) -> torch.Tensor:
     """A = augs_per_batch independent augmented views of every image: (A, N, D) features."""
     n, a = images.shape[0], cfg.augs_per_batch
-    draws = StepDraws.draw(gen, n * a, cfg.augment, cfg.crop_res, images.dtype)
+    draws = StepDraws.draw(gen, n * a, cfg.augment, cfg.crop_res, images.dtype, canvas=images.shape[-1])
     # pass by pass over the same images (views pass-major: v = pass * n + row), so autograd keeps
     # one copy of the images for all A resamplings instead of an A-times tiled one
     passes = [apply_augment(images, draws.params(p * n, (p + 1) * n), cfg.crop_res) for p in range(a)]

@@ -140,10 +140,26 @@ class AugmentParams:
 
 
 def sample_augment(
-    n: int, cfg: AugmentConfig, out: int, gen: torch.Generator, noise: bool = True, dtype=torch.float32
+    n: int,
+    cfg: AugmentConfig,
+    out: int,
+    gen: torch.Generator,
+    noise: bool = True,
+    dtype=torch.float32,
+    canvas: int | None = None,
 ) -> AugmentParams:
-    """Draw in the order views, noise mask, noise values (the order ``augment`` has always used)."""
+    """Draw in the order views, (``cfg.centre_p`` > 0 only) eval-view mask, noise mask, noise values
+    (the order ``augment`` has always used, so runs without eval views draw what they always drew).
+    An eval view is the exact centre ``out`` crop of a ``canvas``-pixel image (:func:`eval_box`)."""
     views = sample_views(n, cfg, gen)
+    if cfg.centre_p > 0:
+        if canvas is None:
+            raise ValueError("eval views (centre_p > 0) need the canvas size")
+        centre = torch.rand(n, generator=gen, device=gen.device) < cfg.centre_p
+        lo, hi = eval_box(canvas, out)
+        box = torch.tensor([lo, lo, hi, hi], device=views.boxes.device, dtype=views.boxes.dtype)
+        views.boxes[centre] = box
+        views.flips[centre] = False
     term = None
     if noise and cfg.noise_p > 0:
         apply = (torch.rand(n, generator=gen, device=gen.device) < cfg.noise_p).to(dtype)
@@ -176,10 +192,19 @@ class StepDraws:
     out: int
     device: torch.device
     dtype: torch.dtype = torch.float32
+    canvas: int | None = None  # the images' side, for eval views (AugmentConfig.centre_p)
 
     @classmethod
-    def draw(cls, gen: torch.Generator, total: int, cfg: AugmentConfig, out: int, dtype=torch.float32) -> StepDraws:
-        return cls(draw_seed(gen), total, cfg, out, gen.device, dtype)
+    def draw(
+        cls,
+        gen: torch.Generator,
+        total: int,
+        cfg: AugmentConfig,
+        out: int,
+        dtype=torch.float32,
+        canvas: int | None = None,
+    ) -> StepDraws:
+        return cls(draw_seed(gen), total, cfg, out, gen.device, dtype, canvas)
 
     def params(self, start: int, stop: int) -> AugmentParams:
         """Views [start, stop)."""
@@ -189,7 +214,7 @@ class StepDraws:
             start,
             stop,
             self.device,
-            lambda k, g: sample_augment(k, self.cfg, self.out, g, dtype=self.dtype),
+            lambda k, g: sample_augment(k, self.cfg, self.out, g, dtype=self.dtype, canvas=self.canvas),
             _cat_params,
         )
 
@@ -213,7 +238,8 @@ def augment(
     images: torch.Tensor, cfg: AugmentConfig, out: int, gen: torch.Generator, noise: bool = True
 ) -> torch.Tensor:
     """One random view per image: flip + RRC (+ noise). Used by distillation and probe training."""
-    return apply_augment(images, sample_augment(images.shape[0], cfg, out, gen, noise, images.dtype), out)
+    params = sample_augment(images.shape[0], cfg, out, gen, noise, images.dtype, canvas=images.shape[-1])
+    return apply_augment(images, params, out)
 
 
 def eval_view(canvases: torch.Tensor, resize_size: int, input_size: int) -> torch.Tensor:
