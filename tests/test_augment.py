@@ -124,6 +124,7 @@ def test_each_method_takes_its_loss_views_unless_told_otherwise():
 
     d = DistillConfig()
     assert d.method == "sfm_sub" and d.lr == 2e-3 and d.augment.crop_scale == (0.25, 1.0) and d.augment.noise_p == 0
+    assert d.augment.centre_p == 0.5 and DistillConfig(method="sfm").augment.centre_p == 0
     for m in ("sfm", "sfm_anchor", "lgm"):
         assert DistillConfig(method=m).augment == AugmentConfig()
     assert DistillConfig(method="sfm_sub", augment=AugmentConfig(noise_p=0.1)).augment.noise_p == 0.1
@@ -131,8 +132,9 @@ def test_each_method_takes_its_loss_views_unless_told_otherwise():
     assert replace(DistillConfig(), method="sfm", augment=None).augment == AugmentConfig()
     assert method_views("sfm", crop_sampler="torchvision") == AugmentConfig()
     assert method_views("sfm_sub", crop_sampler="reference", noise_p=0.3) == AugmentConfig(
-        crop_scale=(0.25, 1.0), noise_p=0.3, crop_sampler="reference"
+        crop_scale=(0.25, 1.0), noise_p=0.3, crop_sampler="reference", centre_p=0.5
     )
+    assert method_views("sfm_sub", centre_p=0.0).centre_p == 0.0
 
 
 def test_centre_views_are_the_eval_view_and_leave_other_draws_alone():
