@@ -456,7 +456,8 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
         chunk,
         flow_real,
         _terms(step),
-        features if features is not None and features.feats.nbytes <= HOLD_FEATURES_BYTES else None,
+        # rank 0 alone measures the copy ratio: the other ranks let theirs go
+        features if main and features is not None and features.feats.nbytes <= HOLD_FEATURES_BYTES else None,
     )
 
 
