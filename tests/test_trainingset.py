@@ -66,3 +66,29 @@ def test_a_run_makes_the_training_features_once(image_folder, tmp_path, monkeypa
     assert json.loads(r.stdout)["config"]["method"] == "sfm_sub"
     assert len(calls) == 1  # sub-centres (and the floor in phi_A) share it
     assert len(measured) == 1 and measured[0] is not None  # the copy ratio reads it too
+
+
+def test_features_past_the_hold_limit_are_let_go_and_the_copy_ratio_makes_its_own(image_folder, tmp_path, monkeypatch):
+    from edgedd.cli.host import app
+    from edgedd.distillation import copies, pipeline
+
+    measured = []
+    real_measure = copies.measure
+
+    def seen(*a, **k):
+        measured.append(k.get("features"))
+        return real_measure(*a, **k)
+
+    args = ["--ipc", "2", "--iterations", "2", "--json"]
+    r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "held", *args))
+    assert r.exit_code == 0, r.output
+    monkeypatch.setattr(copies, "measure", seen)
+    monkeypatch.setattr(pipeline, "HOLD_FEATURES_BYTES", 0)
+    r2 = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "fresh", *args))
+    assert r2.exit_code == 0, r2.output
+    assert measured == [None]
+    held, fresh = json.loads(r.stdout)["copy_ratio"], json.loads(r2.stdout)["copy_ratio"]
+    for space in ("pixels", "features"):
+        np.testing.assert_allclose(
+            fresh["spaces"][space]["ratios"], held["spaces"][space]["ratios"], atol=1.5e-4, rtol=0
+        )

@@ -421,6 +421,10 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
         step = copyfloor.CopyFloor(
             step, plan.model, plan.info, cfg, plan.source, device, plan.workers, chunk, group, features
         )
+    # the terms keep what they need of the features; the copy ratio at the end reads them only when they
+    # are small (HOLD_FEATURES_BYTES) and only on rank 0, so no larger copy lives through the steps
+    if features is not None and not (main and features.feats.nbytes <= HOLD_FEATURES_BYTES):
+        features = None
     stop = cfg.iterations if o.stop_after is None else min(cfg.iterations, start + o.stop_after)
     memory = PhaseMemory(device)
     memory.start()
@@ -456,8 +460,7 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
         chunk,
         flow_real,
         _terms(step),
-        # rank 0 alone measures the copy ratio: the other ranks let theirs go
-        features if main and features is not None and features.feats.nbytes <= HOLD_FEATURES_BYTES else None,
+        features,
     )
 
 
