@@ -108,7 +108,7 @@ def test_pack_edge_top1_follows_the_labels(packed, tmp_path):
         shutil.copy(p, data / (wrong[c] if i % 3 == 0 else c) / f"{i:03d}.{p.rsplit('.', 1)[1]}")
     a = art.read(packed["bundle"] / art.ARTIFACT_FILE)
     t = {
-        k: __import__("torch").from_numpy(a[k])
+        k: __import__("torch").from_numpy(a[k].copy())
         for k in ("projector.weight", "projector.bias", "classifier.weight", "classifier.bias")
     }
     mixed = scan_image_folder(data)

@@ -69,7 +69,7 @@ def test_loss_gradient_reaches_the_images_and_follows_the_labels(tiny_backbone):
         )
         for s in (1, 2)
     )
-    assert float(l1) == pytest.approx(float(l2), rel=1e-5)
+    assert l1.item() == pytest.approx(l2.item(), rel=1e-5)
     # the same projector, real labels permuted: a different loss (the labels reach it)
     x_syn, y_syn = torch.randn(18, 10), torch.randn(18, 12)
     a = inherited_ce(x_syn, y_syn, real, labels, w, b, (0.1, 1.0))
