@@ -19,12 +19,11 @@ import numpy as np
 import torch
 
 from edgedd.backbones.forward import backbone_autocast as _autocast
-from edgedd.backbones.forward import encode
 from edgedd.backbones.loader import BackboneInfo
 from edgedd.core.config import DistillConfig
 from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages
-from edgedd.host.augment import StepDraws, apply_augment, augment, center_crop, normalize
+from edgedd.host.augment import StepDraws, apply_augment, augment, normalize
 from edgedd.host.data import CanvasDataset
 from edgedd.host.distributed import Dist, on_all_ranks
 from edgedd.host.memory import PhaseMemory
@@ -207,7 +206,7 @@ def flow_cosine(
     model, images: torch.Tensor, info: BackboneInfo, flow_real: torch.Tensor, num_classes: int, amp: bool = True
 ) -> float:
     """The paper's fidelity metric: cos(F_syn, F_real) on centre-cropped synthetic images."""
-    z = encode(model, center_crop(images, info.preprocess.input_size), info.preprocess, amp=amp)
+    z = centre_features(model, info, images, amp=amp)
     f_syn = synthetic_flow(z.double(), num_classes)
     return float(
         torch.nn.functional.cosine_similarity(f_syn.flatten(), flow_real.double().flatten().to(f_syn.device), dim=0)
