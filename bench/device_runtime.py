@@ -73,7 +73,7 @@ def main() -> None:
     t1 = time.perf_counter()
     feats = np.concatenate([sess.run(None, {"images": x[i : i + a.batch]})[0] for i in range(0, len(x), a.batch)])
     t2 = time.perf_counter()
-    ridge, _ = select_ridge(feats, targets, np.repeat(np.arange(n), k), np.arange(n) % 10)
+    ridge, _ = select_ridge(feats, targets, np.repeat(np.arange(n), k), np.arange(n) % 10, classifier=None)
     t_cv = time.perf_counter()
     fit_projector_ridge(feats, targets, ridge)
     t3 = time.perf_counter()

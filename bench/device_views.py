@@ -102,7 +102,7 @@ def main() -> None:
             idx = np.repeat(np.arange(n), k)
             xa = enc("a", render_views(pix[idx], views, models["a"][1].preprocess.input_size))
             xb = enc("b", render_views(pix[idx], views, models["b"][1].preprocess.input_size))
-            r, _ = select_ridge(xb, xa, idx, labels[idx], prior="none")
+            r, _ = select_ridge(xb, xa, idx, labels[idx], prior="none", classifier=w)
             p, pb = fit_ridge(xb, xa, r, "none")
             top1 = float((((test_b @ p.T + pb) @ w.T + b).argmax(1) == y_test).mean())
             row = {"set": spec, "kind": kind, "views": len(idx), "ridge": r, "top1": top1}

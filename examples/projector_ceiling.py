@@ -82,7 +82,7 @@ def top1(feats: np.ndarray, labels: np.ndarray, w: np.ndarray, b: np.ndarray) ->
 
 def ci_top1(xb, xa, idx, y_train, prior, test_b, y_test, g) -> dict:
     """Fit P on the images ``idx`` (one centre view each) as the device would, then top-1."""
-    ridge, _ = select_ridge(xb[idx], xa[idx], np.arange(len(idx)), y_train[idx], prior=prior)
+    ridge, _ = select_ridge(xb[idx], xa[idx], np.arange(len(idx)), y_train[idx], prior=prior, classifier=g[0])
     p, pb = fit_ridge(xb[idx], xa[idx], ridge, prior)
     return {"top1": top1(test_b @ p.T + pb, y_test, *g), "ridge": ridge}
 

@@ -315,7 +315,12 @@ def _fit_projector(
     # network), else 0; and the strength the device's fit would pick on these views (edgedd.device.ridge)
     prior = projector_prior(info_a.weights_sha256, info_b.weights_sha256, d_a, d_b)
     ridge, ridge_scores = select_ridge(
-        feats_b.cpu().numpy(), targets.cpu().numpy(), np.repeat(np.arange(n), config.views), labels.numpy(), prior=prior
+        feats_b.cpu().numpy(),
+        targets.cpu().numpy(),
+        np.repeat(np.arange(n), config.views),
+        labels.numpy(),
+        prior=prior,
+        classifier=w_c.cpu().numpy(),
     )
     w_p, b_p, projector_fit = train_projector(
         feats_b.cpu().view(n, config.views, d_b),

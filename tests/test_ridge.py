@@ -57,13 +57,35 @@ def _toy(noise: float, n_dims: int = 40, seed: int = 0):
 
 
 def test_selection_follows_the_held_out_error_and_breaks_ties_to_the_stronger_fit():
-    r, scores = select_ridge(*_toy(noise=0.0))
+    r, scores = select_ridge(*_toy(noise=0.0), classifier=None)
     assert set(scores) == set(RIDGE_GRID) and scores[r] == min(scores.values())
     assert r == max(g for g in RIDGE_GRID if scores[g] == scores[r])
     assert r < 1.0 and scores[10.0] > scores[r]  # a clean linear map: shrinking only hurts
-    r2, scores2 = select_ridge(*_toy(noise=30.0))
+    r2, scores2 = select_ridge(*_toy(noise=30.0), classifier=None)
     assert scores2[r2] == min(scores2.values()) and r2 > r  # per-image nuisance: a weak fit extrapolates badly
     assert scores2[min(RIDGE_GRID)] > scores2[r2]
+
+
+def test_the_error_is_taken_where_the_classifier_looks():
+    """(5): held-out errors in the logit space of W_c. The scores are the feature-space scores of the
+    targets W_c y (a ridge fit is linear in its targets) divided the same way; and where the targets
+    carry per-image nuisance the classifier ignores, the feature-space error asks for a strong fit
+    that throws away what the classifier reads, the logit-space error does not."""
+    b, a, image, labels = _toy(noise=0.0)
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(4, 3))
+    r, scores = select_ridge(b, a, image, labels, classifier=w)
+    r_t, scores_t = select_ridge(b, a @ w.T, image, labels, classifier=None)
+    assert r == r_t and scores == pytest.approx(scores_t, rel=1e-9)
+    # targets: what W_c reads (the image code through B, linear) + dimensions of per-image nuisance
+    # that B does not see and W_c ignores; only a strong ridge predicts those (by their mean)
+    nuisance = 5.0 * rng.normal(size=(len(labels), 30))[image]
+    y = np.concatenate([a, nuisance], 1)
+    w_c = np.concatenate([w, np.zeros((4, 30))], 1)
+    r_feat, _ = select_ridge(b, y, image, labels, classifier=None)
+    r_logit, _ = select_ridge(b, y, image, labels, classifier=w_c)
+    assert r_logit < r_feat
+    assert r_logit == select_ridge(b, a, image, labels, classifier=w)[0]
 
 
 def test_a_single_image_per_class_keeps_the_default():
@@ -72,7 +94,9 @@ def test_a_single_image_per_class_keeps_the_default():
     first = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])  # the first image of each class
     keep = np.isin(image, first)
     remap = {int(i): j for j, i in enumerate(first)}
-    assert select_ridge(b[keep], a[keep], np.array([remap[int(i)] for i in image[keep]]), labels[first]) == (
+    assert select_ridge(
+        b[keep], a[keep], np.array([remap[int(i)] for i in image[keep]]), labels[first], classifier=None
+    ) == (
         DEFAULT_RIDGE,
         {},
     )
@@ -117,7 +141,11 @@ def test_identity_prior_cross_validates_on_the_residual_and_refuses_other_widths
     b, a, image, labels = _toy(noise=0.0)
     x = b[:, :3]
     y = x + 0.01 * np.random.default_rng(4).normal(size=x.shape)
-    assert select_ridge(x, y, image, labels, prior="identity") == select_ridge(x, y - x, image, labels)
+    w = np.random.default_rng(5).normal(size=(4, 3))
+    for c in (None, w):
+        assert select_ridge(x, y, image, labels, prior="identity", classifier=c) == select_ridge(
+            x, y - x, image, labels, classifier=c
+        )
     with pytest.raises(ValueError, match="D_B = D_A"):
         fit_ridge(b, a, 0.1, "identity")
     with pytest.raises(ValueError, match="unknown projector prior"):

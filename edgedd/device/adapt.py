@@ -45,7 +45,7 @@ import numpy as np
 
 from .accuracy import chance_bound
 from .local_probe import cross_validate_probe, expressible, probe_projector
-from .ridge import FOLDS, RIDGE_GRID, fit_ridge, image_folds, residual
+from .ridge import COARSE_RIDGE_GRID, FOLDS, fit_ridge, image_folds, residual
 
 WEIGHT_GRID = (
     0.03,
@@ -199,7 +199,7 @@ def adapt_fit(
     yl,
     prior: str = "none",
     view_ridge: float = 1e-3,
-    r_grid=RIDGE_GRID,
+    r_grid=COARSE_RIDGE_GRID,
     w_grid=WEIGHT_GRID,
     probe: bool = True,
 ) -> dict:

@@ -72,7 +72,14 @@ def fit_on_features(b: Bundle, feats: np.ndarray, y: np.ndarray, ridge: float | 
     prior = recorded_prior(b.meta)
     scores = {}
     if ridge is None:
-        ridge, scores = select_ridge(feats, y, np.repeat(np.arange(n), k), b.artifact["synthetic.labels"], prior=prior)
+        ridge, scores = select_ridge(
+            feats,
+            y,
+            np.repeat(np.arange(n), k),
+            b.artifact["synthetic.labels"],
+            prior=prior,
+            classifier=b.artifact["classifier.weight"],
+        )
     w, bias = fit_projector_ridge(feats, y, ridge, prior)
     w0, b0 = b.artifact["projector.weight"], b.artifact["projector.bias"]
     return {

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ridge import RIDGE_GRID
+from .ridge import COARSE_RIDGE_GRID
 
 MIX_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, np.inf)  # relative weight a of the probe in (6); inf: the probe alone
 
@@ -79,7 +79,7 @@ def mix(z0: np.ndarray, zl: np.ndarray, a: float, g: float) -> np.ndarray:
     return g * zl if np.isinf(a) else (z0 + a * g * zl) / (1.0 + a)
 
 
-def cross_validate_probe(xl, yl, z0, fold, classes, r_grid=RIDGE_GRID, a_grid=MIX_GRID) -> dict:
+def cross_validate_probe(xl, yl, z0, fold, classes, r_grid=COARSE_RIDGE_GRID, a_grid=MIX_GRID) -> dict:
     """Held-out logits of (6) for every (a, r) over the folds: {(a, r): (n, C)}; z0: the views-only
     fit's logits of the local images (they use no label, so no fold leaks through them)."""
     xl = xl.astype(np.float64)

@@ -286,7 +286,7 @@ def _synthetic_modes(
             gen = torch_generator("train", seed)  # the same views and order in every mode: a paired comparison
             tag = f"{mode}/{seed}"
             if mode == "ci":
-                fit = fit_projector(sampler, config, gen, device, bar, tag, labels)
+                fit = fit_projector(sampler, config, gen, device, bar, tag, labels, golden.weight)
                 results[mode].append(score(torch.nn.Sequential(fit.head, golden)))
             else:
                 fit = fit_probe(sampler, labels, c, config, gen, device, golden if mode == "kd" else None, bar, tag)

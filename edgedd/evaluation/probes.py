@@ -62,12 +62,14 @@ def fit_projector(
     bar: Progress | None = None,
     tag: str = "",
     labels: torch.Tensor | None = None,
+    classifier: torch.Tensor | None = None,
 ) -> Fit:
-    """CI projector P: D_B -> D_A on features (z_B, z_A) of the same views. The labels only make
-    the cross-validation folds when ``cfg.ridge`` is None (the device's rule)."""
+    """CI projector P: D_B -> D_A on features (z_B, z_A) of the same views. The labels (the folds) and
+    the golden classifier's weight (the error's space) serve the cross-validation when ``cfg.ridge``
+    is None (the device's rule, edgedd.device.ridge.select_ridge)."""
     proj = new_projector(sampler_dim(sampler, 0), sampler_dim(sampler, 1), gen, device)
     if cfg.protocol == "converged":
-        fit = fit_ridge(proj, sampler.feats[0], sampler.feats[1], _ridge(sampler, cfg, labels))
+        fit = fit_ridge(proj, sampler.feats[0], sampler.feats[1], _ridge(sampler, cfg, labels, classifier))
         if bar is not None:
             bar.update(1, run=tag, loss=fit.loss_final)
         return fit
@@ -75,16 +77,18 @@ def fit_projector(
     return train_reference(proj, sampler, mse_loss, cfg.epochs, batch, cfg.projector_lr(batch), gen, bar, tag)
 
 
-def _ridge(sampler: CachedViews, cfg: EvalConfig, labels: torch.Tensor | None) -> float:
+def _ridge(
+    sampler: CachedViews, cfg: EvalConfig, labels: torch.Tensor | None, classifier: torch.Tensor | None
+) -> float:
     if cfg.ridge is not None:
         return cfg.ridge
-    if labels is None:
-        raise ValueError("choosing the projector's ridge needs the synthetic images' labels")
+    if labels is None or classifier is None:
+        raise ValueError("choosing the projector's ridge needs the synthetic images' labels and the golden classifier")
     zb, za = (f.detach().cpu().double().numpy() for f in sampler.feats[:2])
     n, v = zb.shape[:2]
-    return select_ridge(zb.reshape(n * v, -1), za.reshape(n * v, -1), np.repeat(np.arange(n), v), labels.cpu().numpy())[
-        0
-    ]
+    views = np.repeat(np.arange(n), v)
+    w = classifier.detach().cpu().double().numpy()
+    return select_ridge(zb.reshape(n * v, -1), za.reshape(n * v, -1), views, labels.cpu().numpy(), classifier=w)[0]
 
 
 # ----------------------------------------------------------------------------- scoring
