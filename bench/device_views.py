@@ -43,7 +43,7 @@ def image_set(spec: str, golden_run: str | None, ipc: int, canvas: int):
     """(images in [0, 1], labels, golden W, golden b) of a run or of ``real:SEED``."""
     run = load_run(golden_run if spec.startswith("real:") else spec)
     if spec.startswith("real:"):
-        pix = real_init_images(open_dataset("embedded:mnist"), ipc, canvas, "bicubic", int(spec[5:])).float() / 255
+        pix = real_init_images(open_dataset("embedded:mnist"), ipc, canvas, "bicubic", int(spec[5:]))  # in [0, 1]
         labels = np.repeat(np.arange(run.num_classes), ipc)
     else:
         pix, labels = run.images.float(), run.labels.numpy()

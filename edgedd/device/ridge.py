@@ -40,10 +40,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# select_ridge's strengths, half a decade apart: on the Lite1 -> Lite0 bundles the best r on real
-# images lies at 0.3-1 and the held-out error's minimum often between two decades, so a decade grid
-# turned a small change in the set into a jump from r = 1 to 10 (docs/RESULTS.md, "The projector's
-# strength").
+# select_ridge's strengths, half a decade apart: the held-out error's minimum often lies between two
+# decades, and a decade grid turned a small change in the set into a jump of 10x in r
+# (docs/RESULTS.md, "The projector's strength").
 RIDGE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 # adapt's two-knob cross-validation (strength x weight) and the local probe keep a decade apart
 COARSE_RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -153,8 +152,8 @@ def select_ridge(
 
     (None: in feature space, || y_hat - y ||^2 / D_A). Why: the device only ever uses W_c P phi_B,
     so an error along a direction W_c ignores costs nothing, and the feature-space error, dominated
-    by those directions, picked strengths 3-10x too strong for real images (docs/RESULTS.md, "The
-    projector's strength": 10 where 1 scored 6-8 points higher on the test digits). Returns r and
+    by those directions, picked strengths too strong for real images (docs/RESULTS.md, "The
+    projector's strength"). Returns r and
     {r: held-out mean error}; (DEFAULT_RIDGE, {}) when a class has a single image (nothing can be
     held out without losing the class). Under the identity prior the held-out error of (4) equals
     that of (3) on the residual targets y - x."""
