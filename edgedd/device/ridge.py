@@ -11,7 +11,8 @@ images (measured, host-vit -> EfficientNet-Lite0 at IPC 10: top-1 25% at r = 1e-
 P is a regression, so the choice is a regression's: grouped F-fold cross-validation over *images*
 (all views of an image in one fold, so held-out images are unseen, as real ones are), fit (3) on
 the other images' views, and keep the r with the least squared error on the held-out images'
-targets (ties: the stronger). Folds are round-robin within each class, F = min(5, smallest class),
+targets as the golden classifier sees them, in its logit space (eq. 5 of select_ridge; ties: the
+stronger). Folds are round-robin within each class, F = min(5, smallest class),
 so every class stays in every training fold: a held-out image of a class the fit never saw would
 reward shrinking everything to the mean (measured at IPC 1, where no such split exists: there the
 weak default r = 1e-3 stays, the strength evaluation used before).
@@ -153,10 +154,9 @@ def select_ridge(
     (None: in feature space, || y_hat - y ||^2 / D_A). Why: the device only ever uses W_c P phi_B,
     so an error along a direction W_c ignores costs nothing, and the feature-space error, dominated
     by those directions, picked strengths too strong for real images (docs/RESULTS.md, "The
-    projector's strength"). Returns r and
-    {r: held-out mean error}; (DEFAULT_RIDGE, {}) when a class has a single image (nothing can be
-    held out without losing the class). Under the identity prior the held-out error of (4) equals
-    that of (3) on the residual targets y - x."""
+    projector's strength"). Returns r and {r: held-out mean error}; (DEFAULT_RIDGE, {}) when a class
+    has a single image (nothing can be held out without losing the class). Under the identity prior
+    the held-out error of (4) equals that of (3) on the residual targets y - x."""
     x = x.astype(np.float64)
     y = residual(x, y.astype(np.float64), prior)
     f = min(folds, int(np.bincount(labels).min())) if len(labels) else 0  # images of the smallest class
