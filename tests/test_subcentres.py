@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgedd.distillation.losses import anchor_loss, centre_separation, class_centres, flow, subcentre_loss
-from edgedd.distillation.subcentres import greedy_match, kmeans, subcentre_targets
+from edgedd.distillation.subcentres import coreset_positions, greedy_match, kmeans, subcentre_targets
 
 
 def _toy(c=3, ipc=4, d=6, seed=0):
@@ -72,6 +72,61 @@ def test_subcentre_targets_class_major_and_matched():
     t = subcentre_targets(feats, labels, z0, 2, 2, seed=0).numpy()
     assert t.shape == (4, 2)
     np.testing.assert_allclose(t, z0, atol=0.1)  # each image got the sub-centre it started nearest
+
+
+def test_coreset_positions_take_the_real_image_nearest_each_subcentre():
+    """--init coreset: per class one distinct image per k-means sub-centre, the nearest, named by its
+    dataset position; a class with at most IPC images takes them all."""
+    from edgedd.distillation.trainingset import TrainingFeatures
+
+    rng = np.random.default_rng(2)
+    means = ([0, 0], [0, 4], [10, 0], [10, 4])
+    feats = np.concatenate([rng.normal(m, 0.3, (10, 2)) for m in means] + [rng.normal([20, 0], 0.3, (2, 2))])
+    labels = np.repeat([0, 0, 1, 1, 2], [10, 10, 10, 10, 2])
+    pos = np.arange(len(feats)) * 3 + 1  # dataset positions are not row numbers (unreadable images skipped)
+    tf = TrainingFeatures(pos, labels, feats)
+    picks = coreset_positions(tf, 3, 2, seed=0)
+    for c in (0, 1):
+        rows = np.flatnonzero(labels == c)
+        cent = kmeans(feats[rows], 2, seed=(0, c))
+        got = tf.at(picks[c])
+        assert len(set(picks[c].tolist())) == 2 and (labels[np.searchsorted(pos, picks[c])] == c).all()
+        # each pick is, of the class's images, the one nearest its centre (the clusters are far apart)
+        d = ((feats[rows][None] - cent[:, None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(got, feats[rows][d.argmin(1)])
+        near = np.linalg.norm(got[:, None] - np.array(means[2 * c : 2 * c + 2])[None], axis=2)
+        assert sorted(near.argmin(1).tolist()) == [0, 1] and near.min(1).max() < 1  # one per cluster
+    np.testing.assert_array_equal(picks[2], pos[labels == 2])  # 2 images, IPC 2: both
+    assert [p.tolist() for p in picks] == [p.tolist() for p in coreset_positions(tf, 3, 2, seed=0)]
+
+
+def test_init_coreset_starts_from_the_picked_training_images(image_folder, tmp_path, tiny_backbone):
+    """The run's step-0 set is exactly the training canvases coreset_positions names from phi_A of
+    the training images (the same random-init backbone: seed 0), class-major, and the run records
+    the init."""
+    from conftest import tiny_distill_args
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from edgedd.cli.host import app
+    from edgedd.core.images import scan_image_folder
+    from edgedd.distillation.trainingset import training_features
+    from edgedd.host.data import CanvasDataset
+
+    out = tmp_path / "r"
+    args = tiny_distill_args(image_folder, out, "--ipc", "2", "--iterations", "2", "--init", "coreset", "--json")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["config"]["init"] == "coreset"
+    start = load_file(out / "initial.safetensors")["images"]
+    model, info = tiny_backbone
+    src = scan_image_folder(image_folder)
+    picks = coreset_positions(training_features(model, info, src, "cpu", amp=False), 3, 2, seed=0)
+    assert [src.labels[p].tolist() for p in picks] == [[0, 0], [1, 1], [2, 2]]
+    canvases = CanvasDataset(src, 32, "bicubic")
+    want = np.stack([canvases[int(i)][0] for i in np.concatenate(picks)]).astype(np.float32) / 255
+    got = start.permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(got, want.clip(0.01, 0.99), atol=1e-6)  # the pyramid clamps to [0.01, 0.99]
 
 
 def test_tiny_distill_with_sfm_sub(image_folder, tmp_path):

@@ -23,7 +23,9 @@ METHODS = ("sfm", "sfm_anchor", "sfm_sub", "sfm_probe", "sfm_decouple", "lgm")
 RECIPES = ("converged", "reference")
 FLOW_DENOMINATORS = ("classes", "reference")
 CROP_SAMPLERS = ("torchvision", "reference")
-INITS = ("noise", "real", "mix")  # how the synthetic pyramid starts (edgedd.distillation.stage2.initial_images)
+# how the synthetic pyramid starts (edgedd.distillation.stage2.initial_images)
+INITS = ("noise", "real", "coreset", "mix")
+REAL_INITS = ("real", "coreset", "mix")  # the inits that start from training images
 EVAL_MODES = ("normal", "ci", "kd")  # edgedd.evaluate: fresh probe, classifier inheritance, KD
 BASELINES = (
     "random",

@@ -134,10 +134,10 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgeddError(f"copy_weight must be a finite value >= 0 (got {cfg.copy_weight})", "pass e.g. 100")
     if not 1 <= cfg.mix <= MAX_MIX:
         raise EdgeddError(f"--mix must lie in [1, {MAX_MIX}] (got {cfg.mix})", "pass e.g. 4")
-    if cfg.min_copy_ratio > 0 and (cfg.init == "real" or (cfg.init == "mix" and cfg.mix < 2)):
+    if cfg.min_copy_ratio > 0 and (cfg.init in ("real", "coreset") or (cfg.init == "mix" and cfg.mix < 2)):
         raise EdgeddError(
-            "--min-copy-ratio cannot start from training images (--init real, or --init mix --mix 1): each image "
-            "would start on one, where only the pyramid's clamp says which way is away",
+            "--min-copy-ratio cannot start from training images (--init real or coreset, or --init mix --mix 1): "
+            "each image would start on one, where only the pyramid's clamp says which way is away",
             "add --init mix (means of several real images, --mix 2 or more) or --init noise",
         )
     projector_aware.validate(cfg)
@@ -379,6 +379,7 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
     flow_real = flow(s1.stats.centres).to(device=device, dtype=torch.float32)
     ckpt = plan.out / rundir.CHECKPOINT
     found = resume and group.broadcast_flag(main and ckpt.exists())
+    features = _training_features(plan)
     loop = stage2.start(
         cfg=cfg,
         source=plan.source,
@@ -389,6 +390,7 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
         total=plan.n,
         checkpoint=ckpt if found else None,
         run_fp=plan.run_fp,
+        features=features,
     )
     start = loop.step
     if start == 0:  # the starting set, for evaluate's stage-II gain and the copy ratio (a resumed run keeps it)
@@ -398,7 +400,6 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
             rundir.write_initial(
                 plan.out, images=initial, labels=torch.arange(plan.num_classes).repeat_interleave(cfg.ipc)
             )
-    features = _training_features(plan)
     step, chunk = stage2.step_function(
         loop=loop,
         model=plan.model,
@@ -466,9 +467,14 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
 
 def _training_features(plan: Plan) -> trainingset.TrainingFeatures | None:
     """The one pass over the training images' centre crops, when a Stage II term needs it: sfm_sub's
-    sub-centres, sfm_probe's real features, the copy floor in phi_A (edgedd.distillation.trainingset)."""
+    sub-centres, sfm_probe's real features, the copy floor in phi_A, --init coreset's picks
+    (edgedd.distillation.trainingset)."""
     cfg = plan.cfg
-    if cfg.method not in ("sfm_sub", "sfm_probe") and not (cfg.min_copy_ratio > 0 and cfg.copy_floor_features):
+    if (
+        cfg.method not in ("sfm_sub", "sfm_probe")
+        and cfg.init != "coreset"
+        and not (cfg.min_copy_ratio > 0 and cfg.copy_floor_features)
+    ):
         return None
     return trainingset.training_features(
         plan.model,

@@ -359,7 +359,7 @@ def write_result(out: Path, *, images: torch.Tensor, labels: torch.Tensor, meta:
 
 
 def write_initial(out: Path, *, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """initial.safetensors: the decoded step-0 images (the real images drawn by --init real, or the
+    """initial.safetensors: the decoded step-0 images (the real images --init real / coreset / mix took, or the
     decoded noise), written once when a fresh Stage II starts (a resumed run keeps it)."""
     atomic.write_bytes(
         out / INITIAL, save({"images": images.contiguous(), "labels": labels}, metadata={"format": str(RUN_FORMAT)})

@@ -20,7 +20,7 @@ import torch
 
 from edgedd.backbones.forward import backbone_autocast as _autocast
 from edgedd.backbones.loader import BackboneInfo
-from edgedd.core.config import DistillConfig
+from edgedd.core.config import REAL_INITS, DistillConfig
 from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages
 from edgedd.host.augment import StepDraws, apply_augment, augment, normalize
@@ -40,18 +40,26 @@ from .trainingset import TrainingFeatures, centre_features, training_features
 
 
 def real_init_images(
-    source: LabelledImages, ipc: int, size: int, interpolation: str, seed: int, what: str = "--init real"
+    source: LabelledImages,
+    ipc: int,
+    size: int,
+    interpolation: str,
+    seed: int,
+    what: str = "--init real",
+    picks: list[np.ndarray] | None = None,
 ) -> torch.Tensor:
     """``--init real``: per class ``ipc`` readable images drawn at random (seeded), as (C * ipc, 3,
-    size, size) canvases in [0, 1], class-major like the synthetic labels. Unreadable images are
-    passed over; a class with fewer readable images than ``ipc`` repeats them (with a warning: the
-    copies start equal and part only through their augmentations); a class with none is refused."""
+    size, size) canvases in [0, 1], class-major like the synthetic labels (``picks``: class c's
+    dataset positions in that order instead of a random draw). Unreadable images are passed over; a
+    class with fewer readable images than ``ipc`` repeats them (with a warning: the copies start
+    equal and part only through their augmentations); a class with none is refused."""
     rng = numpy_generator("real-init", seed)  # its own stream: the run's generator draws stay as with noise init
     data = CanvasDataset(source, size, interpolation)
     out, short = [], []
     for c in range(source.num_classes):
         found = []
-        for i in rng.permutation(np.flatnonzero(source.labels == c)):
+        order = picks[c] if picks is not None else rng.permutation(np.flatnonzero(source.labels == c))
+        for i in order:
             canvas, _, _ = data[int(i)]
             if canvas is not None:
                 found.append(canvas)
@@ -75,10 +83,23 @@ def real_init_images(
     )  # np.stack copies: canvases may be read-only
 
 
-def initial_images(source: LabelledImages, cfg: DistillConfig, interpolation: str) -> torch.Tensor:
-    """The step-0 canvases of --init real (drawn images) or --init mix (means of cfg.mix drawn images)."""
+def initial_images(
+    source: LabelledImages, cfg: DistillConfig, interpolation: str, features: TrainingFeatures | None = None
+) -> torch.Tensor:
+    """The step-0 canvases of --init real (drawn images), --init coreset (the images nearest the
+    class's sub-centres in ``features``, edgedd.distillation.subcentres.coreset_positions) or --init
+    mix (means of cfg.mix drawn images)."""
     if cfg.init == "real":
         return real_init_images(source, cfg.ipc, cfg.syn_res, interpolation, cfg.seed)
+    if cfg.init == "coreset":
+        from .subcentres import coreset_positions
+
+        if features is None:
+            raise EdgeddError(
+                "--init coreset needs the training images' features", "pass the run's trainingset.training_features"
+            )
+        picks = coreset_positions(features, source.num_classes, cfg.ipc, cfg.seed)
+        return real_init_images(source, cfg.ipc, cfg.syn_res, interpolation, cfg.seed, "--init coreset", picks)
     x = real_init_images(source, cfg.ipc * cfg.mix, cfg.syn_res, interpolation, cfg.seed, f"--init mix (x{cfg.mix})")
     return x.view(source.num_classes * cfg.ipc, cfg.mix, *x.shape[1:]).mean(1)
 
@@ -160,8 +181,8 @@ def real_targets(
             real=torch.from_numpy(feats[keep]).float().to(device), real_labels=torch.from_numpy(labels[keep]).to(device)
         )
     z0 = None
-    if cfg.init in ("real", "mix"):
-        x0 = initial_images(source, cfg, info.preprocess.interpolation)
+    if cfg.init in REAL_INITS:
+        x0 = initial_images(source, cfg, info.preprocess.interpolation, features)
         z0 = torch.cat(
             [
                 centre_features(model, info, x0[s : s + 64].to(device), amp=cfg.amp).double().cpu()
@@ -243,9 +264,10 @@ def start(
     total: int,
     checkpoint: Path | None,
     run_fp: str,
+    features: TrainingFeatures | None = None,
 ) -> Loop:
     """This rank's ``rows`` of the pyramid: from ``checkpoint`` (resume), else from noise or, with
-    ``--init real``, from training images."""
+    ``--init real`` / ``coreset`` / ``mix``, from training images (``coreset`` picks them by ``features``)."""
     gen = torch_generator(cfg.seed, device=device)  # the run's main stream
     if checkpoint is not None:
         step, pyr, opt, loss = load_checkpoint(
@@ -260,8 +282,8 @@ def start(
             total=total,
         )
         return Loop(pyr, opt, gen, step, loss)
-    if cfg.init in ("real", "mix"):
-        real = initial_images(source, cfg, interpolation)[rows[0] : rows[1]]
+    if cfg.init in REAL_INITS:
+        real = initial_images(source, cfg, interpolation, features)[rows[0] : rows[1]]
         pyr = Pyramid.from_images(real.to(device), rows, total)
     else:
         pyr = Pyramid.init(total, cfg.syn_res, gen, device, rows)

@@ -72,6 +72,24 @@ def greedy_match(z: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return perm
 
 
+def coreset_positions(features, num_classes: int, ipc: int, seed: int) -> list[np.ndarray]:
+    """``--init coreset``: for each class, the dataset positions of the real images nearest its IPC
+    k-means sub-centres (eq. 1, the same centres and seed as ``subcentre_targets``), one distinct
+    image per centre (greedy, closest pair first), in centre order. ``features``: a
+    edgedd.distillation.trainingset.TrainingFeatures. So the step-0 set is a k-medoids-like
+    coreset in phi_A, and each image starts next to the target sfm_sub gives it. A class with at
+    most IPC readable images takes all of them (they repeat); one with none gets an empty array."""
+    out = []
+    for c in range(num_classes):
+        rows = np.flatnonzero(features.labels == c)
+        if len(rows) <= ipc:
+            out.append(features.pos[rows])
+            continue
+        cent = kmeans(features.feats[rows], ipc, seed=(seed, c))
+        out.append(features.pos[rows[greedy_match(cent, features.feats[rows])]])
+    return out
+
+
 def subcentre_targets(
     feats: np.ndarray, labels: np.ndarray, z0: np.ndarray | None, num_classes: int, ipc: int, seed: int
 ) -> torch.Tensor:
