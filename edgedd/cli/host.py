@@ -89,10 +89,10 @@ def distill(
     ipc: int = typer.Option(DISTILL.ipc, min=1, help="Synthetic images per class."),
     init: Init = typer.Option(
         Init(DISTILL.init),
-        help="Start from random real images of each class, from the real image nearest each of the class's IPC "
-        "k-means sub-centres in phi_A (a coreset), from means of --mix random ones (images that are no training "
-        "image: pair with --min-copy-ratio), or from noise (the reference). Real starts keep the result readable to "
-        "other backbones.",
+        help="Start from the real images nearest each class's IPC k-means sub-centres in phi_A (edgedd's default: "
+        "a coreset), from random real images of each class, from means of --mix random ones (images that are no "
+        "training image: pair with --min-copy-ratio), or from noise (the reference). Real starts keep the result "
+        "readable to other backbones.",
     ),
     mix: int = typer.Option(DISTILL.mix, min=1, help="--init mix: real images of a class averaged into each start."),
     min_copy_ratio: float = typer.Option(

@@ -177,8 +177,9 @@ class DistillConfig:
 
     method: str = "sfm_sub"  # edgedd's default (docs/RESULTS.md, "The default"); "sfm" is the paper's
     ipc: int = 1
-    # edgedd's default: random real images per class (synthetic.py); "noise": the reference's 1x1 noise pyramid
-    init: str = "real"
+    # edgedd's default: per class the real images nearest its k-means sub-centres in phi_A (docs/METHOD.md,
+    # "Initialisation"); "real": random real images; "noise": the reference's 1x1 noise pyramid
+    init: str = "coreset"
     mix: int = 4  # --init mix: each image the mean of this many random real images of its class
     # > 0: every image kept at least this copy ratio from the training images (edgedd.distillation.copyfloor), in
     # pixels and (copy_floor_features) phi_A, by a hinge of this weight
