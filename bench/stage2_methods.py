@@ -52,11 +52,12 @@ def copy_ratio(images: np.ndarray, train_pixels: np.ndarray) -> dict:
 
 
 def start_figures(out: Path, cfg, crop: int | None) -> dict:
-    """Flow cosine and landing of the step-0 images (--init real: the same seed's real draw)."""
+    """Flow cosine and landing of the step-0 images: the run's initial.safetensors (whatever --init
+    made them)."""
     import torch
+    from safetensors.torch import load_file
 
     from edgedd.backbones.forward import encode
-    from edgedd.core.images import open_dataset
     from edgedd.distillation import stage2
     from edgedd.distillation.fidelity import synthetic_landing
     from edgedd.distillation.losses import flow
@@ -66,11 +67,11 @@ def start_figures(out: Path, cfg, crop: int | None) -> dict:
     run = load_run(out)
     pp = run.preprocess
     model, info = run.load_backbone(torch.device("cpu"))
-    source = open_dataset("embedded:mnist")
-    x0 = stage2.real_init_images(source, cfg.ipc, pp.resize_size, pp.interpolation, cfg.seed)
+    start = load_file(out / "initial.safetensors")
+    x0, labels = start["images"].float(), start["labels"]
     s1 = load_stage1(out)
-    labels = torch.arange(source.num_classes).repeat_interleave(cfg.ipc)
-    fc = stage2.flow_cosine(model, x0, info, flow(s1.centres).float(), source.num_classes, False)
+    num_classes = s1.centres.shape[0]
+    fc = stage2.flow_cosine(model, x0, info, flow(s1.centres).float(), num_classes, False)
     lands = synthetic_landing(
         lambda x: encode(model, x, pp, amp=False),
         x0,
@@ -157,7 +158,7 @@ def main() -> None:
         "final_loss": s["final_loss"],
         "flow_cosine": s["flow_cosine"],
         "landing": s["landing"],
-        "start": start_figures(out, cfg, crop) if a.init == "real" else None,
+        "start": start_figures(out, cfg, crop),
         "copy_ratio_pixels": copy_ratio(images, open_dataset("embedded:mnist").pixels),
         "distill_seconds": t_distill,
         "stage2_seconds": s["stage2_seconds"],
