@@ -67,7 +67,7 @@ def real_init_images(
                 break
         if not found:
             raise EdgeddError(
-                f"class {source.class_names[c]!r} has no readable image to start --init real from", "use --init noise"
+                f"class {source.class_names[c]!r} has no readable image to start {what} from", "use --init noise"
             )
         if len(found) < ipc:
             short.append(source.class_names[c])
