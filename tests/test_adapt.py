@@ -77,6 +77,7 @@ def test_adapt_helps_on_a_shifted_domain_and_is_kept():
         w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"], w["yl"], view_ridge=0.1, w_grid=(1e-9,), probe=False
     )
     assert ad["used"] == "adapted" and ad["wins"] > ad["losses"]
+    assert ad["ridge"] == 0.1  # the views' own strength: only w is chosen on the few local images
     assert _top1(ad, w) > _top1(base, w) + 0.05
 
 

@@ -23,9 +23,11 @@ and K = U diag(k) U^T it is elementwise: (Q^T B U)_ab = w (Q^T (T - Z) U)_ab / (
 One eigendecomposition of Xc^T Xc (D_B x D_B) serves every strength; each fold and weight then costs
 an n x n eigendecomposition and a few small products.
 
-Choosing w and lam, and keeping the better. Grouped cross-validation over the *local* images (round
-robin within each class, F = min(5, smallest class), every class in every training fold): each
-candidate (lam, w) is fitted on F-1 folds and predicts the held-out fold; the candidate with the
+Choosing w, and keeping the better. lam is the views-only fit's strength (chosen on the views,
+edgedd.device.ridge.select_ridge): choosing it again on a few dozen local images let chance pick
+strengths that generalise far worse (METHOD.md). Grouped cross-validation over the *local* images
+(round robin within each class, F = min(5, smallest class), every class in every training fold):
+each w is fitted on F-1 folds and predicts the held-out fold; the w with the
 most held-out images right wins (ties: the smaller w, then lower held-out logit error). It is kept
 only if, on those same held-out predictions, it is right where the views-only fit is wrong more
 often than the reverse by more than one standard deviation of a fair coin (wins - losses >
@@ -45,7 +47,7 @@ import numpy as np
 
 from .accuracy import chance_bound
 from .local_probe import cross_validate_probe, expressible, probe_projector
-from .ridge import COARSE_RIDGE_GRID, FOLDS, fit_ridge, image_folds, residual
+from .ridge import FOLDS, fit_ridge, image_folds, residual
 
 WEIGHT_GRID = (
     0.03,
@@ -199,11 +201,10 @@ def adapt_fit(
     yl,
     prior: str = "none",
     view_ridge: float = 1e-3,
-    r_grid=COARSE_RIDGE_GRID,
     w_grid=WEIGHT_GRID,
     probe: bool = True,
 ) -> dict:
-    """Fit (5) and choose (lam, w) by grouped cross-validation over the local images; keep the better.
+    """Fit (5) at the views' strength, choose w by grouped cross-validation over the local images; keep the better.
 
     xv (N_v, D_B) / yv (N_v, D_A): phi_B and phi_A of the views; view_labels (N_v,) their classes;
     wc (C, D_A), bc (C,): the golden classifier; xl (n, D_B), yl (n,): the local images' phi_B and
@@ -214,9 +215,8 @@ def adapt_fit(
     yl = np.asarray(yl, dtype=np.int64)
     p = _Problem(xv, yv, np.asarray(view_labels), wc, bc, xl, yl, prior)
     fold, grouped = local_folds(yl)
-    r_grid = tuple(sorted(set(r_grid) | {view_ridge}))
     base = p.logits0(view_ridge)
-    (r, w), cmp = _choose(p, cross_validate(p, r_grid, w_grid, fold), base)
+    (r, w), cmp = _choose(p, cross_validate(p, (view_ridge,), w_grid, fold), base)
     pinv = expressible(p.wc) if probe else None
     probe = None
     if pinv is not None:  # the local probe, (6) in edgedd.device.local_probe: kept instead when it wins held out

@@ -45,7 +45,7 @@ import numpy as np
 # decades, and a decade grid turned a small change in the set into a jump of 10x in r
 # (docs/RESULTS.md, "The projector's strength").
 RIDGE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
-# adapt's two-knob cross-validation (strength x weight) and the local probe keep a decade apart
+# the local probe's two-knob cross-validation (strength x mix) keeps a decade apart
 COARSE_RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 DEFAULT_RIDGE = 1e-3  # when no split keeps every class in training (IPC 1)
 FOLDS = 5
