@@ -127,6 +127,16 @@ def test_init_coreset_starts_from_the_picked_training_images(image_folder, tmp_p
     want = np.stack([canvases[int(i)][0] for i in np.concatenate(picks)]).astype(np.float32) / 255
     got = start.permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(got, want.clip(0.01, 0.99), atol=1e-6)  # the pyramid clamps to [0.01, 0.99]
+    # sfm_sub's targets: image i takes centre i, the same pairing as matching the starts' own features
+    from edgedd.core.config import DistillConfig
+    from edgedd.distillation.stage2 import initial_images, real_targets
+    from edgedd.distillation.trainingset import centre_features
+
+    feats = training_features(model, info, src, "cpu", amp=False)
+    cfg = DistillConfig(method="sfm_sub", ipc=2, init="coreset", syn_res=32, amp=False)
+    z0 = centre_features(model, info, initial_images(src, cfg, "bicubic", feats), amp=False).double().numpy()
+    matched = subcentre_targets(feats.feats, feats.labels, z0, 3, 2, seed=0)
+    torch.testing.assert_close(real_targets(model, info, cfg, src, "cpu", feats).sub, matched)
 
 
 def test_tiny_distill_with_sfm_sub(image_folder, tmp_path):

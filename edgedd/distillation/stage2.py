@@ -168,10 +168,11 @@ def real_targets(
 ) -> RealTargets:
     """sfm_sub's and sfm_probe's fixed targets from ``features``, the training images' centre-crop phi_A
     (edgedd.distillation.trainingset; targets: edgedd.distillation.subcentres). sfm_sub: IPC k-means
-    sub-centres per class matched to the step-0 images (``--init real``: the real images drawn,
-    recomputed here so a resumed run gets the same targets; ``noise``: their features say nothing yet,
-    so image i of a class takes centre i). sfm_probe: at most ``PROBE_MAX_REAL`` of the features,
-    drawn by the seed."""
+    sub-centres per class matched to the step-0 images (``--init real`` / ``mix``: the real images
+    drawn, recomputed here so a resumed run gets the same targets; ``coreset``: image i of a class was
+    picked as the image nearest centre i (the same k-means), so it takes centre i, what matching its
+    features would give; ``noise``: their features say nothing yet, so image i of a class takes centre
+    i). sfm_probe: at most ``PROBE_MAX_REAL`` of the features, drawn by the seed."""
     from .subcentres import PROBE_MAX_REAL, subcentre_targets
 
     feats, labels = features.feats, features.labels
@@ -181,8 +182,8 @@ def real_targets(
             real=torch.from_numpy(feats[keep]).float().to(device), real_labels=torch.from_numpy(labels[keep]).to(device)
         )
     z0 = None
-    if cfg.init in REAL_INITS:
-        x0 = initial_images(source, cfg, info.preprocess.interpolation, features)
+    if cfg.init in ("real", "mix"):
+        x0 = initial_images(source, cfg, info.preprocess.interpolation)
         z0 = torch.cat(
             [
                 centre_features(model, info, x0[s : s + 64].to(device), amp=cfg.amp).double().cpu()
