@@ -37,9 +37,11 @@ test-fast: $(STAMP)
 	@$(call PYTEST,-m "not slow")
 
 # The main job on the embedded default, offline, on a CPU: distill MNIST through the ImageNet
-# EfficientNet-Lite0 -> evaluate against the baselines -> pack for the edge (Lite0, int8 if it
-# passes the gate) -> deploy-check -> predict; the table lands in runs/demo/RESULTS.md, the images in runs/demo/run/preview.png,
-# everything on one HTML page in runs/demo/report.html (edgedd report).
+# EfficientNet-Lite1 (the host) with the edge's network as projector-aware surrogate -> evaluate through
+# the edge's network against the baselines -> pack for the edge, the smaller EfficientNet-Lite0 (int8 if
+# it passes the gate) -> deploy-check -> predict; the table lands in runs/demo/RESULTS.md, the images in
+# runs/demo/run/preview.png, everything on one HTML page in runs/demo/report.html (edgedd report).
+# `$(PY) examples/demo.py --edge same` runs the host's own network on the device instead.
 demo: $(STAMP)
 	$(PY) examples/demo.py --out runs/demo
 
