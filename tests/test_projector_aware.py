@@ -77,6 +77,32 @@ def test_loss_gradient_reaches_the_images_and_follows_the_labels(tiny_backbone):
     assert float(a) != pytest.approx(float(c))
 
 
+def test_inherited_ce_folds_the_classifier_into_the_projector_without_changing_loss_or_gradient():
+    """z (W P)^T + (W p + b) is W (P z + p) + b: the same loss and image gradients as the unfolded form."""
+    g = torch.Generator().manual_seed(3)
+    x0, y0 = torch.randn(12, 9, generator=g), torch.randn(12, 7, generator=g)
+    real, labels = torch.randn(30, 9, generator=g), torch.randint(0, 4, (30,), generator=g)
+    w, b = torch.randn(4, 7, generator=g), torch.randn(4, generator=g)
+
+    def unfolded(x, y):
+        out = []
+        for r in (0.1, 1.0):
+            p, pb = ridge_fit(x.double(), y.double(), r)
+            out.append(
+                torch.nn.functional.cross_entropy((real.double() @ p.T + pb) @ w.double().T + b.double(), labels)
+            )
+        return torch.stack(out).mean().float()
+
+    grads = []
+    for fn in (lambda x, y: inherited_ce(x, y, real, labels, w, b, (0.1, 1.0)), unfolded):
+        x, y = x0.clone().requires_grad_(True), y0.clone().requires_grad_(True)
+        loss = fn(x, y)
+        loss.backward()
+        grads.append((loss.detach(), x.grad, y.grad))
+    for a, c in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "field,value",
     [
