@@ -40,6 +40,10 @@ from edgedd.evaluation.evaluate import EvalConfig, evaluate_run
 from edgedd.evaluation.report import write_report
 from edgedd.export.pack import PackConfig, pack
 
+# evaluate's classifier-inheritance mode fits the projector on its own views (random-resized crops), not on the
+# views pack stores for the device (the eval crop and crops of at least half the image): its figure is lower
+VIEWS_NOTE = " (evaluate's random-resized-crop views, not pack's)"
+
 
 def starting_set_run(run: Path, dest: Path) -> Path:
     """A copy of ``run`` whose synthetic set is its starting images (the real digits Stage II started from,
@@ -235,7 +239,7 @@ def main() -> None:
     if "ci" in start:
         rows.append(
             (
-                f"the set's starting images (real), IPC {a.ipc}, classifier inheritance from {a.host}",
+                f"the set's starting images (real), IPC {a.ipc}, classifier inheritance from {a.host}" + VIEWS_NOTE,
                 a.edge,
                 pct(start["ci"]),
                 loss(start["ci"]),
@@ -243,7 +247,7 @@ def main() -> None:
         )
     rows += [
         (
-            f"{a.method} synthetic, IPC {a.ipc}, classifier inheritance from {a.host}",
+            f"{a.method} synthetic, IPC {a.ipc}, classifier inheritance from {a.host}" + VIEWS_NOTE,
             a.edge,
             pct(m["ci"]),
             loss(m["ci"]),
