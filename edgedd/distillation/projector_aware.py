@@ -114,8 +114,8 @@ def inherited_ce(
     fitted on (x_syn, y_syn), averaged over the relative strengths ``ridges``. Float64 inside.
 
     The logits are W (P z + p) + b = z (W P)^T + (W p + b): W is folded into P first, so each real
-    image costs C x D_B multiply-adds instead of D_A x D_B (C classes, D_A = 1,280 for a Lite:
-    128x fewer at C = 10), and the real batch can be the whole pool."""
+    image costs C x D_B multiply-adds instead of D_A x D_B (C classes, D_A the host's width), and
+    the real batch can be the whole pool (bench/projector_term_cost.py)."""
     x, y, z = x_syn.double(), y_syn.double(), z_real.double()
     w, b = golden_w.double(), golden_b.double()
     losses = []
