@@ -54,6 +54,26 @@ def starting_set_run(run: Path, dest: Path) -> Path:
     return dest
 
 
+def pack_int8_or_fp32(run: Path, bundle: Path, edge: str, edge_crop_res: int | None, int8: bool = True):
+    """Pack ``run`` for the edge with the int8 build if it passes pack's gate (top-1 on the held-out real
+    images within 5 points of fp32), else fp32 only; returns pack's result and whether int8 is in it."""
+    if int8:
+        try:
+            p = pack(
+                run,
+                bundle,
+                edge_backbone=edge,
+                edge_crop_res=edge_crop_res,
+                config=PackConfig(int8=True),
+                overwrite=True,
+            )
+            return p, "int8_synthetic_top1_packed_projector" in p["reference"]
+        except EdgeddError as e:
+            print(f"      int8 refused ({e.problem}); packing fp32 only", flush=True)
+    p = pack(run, bundle, edge_backbone=edge, edge_crop_res=edge_crop_res, config=PackConfig(), overwrite=True)
+    return p, False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo")
@@ -158,38 +178,22 @@ def main() -> None:
     phases["evaluate"] = time.perf_counter() - t0 - sum(phases.values())
     print(f"[3/5] pack for {a.edge}", flush=True)
     bundle = out / "bundle"
-    try:  # int8 if it passes pack's gate (top-1 on the held-out real images within 5 points of fp32), else fp32 only
-        p = pack(
-            run,
-            bundle,
-            edge_backbone=a.edge,
-            edge_crop_res=a.edge_crop_res,
-            config=PackConfig(int8=True),
-            overwrite=True,
-        )
-    except EdgeddError as e:
-        print(f"      int8 refused ({e.problem}); packing fp32 only", flush=True)
-        p = pack(run, bundle, edge_backbone=a.edge, edge_crop_res=a.edge_crop_res, config=PackConfig(), overwrite=True)
-    int8 = "int8_synthetic_top1_packed_projector" in p["reference"]
+    p, int8 = pack_int8_or_fp32(run, bundle, a.edge, a.edge_crop_res)
     work = Path(tempfile.mkdtemp(prefix=".demo-", dir=out))  # the test digits and the starting set's bundle
     try:
-        starts = []
+        start_bundle, start_int8 = work / "start_bundle", False
         if cross:  # the real images the set replaces, packed the same way: does the set earn its place on the device?
             print("      and the set's starting images (real digits), packed the same way", flush=True)
-            start_bundle = work / "start_bundle"
-            pack(
-                starting_set_run(run, work / "start_run"),
-                start_bundle,
-                edge_backbone=a.edge,
-                edge_crop_res=a.edge_crop_res,
-                config=PackConfig(int8=int8),
+            _, start_int8 = pack_int8_or_fp32(
+                starting_set_run(run, work / "start_run"), start_bundle, a.edge, a.edge_crop_res, int8
             )
         phases["pack"] = time.perf_counter() - t0 - sum(phases.values())
 
         print("[4/5] deploy-check on the test split (no torch needed on a device)", flush=True)
         test = write_image_folder("embedded:mnist/test", work / "test")
-        if cross:
-            starts = [deploy_check(start_bundle, data=test, int8=q) for q in (False, True)[: 1 + int8]]
+        starts = [deploy_check(start_bundle, data=test)] if cross else []
+        if start_int8:
+            starts.append(deploy_check(start_bundle, data=test, int8=True))
         dc = deploy_check(bundle, data=test)
         dc8 = (
             deploy_check(bundle, data=test, int8=True) if int8 else None
