@@ -8,7 +8,8 @@ class drawn from a training ImageFolder (several draws), scored on a test ImageF
                grouped CV over them; 1.0 with one image per class)
     adapt      edgedd.device.adapt.adapt_fit: the views and the local images ((5), or the local probe
                mixed with the CI fit, (6)), chosen by grouped CV over the local images, the views-only
-               fit kept when neither wins
+               fit kept when neither wins; the strength moved by the local images' cross-entropy
+    adapt@views the same with the strength held at deploy-check's (strength_span 0: the rule before)
     adapt+pl   (with --unlabelled N) adapt with N more unlabelled training images pseudo-labelled by
                the CI fit (the most confident half), added as local images
     CI+align   (with --unlabelled N) the CI fit with phi_B's mean over the local and unlabelled
@@ -102,12 +103,15 @@ def run_variant(path, int8, train, test, ks, draws, unlabelled, cache=None):
             t0 = time.perf_counter()
             ad = adapt_fit(fv, yv, vlab, wc, bc, fp[idx], yp[idx], prior, ci["ridge"])
             t_ad = time.perf_counter() - t0
+            held = adapt_fit(fv, yv, vlab, wc, bc, fp[idx], yp[idx], prior, ci["ridge"], strength_span=0.0)
             row = {
                 "k": k,
                 "draw": d,
                 "ci": ci_top1,
                 "probe": top1(ft @ pw.T + pb, yt),
                 "adapt": top1(head(b, ft, (ad["weight"], ad["bias"])), yt),
+                "adapt_views_strength": top1(head(b, ft, (held["weight"], held["bias"])), yt),
+                "strength_from": ad["strength_from"],
                 "used": ad["used"],
                 "candidate": ad["candidate"],
                 "probe_mix": ad["probe_mix"],
@@ -143,7 +147,9 @@ def run_variant(path, int8, train, test, ks, draws, unlabelled, cache=None):
             print(
                 f"{path.name} {'int8' if int8 else 'fp32'} k={k} draw {d}: "
                 + ", ".join(
-                    f"{c} {100 * row[c]:.1f}" for c in ("ci", "probe", "adapt", "adapt_pl", "ci_align") if c in row
+                    f"{c} {100 * row[c]:.1f}"
+                    for c in ("ci", "probe", "adapt", "adapt_views_strength", "adapt_pl", "ci_align")
+                    if c in row
                 )
                 + f" ({row['used']}, r {row['ridge']:g}, w {row['local_weight']:g}, probe mix {row['probe_mix']}"
                 + f" r {row['probe_ridge']}, {row['wins']}/{row['losses']})",
@@ -154,11 +160,11 @@ def run_variant(path, int8, train, test, ks, draws, unlabelled, cache=None):
 
 
 def table(results):
-    cols = ["ci", "probe", "adapt"] + (
+    cols = ["ci", "probe", "adapt", "adapt_views_strength"] + (
         ["adapt_pl", "ci_align"] if any("adapt_pl" in r for res in results.values() for r in res) else []
     )
     lines = [
-        "| bundle | backbone | k | CI alone | probe on k local | adapt | "
+        "| bundle | backbone | k | CI alone | probe on k local | adapt | adapt at deploy-check's strength | "
         + ("adapt + pseudo-labels | CI + mean alignment | " if "adapt_pl" in cols else "")
         + "kept (draws) |",
         "|---" * (4 + len(cols)) + "|",
@@ -168,6 +174,8 @@ def table(results):
             rs = [r for r in rows if r["k"] == k]
             cell = [f"{100 * np.mean([r[c] for r in rs]):.1f} ± {100 * np.std([r[c] for r in rs]):.1f}" for c in cols]
             kept = ", ".join(f"{u} {sum(r['used'] == u for r in rs)}" for u in ("views only", "adapted", "local probe"))
+            moved = sum(r.get("strength_from") == "local images" for r in rs)
+            kept += f"; strength moved {moved}" if any("strength_from" in r for r in rs) else ""
             lines.append(f"| {name} | {var} | {k} | " + " | ".join(cell) + f" | {kept} |")
     return "\n".join(lines)
 

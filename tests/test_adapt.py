@@ -77,8 +77,25 @@ def test_adapt_helps_on_a_shifted_domain_and_is_kept():
         w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"], w["yl"], view_ridge=0.1, w_grid=(1e-9,), probe=False
     )
     assert ad["used"] == "adapted" and ad["wins"] > ad["losses"]
-    assert ad["ridge"] == 0.1  # the views' own strength: only w is chosen on the few local images
+    assert ad["ridge"] == base["ridge"]  # one strength for every candidate and the fallback
     assert _top1(ad, w) > _top1(base, w) + 0.05
+
+
+def test_the_local_images_move_the_strength_within_a_decade_and_only_on_evidence():
+    """In this world the views' strength 0.1 is too weak for the local domain (test top-1 0.56; 0.76
+    at 1.0): the local images' cross-entropy moves it, which lifts the test images; from 1e-3 (top-1
+    0.12, at chance) it moves no further than a decade; shuffled labels leave it where the views put it."""
+    w = _world()
+    args = (w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"])
+    views = dict(zip(("weight", "bias"), fit_ridge(w["xv"], w["yv"], 0.1), strict=True))
+    ad = adapt_fit(*args, w["yl"], view_ridge=0.1, w_grid=(1e-9,), probe=False)
+    assert ad["strength_from"] == "local images" and ad["ridge"] > 0.1 and ad["view_ridge"] == 0.1
+    assert _top1(ad, w) > _top1(views, w) + 0.1
+    far = adapt_fit(*args, w["yl"], view_ridge=1e-3, w_grid=(1e-9,), probe=False)
+    assert far["strength_from"] == "local images" and 1e-3 < far["ridge"] <= 1e-2 * (1 + 1e-9)
+    wrong = np.random.default_rng(3).permutation(w["yl"])
+    bad = adapt_fit(*args, wrong, view_ridge=0.1, w_grid=(1e-9,), probe=False)
+    assert bad["strength_from"] == "views" and bad["ridge"] == 0.1 and set(bad["strength_ce"]) >= {"0.1", "1"}
 
 
 def test_mislabelled_local_images_fall_back_to_the_views_only_fit():

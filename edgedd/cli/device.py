@@ -358,11 +358,18 @@ def adapt(
         f"{r['cv_top1_adapted']:.1%}, "
         f"views only {r['cv_top1_views_only']:.1%} (right where the other was wrong: {r['wins']} vs {r['losses']})"
     )
+    strength = (
+        f"strength {r['ridge']:g} (the views chose {r['view_ridge']:g}; the local images' cross-entropy moved it)"
+        if r["strength_from"] == "local images"
+        else f"strength {r['ridge']:g} (the views' choice)"
+    )
     kept = (
-        f"adapted fit kept (ridge {r['ridge']:g}, local weight {r['local_weight']:g})"
+        f"adapted fit kept (local weight {r['local_weight']:g})"
         if r["used"] == "adapted"
         else f"local probe kept (probe ridge {r['probe_ridge']:g}, mix {r['probe_mix'] or 'probe alone'})"
         if r["used"] == "local probe"
         else f"views-only fit kept: {r['why_not_adapted']}"
     )
-    _result(f"adapt: {r['images']} local images of {r['classes']} classes; {held}\n{kept}; wrote {r['sidecar']}")
+    _result(
+        f"adapt: {r['images']} local images of {r['classes']} classes; {strength}; {held}\n{kept}; wrote {r['sidecar']}"
+    )

@@ -23,9 +23,19 @@ and K = U diag(k) U^T it is elementwise: (Q^T B U)_ab = w (Q^T (T - Z) U)_ab / (
 One eigendecomposition of Xc^T Xc (D_B x D_B) serves every strength; each fold and weight then costs
 an n x n eigendecomposition and a few small products.
 
-Choosing w, and keeping the better. lam is the views-only fit's strength (chosen on the views,
-edgedd.device.ridge.select_ridge): choosing it again on a few dozen local images let chance pick
-strengths that generalise far worse (METHOD.md). Grouped cross-validation over the *local* images
+The strength. lam starts as the views-only fit's (chosen on the views, edgedd.device.ridge.select_ridge).
+The local images are not in that fit, so each one is a held-out image for it at every strength:
+their mean cross-entropy, CE(r) = mean_i [logsumexp z_i(r) - z_i(r)_{c_i}] with z(r) the logits
+of P0 fitted at r, scores every strength within a decade of the views' (STRENGTH_SPAN) at the cost
+of one product each. The views' r is moved only when CE says so by more than one standard error of
+the paired per-image difference from the best r (the one-standard-error rule, leaning to the
+views' choice: of the strengths within one SE of the best, the nearest the views' r), and only
+when the fit at the new strength classifies the local images above chance at 3 sigma (labels that
+say nothing about the images say nothing about the strength either). Why bounded and leaning: choosing
+the strength jointly with w by a few dozen images' top-1 let chance pick strengths that cost up to
+14 points (METHOD.md); CE is smoother than top-1 and one knob is one comparison, not 42.
+
+Choosing w, and keeping the better. w is chosen at that strength by grouped cross-validation over the *local* images
 (round robin within each class, F = min(5, smallest class), every class in every training fold):
 each w is fitted on F-1 folds and predicts the held-out fold; the w with the
 most held-out images right wins (ties: the smaller w, then lower held-out logit error). It is kept
@@ -47,7 +57,7 @@ import numpy as np
 
 from .accuracy import chance_bound
 from .local_probe import cross_validate_probe, expressible, probe_projector
-from .ridge import FOLDS, fit_ridge, image_folds, residual
+from .ridge import FOLDS, RIDGE_GRID, fit_ridge, image_folds, residual
 
 WEIGHT_GRID = (
     0.03,
@@ -58,6 +68,7 @@ WEIGHT_GRID = (
     10.0,
     30.0,
 )  # w relative to the local term's natural scale (see _Problem.w_scale)
+STRENGTH_SPAN = 1.0  # decades either side of the views' strength the local images may move it to
 MAX_LOCAL_IMAGES = 2000  # the local term is n x n; adaptation is for a few images per class
 
 
@@ -163,6 +174,46 @@ def _choose(p: _Problem, cv: dict, base: np.ndarray) -> tuple[tuple, dict]:
     }
 
 
+def cross_entropy(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-image -log softmax(z)_y, computed stably."""
+    m = z.max(1, keepdims=True)
+    return (m[:, 0] + np.log(np.exp(z - m).sum(1))) - z[np.arange(len(y)), y]
+
+
+def above_chance(right: int, labels: np.ndarray, classes: int) -> tuple[bool, float, int | None]:
+    """Whether ``right`` of the images labelled ``labels`` beats chance at 3 sigma; chance and the bound."""
+    n = len(labels)
+    chance = max(1.0 / classes, float(np.bincount(labels).max()) / n)
+    k = chance_bound(n, chance)
+    return k is not None and right >= k, chance, k
+
+
+def local_strength(
+    p: _Problem, view_ridge: float, classes: int, grid=RIDGE_GRID, span: float = STRENGTH_SPAN
+) -> tuple[float, dict]:
+    """The views-only fit's strength, moved by the local images' cross-entropy within ``span`` decades
+    (module docstring, "The strength"; span 0 keeps the views' strength). Returns r and
+    {"strength_from": "views" | "local images", "strength_ce": {r: mean CE}}."""
+    near = {float(r) for r in grid if abs(math.log10(r / view_ridge)) <= span + 1e-9}
+    cand = sorted({float(view_ridge)} | near)
+    ce = {r: cross_entropy(p.logits0(r), p.yl) for r in cand}
+    info = {"strength_from": "views", "strength_ce": {f"{r:g}": float(v.mean()) for r, v in ce.items()}}
+    if len(p.yl) < 2:
+        return float(view_ridge), info
+    best = min(cand, key=lambda r: ce[r].mean())
+
+    def within_one_se(r: float) -> bool:
+        d = ce[r] - ce[best]
+        return float(d.mean()) <= float(d.std(ddof=1)) / math.sqrt(len(d))
+
+    r = min((r for r in cand if within_one_se(r)), key=lambda r: (abs(math.log(r / view_ridge)), -r))
+    right = int((p.logits0(r).argmax(1) == p.yl).sum())
+    if r == float(view_ridge) or not above_chance(right, p.yl, classes)[0]:
+        return float(view_ridge), info
+    info["strength_from"] = "local images"
+    return r, info
+
+
 def keep_adapted(wins: int, losses: int) -> bool:
     """The adapted fit replaces the views-only one only when it wins on held-out images by more than
     a fair coin's one standard deviation: wins - losses > sqrt(wins + losses)."""
@@ -179,10 +230,9 @@ def verdict(cmp: dict, labels: np.ndarray, classes: int) -> str | None:
             f"held out, adapting was right on {cmp['wins']} image(s) the views-only fit got wrong and wrong on "
             f"{cmp['losses']} it got right: not more than noise"
         )
-    chance = max(1.0 / classes, float(np.bincount(labels).max()) / n)
-    k = chance_bound(n, chance)
     right = int(round(cmp["cv_top1_adapted"] * n))
-    if k is None or right < k:
+    ok, chance, k = above_chance(right, labels, classes)
+    if not ok:
         return (
             f"held out, adapting was right on {right}/{n} local images, not above chance ({chance:.0%}) at 3 sigma"
             + ("" if k is None else f" (needs {k})")
@@ -203,20 +253,25 @@ def adapt_fit(
     view_ridge: float = 1e-3,
     w_grid=WEIGHT_GRID,
     probe: bool = True,
+    strength_span: float = STRENGTH_SPAN,
 ) -> dict:
-    """Fit (5) at the views' strength, choose w by grouped cross-validation over the local images; keep the better.
+    """Choose the strength (the views', moved by the local images' cross-entropy), fit (5) there, choose w
+    by grouped cross-validation over the local images; keep the better.
 
     xv (N_v, D_B) / yv (N_v, D_A): phi_B and phi_A of the views; view_labels (N_v,) their classes;
     wc (C, D_A), bc (C,): the golden classifier; xl (n, D_B), yl (n,): the local images' phi_B and
-    labels; ``view_ridge``: today's views-only strength (edgedd.device.ridge.select_ridge), the
-    fit that is kept when adapting does not win; ``probe``: also the candidate (6) of
-    edgedd.device.local_probe, kept instead of (5) when it is right on more held-out images.
-    Returns weight, bias (float32) and the report."""
+    labels; ``view_ridge``: deploy-check's strength (edgedd.device.ridge.select_ridge), where
+    :func:`local_strength` starts; the views-only fit at the chosen strength is kept when neither
+    candidate wins; ``probe``: also the candidate (6) of
+    edgedd.device.local_probe, kept instead of (5) when it is right on more held-out images;
+    ``strength_span``: how far (decades) the local images may move the strength (0: not at all, the
+    rule before). Returns weight, bias (float32) and the report."""
     yl = np.asarray(yl, dtype=np.int64)
     p = _Problem(xv, yv, np.asarray(view_labels), wc, bc, xl, yl, prior)
     fold, grouped = local_folds(yl)
-    base = p.logits0(view_ridge)
-    (r, w), cmp = _choose(p, cross_validate(p, (view_ridge,), w_grid, fold), base)
+    r0, strength = local_strength(p, view_ridge, len(bc), span=strength_span)
+    base = p.logits0(r0)
+    (r, w), cmp = _choose(p, cross_validate(p, (r0,), w_grid, fold), base)
     pinv = expressible(p.wc) if probe else None
     probe = None
     if pinv is not None:  # the local probe, (6) in edgedd.device.local_probe: kept instead when it wins held out
@@ -238,11 +293,12 @@ def adapt_fit(
         "grouped_folds": grouped,
         "view_ridge": float(view_ridge),
         "ridge": float(r),
+        **strength,
         "local_weight": float(w),
         **(probe or {"probe_mix": None, "probe_ridge": None, "cv_top1_probe": None}),
         **cmp,
     }
-    w0, b0 = fit_ridge(xv, yv, view_ridge, prior)
+    w0, b0 = fit_ridge(xv, yv, r0, prior)
     if why is not None:
         return {"weight": w0, "bias": b0, **report}
     if candidate == "local probe":
