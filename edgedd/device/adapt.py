@@ -193,11 +193,11 @@ def local_strength(
 ) -> tuple[float, dict]:
     """The views-only fit's strength, moved by the local images' cross-entropy within ``span`` decades
     (module docstring, "The strength"; span 0 keeps the views' strength). Returns r and
-    {"strength_from": "views" | "local images", "strength_ce": {r: mean CE}}."""
+    {"strength_from": "views" | "local images", "strength_ce": [{"ridge": r, "ce": mean CE}, ...]}."""
     near = {float(r) for r in grid if abs(math.log10(r / view_ridge)) <= span + 1e-9}
     cand = sorted({float(view_ridge)} | near)
     ce = {r: cross_entropy(p.logits0(r), p.yl) for r in cand}
-    info = {"strength_from": "views", "strength_ce": {f"{r:g}": float(v.mean()) for r, v in ce.items()}}
+    info = {"strength_from": "views", "strength_ce": [{"ridge": r, "ce": float(v.mean())} for r, v in ce.items()]}
     if len(p.yl) < 2:
         return float(view_ridge), info
     best = min(cand, key=lambda r: ce[r].mean())
