@@ -24,17 +24,17 @@ One eigendecomposition of Xc^T Xc (D_B x D_B) serves every strength; each fold a
 an n x n eigendecomposition and a few small products.
 
 The strength. lam starts as the views-only fit's (chosen on the views,
-edgedd.device.ridge.select_ridge). The local images are not in that fit, so each one is a held-out image for it at every strength:
-their mean cross-entropy, CE(r) = mean_i [logsumexp z_i(r) - z_i(r)_{c_i}] with z(r) the logits
-of P0 fitted at r, scores every strength within a decade of the views' (STRENGTH_SPAN) at the cost
-of one product each. The views' r is moved only when CE says so by more than one standard error of
-the paired per-image difference from the best r (the one-standard-error rule, leaning to the
-views' choice: of the strengths within one SE of the best, the nearest the views' r), and only
-when the fit at the new strength classifies the local images above chance at 3 sigma (labels that
-say nothing about the images say nothing about the strength either). Why bounded and leaning:
-choosing the strength jointly with w by a few dozen images' held-out top-1 let chance pick
-strengths that cost up to 14 points (METHOD.md); CE is smoother than top-1, and one knob of at
-most five values is fewer chances to be fooled than 42 candidates.
+edgedd.device.ridge.select_ridge). The local images are not in that fit, so each one is a held-out
+image for it at every strength: their mean cross-entropy, CE(r) = mean_i [logsumexp z_i(r) -
+z_i(r)_{c_i}] with z(r) the logits of P0 fitted at r, scores every strength within a decade of the
+views' (STRENGTH_SPAN) at the cost of one product each. The views' r is moved only when CE says so
+by more than one standard error of the paired per-image difference from the best r (the
+one-standard-error rule, leaning to the views' choice: of the strengths within one SE of the best,
+the nearest the views' r), and only when the fit at the new strength classifies the local images
+above chance at 3 sigma (labels that say nothing about the images say nothing about the strength
+either). Why bounded and leaning: choosing the strength jointly with w by a few dozen images'
+held-out top-1 let chance pick strengths that cost up to 14 points (METHOD.md); CE is smoother than
+top-1, and one knob of at most five values is fewer chances to be fooled than 42 candidates.
 
 Choosing w, and keeping the better. w is chosen at that strength by grouped cross-validation over
 the *local* images (round robin within each class, F = min(5, smallest class), every class in
