@@ -37,25 +37,24 @@ from edgedd.device.bundle import open_bundle
 from edgedd.device.checks import peak_rss_mb
 from edgedd.device.finetune import fit_features, fit_on_features, view_inputs
 from edgedd.device.infer import backbone_features, head
-from edgedd.device.ridge import RIDGE_GRID, fit_ridge
+from edgedd.device.local_probe import dual_ridge
+from edgedd.device.ridge import RIDGE_GRID
 
 
 def probe(xl, yl, classes, grid=RIDGE_GRID):
-    """Ridge probe phi_B -> one-hot on the local images alone; strength by grouped CV (1.0 for k = 1)."""
+    """Ridge probe phi_B -> one-hot on the local images alone; strength by grouped CV (1.0 for k = 1).
+    In its dual form (n x n; edgedd.device.local_probe), the same fit as edgedd.device.ridge.fit_ridge."""
     onehot = np.eye(classes, dtype=np.float64)[yl]
     fold, grouped = local_folds(yl)
     r = 1.0
     if grouped:
-
-        def cv(r):
-            right = 0
-            for k in np.unique(fold):
-                w, b = fit_ridge(xl[fold != k], onehot[fold != k], r)
-                right += int(((xl[fold == k] @ w.T + b).argmax(1) == yl[fold == k]).sum())
-            return right
-
-        r = max(grid, key=lambda g: (cv(g), g))
-    return fit_ridge(xl, onehot, r)
+        right = dict.fromkeys(grid, 0)
+        for k in np.unique(fold):
+            predict, _ = dual_ridge(xl[fold != k], onehot[fold != k], grid)
+            for g, z in predict(xl[fold == k]).items():
+                right[g] += int((z.argmax(1) == yl[fold == k]).sum())
+        r = max(grid, key=lambda g: (right[g], g))
+    return dual_ridge(xl, onehot, (r,))[1](r)
 
 
 def draw(labels, k, seed):

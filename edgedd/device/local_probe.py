@@ -38,7 +38,7 @@ from .ridge import COARSE_RIDGE_GRID
 MIX_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, np.inf)  # relative weight a of the probe in (6); inf: the probe alone
 
 
-def _dual_ridge(x: np.ndarray, y: np.ndarray, r_grid) -> tuple:
+def dual_ridge(x: np.ndarray, y: np.ndarray, r_grid) -> tuple:
     """Ridge x -> y as (3) (strength r * tr(Xc^T Xc) / D, as fit_ridge) in its dual form, for every
     r at once: returns predict(x_new) -> {r: (n_new, C)} and weights(r) -> (W, b)."""
     mx, my = x.mean(0), y.mean(0)
@@ -88,7 +88,7 @@ def cross_validate_probe(xl, yl, z0, fold, classes, r_grid=COARSE_RIDGE_GRID, a_
     out = {(a, r): np.empty_like(z0, dtype=np.float64) for a in a_grid for r in r_grid}
     for k in np.unique(fold):
         tr, te = fold != k, fold == k
-        predict, _ = _dual_ridge(xl[tr], onehot[tr], r_grid)
+        predict, _ = dual_ridge(xl[tr], onehot[tr], r_grid)
         zl = predict(xl[te])
         for a in a_grid:
             for r in r_grid:
@@ -98,7 +98,7 @@ def cross_validate_probe(xl, yl, z0, fold, classes, r_grid=COARSE_RIDGE_GRID, a_
 
 def probe_projector(xl, yl, z0, classes, a, r, w0, b0, wc, bc, pinv) -> tuple[np.ndarray, np.ndarray]:
     """(6) fitted on every local image at (a, r), as the projector (weight (D_A, D_B), bias) above."""
-    _, weights = _dual_ridge(xl.astype(np.float64), np.eye(classes)[yl], (r,))
+    _, weights = dual_ridge(xl.astype(np.float64), np.eye(classes)[yl], (r,))
     wl, bl = weights(r)
     g = probe_scale(z0, classes)
     if np.isinf(a):
