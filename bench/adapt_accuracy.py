@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from edgedd.device.ridge import RIDGE_GRID
 def probe(xl, yl, classes, grid=RIDGE_GRID):
     """Ridge probe phi_B -> one-hot on the local images alone; strength by grouped CV (1.0 for k = 1).
     In its dual form (n x n; edgedd.device.local_probe), the same fit as edgedd.device.ridge.fit_ridge."""
+    xl = np.asarray(xl, dtype=np.float64)
     onehot = np.eye(classes, dtype=np.float64)[yl]
     fold, grouped = local_folds(yl)
     r = 1.0
@@ -63,19 +65,31 @@ def draw(labels, k, seed):
 
 
 def image_features(b, int8, train, test, cache_dir):
-    """phi_B of the pool and the test images. They depend only on the backbone graph and the folders,
-    so with a cache folder they are computed once per graph (its bytes' sha256) and folder pair and
-    shared by every bundle whose edge graph is byte-identical (pack's export is deterministic)."""
-    graph = b.directory / ("backbone.int8.onnx" if int8 else "backbone.onnx")
-    key = hashlib.sha256(graph.read_bytes() + f"|{train.resolve()}|{test.resolve()}".encode()).hexdigest()[:16]
+    """phi_B of the pool and the test images. They depend only on the backbone graph, the bundle's
+    classes and preprocessing, and the folders' files, so with a cache folder they are computed once
+    per such key and shared by every bundle whose edge graph is byte-identical (pack's export is
+    deterministic)."""
+    graph = Path(b.graph_files["backbone"])
+    listing = [
+        (str(f.relative_to(d)), f.stat().st_size, f.stat().st_mtime_ns)
+        for d in (train, test)
+        for f in sorted(d.rglob("*"))
+        if f.is_file()
+    ]
+    ident = json.dumps(
+        [str(train.resolve()), str(test.resolve()), list(b.class_names), b.edge_preprocess, listing], default=str
+    )
+    key = hashlib.sha256(graph.read_bytes() + ident.encode()).hexdigest()[:16]
     shared = None if cache_dir is None else cache_dir / f"images_{key}.npz"
     if shared is not None and shared.is_file():
         return dict(np.load(shared))
     xt, yt, _ = load_labelled_folder(b, test)
     xp, yp, _ = load_labelled_folder(b, train)
     f = dict(ft=backbone_features(b, xt), yt=yt, fp=backbone_features(b, xp), yp=yp)
-    if shared is not None:
-        np.savez(shared, **f)
+    if shared is not None:  # written whole or not at all: a job beside this one may read it
+        tmp = shared.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **f)
+        os.replace(tmp, shared)
     return f
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgedd.device.adapt import _Problem, adapt_fit, delta, keep_adapted, local_folds, verdict
+from edgedd.device.adapt import _Problem, adapt_fit, delta, keep_adapted, local_folds, local_strength, verdict
 from edgedd.device.local_probe import expressible, mix, probe_projector, probe_scale
 from edgedd.device.ridge import fit_ridge
 
@@ -91,6 +91,9 @@ def test_the_local_images_move_the_strength_within_a_decade_and_only_on_evidence
     ad = adapt_fit(*args, w["yl"], view_ridge=0.1, w_grid=(1e-9,), probe=False)
     assert ad["strength_from"] == "local images" and ad["ridge"] > 0.1 and ad["view_ridge"] == 0.1
     assert _top1(ad, w) > _top1(views, w) + 0.1
+    moved = dict(zip(("weight", "bias"), fit_ridge(w["xv"], w["yv"], ad["ridge"]), strict=True))
+    z = (w["xl"] @ moved["weight"].T.astype(np.float64) + moved["bias"]) @ w["wc"].T + w["bc"]
+    assert ad["cv_top1_views_only"] == (z.argmax(1) == w["yl"]).mean()  # the views-only fit compared: the moved one
     far = adapt_fit(*args, w["yl"], view_ridge=1e-3, w_grid=(1e-9,), probe=False)
     assert far["strength_from"] == "local images" and 1e-3 < far["ridge"] <= 1e-2 * (1 + 1e-9)
     wrong = np.random.default_rng(3).permutation(w["yl"])
@@ -100,6 +103,40 @@ def test_the_local_images_move_the_strength_within_a_decade_and_only_on_evidence
         and bad["ridge"] == 0.1
         and {0.1, 1.0} <= {c["ridge"] for c in bad["strength_ce"]}
     )
+
+
+class _Margins:
+    """A stand-in for _Problem: the logits of the views-only fit at strength r give each image's own
+    class the margin ``margins[r]`` over the other classes (so its cross-entropy falls as it grows)."""
+
+    def __init__(self, margins: dict, classes: int = 10, per_class: int = 4):
+        self.yl = np.repeat(np.arange(classes), per_class)
+        self.margins, self.classes = margins, classes
+
+    def logits0(self, r: float) -> np.ndarray:
+        z = np.zeros((len(self.yl), self.classes))
+        z[np.arange(len(self.yl)), self.yl] = self.margins[r]
+        return z
+
+
+def test_the_strength_moves_by_the_one_standard_error_rule_to_the_nearest_good_strength():
+    grid = (0.1, 0.3, 1.0, 3.0, 10.0)
+    noise = np.random.default_rng(0).normal(size=(len(grid), 40))
+    # 0.1 best by a hair over 0.3 (far inside one SE), both far better than the views' 1.0: 0.3, the
+    # nearer of the two to the views' choice, not the best
+    clear = _Margins({r: m + 0.5 * e for r, m, e in zip(grid, (3.05, 3.0, 0.5, 0.3, 0.1), noise, strict=True)})
+    r, info = local_strength(clear, 1.0, 10, grid)
+    assert r == 0.3 and info["strength_from"] == "local images"
+    assert [c["ridge"] for c in info["strength_ce"]] == list(grid)
+    # 0.1 better than the views' 1.0 only by noise: the views' choice stays
+    marginal = _Margins({r: m + e for r, m, e in zip(grid, (1.05, 0.9, 1.0, 0.5, 0.2), noise, strict=True)})
+    r, info = local_strength(marginal, 1.0, 10, grid)
+    assert r == 1.0 and info["strength_from"] == "views"
+    # no decade around a zero strength, and no score from logits that are not finite: nothing moves
+    assert local_strength(_Margins({**clear.margins, 0.0: 1.0}), 0.0, 10, grid)[0] == 0.0
+    inf = _Margins({r: (np.inf if r == 1.0 else 1.0) for r in grid})
+    with np.errstate(invalid="ignore"):  # inf - inf in the cross-entropy: NaN, which must not move r
+        assert local_strength(inf, 1.0, 10, grid)[0] == 1.0
 
 
 def test_mislabelled_local_images_fall_back_to_the_views_only_fit():

@@ -194,14 +194,17 @@ def local_strength(
     p: _Problem, view_ridge: float, classes: int, grid=RIDGE_GRID, span: float = STRENGTH_SPAN
 ) -> tuple[float, dict]:
     """The views-only fit's strength, moved by the local images' cross-entropy within ``span`` decades
-    (module docstring, "The strength"; span 0 keeps the views' strength). Returns r and
+    (module docstring, "The strength"; span 0 keeps the views' strength): of the grid's strengths
+    within the span (five on the half-decade grid) and the views' own, those within one standard
+    error of the lowest CE; of them the nearest the views' (equally near: the stronger). Returns r and
     {"strength_from": "views" | "local images", "strength_ce": [{"ridge": r, "ce": mean CE}, ...]}."""
-    near = {float(r) for r in grid if abs(math.log10(r / view_ridge)) <= span + 1e-9}
-    cand = sorted({float(view_ridge)} | near)
+    view_ridge = float(view_ridge)
+    near = {float(r) for r in grid if view_ridge > 0 and abs(math.log10(r / view_ridge)) <= span + 1e-9}
+    cand = sorted({view_ridge} | near)
     ce = {r: cross_entropy(p.logits0(r), p.yl) for r in cand}
     info = {"strength_from": "views", "strength_ce": [{"ridge": r, "ce": float(v.mean())} for r, v in ce.items()]}
-    if len(p.yl) < 2:
-        return float(view_ridge), info
+    if len(cand) < 2 or len(p.yl) < 2 or not all(np.isfinite(v).all() for v in ce.values()):
+        return view_ridge, info  # nothing to move to (no decade around 0), nothing to compare, or no score
     best = min(cand, key=lambda r: ce[r].mean())
 
     def within_one_se(r: float) -> bool:
@@ -210,8 +213,8 @@ def local_strength(
 
     r = min((r for r in cand if within_one_se(r)), key=lambda r: (abs(math.log(r / view_ridge)), -r))
     right = int((p.logits0(r).argmax(1) == p.yl).sum())
-    if r == float(view_ridge) or not above_chance(right, p.yl, classes)[0]:
-        return float(view_ridge), info
+    if r == view_ridge or not above_chance(right, p.yl, classes)[0]:
+        return view_ridge, info
     info["strength_from"] = "local images"
     return r, info
 

@@ -52,9 +52,7 @@ def adapt_bundle(b: Bundle, data: str | Path) -> dict:
     x_in, yv = view_inputs(b)
     fv = fit_features(b, x_in)
     n, k = a["targets.boxes"].shape[:2]
-    views = fit_on_features(
-        b, fv, yv
-    )  # deploy-check's fit: its strength, and the projector kept when adapting does not win
+    views = fit_on_features(b, fv, yv)  # deploy-check's fit: the strength adapt_fit starts from
     fit = adapt_fit(
         fv,
         yv,
