@@ -276,7 +276,7 @@ def adapt_fit(
     fold, grouped = local_folds(yl)
     r0, strength = local_strength(p, view_ridge, len(bc), span=strength_span)
     base = p.logits0(r0)
-    (r, w), cmp = _choose(p, cross_validate(p, (r0,), w_grid, fold), base)
+    (_, w), cmp = _choose(p, cross_validate(p, (r0,), w_grid, fold), base)  # (5) only at r0: w is the choice
     pinv = expressible(p.wc) if probe else None
     probe = None
     if pinv is not None:  # the local probe, (6) in edgedd.device.local_probe: kept instead when it wins held out
@@ -297,22 +297,21 @@ def adapt_fit(
         "folds": int(len(np.unique(fold))),
         "grouped_folds": grouped,
         "view_ridge": float(view_ridge),
-        "ridge": float(r),
+        "ridge": float(r0),
         **strength,
         "local_weight": float(w),
         **(probe or {"probe_mix": None, "probe_ridge": None, "cv_top1_probe": None}),
         **cmp,
     }
-    w0, b0 = fit_ridge(xv, yv, r0, prior)
+    w0, b0 = fit_ridge(xv, yv, r0, prior)  # the views-only fit: kept, or what (5) and (6) move
     if why is not None:
         return {"weight": w0, "bias": b0, **report}
     if candidate == "local probe":
         a = np.inf if probe["probe_mix"] is None else probe["probe_mix"]
         wt, b = probe_projector(xl, yl, base, len(bc), a, probe["probe_ridge"], w0, b0, p.wc, p.bc, pinv)
         return {"weight": wt, "bias": b, **report}
-    wt, b = fit_ridge(xv, yv, r, prior)
-    dw, db = delta(p, r, w)
-    return {"weight": (wt + dw).astype(np.float32), "bias": (b + db).astype(np.float32), **report}
+    dw, db = delta(p, r0, w)
+    return {"weight": (w0 + dw).astype(np.float32), "bias": (b0 + db).astype(np.float32), **report}
 
 
 def delta(p: _Problem, r: float, w: float) -> tuple[np.ndarray, np.ndarray]:
