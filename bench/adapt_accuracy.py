@@ -34,6 +34,7 @@ import numpy as np
 
 from edgedd.device.accuracy import load_labelled_folder, top1
 from edgedd.device.adapt import adapt_fit, local_folds
+from edgedd.device.artifact import ARTIFACT_FILE
 from edgedd.device.bundle import open_bundle
 from edgedd.device.checks import peak_rss_mb
 from edgedd.device.finetune import fit_features, fit_on_features, view_inputs
@@ -91,6 +92,12 @@ def image_features(b, int8, train, test, cache_dir):
         np.savez(tmp, **f)
         os.replace(tmp, shared)
     return f
+
+
+def cache_name(bundle: Path) -> str:
+    """The bundle's folder name and its artifact's sha256: two bundles of one name (every demo writes
+    runs/demo/bundle) or a bundle re-packed in place never share cached features."""
+    return f"{bundle.name}_{hashlib.sha256((bundle / ARTIFACT_FILE).read_bytes()).hexdigest()[:16]}"
 
 
 def features(path, int8, train, test, cache):
@@ -219,7 +226,9 @@ def main():
     ap.add_argument("--int8", action="store_true", help="also the int8 backbone")
     ap.add_argument("--unlabelled", type=int, default=0, help="also adapt with this many pseudo-labelled images")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--features", type=Path, help="folder caching each variant's features (<bundle>_<variant>.npz)")
+    ap.add_argument(
+        "--features", type=Path, help="folder caching each variant's features (<bundle>_<artifact sha>_<variant>.npz)"
+    )
     a = ap.parse_args()
     results = {}
     for path in a.bundles:
@@ -232,7 +241,7 @@ def main():
                 a.k,
                 a.draws,
                 a.unlabelled,
-                None if a.features is None else a.features / f"{path.name}_{'int8' if int8 else 'fp32'}.npz",
+                None if a.features is None else a.features / f"{cache_name(path)}_{'int8' if int8 else 'fp32'}.npz",
             )
     print(table(results))
     if a.json:
