@@ -4,8 +4,9 @@ For every bundle: the device's phi_B of its stored views (fp32 graph), the targe
 classifier; the top-1 on a labelled test folder of the device fit at each r of a grid; and the r each
 cross-validation criterion picks (edgedd.device.ridge's grouped folds): the held-out error in feature
 space (the rule before) or in the classifier's logit space (eq. 5, the rule now), the held-out
-cross-entropy, on a decade grid or a half-decade one. Bundles whose top-1 does not depend on r (B = A
-with the identity prior) are left out of the summary.
+cross-entropy, on a decade grid or a half-decade one; and the strength pack recorded, chosen on
+held-out real images (format 1.6; summarised when every bundle has one). Bundles whose top-1 does
+not depend on r (B = A with the identity prior) are left out of the summary.
 
     python bench/ridge_selection.py BUNDLE... --data mnist_test --json bench/results/ridge_selection.json
 """
@@ -23,10 +24,10 @@ from edgedd.device.accuracy import load_labelled_folder
 from edgedd.device.bundle import open_bundle
 from edgedd.device.finetune import fit_features, view_inputs
 from edgedd.device.infer import backbone_features
-from edgedd.device.ridge import _fold_predictions, fit_ridge, image_folds, recorded_prior
+from edgedd.device.ridge import RIDGE_GRID, _fold_predictions, fit_ridge, image_folds, recorded_prior, recorded_ridge
 
-GRID = (1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
-DECADES = [0, 1, 2, 4, 6]  # the indices of GRID on a decade grid
+GRID = RIDGE_GRID  # half a decade apart, as the device's rule (3e-3 and 3e-2 added since format 1.6's rule)
+DECADES = [0, 2, 4, 6, 8]  # the indices of GRID on a decade grid
 RULES = {  # name: (criterion, grid indices)
     "feature error, decades (before)": ("feature", DECADES),
     "feature error, half decades": ("feature", range(len(GRID))),
@@ -34,6 +35,9 @@ RULES = {  # name: (criterion, grid indices)
     "logit error, half decades (now)": ("logit", range(len(GRID))),
     "cross-entropy, half decades": ("ce", range(len(GRID))),
 }
+# format 1.6: the strength pack chose on the golden classifier's held-out real images through B
+# (edgedd.device.ridge.select_ridge_on_images), recorded in the bundle
+PACK_RULE = "pack: held-out real images (since 1.6)"
 
 
 def study(path: str, data: str) -> dict:
@@ -68,6 +72,7 @@ def study(path: str, data: str) -> dict:
     for rule, (c, idx) in RULES.items():
         j = min(idx, key=lambda i: (crit[c][i], -GRID[i]))  # ties: the stronger fit, as select_ridge
         picks[rule] = GRID[j]
+    picks[PACK_RULE] = recorded_ridge(b.meta)  # None: packed before format 1.6, or without held-out images
     return {"test_top1": {str(r): a for r, a in test.items()}, "picks": picks}
 
 
@@ -86,8 +91,9 @@ def main() -> None:
     rows = [(p, d) for p, d in out.items() if max(d["test_top1"].values()) - min(d["test_top1"].values()) >= 0.005]
     if not rows:
         sys.exit("no bundle whose top-1 depends on r")
+    rules = list(RULES) + ([PACK_RULE] if all(d["picks"][PACK_RULE] is not None for _, d in rows) else [])
     print(f"{len(rows)} bundles (of {len(out)}) whose top-1 depends on r; top-1 % at each rule's pick:")
-    for rule in RULES:
+    for rule in rules:
         acc = [d["test_top1"][str(d["picks"][rule])] for _, d in rows]
         gap = [max(d["test_top1"].values()) - a for (_, d), a in zip(rows, acc, strict=True)]
         print(f"  {rule:34s} mean {100 * np.mean(acc):5.2f}  worst gap to the best r {100 * max(gap):4.1f}")

@@ -54,6 +54,16 @@ def starting_set_run(run: Path, dest: Path) -> Path:
     return dest
 
 
+def ridge_note(ref: dict) -> str:
+    """The device fit's strength and where it came from (pack's reference, format 1.6)."""
+    if ref.get("device_ridge") is not None:
+        return (
+            f"{ref['device_ridge']:g} (pack's choice on {ref['device_ridge_images']} held-out real images; the "
+            f"synthetic views' cross-validation: {ref['projector_ridge_views']:g})"
+        )
+    return f"{ref['projector_ridge']:g} (cross-validated on the synthetic views)"
+
+
 def pack_int8_or_fp32(run: Path, bundle: Path, edge: str, edge_crop_res: int | None, int8: bool = True):
     """Pack ``run`` for the edge with the int8 build if it passes pack's gate (top-1 on the held-out real
     images within 5 points of fp32), else fp32 only; returns pack's result and whether int8 is in it."""
@@ -306,8 +316,8 @@ def main() -> None:
             if dc8
             else "; int8 refused by pack's gate"
         )
-        + f"; projector ridge {p['reference']['projector_ridge']:g} (cross-validated); predict: {right}/{len(preds)} "
-        "of the sampled test images right.",
+        + f"; projector ridge {ridge_note(p['reference'])}; predict: {right}/{len(preds)} of the sampled test images "
+        "right.",
         f"evaluation: {a.protocol} protocol, {a.seeds} seeds; distillation: {s['method']}, {a.iterations} iterations; "
         f"flow cosine {s['flow_cosine']:.3f}; synthetic class centres {s['landing']['centre_offset_mean']:.2f} "
         "inter-centre distances "

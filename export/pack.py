@@ -58,14 +58,14 @@ from edgedd.core.lock import lock
 from edgedd.core.paths import refuse_overlap
 from edgedd.device import artifact as art
 from edgedd.device.ridge import fit_ridge as fit_projector_ridge
-from edgedd.device.ridge import projector_prior, select_ridge
+from edgedd.device.ridge import projector_prior, select_ridge, select_ridge_on_images
 from edgedd.device.schema import copy_ratio_problem
 from edgedd.device.sidecar import device_files
 from edgedd.distillation.rundir import load_run
 from edgedd.host.augment import device_views, eval_box, normalize, render_views
 from edgedd.host.rng import torch_generator
 
-from .edge_path import edge_inputs, edge_top1, expectations, features, onnx_features
+from .edge_path import HeldOut, edge_inputs, edge_top1, expectations, features, heldout_real, onnx_features
 from .mobile import ORT_CONFIG_FILE, static_batch, to_ort
 from .onnx_graphs import (
     INT8_MODE,
@@ -197,9 +197,10 @@ def _pack(
     n, c = len(labels), run.golden_weight.shape[0]
     views, targets, feats_b, calib = _render_targets(pix, model_a, info_a, model_b, info_b, config, dev)
     w_c, b_c = run.golden_weight.float(), run.golden_bias.float()
-    w_p, b_p, ref = _fit_projector(pix, labels, targets, feats_b, model_b, info_a, info_b, w_c, b_c, config)
-    expected, heldout = expectations(run, model_b, info_b, w_p, b_p, w_c, b_c, config.expect_images)
-    ref.update(expected)
+    real, missing = heldout_real(run, model_b, info_b, config.expect_images)
+    w_p, b_p, ref = _fit_projector(pix, labels, targets, feats_b, model_b, info_a, info_b, w_c, b_c, config, real)
+    ref.update(expectations(run, real, missing, w_p, b_p, w_c, b_c))
+    heldout = None if real is None else (real.source, real.idx)
     graphs, validation, model_b_cpu = _export_graphs(model_b, info_a, info_b, w_p, b_p, w_c, b_c)
     st_in, st_f, st_l = _selftest(pix, model_b_cpu, info_b, w_p, b_p, w_c, b_c, config.selftest_images, dev)
     if config.int8:
@@ -306,9 +307,13 @@ def _fit_projector(
     w_c,
     b_c,
     config: PackConfig,
+    real: HeldOut | None = None,
 ):
     """The packed projector P: D_B -> D_A and the reference figures on the synthetic set (the
-    artifact's ``reference``, before the expectations). Returns w_p, b_p, reference."""
+    artifact's ``reference``, before the expectations). Its strength: the one whose fit classifies the
+    held-out real images ``real`` best (edgedd.device.ridge.select_ridge_on_images), recorded for the
+    device as ``device_ridge``; without them (or with ``config.ridge_on_heldout`` off) the views' own
+    cross-validation, which the device then repeats. Returns w_p, b_p, reference."""
     n = pix.shape[0]
     d_a, d_b = targets.shape[1], feats_b.shape[1]
     # what the fit shrinks towards: I when B has A's weights (int8 or another resolution of the same
@@ -322,6 +327,22 @@ def _fit_projector(
         prior=prior,
         classifier=w_c.cpu().numpy(),
     )
+    ridge_views, on_real = ridge, {"device_ridge": None, "device_ridge_heldout": None, "device_ridge_images": None}
+    if real is not None and config.ridge_on_heldout:
+        ridge, scores = select_ridge_on_images(
+            feats_b.cpu().numpy(),
+            targets.cpu().numpy(),
+            real.feats.numpy(),
+            real.labels.numpy(),
+            w_c.cpu().numpy(),
+            b_c.cpu().numpy(),
+            prior=prior,
+        )
+        on_real = {
+            "device_ridge": ridge,
+            "device_ridge_heldout": {repr(r): v for r, v in scores.items()},  # {"ce", "top1"} per strength
+            "device_ridge_images": len(real.labels),
+        }
     w_p, b_p, projector_fit = train_projector(
         feats_b.cpu().view(n, config.views, d_b),
         targets.cpu().view(n, config.views, d_a),
@@ -344,7 +365,9 @@ def _fit_projector(
         "projector_fit": {"recipe": config.projector_recipe, **projector_fit},
         "projector_ridge": ridge,
         "projector_prior": prior,
+        "projector_ridge_views": ridge_views,  # the views' own cross-validation's choice
         "projector_ridge_cv": {repr(r): v for r, v in ridge_scores.items()},  # held-out target MSE per strength
+        **on_real,
         "projector_mse_ridge": float(((feats_b.cpu().numpy() @ w_r.T + b_r - targets.cpu().numpy()) ** 2).mean()),
     }
     return w_p, b_p, ref

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from edgedd.cli.host import app
@@ -197,7 +198,7 @@ def test_bundle_without_expectation_reports_skipped(packed, tmp_path):
 def test_pack_without_its_training_data_warns_and_records_none(packed, tmp_path):
     """The training folder moved since the run: no expectation (null, with the reason), one warning."""
     from edgedd.distillation.rundir import load_run
-    from edgedd.export.edge_path import expectations
+    from edgedd.export.edge_path import expectations, heldout_real
 
     run_dir = tmp_path / "run"
     shutil.copytree(packed["run"], run_dir)
@@ -205,17 +206,16 @@ def test_pack_without_its_training_data_warns_and_records_none(packed, tmp_path)
     summary["dataset"]["name"] = str(tmp_path / "moved-away")
     (run_dir / "summary.json").write_text(json.dumps(summary))
     with pytest.warns(UserWarning) as w:
-        out, heldout = expectations(load_run(run_dir), None, None, None, None, None, None, 1000)
+        real, missing = heldout_real(load_run(run_dir), None, None, 1000)
+    out = expectations(load_run(run_dir), real, missing, None, None, None, None)
     ours = [
         str(x.message) for x in w if issubclass(x.category, UserWarning) and not issubclass(x.category, ResourceWarning)
     ]
     assert len(ours) == 1 and "\n" not in ours[0] and "no expected edge accuracy" in ours[0], ours
-    assert out["expected_edge_top1"] is None and out["expected_edge_images"] is None and heldout is None
+    assert out["expected_edge_top1"] is None and out["expected_edge_images"] is None and real is None
     assert "not readable here" in out["expected_edge_missing"]
     assert out["golden_heldout_top1"] == json.loads((run_dir / "stage1.json").read_text())["golden"]["heldout_top1"]
-    assert expectations(load_run(run_dir), None, None, None, None, None, None, 0)[0]["expected_edge_missing"].endswith(
-        "--expect-images 0)"
-    )
+    assert heldout_real(load_run(run_dir), None, None, 0) == (None, "not measured (pack --expect-images 0)")
 
 
 def test_expectation_is_measured_on_the_golden_held_out_slice(packed, monkeypatch):
@@ -224,22 +224,28 @@ def test_expectation_is_measured_on_the_golden_held_out_slice(packed, monkeypatc
     from edgedd.export import edge_path
 
     seen = []
-    monkeypatch.setattr(
-        edge_path, "edge_top1", lambda source, idx, *a: seen.append((source.name, list(idx))) or (0.5, len(idx))
-    )
+
+    def fake_features(source, idx, *a):  # every other image "right" through the identity heads below
+        seen.append((source.name, list(idx)))
+        return torch.eye(2)[torch.arange(len(idx)) % 2], torch.zeros(len(idx), dtype=torch.int64)
+
+    monkeypatch.setattr(edge_path, "heldout_features", fake_features)
     run = load_run(packed["run"])
     src = scan_image_folder(packed["data"])
     cfg = json.loads((packed["run"] / "stage1.json").read_text())["stage1"]
     _, held = holdout_split(src.labels, cfg["golden_holdout"], cfg["seed"])
-    out, heldout = edge_path.expectations(run, None, None, None, None, None, None, 1000)
-    assert seen == [(str(packed["data"]), held.tolist())] and (
-        out["expected_edge_top1"],
-        out["expected_edge_images"],
-    ) == (0.5, len(held))
+    real, missing = edge_path.heldout_real(run, None, None, 1000)
+    eye, zero = torch.eye(2), torch.zeros(2)
+    out = edge_path.expectations(run, real, missing, eye, zero, eye, zero)
+    assert seen == [(str(packed["data"]), held.tolist())] and missing is None
+    assert (out["expected_edge_top1"], out["expected_edge_images"]) == (
+        pytest.approx((len(held) + 1) // 2 / len(held)),
+        len(held),
+    )
     assert (
-        heldout[0].name == str(packed["data"]) and heldout[1].tolist() == held.tolist()
-    )  # what the int8 gate measures on
-    edge_path.expectations(run, None, None, None, None, None, None, 2)
+        real.source.name == str(packed["data"]) and real.idx.tolist() == held.tolist()
+    )  # what the int8 gate measures on, and what pack chooses the device's strength with
+    edge_path.heldout_real(run, None, None, 2)
     assert seen[-1][1] == [held[0], held[-1]]  # the cap keeps the slice's ends, spread evenly
 
 

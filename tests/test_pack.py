@@ -178,14 +178,33 @@ def test_edge_backbone_differs_from_distillation_backbone(packed, tmp_path):
     a = art.read(out / art.ARTIFACT_FILE)
     assert a["projector.weight"].shape == (64, 256)  # D_A x D_B
     # A random-weights CNN still carries these colour-coded classes: the device's fit at the strength
-    # cross-validation picks on the synthetic images passes above chance on real images. (Whether the
+    # pack chose on the held-out real images passes above chance on real images. (Whether the
     # weakest ridge drops to chance depends on the draws; the failing path is test_deploy's.)
+    ref = a.meta["reference"]
+    cv = {float(r): v["ce"] for r, v in ref["device_ridge_heldout"].items()}
+    assert ref["device_ridge"] == min(cv, key=lambda r: (cv[r], -r)) and ref["device_ridge_images"] >= 1
+    assert ref["projector_ridge"] == ref["device_ridge"]  # the packed projector is fitted at it too
     chosen = CliRunner().invoke(app, ["deploy-check", str(out), "--data", str(packed["heldout"]), "--json"])
     rep = json.loads(chosen.stdout)
     assert chosen.exit_code == 0 and rep["data_top1"] >= rep["chance_bound_top1"], rep[
         "checks"
     ]  # the bound: the least top-1 that passes
-    assert "(cross-validated)" in next(c["detail"] for c in rep["checks"] if c["name"] == "fine-tune")
+    detail = next(c["detail"] for c in rep["checks"] if c["name"] == "fine-tune")
+    assert detail.startswith(f"ridge {ref['device_ridge']:g} (pack's choice on held-out real images)"), detail
+    # --ridge-on-views: nothing recorded, the device cross-validates over the synthetic views as before 1.6
+    views = tmp_path / "edge_views"
+    r = CliRunner().invoke(
+        app,
+        ["pack", str(packed["run"]), "--out", str(views), "--edge-backbone", "test_efficientnet", "--edge-weights"]
+        + ["random", "--edge-crop-res", "32", "--projector-epochs", "100", "--ridge-on-views"],
+    )
+    assert r.exit_code == 0, r.stderr
+    ref_v = art.read(views / art.ARTIFACT_FILE).meta["reference"]
+    assert ref_v["device_ridge"] is None and ref_v["projector_ridge"] == ref_v["projector_ridge_views"]
+    assert ref_v["projector_ridge_views"] == ref["projector_ridge_views"]  # the same views, the same CV
+    on_views = CliRunner().invoke(app, ["deploy-check", str(views), "--data", str(packed["heldout"]), "--json"])
+    detail = next(c["detail"] for c in json.loads(on_views.stdout)["checks"] if c["name"] == "fine-tune")
+    assert "(cross-validated on the synthetic images)" in detail, detail
     weak = CliRunner().invoke(
         app, ["deploy-check", str(out), "--data", str(packed["heldout"]), "--ridge", "0.001", "--json"]
     )

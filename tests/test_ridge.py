@@ -9,10 +9,13 @@ from edgedd.device.ridge import (
     DEFAULT_RIDGE,
     RIDGE_GRID,
     _fold_predictions,
+    cross_entropy,
     fit_ridge,
     image_folds,
     objective,
+    recorded_ridge,
     select_ridge,
+    select_ridge_on_images,
 )
 
 
@@ -165,3 +168,36 @@ def test_torch_and_numpy_fits_agree_under_the_identity_prior():
     w, b = fit_ridge(x.reshape(40, 16), y.reshape(40, 16), 0.1, "identity")
     np.testing.assert_allclose(fit.head.weight.detach().numpy(), w, atol=1e-5)
     np.testing.assert_allclose(fit.head.bias.detach().numpy(), b, atol=1e-5)
+
+
+@pytest.mark.parametrize("prior", ["none", "identity"])
+def test_the_strength_on_real_images_is_the_least_cross_entropy_of_the_fit_on_every_view(prior):
+    """select_ridge_on_images (pack's choice for the device, format 1.6) scores each strength by the
+    fit on *all* the views, applied to the real images through the golden classifier, and keeps the
+    least mean cross-entropy (ties: the stronger): recomputed here the long way, fit by fit."""
+    rng = np.random.default_rng(3)
+    c, d = 4, 20
+    means = rng.normal(scale=2.0, size=(c, d))
+    yv = np.repeat(np.arange(c), 6)
+    x = means[yv] + rng.normal(size=(len(yv), d))
+    y = x @ rng.normal(scale=0.3, size=(d, d)) + rng.normal(scale=0.5, size=(len(yv), d))
+    wc, bc = rng.normal(size=(c, d)), rng.normal(size=c)
+    yr = rng.integers(0, c, 50)
+    xr = means[yr] + rng.normal(scale=2.0, size=(50, d))  # real images: further from the class means than the views
+    r, scores = select_ridge_on_images(x, y, xr, yr, wc, bc, prior=prior)
+    assert sorted(scores) == sorted(RIDGE_GRID)
+    for s in RIDGE_GRID:
+        w, b = fit_ridge(x, y, s, prior)
+        z = (xr @ w.T.astype(np.float64) + b) @ wc.T + bc
+        assert scores[s]["ce"] == pytest.approx(cross_entropy(z, yr).mean(), rel=1e-4)
+        assert scores[s]["top1"] == pytest.approx((z.argmax(1) == yr).mean())
+    assert r == min(RIDGE_GRID, key=lambda s: (scores[s]["ce"], -s))
+    assert len({round(v["ce"], 6) for v in scores.values()}) > 1  # the strengths really differ here
+    tied = {s: {"ce": 1.0, "top1": 0.5} for s in RIDGE_GRID}
+    assert min(RIDGE_GRID, key=lambda s: (tied[s]["ce"], -s)) == max(RIDGE_GRID)  # the tie rule, spelled out
+
+
+def test_a_recorded_strength_is_read_and_only_as_a_number():
+    assert recorded_ridge({"reference": {"device_ridge": 0.1}}) == 0.1
+    assert recorded_ridge({"reference": {"device_ridge": None}}) is None
+    assert recorded_ridge({"reference": {}}) is None and recorded_ridge({}) is None  # before format 1.6

@@ -96,8 +96,8 @@ def deploy_check(
     ridge: float | None = typer.Option(
         None,
         min=0.0,
-        help="Relative ridge strength of the projector fit [default: chosen by cross-validation over the synthetic "
-        "images].",
+        help="Relative ridge strength of the projector fit [default: the one pack chose on held-out real images, "
+        "recorded in the bundle; else chosen by cross-validation over the synthetic images].",
     ),
     runtime: str = typer.Option(
         "onnx",
@@ -360,9 +360,9 @@ def adapt(
         f"views only {r['cv_top1_views_only']:.1%} (right where the other was wrong: {r['wins']} vs {r['losses']})"
     )
     strength = (
-        f"strength {r['ridge']:g} (the views chose {r['view_ridge']:g}; the local images' cross-entropy moved it)"
+        f"strength {r['ridge']:g} (deploy-check's was {r['view_ridge']:g}; the local images' cross-entropy moved it)"
         if r["strength_from"] == "local images"
-        else f"strength {r['ridge']:g} (the views' choice)"
+        else f"strength {r['ridge']:g} (deploy-check's)"
     )
     kept = (
         f"adapted fit kept (local weight {r['local_weight']:g})"

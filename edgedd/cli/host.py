@@ -464,6 +464,12 @@ def pack(
         help="Classify at most this many of the golden classifier's held-out training images on the edge path and "
         "record the top-1 deploy-check --data expects; 0 records none (deploy-check then skips that check).",
     ),
+    ridge_on_heldout: bool = typer.Option(
+        PACK.ridge_on_heldout,
+        "--ridge-on-heldout/--ridge-on-views",
+        help="Choose the device's projector strength on those held-out images through the edge backbone (recorded in "
+        "the bundle), or leave it to the device's cross-validation over the synthetic views.",
+    ),
     static_batch: int = typer.Option(
         PACK.static_batch,
         "--static-batch",
@@ -506,6 +512,7 @@ def pack(
             int8_max_drop=int8_max_drop,
             seed=seed,
             expect_images=expect_images,
+            ridge_on_heldout=ridge_on_heldout,
             static_batch=static_batch,
             ort=ort,
             litert=litert,
@@ -565,7 +572,13 @@ def _expectation_line(ref: dict) -> str:
     )
     if ref.get("int8_expected_edge_top1") is not None:
         edge += f", int8 backbone {ref['int8_expected_edge_top1']:.1%}"
-    return f"  real images: {golden}; {edge}"
+    strength = (
+        f"\n  device projector strength {ref['device_ridge']:g}, chosen on {ref['device_ridge_images']} held-out "
+        f"images (the synthetic views' cross-validation: {ref['projector_ridge_views']:g})"
+        if ref.get("device_ridge") is not None
+        else ""
+    )
+    return f"  real images: {golden}; {edge}{strength}"
 
 
 # The device commands (edgedd.cli.device), added here so that --help lists them after pack and before report.

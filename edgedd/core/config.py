@@ -298,6 +298,9 @@ class PackConfig:
     int8_max_drop: float = 0.05
     seed: int = 0
     expect_images: int = 1000  # real held-out images behind the expected edge top-1 (bounds pack's time); 0: none
+    # choose the device's projector strength on those held-out real images (edgedd.device.ridge
+    # .select_ridge_on_images), recorded as reference.device_ridge; False: the views' cross-validation, as before 1.6
+    ridge_on_heldout: bool = True
     static_batch: int = (
         1  # the batch size of the fixed-shape backbone graphs (export.mobile) written beside the dynamic ones
     )

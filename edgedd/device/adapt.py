@@ -23,11 +23,12 @@ and K = U diag(k) U^T it is elementwise: (Q^T B U)_ab = w (Q^T (T - Z) U)_ab / (
 One eigendecomposition of Xc^T Xc (D_B x D_B) serves every strength; each fold and weight then costs
 an n x n eigendecomposition and a few small products.
 
-The strength. lam starts as the views-only fit's (chosen on the views,
-edgedd.device.ridge.select_ridge). The local images are not in that fit, so each one is a held-out
-image for it at every strength: their mean cross-entropy, CE(r) = mean_i [logsumexp z_i(r) -
-z_i(r)_{c_i}] with z(r) the logits of P0 fitted at r, scores every strength within a decade of the
-views' (STRENGTH_SPAN) at the cost of one product each. The views' r is moved only when CE says so
+The strength. lam starts as deploy-check's (the bundle's recorded choice on held-out real images,
+edgedd.device.ridge.select_ridge_on_images, else the views' cross-validation, select_ridge). The
+local images are not in that fit, so each one is a held-out image for it at every strength: their
+mean cross-entropy, CE(r) = mean_i [logsumexp z_i(r) - z_i(r)_{c_i}] with z(r) the logits of P0
+fitted at r, scores every strength within a decade of that one (STRENGTH_SPAN) at the cost of one
+product each. The views' r is moved only when CE says so
 by more than one standard error of the paired per-image difference from the best r (the
 one-standard-error rule, leaning to the views' choice: of the strengths within one SE of the best,
 the nearest the views' r), and only when the fit at the new strength classifies the local images
@@ -59,7 +60,7 @@ import numpy as np
 
 from .accuracy import chance_bound
 from .local_probe import cross_validate_probe, expressible, probe_projector
-from .ridge import FOLDS, RIDGE_GRID, fit_ridge, image_folds, residual
+from .ridge import FOLDS, RIDGE_GRID, cross_entropy, fit_ridge, image_folds, residual
 
 WEIGHT_GRID = (
     0.03,
@@ -174,12 +175,6 @@ def _choose(p: _Problem, cv: dict, base: np.ndarray) -> tuple[tuple, dict]:
         "cv_top1_adapted": float(right_a.mean()),
         "cv_top1_views_only": float(right_b.mean()),
     }
-
-
-def cross_entropy(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-image -log softmax(z)_y, computed stably."""
-    m = z.max(1, keepdims=True)
-    return (m[:, 0] + np.log(np.exp(z - m).sum(1))) - z[np.arange(len(y)), y]
 
 
 def above_chance(right: int, labels: np.ndarray, classes: int) -> tuple[bool, float, int | None]:

@@ -33,12 +33,14 @@ from edgedd.core.errors import EdgeddError
 from edgedd.core.stio import Malformed, read_header, strict_json
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 5  # 1.1: reference holds the real-image expectations (golden_heldout_top1, expected_edge_top1);
+FORMAT_MINOR = 6  # 1.1: reference holds the real-image expectations (golden_heldout_top1, expected_edge_top1);
 # 1.2: reference.projector_prior (edgedd.device.ridge eq. 4); 1.3: with --int8, reference.int8_expected_edge_top1
 # (the int8 backbone on the same held-out images; pack's int8 gate is judged there); 1.4: the fixed-shape
 # backbones (onnx.backbone_static, onnx.backbone_int8_static, with their batch and mobile readiness) and
 # the optional "ort" (ORT format) and "litert" (.tflite) graph sections
 # 1.5: copy_ratio (the synthetic images' distance to the training data, edgedd.core.copyratio), optional
+# 1.6: reference.device_ridge, the projector strength pack chose on held-out real images through B
+# (edgedd.device.ridge.select_ridge_on_images), which the device's fit uses; optional (null: cross-validation)
 FORMAT = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 ARTIFACT_FILE = "edgedd.artifact.safetensors"
 # Bounds the header's JSON and with it the parser's memory (a few hundred MB for the most

@@ -201,6 +201,12 @@ def _self_test_check(checks: list, b: Bundle, int8: bool, tolerance: float) -> N
         )
 
 
+RIDGE_FROM = {  # how deploy-check's line names the strength's source (edgedd.device.finetune.fit_on_features)
+    "held-out real images (pack)": " (pack's choice on held-out real images)",
+    "synthetic views (cross-validation)": " (cross-validated on the synthetic images)",
+}
+
+
 def _fine_tune_check(checks: list, b: Bundle, ridge: float | None) -> tuple[np.ndarray, np.ndarray]:
     """fine-tune: fit the projector on this device (edgedd.device.finetune) and write it if it passes."""
     with np.errstate(
@@ -222,7 +228,7 @@ def _fine_tune_check(checks: list, b: Bundle, ridge: float | None) -> tuple[np.n
         checks,
         "fine-tune",
         fit_ok,
-        f"ridge {ft['ridge']:g}{' (cross-validated)' if ft['ridge_scores'] else ''} on {ft['views']} views"
+        f"ridge {ft['ridge']:g}{RIDGE_FROM.get(ft['ridge_from'], '')} on {ft['views']} views"
         + (" (the fp32 backbone's features)" if b.variant == "int8" else "")
         + ": "
         f"target MSE {ft['mse_before']:.4g} -> {ft['mse_after']:.4g}; {written}"

@@ -29,7 +29,7 @@ from .graphs import load_session
 from .infer import backbone_features
 from .render import normalize, render_views
 from .ridge import fit_ridge as fit_projector_ridge
-from .ridge import mse, objective, recorded_prior, select_ridge
+from .ridge import mse, objective, recorded_prior, recorded_ridge, select_ridge
 from .sidecar import LEGACY_FILE, VARIANTS, binding, find_projector, refit_command, sidecar_path
 
 if TYPE_CHECKING:
@@ -57,8 +57,9 @@ def view_inputs(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
 
 def fine_tune_projector(b: Bundle, ridge: float | None = None) -> dict:
     """Fit the projector on this device's phi_B of the stored views (edgedd.device.ridge): at the
-    relative strength ``ridge``, or, with None, the one grouped cross-validation on the synthetic
-    images picks (what generalises from this bundle's images to unseen ones through *this* B).
+    relative strength ``ridge``; with None, the one pack chose on held-out real images through this
+    backbone (``reference.device_ridge``, format 1.6), else the one grouped cross-validation on the
+    synthetic images picks (what generalises from this bundle's images to unseen ones through *this* B).
 
     With the int8 backbone, phi_B is the bundle's fp32 graph run on this device (:func:`fit_features`)."""
     x_in, y = view_inputs(b)
@@ -70,8 +71,11 @@ def fit_on_features(b: Bundle, feats: np.ndarray, y: np.ndarray, ridge: float | 
     their targets ``y`` (bench/int8_device_fit.py compares feature sources through it)."""
     n, k = b.artifact["targets.boxes"].shape[:2]
     prior = recorded_prior(b.meta)
-    scores = {}
+    scores, ridge_from = {}, "given"
+    if ridge is None:  # pack's choice on held-out real images through this very backbone, if it made one
+        ridge, ridge_from = recorded_ridge(b.meta), "held-out real images (pack)"
     if ridge is None:
+        ridge_from = "synthetic views (cross-validation)"
         ridge, scores = select_ridge(
             feats,
             y,
@@ -91,6 +95,7 @@ def fit_on_features(b: Bundle, feats: np.ndarray, y: np.ndarray, ridge: float | 
         "objective_before": objective(feats, y, w0, ridge, prior),
         "objective_after": objective(feats, y, w, ridge, prior),
         "ridge": ridge,
+        "ridge_from": ridge_from,
         "ridge_scores": scores,
     }
 

@@ -48,6 +48,9 @@ RIDGE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 # the local probe's two-knob cross-validation (strength x mix) keeps a decade apart
 COARSE_RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 DEFAULT_RIDGE = 1e-3  # when no split keeps every class in training (IPC 1)
+# a strength a bundle records for the device (reference.device_ridge) must lie in this range: pack
+# records one of RIDGE_GRID; anything else is a crafted or broken artifact
+RECORDED_RIDGE_RANGE = (1e-6, 1e3)
 FOLDS = 5
 PRIORS = ("none", "identity")  # what P shrinks towards: 0 (3), or I (4) when B is A's network
 
@@ -60,6 +63,14 @@ def projector_prior(sha_a: str, sha_b: str, d_a: int, d_b: int) -> str:
 def recorded_prior(meta: dict) -> str:
     """The prior an artifact's metadata records (format 1.2); older artifacts have none: "none"."""
     return meta.get("reference", {}).get("projector_prior", "none")
+
+
+def recorded_ridge(meta: dict) -> float | None:
+    """The strength pack chose for the device on held-out real images (format 1.6,
+    ``reference.device_ridge``; :func:`select_ridge_on_images`), or None: older bundles, or a pack
+    without the run's training data, leave it to the device's cross-validation (:func:`select_ridge`)."""
+    r = meta.get("reference", {}).get("device_ridge")
+    return None if r is None else float(r)
 
 
 def residual(x: np.ndarray, y: np.ndarray, prior: str) -> np.ndarray:
@@ -173,4 +184,46 @@ def select_ridge(
     width = y.shape[1] if wt is None else wt.shape[1]
     scores = {float(r): float(e / (len(y) * width)) for r, e in zip(grid, err, strict=True)}
     best = min(grid, key=lambda r: (scores[float(r)], -r))  # ties: the stronger, safer fit
+    return float(best), scores
+
+
+def cross_entropy(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-image -log softmax(z)_y, computed stably."""
+    m = z.max(1, keepdims=True)
+    return (m[:, 0] + np.log(np.exp(z - m).sum(1))) - z[np.arange(len(y)), y]
+
+
+def select_ridge_on_images(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_real: np.ndarray,
+    y_real: np.ndarray,
+    classifier: np.ndarray,
+    bias: np.ndarray,
+    grid=RIDGE_GRID,
+    prior: str = "none",
+) -> tuple[float, dict]:
+    """The relative strength in ``grid`` whose fit (3) (or (4)) on *all* the views ``x`` -> ``y``
+    classifies labelled real images best through the golden classifier: the least mean
+    cross-entropy
+
+        CE(r) = mean_i [logsumexp z_i(r) - z_i(r)_{c_i}],   z_i(r) = W_c P_r(x_real_i) + b_c       (6)
+
+    (ties: the stronger). Pack calls it on phi_B of the golden classifier's held-out slice of the
+    training data, which the views never saw, and records the choice for the device (format 1.6,
+    ``reference.device_ridge``). Why real images and not the views alone: the views' own
+    cross-validation (:func:`select_ridge`) asks how well a fit generalises to *unseen synthetic
+    images*, and real images are further from the views than held-out views are; on the demo's
+    Lite1 -> Lite0 bundle it picks r = 1 where real images peak at 0.1 (docs/RESULTS.md, "The
+    projector's strength on real images"). Why cross-entropy: smooth where top-1 on a few hundred
+    images is a step function. Returns r and {r: {"ce": CE(r), "top1": top-1}}."""
+    x, xr = x.astype(np.float64), np.asarray(x_real, dtype=np.float64)
+    yres = residual(x, y.astype(np.float64), prior)
+    wt, bc = np.asarray(classifier, dtype=np.float64).T, np.asarray(bias, dtype=np.float64)
+    yr = np.asarray(y_real, dtype=np.int64)
+    scores = {}
+    for r, pred in zip(grid, _fold_predictions(x, yres, xr, grid), strict=True):
+        z = (pred + (xr if prior == "identity" else 0.0)) @ wt + bc
+        scores[float(r)] = {"ce": float(cross_entropy(z, yr).mean()), "top1": float((z.argmax(1) == yr).mean())}
+    best = min(grid, key=lambda r: (scores[float(r)]["ce"], -r))
     return float(best), scores

@@ -20,7 +20,7 @@ import numpy as np
 from edgedd.core.images import INTERPOLATIONS
 from edgedd.core.paths import MAX_CLASS_NAME_CHARS
 
-from .ridge import PRIORS, recorded_prior
+from .ridge import PRIORS, RECORDED_RIDGE_RANGE, recorded_prior
 
 # A graph's file name, from the artifact's metadata: a bare name inside the bundle, nothing else
 # (no '/', '\\', '..', absolute path, NUL or empty name), so the metadata cannot point outside.
@@ -136,6 +136,11 @@ def _check(meta: dict, tensors: dict) -> None:
     _need(
         prior != "identity" or d_a == d_b,
         f"reference.projector_prior is identity but D_A = {d_a} and D_B = {d_b} differ",
+    )
+    ridge, (lo, hi) = meta.get("reference", {}).get("device_ridge"), RECORDED_RIDGE_RANGE
+    _need(
+        ridge is None or (_is_number(ridge) and lo <= ridge <= hi),
+        f"reference.device_ridge is {_show(ridge)}, not a strength in [{lo:g}, {hi:g}] or null",
     )
     images = _tensor(tensors, "synthetic.images", np.uint8, (None, 3, None, None))
     n, r = images.shape[0], images.shape[2]

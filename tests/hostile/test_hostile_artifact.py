@@ -324,6 +324,10 @@ SCHEMA_CASES = {  # case: (edit of (meta, tensors), words of the refusal)
     "golden held-out top-1 negative": (_set("reference.golden_heldout_top1", -0.1), "golden_heldout_top1"),
     "expected edge image count 0": (_set("reference.expected_edge_images", 0), "expected_edge_images"),
     "reference a list": (_set("reference", [1]), "reference"),
+    "device strength negative": (_set("reference.device_ridge", -1.0), "reference.device_ridge"),
+    "device strength a string": (_set("reference.device_ridge", "0.1"), "reference.device_ridge"),
+    "device strength a bool": (_set("reference.device_ridge", True), "reference.device_ridge"),
+    "device strength beyond any grid": (_set("reference.device_ridge", 1e9), "reference.device_ridge"),
     "copy ratio a list": (_set("copy_ratio", [1]), "copy_ratio"),
     "copy ratio spaces a string": (_set("copy_ratio.spaces", "pixels"), "copy_ratio.spaces"),
     "copy ratio median negative": (_set("copy_ratio.spaces.pixels.median", -0.1), "copy_ratio.spaces.pixels.median"),
@@ -388,3 +392,25 @@ def test_the_optional_host_figures_are_accepted_null_or_in_range(bundle):
     assert art.read(path).meta["reference"]["golden_heldout_top1"] == 0.9
     r = CliRunner().invoke(app, ["inspect", str(bundle)])
     assert r.exit_code == 0, r.stderr
+
+
+@pytest.mark.parametrize("recorded", [3.0, None])
+def test_the_device_fits_at_the_recorded_strength_or_cross_validates_without_one(bundle, recorded):
+    """Format 1.6's reference.device_ridge is what deploy-check's fit uses (whatever pack chose);
+    null (or an older bundle) leaves the choice to the views' cross-validation; --ridge overrides both."""
+    path = bundle / art.ARTIFACT_FILE
+    a = art.load(path)
+    a.meta["reference"]["device_ridge"] = recorded
+    art.write(path, a.tensors, a.meta)
+
+    def fine_tune(*extra):
+        r = CliRunner().invoke(app, ["deploy-check", str(bundle), "--json", *extra])
+        assert r.exit_code in (0, 3), r.stderr
+        return next(c["detail"] for c in json.loads(r.stdout)["checks"] if c["name"] == "fine-tune")
+
+    detail = fine_tune()
+    if recorded is None:
+        assert "(cross-validated on the synthetic images)" in detail, detail
+    else:
+        assert detail.startswith("ridge 3 (pack's choice on held-out real images)"), detail
+    assert fine_tune("--ridge", "0.01").startswith("ridge 0.01 on "), "--ridge overrides the record"
