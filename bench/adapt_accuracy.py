@@ -3,12 +3,14 @@
 For each bundle and backbone variant (fp32, and int8 when packed): k labelled local images per
 class drawn from a training ImageFolder (several draws), scored on a test ImageFolder:
 
-    CI alone   today's deploy-check fit (ridge on the synthetic views, strength by their CV)
+    CI alone   deploy-check's fit (ridge on the synthetic views; strength pack's choice on held-out real
+               images when the bundle records one, format 1.6, else by the views' CV)
     probe      a ridge probe on phi_B of the k local images alone (one-hot targets, strength by
                grouped CV over them; 1.0 with one image per class)
     adapt      edgedd.device.adapt.adapt_fit: the views and the local images ((5), or the local probe
                mixed with the CI fit, (6)), chosen by grouped CV over the local images, the views-only
                fit kept when neither wins; the strength moved by the local images' cross-entropy
+               (not when pack chose it: edgedd.device.adaptation.local_span)
     adapt@views the same with the strength held at deploy-check's (strength_span 0: the rule before)
     adapt+pl   (with --unlabelled N) adapt with N more unlabelled training images pseudo-labelled by
                the CI fit (the most confident half), added as local images
@@ -34,6 +36,7 @@ import numpy as np
 
 from edgedd.device.accuracy import load_labelled_folder, top1
 from edgedd.device.adapt import adapt_fit, local_folds
+from edgedd.device.adaptation import local_span
 from edgedd.device.artifact import ARTIFACT_FILE
 from edgedd.device.bundle import open_bundle
 from edgedd.device.checks import peak_rss_mb
@@ -116,6 +119,7 @@ def features(path, int8, train, test, cache):
     f = dict(
         fv=fv, yv=yv, vlab=np.repeat(a["synthetic.labels"], kv), wc=a["classifier.weight"], bc=a["classifier.bias"],
         ridge=ci["ridge"], prior=b.meta.get("reference", {}).get("projector_prior", "none"), ciw=ci["weight"],
+        ridge_from=ci["ridge_from"],
         cib=ci["bias"], t_ci=t_ci, **image_features(b, int8, train, test, None if cache is None else cache.parent),
     )  # fmt: skip
     if cache is not None:
@@ -131,13 +135,15 @@ def run_variant(path, int8, train, test, ks, draws, unlabelled, cache=None):
     prior, t_ci = str(f["prior"]), float(f.get("t_ci", np.nan))
     ci_top1 = top1(head(b, ft, (ci["weight"], ci["bias"])), yt)
     ci_pool = head(b, fp, (ci["weight"], ci["bias"]))
+    # as edgedd adapt: a strength pack chose on held-out real images (format 1.6) is not moved by the local ones
+    span = local_span(str(f.get("ridge_from", "synthetic views (cross-validation)")))
     rows = []
     for k in ks:
         for d in range(draws):
             idx = draw(yp, k, 1000 * k + d)
             pw, pb = probe(fp[idx].astype(np.float64), yp[idx], len(b.class_names))
             t0 = time.perf_counter()
-            ad = adapt_fit(fv, yv, vlab, wc, bc, fp[idx], yp[idx], prior, ci["ridge"])
+            ad = adapt_fit(fv, yv, vlab, wc, bc, fp[idx], yp[idx], prior, ci["ridge"], strength_span=span)
             t_ad = time.perf_counter() - t0
             held = adapt_fit(fv, yv, vlab, wc, bc, fp[idx], yp[idx], prior, ci["ridge"], strength_span=0.0)
             row = {

@@ -336,6 +336,7 @@ def _fit_projector(
             real.labels.numpy(),
             w_c.cpu().numpy(),
             b_c.cpu().numpy(),
+            ridge,
             prior=prior,
         )
         on_real = {

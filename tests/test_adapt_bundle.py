@@ -140,3 +140,27 @@ def test_adapted_sidecar_is_bound_used_and_scored(packed, tmp_path):
     save_file(tensors, str(path), metadata={**meta, "backbone": "int8"})  # an int8 adaptation, renamed as the fp32 one
     with pytest.raises(EdgeddError, match="int8 backbone"):
         Bundle.open(bundle)
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_strength_pack_chose_on_real_images_is_not_moved_by_a_few_local_ones(packed, tmp_path, recorded):
+    """Format 1.6: deploy-check's strength recorded by pack (chosen on held-out real images through this
+    backbone) is adapt's too, unmoved; without a record the local images may move the views' choice
+    (candidates within a decade, edgedd.device.adapt.local_strength)."""
+    from edgedd.device import artifact as art
+    from edgedd.device.finetune import RIDGE_FROM_REAL
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(packed["bundle"], bundle)
+    a = art.load(bundle / art.ARTIFACT_FILE)
+    assert a.meta["reference"]["device_ridge"] is not None  # pack recorded one: the fixture has held-out images
+    if not recorded:
+        a.meta["reference"]["device_ridge"] = None
+        art.write(bundle / art.ARTIFACT_FILE, a.tensors, a.meta)
+    r = adapt_bundle(open_bundle(bundle), packed["heldout"])["report"]
+    considered = [c["ridge"] for c in r["strength_ce"]]
+    if recorded:
+        assert r["view_ridge_from"] == RIDGE_FROM_REAL and r["view_ridge"] == a.meta["reference"]["device_ridge"]
+        assert considered == [r["view_ridge"]] and r["ridge"] == r["view_ridge"] and r["strength_from"] == "views"
+    else:
+        assert r["view_ridge_from"] == "synthetic views (cross-validation)" and len(considered) > 1

@@ -182,7 +182,8 @@ def test_edge_backbone_differs_from_distillation_backbone(packed, tmp_path):
     # weakest ridge drops to chance depends on the draws; the failing path is test_deploy's.)
     ref = a.meta["reference"]
     cv = {float(r): v["ce"] for r, v in ref["device_ridge_heldout"].items()}
-    assert ref["device_ridge"] == min(cv, key=lambda r: (cv[r], -r)) and ref["device_ridge_images"] >= 1
+    best = min(cv, key=lambda r: (cv[r], -r))  # or the views' choice, when the best's lead is noise on these images
+    assert ref["device_ridge"] in (best, ref["projector_ridge_views"]) and ref["device_ridge_images"] >= 1
     assert ref["projector_ridge"] == ref["device_ridge"]  # the packed projector is fitted at it too
     chosen = CliRunner().invoke(app, ["deploy-check", str(out), "--data", str(packed["heldout"]), "--json"])
     rep = json.loads(chosen.stdout)

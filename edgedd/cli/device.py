@@ -346,6 +346,7 @@ def adapt(
     from edgedd.device.adaptation import adapt_and_save
     from edgedd.device.bundle import open_bundle
     from edgedd.device.checks import peak_rss_mb
+    from edgedd.device.finetune import RIDGE_FROM_REAL
 
     r = adapt_and_save(open_bundle(bundle, int8=int8), data)["report"]
     r["peak_rss_mb"] = peak_rss_mb()
@@ -362,7 +363,12 @@ def adapt(
     strength = (
         f"strength {r['ridge']:g} (deploy-check's was {r['view_ridge']:g}; the local images' cross-entropy moved it)"
         if r["strength_from"] == "local images"
-        else f"strength {r['ridge']:g} (deploy-check's)"
+        else f"strength {r['ridge']:g} (deploy-check's"
+        + (
+            "; pack chose it on held-out real images, so the local images do not move it)"
+            if r["view_ridge_from"] == RIDGE_FROM_REAL
+            else ")"
+        )
     )
     kept = (
         f"adapted fit kept (local weight {r['local_weight']:g})"

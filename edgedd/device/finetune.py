@@ -55,6 +55,9 @@ def view_inputs(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
     return normalize(views, pp["mean"], pp["std"]), targets.reshape(n * k, -1)
 
 
+RIDGE_FROM_REAL = "held-out real images (pack)"  # fit_on_features' "ridge_from" for a recorded strength (format 1.6)
+
+
 def fine_tune_projector(b: Bundle, ridge: float | None = None) -> dict:
     """Fit the projector on this device's phi_B of the stored views (edgedd.device.ridge): at the
     relative strength ``ridge``; with None, the one pack chose on held-out real images through this
@@ -73,7 +76,7 @@ def fit_on_features(b: Bundle, feats: np.ndarray, y: np.ndarray, ridge: float | 
     prior = recorded_prior(b.meta)
     scores, ridge_from = {}, "given"
     if ridge is None:  # pack's choice on held-out real images through this very backbone, if it made one
-        ridge, ridge_from = recorded_ridge(b.meta), "held-out real images (pack)"
+        ridge, ridge_from = recorded_ridge(b.meta), RIDGE_FROM_REAL
     if ridge is None:
         ridge_from = "synthetic views (cross-validation)"
         ridge, scores = select_ridge(

@@ -200,30 +200,38 @@ def select_ridge_on_images(
     y_real: np.ndarray,
     classifier: np.ndarray,
     bias: np.ndarray,
+    start: float,
     grid=RIDGE_GRID,
     prior: str = "none",
 ) -> tuple[float, dict]:
-    """The relative strength in ``grid`` whose fit (3) (or (4)) on *all* the views ``x`` -> ``y``
-    classifies labelled real images best through the golden classifier: the least mean
-    cross-entropy
+    """The relative strength whose fit (3) (or (4)) on *all* the views ``x`` -> ``y`` classifies
+    labelled real images best through the golden classifier, by their mean cross-entropy
 
         CE(r) = mean_i [logsumexp z_i(r) - z_i(r)_{c_i}],   z_i(r) = W_c P_r(x_real_i) + b_c       (6)
 
-    (ties: the stronger). Pack calls it on phi_B of the golden classifier's held-out slice of the
-    training data, which the views never saw, and records the choice for the device (format 1.6,
-    ``reference.device_ridge``). Why real images and not the views alone: the views' own
-    cross-validation (:func:`select_ridge`) asks how well a fit generalises to *unseen synthetic
-    images*, and real images are further from the views than held-out views are; on the demo's
-    Lite1 -> Lite0 bundle it picks r = 1 where real images peak at 0.1 (docs/RESULTS.md, "The
-    projector's strength on real images"). Why cross-entropy: smooth where top-1 on a few hundred
-    images is a step function. Returns r and {r: {"ce": CE(r), "top1": top-1}}."""
+    over ``grid`` (ties: the stronger); but ``start`` (the views' own choice, :func:`select_ridge`)
+    stays unless the best beats it by more than one standard error of the paired per-image
+    difference: a few real images must not move the strength on noise.
+
+    Pack calls it on phi_B of the golden classifier's held-out slice of the training data, which the
+    views never saw, and records the choice for the device (format 1.6, ``reference.device_ridge``).
+    Why real images and not the views alone: the views' cross-validation asks how well a fit
+    generalises to *unseen synthetic images*, and real images are further from the views than
+    held-out views are; on the demo's Lite1 -> Lite0 bundle it picks r = 1 where real images peak at
+    0.1 (docs/RESULTS.md, "The projector's strength on real images"). Why cross-entropy: smooth where
+    top-1 on a few hundred images is a step function. Returns r and {r: {"ce": CE(r), "top1": top-1}}
+    (``start`` added to the grid when it is not on it)."""
     x, xr = x.astype(np.float64), np.asarray(x_real, dtype=np.float64)
     yres = residual(x, y.astype(np.float64), prior)
     wt, bc = np.asarray(classifier, dtype=np.float64).T, np.asarray(bias, dtype=np.float64)
     yr = np.asarray(y_real, dtype=np.int64)
-    scores = {}
-    for r, pred in zip(grid, _fold_predictions(x, yres, xr, grid), strict=True):
+    cand = sorted({float(r) for r in grid} | {float(start)})
+    ce, scores = {}, {}
+    for r, pred in zip(cand, _fold_predictions(x, yres, xr, cand), strict=True):
         z = (pred + (xr if prior == "identity" else 0.0)) @ wt + bc
-        scores[float(r)] = {"ce": float(cross_entropy(z, yr).mean()), "top1": float((z.argmax(1) == yr).mean())}
-    best = min(grid, key=lambda r: (scores[float(r)]["ce"], -r))
-    return float(best), scores
+        ce[r] = cross_entropy(z, yr)
+        scores[r] = {"ce": float(ce[r].mean()), "top1": float((z.argmax(1) == yr).mean())}
+    best = min(cand, key=lambda r: (scores[r]["ce"], -r))
+    d = ce[float(start)] - ce[best]
+    se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else np.inf
+    return (best if float(d.mean()) > se else float(start)), scores
