@@ -326,8 +326,9 @@ def export_data(
 --data is an ImageFolder of this device's own labelled images (a few per class, one sub-folder per
 class named as in the bundle; at most 2,000 images). The projector is fitted from the synthetic views
 and these images together. The images' cross-entropy may move deploy-check's ridge strength within a
-decade; cross-validation over them chooses the weight between views and images, and the views-only
-fit (at that strength) is kept when adapting does not win on held-out images by more than noise.
+decade (not one pack chose on held-out real images); cross-validation over them chooses the weight
+between views and images, and the views-only fit (at that strength) is kept when adapting does not
+win on held-out images by more than noise.
 The result is written beside the bundle for this backbone variant (fp32, or int8 with --int8) and
 used by predict and deploy-check. Exit codes: 0 done, 1 the bundle or data could not be used.
 """
