@@ -9,11 +9,12 @@ from edgedd.device import schema
 
 
 def test_a_run_without_a_held_out_slice_packs_a_bundle_the_device_accepts():
-    from export.edge_path import expectations
+    from export.edge_path import expectations, heldout_real
 
     # what stage I records when every class is too small to hold images out (3 images a class)
     run = SimpleNamespace(stage1={"golden": {"heldout_images": 0, "heldout_top1": float("nan")}})
-    ref, held = expectations(run, None, None, None, None, None, None, max_images=0)
+    held, missing = heldout_real(run, None, None, max_images=0)
+    ref = expectations(run, held, missing, None, None, None, None)
     assert held is None and ref["golden_heldout_images"] is None and ref["golden_heldout_top1"] is None
     schema._host_figures(
         ref
