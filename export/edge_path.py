@@ -5,7 +5,7 @@
   onnxruntime session (the int8 graph);
 * :func:`heldout_real`: phi_B of the golden classifier's held-out slice of the training data
   (:func:`heldout_images`), on which pack chooses the device's projector strength
-  (edgedd.device.ridge.select_ridge_on_images) and measures
+  (edgedd.device.ridge.select_ridge_on_images) and measures the expectation:
 * :func:`expectations`: the top-1 the device should reach on real images -- phi_B -> packed
   projector -> golden classifier on that slice -- which deploy-check's ``expected`` compares with and
   pack's int8 gate judges the int8 graph on (:func:`edge_top1`; docs/ARTIFACT.md, "Real-image expectations").
