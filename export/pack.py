@@ -57,8 +57,8 @@ from edgedd.core.errors import EdgeddError
 from edgedd.core.lock import lock
 from edgedd.core.paths import refuse_overlap
 from edgedd.device import artifact as art
+from edgedd.device.ridge import MIN_RIDGE_IMAGES, projector_prior, select_ridge, select_ridge_on_images
 from edgedd.device.ridge import fit_ridge as fit_projector_ridge
-from edgedd.device.ridge import projector_prior, select_ridge, select_ridge_on_images
 from edgedd.device.schema import copy_ratio_problem
 from edgedd.device.sidecar import device_files
 from edgedd.distillation.rundir import load_run
@@ -312,8 +312,9 @@ def _fit_projector(
     """The packed projector P: D_B -> D_A and the reference figures on the synthetic set (the
     artifact's ``reference``, before the expectations). Its strength: the one whose fit classifies the
     held-out real images ``real`` best (edgedd.device.ridge.select_ridge_on_images), recorded for the
-    device as ``device_ridge``; without them (or with ``config.ridge_on_heldout`` off) the views' own
-    cross-validation, which the device then repeats. Returns w_p, b_p, reference."""
+    device as ``device_ridge``; without at least MIN_RIDGE_IMAGES of them (or with
+    ``config.ridge_on_heldout`` off) the views' own cross-validation, which the device then repeats.
+    Returns w_p, b_p, reference."""
     n = pix.shape[0]
     d_a, d_b = targets.shape[1], feats_b.shape[1]
     # what the fit shrinks towards: I when B has A's weights (int8 or another resolution of the same
@@ -328,7 +329,7 @@ def _fit_projector(
         classifier=w_c.cpu().numpy(),
     )
     ridge_views, on_real = ridge, {"device_ridge": None, "device_ridge_heldout": None, "device_ridge_images": None}
-    if real is not None and config.ridge_on_heldout:
+    if real is not None and config.ridge_on_heldout and len(real.labels) >= MIN_RIDGE_IMAGES:
         ridge, scores = select_ridge_on_images(
             feats_b.cpu().numpy(),
             targets.cpu().numpy(),

@@ -24,8 +24,9 @@ One eigendecomposition of Xc^T Xc (D_B x D_B) serves every strength; each fold a
 an n x n eigendecomposition and a few small products.
 
 The strength. lam starts as deploy-check's (the bundle's recorded choice on held-out real images,
-edgedd.device.ridge.select_ridge_on_images, else the views' cross-validation, select_ridge). The
-local images are not in that fit, so each one is a held-out image for it at every strength: their
+edgedd.device.ridge.select_ridge_on_images, else the views' cross-validation, select_ridge). A
+recorded one stays (strength_span 0: edgedd.device.adaptation.local_span). A cross-validated one may
+move: the local images are not in that fit, so each one is a held-out image for it at every strength: their
 mean cross-entropy, CE(r) = mean_i [logsumexp z_i(r) - z_i(r)_{c_i}] with z(r) the logits of P0
 fitted at r, scores every strength within a decade of that one (STRENGTH_SPAN) at the cost of one
 product each. The views' r is moved only when CE says so
@@ -260,12 +261,13 @@ def adapt_fit(
 
     xv (N_v, D_B) / yv (N_v, D_A): phi_B and phi_A of the views; view_labels (N_v,) their classes;
     wc (C, D_A), bc (C,): the golden classifier; xl (n, D_B), yl (n,): the local images' phi_B and
-    labels; ``view_ridge``: deploy-check's strength (edgedd.device.ridge.select_ridge), where
-    :func:`local_strength` starts; the views-only fit at the chosen strength is kept when neither
-    candidate wins; ``probe``: also the candidate (6) of
+    labels; ``view_ridge``: deploy-check's strength (the bundle's recorded one or
+    edgedd.device.ridge.select_ridge's), where :func:`local_strength` starts; the views-only fit at
+    the chosen strength is kept when neither candidate wins; ``probe``: also the candidate (6) of
     edgedd.device.local_probe, kept instead of (5) when it is right on more held-out images;
-    ``strength_span``: how far (decades) the local images may move the strength (0: not at all, the
-    rule before). Returns weight, bias (float32) and the report."""
+    ``strength_span``: how far (decades) the local images may move the strength (0: not at all, as
+    for a strength pack recorded, edgedd.device.adaptation.local_span). Returns weight, bias
+    (float32) and the report."""
     yl = np.asarray(yl, dtype=np.int64)
     p = _Problem(xv, yv, np.asarray(view_labels), wc, bc, xl, yl, prior)
     fold, grouped = local_folds(yl)

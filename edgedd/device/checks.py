@@ -18,6 +18,7 @@ from edgedd.core.errors import EdgeddError
 from .accuracy import EXPECTED_MARGIN, LabelledFolder, allowed_drop, chance_bound, top1
 from .bundle import ROLES, Bundle, open_bundle
 from .finetune import (
+    RIDGE_FROM_REAL,
     fine_tune_projector,
     load_finetuned,
     load_projector_file,
@@ -202,7 +203,7 @@ def _self_test_check(checks: list, b: Bundle, int8: bool, tolerance: float) -> N
 
 
 RIDGE_FROM = {  # how deploy-check's line names the strength's source (edgedd.device.finetune.fit_on_features)
-    "held-out real images (pack)": " (pack's choice on held-out real images)",
+    RIDGE_FROM_REAL: " (pack's choice on held-out real images)",
     "synthetic views (cross-validation)": " (cross-validated on the synthetic images)",
 }
 

@@ -51,6 +51,10 @@ DEFAULT_RIDGE = 1e-3  # when no split keeps every class in training (IPC 1)
 # a strength a bundle records for the device (reference.device_ridge) must lie in this range: pack
 # records one of RIDGE_GRID; anything else is a crafted or broken artifact
 RECORDED_RIDGE_RANGE = (1e-6, 1e3)
+# pack records a strength chosen on held-out real images only from this many of them: fewer are less
+# evidence than the synthetic views' cross-validation (and than a device's own labelled images, which
+# edgedd adapt lets move a cross-validated strength but not a recorded one)
+MIN_RIDGE_IMAGES = 100
 FOLDS = 5
 PRIORS = ("none", "identity")  # what P shrinks towards: 0 (3), or I (4) when B is A's network
 

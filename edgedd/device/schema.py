@@ -63,7 +63,8 @@ def _is_int(x) -> bool:
 
 
 def _is_number(x) -> bool:
-    return type(x) in (int, float) and math.isfinite(x)
+    # an int is exact (math.isfinite would overflow on 10**400: a traceback, not a refusal)
+    return type(x) is int or (type(x) is float and math.isfinite(x))
 
 
 def _dict(parent: dict, key: str, where: str) -> dict:

@@ -328,6 +328,7 @@ SCHEMA_CASES = {  # case: (edit of (meta, tensors), words of the refusal)
     "device strength a string": (_set("reference.device_ridge", "0.1"), "reference.device_ridge"),
     "device strength a bool": (_set("reference.device_ridge", True), "reference.device_ridge"),
     "device strength beyond any grid": (_set("reference.device_ridge", 1e9), "reference.device_ridge"),
+    "device strength beyond any float": (_set("reference.device_ridge", 10**400), "reference.device_ridge"),
     "copy ratio a list": (_set("copy_ratio", [1]), "copy_ratio"),
     "copy ratio spaces a string": (_set("copy_ratio.spaces", "pixels"), "copy_ratio.spaces"),
     "copy ratio median negative": (_set("copy_ratio.spaces.pixels.median", -0.1), "copy_ratio.spaces.pixels.median"),
