@@ -130,7 +130,11 @@ def _verified(f: BinaryIO, size: int, path) -> Artifact:
         meta = strict_json(md["edgedd.meta"], "metadata")
     except Malformed as e:
         raise _bad(path, str(e)) from None
-    if not isinstance(meta, dict) or md["edgedd.meta"] != canonical_json(meta):
+    try:  # 1e999 parses as inf, which canonical JSON cannot hold: not canonical, not a traceback
+        canonical = isinstance(meta, dict) and md["edgedd.meta"] == canonical_json(meta)
+    except ValueError:
+        canonical = False
+    if not canonical:
         raise _bad(path, "metadata is not in canonical form")
     if meta.get("format") != version:
         raise _bad(path, "sha256 mismatch")  # the tag is not hashed itself, so it must agree with the hashed meta

@@ -63,8 +63,8 @@ def _is_int(x) -> bool:
 
 
 def _is_number(x) -> bool:
-    # an int is exact (math.isfinite would overflow on 10**400: a traceback, not a refusal)
-    return type(x) is int or (type(x) is float and math.isfinite(x))
+    # JSON ints are unbounded: one past int64 is no figure (and 10**400 would overflow math.isfinite)
+    return (type(x) is float and math.isfinite(x)) or (type(x) is int and -(2**63) <= x < 2**63)
 
 
 def _dict(parent: dict, key: str, where: str) -> dict:

@@ -77,6 +77,13 @@ def _meta_reindented(data):  # the hash covers the *canonical* meta, so only can
     return _join(_canonical(h), rest)
 
 
+def _meta_with_an_overflowing_float(data):  # 1e999 parses as inf, which canonical JSON refuses to write
+    h, rest = _split(data)
+    meta = h["__metadata__"]["edgedd.meta"]
+    h["__metadata__"]["edgedd.meta"] = meta.replace('"reference":{', '"reference":{"aaa_overflow":1e999,', 1)
+    return _join(_canonical(h), rest)
+
+
 def _duplicate_entry(data):
     h, rest = _split(data)
     name = _first_tensor(h)
@@ -143,6 +150,7 @@ HEADER_CASES = {
     "extra tensor entry key": (_extra_entry_key, "entry keys other than"),
     "tensor entry keys reordered": (_entry_keys_reordered, "canonical"),
     "meta re-indented": (_meta_reindented, "metadata is not in canonical form"),
+    "meta with 1e999": (_meta_with_an_overflowing_float, "metadata is not in canonical form"),
     "duplicate tensor entry": (_duplicate_entry, "canonical"),
     "tab padding": (_tab_padding, "canonical"),
     "unpadded header": (_unpadded, "canonical"),
