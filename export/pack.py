@@ -330,7 +330,7 @@ def _fit_projector(
     )
     ridge_views, on_real = ridge, {"device_ridge": None, "device_ridge_heldout": None, "device_ridge_images": None}
     if real is not None and config.ridge_on_heldout and len(real.labels) >= MIN_RIDGE_IMAGES:
-        ridge, scores = select_ridge_on_images(
+        chosen, scores = select_ridge_on_images(
             feats_b.cpu().numpy(),
             targets.cpu().numpy(),
             real.feats.numpy(),
@@ -340,11 +340,13 @@ def _fit_projector(
             ridge,
             prior=prior,
         )
-        on_real = {
-            "device_ridge": ridge,
-            "device_ridge_heldout": {repr(r): v for r, v in scores.items()},  # {"ce", "top1"} per strength
-            "device_ridge_images": len(real.labels),
-        }
+        if all(np.isfinite(v["ce"]) for v in scores.values()):  # non-finite features choose nothing
+            ridge = chosen
+            on_real = {
+                "device_ridge": chosen,
+                "device_ridge_heldout": {repr(r): v for r, v in scores.items()},  # {"ce", "top1"} per strength
+                "device_ridge_images": len(real.labels),
+            }
     w_p, b_p, projector_fit = train_projector(
         feats_b.cpu().view(n, config.views, d_b),
         targets.cpu().view(n, config.views, d_a),
