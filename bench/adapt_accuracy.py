@@ -40,7 +40,7 @@ from edgedd.device.adaptation import local_span
 from edgedd.device.artifact import ARTIFACT_FILE
 from edgedd.device.bundle import open_bundle
 from edgedd.device.checks import peak_rss_mb
-from edgedd.device.finetune import fit_features, fit_on_features, view_inputs
+from edgedd.device.finetune import RIDGE_FROM_VIEWS, fit_features, fit_on_features, view_inputs
 from edgedd.device.infer import backbone_features, head
 from edgedd.device.local_probe import dual_ridge
 from edgedd.device.ridge import RIDGE_GRID
@@ -136,7 +136,7 @@ def run_variant(path, int8, train, test, ks, draws, unlabelled, cache=None):
     ci_top1 = top1(head(b, ft, (ci["weight"], ci["bias"])), yt)
     ci_pool = head(b, fp, (ci["weight"], ci["bias"]))
     # as edgedd adapt: a strength pack chose on held-out real images (format 1.6) is not moved by the local ones
-    span = local_span(str(f.get("ridge_from", "synthetic views (cross-validation)")))
+    span = local_span(str(f.get("ridge_from", RIDGE_FROM_VIEWS)))  # caches written before 1.6 hold no source
     rows = []
     for k in ks:
         for d in range(draws):

@@ -83,7 +83,7 @@ def heldout_features(source, idx: np.ndarray, model_b, info_b: BackboneInfo, ses
     pp = info_b.preprocess
     dev = next(model_b.parameters()).device if session is None else torch.device("cpu")
     batches = [idx[s : s + 64].tolist() for s in range(0, len(idx), 64)]
-    feats, labels = [torch.zeros(0, 0)], [torch.zeros(0, dtype=torch.int64)]
+    feats, labels = [], []
     for canvases, y, _ in canvas_loader(source, pp.resize_size, pp.interpolation, 64, 0, batches=batches):
         if not len(y):
             continue
@@ -95,7 +95,9 @@ def heldout_features(source, idx: np.ndarray, model_b, info_b: BackboneInfo, ses
         )
         feats.append(f.float())
         labels.append(torch.as_tensor(y, dtype=torch.int64))
-    return torch.cat(feats[1:]) if len(feats) > 1 else feats[0], torch.cat(labels)
+    if not feats:  # nothing readable
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(feats), torch.cat(labels)
 
 
 def top1_of(f: torch.Tensor, y: torch.Tensor, w_p, b_p, w_c, b_c) -> float:

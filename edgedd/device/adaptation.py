@@ -47,8 +47,8 @@ def local_span(ridge_from: str) -> float:
     """How far (decades) the local images may move deploy-check's strength: STRENGTH_SPAN when the views'
     cross-validation chose it, 0 when pack chose it on held-out real images through this backbone
     (format 1.6): a few local images per class are less evidence than those hundreds, and moving off
-    that choice cost up to 2 points on the demo's bundle (docs/RESULTS.md, "The projector's strength on
-    real images")."""
+    that choice cost 0.8 points on average at k = 10 on the demo's bundle, 2.0 on one draw
+    (bench/RESULTS.md, "When pack has already chosen the strength")."""
     return 0.0 if ridge_from == RIDGE_FROM_REAL else STRENGTH_SPAN
 
 

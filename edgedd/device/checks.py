@@ -19,6 +19,7 @@ from .accuracy import EXPECTED_MARGIN, LabelledFolder, allowed_drop, chance_boun
 from .bundle import ROLES, Bundle, open_bundle
 from .finetune import (
     RIDGE_FROM_REAL,
+    RIDGE_FROM_VIEWS,
     fine_tune_projector,
     load_finetuned,
     load_projector_file,
@@ -204,7 +205,7 @@ def _self_test_check(checks: list, b: Bundle, int8: bool, tolerance: float) -> N
 
 RIDGE_FROM = {  # how deploy-check's line names the strength's source (edgedd.device.finetune.fit_on_features)
     RIDGE_FROM_REAL: " (pack's choice on held-out real images)",
-    "synthetic views (cross-validation)": " (cross-validated on the synthetic images)",
+    RIDGE_FROM_VIEWS: " (cross-validated on the synthetic images)",
 }
 
 

@@ -55,7 +55,9 @@ def view_inputs(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
     return normalize(views, pp["mean"], pp["std"]), targets.reshape(n * k, -1)
 
 
-RIDGE_FROM_REAL = "held-out real images (pack)"  # fit_on_features' "ridge_from" for a recorded strength (format 1.6)
+# fit_on_features' "ridge_from": a strength pack recorded (format 1.6), or the views' cross-validation
+RIDGE_FROM_REAL = "held-out real images (pack)"
+RIDGE_FROM_VIEWS = "synthetic views (cross-validation)"
 
 
 def fine_tune_projector(b: Bundle, ridge: float | None = None) -> dict:
@@ -78,7 +80,7 @@ def fit_on_features(b: Bundle, feats: np.ndarray, y: np.ndarray, ridge: float | 
     if ridge is None:  # pack's choice on held-out real images through this very backbone, if it made one
         ridge, ridge_from = recorded_ridge(b.meta), RIDGE_FROM_REAL
     if ridge is None:
-        ridge_from = "synthetic views (cross-validation)"
+        ridge_from = RIDGE_FROM_VIEWS
         ridge, scores = select_ridge(
             feats,
             y,
