@@ -9,6 +9,7 @@ from edgedd.device.ridge import (
     DEFAULT_RIDGE,
     RIDGE_GRID,
     _fold_predictions,
+    choose_on_evidence,
     cross_entropy,
     fit_ridge,
     image_folds,
@@ -221,6 +222,44 @@ def test_the_strength_moves_off_the_views_choice_only_on_evidence():
         else:
             assert r == best
     assert kept >= 1  # the world has a strength whose lead over another is noise on 6 images
+
+
+def test_the_evidence_rule_is_strict_one_standard_error_and_ties_go_to_the_stronger():
+    """Equation (7) at its edges, each case one a plausible rewrite of the rule gets wrong."""
+    n = 400
+    base = np.random.default_rng(0).uniform(0.5, 1.5, n)
+    # an exact tie with the views' choice (mean and error both 0): stays (a >= rule would move)
+    assert choose_on_evidence({0.1: base, 1.0: base.copy()}, start=0.1) == 0.1
+    # two strengths equally better than the start: the stronger (larger r) of the two
+    better = base - 0.2
+    assert choose_on_evidence({0.01: base, 0.1: better, 1.0: better.copy()}, start=0.01) == 1.0
+    # a lead of 1.5 standard errors moves it (a two-error rule would not); 0.5 errors does not
+    noise = np.random.default_rng(1).normal(size=n)
+    noise = (noise - noise.mean()) / noise.std(ddof=1)  # d's sd exactly 1, so one error is 1 / sqrt(n)
+    for lead, moves in ((1.5, True), (0.5, False)):
+        d = noise + lead / np.sqrt(n)
+        got = choose_on_evidence({0.1: base, 3.0: base - d}, start=0.1)
+        assert got == (3.0 if moves else 0.1), (lead, got)
+    # one image: no error estimate, never moves
+    assert choose_on_evidence({0.1: np.array([2.0]), 1.0: np.array([0.1])}, start=0.1) == 0.1
+
+
+def test_the_strength_is_ranked_by_cross_entropy_not_top1(monkeypatch):
+    """Two candidate fits on 200 real images (the classifier the identity, so logits are the fit's
+    outputs): r = 1 gets every image right by a hair (top-1 1.0, CE ~ log 2), r = 0.1 gets one wrong
+    and the rest by a wide margin (top-1 0.995, CE ~ 0.03). Cross-entropy picks 0.1."""
+    import edgedd.device.ridge as ridge
+
+    n, c = 200, 2
+    yr = np.arange(n) % c
+    hair = np.where(np.eye(c)[yr] > 0, 0.01, 0.0)
+    wide = np.where(np.eye(c)[yr] > 0, 8.0, 0.0)
+    wide[0] = wide[0][::-1]  # one confident mistake
+    monkeypatch.setattr(ridge, "_fold_predictions", lambda x, y, xr, cand: [wide if r == 0.1 else hair for r in cand])
+    x, y = np.zeros((4, 3)), np.zeros((4, c))
+    r, scores = ridge.select_ridge_on_images(x, y, np.zeros((n, c)), yr, np.eye(c), np.zeros(c), 1.0, grid=(0.1, 1.0))
+    assert scores[1.0]["top1"] > scores[0.1]["top1"] and scores[0.1]["ce"] < scores[1.0]["ce"]
+    assert r == 0.1
 
 
 def test_a_recorded_strength_is_read_and_only_as_a_number():

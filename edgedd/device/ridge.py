@@ -235,7 +235,19 @@ def select_ridge_on_images(
         z = (pred + (xr if prior == "identity" else 0.0)) @ wt + bc
         ce[r] = cross_entropy(z, yr)
         scores[r] = {"ce": float(ce[r].mean()), "top1": float((z.argmax(1) == yr).mean())}
-    best = min(cand, key=lambda r: (scores[r]["ce"], -r))
-    d = ce[float(start)] - ce[best]
+    return choose_on_evidence(ce, float(start)), scores
+
+
+def choose_on_evidence(ce: dict[float, np.ndarray], start: float) -> float:
+    """The strength of least mean per-image cross-entropy in ``ce`` ({r: (n,) CE}; ties: the
+    stronger, larger r), if it beats ``start``'s by more than one standard error of the paired
+    per-image difference d_i = CE_i(start) - CE_i(best):
+
+        mean(d) > sd(d) / sqrt(n)                                                                (7)
+
+    else ``start``. Strict: an exact tie with ``start`` (d = 0, mean and error both 0) keeps it. One
+    image gives no error estimate and never moves it."""
+    best = min(ce, key=lambda r: (float(ce[r].mean()), -r))
+    d = ce[start] - ce[best]
     se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else np.inf
-    return (best if float(d.mean()) > se else float(start)), scores
+    return best if float(d.mean()) > se else start
