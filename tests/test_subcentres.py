@@ -42,25 +42,6 @@ def test_subcentre_loss_zero_only_on_the_targets_and_gradient_points_at_them():
     torch.testing.assert_close(x.grad, expect, atol=1e-8, rtol=1e-6)  # the flow cosine is flat at its optimum
 
 
-def test_the_per_image_term_in_a_rescaled_space_ignores_each_dimensions_units():
-    """sub_space "standardised" passes scale = 1 / sd: the per-image term (4) then reads every
-    dimension in its own units, so stretching one dimension (and its sd with it) leaves it unchanged,
-    where the raw term comes to be ruled by the stretched dimension."""
-    z, t, mu = _toy()
-
-    def term(z, t, mu, scale):
-        return subcentre_loss(z, flow(mu), mu, t, 2.0, 3.0, scale=scale) - anchor_loss(z, flow(mu), mu, 2.0)
-
-    ones = torch.ones(z.shape[1], dtype=z.dtype)
-    torch.testing.assert_close(term(z, t, mu, ones), term(z, t, mu, None))
-    k = torch.ones_like(ones)
-    k[2] = 50.0  # one dimension in other units
-    sd = torch.cat([t, mu]).std(0)
-    torch.testing.assert_close(term(z * k, t * k, mu * k, 1 / (sd * k)), term(z, t, mu, 1 / sd))
-    raw, stretched = term(z, t, mu, None).item(), term(z * k, t * k, mu * k, None).item()
-    assert abs(stretched - raw) > 0.2 * raw
-
-
 def test_kmeans_finds_separated_clusters_and_is_deterministic():
     rng = np.random.default_rng(0)
     means = np.array([[0.0, 0.0], [6.0, 6.0], [0.0, 6.0]])
@@ -320,13 +301,3 @@ def test_loss_augmentation_options_reach_the_config(image_folder, tmp_path):
     assert aug["crop_scale"] == [0.4, 1.0] and aug["noise_p"] == 0.3  # neither is any method's default
     bad = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "b", "--crop-min", "0"))
     assert bad.exit_code == 1 and "crop area" in bad.output and "Traceback" not in bad.output
-
-
-def test_an_unknown_sub_space_is_refused_in_one_line():
-    from edgedd.core.config import DistillConfig
-    from edgedd.core.errors import EdgeddError
-    from edgedd.distillation.pipeline import validate
-
-    validate(DistillConfig(sub_space="standardised"))
-    with pytest.raises(EdgeddError, match="unknown --sub-space 'whitened'"):
-        validate(DistillConfig(sub_space="whitened"))

@@ -26,9 +26,6 @@ CROP_SAMPLERS = ("torchvision", "reference")
 # how the synthetic pyramid starts (edgedd.distillation.stage2.initial_images)
 INITS = ("noise", "real", "coreset", "mix")
 REAL_INITS = ("real", "coreset", "mix")  # the inits that start from training images
-# sfm_sub's per-image term: squared distances in phi_A as it is ("features") or per dimension in units
-# of the real features' spread ("standardised", the space the probes fit in; losses.subcentre_loss)
-SUB_SPACES = ("features", "standardised")
 EVAL_MODES = ("normal", "ci", "kd")  # edgedd.evaluate: fresh probe, classifier inheritance, KD
 BASELINES = (
     "random",
@@ -200,7 +197,6 @@ class DistillConfig:
         10.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss); docs/RESULTS.md: how 10 was chosen
     )
     gamma: float = 10.0  # sfm_sub: weight of the per-image sub-centre term (losses.subcentre_loss)
-    sub_space: str = "features"  # sfm_sub: where the per-image term measures distance (SUB_SPACES)
     kappa: float = 10.0  # sfm_probe: weight of the ridge-probe term (losses.ridge_probe_loss)
     probe_ridge: float = 1e-2  # sfm_probe: the probe's relative ridge lam / mean diag(X X^T) (losses eq. 5)
     flow_denominator: str = "classes"  # "reference" reproduces the reference code's (N - 1)

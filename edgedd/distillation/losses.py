@@ -122,25 +122,18 @@ def subcentre_loss(
     beta: float,
     gamma: float,
     mode: str = "classes",
-    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sfm_sub``: equation (3) plus gamma times the scale-free per-image term
 
-        gamma * (1 / N) sum_i ||a * (z_i - s_i)||^2 / d2(a * mu)                              (4)
+        gamma * (1 / N) sum_i ||z_i - s_i||^2 / d2                                            (4)
 
     with s_i image i's own target (one of IPC k-means sub-centres of its class, edgedd.distillation.subcentres).
     (3) sees only each class's mean, so any arrangement of a class's images around it scores the
     same and they collapse onto one prototype; (4) is 0 only when every image sits on its own
-    sub-centre, so the IPC images spread over the class as the real features do.
-
-    ``scale`` a (D,) per dimension (None: all 1) measures (4) in a rescaled space, d2 with it:
-    ``sub_space="standardised"`` passes 1 / sd of the real features (edgedd.distillation.stage2.
-    real_targets), the space a probe fits in, where the raw distance is dominated by the few
-    dimensions of largest spread."""
+    sub-centre, so the IPC images spread over the class as the real features do."""
     z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
     t = targets.to(z.dtype)
-    a = torch.ones((), dtype=z.dtype, device=z.device) if scale is None else scale.to(z.dtype)
-    per_image = (a * (z - t)).pow(2).sum(dim=1).mean() / centre_separation(a * centres_real.to(z.dtype))
+    per_image = (z - t).pow(2).sum(dim=1).mean() / centre_separation(centres_real.to(z.dtype))
     return anchor_loss(z, flow_real, centres_real, beta, mode) + gamma * per_image
 
 

@@ -47,7 +47,6 @@ from edgedd.core.config import (
     INITS,
     MAX_RESOLUTION,
     METHODS,
-    SUB_SPACES,
     DistillConfig,
     RunOptions,
     StageIConfig,
@@ -109,8 +108,6 @@ def validate(cfg: DistillConfig) -> None:
             raise EdgeddError(
                 f"--{name} must be a finite value >= 0 (got {getattr(cfg, name)})", "pass e.g. 10.0 (0 is anchored SFM)"
             )
-    if cfg.sub_space not in SUB_SPACES:
-        raise EdgeddError(f"unknown --sub-space {cfg.sub_space!r}", f"use one of {', '.join(SUB_SPACES)}")
     lo, hi = cfg.augment.crop_scale
     if not (0 < lo <= hi <= 1):
         raise EdgeddError(

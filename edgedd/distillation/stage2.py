@@ -38,8 +38,6 @@ from .trainingset import TrainingFeatures, centre_features, training_features
 
 # ----------------------------------------------------------------------------- losses
 
-SUB_SD_FLOOR = 0.1  # sub_space "standardised": each dimension's sd at least this share of the median
-
 
 def real_init_images(
     source: LabelledImages,
@@ -127,7 +125,6 @@ class RealTargets:
     sub-centres, sfm_probe's (n, D) real centre-crop features and their labels (edgedd.distillation.subcentres)."""
 
     sub: torch.Tensor | None = None
-    scale: torch.Tensor | None = None  # sfm_sub, sub_space "standardised": (D,) 1 / sd of the real features
     real: torch.Tensor | None = None
     real_labels: torch.Tensor | None = None
 
@@ -152,14 +149,7 @@ def feature_loss(
             )
         if cfg.method == "sfm_sub":
             return subcentre_loss(
-                z,
-                flow_real,
-                centres_real,
-                targets.sub.to(z.device),
-                cfg.beta,
-                cfg.gamma,
-                cfg.flow_denominator,
-                None if targets.scale is None else targets.scale.to(z.device),
+                z, flow_real, centres_real, targets.sub.to(z.device), cfg.beta, cfg.gamma, cfg.flow_denominator
             )
         return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator) + cfg.kappa * ridge_probe_loss(
             z, targets.real.to(z.device), targets.real_labels, centres_real.shape[0], cfg.probe_ridge
@@ -200,16 +190,7 @@ def real_targets(
                 for s in range(0, len(x0), 64)
             ]
         ).numpy()
-    scale = None
-    if cfg.sub_space == "standardised":
-        sd = feats.std(axis=0, dtype=np.float64)
-        # dimensions that barely vary (dead channels) would dominate 1 / sd: floor sd at a tenth of
-        # the median, so no dimension weighs more than 100x a typical one
-        sd = np.maximum(sd, SUB_SD_FLOOR * float(np.median(sd)) + 1e-12)
-        scale = torch.from_numpy(1 / sd).float().to(device)
-    return RealTargets(
-        sub=subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device), scale=scale
-    )
+    return RealTargets(sub=subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device))
 
 
 def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:
