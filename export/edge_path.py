@@ -4,7 +4,7 @@
 * :func:`features`: phi_B in torch (fp32, as the ONNX graph runs); :func:`onnx_features`: through an
   onnxruntime session (the int8 graph);
 * :func:`heldout_real`: phi_B of the golden classifier's held-out slice of the training data
-  (:func:`heldout_images`), on which pack chooses the device's projector strength
+  (edgedd.distillation.stage1.heldout_images), on which pack chooses the device's projector strength
   (edgedd.device.ridge.select_ridge_on_images) and measures the expectation:
 * :func:`expectations`: the top-1 the device should reach on real images -- phi_B -> packed
   projector -> golden classifier on that slice -- which deploy-check's ``expected`` compares with and
@@ -23,8 +23,7 @@ from edgedd.backbones.forward import encode
 from edgedd.backbones.loader import BackboneInfo
 from edgedd.core.errors import EdgeddError
 from edgedd.distillation.rundir import Run
-from edgedd.distillation.stage1 import holdout_split
-from edgedd.distillation.stage1_files import STAGE1_FORMAT
+from edgedd.distillation.stage1 import heldout_images
 from edgedd.host.augment import eval_view, normalize
 from edgedd.host.data import canvas_loader
 
@@ -41,37 +40,6 @@ def edge_inputs(canvases: torch.Tensor, info: BackboneInfo) -> torch.Tensor:
 
 def _finite_or_none(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and x == x else None  # NaN: an empty held-out slice
-
-
-def heldout_images(run: Run) -> tuple[object, np.ndarray]:
-    """The run's training data and the indices of the golden classifier's held-out slice in it.
-
-    The slice is Stage I's (edgedd.distillation.stage1.holdout_split, same fraction and seed), taken over
-    the images Stage I could read: its split indexes those, so the ones it skipped as unreadable
-    are left out first. Raises EdgeddError when the data cannot be opened or no longer matches.
-    """
-    source = run.train_data()  # refuses data whose fingerprint changed since the run
-    read = np.arange(len(source))
-    skipped = run.stage1.get("skipped_images") or []
-    if skipped and source.paths is not None:
-        # messages are "<path>: <error>" (edgedd.host.data.CanvasDataset)
-        unreadable = {m.split(": ", 1)[0] for m in skipped}
-        read = np.asarray([i for i, p in enumerate(source.paths) if p not in unreadable], dtype=np.int64)
-    used = run.stage1.get("images_used")
-    if used is not None and used != len(read):
-        raise EdgeddError(f"cannot tell which {used} of the {len(source)} training images Stage I read")
-    if run.stage1.get("format") != STAGE1_FORMAT:  # older Stage I: another slice, or a golden classifier refitted on it
-        raise EdgeddError(
-            f"its Stage I (format {run.stage1.get('format')}, this edgedd writes {STAGE1_FORMAT}) drew or trained on "
-            "the held-out slice differently"
-        )
-    cfg = run.stage1_config()
-    if cfg.golden_recipe != "converged":  # the reference recipe trains on every image: nothing is held out
-        raise EdgeddError(
-            f"its golden classifier ({cfg.golden_recipe} recipe) trained on every image, none is held out"
-        )
-    _, held = holdout_split(source.labels[read], cfg.golden_holdout, cfg.seed)  # as train_golden draws it
-    return source, read[held]
 
 
 @torch.no_grad()
@@ -139,14 +107,12 @@ def heldout_real(run: Run, model_b, info_b: BackboneInfo, max_images: int) -> tu
     if max_images <= 0:
         return None, "not measured (pack --expect-images 0)"
     try:
-        source, held = heldout_images(run)
+        source, held = heldout_images(run, max_images)
     except EdgeddError as e:
         warnings.warn(
             f"no expected edge accuracy recorded ({e.problem}); deploy-check will skip its expected check", stacklevel=2
         )
         return None, f"the run's training data could not be used: {e.problem}"
-    if len(held) > max_images:  # evenly spread over the sorted slice, so every class keeps its share
-        held = held[np.linspace(0, len(held) - 1, max_images).round().astype(np.int64)]
     f, y = heldout_features(source, held, model_b, info_b)
     if not len(y):
         return None, "no held-out image of the training data was readable"

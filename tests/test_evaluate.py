@@ -72,8 +72,8 @@ def tiny(tmp_path_factory):
     return {"root": root, "data": data, "test": test, "run": run, "real": real}
 
 
-def _check_block(block: dict, seeds: int) -> None:
-    assert set(block) == MODE_KEYS
+def _check_block(block: dict, seeds: int, ci_strength: bool = False) -> None:
+    assert set(block) == MODE_KEYS | ({"ridge", "ridge_from"} if ci_strength else set())
     assert len(block["seeds"]) == seeds
     for v in block["seeds"] + [block["top1_mean"], block["top5_mean"]]:
         assert 0.0 <= v <= 1.0
@@ -109,6 +109,7 @@ def test_json_contract_with_baselines(tiny):
         "copy_ratio_start",
         "starting_set",
         "stage2_gain",
+        "ci_heldout",
     }
     assert r["protocol"] == "reference" and r["golden"]["recipe"] == "reference"
     assert set(r["landing"]) >= {
@@ -122,8 +123,9 @@ def test_json_contract_with_baselines(tiny):
     assert r["flow_cosine"] == summary["flow_cosine"]
     assert r["config"] == to_dict(FAST) and r["test_images"] == 18
     assert set(r["modes"]) == {"normal", "ci", "kd"} and set(r["baselines"]) == set(BASELINES)
-    for block in list(r["modes"].values()) + list(r["baselines"].values()) + list(r["starting_set"].values()):
-        _check_block(block, FAST.seeds)
+    for block in [*r["modes"].values(), *r["baselines"].values(), *r["starting_set"].values()]:
+        _check_block(block, FAST.seeds)  # the reference protocol trains the projector with Adam: no strength
+    assert r["ci_heldout"]["images"] == 0 and "reference protocol" in r["ci_heldout"]["missing"]
     assert r["copy_ratio"] == summary["copy_ratio"] and set(r["starting_set"]) == set(r["modes"])
     # three classes: top-5 is top-3, always a hit
     assert r["modes"]["normal"]["top5_mean"] == 1.0
@@ -141,7 +143,8 @@ def test_projector_recovers_identity(protocol):
     cfg = EvalConfig(
         protocol=protocol, epochs=500, batch=128, lr=1e-3, device="cpu", ridge=1e-3
     )  # a fixed strength: the fit itself
-    fit = fit_projector(CachedViews((x[:, None], x[:, None])), cfg, torch_generator("test", 0), "cpu")
+    fit, strength = fit_projector(CachedViews((x[:, None], x[:, None])), cfg, torch_generator("test", 0), "cpu")
+    assert strength == ({"ridge": 1e-3, "ridge_from": "fixed"} if protocol == "converged" else {})
     assert (fit.head.weight - torch.eye(16)).norm() / 16**0.5 < 1e-2
     assert fit.head.bias.norm() < 1e-2
     assert fit.loss_final < 1e-3 * fit.loss_start and not fit.stalled
@@ -160,7 +163,7 @@ def test_converged_protocol_trains_where_the_reference_stalls(tiny):
     conv = evaluate_run(tiny["real"], str(tiny["test"]), modes=("normal", "kd", "ci"), config=CONVERGED, progress=False)
     assert ref["modes"]["normal"]["stalled"] is True
     for mode, block in conv["modes"].items():
-        _check_block(block, CONVERGED.seeds)
+        _check_block(block, CONVERGED.seeds, ci_strength=mode == "ci")
         assert block["stalled"] is False, mode
         assert max(block["train_loss_final"]) < 0.5 * min(block["train_loss_start"]), mode
     assert conv["modes"]["normal"]["top1_mean"] > 0.5
@@ -176,6 +179,58 @@ def test_ci_with_real_images_and_same_backbone_reproduces_golden(tiny):
     assert golden_top1 > 0.5  # a meaningful golden classifier, else this test proves nothing
     r = evaluate_run(tiny["real"], str(tiny["data"]), modes=("ci",), config=CONVERGED, progress=False)
     assert abs(r["modes"]["ci"]["top1_mean"] - golden_top1) <= 0.01
+
+
+def test_ci_strength_follows_packs_rule(monkeypatch):
+    """choose_ridge: a fixed strength wins; else the views' cross-validation, moved by held-out real
+    images only when there are at least MIN_RIDGE_IMAGES of them, by select_ridge_on_images: the
+    rule pack records for the device, so evaluate's CI figure is the device's fit."""
+    import numpy as np
+
+    from edgedd.device import ridge as dr
+    from edgedd.evaluation import probes
+
+    rng = np.random.default_rng(0)
+    c, n, v, d = 3, 6, 4, 8
+    means = rng.normal(scale=2.0, size=(c, d))
+    labels = np.repeat(np.arange(c), n // c)
+    zb = means[labels][:, None] + rng.normal(size=(n, v, d))
+    za = zb @ rng.normal(scale=0.3, size=(d, d)) + 0.5 * rng.normal(size=(n, v, d))
+    sampler = CachedViews((torch.from_numpy(zb).float(), torch.from_numpy(za).float()))
+    head = torch.nn.Linear(d, c).double()
+    yr = rng.integers(0, c, 150)
+    real = (means[yr] + 2.0 * rng.normal(size=(150, d)), yr)
+    y = torch.from_numpy(labels)
+    fixed = probes.choose_ridge(sampler, EvalConfig(ridge=0.5), y, head, real)
+    assert fixed == (0.5, "fixed")
+    # the features as the sampler holds them (float32), as choose_ridge reads them
+    x2, y2 = (f.double().numpy().reshape(n * v, d) for f in sampler.feats)
+    w, b = head.weight.detach().numpy(), head.bias.detach().numpy()
+    start = dr.select_ridge(x2, y2, np.repeat(np.arange(n), v), labels, classifier=w)[0]
+    assert probes.choose_ridge(sampler, EvalConfig(), y, head, None) == (start, "views")
+    assert probes.choose_ridge(sampler, EvalConfig(), y, head, (real[0][:99], real[1][:99])) == (start, "views")
+    got = probes.choose_ridge(sampler, EvalConfig(), y, head, real)
+    assert got == (dr.select_ridge_on_images(x2, y2, real[0], real[1], w, b, start)[0], "heldout")
+    # and it is that function's choice, not the views' one, that is returned: force a different one
+    monkeypatch.setattr(probes, "select_ridge_on_images", lambda *a, **k: (123.0, {}))
+    assert probes.choose_ridge(sampler, EvalConfig(), y, head, real) == (123.0, "heldout")
+
+
+def test_ci_says_why_no_held_out_images_chose_its_strength(tiny):
+    """The tiny run's golden classifier used the reference recipe (no held-out slice): the views'
+    rule, and the result says why; --ridge-on-views says so too."""
+    for cfg, why in (
+        (CONVERGED, "recipe"),
+        (EvalConfig(seeds=1, view_cache=4, device="cpu", ridge_on_heldout=False), "ridge-on-views"),
+    ):
+        r = evaluate_run(tiny["run"], str(tiny["test"]), modes=("ci",), config=cfg, progress=False, starting_set=False)
+        assert r["ci_heldout"]["images"] == 0 and why in r["ci_heldout"]["missing"]
+        assert set(r["modes"]["ci"]["ridge_from"]) == {"views"}
+        assert all(x > 0 for x in r["modes"]["ci"]["ridge"])
+    r = evaluate_run(
+        tiny["run"], str(tiny["test"]), modes=("normal",), config=CONVERGED, progress=False, starting_set=False
+    )
+    assert "ci_heldout" not in r
 
 
 def test_cross_model_all_modes(tiny):

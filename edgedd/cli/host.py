@@ -342,6 +342,12 @@ def evaluate(
         "--starting-set/--no-starting-set",
         help="Also score the run's step-0 images (its starting set) and report the stage-II gain.",
     ),
+    ridge_on_heldout: bool = typer.Option(
+        EVAL.ridge_on_heldout,
+        "--ridge-on-heldout/--ridge-on-views",
+        help="ci: choose the projector's strength as pack does for the device, on the golden classifier's "
+        "held-out training images, or on the synthetic views alone.",
+    ),
     device: str = typer.Option(EVAL.device, help="auto, cpu, cuda, cuda:N or mps."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -357,7 +363,14 @@ def evaluate(
         eval_backbone=eval_backbone,
         eval_weights=eval_weights,
         eval_crop_res=eval_crop_res,
-        config=EvalConfig(protocol=protocol.value, epochs=epochs, seeds=seeds, view_cache=view_cache, device=device),
+        config=EvalConfig(
+            protocol=protocol.value,
+            epochs=epochs,
+            seeds=seeds,
+            view_cache=view_cache,
+            ridge_on_heldout=ridge_on_heldout,
+            device=device,
+        ),
         baselines=baselines,
         train_data=train_data,
         progress=not quiet,
@@ -389,6 +402,20 @@ def evaluation_table(r: dict) -> str:
         lines.append(
             f"  {name:<30} {100 * v['top1_mean']:>7.2f} ± {100 * v['top1_std']:<5.2f} {100 * v['top5_mean']:>7.2f}  "
             f"{len(v['seeds']):>5}  {loss}"
+        )
+    ci = r["modes"].get("ci", {})
+    if ci.get("ridge"):
+        held = r.get("ci_heldout") or {}
+        source = {
+            "heldout": f"chosen on {held.get('images')} held-out training images, as pack does",
+            "views": "cross-validated on the synthetic views"
+            + (f" ({held['missing']})" if held.get("missing") else ""),
+            "fixed": "fixed",
+        }
+        lines.append(
+            "  ci projector strength "
+            + ", ".join(f"{x:g}" for x in ci["ridge"])
+            + f" ({source.get(ci['ridge_from'][0], ci['ridge_from'][0])})"
         )
     if "stage2_gain" in r:
         lines.append(

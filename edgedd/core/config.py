@@ -133,6 +133,12 @@ class StageIConfig:
         return self.golden_lr if self.golden_lr is not None else 1e-3 * self.golden_batch / 256
 
 
+# At most this many of the golden classifier's held-out training images are used where a real image
+# checks the edge path (pack's expectation, pack's and evaluate's projector strength): they bound the
+# time, spread evenly over the slice (edgedd.distillation.stage1.heldout_images).
+HELDOUT_IMAGES = 1000
+
+
 # The largest synthetic or crop resolution accepted (--syn-res, --crop-res, --eval-crop-res,
 # --edge-crop-res): above any backbone's native size (the zoo's largest is 518), and small enough
 # that one float32 image (3 x 2048^2 x 4 B = 48 MB) and a batch of them fit; 100,000 would ask
@@ -245,9 +251,12 @@ class EvalConfig:
     # projector; no lr, no epochs, whatever N is. "reference": METHOD.md's Adam protocol below.
     protocol: str = "converged"
     probe_l2: float = 1e-3  # converged: relative L2 of the normal / KD probes (heads.py eq. 1), fixed before any sweep
-    # converged: relative ridge of the CI projector (heads.py eq. 2); None: the strength the device's
-    # fit picks by cross-validation over the synthetic images (edgedd.device.ridge), fixed as a rule
+    # converged: relative ridge of the CI projector (heads.py eq. 2); None: the strength pack chooses
+    # for the device, by the same rule: the synthetic views' cross-validation (edgedd.device.ridge.
+    # select_ridge), then, with ridge_on_heldout, the golden classifier's held-out real images
+    # (select_ridge_on_images, at most HELDOUT_IMAGES of them, at least MIN_RIDGE_IMAGES to move it)
     ridge: float | None = None
+    ridge_on_heldout: bool = True
     max_iter: int = 500  # converged: L-BFGS iterations per probe
     epochs: int = 1000  # reference: METHOD.md protocol
     seeds: int = 3
@@ -297,7 +306,8 @@ class PackConfig:
     int8: bool = False
     int8_max_drop: float = 0.05
     seed: int = 0
-    expect_images: int = 1000  # real held-out images behind the expected edge top-1 (bounds pack's time); 0: none
+    # real held-out images behind the expected edge top-1 (bounds pack's time); 0: none
+    expect_images: int = HELDOUT_IMAGES
     # choose the device's projector strength on those held-out real images (edgedd.device.ridge
     # .select_ridge_on_images), recorded as reference.device_ridge; False: the views' cross-validation, as before 1.6
     ridge_on_heldout: bool = True

@@ -227,6 +227,43 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     return np.setdiff1d(np.arange(len(labels)), held), held
 
 
+def heldout_images(run, limit: int | None = None) -> tuple[LabelledImages, np.ndarray]:
+    """The run's (edgedd.distillation.rundir.Run) training data and the indices of the golden
+    classifier's held-out slice in it: the real images pack and evaluate choose the projector's
+    strength on, and pack's expectation is measured on.
+
+    The slice is Stage I's (:func:`holdout_split`, same fraction and seed), taken over
+    the images Stage I could read: its split indexes those, so the ones it skipped as unreadable
+    are left out first. ``limit``: at most that many, evenly spread over the sorted slice so every
+    class keeps its share. Raises EdgeddError when the data cannot be opened or no longer matches.
+    """
+    source = run.train_data()  # refuses data whose fingerprint changed since the run
+    read = np.arange(len(source))
+    skipped = run.stage1.get("skipped_images") or []
+    if skipped and source.paths is not None:
+        # messages are "<path>: <error>" (edgedd.host.data.CanvasDataset)
+        unreadable = {m.split(": ", 1)[0] for m in skipped}
+        read = np.asarray([i for i, p in enumerate(source.paths) if p not in unreadable], dtype=np.int64)
+    used = run.stage1.get("images_used")
+    if used is not None and used != len(read):
+        raise EdgeddError(f"cannot tell which {used} of the {len(source)} training images Stage I read")
+    if run.stage1.get("format") != STAGE1_FORMAT:  # older Stage I: another slice, or a golden classifier refitted on it
+        raise EdgeddError(
+            f"its Stage I (format {run.stage1.get('format')}, this edgedd writes {STAGE1_FORMAT}) drew or trained on "
+            "the held-out slice differently"
+        )
+    cfg = run.stage1_config()
+    if cfg.golden_recipe != "converged":  # the reference recipe trains on every image: nothing is held out
+        raise EdgeddError(
+            f"its golden classifier ({cfg.golden_recipe} recipe) trained on every image, none is held out"
+        )
+    _, held = holdout_split(source.labels[read], cfg.golden_holdout, cfg.seed)  # as train_golden draws it
+    held = read[held]
+    if limit is not None and len(held) > limit:
+        held = held[np.linspace(0, len(held) - 1, limit).round().astype(np.int64)] if limit > 0 else held[:0]
+    return source, held
+
+
 def _top1(head: torch.nn.Linear, x, labels: np.ndarray, device) -> float:
     """Top-1 of ``head`` on (n, 1, D) rows (a centre-crop slot), in chunks."""
     correct = 0

@@ -170,7 +170,8 @@ def _collate_indexed(batch):
     return images, labels, errors, torch.tensor([b[3] for b in batch if b[0] is not None], dtype=torch.long)
 
 
-def _subset(source: LabelledImages, idx: np.ndarray) -> LabelledImages:
+def subset(source: LabelledImages, idx: np.ndarray) -> LabelledImages:
+    """The images ``idx`` of ``source`` as a LabelledImages of their own (same classes)."""
     return LabelledImages(
         name=source.name,
         class_names=source.class_names,
@@ -185,7 +186,7 @@ def load_canvases(
 ) -> torch.Tensor:
     """The chosen real images as (n, 3, size, size) canvases in [0, 1], in ``idx`` order."""
     loader = canvas_loader(
-        _subset(source, np.asarray(idx, dtype=np.int64)), size, interpolation, cfg.eval_batch, cfg.num_workers
+        subset(source, np.asarray(idx, dtype=np.int64)), size, interpolation, cfg.eval_batch, cfg.num_workers
     )
     parts = []
     for images, _, errors in loader:

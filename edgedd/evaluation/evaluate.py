@@ -25,7 +25,8 @@ each backbone's input size.
 ``converged`` (default)  V = 64 views per image rendered once per seed; every head fitted to the
     optimum of its L2-regularised objective over all of them (:mod:`edgedd.host.heads`): the probes by
     L-BFGS with relative L2 ``probe_l2`` = 1e-3, the projector by closed-form ridge at the strength
-    the device's fit picks (edgedd.device.ridge; ``ridge`` fixes it). No lr, no epochs: the same fit
+    pack chooses for the device (edgedd.evaluation.probes.choose_ridge: the views' cross-validation,
+    moved on the golden classifier's held-out training images; ``ridge`` fixes it). No lr, no epochs: the same fit
     at N = 10 as at N = 10,000. The projector shrinks towards 0 (the ridge module's equation 3)
     even when B is A: ``ci`` measures what the synthetic set teaches a projector. (The device
     shrinks towards I when pack records B = A's network, equation 4; there the set barely matters.)
@@ -71,16 +72,17 @@ import numpy as np
 import torch
 
 from edgedd.backbones.forward import resolve_device
-from edgedd.core.config import EVAL_MODES, RECIPES, SELECTED, EvalConfig, to_dict
+from edgedd.core.config import EVAL_MODES, HELDOUT_IMAGES, RECIPES, SELECTED, EvalConfig, to_dict
 from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages, open_dataset
 from edgedd.core.paths import refuse_overlap
 from edgedd.core.progress import Progress
 from edgedd.distillation.fidelity import synthetic_landing
 from edgedd.distillation.rundir import Run, load_initial, load_run
+from edgedd.distillation.stage1 import heldout_images
 from edgedd.host.rng import torch_generator
 
-from .encoders import CachedViews, Encoder, FreshViews, load_encoders, make_sampler, test_features
+from .encoders import CachedViews, Encoder, FreshViews, load_encoders, make_sampler, subset, test_features
 from .probes import fit_probe, fit_projector, summarise, topk_accuracy
 
 MODES = EVAL_MODES
@@ -189,6 +191,7 @@ def evaluate_run(
     # every feature pass first (test set once for B; the training set once for the baselines),
     # then one progress bar over all training epochs
     x_test, y_test = test_features(enc_b, test, test_map, config, device)
+    real, real_missing = _heldout_real(run, enc_b, config, device) if "ci" in modes else (None, None)
     real_sets = baseline_sets(run, train, train_map, enc_a, enc_b, config, device, progress) if baselines else None
 
     def score(head: torch.nn.Module) -> tuple[float, float]:
@@ -202,11 +205,13 @@ def evaluate_run(
     )
     with Progress(total, "evaluate", enabled=None if progress else False) as bar:
         images = run.images.to(device)
-        summaries = _synthetic_modes(run, images, modes, enc_a, enc_b, golden, config, device, score, bar)
+        summaries = _synthetic_modes(run, images, modes, enc_a, enc_b, golden, config, device, score, bar, real)
         out = _result(run, enc_b, config, summaries, len(y_test))
+        if "ci" in modes:
+            out["ci_heldout"] = {"images": 0 if real is None else len(real[1]), "missing": real_missing}
         if initial is not None:  # the same protocol, seeds and views on the images Stage II started from
             out["starting_set"] = _synthetic_modes(
-                run, initial.to(device), modes, enc_a, enc_b, golden, config, device, score, bar
+                run, initial.to(device), modes, enc_a, enc_b, golden, config, device, score, bar, real
             )
             out["stage2_gain"] = {m: summaries[m]["top1_mean"] - out["starting_set"][m]["top1_mean"] for m in modes}
         if enc_a is not None and run.centres is not None:
@@ -234,6 +239,31 @@ def _open_train(run: Run, train_data: str | None) -> tuple[LabelledImages, np.nd
             f"{run.directory} has no stats.safetensors (needed for the centroids baseline)", "re-run edgedd distill"
         )
     return train, train_map
+
+
+def _heldout_real(
+    run: Run, enc_b: Encoder, config: EvalConfig, device
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, str | None]:
+    """phi_B (float64) and run labels of the golden classifier's held-out training images (at most
+    HELDOUT_IMAGES, edgedd.distillation.stage1.heldout_images), the real images pack chooses the
+    device's projector strength on, for the CI projector's; or None and why not (a fixed ridge, the
+    views' rule asked for, another protocol, a run whose data or slice cannot be had)."""
+    if config.ridge is not None:
+        return None, "a fixed ridge (EvalConfig.ridge)"
+    if not config.ridge_on_heldout:
+        return None, "the views' cross-validation asked for (--ridge-on-views)"
+    if config.protocol != "converged":
+        return None, f"the {config.protocol} protocol trains the projector with Adam"
+    try:
+        source, held = heldout_images(run, HELDOUT_IMAGES)
+        if not len(held):
+            return None, "the golden classifier held no image out"
+        x, y = test_features(
+            enc_b, subset(source, held), _label_map(source, run.class_names, "training data"), config, device
+        )
+    except EdgeddError as e:
+        return None, e.problem
+    return (x.double().cpu().numpy(), y.cpu().numpy()), None
 
 
 def _golden(run: Run, enc_a: Encoder | None, device) -> torch.nn.Module:
@@ -271,8 +301,10 @@ def _synthetic_modes(
     device,
     score,
     bar: Progress,
+    real: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, dict]:
-    """The synthetic set, every mode and seed; per seed one view cache (if any) shared by the modes."""
+    """The synthetic set, every mode and seed; per seed one view cache (if any) shared by the modes.
+    ``real``: the held-out images that choose the CI projector's strength (:func:`_heldout_real`)."""
     labels, c = run.labels, run.num_classes
     encoders = [enc_b] + ([enc_a] if ("ci" in modes or "kd" in modes) else [])
     results: dict[str, list] = {m: [] for m in modes}
@@ -286,12 +318,13 @@ def _synthetic_modes(
             gen = torch_generator("train", seed)  # the same views and order in every mode: a paired comparison
             tag = f"{mode}/{seed}"
             if mode == "ci":
-                fit = fit_projector(sampler, config, gen, device, bar, tag, labels, golden.weight)
+                fit, strength = fit_projector(sampler, config, gen, device, bar, tag, labels, golden, real)
                 results[mode].append(score(torch.nn.Sequential(fit.head, golden)))
+                fits[mode].append({**fit.report(), **strength})
             else:
                 fit = fit_probe(sampler, labels, c, config, gen, device, golden if mode == "kd" else None, bar, tag)
                 results[mode].append(score(fit.head))
-            fits[mode].append(fit.report())
+                fits[mode].append(fit.report())
     return {m: summarise(s, fits[m]) for m, s in results.items()}
 
 

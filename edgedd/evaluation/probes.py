@@ -10,7 +10,7 @@ import torch
 
 from edgedd.core.config import EvalConfig
 from edgedd.core.progress import Progress
-from edgedd.device.ridge import select_ridge
+from edgedd.device.ridge import MIN_RIDGE_IMAGES, select_ridge, select_ridge_on_images
 from edgedd.host.heads import (
     Fit,
     Sampler,
@@ -62,33 +62,51 @@ def fit_projector(
     bar: Progress | None = None,
     tag: str = "",
     labels: torch.Tensor | None = None,
-    classifier: torch.Tensor | None = None,
-) -> Fit:
-    """CI projector P: D_B -> D_A on features (z_B, z_A) of the same views. The labels (the folds) and
-    the golden classifier's weight (the error's space) serve the cross-validation when ``cfg.ridge``
-    is None (the device's rule, edgedd.device.ridge.select_ridge)."""
+    classifier: torch.nn.Linear | None = None,
+    real: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[Fit, dict]:
+    """CI projector P: D_B -> D_A on features (z_B, z_A) of the same views, and how its strength was
+    chosen ({"ridge": r, "ridge_from": "fixed" | "views" | "heldout"}; {} under the reference
+    protocol, whose Adam has no strength). The labels (the folds), the golden classifier and
+    ``real`` (phi_B and labels of its held-out training images, or None) serve the choice when
+    ``cfg.ridge`` is None: pack's rule for the device (:func:`choose_ridge`)."""
     proj = new_projector(sampler_dim(sampler, 0), sampler_dim(sampler, 1), gen, device)
     if cfg.protocol == "converged":
-        fit = fit_ridge(proj, sampler.feats[0], sampler.feats[1], _ridge(sampler, cfg, labels, classifier))
+        ridge, source = choose_ridge(sampler, cfg, labels, classifier, real)
+        fit = fit_ridge(proj, sampler.feats[0], sampler.feats[1], ridge)
         if bar is not None:
             bar.update(1, run=tag, loss=fit.loss_final)
-        return fit
+        return fit, {"ridge": ridge, "ridge_from": source}
     batch = cfg.resolved_batch(sampler.n)
-    return train_reference(proj, sampler, mse_loss, cfg.epochs, batch, cfg.projector_lr(batch), gen, bar, tag)
+    fit = train_reference(proj, sampler, mse_loss, cfg.epochs, batch, cfg.projector_lr(batch), gen, bar, tag)
+    return fit, {}
 
 
-def _ridge(
-    sampler: CachedViews, cfg: EvalConfig, labels: torch.Tensor | None, classifier: torch.Tensor | None
-) -> float:
+def choose_ridge(
+    sampler: CachedViews,
+    cfg: EvalConfig,
+    labels: torch.Tensor | None,
+    classifier: torch.nn.Linear | None,
+    real: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[float, str]:
+    """The CI projector's strength and its source, by pack's rule for the device: ``cfg.ridge`` when
+    given ("fixed"); else the views' cross-validation (edgedd.device.ridge.select_ridge, "views"),
+    moved by the held-out real images ``real`` when there are at least MIN_RIDGE_IMAGES of them
+    (select_ridge_on_images, "heldout"; also when it keeps the views' choice)."""
     if cfg.ridge is not None:
-        return cfg.ridge
+        return cfg.ridge, "fixed"
     if labels is None or classifier is None:
         raise ValueError("choosing the projector's ridge needs the synthetic images' labels and the golden classifier")
     zb, za = (f.detach().cpu().double().numpy() for f in sampler.feats[:2])
     n, v = zb.shape[:2]
     views = np.repeat(np.arange(n), v)
-    w = classifier.detach().cpu().double().numpy()
-    return select_ridge(zb.reshape(n * v, -1), za.reshape(n * v, -1), views, labels.cpu().numpy(), classifier=w)[0]
+    w = classifier.weight.detach().cpu().double().numpy()
+    x, y = zb.reshape(n * v, -1), za.reshape(n * v, -1)
+    start = select_ridge(x, y, views, labels.cpu().numpy(), classifier=w)[0]
+    if real is None or len(real[1]) < MIN_RIDGE_IMAGES:
+        return start, "views"
+    bias = classifier.bias.detach().cpu().double().numpy()
+    return select_ridge_on_images(x, y, real[0], real[1], w, bias, start)[0], "heldout"
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -120,4 +138,7 @@ def summarise(scores: list[tuple[float, float]], fits: list[dict] | None = None)
         out["train_loss_final"] = [f["loss_final"] for f in fits]
         out["train_steps"] = [f["steps"] for f in fits]
         out["stalled"] = any(f["stalled"] for f in fits)
+        if "ridge" in fits[0]:  # the CI projector: its strength per seed and where it came from
+            out["ridge"] = [f["ridge"] for f in fits]
+            out["ridge_from"] = [f["ridge_from"] for f in fits]
     return out
