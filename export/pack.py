@@ -57,7 +57,7 @@ from edgedd.core.errors import EdgeddError
 from edgedd.core.lock import lock
 from edgedd.core.paths import refuse_overlap
 from edgedd.device import artifact as art
-from edgedd.device.ridge import MIN_RIDGE_IMAGES, projector_prior, select_ridge, select_ridge_on_images
+from edgedd.device.ridge import choose_strength, projector_prior
 from edgedd.device.ridge import fit_ridge as fit_projector_ridge
 from edgedd.device.schema import copy_ratio_problem
 from edgedd.device.sidecar import device_files
@@ -310,43 +310,34 @@ def _fit_projector(
     real: HeldOut | None = None,
 ):
     """The packed projector P: D_B -> D_A and the reference figures on the synthetic set (the
-    artifact's ``reference``, before the expectations). Its strength: the one whose fit classifies the
-    held-out real images ``real`` best (edgedd.device.ridge.select_ridge_on_images), recorded for the
-    device as ``device_ridge``; without at least MIN_RIDGE_IMAGES of them (or with
-    ``config.ridge_on_heldout`` off) the views' own cross-validation, which the device then repeats.
+    artifact's ``reference``, before the expectations). Its strength (edgedd.device.ridge.choose_strength):
+    the one whose fit classifies the held-out real images ``real`` best, recorded for the device as
+    ``device_ridge``; without at least MIN_RIDGE_IMAGES of them (or with ``config.ridge_on_heldout``
+    off) the views' own cross-validation, which the device then repeats.
     Returns w_p, b_p, reference."""
     n = pix.shape[0]
     d_a, d_b = targets.shape[1], feats_b.shape[1]
     # what the fit shrinks towards: I when B has A's weights (int8 or another resolution of the same
     # network), else 0; and the strength the device's fit would pick on these views (edgedd.device.ridge)
     prior = projector_prior(info_a.weights_sha256, info_b.weights_sha256, d_a, d_b)
-    ridge, ridge_scores = select_ridge(
+    held = (real.feats.numpy(), real.labels.numpy()) if real is not None and config.ridge_on_heldout else None
+    choice = choose_strength(
         feats_b.cpu().numpy(),
         targets.cpu().numpy(),
         np.repeat(np.arange(n), config.views),
         labels.numpy(),
-        prior=prior,
-        classifier=w_c.cpu().numpy(),
+        w_c.cpu().numpy(),
+        b_c.cpu().numpy(),
+        held,
+        prior,
     )
-    ridge_views, on_real = ridge, {"device_ridge": None, "device_ridge_heldout": None, "device_ridge_images": None}
-    if real is not None and config.ridge_on_heldout and len(real.labels) >= MIN_RIDGE_IMAGES:
-        chosen, scores = select_ridge_on_images(
-            feats_b.cpu().numpy(),
-            targets.cpu().numpy(),
-            real.feats.numpy(),
-            real.labels.numpy(),
-            w_c.cpu().numpy(),
-            b_c.cpu().numpy(),
-            ridge,
-            prior=prior,
-        )
-        if all(np.isfinite(v["ce"]) for v in scores.values()):  # non-finite features choose nothing
-            ridge = chosen
-            on_real = {
-                "device_ridge": chosen,
-                "device_ridge_heldout": {repr(r): v for r, v in scores.items()},  # {"ce", "top1"} per strength
-                "device_ridge_images": len(real.labels),
-            }
+    ridge = choice.ridge
+    on_real = {
+        "device_ridge": choice.ridge if choice.heldout is not None else None,
+        # {"ce", "top1"} per strength
+        "device_ridge_heldout": None if choice.heldout is None else {repr(r): v for r, v in choice.heldout.items()},
+        "device_ridge_images": choice.images or None,
+    }
     w_p, b_p, projector_fit = train_projector(
         feats_b.cpu().view(n, config.views, d_b),
         targets.cpu().view(n, config.views, d_a),
@@ -369,8 +360,8 @@ def _fit_projector(
         "projector_fit": {"recipe": config.projector_recipe, **projector_fit},
         "projector_ridge": ridge,
         "projector_prior": prior,
-        "projector_ridge_views": ridge_views,  # the views' own cross-validation's choice
-        "projector_ridge_cv": {repr(r): v for r, v in ridge_scores.items()},  # held-out target MSE per strength
+        "projector_ridge_views": choice.views,  # the views' own cross-validation's choice
+        "projector_ridge_cv": {repr(r): v for r, v in choice.views_scores.items()},  # held-out target MSE per strength
         **on_real,
         "projector_mse_ridge": float(((feats_b.cpu().numpy() @ w_r.T + b_r - targets.cpu().numpy()) ** 2).mean()),
     }

@@ -181,13 +181,13 @@ def test_ci_with_real_images_and_same_backbone_reproduces_golden(tiny):
     assert abs(r["modes"]["ci"]["top1_mean"] - golden_top1) <= 0.01
 
 
-def test_ci_strength_follows_packs_rule(monkeypatch):
-    """choose_ridge: a fixed strength wins; else the views' cross-validation, moved by held-out real
-    images only when there are at least MIN_RIDGE_IMAGES of them, by select_ridge_on_images: the
-    rule pack records for the device, so evaluate's CI figure is the device's fit."""
+def test_ci_strength_is_packs_rule(monkeypatch):
+    """choose_ridge: a fixed strength wins; else edgedd.device.ridge.choose_strength (the rule pack
+    records for the device) on the sampler's views and the held-out images, "heldout" when they
+    chose it and "views" when they did not (too few here: 99)."""
     import numpy as np
 
-    from edgedd.device import ridge as dr
+    from edgedd.device.ridge import choose_strength
     from edgedd.evaluation import probes
 
     rng = np.random.default_rng(0)
@@ -198,21 +198,24 @@ def test_ci_strength_follows_packs_rule(monkeypatch):
     za = zb @ rng.normal(scale=0.3, size=(d, d)) + 0.5 * rng.normal(size=(n, v, d))
     sampler = CachedViews((torch.from_numpy(zb).float(), torch.from_numpy(za).float()))
     head = torch.nn.Linear(d, c).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(rng.normal(size=(c, d))))
+        head.bias.copy_(torch.from_numpy(rng.normal(size=c)))
     yr = rng.integers(0, c, 150)
     real = (means[yr] + 2.0 * rng.normal(size=(150, d)), yr)
     y = torch.from_numpy(labels)
-    fixed = probes.choose_ridge(sampler, EvalConfig(ridge=0.5), y, head, real)
-    assert fixed == (0.5, "fixed")
+    assert probes.choose_ridge(sampler, EvalConfig(ridge=0.5), y, head, real) == (0.5, "fixed")
     # the features as the sampler holds them (float32), as choose_ridge reads them
     x2, y2 = (f.double().numpy().reshape(n * v, d) for f in sampler.feats)
     w, b = head.weight.detach().numpy(), head.bias.detach().numpy()
-    start = dr.select_ridge(x2, y2, np.repeat(np.arange(n), v), labels, classifier=w)[0]
-    assert probes.choose_ridge(sampler, EvalConfig(), y, head, None) == (start, "views")
-    assert probes.choose_ridge(sampler, EvalConfig(), y, head, (real[0][:99], real[1][:99])) == (start, "views")
-    got = probes.choose_ridge(sampler, EvalConfig(), y, head, real)
-    assert got == (dr.select_ridge_on_images(x2, y2, real[0], real[1], w, b, start)[0], "heldout")
-    # and it is that function's choice, not the views' one, that is returned: force a different one
-    monkeypatch.setattr(probes, "select_ridge_on_images", lambda *a, **k: (123.0, {}))
+    want = choose_strength(x2, y2, np.repeat(np.arange(n), v), labels, w, b, real)
+    assert want.heldout is not None
+    assert probes.choose_ridge(sampler, EvalConfig(), y, head, real) == (want.ridge, "heldout")
+    few = choose_strength(x2, y2, np.repeat(np.arange(n), v), labels, w, b, (real[0][:99], real[1][:99]))
+    assert probes.choose_ridge(sampler, EvalConfig(), y, head, (real[0][:99], real[1][:99])) == (few.ridge, "views")
+    monkeypatch.setattr(  # and it is that function's choice that is returned
+        probes, "choose_strength", lambda *a, **k: want.__class__(123.0, 1.0, {}, {1.0: {}}, 150, None)
+    )
     assert probes.choose_ridge(sampler, EvalConfig(), y, head, real) == (123.0, "heldout")
 
 
@@ -231,6 +234,58 @@ def test_ci_says_why_no_held_out_images_chose_its_strength(tiny):
         tiny["run"], str(tiny["test"]), modes=("normal",), config=CONVERGED, progress=False, starting_set=False
     )
     assert "ci_heldout" not in r
+
+
+def test_ci_strength_is_chosen_on_the_runs_held_out_slice(tmp_path, monkeypatch):
+    """End to end: a run whose golden classifier held images out (the converged recipe). With the
+    threshold lowered to 1, evaluate reads exactly that slice, with the run's labels, and says so;
+    the CLI's --ridge-on-views keeps the views' choice and its table names the source."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from edgedd.cli.host import app
+    from edgedd.device import ridge as dr
+    from edgedd.distillation.stage1 import heldout_images
+
+    monkeypatch.setenv("EDGEDD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EDGEDD_PROGRESS", "0")
+    data = make_image_folder(tmp_path / "data", per_class=10)
+    test = make_image_folder(tmp_path / "test", seed=1)
+    run = tmp_path / "run"
+    distill(
+        str(data),
+        "test_vit",
+        run,
+        weights="random",
+        config=DistillConfig(ipc=2, iterations=5),
+        stage1_config=StageIConfig(golden_views=2, golden_holdout=0.3),
+        options=RunOptions(device="cpu", num_workers=0, progress=False),
+        crop_res=32,
+        syn_res=32,
+    )
+    source, held = heldout_images(load_run(run))
+    assert len(held) == 9  # 3 of 10 per class
+    monkeypatch.setattr(dr, "MIN_RIDGE_IMAGES", 1)
+    seen, original = {}, dr.select_ridge_on_images
+
+    def spy(x, y, xr, yr, *a, **k):
+        seen["labels"] = np.asarray(yr)
+        return original(x, y, xr, yr, *a, **k)
+
+    monkeypatch.setattr(dr, "select_ridge_on_images", spy)
+    cfg = EvalConfig(seeds=1, view_cache=4, device="cpu")
+    r = evaluate_run(run, str(test), modes=("ci",), config=cfg, progress=False, starting_set=False)
+    assert r["ci_heldout"] == {"images": 9, "missing": None}
+    assert r["modes"]["ci"]["ridge_from"] == ["heldout"]
+    np.testing.assert_array_equal(seen["labels"], source.labels[held])  # the slice, in the run's classes
+    args = ["evaluate", str(run), "--test-data", str(test), "--mode", "ci", "--seeds", "1", "--view-cache", "4"]
+    out = CliRunner().invoke(app, [*args, "--ridge-on-views", "--json"])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.stdout)
+    assert res["modes"]["ci"]["ridge_from"] == ["views"] and "--ridge-on-views" in res["ci_heldout"]["missing"]
+    human = CliRunner().invoke(app, args)
+    assert human.exit_code == 0 and "ci projector strength" in human.stdout
+    assert "chosen on 9 held-out training images" in human.stdout
 
 
 def test_cross_model_all_modes(tiny):

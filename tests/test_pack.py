@@ -191,7 +191,7 @@ def test_edge_backbone_differs_from_distillation_backbone(packed, tmp_path, monk
     detail = next(c["detail"] for c in rep["checks"] if c["name"] == "fine-tune")
     assert "(cross-validated on the synthetic images)" in detail, detail
     # from any number of held-out images (the bound lowered for this data set): recorded and used
-    monkeypatch.setattr("edgedd.export.pack.MIN_RIDGE_IMAGES", 1)
+    monkeypatch.setattr("edgedd.device.ridge.MIN_RIDGE_IMAGES", 1)
     for extra in ([], ["--ridge-on-views"]):
         again = tmp_path / f"edge_again{len(extra)}"
         r = CliRunner().invoke(

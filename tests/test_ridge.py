@@ -10,6 +10,7 @@ from edgedd.device.ridge import (
     RIDGE_GRID,
     _fold_predictions,
     choose_on_evidence,
+    choose_strength,
     cross_entropy,
     fit_ridge,
     image_folds,
@@ -260,6 +261,31 @@ def test_the_strength_is_ranked_by_cross_entropy_not_top1(monkeypatch):
     r, scores = ridge.select_ridge_on_images(x, y, np.zeros((n, c)), yr, np.eye(c), np.zeros(c), 1.0, grid=(0.1, 1.0))
     assert scores[1.0]["top1"] > scores[0.1]["top1"] and scores[0.1]["ce"] < scores[1.0]["ce"]
     assert r == 0.1
+
+
+def test_choose_strength_is_the_views_choice_moved_by_enough_finite_real_images():
+    """The one rule pack records and evaluate's CI fits at: the views' cross-validation, moved by
+    select_ridge_on_images only from MIN_RIDGE_IMAGES (100) real images with finite cross-entropy;
+    each refusal says why."""
+    for seed in range(50):  # a world where 100 real images move the strength off the views' choice
+        x, y, xr, yr, wc, bc = _real_world(seed=seed, n_real=100)
+        image, labels = np.arange(len(x)), np.repeat(np.arange(4), 6)
+        views = select_ridge(x, y, image, labels, classifier=wc)[0]
+        moved = select_ridge_on_images(x, y, xr, yr, wc, bc, views)[0]
+        if moved != views:
+            break
+    assert moved != views
+    got = choose_strength(x, y, image, labels, wc, bc, (xr, yr))
+    assert (got.ridge, got.views, got.images, got.why_not) == (moved, views, 100, None)
+    assert got.heldout == select_ridge_on_images(x, y, xr, yr, wc, bc, views)[1]
+    few = choose_strength(x, y, image, labels, wc, bc, (xr[:99], yr[:99]))
+    assert (few.ridge, few.heldout, few.images) == (views, None, 0) and few.why_not.startswith("only 99 ")
+    none = choose_strength(x, y, image, labels, wc, bc, None)
+    assert none.ridge == views and none.why_not == "no held-out real images"
+    bad = xr.copy()
+    bad[0] = np.nan
+    nan = choose_strength(x, y, image, labels, wc, bc, (bad, yr))
+    assert nan.ridge == views and nan.heldout is None and "not finite" in nan.why_not
 
 
 def test_a_recorded_strength_is_read_and_only_as_a_number():

@@ -407,9 +407,8 @@ def evaluation_table(r: dict) -> str:
     if ci.get("ridge"):
         held = r.get("ci_heldout") or {}
         source = {
-            "heldout": f"chosen on {held.get('images')} held-out training images, as pack does",
-            "views": "cross-validated on the synthetic views"
-            + (f" ({held['missing']})" if held.get("missing") else ""),
+            "heldout": f"chosen on {held.get('images')} held-out training images by pack's rule",
+            "views": "cross-validated on the synthetic views" + (f"; {held['missing']}" if held.get("missing") else ""),
             "fixed": "fixed",
         }
         lines.append(

@@ -39,6 +39,8 @@ and of Xc^T Xc (D x D) otherwise; every r then costs a matrix product:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 # select_ridge's strengths, half a decade apart: the held-out error's minimum often lies between two
@@ -218,7 +220,9 @@ def select_ridge_on_images(
     difference: a few real images must not move the strength on noise.
 
     Pack calls it on phi_B of the golden classifier's held-out slice of the training data, which the
-    views never saw, and records the choice for the device (format 1.6, ``reference.device_ridge``).
+    views never saw (nearly: a coreset or real start draws its digits from every training image, the
+    slice included, so a synthetic image may have begun as one of them), and records the choice for
+    the device (format 1.6, ``reference.device_ridge``).
     Why real images and not the views alone: the views' cross-validation asks how well a fit
     generalises to *unseen synthetic images*, and real images are further from the views than
     held-out views are; on the demo's Lite1 -> Lite0 bundle it picks r = 1 where real images peak at
@@ -236,6 +240,58 @@ def select_ridge_on_images(
         ce[r] = cross_entropy(z, yr)
         scores[r] = {"ce": float(ce[r].mean()), "top1": float((z.argmax(1) == yr).mean())}
     return choose_on_evidence(ce, float(start)), scores
+
+
+def too_few_images(n: int) -> str | None:
+    """Why ``n`` held-out images choose no strength (fewer than MIN_RIDGE_IMAGES), or None."""
+    if n >= MIN_RIDGE_IMAGES:
+        return None
+    return f"only {n} held-out real images (at least {MIN_RIDGE_IMAGES} choose a strength)"
+
+
+@dataclass(frozen=True)
+class StrengthChoice:
+    """What :func:`choose_strength` decided: the strength to fit at, the views' own choice, and the
+    held-out images' scores when they chose it ({r: {"ce", "top1"}}; None, with ``why_not``, when
+    they did not)."""
+
+    ridge: float
+    views: float
+    views_scores: dict
+    heldout: dict | None
+    images: int  # the held-out images that chose it; 0 when they did not
+    why_not: str | None
+
+
+def choose_strength(
+    x: np.ndarray,
+    y: np.ndarray,
+    image: np.ndarray,
+    labels: np.ndarray,
+    classifier: np.ndarray,
+    bias: np.ndarray,
+    real: tuple[np.ndarray, np.ndarray] | None,
+    prior: str = "none",
+) -> StrengthChoice:
+    """The projector's strength by the one rule pack records for the device and evaluate's CI fits
+    at: :func:`select_ridge` on the views, then :func:`select_ridge_on_images` on ``real`` (phi_B and
+    labels of held-out real images) when there are at least MIN_RIDGE_IMAGES of them and every
+    strength's cross-entropy on them is finite (non-finite features choose nothing); else the views'
+    choice, with the reason."""
+    views, views_scores = select_ridge(x, y, image, labels, prior=prior, classifier=classifier)
+
+    def keep(why: str) -> StrengthChoice:
+        return StrengthChoice(views, views, views_scores, None, 0, why)
+
+    if real is None:
+        return keep("no held-out real images")
+    few = too_few_images(len(real[1]))
+    if few:
+        return keep(few)
+    chosen, scores = select_ridge_on_images(x, y, real[0], real[1], classifier, bias, views, prior=prior)
+    if not all(np.isfinite(v["ce"]) for v in scores.values()):
+        return keep("the held-out images' cross-entropy is not finite")
+    return StrengthChoice(chosen, views, views_scores, scores, len(real[1]), None)
 
 
 def choose_on_evidence(ce: dict[float, np.ndarray], start: float) -> float:

@@ -77,6 +77,7 @@ from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages, open_dataset
 from edgedd.core.paths import refuse_overlap
 from edgedd.core.progress import Progress
+from edgedd.device.ridge import too_few_images
 from edgedd.distillation.fidelity import synthetic_landing
 from edgedd.distillation.rundir import Run, load_initial, load_run
 from edgedd.distillation.stage1 import heldout_images
@@ -246,8 +247,9 @@ def _heldout_real(
 ) -> tuple[tuple[np.ndarray, np.ndarray] | None, str | None]:
     """phi_B (float64) and run labels of the golden classifier's held-out training images (at most
     HELDOUT_IMAGES, edgedd.distillation.stage1.heldout_images), the real images pack chooses the
-    device's projector strength on, for the CI projector's; or None and why not (a fixed ridge, the
-    views' rule asked for, another protocol, a run whose data or slice cannot be had)."""
+    device's projector strength on, for the CI projector's, and why they will not choose it (too few)
+    or None; or None and why there are none (a fixed ridge, the views' rule asked for, another
+    protocol, a run whose data or slice cannot be had)."""
     if config.ridge is not None:
         return None, "a fixed ridge (EvalConfig.ridge)"
     if not config.ridge_on_heldout:
@@ -263,7 +265,7 @@ def _heldout_real(
         )
     except EdgeddError as e:
         return None, e.problem
-    return (x.double().cpu().numpy(), y.cpu().numpy()), None
+    return (x.double().cpu().numpy(), y.cpu().numpy()), too_few_images(len(y))
 
 
 def _golden(run: Run, enc_a: Encoder | None, device) -> torch.nn.Module:

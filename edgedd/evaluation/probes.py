@@ -10,7 +10,7 @@ import torch
 
 from edgedd.core.config import EvalConfig
 from edgedd.core.progress import Progress
-from edgedd.device.ridge import MIN_RIDGE_IMAGES, select_ridge, select_ridge_on_images
+from edgedd.device.ridge import choose_strength
 from edgedd.host.heads import (
     Fit,
     Sampler,
@@ -89,24 +89,27 @@ def choose_ridge(
     classifier: torch.nn.Linear | None,
     real: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[float, str]:
-    """The CI projector's strength and its source, by pack's rule for the device: ``cfg.ridge`` when
-    given ("fixed"); else the views' cross-validation (edgedd.device.ridge.select_ridge, "views"),
-    moved by the held-out real images ``real`` when there are at least MIN_RIDGE_IMAGES of them
-    (select_ridge_on_images, "heldout"; also when it keeps the views' choice)."""
+    """The CI projector's strength and its source: ``cfg.ridge`` when given ("fixed"); else
+    edgedd.device.ridge.choose_strength, the rule pack records for the device, on these views and
+    the held-out images ``real`` ("heldout" when they chose it, also when they kept the views' choice;
+    "views" when they did not). Unlike the device, the fit always shrinks towards 0 (the module
+    docstring of edgedd.evaluation.evaluate), so with B = A's network the strength can differ from pack's."""
     if cfg.ridge is not None:
         return cfg.ridge, "fixed"
     if labels is None or classifier is None:
         raise ValueError("choosing the projector's ridge needs the synthetic images' labels and the golden classifier")
     zb, za = (f.detach().cpu().double().numpy() for f in sampler.feats[:2])
     n, v = zb.shape[:2]
-    views = np.repeat(np.arange(n), v)
-    w = classifier.weight.detach().cpu().double().numpy()
-    x, y = zb.reshape(n * v, -1), za.reshape(n * v, -1)
-    start = select_ridge(x, y, views, labels.cpu().numpy(), classifier=w)[0]
-    if real is None or len(real[1]) < MIN_RIDGE_IMAGES:
-        return start, "views"
-    bias = classifier.bias.detach().cpu().double().numpy()
-    return select_ridge_on_images(x, y, real[0], real[1], w, bias, start)[0], "heldout"
+    choice = choose_strength(
+        zb.reshape(n * v, -1),
+        za.reshape(n * v, -1),
+        np.repeat(np.arange(n), v),
+        labels.cpu().numpy(),
+        classifier.weight.detach().cpu().double().numpy(),
+        classifier.bias.detach().cpu().double().numpy(),
+        real,
+    )
+    return choice.ridge, ("views" if choice.heldout is None else "heldout")
 
 
 # ----------------------------------------------------------------------------- scoring
