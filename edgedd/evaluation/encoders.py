@@ -198,9 +198,10 @@ def load_canvases(
 
 @torch.no_grad()
 def test_features(
-    enc: Encoder, source: LabelledImages, label_map: np.ndarray, cfg: EvalConfig, device
+    enc: Encoder, source: LabelledImages, label_map: np.ndarray, cfg: EvalConfig, device, what: str = "test"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """phi_B of every readable test image: shorter side to resize_size, centre crop input_size."""
+    """phi_B of every readable image of ``source`` (the test data, or ``what`` else): shorter side to
+    resize_size, centre crop input_size."""
     feats, labels, skipped = [], [], []
     loader = canvas_loader(source, enc.pp.resize_size, enc.pp.interpolation, cfg.eval_batch, cfg.num_workers)
     for images, y, errors in loader:
@@ -209,9 +210,9 @@ def test_features(
             feats.append(enc(center_crop(images.to(device).float().div_(255), enc.input_size)))
             labels.append(torch.from_numpy(label_map[y.numpy()]))
     if skipped:
-        warnings.warn(f"{len(skipped)} unreadable test image(s) skipped, e.g. {skipped[0]}", stacklevel=2)
+        warnings.warn(f"{len(skipped)} unreadable {what} image(s) skipped, e.g. {skipped[0]}", stacklevel=2)
     if not feats:
-        raise EdgeddError(f"no readable images in the test data {source.name}", "pass a folder of images")
+        raise EdgeddError(f"no readable images in the {what} data {source.name}", "pass a folder of images")
     return torch.cat(feats), torch.cat(labels)
 
 

@@ -261,7 +261,12 @@ def _heldout_real(
         if not len(held):
             return None, "the golden classifier held no image out"
         x, y = test_features(
-            enc_b, subset(source, held), _label_map(source, run.class_names, "training data"), config, device
+            enc_b,
+            subset(source, held),
+            _label_map(source, run.class_names, "training data"),
+            config,
+            device,
+            "held-out training",
         )
     except EdgeddError as e:
         return None, e.problem
