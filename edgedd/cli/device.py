@@ -361,16 +361,13 @@ def adapt(
         f"{r['cv_top1_adapted']:.1%}, "
         f"views only {r['cv_top1_views_only']:.1%} (right where the other was wrong: {r['wins']} vs {r['losses']})"
     )
-    strength = (
-        f"strength {r['ridge']:g} (deploy-check's was {r['view_ridge']:g}; the local images' cross-entropy moved it)"
-        if r["strength_from"] == "local images"
-        else f"strength {r['ridge']:g} (deploy-check's"
-        + (
-            "; pack chose it on held-out real images, so the local images do not move it)"
-            if r["view_ridge_from"] == RIDGE_FROM_REAL
-            else ")"
-        )
-    )
+    if r["strength_from"] == "local images":
+        why = f"deploy-check's was {r['view_ridge']:g}; the local images' cross-entropy moved it"
+    elif r["view_ridge_from"] == RIDGE_FROM_REAL:
+        why = "deploy-check's; pack chose it on held-out real images, so the local images do not move it"
+    else:
+        why = "deploy-check's"
+    strength = f"strength {r['ridge']:g} ({why})"
     kept = (
         f"adapted fit kept (local weight {r['local_weight']:g})"
         if r["used"] == "adapted"
