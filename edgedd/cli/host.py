@@ -23,6 +23,7 @@ from edgedd.core.config import (
     FLOW_DENOMINATORS,
     INITS,
     LGM_AUGS_PER_BATCH,
+    LR_SCHEDULES,
     MAX_RESOLUTION,
     METHODS,
     RECIPES,
@@ -51,6 +52,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
 Method = _choices("Method", METHODS)
 Recipe = _choices("Recipe", RECIPES)  # how a linear head is fitted: --golden-recipe, --protocol and --projector-recipe
 FlowDenominator = _choices("FlowDenominator", FLOW_DENOMINATORS)
+LrSchedule = _choices("LrSchedule", LR_SCHEDULES)
 CropSampler = _choices("CropSampler", CROP_SAMPLERS)
 Init = _choices("Init", INITS)
 EvalMode = _choices("EvalMode", EVAL_MODES)
@@ -108,6 +110,10 @@ def distill(
     ),
     iterations: int = typer.Option(DISTILL.iterations, min=1, help="Distillation steps."),
     lr: float = typer.Option(DISTILL.lr, help="Adam learning rate on the pyramid levels."),
+    lr_schedule: LrSchedule = typer.Option(
+        LrSchedule(DISTILL.lr_schedule),
+        help="The learning rate over the steps: 'constant' (the reference) or 'cosine' (annealed from --lr to 0).",
+    ),
     syn_res: int | None = typer.Option(
         None, min=1, max=MAX_RESOLUTION, help="Synthetic image resolution [default: backbone crop / crop_pct]."
     ),
@@ -234,6 +240,7 @@ def distill(
             copy_floor_features=copy_floor_features,
             iterations=iterations,
             lr=lr,
+            lr_schedule=lr_schedule.value,
             augs_per_batch=augs_per_batch or default_augs,
             alpha=alpha,
             beta=beta,

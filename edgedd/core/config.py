@@ -22,6 +22,7 @@ METHODS = ("sfm", "sfm_anchor", "sfm_sub", "sfm_probe", "sfm_decouple", "lgm")
 # pack's projector each choose one of these.
 RECIPES = ("converged", "reference")
 FLOW_DENOMINATORS = ("classes", "reference")
+LR_SCHEDULES = ("constant", "cosine")  # Stage II's learning rate over the steps (edgedd.distillation.stage2.step_lr)
 CROP_SAMPLERS = ("torchvision", "reference")
 # how the synthetic pyramid starts (edgedd.distillation.stage2.initial_images)
 INITS = ("noise", "real", "coreset", "mix")
@@ -194,6 +195,9 @@ class DistillConfig:
     copy_floor_features: bool = True  # the floor in phi_A of the centre crop too (one more forward per step)
     iterations: int = 5000
     lr: float = 2e-3
+    # "constant": every step at lr (the reference); "cosine": lr * (1 + cos(pi * i / iterations)) / 2 at
+    # step i, so the last steps average out the views' noise instead of ending on one noisy step
+    lr_schedule: str = "constant"
     syn_res: int = 256
     crop_res: int = 224
     augs_per_batch: int = 1  # LGM's reference value is LGM_AUGS_PER_BATCH (the CLI picks it for --method lgm)

@@ -45,6 +45,7 @@ from edgedd.core.config import (
     CROP_SAMPLERS,
     FLOW_DENOMINATORS,
     INITS,
+    LR_SCHEDULES,
     MAX_RESOLUTION,
     METHODS,
     DistillConfig,
@@ -82,6 +83,10 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgeddError(f"unknown method {cfg.method!r}", f"choose one of {', '.join(METHODS)}")
     if cfg.init not in INITS:
         raise EdgeddError(f"unknown init {cfg.init!r}", f"choose one of {', '.join(INITS)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise EdgeddError(
+            f"unknown learning-rate schedule {cfg.lr_schedule!r}", f"choose one of {', '.join(LR_SCHEDULES)}"
+        )
     if cfg.flow_denominator not in FLOW_DENOMINATORS:
         raise EdgeddError(
             f"unknown flow denominator {cfg.flow_denominator!r}", f"choose one of {', '.join(FLOW_DENOMINATORS)}"

@@ -349,6 +349,19 @@ def step_function(
     return sfm_step, chunk
 
 
+def step_lr(cfg: DistillConfig, i: int) -> float:
+    """The learning rate of step ``i`` (0-based) of ``cfg.iterations``: ``cfg.lr`` throughout
+    (``constant``), or cosine-annealed from it towards 0 (``cosine``):
+
+        lr_i = lr * (1 + cos(pi * i / T)) / 2,    T = iterations                        (SGDR, no restart)
+
+    Stage II's gradient is one random view per image per step, so a constant rate ends on one noisy
+    step; the annealed rate's last steps are small and average that noise out."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * (1 + math.cos(math.pi * i / cfg.iterations)) / 2
+
+
 def steps(
     loop: Loop, step: Callable[[Loop], torch.Tensor], *, cfg: DistillConfig, stop: int, memory: PhaseMemory
 ) -> Iterator[Loop]:
@@ -369,6 +382,8 @@ def steps(
         in_step = memory.nested() if measure else None
         loop.opt.zero_grad(set_to_none=True)
         loss = step(loop)
+        for group in loop.opt.param_groups:  # a function of the step alone: a resumed run takes the same
+            group["lr"] = step_lr(cfg, i)
         loop.opt.step()
         loop.loss = loss.item()
         if not math.isfinite(loop.loss):
