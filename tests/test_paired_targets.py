@@ -89,19 +89,6 @@ def test_the_draw_is_fixed_by_the_step_seed_and_averages_members(tiny_backbone, 
     )
 
 
-def test_views_target_is_refused_for_another_method():
-    from dataclasses import replace
-
-    from edgedd.core.errors import EdgeddError
-    from edgedd.distillation.pipeline import validate
-
-    validate(replace(DistillConfig(), sub_target="views"))  # sfm_sub, the default method
-    with pytest.raises(EdgeddError, match="--sub-target views is sfm_sub's"):
-        validate(replace(DistillConfig(), method="sfm_anchor", sub_target="views"))
-    with pytest.raises(EdgeddError, match="unknown sub-centre target 'nearest'"):
-        validate(replace(DistillConfig(), sub_target="nearest"))
-
-
 def test_views_target_runs_end_to_end_and_is_recorded(image_folder, tmp_path):
     from conftest import tiny_distill_args
     from typer.testing import CliRunner

@@ -86,11 +86,6 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgeddError(f"unknown init {cfg.init!r}", f"choose one of {', '.join(INITS)}")
     if cfg.sub_target not in SUB_TARGETS:
         raise EdgeddError(f"unknown sub-centre target {cfg.sub_target!r}", f"choose one of {', '.join(SUB_TARGETS)}")
-    if cfg.sub_target != "centre" and cfg.method != "sfm_sub":
-        raise EdgeddError(
-            f"--sub-target {cfg.sub_target} is sfm_sub's per-image target (got --method {cfg.method})",
-            "pass --method sfm_sub or leave --sub-target out",
-        )
     if cfg.sub_members < 1:
         raise EdgeddError(f"--sub-members must be at least 1 (got {cfg.sub_members})", "pass e.g. 1")
     if cfg.lr_schedule not in LR_SCHEDULES:
