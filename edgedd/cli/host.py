@@ -27,7 +27,6 @@ from edgedd.core.config import (
     MAX_RESOLUTION,
     METHODS,
     RECIPES,
-    SUB_TARGETS,
     AugmentConfig,
     DistillConfig,
     EvalConfig,
@@ -54,7 +53,6 @@ Method = _choices("Method", METHODS)
 Recipe = _choices("Recipe", RECIPES)  # how a linear head is fitted: --golden-recipe, --protocol and --projector-recipe
 FlowDenominator = _choices("FlowDenominator", FLOW_DENOMINATORS)
 LrSchedule = _choices("LrSchedule", LR_SCHEDULES)
-SubTarget = _choices("SubTarget", SUB_TARGETS)
 CropSampler = _choices("CropSampler", CROP_SAMPLERS)
 Init = _choices("Init", INITS)
 EvalMode = _choices("EvalMode", EVAL_MODES)
@@ -134,14 +132,6 @@ def distill(
         DISTILL.beta, min=0.0, help="sfm_anchor, sfm_sub, sfm_probe: weight of the centre anchor (0 = plain SFM)."
     ),
     gamma: float = typer.Option(DISTILL.gamma, min=0.0, help="sfm_sub: weight of the per-image sub-centre term."),
-    sub_target: SubTarget = typer.Option(
-        SubTarget(DISTILL.sub_target),
-        help="sfm_sub: each image's target on a loss view: its sub-centre ('centre', the centre crops' mean of its "
-        "cluster) or the same view of real members of its cluster ('views').",
-    ),
-    sub_members: int = typer.Option(
-        DISTILL.sub_members, min=1, help="sfm_sub --sub-target views: cluster members drawn per image per step."
-    ),
     kappa: float = typer.Option(DISTILL.kappa, min=0.0, help="sfm_probe: weight of the ridge-probe term."),
     flow_denominator: FlowDenominator = typer.Option(
         FlowDenominator(DISTILL.flow_denominator), help="'reference' reproduces the reference code's N-1."
@@ -255,8 +245,6 @@ def distill(
             alpha=alpha,
             beta=beta,
             gamma=gamma,
-            sub_target=sub_target.value,
-            sub_members=sub_members,
             kappa=kappa,
             flow_denominator=flow_denominator.value,
             extend_every=extend_every,

@@ -22,7 +22,6 @@ METHODS = ("sfm", "sfm_anchor", "sfm_sub", "sfm_probe", "sfm_decouple", "lgm")
 # pack's projector each choose one of these.
 RECIPES = ("converged", "reference")
 FLOW_DENOMINATORS = ("classes", "reference")
-SUB_TARGETS = ("centre", "views")  # sfm_sub's per-image target on a loss view (DistillConfig.sub_target)
 LR_SCHEDULES = ("constant", "cosine")  # Stage II's learning rate over the steps (edgedd.distillation.stage2.step_lr)
 CROP_SAMPLERS = ("torchvision", "reference")
 # how the synthetic pyramid starts (edgedd.distillation.stage2.initial_images)
@@ -208,11 +207,6 @@ class DistillConfig:
         10.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss); docs/RESULTS.md: how 10 was chosen
     )
     gamma: float = 10.0  # sfm_sub: weight of the per-image sub-centre term (losses.subcentre_loss)
-    # sfm_sub: what image i's per-image term is measured against on a loss view T. "centre": its
-    # sub-centre s_i (the centre crops' mean over its k-means cluster), whatever T is; "views": the
-    # same view of real members of its cluster, phi_A(T(x_j)) (stage2.PairedTargets)
-    sub_target: str = "centre"
-    sub_members: int = 1  # sub_target "views": cluster members drawn per image per step
     kappa: float = 10.0  # sfm_probe: weight of the ridge-probe term (losses.ridge_probe_loss)
     probe_ridge: float = 1e-2  # sfm_probe: the probe's relative ridge lam / mean diag(X X^T) (losses eq. 5)
     flow_denominator: str = "classes"  # "reference" reproduces the reference code's (N - 1)

@@ -48,7 +48,6 @@ from edgedd.core.config import (
     LR_SCHEDULES,
     MAX_RESOLUTION,
     METHODS,
-    SUB_TARGETS,
     DistillConfig,
     RunOptions,
     StageIConfig,
@@ -84,10 +83,6 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgeddError(f"unknown method {cfg.method!r}", f"choose one of {', '.join(METHODS)}")
     if cfg.init not in INITS:
         raise EdgeddError(f"unknown init {cfg.init!r}", f"choose one of {', '.join(INITS)}")
-    if cfg.sub_target not in SUB_TARGETS:
-        raise EdgeddError(f"unknown sub-centre target {cfg.sub_target!r}", f"choose one of {', '.join(SUB_TARGETS)}")
-    if cfg.sub_members < 1:
-        raise EdgeddError(f"--sub-members must be at least 1 (got {cfg.sub_members})", "pass e.g. 1")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise EdgeddError(
             f"unknown learning-rate schedule {cfg.lr_schedule!r}", f"choose one of {', '.join(LR_SCHEDULES)}"

@@ -127,77 +127,6 @@ class RealTargets:
     sub: torch.Tensor | None = None
     real: torch.Tensor | None = None
     real_labels: torch.Tensor | None = None
-    members: list[np.ndarray] | None = None  # sub_target "views": image i's cluster, as dataset positions
-
-
-def cluster_members(features: TrainingFeatures, sub: np.ndarray, num_classes: int, ipc: int) -> list[np.ndarray]:
-    """Per synthetic image i (class-major, ``ipc`` per class) the dataset positions of the training
-    images of its class whose nearest sub-centre is s_i (its k-means cluster: a Voronoi cell); a cell
-    left empty takes the one image nearest s_i, so every image has a real partner."""
-    out = []
-    for c in range(num_classes):
-        idx = np.flatnonzero(features.labels == c)
-        f = features.feats[idx].astype(np.float64)
-        s = sub[c * ipc : (c + 1) * ipc].astype(np.float64)
-        d = (f * f).sum(1)[:, None] - 2 * f @ s.T + (s * s).sum(1)[None, :]
-        cell = d.argmin(1)
-        for k in range(ipc):
-            mine = idx[cell == k]
-            out.append(features.pos[mine if len(mine) else idx[[int(d[:, k].argmin())]]])
-    return out
-
-
-class PairedTargets:
-    """sfm_sub's per-image targets on the step's own views (``sub_target="views"``):
-
-        t_i(T) = (1 / m) sum_{j in M_i} phi_A(T(x_j)),    M_i: m members of image i's cluster        (4')
-
-    drawn afresh each step, T image i's loss view of the step. (4) with the centre target s_i asks a
-    crop of the synthetic image to look like the *centre* of its cluster, which no crop of a real
-    member does; (4') asks it to look like the same crop of a member, and its expectation over the
-    draws is the cluster's mean feature on that view: s_i on the centre view. The squared error is
-    quadratic in t, so a one-member draw is an unbiased target. The draw comes from the step's
-    augmentation seed: the same on every rank and on resume."""
-
-    def __init__(self, model, info: BackboneInfo, cfg: DistillConfig, source: LabelledImages, members, chunk: int):
-        self.model, self.info, self.cfg, self.members = model, info, cfg, members
-        self.data = CanvasDataset(source, cfg.syn_res, info.preprocess.interpolation)
-        self.chunk = chunk if chunk > 0 else 256
-
-    def _canvases(self, picks: list[int], members: list[np.ndarray], rng: np.random.Generator) -> torch.Tensor:
-        """The canvases of the drawn members ``picks``; one unreadable now (it was read in Stage I)
-        is replaced by another draw from its cluster."""
-        out = []
-        for j, mem in zip(picks, members, strict=True):
-            canvas, _, _ = self.data[j]
-            for _ in range(10):
-                if canvas is not None:
-                    break
-                canvas, _, _ = self.data[int(mem[rng.integers(len(mem))])]
-            if canvas is None:
-                raise EdgeddError("a cluster of sfm_sub's targets has no readable training image left", "rerun distill")
-            out.append(canvas)
-        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255)
-
-    @torch.no_grad()
-    def __call__(self, draws: StepDraws) -> torch.Tensor:
-        n, a, m = len(self.members), self.cfg.augs_per_batch, self.cfg.sub_members
-        rng = numpy_generator("paired-members", draws.seed)
-        dev = draws.device
-        total = torch.zeros(n, self.info.num_features, dtype=torch.float32, device=dev)
-        for p in range(a):
-            params = draws.params(p * n, (p + 1) * n)
-            for _ in range(m):
-                # one member per image, drawn for all images before any is read (the draw does not
-                # depend on the chunk size); one chunk of canvases is held at a time
-                picks = [int(mem[rng.integers(len(mem))]) for mem in self.members]
-                for s in range(0, n, self.chunk):
-                    x = self._canvases(picks[s : s + self.chunk], self.members[s : s + self.chunk], rng).to(dev)
-                    view = apply_augment(x, params[s : s + self.chunk], self.cfg.crop_res)
-                    with _autocast(dev, self.cfg.amp):
-                        z = self.model(normalize(view, self.info.preprocess.mean, self.info.preprocess.std))
-                    total[s : s + self.chunk] += z.float()
-        return total / (a * m)
 
 
 def feature_loss(
@@ -261,9 +190,7 @@ def real_targets(
                 for s in range(0, len(x0), 64)
             ]
         ).numpy()
-    sub = subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed)
-    members = cluster_members(features, sub.numpy(), source.num_classes, cfg.ipc) if cfg.sub_target == "views" else None
-    return RealTargets(sub=sub.to(device), members=members)
+    return RealTargets(sub=subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device))
 
 
 def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:
@@ -400,20 +327,24 @@ def step_function(
         if chunk_size is None
         else chunk_size
     )
-    targets, paired = None, None
+    targets = None
     if cfg.method in ("sfm_sub", "sfm_probe"):
         if features is None:
             features = training_features(model, info, source, device, num_workers=num_workers, amp=cfg.amp)
         targets = real_targets(model, info, cfg, source, device, features)
-        if targets.members is not None:
-            paired = PairedTargets(model, info, cfg, source, targets.members, chunk)
-
-    def loss(z: torch.Tensor, draws: StepDraws) -> torch.Tensor:
-        step_targets = targets if paired is None else RealTargets(sub=paired(draws))
-        return feature_loss(z, cfg, flow_real, centres_real, step_targets)
 
     def sfm_step(loop: Loop) -> torch.Tensor:
-        return chunked_step(model, loop.pyr, cfg, info, loop.gen, loss, chunk, _autocast(device, cfg.amp), group)
+        return chunked_step(
+            model,
+            loop.pyr,
+            cfg,
+            info,
+            loop.gen,
+            lambda z: feature_loss(z, cfg, flow_real, centres_real, targets),
+            chunk,
+            _autocast(device, cfg.amp),
+            group,
+        )
 
     return sfm_step, chunk
 
