@@ -1,0 +1,84 @@
+"""How far an sfm_sub run got towards its own per-image targets, and what the targets would be worth.
+
+For one run (``--method sfm_sub``), in phi_A of the centre crop (the space the sub-centre targets
+live in), it prints:
+
+* the mean squared distance of each image to its own sub-centre (the pairing the loss uses), in
+  units of d2 (the mean squared distance between real class centres, the loss's own unit), for the
+  step-0 images (``initial.safetensors``) and the result;
+* a logistic probe (L-BFGS, relative L2 1e-3, the evaluation's converged fit) trained on the 100
+  centre features alone (no views) and scored on the test images' centre features, for the step-0
+  images, the result, and the targets themselves (the set the term would reach at its optimum).
+
+It answers whether the stage-II gain is limited by the targets (the targets probe no better than
+the result) or by the optimisation (they probe better, and the images stop short of them). The
+probe on centre features alone is not the evaluation's protocol (which fits on 64 flip + crop
+views per image); its figures compare the three sets with each other only.
+
+    python bench/target_room.py RUN --test embedded:mnist/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from edgedd.core.images import open_dataset
+from edgedd.distillation.losses import centre_separation
+from edgedd.distillation.rundir import load_run
+from edgedd.distillation.subcentres import subcentre_targets
+from edgedd.distillation.trainingset import centre_features, training_features
+from edgedd.host.heads import ce_loss, fit_lbfgs
+
+
+def _probe(z: torch.Tensor, y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor, classes: int) -> float:
+    head = torch.nn.Linear(z.shape[1], classes)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    fit_lbfgs(head, (z.detach()[:, None, :],), ce_loss(y), 1e-3, 500)
+    with torch.no_grad():
+        return 100 * float((head(test).argmax(1) == test_y).float().mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run")
+    ap.add_argument("--test", required=True, help="the labelled test images (a data spec, e.g. embedded:mnist/test)")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    run = load_run(a.run)
+    cpu = torch.device("cpu")
+    model, info = run.load_backbone(cpu)
+    c, ipc = run.num_classes, run.ipc
+    train = training_features(model, info, run.train_data(), cpu, amp=False)
+    test = training_features(model, info, open_dataset(a.test), cpu, amp=False)
+    if run.config.get("method") != "sfm_sub" or run.config.get("init") not in ("coreset", "noise"):
+        raise SystemExit("error: a run of --method sfm_sub from --init coreset or noise (image i takes target i)")
+    sub = subcentre_targets(train.feats, train.labels, None, c, ipc, int(run.config["seed"])).double()
+    mu = torch.stack([torch.from_numpy(train.feats[train.labels == k]).double().mean(0) for k in range(c)])
+    d2 = float(centre_separation(mu))
+
+    def distance(z: torch.Tensor) -> float:  # image i to target i, class-major as the loss pairs them
+        return float(((z - sub) ** 2).sum(1).mean()) / d2
+
+    start = centre_features(model, info, load_file(f"{a.run}/initial.safetensors")["images"], amp=False).double()
+    final = centre_features(model, info, run.images, amp=False).double()
+    y = run.labels
+    tz, ty = torch.from_numpy(test.feats).float(), torch.from_numpy(test.labels)
+    out = {
+        "run": a.run,
+        "distance_to_targets_d2": {"start": distance(start), "result": distance(final)},
+        "centre_probe_top1": {
+            name: _probe(z.float(), y, tz, ty, c) for name, z in (("start", start), ("result", final), ("targets", sub))
+        },
+    }
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
