@@ -50,7 +50,7 @@ def worker(mode: str, n: int, a) -> dict:
         if mode == "one_pass":
             sfm_step_loss(model, pyr.decode(), cfg, info, g, f_real, centres).backward()
         else:
-            chunked_step(model, pyr, cfg, info, g, lambda z, _draws: feature_loss(z, cfg, f_real, centres), a.chunk, ac)
+            chunked_step(model, pyr, cfg, info, g, lambda z: feature_loss(z, cfg, f_real, centres), a.chunk, ac)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 

@@ -59,14 +59,7 @@ def first_vs_later_step(model, info, pyr, cfg, gen) -> dict:
         m.start()
         opt.zero_grad(set_to_none=True)
         chunked_step(
-            model,
-            pyr,
-            cfg,
-            info,
-            gen,
-            lambda z, _draws: feature_loss(z, cfg, f_real, centres),
-            0,
-            _autocast(dev, False),
+            model, pyr, cfg, info, gen, lambda z: feature_loss(z, cfg, f_real, centres), 0, _autocast(dev, False)
         )
         opt.step()
         rows.append(m.peak_mb())

@@ -273,7 +273,7 @@ def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
             cfg,
             info,
             gen,
-            lambda z, _draws: feature_loss(z, cfg, flow(centres), centres, targets),
+            lambda z: feature_loss(z, cfg, flow(centres), centres, targets),
             5,
             backbone_autocast(torch.device("cpu"), False),
         )

@@ -45,8 +45,7 @@ def chunked_step(
 ) -> torch.Tensor:
     """Leaves gradients in ``pyr.levels[*].grad`` (this rank's rows) and returns the loss (detached).
 
-    ``loss_fn(z, draws)`` maps the (N, D) per-image features (mean over the A views) to the scalar
-    loss; ``draws`` are the step's views, for a loss that weighs images by the view they got.
+    ``loss_fn(z)`` maps the (N, D) per-image features (mean over the A views) to the scalar loss.
     """
     a, n_mine = cfg.augs_per_batch, pyr.rows[1] - pyr.rows[0]
     dev = pyr.levels[0].device
@@ -65,7 +64,7 @@ def chunked_step(
         z_views.requires_grad_(True)
     z_mine = image_features(z_views)
     z_all = group.all_gather_rows(z_mine.detach()).requires_grad_(True)
-    loss = loss_fn(z_all, draws)
+    loss = loss_fn(z_all)
     (g_all,) = torch.autograd.grad(loss, z_all)
     g_mine = g_all[pyr.rows[0] : pyr.rows[1]]
     if one:

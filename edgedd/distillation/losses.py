@@ -122,7 +122,6 @@ def subcentre_loss(
     beta: float,
     gamma: float,
     mode: str = "classes",
-    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sfm_sub``: equation (3) plus gamma times the scale-free per-image term
 
@@ -134,10 +133,7 @@ def subcentre_loss(
     sub-centre, so the IPC images spread over the class as the real features do."""
     z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
     t = targets.to(z.dtype)
-    sq = (z - t).pow(2).sum(dim=1)
-    # weights (N,) in [0, 1]: the mean over the images the term is taken on (``sub_views="centre"``)
-    mean = sq.mean() if weights is None else (weights.to(sq.dtype) * sq).sum() / weights.sum().clamp_min(1)
-    per_image = mean / centre_separation(centres_real.to(z.dtype))
+    per_image = (z - t).pow(2).sum(dim=1).mean() / centre_separation(centres_real.to(z.dtype))
     return anchor_loss(z, flow_real, centres_real, beta, mode) + gamma * per_image
 
 

@@ -83,8 +83,6 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgeddError(f"unknown method {cfg.method!r}", f"choose one of {', '.join(METHODS)}")
     if cfg.init not in INITS:
         raise EdgeddError(f"unknown init {cfg.init!r}", f"choose one of {', '.join(INITS)}")
-    if cfg.sub_views not in ("all", "centre"):
-        raise EdgeddError(f"unknown sub_views {cfg.sub_views!r}", "choose one of all, centre")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise EdgeddError(
             f"unknown learning-rate schedule {cfg.lr_schedule!r}", f"choose one of {', '.join(LR_SCHEDULES)}"

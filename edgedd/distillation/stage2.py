@@ -23,7 +23,7 @@ from edgedd.backbones.loader import BackboneInfo
 from edgedd.core.config import REAL_INITS, DistillConfig
 from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages
-from edgedd.host.augment import StepDraws, apply_augment, augment, eval_box, normalize
+from edgedd.host.augment import StepDraws, apply_augment, augment, normalize
 from edgedd.host.data import CanvasDataset
 from edgedd.host.distributed import Dist, on_all_ranks
 from edgedd.host.memory import PhaseMemory
@@ -129,24 +129,12 @@ class RealTargets:
     real_labels: torch.Tensor | None = None
 
 
-def eval_view_share(draws: StepDraws, cfg: DistillConfig) -> torch.Tensor:
-    """(N,) the share of each image's A loss views this step that are the eval view (the exact
-    centre crop, not flipped; ``AugmentConfig.centre_p``), for ``sub_views="centre"``."""
-    n = draws.total // cfg.augs_per_batch
-    views = draws.params(0, draws.total).views
-    lo, hi = eval_box(draws.canvas, draws.out)
-    box = torch.tensor([lo, lo, hi, hi], dtype=views.boxes.dtype, device=views.boxes.device)
-    is_eval = (views.boxes == box).all(dim=1) & ~views.flips
-    return is_eval.view(cfg.augs_per_batch, n).float().mean(0)
-
-
 def feature_loss(
     z: torch.Tensor,
     cfg: DistillConfig,
     flow_real: torch.Tensor,
     centres_real: torch.Tensor,
     targets: RealTargets | None = None,
-    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SFM / sfm_anchor / sfm_sub / sfm_probe / sfm_decouple loss of the (N, D) per-image features."""
     if cfg.method == "sfm":
@@ -161,14 +149,7 @@ def feature_loss(
             )
         if cfg.method == "sfm_sub":
             return subcentre_loss(
-                z,
-                flow_real,
-                centres_real,
-                targets.sub.to(z.device),
-                cfg.beta,
-                cfg.gamma,
-                cfg.flow_denominator,
-                None if weights is None else weights.to(z.device),
+                z, flow_real, centres_real, targets.sub.to(z.device), cfg.beta, cfg.gamma, cfg.flow_denominator
             )
         return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator) + cfg.kappa * ridge_probe_loss(
             z, targets.real.to(z.device), targets.real_labels, centres_real.shape[0], cfg.probe_ridge
@@ -352,12 +333,18 @@ def step_function(
             features = training_features(model, info, source, device, num_workers=num_workers, amp=cfg.amp)
         targets = real_targets(model, info, cfg, source, device, features)
 
-    def loss(z: torch.Tensor, draws: StepDraws) -> torch.Tensor:
-        weights = eval_view_share(draws, cfg) if cfg.sub_views == "centre" else None
-        return feature_loss(z, cfg, flow_real, centres_real, targets, weights)
-
     def sfm_step(loop: Loop) -> torch.Tensor:
-        return chunked_step(model, loop.pyr, cfg, info, loop.gen, loss, chunk, _autocast(device, cfg.amp), group)
+        return chunked_step(
+            model,
+            loop.pyr,
+            cfg,
+            info,
+            loop.gen,
+            lambda z: feature_loss(z, cfg, flow_real, centres_real, targets),
+            chunk,
+            _autocast(device, cfg.amp),
+            group,
+        )
 
     return sfm_step, chunk
 
