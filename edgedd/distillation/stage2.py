@@ -356,7 +356,8 @@ def step_lr(cfg: DistillConfig, i: int) -> float:
         lr_i = lr * (1 + cos(pi * i / T)) / 2,    T = iterations                        (SGDR, no restart)
 
     Stage II's gradient is one random view per image per step, so a constant rate ends on one noisy
-    step; the annealed rate's last steps are small and average that noise out."""
+    step; the annealed rate's last steps are small, meant to average that noise out (measured:
+    docs/RESULTS.md, "Where Stage II starts")."""
     if cfg.lr_schedule == "constant":
         return cfg.lr
     return cfg.lr * (1 + math.cos(math.pi * i / cfg.iterations)) / 2
