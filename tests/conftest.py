@@ -101,11 +101,28 @@ def tiny_distill_args(data, out, *extra) -> list[str]:
     ]
 
 
+def distill_tiny(data: Path, run: Path, config, stage1_config) -> dict:
+    """The library's distill on a made-up folder: the tiny random-init test_vit at 32 px on the CPU,
+    no workers, no progress (the in-process twin of tiny_distill_args)."""
+    from edgedd.distillation.pipeline import RunOptions, distill
+
+    return distill(
+        str(data),
+        "test_vit",
+        run,
+        weights="random",
+        config=config,
+        stage1_config=stage1_config,
+        options=RunOptions(device="cpu", num_workers=0, progress=False),
+        crop_res=32,
+        syn_res=32,
+    )
+
+
 @pytest.fixture(scope="session")
 def packed(tmp_path_factory):
     """A distilled run on the made-up folder and its bundle (same backbone), built once."""
     from edgedd.core.config import DistillConfig, StageIConfig
-    from edgedd.distillation.pipeline import RunOptions, distill
     from edgedd.export.pack import PackConfig, pack
 
     root = tmp_path_factory.mktemp("packed")
@@ -115,16 +132,11 @@ def packed(tmp_path_factory):
         data = make_image_folder(root / "data")
         heldout = make_image_folder(root / "heldout", seed=1)
         run = root / "run"
-        distill(
-            str(data),
-            "test_vit",
+        distill_tiny(
+            data,
             run,
-            weights="random",
-            config=DistillConfig(ipc=2, iterations=30),
-            stage1_config=StageIConfig(golden_views=4, golden_epochs=10, golden_lr=1e-2),
-            options=RunOptions(device="cpu", num_workers=0, progress=False),
-            crop_res=32,
-            syn_res=32,
+            DistillConfig(ipc=2, iterations=30),
+            StageIConfig(golden_views=4, golden_epochs=10, golden_lr=1e-2),
         )
         bundle = root / "bundle"
         result = pack(run, bundle, config=PackConfig(views=8, projector_epochs=100), device="cpu")

@@ -12,13 +12,12 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import distill_tiny, make_image_folder
 
 from edgedd.core.config import BASELINES, DistillConfig, StageIConfig, to_dict
 from edgedd.core.errors import EdgeddError
 from edgedd.core.images import open_dataset
 from edgedd.core.stio import torch_serialize
-from edgedd.distillation.pipeline import RunOptions, distill
 from edgedd.evaluation.evaluate import CachedViews, EvalConfig, evaluate_run, load_encoders, load_run
 from edgedd.evaluation.probes import fit_projector
 from edgedd.host.augment import center_crop
@@ -52,16 +51,11 @@ def tiny(tmp_path_factory):
         run = root / "run"
         # golden_lr 1e-2: with the default 5e-4, five epochs of 18 images leave the golden
         # classifier at chance and every CI figure below would be vacuous.
-        distill(
-            str(data),
-            "test_vit",
+        distill_tiny(
+            data,
             run,
-            weights="random",
-            config=DistillConfig(ipc=2, iterations=20),
-            stage1_config=StageIConfig(golden_views=2, golden_recipe="reference", golden_epochs=5, golden_lr=1e-2),
-            options=RunOptions(device="cpu", num_workers=0, progress=False),
-            crop_res=32,
-            syn_res=32,
+            DistillConfig(ipc=2, iterations=20),
+            StageIConfig(golden_views=2, golden_recipe="reference", golden_epochs=5, golden_lr=1e-2),
         )
     # the same run with the real training canvases in place of the synthetic images
     real = root / "real"
@@ -252,17 +246,7 @@ def test_ci_strength_is_chosen_on_the_runs_held_out_slice(tmp_path, monkeypatch)
     data = make_image_folder(tmp_path / "data", per_class=10)
     test = make_image_folder(tmp_path / "test", seed=1)
     run = tmp_path / "run"
-    distill(
-        str(data),
-        "test_vit",
-        run,
-        weights="random",
-        config=DistillConfig(ipc=2, iterations=5),
-        stage1_config=StageIConfig(golden_views=2, golden_holdout=0.3),
-        options=RunOptions(device="cpu", num_workers=0, progress=False),
-        crop_res=32,
-        syn_res=32,
-    )
+    distill_tiny(data, run, DistillConfig(ipc=2, iterations=5), StageIConfig(golden_views=2, golden_holdout=0.3))
     source, held = heldout_images(load_run(run))
     assert len(held) == 9  # 3 of 10 per class
     monkeypatch.setattr(dr, "MIN_RIDGE_IMAGES", 1)
