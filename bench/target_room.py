@@ -60,8 +60,9 @@ def main() -> None:
     if run.config.get("method") != "sfm_sub" or run.config.get("init") not in ("coreset", "noise"):
         raise SystemExit("error: a run of --method sfm_sub from --init coreset or noise (image i takes target i)")
     sub = subcentre_targets(train.feats, train.labels, None, c, ipc, int(run.config["seed"])).double()
-    mu = torch.stack([torch.from_numpy(train.feats[train.labels == k]).double().mean(0) for k in range(c)])
-    d2 = float(centre_separation(mu))
+    if run.centres is None:
+        raise SystemExit("error: the run has no stats.safetensors (Stage I's class centres, the loss's d2)")
+    d2 = float(centre_separation(run.centres.double()))  # the loss's own unit (stage2 passes these centres)
 
     def distance(z: torch.Tensor) -> float:  # image i to target i, class-major as the loss pairs them
         return float(((z - sub) ** 2).sum(1).mean()) / d2
