@@ -207,10 +207,6 @@ class DistillConfig:
         10.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss); docs/RESULTS.md: how 10 was chosen
     )
     gamma: float = 10.0  # sfm_sub: weight of the per-image sub-centre term (losses.subcentre_loss)
-    # sfm_sub: the metric of the per-image term: "euclidean", or "whitened" (the real within-class
-    # covariance's inverse square root, floored at sub_whiten_eps * its mean eigenvalue; subcentres.whitening)
-    sub_metric: str = "euclidean"
-    sub_whiten_eps: float = 0.05
     kappa: float = 10.0  # sfm_probe: weight of the ridge-probe term (losses.ridge_probe_loss)
     probe_ridge: float = 1e-2  # sfm_probe: the probe's relative ridge lam / mean diag(X X^T) (losses eq. 5)
     flow_denominator: str = "classes"  # "reference" reproduces the reference code's (N - 1)

@@ -122,7 +122,6 @@ def subcentre_loss(
     beta: float,
     gamma: float,
     mode: str = "classes",
-    metric: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sfm_sub``: equation (3) plus gamma times the scale-free per-image term
 
@@ -134,8 +133,7 @@ def subcentre_loss(
     sub-centre, so the IPC images spread over the class as the real features do."""
     z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
     t = targets.to(z.dtype)
-    diff = z - t if metric is None else (z - t) @ metric.to(z.dtype)  # metric: subcentres.whitening
-    per_image = diff.pow(2).sum(dim=1).mean() / centre_separation(centres_real.to(z.dtype))
+    per_image = (z - t).pow(2).sum(dim=1).mean() / centre_separation(centres_real.to(z.dtype))
     return anchor_loss(z, flow_real, centres_real, beta, mode) + gamma * per_image
 
 

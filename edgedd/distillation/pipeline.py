@@ -83,10 +83,6 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgeddError(f"unknown method {cfg.method!r}", f"choose one of {', '.join(METHODS)}")
     if cfg.init not in INITS:
         raise EdgeddError(f"unknown init {cfg.init!r}", f"choose one of {', '.join(INITS)}")
-    if cfg.sub_metric not in ("euclidean", "whitened"):
-        raise EdgeddError(f"unknown sub_metric {cfg.sub_metric!r}", "choose one of euclidean, whitened")
-    if not cfg.sub_whiten_eps > 0:
-        raise EdgeddError(f"sub_whiten_eps must be > 0, got {cfg.sub_whiten_eps}", "pass a positive floor, e.g. 0.05")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise EdgeddError(
             f"unknown learning-rate schedule {cfg.lr_schedule!r}", f"choose one of {', '.join(LR_SCHEDULES)}"

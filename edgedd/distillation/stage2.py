@@ -125,7 +125,6 @@ class RealTargets:
     sub-centres, sfm_probe's (n, D) real centre-crop features and their labels (edgedd.distillation.subcentres)."""
 
     sub: torch.Tensor | None = None
-    metric: torch.Tensor | None = None  # sfm_sub --sub-metric whitened: the (D, D) M of subcentres.whitening
     real: torch.Tensor | None = None
     real_labels: torch.Tensor | None = None
 
@@ -150,14 +149,7 @@ def feature_loss(
             )
         if cfg.method == "sfm_sub":
             return subcentre_loss(
-                z,
-                flow_real,
-                centres_real,
-                targets.sub.to(z.device),
-                cfg.beta,
-                cfg.gamma,
-                cfg.flow_denominator,
-                None if targets.metric is None else targets.metric.to(z.device),
+                z, flow_real, centres_real, targets.sub.to(z.device), cfg.beta, cfg.gamma, cfg.flow_denominator
             )
         return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator) + cfg.kappa * ridge_probe_loss(
             z, targets.real.to(z.device), targets.real_labels, centres_real.shape[0], cfg.probe_ridge
@@ -181,7 +173,7 @@ def real_targets(
     picked as the image nearest centre i (the same k-means), so it takes centre i, what matching its
     features would give; ``noise``: their features say nothing yet, so image i of a class takes centre
     i). sfm_probe: at most ``PROBE_MAX_REAL`` of the features, drawn by the seed."""
-    from .subcentres import PROBE_MAX_REAL, subcentre_targets, whitening
+    from .subcentres import PROBE_MAX_REAL, subcentre_targets
 
     feats, labels = features.feats, features.labels
     if cfg.method == "sfm_probe":
@@ -198,12 +190,7 @@ def real_targets(
                 for s in range(0, len(x0), 64)
             ]
         ).numpy()
-    metric = None
-    if cfg.sub_metric == "whitened":
-        metric = whitening(feats, labels, source.num_classes, cfg.sub_whiten_eps).to(device)
-    return RealTargets(
-        sub=subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device), metric=metric
-    )
+    return RealTargets(sub=subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device))
 
 
 def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:

@@ -101,25 +101,3 @@ def subcentre_targets(
         cent = kmeans(feats[labels == c], ipc, seed=(seed, c))
         out.append(cent if z0 is None else cent[greedy_match(z0[c * ipc : (c + 1) * ipc], cent)])
     return torch.from_numpy(np.concatenate(out)).float()
-
-
-def whitening(feats: np.ndarray, labels: np.ndarray, num_classes: int, eps: float) -> torch.Tensor:
-    """(D, D) symmetric M for ``--sub-metric whitened``: ||(z - s) M||^2 measures a residual in units
-    of the real features' within-class spread along each of its principal directions,
-
-        C = (1 / n) sum_j (x_j - mu_{y_j})(x_j - mu_{y_j})^T = V diag(e) V^T,
-        M = k * V diag(e + eps * mean(e))^(-1/2) V^T,                                          (2)
-
-    with k chosen so that the real residuals x_j - mu_{y_j} keep their mean squared norm (the term's
-    scale, and so gamma's meaning, stay those of the Euclidean term). The Euclidean term is ruled by
-    the few directions of largest spread: closing those, an image can grow components along
-    directions real digits of its class barely vary in, which a probe fitted on few images reads as
-    signal (bench/RESULTS.md). The floor keeps M bounded where the covariance is rank-deficient."""
-    x = np.asarray(feats, dtype=np.float64)
-    mu = np.stack([x[labels == c].mean(0) if (labels == c).any() else np.zeros(x.shape[1]) for c in range(num_classes)])
-    r = x - mu[labels]
-    e, v = np.linalg.eigh(r.T @ r / len(r))
-    e = np.maximum(e, 0.0)
-    f = 1.0 / np.sqrt(e + eps * e.mean())
-    k = np.sqrt(e.sum() / (e * f * f).sum())
-    return torch.from_numpy((v * (k * f)) @ v.T).float()
