@@ -8,7 +8,10 @@ live in), it prints:
   step-0 images (``initial.safetensors``) and the result;
 * a logistic probe (L-BFGS, relative L2 1e-3, the evaluation's converged fit) trained on the 100
   centre features alone (no views) and scored on the test images' centre features, for the step-0
-  images, the result, and the targets themselves (the set the term would reach at its optimum).
+  images, the result, and the targets themselves (the set the term would reach at its optimum);
+* the same probe on the targets plus each of two parts of the result's residual r_i = z_i - s_i: the
+  part along the start's residual r0_i (what is left of the real image's own difference from its
+  target) and the rest (directions Stage II added).
 
 It answers whether the stage-II gain is limited by the targets (the targets probe no better than
 the result) or by the optimisation (they probe better, and the images stop short of them). The
@@ -71,12 +74,25 @@ def main() -> None:
     final = centre_features(model, info, run.images, amp=False).double()
     y = run.labels
     tz, ty = torch.from_numpy(test.feats).float(), torch.from_numpy(test.labels)
+    r0, r = start - sub, final - sub
+    u = r0 / r0.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    along = (r * u).sum(1, keepdim=True) * u  # the projection of r_i on r0_i's direction
+    sets = {
+        "start": start,
+        "result": final,
+        "targets": sub,
+        "targets+along": sub + along,
+        "targets+rest": sub + r - along,
+    }
     out = {
         "run": a.run,
-        "distance_to_targets_d2": {"start": distance(start), "result": distance(final)},
-        "centre_probe_top1": {
-            name: _probe(z.float(), y, tz, ty, c) for name, z in (("start", start), ("result", final), ("targets", sub))
+        "distance_to_targets_d2": {
+            "start": distance(start),
+            "result": distance(final),
+            "result_along_start": float((along**2).sum(1).mean()) / d2,
+            "result_rest": float(((r - along) ** 2).sum(1).mean()) / d2,
         },
+        "centre_probe_top1": {name: _probe(z.float(), y, tz, ty, c) for name, z in sets.items()},
     }
     print(json.dumps(out, indent=1))
 
