@@ -16,7 +16,9 @@ live in), it prints:
 It answers whether the stage-II gain is limited by the targets (the targets probe no better than
 the result) or by the optimisation (they probe better, and the images stop short of them). The
 probe on centre features alone is not the evaluation's protocol (which fits on 64 flip + crop
-views per image); its figures compare the three sets with each other only.
+views per image); its figures compare these sets with each other only, and a change that lifts
+it need not lift the evaluation (the whitened per-image term raised it and lowered the
+evaluation's probe: docs/RESULTS.md, "Where Stage II starts").
 
     python bench/target_room.py RUN --test embedded:mnist/test
 """
