@@ -29,11 +29,10 @@ import argparse
 import json
 
 import torch
-from safetensors.torch import load_file
 
 from edgedd.core.images import open_dataset
 from edgedd.distillation.losses import centre_separation
-from edgedd.distillation.rundir import load_run
+from edgedd.distillation.rundir import load_initial, load_run
 from edgedd.distillation.subcentres import subcentre_targets
 from edgedd.distillation.trainingset import centre_features, training_features
 from edgedd.host.heads import ce_loss, fit_lbfgs
@@ -57,22 +56,25 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     run = load_run(a.run)
+    if run.config.get("method") != "sfm_sub" or run.config.get("init") not in ("coreset", "noise"):
+        raise SystemExit("error: a run of --method sfm_sub from --init coreset or noise (image i takes target i)")
+    if run.centres is None:
+        raise SystemExit("error: the run has no stats.safetensors (Stage I's class centres, the loss's d2)")
+    initial = load_initial(run)
+    if initial is None:
+        raise SystemExit("error: the run has no initial.safetensors (its step-0 images); re-run distill")
+    d2 = float(centre_separation(run.centres.double()))  # the loss's own unit (stage2 passes these centres)
     cpu = torch.device("cpu")
     model, info = run.load_backbone(cpu)
     c, ipc = run.num_classes, run.ipc
     train = training_features(model, info, run.train_data(), cpu, amp=False)
     test = training_features(model, info, open_dataset(a.test), cpu, amp=False)
-    if run.config.get("method") != "sfm_sub" or run.config.get("init") not in ("coreset", "noise"):
-        raise SystemExit("error: a run of --method sfm_sub from --init coreset or noise (image i takes target i)")
     sub = subcentre_targets(train.feats, train.labels, None, c, ipc, int(run.config["seed"])).double()
-    if run.centres is None:
-        raise SystemExit("error: the run has no stats.safetensors (Stage I's class centres, the loss's d2)")
-    d2 = float(centre_separation(run.centres.double()))  # the loss's own unit (stage2 passes these centres)
 
-    def distance(z: torch.Tensor) -> float:  # image i to target i, class-major as the loss pairs them
-        return float(((z - sub) ** 2).sum(1).mean()) / d2
+    def in_d2(r: torch.Tensor) -> float:  # mean squared norm of the (N, D) residuals, in units of d2
+        return float((r**2).sum(1).mean()) / d2
 
-    start = centre_features(model, info, load_file(f"{a.run}/initial.safetensors")["images"], amp=False).double()
+    start = centre_features(model, info, initial, amp=False).double()
     final = centre_features(model, info, run.images, amp=False).double()
     y = run.labels
     tz, ty = torch.from_numpy(test.feats).float(), torch.from_numpy(test.labels)
@@ -89,10 +91,10 @@ def main() -> None:
     out = {
         "run": a.run,
         "distance_to_targets_d2": {
-            "start": distance(start),
-            "result": distance(final),
-            "result_along_start": float((along**2).sum(1).mean()) / d2,
-            "result_rest": float(((r - along) ** 2).sum(1).mean()) / d2,
+            "start": in_d2(r0),  # image i to target i, class-major as the loss pairs them
+            "result": in_d2(r),
+            "result_along_start": in_d2(along),
+            "result_rest": in_d2(r - along),
         },
         "centre_probe_top1": {name: _probe(z.float(), y, tz, ty, c) for name, z in sets.items()},
     }
