@@ -198,10 +198,6 @@ class DistillConfig:
     # "constant": every step at lr (the reference); "cosine": lr * (1 + cos(pi * i / iterations)) / 2 at
     # step i, so the last steps average out the views' noise instead of ending on one noisy step
     lr_schedule: str = "constant"
-    # > 0: Stage II updates only the pyramid levels at or below this resolution; the finer levels keep
-    # their start, so what Stage II adds is band-limited to train_res / 2 cycles per image (a low-pass
-    # on the change, not on the image: a real start keeps its own detail)
-    train_res: int = 0
     syn_res: int = 256
     crop_res: int = 224
     augs_per_batch: int = 1  # LGM's reference value is LGM_AUGS_PER_BATCH (the CLI picks it for --method lgm)

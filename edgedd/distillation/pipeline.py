@@ -106,8 +106,6 @@ def validate(cfg: DistillConfig) -> None:
                 f"--{name.replace('_', '-')} must be at most {MAX_RESOLUTION} (got {getattr(cfg, name)})",
                 "pass a resolution in pixels, e.g. 224",
             )
-    if cfg.train_res < 0:
-        raise EdgeddError(f"--train-res must be 0 or more (got {cfg.train_res})", "pass 0 to train every level")
     if not (cfg.beta >= 0 and math.isfinite(cfg.beta)):
         raise EdgeddError(f"--beta must be a finite value >= 0 (got {cfg.beta})", "pass e.g. 1.0 (0 is plain SFM)")
     for name in ("gamma", "kappa"):

@@ -363,16 +363,6 @@ def step_lr(cfg: DistillConfig, i: int) -> float:
     return cfg.lr * (1 + math.cos(math.pi * i / cfg.iterations)) / 2
 
 
-def freeze_fine_levels(pyr: Pyramid, train_res: int) -> None:
-    """Zero the gradient of every level finer than ``train_res`` (0: none). Adam's moments of such a
-    level stay zero from the start, so its update is exactly 0 (m / (sqrt(v) + eps) with m = 0)."""
-    if train_res <= 0:
-        return
-    for lv in pyr.levels:
-        if lv.shape[-1] > train_res and lv.grad is not None:
-            lv.grad.zero_()
-
-
 def steps(
     loop: Loop, step: Callable[[Loop], torch.Tensor], *, cfg: DistillConfig, stop: int, memory: PhaseMemory
 ) -> Iterator[Loop]:
@@ -393,7 +383,6 @@ def steps(
         in_step = memory.nested() if measure else None
         loop.opt.zero_grad(set_to_none=True)
         loss = step(loop)
-        freeze_fine_levels(loop.pyr, cfg.train_res)
         for group in loop.opt.param_groups:  # a function of the step alone: a resumed run takes the same
             group["lr"] = step_lr(cfg, i)
         loop.opt.step()
