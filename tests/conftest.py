@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -15,6 +16,18 @@ from PIL import Image
 # fixtures live here, not in a tests/hostile/conftest.py: two conftest modules would both be
 # imported as `conftest`, and `from conftest import ...` in tests/ would then find the wrong one.
 sys.path.insert(0, str(Path(__file__).with_name("hostile")))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relpath: str):
+    """A script of bench/ or examples/ (not a package) as a module, by its path under the repository."""
+    path = ROOT / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
 
 TINY = dict(name="test_vit", weights="random", input_size=32, resize_size=32)
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).parent.parent / "bench" / "change_spectrum.py"
+from conftest import load_script
 
 
 @pytest.fixture
 def cs():
-    spec = importlib.util.spec_from_file_location("change_spectrum", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/change_spectrum.py")
 
 
 @pytest.mark.parametrize(("cycles", "band"), [(2, 0), (6, 1), (10, 2), (30, 4)])

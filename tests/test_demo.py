@@ -3,20 +3,13 @@ demo packs and checks the real images the synthetic set replaces exactly as it p
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from conftest import load_script
 from safetensors.torch import load_file
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location("edgedd_demo", ROOT / "examples" / "demo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("examples/demo.py")
 
 
 def test_starting_set_run_is_a_run_whose_set_is_the_step0_images(packed, tmp_path):

@@ -3,24 +3,18 @@ are skipped on a second run (resumable), and the table aggregates cells and base
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from edgedd.core.config import DistillConfig
-
-SCRIPT = Path(__file__).parent.parent / "bench" / "methods_table.py"
 
 
 @pytest.fixture
 def mt():
-    spec = importlib.util.spec_from_file_location("methods_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/methods_table.py")
 
 
 def test_variants_parse_into_configs(mt):
