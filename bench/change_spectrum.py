@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import torch
 
 from edgedd.distillation.rundir import load_initial, load_run
 
-BANDS = ((0, 4), (4, 8), (8, 14), (14, 22), (22, 33), (33, 1 << 30))
+BANDS = ((0, 4), (4, 8), (8, 14), (14, 22), (22, 33), (33, math.inf))
 
 
 def band_shares(x: torch.Tensor) -> list[float]:
@@ -50,7 +51,7 @@ def spectrum(run_dir: str) -> dict:
     return {
         "run": run_dir,
         "resolution": start.shape[-1],
-        "bands_cycles_per_side": [f"{lo}-{hi if hi < 1 << 30 else ''}" for lo, hi in BANDS],
+        "bands_cycles_per_side": [f"{lo}-{'' if hi == math.inf else hi}" for lo, hi in BANDS],
         "added": band_shares(added),
         "real_within_class": band_shares(within),
         "rms": {"added": float(added.pow(2).mean().sqrt()), "real_within_class": float(within.pow(2).mean().sqrt())},
