@@ -1,13 +1,7 @@
 """The pyramid parameterisation and its growth schedule."""
 
-from dataclasses import replace
-
-import pytest
 import torch
 
-from edgedd.core.config import DistillConfig
-from edgedd.core.errors import EdgeddError
-from edgedd.distillation.pipeline import validate
 from edgedd.distillation.pyramid import COLOR_DECORRELATION, Pyramid, decode, extension_steps, level_resolutions
 
 
@@ -85,34 +79,3 @@ def test_from_images_decodes_back_to_the_images_as_a_full_pyramid():
     # a shard holds its rows of the whole set
     part = Pyramid.from_images(x[2:4], rows=(2, 4), total=5)
     assert part.rows == (2, 4) and part.total == 5 and torch.allclose(part.decode(), pyr.decode()[2:4])
-
-
-def test_pixel_space_starts_exactly_on_the_images_and_moves_every_pixel_at_one_rate():
-    """--param-space pixel: decode gives back the images unclamped (0 and 1 included); the clamp is
-    passed straight through, so a pixel at 0 still gets the loss's gradient, where the logit space's
-    sigmoid gives it a fiftieth of an edge pixel's."""
-    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    x[:, :, :4] = 0.0  # a black band, like a digit's background
-    pix, logit = Pyramid.from_images(x, space="pixel"), Pyramid.from_images(x)
-    assert pix.space == "pixel" and torch.allclose(pix.decode(), x, atol=1e-6)
-    for pyr in (pix, logit):
-        pyr.decode().sum().backward()
-    g_pix, g_logit = pix.levels[-1].grad, logit.levels[-1].grad
-    band_pix, rest_pix = g_pix[:, :, :4].abs().mean(), g_pix[:, :, 4:].abs().mean()
-    band_logit, rest_logit = g_logit[:, :, :4].abs().mean(), g_logit[:, :, 4:].abs().mean()
-    assert torch.isclose(band_pix, rest_pix, rtol=1e-4)  # one rate everywhere
-    assert band_logit < rest_logit / 5  # the sigmoid starves the saturated band
-    # pushed past 0, the output stays in [0, 1] and the gradient still reaches the level
-    pushed = Pyramid([lv.detach() - 0.5 for lv in pix.levels], 16, space="pixel")
-    y = pushed.decode()
-    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
-    y.sum().backward()
-    assert float(pushed.levels[-1].grad.norm(dim=1).min()) > 0.5  # every pixel, past 0 or not
-
-
-def test_pixel_space_needs_a_real_start():
-    with pytest.raises(EdgeddError, match="param-space pixel"):
-        validate(replace(DistillConfig(), init="noise", param_space="pixel"))
-    with pytest.raises(EdgeddError, match="parameter space"):
-        validate(replace(DistillConfig(), param_space="hsv"))
-    validate(replace(DistillConfig(), param_space="pixel"))

@@ -26,7 +26,6 @@ LR_SCHEDULES = ("constant", "cosine")  # Stage II's learning rate over the steps
 CROP_SAMPLERS = ("torchvision", "reference")
 # how the synthetic pyramid starts (edgedd.distillation.stage2.initial_images)
 INITS = ("noise", "real", "coreset", "mix")
-PARAM_SPACES = ("logit", "pixel")  # what the pyramid's levels sum to before the image (edgedd.distillation.pyramid)
 REAL_INITS = ("real", "coreset", "mix")  # the inits that start from training images
 EVAL_MODES = ("normal", "ci", "kd")  # edgedd.evaluate: fresh probe, classifier inheritance, KD
 BASELINES = (
@@ -199,10 +198,6 @@ class DistillConfig:
     # "constant": every step at lr (the reference); "cosine": lr * (1 + cos(pi * i / iterations)) / 2 at
     # step i, so the last steps average out the views' noise instead of ending on one noisy step
     lr_schedule: str = "constant"
-    # "logit": image = sigmoid(2 K levels) (the reference); "pixel": image = clamp(K levels, 0, 1) with the
-    # clamp's gradient passed straight through, so Adam moves every pixel at one rate, not only where the
-    # sigmoid's slope is steep (a real start's strokes' edges); real starts only
-    param_space: str = "logit"
     syn_res: int = 256
     crop_res: int = 224
     augs_per_batch: int = 1  # LGM's reference value is LGM_AUGS_PER_BATCH (the CLI picks it for --method lgm)

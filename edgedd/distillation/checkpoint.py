@@ -105,7 +105,6 @@ def load_checkpoint(
     group: Dist = SINGLE,
     rows: tuple[int, int] | None = None,
     total: int | None = None,
-    space: str = "logit",
 ):
     """Rank 0 reads the file; every rank gets its own rows of each tensor, re-sharded for the
     current number of ranks. Returns (step, pyramid, optimizer, loss)."""
@@ -150,7 +149,7 @@ def load_checkpoint(
         return group.rows_from_main(tensors.get(key), total, tuple(shapes[key][1:]), dtypes[key], device)
 
     n_levels = int(meta["levels"])
-    pyr = Pyramid([rows_of(f"level.{i}") for i in range(n_levels)], syn_res, rows, total, space)
+    pyr = Pyramid([rows_of(f"level.{i}") for i in range(n_levels)], syn_res, rows, total)
     opt = adam(pyr.levels, lr)
     if "adam.0.step" in shapes:
         opt.load_state_dict(

@@ -30,7 +30,7 @@ def _views_features(model, pyr, draws: StepDraws, local_views: torch.Tensor, cfg
     n_mine = pyr.rows[1] - pyr.rows[0]
     rows = local_views % n_mine
     global_views = (local_views // n_mine) * pyr.total + pyr.rows[0] + rows
-    x = decode([lv[rows] for lv in pyr.levels], pyr.syn_res, pyr.space)
+    x = decode([lv[rows] for lv in pyr.levels], pyr.syn_res)
     with autocast:
         z = model(
             normalize(

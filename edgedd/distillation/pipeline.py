@@ -48,8 +48,6 @@ from edgedd.core.config import (
     LR_SCHEDULES,
     MAX_RESOLUTION,
     METHODS,
-    PARAM_SPACES,
-    REAL_INITS,
     DistillConfig,
     RunOptions,
     StageIConfig,
@@ -89,10 +87,6 @@ def validate(cfg: DistillConfig) -> None:
         raise EdgeddError(
             f"unknown learning-rate schedule {cfg.lr_schedule!r}", f"choose one of {', '.join(LR_SCHEDULES)}"
         )
-    if cfg.param_space not in PARAM_SPACES:
-        raise EdgeddError(f"unknown parameter space {cfg.param_space!r}", f"choose one of {', '.join(PARAM_SPACES)}")
-    if cfg.param_space == "pixel" and cfg.init not in REAL_INITS:
-        raise EdgeddError("--param-space pixel needs a start of real images", "pass --init coreset, real or mix")
     if cfg.flow_denominator not in FLOW_DENOMINATORS:
         raise EdgeddError(
             f"unknown flow denominator {cfg.flow_denominator!r}", f"choose one of {', '.join(FLOW_DENOMINATORS)}"

@@ -53,8 +53,8 @@ def extension_steps(iterations: int, syn_res: int, extend_every: int = 200) -> l
     return [min(extend_every * (e + 1), ((e + 1) * iterations) // (2 * n_ext)) for e in range(n_ext)]
 
 
-def decode(levels: list[torch.Tensor], syn_res: int, space: str = "logit") -> torch.Tensor:
-    """Pyramid levels -> (N, 3, syn_res, syn_res) pixels in (0, 1) (``space`` "pixel": in [0, 1])."""
+def decode(levels: list[torch.Tensor], syn_res: int) -> torch.Tensor:
+    """Pyramid levels -> (N, 3, syn_res, syn_res) pixels in (0, 1)."""
     x = sum(
         F.interpolate(lv, size=(syn_res, syn_res), mode="bilinear", align_corners=False, antialias=False)
         if lv.shape[-1] != syn_res
@@ -63,9 +63,6 @@ def decode(levels: list[torch.Tensor], syn_res: int, space: str = "logit") -> to
     )
     k = COLOR_DECORRELATION.to(x.device, x.dtype)
     x = torch.einsum("ij,njhw->nihw", k, x)
-    if space == "pixel":
-        # clamp forward, identity backward: a pixel pushed past 0 or 1 keeps its gradient and can come back
-        return x + (x.clamp(0, 1) - x).detach()
     return torch.sigmoid(2 * x)
 
 
@@ -78,16 +75,10 @@ class Pyramid:
     """
 
     def __init__(
-        self,
-        levels: list[torch.Tensor],
-        syn_res: int,
-        rows: tuple[int, int] | None = None,
-        total: int | None = None,
-        space: str = "logit",
+        self, levels: list[torch.Tensor], syn_res: int, rows: tuple[int, int] | None = None, total: int | None = None
     ):
         self.levels = [lv.detach().requires_grad_(True) for lv in levels]
         self.syn_res = syn_res
-        self.space = space
         self.rows = rows or (0, levels[0].shape[0])
         self.total = total if total is not None else self.rows[1]
 
@@ -102,21 +93,15 @@ class Pyramid:
 
     @classmethod
     def from_images(
-        cls,
-        images: torch.Tensor,
-        rows: tuple[int, int] | None = None,
-        total: int | None = None,
-        eps: float = 0.01,
-        space: str = "logit",
+        cls, images: torch.Tensor, rows: tuple[int, int] | None = None, total: int | None = None, eps: float = 0.01
     ) -> Pyramid:
         """All levels of ``images`` (n, 3, S, S) in [0, 1]: zeros below, the inverse of ``decode`` on top.
         ``rows``/``total``: the rows of a larger set these images are (one rank's shard)."""
         syn_res = images.shape[-1]
-        x = images.to(torch.float64)
-        pre = x if space == "pixel" else torch.logit(x.clamp(eps, 1 - eps)) / 2
-        top = torch.einsum("ij,njhw->nihw", torch.linalg.inv(COLOR_DECORRELATION).to(x.device), pre)
+        x = images.to(torch.float64).clamp(eps, 1 - eps)
+        top = torch.einsum("ij,njhw->nihw", torch.linalg.inv(COLOR_DECORRELATION).to(x.device), torch.logit(x) / 2)
         levels = [torch.zeros(images.shape[0], 3, r, r, device=images.device) for r in level_resolutions(syn_res)[:-1]]
-        return cls(levels + [top.float()], syn_res, rows, total, space)
+        return cls(levels + [top.float()], syn_res, rows, total)
 
     @property
     def resolutions(self) -> list[int]:
@@ -147,4 +132,4 @@ class Pyramid:
         return grew
 
     def decode(self) -> torch.Tensor:
-        return decode(self.levels, self.syn_res, self.space)
+        return decode(self.levels, self.syn_res)

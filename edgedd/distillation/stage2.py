@@ -281,12 +281,11 @@ def start(
             group=group,
             rows=rows,
             total=total,
-            space=cfg.param_space,
         )
         return Loop(pyr, opt, gen, step, loss)
     if cfg.init in REAL_INITS:
         real = initial_images(source, cfg, interpolation, features)[rows[0] : rows[1]]
-        pyr = Pyramid.from_images(real.to(device), rows, total, space=cfg.param_space)
+        pyr = Pyramid.from_images(real.to(device), rows, total)
     else:
         pyr = Pyramid.init(total, cfg.syn_res, gen, device, rows)
     return Loop(pyr, adam(pyr.levels, cfg.lr), gen, 0, float("nan"))
