@@ -205,6 +205,27 @@ def test_ridge_probe_loss_is_the_kernel_ridge_error_and_rewards_separable_sets()
     assert z.grad.abs().max() > 0
 
 
+def test_ridge_probe_loss_is_not_ruled_by_a_dimension_the_real_features_leave_still():
+    """A dimension constant on the real features (sd 0: a unit the real centre crops never fire) must
+    not decide the probe: a set that fires it a little (as a crop of a synthetic image can) scores as
+    the same set without it, not as a probe that fits nothing (the 1 - 1/C of predicting 0)."""
+    from edgedd.distillation.losses import ridge_probe_loss
+
+    g = torch.Generator().manual_seed(1)
+    c, ipc, d = 3, 4, 6
+    means = torch.randn(c, d, generator=g, dtype=torch.float64) * 4
+    means[:, -1] = 0.0
+    real_y = torch.arange(c).repeat_interleave(20)
+    real = means[real_y] + torch.randn(60, d, generator=g, dtype=torch.float64)
+    real[:, -1] = 0.0  # the still dimension
+    good = means.repeat_interleave(ipc, 0) + 0.3 * torch.randn(c * ipc, d, generator=g, dtype=torch.float64)
+    fired = good.clone()
+    fired[:, -1] = 1e-3 * torch.rand(c * ipc, generator=g, dtype=torch.float64)
+    lg, lf = ridge_probe_loss(good, real, real_y, c, 1e-1), ridge_probe_loss(fired, real, real_y, c, 1e-1)
+    assert lg.item() < 0.5
+    assert abs(lf.item() - lg.item()) < 0.01
+
+
 def test_tiny_distill_with_sfm_probe(image_folder, tmp_path):
     from conftest import tiny_distill_args
     from typer.testing import CliRunner

@@ -155,7 +155,11 @@ def ridge_probe_loss(
     mean and sd keeps lam's meaning across backbones."""
     z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
     real = real.to(z.dtype)
-    mean, sd = real.mean(0, keepdim=True), real.std(0, keepdim=True).clamp_min(1e-6)
+    # The sd is floored at a tenth of its median: some dimensions barely vary on the real centre crops
+    # (sd ~1e-6), and a synthetic view that activates one slightly would, divided by that sd, rule
+    # X X^T (and lam with it), so that the probe fits nothing but that dimension.
+    sd = real.std(0, keepdim=True)
+    mean, sd = real.mean(0, keepdim=True), sd.clamp_min(max(0.1 * float(sd.median()), 1e-6))
     n, c = z.shape[0], num_classes
     one = torch.ones(n, 1, dtype=z.dtype, device=z.device)
     x = torch.cat([(z - mean) / sd, one], 1)
