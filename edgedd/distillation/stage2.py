@@ -198,7 +198,8 @@ def real_targets(
                 for s in range(0, len(x0), 64)
             ]
         ).numpy()
-    return RealTargets(sub=subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device), **real)
+    sub = subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device)
+    return RealTargets(sub=sub, **real)
 
 
 def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:
