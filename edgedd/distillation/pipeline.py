@@ -108,7 +108,7 @@ def validate(cfg: DistillConfig) -> None:
             )
     if not (cfg.beta >= 0 and math.isfinite(cfg.beta)):
         raise EdgeddError(f"--beta must be a finite value >= 0 (got {cfg.beta})", "pass e.g. 1.0 (0 is plain SFM)")
-    for name in ("gamma", "kappa", "sub_kappa"):
+    for name in ("gamma", "kappa"):
         if not (getattr(cfg, name) >= 0 and math.isfinite(getattr(cfg, name))):
             raise EdgeddError(
                 f"--{name} must be a finite value >= 0 (got {getattr(cfg, name)})", "pass e.g. 10.0 (0 is anchored SFM)"

@@ -148,14 +148,9 @@ def feature_loss(
                 "build them with stage2.real_targets (stage2.step_function does)",
             )
         if cfg.method == "sfm_sub":
-            loss = subcentre_loss(
+            return subcentre_loss(
                 z, flow_real, centres_real, targets.sub.to(z.device), cfg.beta, cfg.gamma, cfg.flow_denominator
             )
-            if cfg.sub_kappa > 0:
-                loss = loss + cfg.sub_kappa * ridge_probe_loss(
-                    z, targets.real.to(z.device), targets.real_labels, centres_real.shape[0], cfg.probe_ridge
-                )
-            return loss
         return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator) + cfg.kappa * ridge_probe_loss(
             z, targets.real.to(z.device), targets.real_labels, centres_real.shape[0], cfg.probe_ridge
         )
@@ -181,14 +176,11 @@ def real_targets(
     from .subcentres import PROBE_MAX_REAL, subcentre_targets
 
     feats, labels = features.feats, features.labels
-    real = {}
-    if cfg.method == "sfm_probe" or cfg.sub_kappa > 0:
+    if cfg.method == "sfm_probe":
         keep = np.sort(numpy_generator("probe-real", cfg.seed).permutation(len(feats))[:PROBE_MAX_REAL])
-        real = dict(
+        return RealTargets(
             real=torch.from_numpy(feats[keep]).float().to(device), real_labels=torch.from_numpy(labels[keep]).to(device)
         )
-    if cfg.method == "sfm_probe":
-        return RealTargets(**real)
     z0 = None
     if cfg.init in ("real", "mix"):
         x0 = initial_images(source, cfg, info.preprocess.interpolation)
@@ -198,8 +190,7 @@ def real_targets(
                 for s in range(0, len(x0), 64)
             ]
         ).numpy()
-    sub = subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device)
-    return RealTargets(sub=sub, **real)
+    return RealTargets(sub=subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device))
 
 
 def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:
