@@ -208,7 +208,7 @@ class DistillConfig:
     )
     gamma: float = 10.0  # sfm_sub: weight of the per-image sub-centre term (losses.subcentre_loss)
     kappa: float = 10.0  # sfm_probe: weight of the ridge-probe term (losses.ridge_probe_loss)
-    probe_ridge: float = 1e-2  # sfm_probe: the probe's relative ridge lam / mean diag(X X^T) (losses eq. 5)
+    probe_ridge: float = 0.1  # sfm_probe: the probe's relative ridge lam / mean diag(X X^T) (losses eq. 5)
     flow_denominator: str = "classes"  # "reference" reproduces the reference code's (N - 1)
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only; CPU always runs fp32

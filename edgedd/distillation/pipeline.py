@@ -125,7 +125,7 @@ def validate(cfg: DistillConfig) -> None:
             f"--centre-view must lie in [0, 1] (got {cfg.augment.centre_p})", "pass a probability, e.g. 0.5"
         )
     if not (cfg.probe_ridge > 0 and math.isfinite(cfg.probe_ridge)):
-        raise EdgeddError(f"probe_ridge must be a finite value > 0 (got {cfg.probe_ridge})", "pass e.g. 1e-2")
+        raise EdgeddError(f"probe_ridge must be a finite value > 0 (got {cfg.probe_ridge})", "pass e.g. 0.1")
     if not 0 <= cfg.alpha <= 1:
         raise EdgeddError(f"--alpha must lie in [0, 1] (got {cfg.alpha})", "pass a value between 0 and 1")
     # finite, and at most MAX_LR: far larger steps overflow Adam's float32 update (a traceback at 1e38)
