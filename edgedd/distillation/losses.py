@@ -159,7 +159,8 @@ def ridge_probe_loss(
     # (sd ~1e-6), and a synthetic view that activates one slightly would, divided by that sd, rule
     # X X^T (and lam with it), so that the probe fits nothing but that dimension.
     sd = real.std(0, keepdim=True)
-    mean, sd = real.mean(0, keepdim=True), sd.clamp_min(max(0.1 * float(sd.median()), 1e-6))
+    sd = torch.maximum(sd, (0.1 * sd.median()).clamp_min(1e-6))  # a tensor op: no device sync per step
+    mean = real.mean(0, keepdim=True)
     n, c = z.shape[0], num_classes
     one = torch.ones(n, 1, dtype=z.dtype, device=z.device)
     x = torch.cat([(z - mean) / sd, one], 1)
