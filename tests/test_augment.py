@@ -180,3 +180,13 @@ def test_distill_cli_takes_centre_view(image_folder, tmp_path):
     assert json.loads(r.stdout)["config"]["augment"]["centre_p"] == 0.5
     r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "bad", "--centre-view", "1.5"))
     assert r.exit_code == 2
+
+
+def test_sfm_probe_runs_on_the_views_it_was_measured_with():
+    # docs/RESULTS.md's sfm_probe rows pass crops >= 25%, no noise, half centre views; the CLI's
+    # default for the method must be that, not the reference's views
+    from edgedd.core.config import DistillConfig, method_views
+
+    assert method_views("sfm_probe") == method_views("sfm_sub")
+    assert DistillConfig(method="sfm_probe").augment == AugmentConfig(crop_scale=(0.25, 1.0), noise_p=0.0, centre_p=0.5)
+    assert method_views("sfm") == AugmentConfig()

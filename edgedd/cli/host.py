@@ -160,21 +160,21 @@ def distill(
         min=0.0,
         max=1.0,
         help=f"Smallest area share of the loss's random crops [default: {method_views('sfm_sub').crop_scale[0]} "
-        f"for sfm_sub, the reference's {AugmentConfig.crop_scale[0]} otherwise; up to 1 = whole image].",
+        f"for sfm_sub and sfm_probe, the reference's {AugmentConfig.crop_scale[0]} otherwise; up to 1 = whole image].",
     ),
     noise_p: float | None = typer.Option(
         None,
         min=0.0,
         max=1.0,
         help=f"Probability of the loss's additive noise per view [default: {method_views('sfm_sub').noise_p:g} for "
-        f"sfm_sub, the reference's {AugmentConfig.noise_p} otherwise].",
+        f"sfm_sub and sfm_probe, the reference's {AugmentConfig.noise_p} otherwise].",
     ),
     centre_view: float | None = typer.Option(
         None,
         min=0.0,
         max=1.0,
         help=f"Share of the loss's views that are the eval view: the exact centre crop, not flipped [default: "
-        f"{method_views('sfm_sub').centre_p:g} for sfm_sub, {AugmentConfig.centre_p:g} otherwise].",
+        f"{method_views('sfm_sub').centre_p:g} for sfm_sub and sfm_probe, {AugmentConfig.centre_p:g} otherwise].",
     ),
     extend_every: int = typer.Option(
         DISTILL.extend_every, min=1, help="Pyramid extension interval (shortened for short runs)."

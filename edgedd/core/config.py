@@ -149,11 +149,13 @@ MAX_RESOLUTION = 2048
 
 # Stage II's loss views per method: METHOD.md's reference (flip + random-resized crops of 8-100% +
 # additive noise with p 0.5) for the paper's SFM and the other methods; edgedd's default sfm_sub
-# takes its loss on the milder views the probes and the device see (crops of >= 25%, no noise), half
-# of them the eval view itself (the centre crop its targets and Stage I's centres are taken on).
-# Measured in docs/RESULTS.md, "The default" (also why every method keeps the reference lr: at a
-# larger one the probe gains but the set teaches another network's projector less).
-METHOD_VIEWS: dict[str, AugmentConfig] = {"sfm_sub": AugmentConfig(crop_scale=(0.25, 1.0), noise_p=0.0, centre_p=0.5)}
+# and sfm_probe take their loss on the milder views the probes and the device see (crops of >= 25%,
+# no noise), half of them the eval view itself (the centre crop their targets and Stage I's centres
+# are taken on). Measured in docs/RESULTS.md, "The default" (also why every method keeps the
+# reference lr: at a larger one the probe gains but the set teaches another network's projector
+# less); sfm_probe was measured only with these views.
+_EVAL_LIKE_VIEWS = AugmentConfig(crop_scale=(0.25, 1.0), noise_p=0.0, centre_p=0.5)
+METHOD_VIEWS: dict[str, AugmentConfig] = {"sfm_sub": _EVAL_LIKE_VIEWS, "sfm_probe": _EVAL_LIKE_VIEWS}
 
 
 def method_views(
