@@ -187,6 +187,6 @@ def test_sfm_probe_runs_on_the_views_it_was_measured_with():
     # default for the method must be that, not the reference's views
     from edgedd.core.config import DistillConfig, method_views
 
-    assert method_views("sfm_probe") == method_views("sfm_sub")
+    assert method_views("sfm_probe") == method_views("sfm_sub") == method_views("sfm_sub_probe")
     assert DistillConfig(method="sfm_probe").augment == AugmentConfig(crop_scale=(0.25, 1.0), noise_p=0.0, centre_p=0.5)
     assert method_views("sfm") == AugmentConfig()

@@ -226,7 +226,8 @@ def test_ridge_probe_loss_is_not_ruled_by_a_dimension_the_real_features_leave_st
     assert abs(lf.item() - lg.item()) < 0.01
 
 
-def test_tiny_distill_with_sfm_probe(image_folder, tmp_path):
+@pytest.mark.parametrize("method", ["sfm_probe", "sfm_sub_probe"])
+def test_tiny_distill_with_the_probe_term(image_folder, tmp_path, method):
     from conftest import tiny_distill_args
     from typer.testing import CliRunner
 
@@ -242,7 +243,7 @@ def test_tiny_distill_with_sfm_probe(image_folder, tmp_path):
             "--iterations",
             "4",
             "--method",
-            "sfm_probe",
+            method,
             "--kappa",
             "3",
             "--json",
@@ -250,10 +251,35 @@ def test_tiny_distill_with_sfm_probe(image_folder, tmp_path):
     )
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["method"] == "sfm_probe" and s["config"]["kappa"] == 3.0 and np.isfinite(s["final_loss"])
+    assert s["method"] == method and s["config"]["kappa"] == 3.0 and np.isfinite(s["final_loss"])
 
 
-@pytest.mark.parametrize("method", ["sfm_sub", "sfm_probe"])
+def test_sfm_sub_probe_is_sfm_sub_plus_the_probe_term():
+    # L_sub_probe = L_sub + kappa L_probe, and the anchor-plus-probe of sfm_probe is the other sum:
+    # each method's loss is built from the same two pieces (stage2.feature_loss)
+    from edgedd.core.config import DistillConfig
+    from edgedd.distillation.losses import ridge_probe_loss
+    from edgedd.distillation.stage2 import RealTargets, feature_loss
+
+    g = torch.Generator().manual_seed(0)
+    c, ipc, d = 3, 2, 8
+    z, centres = torch.randn(c * ipc, d, generator=g), torch.randn(c, d, generator=g)
+    t = RealTargets(
+        sub=torch.randn(c * ipc, d, generator=g),
+        real=torch.randn(30, d, generator=g),
+        real_labels=torch.arange(c).repeat(10),
+    )
+    loss = {
+        m: feature_loss(z, DistillConfig(method=m, kappa=3.0), flow(centres), centres, t)
+        for m in ("sfm_sub", "sfm_probe", "sfm_sub_probe", "sfm_anchor")
+    }
+    probe = ridge_probe_loss(z, t.real, t.real_labels, c, DistillConfig.probe_ridge)
+    assert probe > 0.01
+    torch.testing.assert_close(loss["sfm_sub_probe"], loss["sfm_sub"] + 3.0 * probe)
+    torch.testing.assert_close(loss["sfm_probe"], loss["sfm_anchor"] + 3.0 * probe)
+
+
+@pytest.mark.parametrize("method", ["sfm_sub", "sfm_probe", "sfm_sub_probe"])
 def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
     from edgedd.backbones.forward import backbone_autocast
     from edgedd.core.config import DistillConfig

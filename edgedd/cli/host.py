@@ -129,10 +129,16 @@ def distill(
         DISTILL.alpha, min=0.0, max=1.0, help="sfm_decouple: weight of target-centre matching."
     ),
     beta: float = typer.Option(
-        DISTILL.beta, min=0.0, help="sfm_anchor, sfm_sub, sfm_probe: weight of the centre anchor (0 = plain SFM)."
+        DISTILL.beta,
+        min=0.0,
+        help="sfm_anchor, sfm_sub, sfm_probe, sfm_sub_probe: weight of the centre anchor (0 = plain SFM).",
     ),
-    gamma: float = typer.Option(DISTILL.gamma, min=0.0, help="sfm_sub: weight of the per-image sub-centre term."),
-    kappa: float = typer.Option(DISTILL.kappa, min=0.0, help="sfm_probe: weight of the ridge-probe term."),
+    gamma: float = typer.Option(
+        DISTILL.gamma, min=0.0, help="sfm_sub, sfm_sub_probe: weight of the per-image sub-centre term."
+    ),
+    kappa: float = typer.Option(
+        DISTILL.kappa, min=0.0, help="sfm_probe, sfm_sub_probe: weight of the ridge-probe term."
+    ),
     flow_denominator: FlowDenominator = typer.Option(
         FlowDenominator(DISTILL.flow_denominator), help="'reference' reproduces the reference code's N-1."
     ),
@@ -160,21 +166,23 @@ def distill(
         min=0.0,
         max=1.0,
         help=f"Smallest area share of the loss's random crops [default: {method_views('sfm_sub').crop_scale[0]} "
-        f"for sfm_sub and sfm_probe, the reference's {AugmentConfig.crop_scale[0]} otherwise; up to 1 = whole image].",
+        f"for sfm_sub, sfm_probe and sfm_sub_probe, the reference's {AugmentConfig.crop_scale[0]} otherwise; "
+        "up to 1 = whole image].",
     ),
     noise_p: float | None = typer.Option(
         None,
         min=0.0,
         max=1.0,
         help=f"Probability of the loss's additive noise per view [default: {method_views('sfm_sub').noise_p:g} for "
-        f"sfm_sub and sfm_probe, the reference's {AugmentConfig.noise_p} otherwise].",
+        f"sfm_sub, sfm_probe and sfm_sub_probe, the reference's {AugmentConfig.noise_p} otherwise].",
     ),
     centre_view: float | None = typer.Option(
         None,
         min=0.0,
         max=1.0,
         help=f"Share of the loss's views that are the eval view: the exact centre crop, not flipped [default: "
-        f"{method_views('sfm_sub').centre_p:g} for sfm_sub and sfm_probe, {AugmentConfig.centre_p:g} otherwise].",
+        f"{method_views('sfm_sub').centre_p:g} for sfm_sub, sfm_probe and sfm_sub_probe, "
+        f"{AugmentConfig.centre_p:g} otherwise].",
     ),
     extend_every: int = typer.Option(
         DISTILL.extend_every, min=1, help="Pyramid extension interval (shortened for short runs)."

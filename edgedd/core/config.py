@@ -17,7 +17,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-METHODS = ("sfm", "sfm_anchor", "sfm_sub", "sfm_probe", "sfm_decouple", "lgm")
+METHODS = ("sfm", "sfm_anchor", "sfm_sub", "sfm_probe", "sfm_sub_probe", "sfm_decouple", "lgm")
+# the methods with sfm_sub's per-image sub-centre term, and those with sfm_probe's ridge-probe term
+SUBCENTRE_METHODS = ("sfm_sub", "sfm_sub_probe")
+PROBE_METHODS = ("sfm_probe", "sfm_sub_probe")
 # How a linear head is fitted (edgedd.host.heads): the golden classifier, the evaluation protocol and
 # pack's projector each choose one of these.
 RECIPES = ("converged", "reference")
@@ -148,14 +151,14 @@ MAX_RESOLUTION = 2048
 
 
 # Stage II's loss views per method: METHOD.md's reference (flip + random-resized crops of 8-100% +
-# additive noise with p 0.5) for the paper's SFM and the other methods; edgedd's default sfm_sub
-# and sfm_probe take their loss on the milder views the probes and the device see (crops of >= 25%,
+# additive noise with p 0.5) for the paper's SFM and the other methods; edgedd's sfm_sub, sfm_probe
+# and sfm_sub_probe take their loss on the milder views the probes and the device see (crops of >= 25%,
 # no noise), half of them the eval view itself (the centre crop their targets and Stage I's centres
 # are taken on). Measured in docs/RESULTS.md, "The default" (also why every method keeps the
 # reference lr: at a larger one the probe gains but the set teaches another network's projector
-# less); sfm_probe was measured only with these views.
+# less); sfm_probe and sfm_sub_probe were measured only with these views.
 _EVAL_LIKE_VIEWS = AugmentConfig(crop_scale=(0.25, 1.0), noise_p=0.0, centre_p=0.5)
-METHOD_VIEWS: dict[str, AugmentConfig] = {"sfm_sub": _EVAL_LIKE_VIEWS, "sfm_probe": _EVAL_LIKE_VIEWS}
+METHOD_VIEWS: dict[str, AugmentConfig] = {m: _EVAL_LIKE_VIEWS for m in ("sfm_sub", "sfm_probe", "sfm_sub_probe")}
 
 
 def method_views(
@@ -208,9 +211,9 @@ class DistillConfig:
     beta: float = (
         10.0  # sfm_anchor: weight of the centre anchor (losses.anchor_loss); docs/RESULTS.md: how 10 was chosen
     )
-    gamma: float = 10.0  # sfm_sub: weight of the per-image sub-centre term (losses.subcentre_loss)
-    kappa: float = 10.0  # sfm_probe: weight of the ridge-probe term (losses.ridge_probe_loss)
-    probe_ridge: float = 0.1  # sfm_probe: the probe's relative ridge lam / mean diag(X X^T) (losses eq. 5)
+    gamma: float = 10.0  # sfm_sub, sfm_sub_probe: weight of the per-image sub-centre term (losses.subcentre_loss)
+    kappa: float = 10.0  # sfm_probe, sfm_sub_probe: weight of the ridge-probe term (losses.ridge_probe_loss)
+    probe_ridge: float = 0.1  # the ridge-probe term's relative ridge lam / mean diag(X X^T) (losses eq. 5)
     flow_denominator: str = "classes"  # "reference" reproduces the reference code's (N - 1)
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only; CPU always runs fp32

@@ -48,6 +48,8 @@ from edgedd.core.config import (
     LR_SCHEDULES,
     MAX_RESOLUTION,
     METHODS,
+    PROBE_METHODS,
+    SUBCENTRE_METHODS,
     DistillConfig,
     RunOptions,
     StageIConfig,
@@ -472,11 +474,11 @@ def _stage2(plan: Plan, s1: Stage1Result, *, resume: bool) -> Stage2Result:
 
 def _training_features(plan: Plan) -> trainingset.TrainingFeatures | None:
     """The one pass over the training images' centre crops, when a Stage II term needs it: sfm_sub's
-    sub-centres, sfm_probe's real features, the copy floor in phi_A, --init coreset's picks
+    sub-centres, sfm_probe's real features (both for sfm_sub_probe), the copy floor in phi_A, --init coreset's picks
     (edgedd.distillation.trainingset)."""
     cfg = plan.cfg
     if (
-        cfg.method not in ("sfm_sub", "sfm_probe")
+        cfg.method not in SUBCENTRE_METHODS + PROBE_METHODS
         and cfg.init != "coreset"
         and not (cfg.min_copy_ratio > 0 and cfg.copy_floor_features)
     ):

@@ -20,7 +20,7 @@ import torch
 
 from edgedd.backbones.forward import backbone_autocast as _autocast
 from edgedd.backbones.loader import BackboneInfo
-from edgedd.core.config import REAL_INITS, DistillConfig
+from edgedd.core.config import PROBE_METHODS, REAL_INITS, SUBCENTRE_METHODS, DistillConfig
 from edgedd.core.errors import EdgeddError
 from edgedd.core.images import LabelledImages
 from edgedd.host.augment import StepDraws, apply_augment, augment, normalize
@@ -121,8 +121,9 @@ def view_features(
 
 @dataclass(frozen=True)
 class RealTargets:
-    """What sfm_sub and sfm_probe match besides Stage I's centres: sfm_sub's (N, D) per-image
-    sub-centres, sfm_probe's (n, D) real centre-crop features and their labels (edgedd.distillation.subcentres)."""
+    """What sfm_sub, sfm_probe and sfm_sub_probe match besides Stage I's centres: the (N, D) per-image
+    sub-centres (sfm_sub's term), the (n, D) real centre-crop features and their labels (sfm_probe's
+    term; edgedd.distillation.subcentres)."""
 
     sub: torch.Tensor | None = None
     real: torch.Tensor | None = None
@@ -136,24 +137,29 @@ def feature_loss(
     centres_real: torch.Tensor,
     targets: RealTargets | None = None,
 ) -> torch.Tensor:
-    """SFM / sfm_anchor / sfm_sub / sfm_probe / sfm_decouple loss of the (N, D) per-image features."""
+    """SFM / sfm_anchor / sfm_sub / sfm_probe / sfm_sub_probe / sfm_decouple loss of the (N, D) per-image
+    features. sfm_sub_probe is sfm_sub's loss plus sfm_probe's term: L_sub + kappa L_probe."""
     if cfg.method == "sfm":
         return sfm_loss(z, flow_real, cfg.flow_denominator)
     if cfg.method == "sfm_anchor":
         return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator)
-    if cfg.method in ("sfm_sub", "sfm_probe"):
+    if cfg.method in SUBCENTRE_METHODS + PROBE_METHODS:
         if targets is None:
             raise EdgeddError(
                 f"--method {cfg.method} needs its real targets",
                 "build them with stage2.real_targets (stage2.step_function does)",
             )
-        if cfg.method == "sfm_sub":
-            return subcentre_loss(
+        if cfg.method in SUBCENTRE_METHODS:
+            loss = subcentre_loss(
                 z, flow_real, centres_real, targets.sub.to(z.device), cfg.beta, cfg.gamma, cfg.flow_denominator
             )
-        return anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator) + cfg.kappa * ridge_probe_loss(
-            z, targets.real.to(z.device), targets.real_labels, centres_real.shape[0], cfg.probe_ridge
-        )
+        else:
+            loss = anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator)
+        if cfg.method in PROBE_METHODS:
+            loss = loss + cfg.kappa * ridge_probe_loss(
+                z, targets.real.to(z.device), targets.real_labels, centres_real.shape[0], cfg.probe_ridge
+            )
+        return loss
     return decouple_loss(z, centres_real, cfg.alpha)
 
 
@@ -172,15 +178,18 @@ def real_targets(
     drawn, recomputed here so a resumed run gets the same targets; ``coreset``: image i of a class was
     picked as the image nearest centre i (the same k-means), so it takes centre i, what matching its
     features would give; ``noise``: their features say nothing yet, so image i of a class takes centre
-    i). sfm_probe: at most ``PROBE_MAX_REAL`` of the features, drawn by the seed."""
+    i). sfm_probe: at most ``PROBE_MAX_REAL`` of the features, drawn by the seed. sfm_sub_probe: both."""
     from .subcentres import PROBE_MAX_REAL, subcentre_targets
 
     feats, labels = features.feats, features.labels
-    if cfg.method == "sfm_probe":
+    probe = {}
+    if cfg.method in PROBE_METHODS:
         keep = np.sort(numpy_generator("probe-real", cfg.seed).permutation(len(feats))[:PROBE_MAX_REAL])
-        return RealTargets(
+        probe = dict(
             real=torch.from_numpy(feats[keep]).float().to(device), real_labels=torch.from_numpy(labels[keep]).to(device)
         )
+    if cfg.method not in SUBCENTRE_METHODS:
+        return RealTargets(**probe)
     z0 = None
     if cfg.init in ("real", "mix"):
         x0 = initial_images(source, cfg, info.preprocess.interpolation)
@@ -190,7 +199,8 @@ def real_targets(
                 for s in range(0, len(x0), 64)
             ]
         ).numpy()
-    return RealTargets(sub=subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device))
+    sub = subcentre_targets(feats, labels, z0, source.num_classes, cfg.ipc, cfg.seed).to(device)
+    return RealTargets(sub=sub, **probe)
 
 
 def lgm_step_loss(model, images, labels, num_classes, real_batch, cfg, info, gen) -> torch.Tensor:
@@ -309,7 +319,7 @@ def step_function(
     """The method's step (gradients into the pyramid, the loss returned) and the chunk size it
     uses: SFM in one pass or chunks, on one rank or several (edgedd.distillation.chunked; ``chunk_size`` None
     is sized to the free memory now); LGM in one pass (its loss is not a function of per-image
-    features alone). sfm_sub and sfm_probe take their targets from ``features`` (the run's
+    features alone). sfm_sub, sfm_probe and sfm_sub_probe take their targets from ``features`` (the run's
     edgedd.distillation.trainingset pass; None: made here)."""
     if cfg.method == "lgm":
         c = source.num_classes
@@ -328,7 +338,7 @@ def step_function(
         else chunk_size
     )
     targets = None
-    if cfg.method in ("sfm_sub", "sfm_probe"):
+    if cfg.method in SUBCENTRE_METHODS + PROBE_METHODS:
         if features is None:
             features = training_features(model, info, source, device, num_workers=num_workers, amp=cfg.amp)
         targets = real_targets(model, info, cfg, source, device, features)
