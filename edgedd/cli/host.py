@@ -85,8 +85,9 @@ def distill(
     ),
     method: Method = typer.Option(
         Method(DISTILL.method),
-        help="Matching loss: anchored SFM with per-image sub-centre targets (edgedd's default), SFM with a centre "
-        "anchor, SFM (the paper's), anchored SFM with a ridge-probe term, the decoupled ablation, or the LGM baseline.",
+        help="Matching loss, in the order listed: SFM (the paper's), SFM with a centre anchor, anchored SFM with "
+        "per-image sub-centre targets, anchored SFM with a ridge-probe term, the sub-centre loss plus the ridge-probe "
+        "term, the decoupled ablation, or the LGM baseline (docs/METHOD.md).",
     ),
     ipc: int = typer.Option(DISTILL.ipc, min=1, help="Synthetic images per class."),
     init: Init = typer.Option(
