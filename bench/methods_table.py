@@ -9,8 +9,8 @@ RESULTS/baselines_ipc<I>.json. Resumable: a cell or baseline whose JSON exists i
 (delete it to redo it; an interrupted distill restarts from scratch into its run directory).
 
 A variant is `label=method[,field=value...]`: a DistillConfig method and overrides of its fields,
-e.g. `default=sfm_sub`, `anchor=sfm_anchor`, `sfm=sfm`, `sub=sfm_sub,crop_min=0.25,noise_p=0,lr=1e-2` (crop_min and
-the AugmentConfig scalars go to the nested augment config), `noise=sfm_anchor,init=noise`,
+e.g. `default=sfm_sub_probe`, `anchor=sfm_anchor`, `sfm=sfm`, `sub=sfm_sub,crop_min=0.25,noise_p=0,lr=1e-2`
+(crop_min and the AugmentConfig scalars go to the nested augment config), `noise=sfm_anchor,init=noise`,
 `long=sfm_anchor,iterations=1000`.
 
 Printed (and written to RESULTS/table.md), per variant and IPC over the distillation seeds:
@@ -183,7 +183,8 @@ def main() -> None:
         "--variant",
         action="append",
         default=None,
-        help="label=method[,field=value...] (repeatable) [default: default=sfm_sub, anchor=sfm_anchor, sfm=sfm]",
+        help="label=method[,field=value...] (repeatable) "
+        "[default: default=<edgedd's default method>, anchor=sfm_anchor, sfm=sfm]",
     )
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="distillation seeds")
@@ -208,7 +209,8 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     variants = [
-        parse_variant(v, DistillConfig()) for v in (a.variant or ["default=sfm_sub", "anchor=sfm_anchor", "sfm=sfm"])
+        parse_variant(v, DistillConfig())
+        for v in (a.variant or [f"default={DistillConfig.method}", "anchor=sfm_anchor", "sfm=sfm"])
     ]
     (a.results / "cells").mkdir(parents=True, exist_ok=True)
     cells, baselines = [], {}

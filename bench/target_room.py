@@ -1,7 +1,7 @@
 """How far an sfm_sub run got towards its own per-image targets, and what the targets would be worth.
 
-For one run (``--method sfm_sub``), in phi_A of the centre crop (the space the sub-centre targets
-live in), it prints:
+For one run (``--method sfm_sub`` or ``sfm_sub_probe``, the same targets), in phi_A of the centre crop
+(the space the sub-centre targets live in), it prints:
 
 * the mean squared distance of each image to its own sub-centre (the pairing the loss uses), in
   units of d2 (the mean squared distance between real class centres, the loss's own unit), for the
@@ -30,6 +30,7 @@ import json
 
 import torch
 
+from edgedd.core.config import SUBCENTRE_METHODS
 from edgedd.core.images import open_dataset
 from edgedd.distillation.losses import centre_separation
 from edgedd.distillation.rundir import load_initial, load_run
@@ -56,8 +57,10 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     run = load_run(a.run)
-    if run.config.get("method") != "sfm_sub" or run.config.get("init") not in ("coreset", "noise"):
-        raise SystemExit("error: a run of --method sfm_sub from --init coreset or noise (image i takes target i)")
+    if run.config.get("method") not in SUBCENTRE_METHODS or run.config.get("init") not in ("coreset", "noise"):
+        raise SystemExit(
+            "error: a run of --method sfm_sub or sfm_sub_probe from --init coreset or noise (image i takes target i)"
+        )
     if run.centres is None:
         raise SystemExit("error: the run has no stats.safetensors (Stage I's class centres, the loss's d2)")
     initial = load_initial(run)

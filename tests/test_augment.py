@@ -116,14 +116,16 @@ def test_device_views_start_with_the_eval_view_then_mild_crops(resize, crop):
 
 
 def test_each_method_takes_its_loss_views_unless_told_otherwise():
-    """sfm_sub (the default) takes its loss on mild views; the paper's SFM and the other methods keep
+    """sfm_sub_probe (the default) and sfm_sub take their loss on mild views; the paper's SFM and the other methods keep
     METHOD.md's reference views; explicit values win; the stored config holds the views used."""
     from dataclasses import replace
 
     from edgedd.core.config import method_views, to_dict
 
     d = DistillConfig()
-    assert d.method == "sfm_sub" and d.lr == 2e-3 and d.augment.crop_scale == (0.25, 1.0) and d.augment.noise_p == 0
+    assert (
+        d.method == "sfm_sub_probe" and d.lr == 2e-3 and d.augment.crop_scale == (0.25, 1.0) and d.augment.noise_p == 0
+    )
     assert d.augment.centre_p == 0.5 and DistillConfig(method="sfm").augment.centre_p == 0
     for m in ("sfm", "sfm_anchor", "lgm"):
         assert DistillConfig(method=m).augment == AugmentConfig()

@@ -39,7 +39,7 @@ def test_distill_end_to_end(image_folder, tmp_path):
     r = run(tiny_distill_args(image_folder, out, "--ipc", "2", "--iterations", "40", "--json", "--preview-every", "20"))
     assert r.exit_code == 0, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["synthetic_images"] == 6 and summary["method"] == "sfm_sub"  # the default
+    assert summary["synthetic_images"] == 6 and summary["method"] == "sfm_sub_probe"  # the default
     assert summary["backbone"]["preprocess"]["input_size"] == 32
     assert -1 <= summary["flow_cosine"] <= 1
     for f in [

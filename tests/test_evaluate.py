@@ -113,7 +113,7 @@ def test_json_contract_with_baselines(tiny):
         "golden_top1_augmented_views",
     }
     summary = json.loads((tiny["run"] / "summary.json").read_text())
-    assert (r["method"], r["backbone"], r["eval_backbone"], r["ipc"]) == ("sfm_sub", "test_vit", "test_vit", 2)
+    assert (r["method"], r["backbone"], r["eval_backbone"], r["ipc"]) == ("sfm_sub_probe", "test_vit", "test_vit", 2)
     assert r["flow_cosine"] == summary["flow_cosine"]
     assert r["config"] == to_dict(FAST) and r["test_images"] == 18
     assert set(r["modes"]) == {"normal", "ci", "kd"} and set(r["baselines"]) == set(BASELINES)

@@ -272,7 +272,7 @@ def run_tiny_distill(root: Path) -> Path:
         "test_vit",
         out,
         weights=str(tiny_weights()),
-        # the anchored loss these tensors were pinned with (sfm_sub is the default since; its targets are
+        # the anchored loss these tensors were pinned with (sfm_sub_probe is the default since; its targets are
         # k-means on the same features); noise init: the 5 steps grow the pyramid 1 -> 32 px
         config=DistillConfig(method="sfm_anchor", ipc=1, iterations=5, init="noise"),
         stage1_config=StageIConfig(golden_views=2),

@@ -210,14 +210,16 @@ def test_report_html_is_self_contained_with_images_plots_table_and_escaped_names
     res = json.loads((tmp_path / "eval.json").read_text())
     names = {row[0]: row for row in page.rows if row}
     for m in ("normal", "ci"):
-        row = names[f"sfm_sub ({m})"]
+        row = names[f"sfm_sub_probe ({m})"]
         assert row[1] == f"{100 * res['modes'][m]['top1_mean']:.2f} ± {100 * res['modes'][m]['top1_std']:.2f}"
         assert row[3] == "2"
     for b in ("random", "centroids", "neighbors", "kcentre", "herding", "full"):
         assert f"baseline: {b}" in names
     assert "starting set, step 0 (normal)" in names and any("stage-II gain" in t for t in page.text)
     # the run's summary and the landing figures
-    assert names["method"][1] == "sfm_sub" and names["images per class (IPC)"][1] == "2" and names["steps"][1] == "6"
+    assert (
+        names["method"][1] == "sfm_sub_probe" and names["images per class (IPC)"][1] == "2" and names["steps"][1] == "6"
+    )
     assert names["golden classifier"][1].startswith("converged recipe; held-out top-1")
     assert "golden top-1, centre view" in names
 
@@ -227,8 +229,8 @@ def test_report_html_is_self_contained_with_images_plots_table_and_escaped_names
 
     write_report(run, eval=res, out=tmp_path / "stalled.html")
     page = Page((tmp_path / "stalled.html").read_text())
-    assert names["sfm_sub (ci)"][-1] == ""
-    assert {row[0]: row for row in page.rows if row}["sfm_sub (ci)"][-1] == "STALLED: did not train"
+    assert names["sfm_sub_probe (ci)"][-1] == ""
+    assert {row[0]: row for row in page.rows if row}["sfm_sub_probe (ci)"][-1] == "STALLED: did not train"
 
 
 def test_report_with_deploy_check_and_bundle(packed, tmp_path):

@@ -63,7 +63,7 @@ def test_a_run_makes_the_training_features_once(image_folder, tmp_path, monkeypa
         extra += ["--init", "mix", "--mix", "2", "--min-copy-ratio", "1.0"]
     r = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "run", *extra))
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["config"]["method"] == "sfm_sub"
+    assert json.loads(r.stdout)["config"]["method"] == "sfm_sub_probe"
     assert len(calls) == 1  # sub-centres (and the floor in phi_A) share it
     assert len(measured) == 1 and measured[0] is not None  # the copy ratio reads it too
 

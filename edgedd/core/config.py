@@ -187,7 +187,8 @@ def method_views(
 class DistillConfig:
     """Stage II: Statistical Flow Matching."""
 
-    method: str = "sfm_sub"  # edgedd's default (docs/RESULTS.md, "The default"); "sfm" is the paper's
+    # edgedd's default (docs/RESULTS.md, "The default: sfm_sub_probe"); "sfm" is the paper's
+    method: str = "sfm_sub_probe"
     ipc: int = 1
     # edgedd's default: per class the real images nearest its k-means sub-centres in phi_A (docs/METHOD.md,
     # "Initialisation"); "real": random real images; "noise": the reference's 1x1 noise pyramid
