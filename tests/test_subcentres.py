@@ -348,3 +348,35 @@ def test_loss_augmentation_options_reach_the_config(image_folder, tmp_path):
     assert aug["crop_scale"] == [0.4, 1.0] and aug["noise_p"] == 0.3  # neither is any method's default
     bad = CliRunner().invoke(app, tiny_distill_args(image_folder, tmp_path / "b", "--crop-min", "0"))
     assert bad.exit_code == 1 and "crop area" in bad.output and "Traceback" not in bad.output
+
+
+def test_ridge_probe_loss_primal_form_matches_the_dual():
+    # more synthetic images than feature dimensions (N > D + 1) takes the (D + 1) x (D + 1) primal
+    # solve; its loss and gradient must be the dual's (written out here from equation (5))
+    import torch.nn.functional as F
+
+    from edgedd.distillation.losses import ridge_probe_loss
+
+    g = torch.Generator().manual_seed(3)
+    c, ipc, d, ridge = 3, 8, 5, 0.1  # N = 24 > D + 1 = 6
+    z = torch.randn(c * ipc, d, generator=g, dtype=torch.float64, requires_grad=True)
+    real, real_y = torch.randn(40, d, generator=g, dtype=torch.float64), torch.arange(c).repeat(14)[:40]
+
+    def dual(z):
+        sd = real.std(0, keepdim=True)
+        sd = torch.maximum(sd, (0.1 * sd.median()).clamp_min(1e-6))
+        mean = real.mean(0, keepdim=True)
+        x = torch.cat([(z - mean) / sd, torch.ones(len(z), 1, dtype=z.dtype)], 1)
+        r = torch.cat([(real - mean) / sd, torch.ones(len(real), 1, dtype=z.dtype)], 1)
+        y = F.one_hot(torch.arange(c).repeat_interleave(ipc), c).double() - 1 / c
+        k = x @ x.T
+        alpha = torch.linalg.solve(k + ridge * k.diagonal().mean() * torch.eye(len(z), dtype=z.dtype), y)
+        return ((r @ x.T) @ alpha - (F.one_hot(real_y, c).double() - 1 / c)).pow(2).sum(1).mean()
+
+    lp = ridge_probe_loss(z, real, real_y, c, ridge)
+    (gp,) = torch.autograd.grad(lp, z)
+    ld = dual(z)
+    (gd,) = torch.autograd.grad(ld, z)
+    torch.testing.assert_close(lp, ld)
+    torch.testing.assert_close(gp, gd)
+    assert gp.abs().max() > 1e-6

@@ -149,10 +149,12 @@ def ridge_probe_loss(
         W = X^T (X X^T + lam I)^-1 Y,   lam = ridge * trace(X X^T) / N                      (5)
         L_probe = (1 / n) sum_j ||[R_j, 1] W - Y_{y_j}||^2
 
-    An N x N solve (N synthetic images), differentiable in z: the images move so that what a linear
-    head learns from them holds on the real data, the quantity the normal probe measures. The real
-    features are constants (one no-grad pass before Stage II). Standardising by the real features'
-    mean and sd keeps lam's meaning across backbones."""
+    Differentiable in z: the images move so that what a linear head learns from them holds on the
+    real data, the quantity the normal probe measures. The same W in its primal form,
+    W = (X^T X + lam I)^-1 X^T Y, is a (D + 1) x (D + 1) solve instead of N x N; the smaller one is
+    taken, so N = IPC x classes in the tens of thousands (ImageNet at IPC 10 and up) costs O(N D^2),
+    not O(N^3) and an N x N matrix. The real features are constants (one no-grad pass before Stage
+    II). Standardising by the real features' mean and sd keeps lam's meaning across backbones."""
     z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
     real = real.to(z.dtype)
     # The sd is floored at a tenth of its median: some dimensions barely vary on the real centre crops
@@ -167,8 +169,11 @@ def ridge_probe_loss(
     r = torch.cat([(real - mean) / sd, torch.ones(real.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
     y_syn = F.one_hot(torch.arange(c, device=z.device).repeat_interleave(n // c), c).to(z.dtype) - 1 / c
     y_real = F.one_hot(real_labels.to(z.device), c).to(z.dtype) - 1 / c
-    k = x @ x.T
-    lam = ridge * k.diagonal().mean()
-    alpha = torch.linalg.solve(k + lam * torch.eye(n, dtype=z.dtype, device=z.device), y_syn)
-    pred = (r @ x.T) @ alpha
+    lam = ridge * x.pow(2).sum() / n  # ridge * mean diag(X X^T) = ridge * trace(X^T X) / N
+    if n <= x.shape[1]:  # dual: N x N
+        alpha = torch.linalg.solve(x @ x.T + lam * torch.eye(n, dtype=z.dtype, device=z.device), y_syn)
+        pred = (r @ x.T) @ alpha
+    else:  # primal: (D + 1) x (D + 1), the same W
+        eye = torch.eye(x.shape[1], dtype=z.dtype, device=z.device)
+        pred = r @ torch.linalg.solve(x.T @ x + lam * eye, x.T @ y_syn)
     return (pred - y_real).pow(2).sum(1).mean()
