@@ -179,7 +179,7 @@ def test_bad_gamma_is_one_line(image_folder, tmp_path, bad):
 
 
 def test_ridge_probe_loss_is_the_kernel_ridge_error_and_rewards_separable_sets():
-    from edgedd.distillation.losses import ridge_probe_loss
+    from edgedd.distillation.losses import probe_targets, ridge_probe_loss
 
     g = torch.Generator().manual_seed(0)
     c, ipc, d = 3, 4, 5
@@ -188,7 +188,8 @@ def test_ridge_probe_loss_is_the_kernel_ridge_error_and_rewards_separable_sets()
     real = means[real_y] + torch.randn(60, d, generator=g, dtype=torch.float64)
     good = means.repeat_interleave(ipc, 0) + 0.3 * torch.randn(c * ipc, d, generator=g, dtype=torch.float64)
     bad = means[(torch.arange(c).repeat_interleave(ipc) + 1) % c]  # every image sits on the next class's mean
-    lg, lb = ridge_probe_loss(good, real, real_y, c, 1e-2), ridge_probe_loss(bad, real, real_y, c, 1e-2)
+    pt = probe_targets(real, real_y, c)
+    lg, lb = ridge_probe_loss(good, pt, 1e-2), ridge_probe_loss(bad, pt, 1e-2)
     assert lg.item() < 0.5 < lb.item()
     # the value is the primal ridge fit's: W = (X^T X + lam I)^-1 X^T Y equals the dual form (5)
     mean, sd = real.mean(0, keepdim=True), real.std(0, keepdim=True)
@@ -201,7 +202,7 @@ def test_ridge_probe_loss_is_the_kernel_ridge_error_and_rewards_separable_sets()
     torch.testing.assert_close(lg, (r @ w - ry).pow(2).sum(1).mean())
     # and it is differentiable in the synthetic features
     z = good.clone().requires_grad_(True)
-    ridge_probe_loss(z, real, real_y, c, 1e-2).backward()
+    ridge_probe_loss(z, probe_targets(real, real_y, c), 1e-2).backward()
     assert z.grad.abs().max() > 0
 
 
@@ -209,7 +210,7 @@ def test_ridge_probe_loss_is_not_ruled_by_a_dimension_the_real_features_leave_st
     """A dimension constant on the real features (sd 0: a unit the real centre crops never fire) must
     not decide the probe: a set that fires it a little (as a crop of a synthetic image can) scores as
     the same set without it, not as a probe that fits nothing (the 1 - 1/C of predicting 0)."""
-    from edgedd.distillation.losses import ridge_probe_loss
+    from edgedd.distillation.losses import probe_targets, ridge_probe_loss
 
     g = torch.Generator().manual_seed(1)
     c, ipc, d = 3, 4, 6
@@ -221,7 +222,8 @@ def test_ridge_probe_loss_is_not_ruled_by_a_dimension_the_real_features_leave_st
     good = means.repeat_interleave(ipc, 0) + 0.3 * torch.randn(c * ipc, d, generator=g, dtype=torch.float64)
     fired = good.clone()
     fired[:, -1] = 1e-3 * torch.rand(c * ipc, generator=g, dtype=torch.float64)
-    lg, lf = ridge_probe_loss(good, real, real_y, c, 1e-1), ridge_probe_loss(fired, real, real_y, c, 1e-1)
+    pt = probe_targets(real, real_y, c)
+    lg, lf = ridge_probe_loss(good, pt, 1e-1), ridge_probe_loss(fired, pt, 1e-1)
     assert lg.item() < 0.5
     assert abs(lf.item() - lg.item()) < 0.01
 
@@ -258,7 +260,7 @@ def test_sfm_sub_probe_is_sfm_sub_plus_the_probe_term():
     # L_sub_probe = L_sub + kappa L_probe, and the anchor-plus-probe of sfm_probe is the other sum:
     # each method's loss is built from the same two pieces (stage2.feature_loss)
     from edgedd.core.config import DistillConfig
-    from edgedd.distillation.losses import ridge_probe_loss
+    from edgedd.distillation.losses import probe_targets, ridge_probe_loss
     from edgedd.distillation.stage2 import RealTargets, feature_loss
 
     g = torch.Generator().manual_seed(0)
@@ -266,14 +268,13 @@ def test_sfm_sub_probe_is_sfm_sub_plus_the_probe_term():
     z, centres = torch.randn(c * ipc, d, generator=g), torch.randn(c, d, generator=g)
     t = RealTargets(
         sub=torch.randn(c * ipc, d, generator=g),
-        real=torch.randn(30, d, generator=g),
-        real_labels=torch.arange(c).repeat(10),
+        probe=probe_targets(torch.randn(30, d, generator=g), torch.arange(c).repeat(10), c),
     )
     loss = {
         m: feature_loss(z, DistillConfig(method=m, kappa=3.0), flow(centres), centres, t)
         for m in ("sfm_sub", "sfm_probe", "sfm_sub_probe", "sfm_anchor")
     }
-    probe = ridge_probe_loss(z, t.real, t.real_labels, c, DistillConfig.probe_ridge)
+    probe = ridge_probe_loss(z, t.probe, DistillConfig.probe_ridge)
     assert probe > 0.01
     torch.testing.assert_close(loss["sfm_sub_probe"], loss["sfm_sub"] + 3.0 * probe)
     torch.testing.assert_close(loss["sfm_probe"], loss["sfm_anchor"] + 3.0 * probe)
@@ -284,6 +285,7 @@ def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
     from edgedd.backbones.forward import backbone_autocast
     from edgedd.core.config import DistillConfig
     from edgedd.distillation.chunked import chunked_step
+    from edgedd.distillation.losses import probe_targets
     from edgedd.distillation.pyramid import Pyramid
     from edgedd.distillation.stage2 import RealTargets, feature_loss, sfm_step_loss
 
@@ -297,8 +299,7 @@ def test_chunked_step_matches_one_pass_with_real_targets(tiny_backbone, method):
     centres = torch.randn(c, d, generator=g)
     targets = RealTargets(
         sub=torch.randn(c * ipc, d, generator=g),
-        real=torch.randn(30, d, generator=g),
-        real_labels=torch.arange(c).repeat(10),
+        probe=probe_targets(torch.randn(30, d, generator=g), torch.arange(c).repeat(10), c),
     )
 
     def grads(fn):
@@ -355,7 +356,7 @@ def test_ridge_probe_loss_primal_form_matches_the_dual():
     # solve; its loss and gradient must be the dual's (written out here from equation (5))
     import torch.nn.functional as F
 
-    from edgedd.distillation.losses import ridge_probe_loss
+    from edgedd.distillation.losses import probe_targets, ridge_probe_loss
 
     g = torch.Generator().manual_seed(3)
     c, ipc, d, ridge = 3, 8, 5, 0.1  # N = 24 > D + 1 = 6
@@ -373,7 +374,7 @@ def test_ridge_probe_loss_primal_form_matches_the_dual():
         alpha = torch.linalg.solve(k + ridge * k.diagonal().mean() * torch.eye(len(z), dtype=z.dtype), y)
         return ((r @ x.T) @ alpha - (F.one_hot(real_y, c).double() - 1 / c)).pow(2).sum(1).mean()
 
-    lp = ridge_probe_loss(z, real, real_y, c, ridge)
+    lp = ridge_probe_loss(z, probe_targets(real, real_y, c), ridge)
     (gp,) = torch.autograd.grad(lp, z)
     ld = dual(z)
     (gd,) = torch.autograd.grad(ld, z)

@@ -40,6 +40,8 @@ the class-discriminative differences lag.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -137,14 +139,43 @@ def subcentre_loss(
     return anchor_loss(z, flow_real, centres_real, beta, mode) + gamma * per_image
 
 
-def ridge_probe_loss(
-    z: torch.Tensor, real: torch.Tensor, real_labels: torch.Tensor, num_classes: int, ridge: float
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class ProbeTargets:
+    """The real side of ``ridge_probe_loss``, fixed for a run (built once by ``probe_targets``):
+    the real features' mean and floored sd, the standardised features with their ones column
+    R' = [(R - mean) / sd, 1] (n x (D + 1)) and the centred one-hot targets Y_y - 1/C (n x C)."""
+
+    mean: torch.Tensor
+    sd: torch.Tensor
+    r: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return self.y.shape[1]
+
+
+def probe_targets(real: torch.Tensor, real_labels: torch.Tensor, num_classes: int) -> ProbeTargets:
+    """``ProbeTargets`` of the (n, D) real centre-crop features and their labels (one no-grad pass
+    before Stage II gives them), in their own dtype and device."""
+    real = real.float() if real.dtype in (torch.float16, torch.bfloat16) else real
+    # The sd is floored at a tenth of its median: some dimensions barely vary on the real centre crops
+    # (sd ~1e-6), and a synthetic view that activates one slightly would, divided by that sd, rule
+    # X X^T (and lam with it), so that the probe fits nothing but that dimension.
+    sd = real.std(0, keepdim=True)
+    sd = torch.maximum(sd, (0.1 * sd.median()).clamp_min(1e-6))
+    mean = real.mean(0, keepdim=True)
+    r = torch.cat([(real - mean) / sd, torch.ones(real.shape[0], 1, dtype=real.dtype, device=real.device)], 1)
+    y = F.one_hot(real_labels.to(real.device).long(), num_classes).to(real.dtype) - 1 / num_classes
+    return ProbeTargets(mean=mean, sd=sd, r=r, y=y)
+
+
+def ridge_probe_loss(z: torch.Tensor, probe: ProbeTargets, ridge: float) -> torch.Tensor:
     """``sfm_probe``'s term: how well a ridge probe fitted on the synthetic features classifies real ones.
 
     With X = [standardised z, 1] (N x (D + 1)) and targets Y (one-hot, centred: Y - 1/C), the
     probe in its kernel (dual) form and its squared error on the real features R (standardised with
-    the same constants, labels y):
+    the same constants, labels y; ``ProbeTargets``):
 
         W = X^T (X X^T + lam I)^-1 Y,   lam = ridge * trace(X X^T) / N                      (5)
         L_probe = (1 / n) sum_j ||[R_j, 1] W - Y_{y_j}||^2
@@ -153,22 +184,13 @@ def ridge_probe_loss(
     real data, the quantity the normal probe measures. The same W in its primal form,
     W = (X^T X + lam I)^-1 X^T Y, is a (D + 1) x (D + 1) solve instead of N x N; the smaller one is
     taken, so N = IPC x classes in the tens of thousands (ImageNet at IPC 10 and up) costs O(N D^2),
-    not O(N^3) and an N x N matrix. The real features are constants (one no-grad pass before Stage
-    II). Standardising by the real features' mean and sd keeps lam's meaning across backbones."""
+    not O(N^3) and an N x N matrix. The real side is constant (``probe_targets``, once a run).
+    Standardising by the real features' mean and sd keeps lam's meaning across backbones."""
     z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
-    real = real.to(z.dtype)
-    # The sd is floored at a tenth of its median: some dimensions barely vary on the real centre crops
-    # (sd ~1e-6), and a synthetic view that activates one slightly would, divided by that sd, rule
-    # X X^T (and lam with it), so that the probe fits nothing but that dimension.
-    sd = real.std(0, keepdim=True)
-    sd = torch.maximum(sd, (0.1 * sd.median()).clamp_min(1e-6))  # a tensor op: no device sync per step
-    mean = real.mean(0, keepdim=True)
-    n, c = z.shape[0], num_classes
-    one = torch.ones(n, 1, dtype=z.dtype, device=z.device)
-    x = torch.cat([(z - mean) / sd, one], 1)
-    r = torch.cat([(real - mean) / sd, torch.ones(real.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
+    mean, sd, r, y_real = (t.to(device=z.device, dtype=z.dtype) for t in (probe.mean, probe.sd, probe.r, probe.y))
+    n, c = z.shape[0], probe.num_classes
+    x = torch.cat([(z - mean) / sd, torch.ones(n, 1, dtype=z.dtype, device=z.device)], 1)
     y_syn = F.one_hot(torch.arange(c, device=z.device).repeat_interleave(n // c), c).to(z.dtype) - 1 / c
-    y_real = F.one_hot(real_labels.to(z.device), c).to(z.dtype) - 1 / c
     lam = ridge * x.pow(2).sum() / n  # ridge * mean diag(X X^T) = ridge * trace(X^T X) / N
     if n <= x.shape[1]:  # dual: N x N
         alpha = torch.linalg.solve(x @ x.T + lam * torch.eye(n, dtype=z.dtype, device=z.device), y_syn)

@@ -32,7 +32,16 @@ from edgedd.host.rng import numpy_generator, torch_generator
 from .checkpoint import adam, load_checkpoint
 from .chunked import auto_chunk_size, chunked_step
 from .lgm import StepBatches, lgm_loss, random_head
-from .losses import anchor_loss, decouple_loss, ridge_probe_loss, sfm_loss, subcentre_loss, synthetic_flow
+from .losses import (
+    ProbeTargets,
+    anchor_loss,
+    decouple_loss,
+    probe_targets,
+    ridge_probe_loss,
+    sfm_loss,
+    subcentre_loss,
+    synthetic_flow,
+)
 from .pyramid import Pyramid, extension_steps
 from .trainingset import TrainingFeatures, centre_features, training_features
 
@@ -122,12 +131,11 @@ def view_features(
 @dataclass(frozen=True)
 class RealTargets:
     """What sfm_sub, sfm_probe and sfm_sub_probe match besides Stage I's centres: the (N, D) per-image
-    sub-centres (sfm_sub's term), the (n, D) real centre-crop features and their labels (sfm_probe's
-    term; edgedd.distillation.subcentres)."""
+    sub-centres (sfm_sub's term; edgedd.distillation.subcentres) and the real centre-crop features'
+    constants of the ridge probe (sfm_probe's term; losses.ProbeTargets)."""
 
     sub: torch.Tensor | None = None
-    real: torch.Tensor | None = None
-    real_labels: torch.Tensor | None = None
+    probe: ProbeTargets | None = None
 
 
 def feature_loss(
@@ -156,9 +164,7 @@ def feature_loss(
         else:
             loss = anchor_loss(z, flow_real, centres_real, cfg.beta, cfg.flow_denominator)
         if cfg.method in PROBE_METHODS:
-            loss = loss + cfg.kappa * ridge_probe_loss(
-                z, targets.real.to(z.device), targets.real_labels, centres_real.shape[0], cfg.probe_ridge
-            )
+            loss = loss + cfg.kappa * ridge_probe_loss(z, targets.probe, cfg.probe_ridge)
         return loss
     return decouple_loss(z, centres_real, cfg.alpha)
 
@@ -185,9 +191,8 @@ def real_targets(
     probe = {}
     if cfg.method in PROBE_METHODS:
         keep = np.sort(numpy_generator("probe-real", cfg.seed).permutation(len(feats))[:PROBE_MAX_REAL])
-        probe = dict(
-            real=torch.from_numpy(feats[keep]).float().to(device), real_labels=torch.from_numpy(labels[keep]).to(device)
-        )
+        real, real_labels = torch.from_numpy(feats[keep]).float(), torch.from_numpy(labels[keep])
+        probe = dict(probe=probe_targets(real.to(device), real_labels.to(device), source.num_classes))
     if cfg.method not in SUBCENTRE_METHODS:
         return RealTargets(**probe)
     z0 = None
