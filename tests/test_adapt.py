@@ -143,8 +143,7 @@ def test_mislabelled_local_images_fall_back_to_the_views_only_fit():
     w = _world()
     wrong = np.random.default_rng(3).permutation(w["yl"])  # labels shuffled: nothing to learn
     ad = adapt_fit(w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"], wrong, view_ridge=0.1)
-    assert ad["used"] == "views only" and ad["held_out"] == "nested"
-    assert "not more than noise" in ad["why_not_adapted"] or "chance" in ad["why_not_adapted"]
+    assert ad["used"] == "views only" and "chance" in ad["why_not_adapted"]
     w0, b0 = fit_ridge(w["xv"], w["yv"], 0.1)
     assert np.array_equal(ad["weight"], w0) and np.array_equal(ad["bias"], b0)
 
@@ -191,8 +190,7 @@ def test_the_probe_is_kept_when_the_local_images_are_informative_and_not_when_mi
     views = {"weight": w0, "bias": b0}
     ad = adapt_fit(*args, w["yl"], view_ridge=0.1, w_grid=(1e-9,))
     assert ad["used"] == "local probe" and ad["candidate"] == "local probe" and ad["wins"] > ad["losses"]
-    # the choice's own held-out top-1 is the best of its candidates'; the nested one, what is judged, no higher
-    assert ad["cv_top1_probe"] == ad["cv_top1_selected"] >= ad["cv_top1_adapted"] > ad["cv_top1_views_only"]
+    assert ad["cv_top1_probe"] == ad["cv_top1_adapted"] > ad["cv_top1_views_only"]
     assert _top1(ad, w) > _top1(views, w) + 0.1
     wrong = np.random.default_rng(3).permutation(w["yl"])
     bad = adapt_fit(*args, wrong, view_ridge=0.1, w_grid=(1e-9,))
@@ -206,24 +204,3 @@ def test_one_image_per_class_keeps_the_views_only_fit():
     first = np.array([np.flatnonzero(w["yl"] == c)[0] for c in range(5)])
     ad = adapt_fit(w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"][first], w["yl"][first], view_ridge=0.1)
     assert not ad["grouped_folds"] and ad["used"] == "views only"
-
-
-def test_the_keep_decision_sees_no_label_of_the_images_it_is_judged_on():
-    """nested_logits: a held-out image's logits come from a choice made and fitted without its label,
-    so relabelling the images of one fold leaves that fold's logits unchanged (and, being the only
-    labels changed, the other folds' logits are free to move)."""
-    from edgedd.device.adapt import _Problem, nested_logits
-    from edgedd.device.local_probe import expressible
-
-    w = _world()
-    fold, grouped = local_folds(w["yl"])
-    assert grouped
-    relabelled = w["yl"].copy()
-    k = fold == 0
-    relabelled[k] = (relabelled[k] + 1) % 5  # every image of fold 0 now says the next class
-    held = {}
-    for name, yl in (("true", w["yl"]), ("relabelled", relabelled)):
-        p = _Problem(w["xv"], w["yv"], w["vl"], w["wc"], w["bc"], w["xl"], yl, "none")
-        held[name] = nested_logits(p, fold, 0.1, (0.1, 1.0, 10.0), expressible(w["wc"]))
-    np.testing.assert_array_equal(held["true"][k], held["relabelled"][k])
-    assert not np.allclose(held["true"][~k], held["relabelled"][~k])

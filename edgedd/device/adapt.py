@@ -42,18 +42,15 @@ Choosing w, and keeping the better. w is chosen at that strength by grouped cros
 the *local* images (round robin within each class, F = min(5, smallest class), every class in
 every training fold):
 each w is fitted on F-1 folds and predicts the held-out fold; the w with the
-most held-out images right wins (ties: the smaller w, then lower held-out logit error). The winner's
-own held-out top-1 is the best of many candidates' and reads high by chance, so the keep decision
-is nested (:func:`nested_logits`): each fold is predicted by the whole choice made and fitted on
-the other folds alone. On those predictions the choice is kept only if it is right where the
-views-only fit is wrong more often than the reverse by more than one standard deviation of a fair
-coin (wins - losses > sqrt(wins + losses)) and is right on more held-out images than chance reaches
-at 3 sigma (labels that say nothing about the images can still be fitted better than a fit that
-ignores them); otherwise the views-only fit stays and the report says why. With one image
+most held-out images right wins (ties: the smaller w, then lower held-out logit error). It is kept
+only if, on those same held-out predictions, it is right where the views-only fit is wrong more
+often than the reverse by more than one standard deviation of a fair coin (wins - losses >
+sqrt(wins + losses)) and is right on more held-out images than chance reaches at 3 sigma (labels
+that say nothing about the images can still be fitted better than a fit that ignores them);
+otherwise the views-only fit stays and the report says why. With one image
 per class no split keeps every class: then each image is held out alone (its class absent from the
 fit), so the check can only see harm to it or help through the other classes - a deliberately
-conservative fallback that keeps the views-only fit unless the others' images help; it is judged
-on those folds directly.
+conservative fallback that keeps the views-only fit unless the others' images help.
 """
 
 from __future__ import annotations
@@ -63,7 +60,7 @@ import math
 import numpy as np
 
 from .accuracy import chance_bound
-from .local_probe import cross_validate_probe, expressible, probe_logits, probe_projector
+from .local_probe import cross_validate_probe, expressible, probe_projector
 from .ridge import FOLDS, RIDGE_GRID, cross_entropy, fit_ridge, image_folds, residual
 
 WEIGHT_GRID = (
@@ -94,7 +91,7 @@ class _Problem:
         self.scale = max(float(self.s.sum()), 1e-12) / self.d  # tr(Xc^T Xc) / D_B, as in (3)
         self.wc, self.bc = wc.astype(np.float64), bc.astype(np.float64)
         self.m = self.wc @ (yc.T @ (xc @ self.v))  # (C, D_B): W_c Yc^T Xc V, the P0 logits' slope in the eigenbasis
-        xl = self.xl = xl.astype(np.float64)
+        xl = xl.astype(np.float64)
         self.zv = (xl - self.mx) @ self.v  # local images in the eigenbasis
         base = self.my @ self.wc.T + self.bc
         self.z_const = base + (xl @ self.wc.T if prior == "identity" else 0.0)  # the identity prior adds W_c x
@@ -144,92 +141,38 @@ def local_folds(labels: np.ndarray, folds: int = FOLDS) -> tuple[np.ndarray, boo
     return np.arange(len(labels)), False
 
 
-def cross_validate(p: _Problem, r_grid, w_grid, fold: np.ndarray, idx: np.ndarray | None = None) -> dict:
-    """Held-out logits of every candidate (r, w) over the folds: {(r, w): (len(idx), C) logits}, from the
-    local images ``idx`` alone (default: all; ``fold`` is over them), the scale of w theirs."""
-    idx = np.arange(len(p.yl)) if idx is None else idx
+def cross_validate(p: _Problem, r_grid, w_grid, fold: np.ndarray) -> dict:
+    """Held-out logits of every candidate (r, w) over the folds: {(r, w): (n, C) logits}."""
+    n = len(p.yl)
     out = {}
     for r in r_grid:
-        z, kern = p.logits0(r)[idx], p.kernel(r)[np.ix_(idx, idx)]
-        t = p.t[idx]
+        z, kern = p.logits0(r), p.kernel(r)
         ws = p.w_scale(kern)
         for w in w_grid:
-            out[(r, w)] = np.empty((len(idx), t.shape[1]))
+            out[(r, w)] = np.empty((n, p.t.shape[1]))
         for k in np.unique(fold):
             tr, te = fold != k, fold == k
             kt = kern[np.ix_(tr, tr)]
             for w in w_grid:
-                b = solve_dual(p.sig, p.q, kt, (t - z)[tr].T, w * ws)
+                b = solve_dual(p.sig, p.q, kt, (p.t - z)[tr].T, w * ws)
                 out[(r, w)][te] = z[te] + ((p.wc @ (p.wc.T @ b)) @ kern[np.ix_(tr, te)]).T
     return out
 
 
-def _best(cv: dict, labels: np.ndarray, targets: np.ndarray) -> tuple:
-    """The candidate with most held-out images right (ties: the smaller second key, then lower logit error)."""
+def _choose(p: _Problem, cv: dict, base: np.ndarray) -> tuple[tuple, dict]:
+    """The candidate with most held-out images right (ties: smaller w, then lower logit error), and
+    its paired comparison with the views-only fit ``base`` on the same held-out images."""
 
     def key(c):
         lg = cv[c]
-        return (-int((lg.argmax(1) == labels).sum()), c[1], float(((lg - targets) ** 2).mean()))
+        return (-int((lg.argmax(1) == p.yl).sum()), c[1], float(((lg - p.t) ** 2).mean()))
 
-    return min(cv, key=key)
-
-
-def _procedure(
-    p: _Problem, idx: np.ndarray, fold: np.ndarray, r0: float, w_grid, pinv
-) -> tuple[dict, dict, np.ndarray]:
-    """What adapt chooses from the local images ``idx`` (``fold`` over them): w of (5) at r0 and, where
-    (6) is a projector (``pinv``), the local probe instead when it is right on more of them held out.
-    Returns the choice ({"kind": "adapted", "w"} or {"kind": "local probe", "a", "r"}), what was
-    weighed (the report's fields) and the choice's own held-out logits."""
-    labels, t = p.yl[idx], p.t[idx]
-    cv = cross_validate(p, (r0,), w_grid, fold, idx)
-    best = _best(cv, labels, t)
-    held = cv[best]
-    choice = {"kind": "adapted", "w": best[1]}
-    info = {"local_weight": float(best[1]), "probe_mix": None, "probe_ridge": None, "cv_top1_probe": None}
-    top1 = float((held.argmax(1) == labels).mean())
-    if pinv is not None:
-        cvp = cross_validate_probe(p.xl[idx], labels, p.logits0(r0)[idx], fold, len(p.bc))
-        rn, a = _best({(-c[1], c[0]): v for c, v in cvp.items()}, labels, t)  # ties: smaller a, larger r
-        top1_probe = float((cvp[(a, -rn)].argmax(1) == labels).mean())
-        info.update(probe_mix=None if np.isinf(a) else float(a), probe_ridge=float(-rn), cv_top1_probe=top1_probe)
-        if top1_probe > top1:  # right on more held-out images than (5)
-            choice, held, top1 = {"kind": "local probe", "a": a, "r": -rn}, cvp[(a, -rn)], top1_probe
-    info["cv_top1_selected"] = top1
-    return choice, info, held
-
-
-def _predict(p: _Problem, choice: dict, r0: float, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
-    """The logits of local images ``te`` under ``choice`` fitted on local images ``tr`` alone."""
-    z = p.logits0(r0)
-    if choice["kind"] == "local probe":
-        return probe_logits(p.xl[tr], p.yl[tr], z[tr], p.xl[te], z[te], len(p.bc), choice["a"], choice["r"])
-    kern = p.kernel(r0)
-    kt = kern[np.ix_(tr, tr)]
-    b = solve_dual(p.sig, p.q, kt, (p.t - z)[tr].T, choice["w"] * p.w_scale(kt))
-    return z[te] + ((p.wc @ (p.wc.T @ b)) @ kern[np.ix_(tr, te)]).T
-
-
-def nested_logits(p: _Problem, fold: np.ndarray, r0: float, w_grid, pinv) -> np.ndarray:
-    """Held-out logits of the whole choice: for each fold, :func:`_procedure` run on the other folds
-    alone (their own grouped folds inside) and its choice fitted there predicts the fold. No label of
-    a held-out image takes part in what predicts it, not even through which candidate won; the
-    choice's own cross-validated top-1 is the best of every candidate's, so it reads high by chance."""
-    out = np.empty((len(p.yl), len(p.bc)))
-    for k in np.unique(fold):
-        tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        inner, _ = local_folds(p.yl[tr])
-        choice, _, _ = _procedure(p, tr, inner, r0, w_grid, pinv)
-        out[te] = _predict(p, choice, r0, tr, te)
-    return out
-
-
-def compare(held: np.ndarray, base: np.ndarray, labels: np.ndarray) -> dict:
-    """The paired count on the held-out images: right where the views-only fit ``base`` is wrong, and the reverse."""
-    right_a, right_b = held.argmax(1) == labels, base.argmax(1) == labels
-    return {
-        "wins": int((right_a & ~right_b).sum()),
-        "losses": int((right_b & ~right_a).sum()),
+    best = min(cv, key=key)
+    right_a, right_b = cv[best].argmax(1) == p.yl, base.argmax(1) == p.yl
+    wins, losses = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    return best, {
+        "wins": wins,
+        "losses": losses,
         "cv_top1_adapted": float(right_a.mean()),
         "cv_top1_views_only": float(right_b.mean()),
     }
@@ -330,12 +273,17 @@ def adapt_fit(
     fold, grouped = local_folds(yl)
     r0, strength = local_strength(p, view_ridge, len(bc), span=strength_span)
     base = p.logits0(r0)
+    (_, w), cmp = _choose(p, cross_validate(p, (r0,), w_grid, fold), base)  # (5) only at r0: w is the choice
     pinv = expressible(p.wc) if probe else None
-    choice, info, held = _procedure(p, np.arange(len(yl)), fold, r0, w_grid, pinv)
-    if grouped:  # judged on predictions no held-out label chose (one image per class: its own folds, below)
-        held = nested_logits(p, fold, r0, w_grid, pinv)
-    cmp = compare(held, base, yl)
-    candidate = choice["kind"]
+    probe = None
+    if pinv is not None:  # the local probe, (6) in edgedd.device.local_probe: kept instead when it wins held out
+        cvp = cross_validate_probe(xl, yl, base, fold, len(bc))
+        (rn, a), cmp_p = _choose(p, {(-c[1], c[0]): v for c, v in cvp.items()}, base)  # ties: smaller a, larger r
+        probe = {"probe_mix": None if np.isinf(a) else float(a), "probe_ridge": float(-rn)}
+        probe["cv_top1_probe"] = cmp_p["cv_top1_adapted"]
+        if cmp_p["cv_top1_adapted"] > cmp["cv_top1_adapted"]:  # right on more held-out images than (5)
+            cmp = cmp_p
+    candidate = "local probe" if probe is not None and cmp is cmp_p else "adapted"
     why = verdict(cmp, yl, len(bc))
     report = {
         "used": candidate if why is None else "views only",
@@ -345,20 +293,21 @@ def adapt_fit(
         "classes": int(len(np.unique(yl))),
         "folds": int(len(np.unique(fold))),
         "grouped_folds": grouped,
-        "held_out": "nested" if grouped else "folds",
         "view_ridge": float(view_ridge),
         "ridge": float(r0),
         **strength,
-        **info,
+        "local_weight": float(w),
+        **(probe or {"probe_mix": None, "probe_ridge": None, "cv_top1_probe": None}),
         **cmp,
     }
     w0, b0 = fit_ridge(xv, yv, r0, prior)  # the views-only fit: kept, or what (5) and (6) move
     if why is not None:
         return {"weight": w0, "bias": b0, **report}
     if candidate == "local probe":
-        wt, b = probe_projector(xl, yl, base, len(bc), choice["a"], choice["r"], w0, b0, p.wc, p.bc, pinv)
+        a = np.inf if probe["probe_mix"] is None else probe["probe_mix"]
+        wt, b = probe_projector(xl, yl, base, len(bc), a, probe["probe_ridge"], w0, b0, p.wc, p.bc, pinv)
         return {"weight": wt, "bias": b, **report}
-    dw, db = delta(p, r0, choice["w"])
+    dw, db = delta(p, r0, w)
     return {"weight": (w0 + dw).astype(np.float32), "bias": (b0 + db).astype(np.float32), **report}
 
 

@@ -96,13 +96,6 @@ def cross_validate_probe(xl, yl, z0, fold, classes, r_grid=COARSE_RIDGE_GRID, a_
     return out
 
 
-def probe_logits(xtr, ytr, z0tr, xte, z0te, classes, a, r) -> np.ndarray:
-    """(6) at (a, r) fitted on the images (xtr, ytr) (g from their views-only logits z0tr), the logits
-    of the images xte (views-only logits z0te): one fold of :func:`cross_validate_probe`, at one (a, r)."""
-    predict, _ = dual_ridge(xtr.astype(np.float64), np.eye(classes)[ytr], (r,))
-    return mix(z0te, predict(xte.astype(np.float64))[r], a, probe_scale(z0tr, classes))
-
-
 def probe_projector(xl, yl, z0, classes, a, r, w0, b0, wc, bc, pinv) -> tuple[np.ndarray, np.ndarray]:
     """(6) fitted on every local image at (a, r), as the projector (weight (D_A, D_B), bias) above."""
     _, weights = dual_ridge(xl.astype(np.float64), np.eye(classes)[yl], (r,))
