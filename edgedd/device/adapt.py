@@ -20,8 +20,8 @@ so the logits of local image j move by S B K e_j with S = W_c W_c^T (C x C) and 
 K_ij = (x_i - m)^T (Xc^T Xc + lam I)^-1 (x_j - m) + 1/N_v (n x n; m the views' mean feature),
 and B solves the Sylvester equation  B + w S B K = w (T - Z)  (Z: logits of P0). With S = Q diag(s) Q^T
 and K = U diag(k) U^T it is elementwise: (Q^T B U)_ab = w (Q^T (T - Z) U)_ab / (1 + w s_a k_b).
-One eigendecomposition of Xc^T Xc (D_B x D_B) serves every strength; each fold and weight then costs
-an n x n eigendecomposition and a few small products.
+One eigendecomposition of Xc^T Xc (D_B x D_B) serves every strength; each fold then costs one n x n
+eigendecomposition (every weight shares it) and each weight a few small products.
 
 The strength. lam starts as deploy-check's (the bundle's recorded choice on held-out real images,
 edgedd.device.ridge.select_ridge_on_images, else the views' cross-validation, select_ridge). A
@@ -121,12 +121,17 @@ class _Problem:
         return 1.0 / max(float(self.sig.mean()) * float(np.mean(np.diag(kern))), 1e-12)
 
 
-def solve_dual(sig, q, kern, resid, w) -> np.ndarray:
-    """B (C, n) of the Sylvester equation B + w S B K = w R, R (C, n) (S = Q diag(sig) Q^T), elementwise in the
-    eigenbases.
-    """
+def kernel_eig(kern: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """K = U diag(kap) U^T (kap clipped at 0): what :func:`solve_dual` needs of K, the same for every w."""
     kap, u = np.linalg.eigh(kern)
-    kap = np.clip(kap, 0.0, None)
+    return np.clip(kap, 0.0, None), u
+
+
+def solve_dual(sig, q, eig, resid, w) -> np.ndarray:
+    """B (C, n) of the Sylvester equation B + w S B K = w R, R (C, n) (S = Q diag(sig) Q^T), elementwise in the
+    eigenbases; ``eig`` = :func:`kernel_eig` (K), computed once for every w.
+    """
+    kap, u = eig
     rp = q.T @ resid @ u
     bp = w * rp / (1.0 + w * np.outer(sig, kap))
     return q @ bp @ u.T
@@ -152,9 +157,9 @@ def cross_validate(p: _Problem, r_grid, w_grid, fold: np.ndarray) -> dict:
             out[(r, w)] = np.empty((n, p.t.shape[1]))
         for k in np.unique(fold):
             tr, te = fold != k, fold == k
-            kt = kern[np.ix_(tr, tr)]
+            eig = kernel_eig(kern[np.ix_(tr, tr)])  # one n x n eigendecomposition per fold serves every w
             for w in w_grid:
-                b = solve_dual(p.sig, p.q, kt, (p.t - z)[tr].T, w * ws)
+                b = solve_dual(p.sig, p.q, eig, (p.t - z)[tr].T, w * ws)
                 out[(r, w)][te] = z[te] + ((p.wc @ (p.wc.T @ b)) @ kern[np.ix_(tr, te)]).T
     return out
 
@@ -314,7 +319,7 @@ def adapt_fit(
 def delta(p: _Problem, r: float, w: float) -> tuple[np.ndarray, np.ndarray]:
     """Delta = W_c^T B [X_l 1]^T H^-1 fitted on every local image, as a weight (D_A, D_B) and a bias."""
     kern = p.kernel(r)
-    b = solve_dual(p.sig, p.q, kern, (p.t - p.logits0(r)).T, w * p.w_scale(kern))
+    b = solve_dual(p.sig, p.q, kernel_eig(kern), (p.t - p.logits0(r)).T, w * p.w_scale(kern))
     tm = (p.zv / (p.s + p.lam(r))) @ p.v.T  # (n, D_B): (x_i - m)^T Hc^-1
     left = p.wc.T @ b  # (D_A, n)
     return left @ tm, left @ (1.0 / p.nv - tm @ p.mx)
