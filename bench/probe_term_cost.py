@@ -14,27 +14,17 @@ split; 10,000 is the term's cap, subcentres.PROBE_MAX_REAL).
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import statistics
-import time
 
 
 def main() -> None:
     import torch
+    from _term_timing import alternate_medians, report, term_parser
 
     from edgedd.distillation.losses import probe_targets, ridge_probe_loss
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--real", type=int, nargs="+", default=[1000, 4000, 10000])
-    ap.add_argument("--syn", type=int, default=100)
-    ap.add_argument("--dim", type=int, default=1280)
-    ap.add_argument("--classes", type=int, default=10)
+    ap = term_parser(__doc__, repeats=7)
     ap.add_argument("--ridge", type=float, default=0.1)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -51,14 +41,11 @@ def main() -> None:
         def hoisted(z, built=built):
             return ridge_probe_loss(z, built, a.ridge)
 
-        times = {"per_step": [], "hoisted": []}
-        for _ in range(a.repeats):
-            for name, fn in (("per_step", per_step), ("hoisted", hoisted)):
-                z = torch.randn(a.syn, a.dim, generator=g, requires_grad=True)
-                t = time.perf_counter()
-                fn(z).backward()
-                times[name].append(time.perf_counter() - t)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = alternate_medians(
+            {"per_step": per_step, "hoisted": hoisted},
+            lambda: (torch.randn(a.syn, a.dim, generator=g, requires_grad=True),),
+            a.repeats,
+        )
         rows.append(
             {
                 "real": n,
@@ -67,16 +54,7 @@ def main() -> None:
                 "ratio": med["per_step"] / med["hoisted"],
             }
         )
-    out = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "threads": a.threads,
-        "torch": torch.__version__,
-        "syn": a.syn,
-        "dim": a.dim,
-        "classes": a.classes,
-        "repeats": a.repeats,
-        "rows": rows,
-    }
+    out = report(a, torch.__version__, rows)
     if a.json:
         print(json.dumps(out, indent=2))
         return

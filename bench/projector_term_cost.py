@@ -12,27 +12,17 @@ the median seconds and the ratio for each real batch size.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import statistics
-import time
 
 
 def main() -> None:
     import torch
     import torch.nn.functional as F
+    from _term_timing import alternate_medians, report, term_parser
 
     from edgedd.distillation.projector_aware import inherited_ce, ridge_fit
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--real", type=int, nargs="+", default=[1000, 4000, 10000])
-    ap.add_argument("--syn", type=int, default=100)
-    ap.add_argument("--dim", type=int, default=1280)
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
+    ap = term_parser(__doc__, repeats=5)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ridges = (0.1, 1.0)
@@ -53,26 +43,20 @@ def main() -> None:
     rows = []
     for n in a.real:
         z, labels = torch.randn(n, a.dim, generator=g), torch.randint(0, a.classes, (n,), generator=g)
-        times = {"before": [], "now": []}
-        for _ in range(a.repeats):
-            for name, fn in (("before", before), ("now", now)):
-                x = torch.randn(a.syn, a.dim, generator=g, requires_grad=True)
-                y = torch.randn(a.syn, a.dim, generator=g, requires_grad=True)
-                t = time.perf_counter()
-                fn(x, y, z, labels, w, b).backward()
-                times[name].append(time.perf_counter() - t)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = alternate_medians(
+            {"before": before, "now": now},
+            lambda z=z, labels=labels: (
+                torch.randn(a.syn, a.dim, generator=g, requires_grad=True),
+                torch.randn(a.syn, a.dim, generator=g, requires_grad=True),
+                z,
+                labels,
+                w,
+                b,
+            ),
+            a.repeats,
+        )
         rows.append({"real": n, "before_s": med["before"], "now_s": med["now"], "ratio": med["before"] / med["now"]})
-    out = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "threads": a.threads,
-        "torch": torch.__version__,
-        "syn": a.syn,
-        "dim": a.dim,
-        "classes": a.classes,
-        "repeats": a.repeats,
-        "rows": rows,
-    }
+    out = report(a, torch.__version__, rows)
     if a.json:
         print(json.dumps(out, indent=2))
         return
